@@ -1,0 +1,131 @@
+"""The Upstream contract shared by every pretrained model family.
+
+Subclasses implement `_hidden(wavs, wav_lengths) -> [L,B,T,D]` and `num_frames(num_samples)`;
+the base class validates input, pads clips shorter than the receptive field, computes exact
+lengths and keeps the model frozen unless `trainable=True`.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import AudioError
+from ..hidden import HiddenStates
+
+
+class Upstream(nn.Module):
+    """One pretrained speech model that returns all of its hidden states.
+
+    Attributes every subclass sets in __init__: name, num_layers, hidden_size,
+    frame_rate (Hz), sample_rate (Hz), min_samples (shortest clip the model accepts).
+    """
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    frame_rate: float
+    sample_rate: int = 16000
+    min_samples: int = 400
+
+    def __init__(self, trainable: bool = False) -> None:
+        super().__init__()
+        self.trainable = trainable
+
+    # -- to be implemented by subclasses ---------------------------------------------------------
+    def num_frames(self, num_samples: int) -> int:
+        raise NotImplementedError
+
+    def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        """[B,S] float32, [B] int64 -> [L,B,T,D]. S >= min_samples is guaranteed."""
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        """Options that change the outputs (part of the feature-cache key)."""
+        return {}
+
+    # -- shared behaviour -------------------------------------------------------------------------
+    def freeze(self) -> None:
+        self.trainable = False
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "Upstream":
+        # a frozen upstream stays in eval mode (no dropout) even inside a training model
+        return super().train(mode and self.trainable)
+
+    def _finish_init(self) -> None:
+        """Call at the end of a subclass __init__."""
+        if not self.trainable:
+            self.freeze()
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights (part of the feature-cache key)."""
+        h = hashlib.sha256()
+        for key, tensor in sorted(self.state_dict().items()):
+            h.update(key.encode())
+            t = tensor.detach().float().flatten().cpu()
+            h.update(str(tuple(tensor.shape)).encode())
+            # strided sample keeps the hash cheap for big models while still catching changed weights
+            step = max(1, t.numel() // 4096)
+            h.update(t[::step].numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "options": self.options(), "fingerprint": self.fingerprint()}
+
+    def validate(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> None:
+        if wavs.dim() == 3:
+            raise AudioError(
+                f"{self.name}: got a 3-D batch {tuple(wavs.shape)}; speechfuse expects mono [B,S]. "
+                "Mix stereo down to mono first (speechfuse.data.audio.read_audio does this)."
+            )
+        if wavs.dim() != 2:
+            raise AudioError(f"{self.name}: wavs must be [B,S], got shape {tuple(wavs.shape)}")
+        if wav_lengths.dim() != 1 or wav_lengths.shape[0] != wavs.shape[0]:
+            raise AudioError(
+                f"{self.name}: wav_lengths must be [B] with B={wavs.shape[0]}, got {tuple(wav_lengths.shape)}"
+            )
+        if (wav_lengths <= 0).any():
+            bad = torch.nonzero(wav_lengths <= 0).flatten().tolist()
+            raise AudioError(f"{self.name}: empty clip(s) at batch index {bad}; remove them from the manifest")
+        if (wav_lengths > wavs.shape[1]).any():
+            raise AudioError(f"{self.name}: a wav_length exceeds the padded width {wavs.shape[1]}")
+        if not torch.isfinite(wavs).all():
+            bad = torch.nonzero(~torch.isfinite(wavs).all(dim=1)).flatten().tolist()
+            raise AudioError(f"{self.name}: NaN or inf samples in batch index {bad}; check the audio files")
+
+    def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor, sample_rate: int | None = None) -> HiddenStates:
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            raise AudioError(
+                f"{self.name}: audio is {sample_rate} Hz but the model expects {self.sample_rate} Hz; "
+                "resample first (speechfuse.data.audio.read_audio(path, sample_rate=...))"
+            )
+        wav_lengths = torch.as_tensor(wav_lengths, dtype=torch.long, device=wavs.device)
+        self.validate(wavs, wav_lengths)
+        wavs = wavs.float()
+        if wavs.shape[1] < self.min_samples:
+            wavs = nn.functional.pad(wavs, (0, self.min_samples - wavs.shape[1]))
+        lengths = torch.tensor(
+            [self.num_frames(max(int(n), self.min_samples)) for n in wav_lengths.tolist()],
+            dtype=torch.long,
+            device=wavs.device,
+        )
+        # short clips are zero-padded up to min_samples; the valid-sample count follows
+        model_lengths = wav_lengths.clamp(min=self.min_samples)
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            hidden = self._hidden(wavs, model_lengths)
+        expected_t = self.num_frames(wavs.shape[1])
+        if hidden.shape[2] != expected_t:
+            # programming error in a subclass, not user input: fail loudly
+            raise RuntimeError(f"{self.name}: produced T={hidden.shape[2]} but num_frames says {expected_t}")
+        return HiddenStates(hidden=hidden, lengths=lengths, frame_rate=self.frame_rate, name=self.name)
+
+    def extra_repr(self) -> str:
+        return (
+            f"name={self.name!r}, layers={self.num_layers}, hidden={self.hidden_size}, "
+            f"rate={self.frame_rate} Hz, trainable={self.trainable}"
+        )
