@@ -37,7 +37,8 @@ def tiny_config(family: str, **overrides):
     elif family == "whisper":
         cfg = tf.WhisperConfig(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
                                decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64,
-                               num_mel_bins=80, max_source_positions=1500, vocab_size=64)
+                               num_mel_bins=80, max_source_positions=1500, vocab_size=64,
+                               pad_token_id=1, bos_token_id=2, eos_token_id=3, decoder_start_token_id=2)
     else:
         raise ValueError(family)
     for k, v in overrides.items():
