@@ -1,0 +1,314 @@
+"""Manifests: one row per utterance, as CSV or JSONL, validated before any training starts.
+
+Columns: `id`, `path` (required), `duration` (seconds, optional: filled from the audio header),
+`text` (ASR target), `label` (classification target), `speaker`, `language`; any other column is kept
+in `Utterance.extra` and written back.
+
+Row numbers in every message are 1-based data rows: the first utterance is row 1. In a CSV the header is
+row 0, so row N is file line N+1; in a JSONL file row N is the N-th non-blank line.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import ConfigError
+from .audio import audio_info
+
+KNOWN_FIELDS = ("id", "path", "duration", "text", "label", "speaker", "language")
+TARGET_FIELDS = ("text", "label")
+
+
+class ManifestError(ConfigError):
+    """A manifest has bad rows; `bad_rows` holds every one of them."""
+
+    def __init__(self, message: str, bad_rows: list["BadRow"] | None = None) -> None:
+        super().__init__(message)
+        self.bad_rows = bad_rows or []
+
+
+@dataclass
+class Utterance:
+    id: str
+    path: str
+    duration: float | None = None
+    text: str | None = None
+    label: str | None = None
+    speaker: str | None = None
+    language: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BadRow:
+    row: int  # 1-based data row (see module docstring)
+    id: str
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"row {self.row} (id {self.id!r}, path {self.path!r}): {self.reason}"
+
+
+# -- reading -------------------------------------------------------------------------------------------
+
+def _format_of(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".json"):
+        return "jsonl"
+    raise ConfigError(f"manifest {path}: unknown format {suffix!r}; use a .csv or .jsonl file")
+
+
+def _read_records(path: Path) -> list[dict[str, Any] | str]:
+    """Raw records in file order; a str entry is a parse problem for that row."""
+    if not path.is_file():
+        raise ConfigError(f"manifest not found: {path}")
+    records: list[dict[str, Any] | str] = []
+    if _format_of(path) == "csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in ("id", "path") if c not in header]
+            if missing:
+                raise ConfigError(f"manifest {path}: header {header} lacks required column(s) {missing}; "
+                                  "the first line must name the columns, e.g. 'id,path,text'")
+            for row in reader:
+                if None in row:  # more cells than header columns
+                    records.append(f"has {len(header) + len(row[None])} cells but the header has {len(header)}")
+                    continue
+                records.append({k: (v if v != "" else None) for k, v in row.items()})
+        return records
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                records.append(f"not valid JSON ({err.msg} at column {err.colno})")
+                continue
+            records.append(obj if isinstance(obj, dict) else f"is a JSON {type(obj).__name__}, not an object")
+    return records
+
+
+def _as_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _to_utterance(record: dict[str, Any] | str, base: Path) -> tuple[Utterance, list[str]]:
+    """Build an Utterance from one raw record; returns it with the problems found while parsing."""
+    if isinstance(record, str):
+        return Utterance(id="", path=""), [record]
+    problems: list[str] = []
+    raw_path = record.get("path")
+    path = ""
+    if isinstance(raw_path, str) and raw_path:
+        p = Path(raw_path).expanduser()
+        path = str(p if p.is_absolute() else (base / p))
+    elif raw_path is not None:
+        problems.append(f"path must be a string, got {type(raw_path).__name__}")
+    duration: Any = record.get("duration")
+    if duration is not None and not isinstance(duration, bool):
+        try:
+            duration = float(duration)
+        except (TypeError, ValueError):
+            problems.append(f"duration {record.get('duration')!r} is not a number (seconds)")
+            duration = None
+    elif isinstance(duration, bool):
+        problems.append(f"duration {duration!r} is not a number (seconds)")
+        duration = None
+    text = record.get("text")
+    if text is not None and not isinstance(text, str):
+        problems.append(f"text must be a string, got {type(text).__name__} {text!r}")
+        text = None
+    label = record.get("label")
+    if label is not None and (isinstance(label, bool) or not isinstance(label, (str, int))):
+        problems.append(f"label must be a string or integer, got {type(label).__name__} {label!r}")
+        label = None
+    extra = {k: v for k, v in record.items() if k not in KNOWN_FIELDS}
+    utt = Utterance(id=_as_text(record.get("id")) or "", path=path, duration=duration, text=text,
+                    label=_as_text(label), speaker=_as_text(record.get("speaker")),
+                    language=_as_text(record.get("language")), extra=extra)
+    return utt, problems
+
+
+def _parse(path: Path) -> tuple[list[Utterance], list[BadRow]]:
+    base = path.resolve().parent
+    utts: list[Utterance] = []
+    bad: list[BadRow] = []
+    for row, record in enumerate(_read_records(path), start=1):
+        utt, problems = _to_utterance(record, base)
+        utts.append(utt)
+        bad.extend(BadRow(row, utt.id, utt.path, p) for p in problems)
+    return utts, bad
+
+
+def _error(source: str, bad: list[BadRow]) -> ManifestError:
+    rows = "\n".join(f"  {b}" for b in bad)
+    return ManifestError(
+        f"manifest {source}: {len(bad)} problem(s) in {len({b.row for b in bad})} row(s) "
+        f"(rows are 1-based data rows; a CSV header is row 0):\n{rows}\n"
+        "Fix or remove these rows, or validate with skip_bad=True to drop them and list them in a file.",
+        bad,
+    )
+
+
+def load_manifest(path: str | Path) -> list[Utterance]:
+    """Read a CSV or JSONL manifest. Raises ManifestError listing every row that cannot be parsed.
+
+    This checks structure only; use `check_manifest` / `validate_manifest` for files and targets.
+    """
+    path = Path(path)
+    utts, bad = _parse(path)
+    if bad:
+        raise _error(str(path), bad)
+    return utts
+
+
+# -- checking ------------------------------------------------------------------------------------------
+
+def _duration_problem(duration: Any) -> str | None:
+    if duration is None:
+        return None
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)):
+        return f"duration {duration!r} is not a number (seconds)"
+    if not math.isfinite(duration) or duration < 0:
+        return f"duration {duration!r} must be a finite number of seconds >= 0"
+    return None
+
+
+def _audio_problem(path: str) -> str | None:
+    if not Path(path).is_file():
+        return "audio file not found"
+    try:
+        num_samples, _, _, _ = audio_info(path)
+    except Exception as err:  # AudioError from an unreadable header
+        return f"audio unreadable or corrupt ({err})"
+    if num_samples == 0:
+        return "audio file is empty (0 samples)"
+    return None
+
+
+def check_manifest(utts: list[Utterance], target: str | None, check_audio: bool = True) -> list[BadRow]:
+    """Every problem in `utts` (row = list position + 1): missing id/path/file, corrupt or empty audio,
+    bad duration, duplicate id, and a missing or wrong-typed `target` ("text", "label" or None).
+
+    Audio is checked from the file header only (cheap); NaN samples surface when the clip is read.
+    """
+    if target is not None and target not in TARGET_FIELDS:
+        raise ConfigError(f"check_manifest: target must be one of {TARGET_FIELDS} or None, got {target!r}")
+    bad: list[BadRow] = []
+    first_row_of: dict[str, int] = {}
+    for row, utt in enumerate(utts, start=1):
+        def flag(reason: str) -> None:
+            bad.append(BadRow(row, utt.id, utt.path, reason))
+
+        if not utt.id:
+            flag("missing id")
+        elif utt.id in first_row_of:
+            flag(f"duplicate id (first used in row {first_row_of[utt.id]})")
+        else:
+            first_row_of[utt.id] = row
+        problem = _duration_problem(utt.duration)
+        if problem:
+            flag(problem)
+        if target is not None:
+            value = getattr(utt, target)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                flag(f"missing {target}")
+            elif not isinstance(value, str):
+                flag(f"{target} must be a string, got {type(value).__name__}")
+        if not utt.path:
+            flag("missing path")
+        elif check_audio:
+            problem = _audio_problem(utt.path)
+            if problem:
+                flag(problem)
+    return bad
+
+
+def validate_manifest(path: str | Path, target: str | None, skip_bad: bool = False,
+                      skipped_out: str | Path | None = None, check_audio: bool = True) -> list[Utterance]:
+    """Load, check and complete a manifest: the one call a runner needs.
+
+    skip_bad=False: any bad row raises ManifestError listing them all.
+    skip_bad=True: returns the good rows; the bad ones are written to `skipped_out` (required) as CSV
+    with columns row,id,path,reason. Missing durations of good rows are filled from the audio header.
+    """
+    path = Path(path)
+    utts, bad = _parse(path)
+    parse_bad_rows = {b.row for b in bad}
+    bad += [b for b in check_manifest(utts, target, check_audio) if b.row not in parse_bad_rows]
+    bad.sort(key=lambda b: b.row)
+    if bad and not skip_bad:
+        raise _error(str(path), bad)
+    if bad:
+        if skipped_out is None:
+            raise ConfigError(f"validate_manifest({path}): skip_bad=True needs skipped_out, a file to list "
+                              f"the {len({b.row for b in bad})} skipped rows in")
+        write_bad_rows(bad, skipped_out)
+    bad_rows = {b.row for b in bad}
+    good = [u for row, u in enumerate(utts, start=1) if row not in bad_rows]
+    fill_durations(good)
+    if not good:
+        raise ManifestError(f"manifest {path}: no usable rows left after skipping {len(bad_rows)} bad row(s); "
+                            f"see {skipped_out}", bad)
+    return good
+
+
+def fill_durations(utts: Iterable[Utterance]) -> None:
+    """Set `duration` from the audio header where it is missing (in place)."""
+    for utt in utts:
+        if utt.duration is None:
+            utt.duration = audio_info(utt.path)[3]
+
+
+def write_bad_rows(bad: list[BadRow], out: str | Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["row", "id", "path", "reason"])
+        for b in bad:
+            writer.writerow([b.row, b.id, b.path, b.reason])
+
+
+# -- writing -------------------------------------------------------------------------------------------
+
+def write_manifest(utts: list[Utterance], path: str | Path, relative_paths: bool = False) -> Path:
+    """Write CSV or JSONL (by suffix). Columns id,path always; other fields only where some row has them.
+
+    relative_paths=True stores audio paths relative to the manifest's folder (so the pair can move).
+    """
+    path = Path(path)
+    fmt = _format_of(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = path.resolve().parent
+    optional = [f for f in KNOWN_FIELDS[2:] if any(getattr(u, f) is not None for u in utts)]
+    extra_keys = sorted({k for u in utts for k in u.extra})
+    columns = ["id", "path", *optional, *extra_keys]
+
+    def record(u: Utterance) -> dict[str, Any]:
+        audio = u.path
+        if relative_paths and audio:
+            audio = Path(os.path.relpath(Path(audio).resolve(), base)).as_posix()
+        values = {"id": u.id, "path": audio, **{f: getattr(u, f) for f in optional}, **u.extra}
+        return {c: values.get(c) for c in columns}
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        if fmt == "csv":
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for u in utts:
+                writer.writerow({k: ("" if v is None else v) for k, v in record(u).items()})
+        else:
+            for u in utts:
+                f.write(json.dumps({k: v for k, v in record(u).items() if v is not None}) + "\n")
+    return path
