@@ -1,0 +1,109 @@
+"""The Interface contract: aligned list[HiddenStates] (N x [L,B,T,D]) -> (features [B,T,D_out], lengths [B])."""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, ShapeError
+from ..hidden import HiddenStates
+
+
+def _positive_int(owner: str, field: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{owner}: {field} must be a positive integer, got {value!r}")
+    return value
+
+
+def output_projection(in_dim: int, output_dim: int) -> nn.Linear | None:
+    """A Linear to output_dim only where the interface's natural size differs."""
+    return None if in_dim == output_dim else nn.Linear(in_dim, output_dim)
+
+
+class Interface(nn.Module):
+    """Base class. Subclasses set `name`, `OPTIONS` (name -> default) and implement `fuse(stack)`.
+
+    `fuse` gets the aligned stacks as one tensor [N,L,B,T,D] and returns [B,T,D_out]. Every
+    interface here is per-frame, so padded frames cannot reach valid ones; forward zeroes the
+    padded frames of the output.
+    """
+
+    name: ClassVar[str] = ""
+    OPTIONS: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, num_layers: int, hidden_size: int, num_models: int = 1, output_dim: int | None = None,
+                 **options: Any) -> None:
+        super().__init__()
+        owner = f"interface '{self.name}'"
+        self.num_layers = _positive_int(owner, "num_layers", num_layers)
+        self.hidden_size = _positive_int(owner, "hidden_size", hidden_size)
+        self.num_models = _positive_int(owner, "num_models", num_models)
+        self.output_dim = _positive_int(owner, "output_dim", hidden_size if output_dim is None else output_dim)
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            valid = ", ".join(sorted(self.OPTIONS)) or "(none)"
+            raise ConfigError(f"{owner}: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
+        self.options: dict[str, Any] = {**self.OPTIONS, **options}
+        self.projection: nn.Linear | None = None
+        self.importance: dict | None = None  # set by speechfuse.importance.layer_importance(store=True)
+
+    # -- subclass hooks ---------------------------------------------------------------------------
+    def fuse(self, stack: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe_extra(self) -> dict[str, Any]:
+        return {}
+
+    # -- shared behaviour -------------------------------------------------------------------------
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        return features if self.projection is None else self.projection(features)
+
+    def validate(self, states: Sequence[HiddenStates]) -> None:
+        if len(states) != self.num_models:
+            raise ShapeError(f"interface '{self.name}' was built for {self.num_models} model(s) but got {len(states)}")
+        first = states[0]
+        for m, s in enumerate(states):
+            who = f"interface '{self.name}', model {m} ('{s.name}')"
+            if s.num_layers != self.num_layers or s.hidden_size != self.hidden_size:
+                raise ShapeError(
+                    f"{who}: got {s.num_layers} layers x {s.hidden_size} dims, expected {self.num_layers} x "
+                    f"{self.hidden_size}; align the models with speechfuse.Aligner first"
+                )
+            if s.batch_size != first.batch_size or s.num_frames != first.num_frames:
+                raise ShapeError(f"{who}: batch/time {s.batch_size}x{s.num_frames} differ from model 0's "
+                                 f"{first.batch_size}x{first.num_frames}; align the models first")
+            if not torch.equal(s.lengths.cpu(), first.lengths.cpu()):
+                raise ShapeError(f"{who}: lengths {s.lengths.tolist()} differ from model 0's {first.lengths.tolist()}; "
+                                 "align the models first")
+
+    def forward(self, states: Sequence[HiddenStates]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.validate(states)
+        stack = torch.stack([s.hidden for s in states])  # [N,L,B,T,D]
+        features = self.fuse(stack)
+        valid = states[0].padding_mask()[:, :, None]
+        return torch.where(valid, features, features.new_zeros(())), states[0].lengths
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def describe(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "name": self.name,
+            "options": dict(self.options),
+            "num_models": self.num_models,
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "output_dim": self.output_dim,
+            "num_parameters": self.num_parameters(),
+            "output_projection": None if self.projection is None else
+            {"from": self.projection.in_features, "to": self.projection.out_features},
+        }
+        summary.update(self.describe_extra())
+        if self.importance is not None:
+            summary["importance"] = self.importance
+        return summary
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, models={self.num_models}, layers={self.num_layers}, "
+                f"hidden={self.hidden_size}, out={self.output_dim}, options={self.options}")

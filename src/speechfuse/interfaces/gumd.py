@@ -1,0 +1,72 @@
+"""Dimension-wise Gumbel-softmax selection over the concatenated features of all models (paper-1 baseline)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .base import Interface
+
+
+class GumbelDimensionSelect(Interface):
+    """Concatenate all N*L layers (N*L*D features), keep or drop each feature dimension, project to output_dim.
+
+    Each dimension has one keep logit a (initialised to `init_keep_logit`). A two-way Gumbel-softmax
+    over (keep, drop) with logits (a, 0) equals sigmoid((a + logistic noise)/tau); training uses its
+    straight-through hard mask (forward 0/1, gradient of the soft value). One mask is drawn per forward
+    and shared by every frame, so selection is per dimension. tau anneals exponentially from tau_start
+    to tau_end over anneal_steps training forwards and then stays at tau_end. At eval the mask is
+    deterministic: keep where a >= 0.
+    """
+
+    name = "gumd"
+    OPTIONS = {"tau_start": 1.0, "tau_end": 0.1, "anneal_steps": 10000, "init_keep_logit": 1.0}
+
+    def __init__(self, num_layers: int, hidden_size: int, num_models: int = 1, output_dim: int | None = None,
+                 **options: Any) -> None:
+        super().__init__(num_layers, hidden_size, num_models, output_dim, **options)
+        o = self.options
+        for field in ("tau_start", "tau_end"):
+            if isinstance(o[field], bool) or not isinstance(o[field], (int, float)) or o[field] <= 0:
+                raise ConfigError(f"interface 'gumd': {field} must be a positive number, got {o[field]!r}")
+        if isinstance(o["anneal_steps"], bool) or not isinstance(o["anneal_steps"], int) or o["anneal_steps"] < 1:
+            raise ConfigError(f"interface 'gumd': anneal_steps must be a positive integer, got {o['anneal_steps']!r}")
+        if isinstance(o["init_keep_logit"], bool) or not isinstance(o["init_keep_logit"], (int, float)):
+            raise ConfigError(f"interface 'gumd': init_keep_logit must be a number, got {o['init_keep_logit']!r}")
+        width = self.num_models * self.num_layers * self.hidden_size
+        self.keep_logits = nn.Parameter(torch.full((width,), float(o["init_keep_logit"])))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.projection = nn.Linear(width, self.output_dim)
+
+    def temperature(self) -> float:
+        o = self.options
+        progress = min(int(self.step), o["anneal_steps"]) / o["anneal_steps"]
+        return float(o["tau_start"]) * (float(o["tau_end"]) / float(o["tau_start"])) ** progress
+
+    def mask(self) -> torch.Tensor:
+        """[N*L*D] 0/1 mask; straight-through in training, deterministic at eval."""
+        hard_eval = (self.keep_logits >= 0).to(self.keep_logits.dtype)
+        if not self.training:
+            return hard_eval
+        uniform = torch.rand_like(self.keep_logits).clamp(1e-6, 1 - 1e-6)
+        logistic = torch.log(uniform) - torch.log1p(-uniform)
+        soft = torch.sigmoid((self.keep_logits + logistic) / self.temperature())
+        hard = (soft >= 0.5).to(soft.dtype)
+        self.step += 1
+        return hard + soft - soft.detach()
+
+    def fuse(self, stack: torch.Tensor) -> torch.Tensor:
+        n, l, b, t, d = stack.shape
+        features = stack.permute(2, 3, 0, 1, 4).reshape(b, t, n * l * d)
+        return self.project(features * self.mask().to(stack.dtype))
+
+    def describe_extra(self) -> dict[str, Any]:
+        kept = (self.keep_logits.detach() >= 0).float().view(self.num_models, self.num_layers, self.hidden_size)
+        return {"selection": {
+            "kept_fraction": float(kept.mean()),
+            "kept_fraction_per_layer": kept.mean(dim=2).cpu().tolist(),
+            "temperature": self.temperature(),
+            "step": int(self.step),
+        }}
