@@ -1,0 +1,117 @@
+"""Tasks: targets, head, loss, decoding and metrics for one kind of problem.
+
+    task = get_task("asr")            # or "classify"
+    task.fit(train_utts)              # vocabulary / label map from the training rows
+    head = task.build_head(input_dim) # forward(features [B,T,D], lengths [B]) -> (out, out_lengths)
+    loss = task.loss(*head(feats, lens), task.encode(batch.utts))
+    preds = task.predict(*head(feats, lens))
+    task.metrics(preds, task.references(utts))
+    Task.from_state(task.state())     # JSON round trip for a run folder
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..data.manifest import Utterance
+
+_TASKS = {"asr": ("asr", "AsrTask"), "classify": ("classify", "ClassifyTask")}
+
+
+class Task:
+    name: str
+    target_field: str
+    main_metric: str
+    higher_is_better: bool
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    def fit(self, train_utts: list[Utterance]) -> "Task":
+        raise NotImplementedError
+
+    @property
+    def is_fitted(self) -> bool:
+        raise NotImplementedError
+
+    def encode(self, utts: list[Utterance]) -> Any:
+        raise NotImplementedError
+
+    def build_head(self, input_dim: int) -> nn.Module:
+        raise NotImplementedError
+
+    def loss(self, out: torch.Tensor, out_lengths: torch.Tensor, targets: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(self, out: torch.Tensor, out_lengths: torch.Tensor) -> list[str]:
+        raise NotImplementedError
+
+    def metrics(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def references(self, utts: list[Utterance]) -> list[str]:
+        """The reference strings `metrics` compares predictions with, one per utterance."""
+        return [self._target_of(u) for u in utts]
+
+    def state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def from_state(state: dict[str, Any]) -> "Task":
+        if not isinstance(state, dict) or "name" not in state:
+            raise ConfigError(f"Task.from_state: expected a dict with a 'name' key, got {state!r:.200}")
+        cls = _task_class(state["name"])
+        return cls._from_state({**state, "options": get_task(state["name"], **state.get("options", {})).options})
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any]) -> "Task":
+        raise NotImplementedError
+
+    # -- shared helpers ---------------------------------------------------------------------------
+    def _require_fitted(self, what: str) -> None:
+        if not self.is_fitted:
+            raise ConfigError(f"task {self.name!r}: call fit(train_utts) before {what}")
+
+    def _target_of(self, utt: Utterance) -> str:
+        value = getattr(utt, self.target_field)
+        if value is None or not str(value).strip():
+            raise ConfigError(f"task {self.name!r}: utterance {utt.id!r} ({utt.path}) has no "
+                              f"{self.target_field!r}; validate the manifest with target={self.target_field!r}")
+        return str(value)
+
+    @staticmethod
+    def _check_pairs(predictions: list[str], references: list[str]) -> None:
+        if len(predictions) != len(references):
+            raise ConfigError(f"metrics: {len(predictions)} predictions but {len(references)} references")
+        if not references:
+            raise ConfigError("metrics: no predictions to score")
+
+
+def _task_class(name: str) -> type[Task]:
+    if name not in _TASKS:
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_TASKS))}")
+    import importlib
+
+    module, cls = _TASKS[name]
+    return getattr(importlib.import_module(f".{module}", __name__), cls)
+
+
+def get_task(name: str, **options: Any) -> Task:
+    """A new, unfitted task by name ('asr' or 'classify'); options go to its constructor."""
+    cls = _task_class(name)
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"task {name!r}: unknown option(s) {unknown}; allowed: {allowed}")
+    return cls(**options)
+
+
+def list_tasks() -> list[str]:
+    return sorted(_TASKS)
+
+
+__all__ = ["Task", "get_task", "list_tasks"]

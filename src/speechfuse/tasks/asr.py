@@ -1,0 +1,170 @@
+"""Character CTC ASR (the SUPERB ASR recipe: projection, BiLSTM, linear to characters).
+
+Vocabulary: index 0 is the CTC blank, index 1 `<unk>`, then every character of the normalised training
+texts in sorted order; the word separator is the plain space " ". Texts are normalised by lower-casing
+and collapsing whitespace. A character unseen in training maps to `<unk>` with a warning; `<unk>`
+decodes to nothing. WER and CER are fractions (0.25 = 25 %), computed with jiwer over the corpus.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import jiwer
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ..data.manifest import Utterance
+from ..errors import ConfigError, ShapeError
+from . import Task
+
+BLANK, UNK = "<blank>", "<unk>"
+
+
+def normalize_text(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def check_lengths(lengths: torch.Tensor, batch: int, frames: int, who: str) -> None:
+    if lengths.dim() != 1 or lengths.shape[0] != batch:
+        raise ShapeError(f"{who}: lengths must be [B] with B={batch}, got shape {tuple(lengths.shape)}")
+    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > frames):
+        raise ShapeError(f"{who}: lengths must lie in 1..{frames} (the padded frame count), got "
+                         f"{lengths.tolist()}")
+
+
+class AsrHead(nn.Module):
+    """features [B,T,D], lengths [B] -> logits [B,T,V], lengths [B]. Padded frames never reach valid ones."""
+
+    def __init__(self, input_dim: int, vocab_size: int, proj_dim: int | None = 1024, hidden_size: int = 1024,
+                 num_layers: int = 2, bidirectional: bool = True, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.proj = nn.Linear(input_dim, proj_dim) if proj_dim else nn.Identity()
+        rnn_in = proj_dim or input_dim
+        self.rnn = (nn.LSTM(rnn_in, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
+                            batch_first=True, dropout=dropout if num_layers > 1 else 0.0)
+                    if num_layers > 0 else None)
+        self.dropout = nn.Dropout(dropout)
+        out_in = hidden_size * (2 if bidirectional else 1) if num_layers > 0 else rnn_in
+        self.out = nn.Linear(out_in, vocab_size)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if features.dim() != 3:
+            raise ShapeError(f"AsrHead: features must be [B,T,D], got shape {tuple(features.shape)}")
+        check_lengths(lengths, features.shape[0], features.shape[1], "AsrHead")
+        x = self.proj(features)
+        if self.rnn is not None:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            x, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=features.shape[1])
+        return self.out(self.dropout(x)), lengths
+
+
+class AsrTask(Task):
+    name = "asr"
+    target_field = "text"
+    main_metric = "wer"
+    higher_is_better = False
+
+    def __init__(self, proj_dim: int | None = 1024, hidden_size: int = 1024, num_layers: int = 2,
+                 bidirectional: bool = True, dropout: float = 0.2) -> None:
+        if num_layers < 0 or hidden_size < 1 or (proj_dim is not None and proj_dim < 0) or not 0 <= dropout < 1:
+            raise ConfigError(f"asr task: need num_layers >= 0, hidden_size >= 1, proj_dim >= 0 or None and "
+                              f"0 <= dropout < 1; got num_layers={num_layers}, hidden_size={hidden_size}, "
+                              f"proj_dim={proj_dim}, dropout={dropout}")
+        super().__init__(proj_dim=proj_dim, hidden_size=hidden_size, num_layers=num_layers,
+                         bidirectional=bidirectional, dropout=dropout)
+        self.vocab: list[str] = []
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.vocab)
+
+    def fit(self, train_utts: list[Utterance]) -> "AsrTask":
+        chars = {c for u in train_utts for c in normalize_text(self._target_of(u))}
+        if not chars:
+            raise ConfigError("asr task: the training texts contain no characters; check the 'text' column")
+        self.vocab = [BLANK, UNK, *sorted(chars)]
+        return self
+
+    def encode(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(targets [B,U] int64 padded with 0, target_lengths [B] int64)."""
+        self._require_fitted("encode")
+        index = {c: i for i, c in enumerate(self.vocab)}
+        unknown: dict[str, set[str]] = {}
+        sequences = []
+        for u in utts:
+            text = normalize_text(self._target_of(u))
+            for c in text:
+                if c not in index:
+                    unknown.setdefault(c, set()).add(u.id)
+            sequences.append([index.get(c, 1) for c in text])
+        if unknown:
+            detail = "; ".join(f"{c!r} in {sorted(ids)[:3]}" for c, ids in sorted(unknown.items()))
+            warnings.warn(f"asr task: characters not in the training vocabulary map to <unk>: {detail}",
+                          stacklevel=2)
+        lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
+        targets = torch.zeros(len(sequences), max([1, *(len(s) for s in sequences)]), dtype=torch.int64)
+        for row, seq in enumerate(sequences):
+            targets[row, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
+        return targets, lengths
+
+    def build_head(self, input_dim: int) -> AsrHead:
+        self._require_fitted("build_head")
+        return AsrHead(input_dim, len(self.vocab), **self.options)
+
+    def loss(self, out: torch.Tensor, out_lengths: torch.Tensor,
+             targets: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Mean CTC loss (each utterance's loss divided by its target length, then averaged)."""
+        labels, label_lengths = targets
+        labels, label_lengths = labels.to(out.device), label_lengths.to(out.device)
+        # CTC needs one frame per label plus one between repeated labels; say so instead of returning inf
+        repeats = ((labels[:, 1:] == labels[:, :-1]) &
+                   (torch.arange(1, labels.shape[1], device=out.device)[None, :] < label_lengths[:, None])).sum(1)
+        needed = label_lengths + repeats
+        short = (out_lengths.to(out.device) < needed).nonzero().flatten().tolist()
+        if short:
+            raise ShapeError(f"asr task: utterance(s) at batch position(s) {short} have fewer output frames "
+                             f"({out_lengths[short].tolist()}) than CTC needs for their transcripts "
+                             f"({needed[short].tolist()}); use a higher frame rate or drop those utterances")
+        log_probs = out.float().log_softmax(-1).transpose(0, 1)  # [T,B,V]
+        return F.ctc_loss(log_probs, labels, out_lengths, label_lengths, blank=0, reduction="mean",
+                          zero_infinity=False)
+
+    def predict(self, out: torch.Tensor, out_lengths: torch.Tensor) -> list[str]:
+        """Greedy CTC: best class per frame, collapse repeats, drop blanks (and <unk>)."""
+        self._require_fitted("predict")
+        best = out.argmax(-1).cpu()
+        texts = []
+        for row, length in enumerate(out_lengths.cpu().tolist()):
+            path = best[row, :length].tolist()
+            ids = [t for i, t in enumerate(path) if (i == 0 or t != path[i - 1]) and t > 1]
+            texts.append(" ".join("".join(self.vocab[t] for t in ids).split()))
+        return texts
+
+    def references(self, utts: list[Utterance]) -> list[str]:
+        return [normalize_text(self._target_of(u)) for u in utts]
+
+    def metrics(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        self._check_pairs(predictions, references)
+        refs = [normalize_text(r) for r in references]
+        empty = [i for i, r in enumerate(refs) if not r]
+        if empty:
+            raise ConfigError(f"asr metrics: reference(s) at position(s) {empty[:10]} are empty; WER is undefined "
+                              "for them, remove those utterances from the evaluation set")
+        hyps = [normalize_text(p) for p in predictions]
+        return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
+
+    def state(self) -> dict[str, Any]:
+        return {"name": self.name, "options": dict(self.options), "vocab": list(self.vocab)}
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any]) -> "AsrTask":
+        task = cls(**state.get("options", {}))
+        vocab = state.get("vocab")
+        if not isinstance(vocab, list) or vocab[:2] != [BLANK, UNK]:
+            raise ConfigError(f"asr task state: 'vocab' must be a list starting with {BLANK!r}, {UNK!r}; "
+                              "the run folder's task.json is damaged")
+        task.vocab = vocab
+        return task
