@@ -31,6 +31,7 @@ from .hidden import HiddenStates
 Choice = Union[str, int, float]
 Layout = tuple[int, int, float]  # (num_layers, hidden_size, frame_rate)
 
+OPTIONS = ("frame_rate", "num_layers", "hidden_size", "time_method", "layer_method", "length")
 _METHODS = ("interpolate", "nearest")
 _LENGTHS = ("min", "max")
 
@@ -129,6 +130,9 @@ class Aligner(nn.Module):
 
     @classmethod
     def from_upstreams(cls, upstreams: Sequence, **options) -> "Aligner":
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ConfigError(f"Aligner: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(OPTIONS)}")
         layouts = [(u.num_layers, u.hidden_size, u.frame_rate) for u in upstreams]
         return cls(layouts, **options)
 
