@@ -196,6 +196,7 @@ def _split_flat_key(k: str) -> tuple[str, int]:
 def plot_importance(describe: dict, png_path, title: str | None = None):
     """Plot per-(model, layer) weights or importance from an interface's describe() dict to a PNG.
 
+    `title` names the figure (default: the interface name in describe()); what is plotted is appended.
     One model: a bar chart over layers. Several: a heat map (rows = models, columns = layers; rows of
     different lengths are padded with blanks). If describe() holds no per-layer numbers, the figure says
     so in its title. Returns the PNG path.
@@ -215,7 +216,7 @@ def plot_importance(describe: dict, png_path, title: str | None = None):
     if found is None:
         fig, ax = plt.subplots(figsize=(5, 2))
         ax.axis("off")
-        ax.set_title(title or f"{iface}: no per-layer weights or importance reported", fontsize=10)
+        ax.set_title(f"{title or iface}: no per-layer weights or importance reported", fontsize=10)
         fig.savefig(png_path, dpi=100, bbox_inches="tight")
         plt.close(fig)
         return png_path
@@ -240,7 +241,7 @@ def plot_importance(describe: dict, png_path, title: str | None = None):
         ax.set_xticks(range(width))
         ax.set_xlabel("layer")
         fig.colorbar(im, ax=ax, label=label)
-    ax.set_title(title or f"{iface}: {label} per layer ({key})", fontsize=10)
+    ax.set_title(f"{title or iface}: {label} per layer ({key})", fontsize=10)
     fig.savefig(png_path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return png_path

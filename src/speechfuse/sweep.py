@@ -1,0 +1,310 @@
+"""Run every combination of a config grid, sharing one feature cache, into one results table.
+
+    rows = run_sweep(cfg, {"interface.name": ["weighted_sum", "hconv"],
+                           "upstreams": [["whisper-tiny.en"], ["whisper-tiny.en", "resemblyzer"]]},
+                     "runs/sweep1")
+
+- Grid keys are dotted config keys (`interface.name`, `train.lr`, ...) or `upstreams`, whose values are
+  lists of upstream specs (a spec string, or a `{"spec": ..., "options": {...}}` dict).
+- Each combination trains in `out_dir/runs/<readable name>` through `speechfuse.train.train`.
+- A run whose `metrics.json` exists is not trained again (resume); `train()` itself resumes a run that
+  was cut off mid-way from its checkpoint.
+- Every run shares one feature cache: `out_dir/cache` when the config says `cache: auto`, the config's
+  own folder when it names one, none when it says `off`.
+- `out_dir/results.md` and `out_dir/results.csv` are rewritten after every run, so a crash keeps the
+  finished rows. Rows: run, upstreams, interface, interface_params, the grid values, dev_* and test_*.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .errors import ConfigError
+from .report import plot_importance, write_table
+
+RESULTS_MD = "results.md"
+RESULTS_CSV = "results.csv"
+
+
+# ---------------------------------------------------------------------------------------------
+# grid handling
+# ---------------------------------------------------------------------------------------------
+def parse_grid(items: Iterable[str]) -> dict[str, list]:
+    """CLI `--grid` strings -> grid dict.
+
+    `interface.name=weighted_sum,hconv` -> {"interface.name": ["weighted_sum", "hconv"]}
+    `upstreams=whisper-tiny.en+resemblyzer,speech-embedding`
+        -> {"upstreams": [["whisper-tiny.en", "resemblyzer"], ["speech-embedding"]]}
+    Other values are parsed as YAML scalars (`train.lr=1e-3,3e-3` -> floats).
+    """
+    import yaml
+
+    grid: dict[str, list] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. interface.name=weighted_sum,hconv)")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        values = [v.strip() for v in raw.split(",") if v.strip()]
+        if not key or not values:
+            raise ConfigError(f"--grid {item!r}: needs a key and at least one value")
+        if key in grid:
+            raise ConfigError(f"--grid key {key!r} given twice; put all its values in one --grid")
+        if key == "upstreams":
+            grid[key] = [[s.strip() for s in v.split("+") if s.strip()] for v in values]
+        else:
+            grid[key] = [_scalar(yaml.safe_load(v)) for v in values]
+    return grid
+
+
+def _scalar(value: Any) -> Any:
+    """YAML 1.1 reads `1e-3` as a string; read such numbers as floats."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def expand_grid(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """Every combination, in the grid's key order (the last key varies fastest)."""
+    if not isinstance(grid, dict):
+        raise ConfigError(f"sweep grid must be a dict of key -> list of values, got {type(grid).__name__}")
+    for key, values in grid.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ConfigError(f"sweep grid key {key!r}: needs a non-empty list of values, got {values!r}")
+        if key == "upstreams":
+            for v in values:
+                if not isinstance(v, (list, tuple)) or not v:
+                    raise ConfigError(f"sweep grid 'upstreams': each value is a non-empty list of specs, got {v!r}")
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def _spec_name(u: Any) -> str:
+    return u if isinstance(u, str) else str(u.get("spec"))
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "+".join(_short(v) for v in value)
+    if isinstance(value, dict) and "spec" in value:
+        return _spec_name(value)
+    return str(value)
+
+
+def _safe(text: str) -> str:
+    text = text.replace("hf:", "").replace("/", "-")
+    return re.sub(r"[^A-Za-z0-9_.+=-]+", "-", text).strip("-") or "run"
+
+
+def run_name(combo: dict[str, Any]) -> str:
+    """A readable, filesystem-safe folder name, e.g. `whisper-tiny.en+resemblyzer__hconv__lr=0.001`."""
+    parts = []
+    for key, value in combo.items():
+        if key in ("upstreams", "interface.name"):
+            parts.append(_short(value))
+        else:
+            parts.append(f"{key.rsplit('.', 1)[-1]}={_short(value)}")
+    return _safe("__".join(parts))
+
+
+# ---------------------------------------------------------------------------------------------
+# config manipulation
+# ---------------------------------------------------------------------------------------------
+def _config_dict(cfg: Any) -> dict:
+    if hasattr(cfg, "model_dump"):
+        return cfg.model_dump()
+    if isinstance(cfg, dict):
+        return copy.deepcopy(cfg)
+    raise ConfigError(f"run_sweep: cfg must be a speechfuse Config (or a dict), got {type(cfg).__name__}")
+
+
+def _rebuild(like: Any, data: dict) -> Any:
+    if hasattr(type(like), "model_validate"):
+        return type(like).model_validate(data)
+    return data
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node.get(part), dict):
+            if part in node and node[part] is not None:
+                raise ConfigError(f"sweep grid key {key!r}: {'.'.join(parts[:i + 1])} is not a section")
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _upstream_entries(specs: list, base: list) -> list[dict]:
+    """Spec strings -> config entries; a spec also in the base config keeps the base config's options."""
+    base_by_spec = {}
+    for entry in base or []:
+        if isinstance(entry, dict) and "spec" in entry:
+            base_by_spec.setdefault(entry["spec"], entry)
+    out = []
+    for s in specs:
+        if isinstance(s, dict):
+            out.append(copy.deepcopy(s))
+        elif s in base_by_spec:
+            out.append(copy.deepcopy(base_by_spec[s]))
+        else:
+            out.append({"spec": s})
+    return out
+
+
+def combo_config(cfg: Any, combo: dict[str, Any], cache_dir: str | None) -> Any:
+    """The base config with one combination (and the shared cache folder) applied."""
+    data = _config_dict(cfg)
+    for key, value in combo.items():
+        if key == "upstreams":
+            data["upstreams"] = _upstream_entries(list(value), data.get("upstreams"))
+        else:
+            _set_dotted(data, key, value)
+    if cache_dir is not None:
+        data["cache"] = cache_dir
+    try:
+        return _rebuild(cfg, data)
+    except Exception as exc:  # pydantic ValidationError names the key
+        raise ConfigError(f"sweep combination {combo} does not make a valid config: {exc}") from exc
+
+
+def shared_cache_dir(cfg: Any, out_dir: Path) -> str | None:
+    """`out_dir/cache` for cache=auto, the config's folder if it names one, None (keep 'off') for off."""
+    value = _config_dict(cfg).get("cache", "auto")
+    if value in (None, "auto"):
+        return str((out_dir / "cache").resolve())
+    if value == "off":
+        return None
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# rows
+# ---------------------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def interface_params(run_dir: Path) -> int | None:
+    """Trainable interface parameters as recorded by the runner in `interface.json`."""
+    info = _read_json(run_dir / "interface.json")
+    for key in ("num_parameters", "parameters", "params", "interface_params"):
+        if isinstance(info.get(key), int):
+            return info[key]
+    desc = info.get("describe")
+    if isinstance(desc, dict):
+        for key in ("num_parameters", "parameters", "params"):
+            if isinstance(desc.get(key), int):
+                return desc[key]
+    return None
+
+
+def _flat_metrics(metrics: dict) -> dict:
+    out = {}
+    for split in ("dev", "test"):
+        for name, value in (metrics.get(split) or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"{split}_{name}"] = value
+    return out
+
+
+def result_row(name: str, combo: dict, run_cfg: Any, run_dir: Path, metrics: dict) -> dict:
+    data = _config_dict(run_cfg)
+    row: dict[str, Any] = {
+        "run": name,
+        "upstreams": "+".join(_spec_name(u) for u in data.get("upstreams") or []),
+        "interface": (data.get("interface") or {}).get("name"),
+        "interface_params": interface_params(run_dir),
+    }
+    for key, value in combo.items():
+        if key not in ("upstreams", "interface.name"):
+            row[key] = _short(value)
+    row.update(_flat_metrics(metrics))
+    return row
+
+
+def _describe(run_dir: Path) -> dict | None:
+    info = _read_json(run_dir / "interface.json")
+    desc = info.get("describe", info if info else None)
+    return desc if isinstance(desc, dict) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the sweep
+# ---------------------------------------------------------------------------------------------
+def run_sweep(cfg: Any, grid: dict[str, list], out_dir, *, train_fn: Callable | None = None,
+              progress: bool = True, plots: bool = True, on_run: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train every combination of `grid` over `cfg`; return one result row per run (see module doc).
+
+    train_fn: defaults to `speechfuse.train.train` (cfg, run_dir) -> {"dev": {...}, "test": {...}}.
+    plots: write `out_dir/plots/<run>.png` from each run's interface.json (layer weights / importance).
+    on_run: called with each finished row (the demo uses it for its own progress line).
+    """
+    if train_fn is None:
+        from .train import train as train_fn
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    combos = expand_grid(grid)
+    names = [run_name(c) for c in combos]
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"sweep grid gives duplicate run names {dupes}; make the grid values distinct")
+    cache_dir = shared_cache_dir(cfg, out_dir)
+    run_cfgs = [combo_config(cfg, c, cache_dir) for c in combos]  # validate every combination up front
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(combos), desc="sweep", unit="run", dynamic_ncols=True)
+    rows: list[dict] = []
+    try:
+        for combo, name, run_cfg in zip(combos, names, run_cfgs):
+            run_dir = out_dir / "runs" / name
+            metrics_path = run_dir / "metrics.json"
+            if bar is not None:
+                bar.set_postfix_str(name)
+            if metrics_path.exists():
+                metrics = _read_json(metrics_path)
+                if not metrics:
+                    raise ConfigError(f"sweep: {metrics_path} is unreadable; delete it to re-run {name}")
+            else:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    metrics = train_fn(run_cfg, run_dir)
+                except Exception as exc:
+                    if hasattr(exc, "add_note"):
+                        exc.add_note(f"speechfuse sweep: run {name!r} in {run_dir} failed; "
+                                     f"finished rows are in {out_dir / RESULTS_CSV}")
+                    raise
+                if not metrics_path.exists():  # the runner normally writes it; make resume work regardless
+                    metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+            row = result_row(name, combo, run_cfg, run_dir, metrics)
+            rows.append(row)
+            if plots:
+                desc = _describe(run_dir)
+                if desc is not None:
+                    plot_importance(desc, out_dir / "plots" / f"{name}.png", title=f"{name}")
+            write_table(rows, out_dir / RESULTS_MD, out_dir / RESULTS_CSV)
+            if on_run is not None:
+                on_run(row)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return rows
+
+
+__all__ = ["run_sweep", "parse_grid", "expand_grid", "run_name", "combo_config", "RESULTS_MD", "RESULTS_CSV"]

@@ -1,0 +1,122 @@
+"""sweep: grid parsing/expansion, run naming, resume, results table (fake trainer and the real runner)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from speechfuse.errors import ConfigError
+from speechfuse.sweep import combo_config, expand_grid, parse_grid, run_name, run_sweep
+
+BASE = {
+    "task": {"name": "classify"},
+    "upstreams": [{"spec": "a", "options": {"x": 1}}],
+    "interface": {"name": "weighted_sum"},
+    "train": {"max_steps": 3, "lr": 0.001},
+    "cache": "auto",
+}
+
+
+def test_parse_grid():
+    grid = parse_grid(["interface.name=weighted_sum,hconv, chconv", "upstreams=a+b,c", "train.lr=1e-3,0.01"])
+    assert grid == {
+        "interface.name": ["weighted_sum", "hconv", "chconv"],
+        "upstreams": [["a", "b"], ["c"]],
+        "train.lr": [0.001, 0.01],
+    }
+    with pytest.raises(ConfigError, match="KEY=V1"):
+        parse_grid(["interface.name"])
+    with pytest.raises(ConfigError, match="twice"):
+        parse_grid(["a=1", "a=2"])
+
+
+def test_expand_grid_and_names():
+    combos = expand_grid({"upstreams": [["a"], ["a", "hf:org/m"]], "interface.name": ["ws", "hconv"]})
+    assert len(combos) == 4
+    assert [run_name(c) for c in combos] == ["a__ws", "a__hconv", "a+org-m__ws", "a+org-m__hconv"]
+    assert run_name({"interface.name": "ws", "train.lr": 0.01}) == "ws__lr=0.01"
+    with pytest.raises(ConfigError, match="non-empty list"):
+        expand_grid({"interface.name": []})
+    with pytest.raises(ConfigError, match="list of specs"):
+        expand_grid({"upstreams": ["a"]})
+
+
+def test_combo_config_keeps_options_and_sets_cache():
+    out = combo_config(BASE, {"upstreams": ["a", "b"], "interface.name": "hconv", "train.lr": 0.1}, "/c")
+    assert out["upstreams"] == [{"spec": "a", "options": {"x": 1}}, {"spec": "b"}]
+    assert out["interface"]["name"] == "hconv" and out["train"]["lr"] == 0.1 and out["cache"] == "/c"
+    assert BASE["interface"]["name"] == "weighted_sum"  # base untouched
+
+
+class FakeTrainer:
+    """Stands in for speechfuse.train.train: records calls, writes what the runner writes."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.calls: list[str] = []
+        self.fail_on = fail_on
+
+    def __call__(self, cfg, run_dir):
+        name = run_dir.name
+        if self.fail_on and self.fail_on in name:
+            raise RuntimeError("boom")
+        self.calls.append(name)
+        params = {"weighted_sum": 3, "hconv": 1000}[cfg["interface"]["name"]]
+        n = len(cfg["upstreams"])
+        (run_dir / "interface.json").write_text(json.dumps(
+            {"num_parameters": params * n, "describe": {"name": cfg["interface"]["name"],
+                                                         "layer_weights": [0.5] * (2 * n), "num_models": n}}))
+        metrics = {"dev": {"accuracy": 0.5 + 0.1 * n}, "test": {"accuracy": 0.4 + 0.1 * n, "macro_f1": 0.3}}
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        self.cache = cfg["cache"]
+        return metrics
+
+
+def test_sweep_writes_table_and_resumes(tmp_path):
+    grid = {"upstreams": [["a"], ["a", "b"]], "interface.name": ["weighted_sum", "hconv"]}
+    trainer = FakeTrainer()
+    rows = run_sweep(BASE, grid, tmp_path, train_fn=trainer, progress=False)
+    assert trainer.calls == ["a__weighted_sum", "a__hconv", "a+b__weighted_sum", "a+b__hconv"]
+    assert trainer.cache == str((tmp_path / "cache").resolve())
+    assert [r["interface_params"] for r in rows] == [3, 1000, 6, 2000]
+    assert rows[2]["upstreams"] == "a+b" and rows[2]["interface"] == "weighted_sum"
+    assert rows[3]["dev_accuracy"] == pytest.approx(0.7) and rows[3]["test_macro_f1"] == 0.3
+    with open(tmp_path / "results.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [t["run"] for t in table] == ["a__weighted_sum", "a__hconv", "a+b__weighted_sum", "a+b__hconv"]
+    assert "| a+b__hconv | a+b | hconv | 2000 |" in (tmp_path / "results.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(f"{r['run']}.png" for r in rows)
+
+    # resume: nothing re-runs, the same rows come back
+    mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/metrics.json")}
+    again = FakeTrainer()
+    rows2 = run_sweep(BASE, grid, tmp_path, train_fn=again, progress=False)
+    assert again.calls == [] and rows2 == rows
+    assert mtimes == {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/metrics.json")}
+
+    # a grown grid runs only the new combinations
+    grid2 = {"upstreams": [["a"], ["a", "b"], ["b"]], "interface.name": ["weighted_sum", "hconv"]}
+    more = FakeTrainer()
+    rows3 = run_sweep(BASE, grid2, tmp_path, train_fn=more, progress=False)
+    assert more.calls == ["b__weighted_sum", "b__hconv"] and len(rows3) == 6
+
+
+def test_sweep_crash_keeps_finished_rows_then_resumes(tmp_path):
+    grid = {"interface.name": ["weighted_sum", "hconv"]}
+    with pytest.raises(RuntimeError, match="boom"):
+        run_sweep(BASE, grid, tmp_path, train_fn=FakeTrainer(fail_on="hconv"), progress=False)
+    with open(tmp_path / "results.csv", newline="") as f:
+        assert [t["run"] for t in csv.DictReader(f)] == ["weighted_sum"]
+    trainer = FakeTrainer()
+    rows = run_sweep(BASE, grid, tmp_path, train_fn=trainer, progress=False)
+    assert trainer.calls == ["hconv"] and len(rows) == 2
+
+
+def test_sweep_cache_off_and_named(tmp_path):
+    trainer = FakeTrainer()
+    run_sweep({**BASE, "cache": "off"}, {"interface.name": ["weighted_sum"]}, tmp_path / "a", train_fn=trainer,
+              progress=False)
+    assert trainer.cache == "off"
+    run_sweep({**BASE, "cache": str(tmp_path / "mine")}, {"interface.name": ["weighted_sum"]}, tmp_path / "b",
+              train_fn=trainer, progress=False)
+    assert trainer.cache == str(tmp_path / "mine")
