@@ -82,3 +82,12 @@ def test_plot_importance_writes_png(tmp_path, describe):
 def test_plot_importance_rejects_non_dict(tmp_path):
     with pytest.raises(SpeechfuseError, match="describe must be a dict"):
         plot_importance([1, 2], tmp_path / "x.png")
+
+
+def test_find_matrix_reads_layer_importance_result():
+    """describe()["importance"] holds speechfuse.importance.layer_importance's dict: use its [N][L] matrix."""
+    desc = {"name": "hconv", "importance": {"method": "drop_one_layer", "models": ["w", "r"],
+                                            "importance": [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]],
+                                            "share": [[0.0] * 3, [0.0] * 3]}}
+    key, names, rows = _find_matrix(desc)
+    assert key == "importance.importance" and names == ["w", "r"] and rows[1] == [0.4, 0.5, 0.6]

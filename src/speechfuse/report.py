@@ -131,6 +131,7 @@ def _find_matrix(describe: dict) -> tuple[str, list[str], list[list[float]]] | N
       - [[per-layer numbers], ...]                              one row per model (names from describe["models"])
       - [per-layer numbers]                                     one row, or split into describe["num_models"] rows
       - {"<model>/<layer>" or "(model, layer)": number}         flat mapping, parsed into rows
+      - a dict holding one of MATRIX_KEYS itself (layer_importance()'s result), searched the same way
     Returns (key, row names, rows) or None.
     """
     names = describe.get("models") or describe.get("upstreams") or describe.get("model_names")
@@ -142,6 +143,12 @@ def _find_matrix(describe: dict) -> tuple[str, list[str], list[list[float]]] | N
         if key not in describe or describe[key] is None:
             continue
         val = describe[key]
+        if isinstance(val, dict) and any(k in val for k in MATRIX_KEYS):
+            # e.g. describe()["importance"] = speechfuse.importance.layer_importance(...) result
+            inner = _find_matrix(val)
+            if inner is not None:
+                return f"{key}.{inner[0]}", inner[1], inner[2]
+            continue
         if isinstance(val, dict) and val:
             if all(isinstance(v, (list, tuple)) for v in val.values()):
                 rows = [[float(x) for x in v] for v in val.values()]
