@@ -1,0 +1,330 @@
+"""Data: audio reading, manifests and their validation, duration batching, collate, corpus adapters."""
+from __future__ import annotations
+
+import csv
+import json
+import random
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speechfuse.errors import AudioError, ConfigError
+from speechfuse.data import (AudioDataset, DurationBatchSampler, ManifestError, Utterance, audio_info,
+                             bundled_fsdd_dir, check_manifest, collate_audio, folder_manifest, fsdd_manifests,
+                             librispeech_manifest, load_manifest, make_batches, padding_ratio, read_audio,
+                             validate_manifest, write_manifest)
+
+FSDD_CLIP = Path("/work/shared/data/fsdd/recordings/7_jackson_32.wav")
+
+
+def tone(path: Path, seconds: float, rate: int = 8000, channels: int = 1, fmt: str | None = None) -> Path:
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.3 * np.sin(2 * np.pi * 220 * t).astype(np.float32)
+    data = np.stack([wave, -wave], axis=1) if channels == 2 else wave
+    sf.write(str(path), data, rate, format=fmt)
+    return path
+
+
+# -- audio ---------------------------------------------------------------------------------------------
+
+def test_read_audio_resamples_real_speech():
+    samples, rate, channels, duration = audio_info(FSDD_CLIP)
+    assert (rate, channels) == (8000, 1) and duration == pytest.approx(samples / 8000)
+    wav = read_audio(FSDD_CLIP, 16000)
+    assert wav.dtype == torch.float32 and wav.dim() == 1
+    assert abs(wav.shape[0] - 2 * samples) <= 2
+    native = read_audio(FSDD_CLIP, 8000)
+    assert native.shape[0] == samples
+    # resampling keeps the signal's energy (a zero or garbage output would not)
+    assert wav.pow(2).mean().item() == pytest.approx(native.pow(2).mean().item(), rel=0.05)
+
+
+def test_stereo_is_mixed_down_with_a_warning(tmp_path):
+    path = tone(tmp_path / "stereo.wav", 0.5, channels=2)
+    with pytest.warns(UserWarning, match="stereo.wav"):
+        wav = read_audio(path, 8000)
+    assert wav.abs().max().item() < 1e-4  # the channels were opposite, so their mean is silence
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "empty", "nan"])
+def test_bad_audio_raises_naming_the_file(tmp_path, kind):
+    path = tmp_path / f"{kind}.wav"
+    if kind == "corrupt":
+        path.write_bytes(b"RIFF this is not audio at all" * 10)
+    elif kind == "empty":
+        sf.write(str(path), np.zeros(0, dtype=np.float32), 8000)
+    elif kind == "nan":
+        sf.write(str(path), np.array([0.1, np.nan, 0.2] * 100, dtype=np.float32), 8000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=f"{kind}.wav"):
+        read_audio(path, 16000)
+
+
+# -- manifests -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_manifest_round_trip_and_relative_paths(tmp_path, suffix):
+    (tmp_path / "audio").mkdir()
+    audio = tone(tmp_path / "audio" / "a.wav", 0.3)
+    utts = [Utterance("a", str(audio), 0.3, text="hello world", speaker="s1", extra={"gender": "f"}),
+            Utterance("b", str(audio), None, text="again", language="en")]
+    out = write_manifest(utts, tmp_path / f"m{suffix}", relative_paths=True)
+    raw = out.read_text()
+    assert "audio/a.wav" in raw and str(tmp_path) not in raw
+    loaded = load_manifest(out)
+    assert [u.id for u in loaded] == ["a", "b"]
+    assert loaded[0].path == str(audio) and loaded[0].duration == pytest.approx(0.3)
+    assert loaded[0].text == "hello world" and loaded[0].speaker == "s1" and loaded[0].extra == {"gender": "f"}
+    assert loaded[1].duration is None and loaded[1].language == "en"
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", "path", "duration", "text"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def bad_manifest(tmp_path) -> Path:
+    good = tone(tmp_path / "good.wav", 0.5)
+    other = tone(tmp_path / "other.wav", 0.25)
+    (tmp_path / "corrupt.wav").write_bytes(b"not a wav file" * 20)
+    sf.write(str(tmp_path / "empty.wav"), np.zeros(0, dtype=np.float32), 8000)
+    rows = [
+        {"id": "u1", "path": "good.wav", "duration": "", "text": "one"},          # 1 good
+        {"id": "u2", "path": "gone.wav", "duration": "", "text": "two"},          # 2 missing file
+        {"id": "u3", "path": "corrupt.wav", "duration": "", "text": "three"},     # 3 corrupt
+        {"id": "u4", "path": "empty.wav", "duration": "", "text": "four"},        # 4 empty
+        {"id": "u5", "path": "good.wav", "duration": "", "text": ""},             # 5 missing target
+        {"id": "u6", "path": "good.wav", "duration": "long", "text": "six"},      # 6 wrong type
+        {"id": "u1", "path": "good.wav", "duration": "", "text": "dup"},          # 7 duplicate id
+        {"id": "u8", "path": str(other), "duration": "0.25", "text": "eight"},    # 8 good (absolute path)
+    ]
+    return write_csv(tmp_path / "train.csv", rows)
+
+
+def test_validation_lists_every_bad_row(bad_manifest):
+    with pytest.raises(ManifestError) as info:
+        validate_manifest(bad_manifest, "text")
+    message = str(info.value)
+    assert str(bad_manifest) in message
+    expected = {2: "not found", 3: "corrupt", 4: "empty", 5: "missing text", 6: "not a number", 7: "duplicate id"}
+    assert {b.row for b in info.value.bad_rows} == set(expected)
+    for row, reason in expected.items():
+        assert any(b.row == row and reason in b.reason for b in info.value.bad_rows), (row, reason)
+        assert f"row {row} " in message
+    assert "row 1 " not in message and "row 8 " not in message
+    assert "first used in row 1" in message
+
+
+def test_load_manifest_reports_parse_errors_only(bad_manifest):
+    with pytest.raises(ManifestError) as info:
+        load_manifest(bad_manifest)
+    assert [b.row for b in info.value.bad_rows] == [6]
+
+
+def test_skip_bad_keeps_good_rows_and_writes_the_skipped_list(bad_manifest, tmp_path):
+    skipped = tmp_path / "skipped.csv"
+    good = validate_manifest(bad_manifest, "text", skip_bad=True, skipped_out=skipped)
+    assert [u.id for u in good] == ["u1", "u8"]
+    assert good[0].duration == pytest.approx(0.5)  # filled from the audio header
+    assert good[1].duration == pytest.approx(0.25)
+    with open(skipped) as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({int(r["row"]) for r in rows}) == [2, 3, 4, 5, 6, 7]
+    with pytest.raises(ConfigError, match="skipped_out"):
+        validate_manifest(bad_manifest, "text", skip_bad=True)
+
+
+def test_check_manifest_on_objects_and_label_target(tmp_path):
+    audio = str(tone(tmp_path / "a.wav", 0.2))
+    utts = [Utterance("a", audio, label="x"), Utterance("b", audio, duration=-1.0, label=None),
+            Utterance("", audio, label="y")]
+    bad = check_manifest(utts, "label")
+    assert {(b.row, b.reason.split(" ")[0]) for b in bad} == {(2, "duration"), (2, "missing"), (3, "missing")}
+    assert check_manifest(utts[:1], "label") == []
+    with pytest.raises(ConfigError, match="target"):
+        check_manifest(utts, "transcript")
+
+
+def test_jsonl_bad_lines_and_missing_columns(tmp_path):
+    audio = tone(tmp_path / "a.wav", 0.2)
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text(json.dumps({"id": "a", "path": "a.wav", "label": 3}) + "\n{broken\n"
+                     + json.dumps({"id": "c", "path": "a.wav", "text": 5}) + "\n")
+    with pytest.raises(ManifestError) as info:
+        validate_manifest(jsonl, "label")
+    reasons = {b.row: b.reason for b in info.value.bad_rows}
+    assert "not valid JSON" in reasons[2] and "text must be a string" in reasons[3]
+    good = validate_manifest(jsonl, "label", skip_bad=True, skipped_out=tmp_path / "skip.csv")
+    assert [(u.id, u.label, u.path) for u in good] == [("a", "3", str(audio))]
+    no_path = tmp_path / "nopath.csv"
+    no_path.write_text("id,file\na,a.wav\n")
+    with pytest.raises(ConfigError, match=r"nopath.csv.*\['path'\]"):
+        load_manifest(no_path)
+    with pytest.raises(ConfigError, match="unknown format"):
+        load_manifest(tmp_path / "a.wav")
+
+
+# -- batching ------------------------------------------------------------------------------------------
+
+def durations_fixture(n: int = 300, seed: int = 1) -> list[float]:
+    rng = random.Random(seed)
+    return [round(rng.uniform(0.3, 6.0), 3) for _ in range(n)] + [25.0]  # one clip longer than a batch
+
+
+def test_batches_respect_the_budget_and_cover_everything():
+    durations = durations_fixture()
+    sampler = DurationBatchSampler(durations, batch_seconds=20.0, seed=3)
+    batches = list(sampler)
+    assert len(batches) == len(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(len(durations)))
+    for b in batches:
+        padded = len(b) * max(durations[i] for i in b)
+        assert padded <= 20.0 or len(b) == 1
+    assert [len(durations) - 1] in batches  # the 25 s clip is alone
+
+
+def test_batches_are_deterministic_per_epoch():
+    durations = durations_fixture()
+    a = DurationBatchSampler(durations, 20.0, seed=5)
+    b = DurationBatchSampler(durations, 20.0, seed=5)
+    assert list(a) == list(b)
+    first = list(a)
+    a.set_epoch(1)
+    assert list(a) != first
+    b.set_epoch(1)
+    assert list(a) == list(b)
+    fixed = DurationBatchSampler(durations, 20.0, shuffle=False)
+    assert list(fixed) == list(fixed) and list(fixed) == make_batches(durations, 20.0)
+
+
+def test_sorting_reduces_padding_against_random_batches():
+    durations = durations_fixture()
+    sorted_batches = list(DurationBatchSampler(durations, 20.0, seed=0))
+    rng = random.Random(0)
+    order = list(range(len(durations)))
+    rng.shuffle(order)
+    size = max(1, len(durations) // len(sorted_batches))
+    random_batches = [order[i: i + size] for i in range(0, len(order), size)]
+    sorted_ratio, random_ratio = padding_ratio(sorted_batches, durations), padding_ratio(random_batches, durations)
+    assert sorted_ratio < 0.1 < random_ratio
+    assert sorted_ratio < random_ratio / 3
+
+
+@pytest.mark.parametrize("replicas", [2, 3, 4])
+def test_ddp_ranks_get_equal_disjoint_shares(replicas):
+    durations = durations_fixture()
+    total = len(make_batches(durations, 20.0))
+    per_rank = [list(DurationBatchSampler(durations, 20.0, seed=2, num_replicas=replicas, rank=r))
+                for r in range(replicas)]
+    assert len({len(p) for p in per_rank}) == 1
+    assert len(per_rank[0]) == -(-total // replicas)
+    flat = [i for p in per_rank for b in p for i in b]
+    assert set(flat) == set(range(len(durations)))
+    padding = len(per_rank[0]) * replicas - total
+    seen_batches = [tuple(b) for p in per_rank for b in p]
+    assert len(seen_batches) - len(set(seen_batches)) == padding  # only the padding repeats a batch
+    dropped = [list(DurationBatchSampler(durations, 20.0, seed=2, num_replicas=replicas, rank=r, drop_last=True))
+               for r in range(replicas)]
+    assert all(len(p) == total // replicas for p in dropped)
+    dropped_ids = [i for p in dropped for b in p for i in b]
+    assert len(dropped_ids) == len(set(dropped_ids))
+
+
+def test_fewer_batches_than_ranks_still_gives_each_rank_one():
+    per_rank = [list(DurationBatchSampler([1.0, 1.0], 5.0, num_replicas=3, rank=r)) for r in range(3)]
+    assert all(len(p) == 1 for p in per_rank)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(durations=[1.0, float("nan")], batch_seconds=5.0), "item 1"),
+    (dict(durations=[1.0, None], batch_seconds=5.0), "item 1"),
+    (dict(durations=[], batch_seconds=5.0), "empty"),
+    (dict(durations=[1.0], batch_seconds=0), "batch_seconds"),
+    (dict(durations=[1.0], batch_seconds=5.0, num_replicas=2, rank=2), "rank"),
+])
+def test_sampler_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        DurationBatchSampler(**kwargs)
+
+
+# -- dataset -------------------------------------------------------------------------------------------
+
+def test_dataset_and_collate_pad_with_zeros(tmp_path):
+    utts = [Utterance("short", str(tone(tmp_path / "s.wav", 0.1))),
+            Utterance("long", str(tone(tmp_path / "l.flac", 0.3, fmt="FLAC")))]
+    dataset = AudioDataset(utts, 16000)
+    batch = collate_audio([dataset[0], dataset[1]])
+    assert batch.ids == ["short", "long"] and batch.utts == utts
+    assert batch.wavs.dtype == torch.float32 and batch.wav_lengths.dtype == torch.int64
+    assert batch.wav_lengths.tolist() == [1600, 4800] and batch.wavs.shape == (2, 4800)
+    assert torch.equal(batch.wavs[0, :1600], dataset[0].wav)
+    assert batch.wavs[0, 1600:].abs().sum() == 0 and batch.wavs[0, :1600].abs().sum() > 0
+
+
+# -- adapters ------------------------------------------------------------------------------------------
+
+def test_fsdd_manifests_split_by_take(tmp_path):
+    recordings = tmp_path / "rec"
+    recordings.mkdir()
+    for take in (0, 4, 5, 9, 10, 30):
+        tone(recordings / f"7_alice_{take}.wav", 0.2)
+    tone(recordings / "3_bob_12.flac", 0.2, fmt="FLAC")
+    out = fsdd_manifests(recordings, tmp_path / "manifests")
+    ids = {split: [u.id for u in load_manifest(path)] for split, path in out.items()}
+    assert sorted(ids["test"]) == ["7_alice_0", "7_alice_4"]
+    assert sorted(ids["dev"]) == ["7_alice_5", "7_alice_9"]
+    assert sorted(ids["train"]) == ["3_bob_12", "7_alice_10", "7_alice_30"]
+    bob = next(u for u in load_manifest(out["train"]) if u.id == "3_bob_12")
+    assert (bob.text, bob.label, bob.speaker) == ("three", "3", "bob") and bob.duration == pytest.approx(0.2)
+    tone(recordings / "seven.wav", 0.2)
+    with pytest.raises(ConfigError, match="seven.wav"):
+        fsdd_manifests(recordings, tmp_path / "m2")
+
+
+def test_bundled_fsdd_subset_is_complete(tmp_path):
+    folder = bundled_fsdd_dir()
+    assert "CC BY-SA 4.0" in (folder / "README.md").read_text()
+    assert (folder / "LICENSE").is_file() and (folder / "speakers.csv").is_file()
+    splits = {k: load_manifest(v) for k, v in fsdd_manifests(folder / "recordings", tmp_path).items()}
+    assert {k: len(v) for k, v in splits.items()} == {"train": 900, "dev": 300, "test": 300}
+    for utts in splits.values():
+        assert {u.speaker for u in utts} == {"jackson", "nicolas", "theo", "yweweler", "george", "lucas"}
+        assert {u.label for u in utts} == {str(d) for d in range(10)}
+    clip = splits["test"][0]
+    assert clip.path.endswith(".flac") and read_audio(clip.path, 16000).shape[0] > 1000
+
+
+def test_folder_manifest(tmp_path):
+    for label, n in (("dog", 2), ("cat", 1)):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(n):
+            tone(tmp_path / "data" / label / f"{i}.wav", 0.1)
+    utts = load_manifest(folder_manifest(tmp_path / "data", tmp_path / "m.csv"))
+    assert [(u.id, u.label) for u in utts] == [("cat/0", "cat"), ("dog/0", "dog"), ("dog/1", "dog")]
+    tone(tmp_path / "data" / "loose.wav", 0.1)
+    with pytest.raises(ConfigError, match="no label"):
+        folder_manifest(tmp_path / "data", tmp_path / "m2.csv")
+
+
+def test_librispeech_manifest_on_a_synthetic_layout(tmp_path):
+    split = tmp_path / "dev-clean"
+    chapter = split / "84" / "121123"
+    chapter.mkdir(parents=True)
+    lines = {"84-121123-0000": "GO DO YOU HEAR", "84-121123-0001": "BUT IN LESS THAN FIVE MINUTES"}
+    for utt_id in lines:
+        tone(chapter / f"{utt_id}.flac", 0.4, rate=16000, fmt="FLAC")
+    (chapter / "84-121123.trans.txt").write_text("".join(f"{k} {v}\n" for k, v in lines.items()))
+    utts = load_manifest(librispeech_manifest(split, tmp_path / "dev.jsonl"))
+    assert [(u.id, u.text, u.speaker) for u in utts] == [(k, v, "84") for k, v in lines.items()]
+    assert utts[0].duration == pytest.approx(0.4)
+    (chapter / "84-121123-0001.flac").unlink()
+    with pytest.raises(ConfigError, match="84-121123-0001.flac"):
+        librispeech_manifest(split, tmp_path / "dev2.jsonl")
