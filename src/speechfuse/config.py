@@ -1,0 +1,276 @@
+"""Run configuration: a YAML file validated by pydantic models that reject unknown keys.
+
+    cfg = load_config("configs/fsdd_digits_asr.yaml", ["train.max_steps=5", "interface.name=weighted_sum"])
+    print(config_to_yaml(cfg))
+
+Schema (every section forbids unknown keys; `interface`, `align`, `downstream` options are checked
+against the component that takes them when the run is built):
+
+    task: classify                      # asr | classify
+    data: {train: train.csv, dev: dev.csv, test: test.csv, target: label}
+    upstreams: [{spec: whisper-tiny.en}, {spec: resemblyzer, options: {}}]
+    align: {}                           # speechfuse.Aligner options
+    interface: {name: hconv}            # + interface options (output_dim, ...)
+    downstream: {}                      # task / head options (e.g. hidden_dim, dropout)
+    train: {max_steps: 1000, batch_seconds: 60, lr: 1.0e-3, interface_lr: 1.0e-2, seed: 0, ...}
+    cache: auto                         # auto | off | <folder>
+
+Relative data paths (and a relative cache folder) resolve against the config file's folder.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+DATA_TARGETS = ("text", "label", "speaker", "language")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    train: str
+    dev: str
+    test: Optional[str] = None
+    target: Optional[str] = None
+    """Manifest field holding the target (text | label | speaker | language); default: the task's own
+    (text for asr, label for classify)."""
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and v not in DATA_TARGETS:
+            raise ValueError(f"must be one of {', '.join(DATA_TARGETS)}")
+        return v
+
+
+class UpstreamConfig(_Strict):
+    spec: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword options of load_upstream, e.g. {trainable: true}."""
+
+
+class AlignConfig(_Strict):
+    frame_rate: Optional[Union[float, str]] = None
+    num_layers: Optional[Union[int, str]] = None
+    hidden_size: Optional[Union[int, str]] = None
+    time_method: Optional[str] = None
+    layer_method: Optional[str] = None
+    length: Optional[str] = None
+    """Unset keys keep speechfuse.Aligner's defaults (max rate / layers / width, interpolate, min length)."""
+
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class InterfaceConfig(BaseModel):
+    """`name` plus that interface's own options (checked by build_interface when the run is built)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str = "hconv"
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainConfig(_Strict):
+    max_steps: int = Field(1000, gt=0)
+    max_epochs: Optional[int] = Field(None, gt=0)
+    batch_seconds: float = Field(60.0, gt=0)
+    """Seconds of (padded) audio in one *global* batch; under DDP each rank gets a share of every batch."""
+    lr: float = Field(1e-3, gt=0)
+    interface_lr: float = Field(1e-2, gt=0)
+    upstream_lr: Optional[float] = Field(None, gt=0)
+    """For upstreams with options {trainable: true}; default: lr."""
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: Optional[float] = Field(None, gt=0)
+    seed: int = 0
+    val_every_steps: int = Field(100, gt=0)
+    """Validate on the dev set, and save the `last` and `best` checkpoints, every this many steps."""
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: Union[int, str] = 1
+    num_workers: int = Field(0, ge=0)
+    skip_bad_rows: bool = False
+    """Drop bad manifest rows (listed in RUN_DIR/skipped_<split>.csv) instead of failing."""
+    progress_bar: bool = True
+    deterministic: bool = True
+    importance: bool = True
+    """After training, compute per-(model, layer) drop-one-layer importance on one dev batch."""
+
+
+class Config(_Strict):
+    task: Literal["asr", "classify"]
+    data: DataConfig
+    upstreams: list[UpstreamConfig] = Field(min_length=1)
+    align: AlignConfig = Field(default_factory=AlignConfig)
+    interface: InterfaceConfig = Field(default_factory=InterfaceConfig)
+    downstream: dict[str, Any] = Field(default_factory=dict)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    cache: str = "auto"
+    """auto: a cache shared by the runs of one parent folder (RUN_DIR/../cache, or $SPEECHFUSE_HOME/cache
+    when that is set); off: always run the upstreams; anything else: that folder. Used only when every
+    upstream is frozen."""
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _spec_strings(cls, v: Any) -> Any:
+        # allow the short form `upstreams: [whisper-tiny.en, resemblyzer]`
+        if isinstance(v, list):
+            return [{"spec": u} if isinstance(u, str) else u for u in v]
+        return v
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------
+_TYPE_WORDS = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "string_type": "a string",
+    "bool_type": "true or false", "bool_parsing": "true or false", "dict_type": "a mapping (key: value)",
+    "list_type": "a list", "model_type": "a mapping (key: value)", "model_attributes_type": "a mapping (key: value)",
+}
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at `loc` (for listing valid keys)."""
+    model: Any = Config
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        model = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _explain(err: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = _dotted(loc) or "(top level)"
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            model = _model_at(loc)
+            valid = ", ".join(model.model_fields) if model else "?"
+            lines.append(f"unknown key '{key}'; valid keys here: {valid}")
+        elif kind == "missing":
+            lines.append(f"missing required key '{key}'")
+        elif kind in _TYPE_WORDS:
+            lines.append(f"key '{key}' must be {_TYPE_WORDS[kind]}, got {e.get('input')!r}")
+        else:
+            lines.append(f"key '{key}': {e['msg']} (got {e.get('input')!r})")
+    return ConfigError(f"invalid config {source}:\n  " + "\n  ".join(lines))
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'train.max_steps=5' -> (['train', 'max_steps'], 5); the value is read as YAML (so `[a, b]`,
+    `{k: v}`, `true`, `1e-3` all work)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.max_steps=5")
+    key, _, raw = item.partition("=")
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set {item!r}: bad key {key!r}; use dotted names like train.lr")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({err})") from err
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: '{'.'.join(parts[:i + 1])}' is not a section "
+                                  f"(it holds {child!r})")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _resolve(path: str, base: Path) -> str:
+    p = Path(os.path.expanduser(path))
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def config_from_dict(data: Any, base_dir: str | Path = ".", source: str = "(dict)") -> Config:
+    """Validate a plain dict; relative data paths (and cache folder) resolve against `base_dir`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {source}: the top level must be a mapping of keys, got {type(data).__name__}")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise _explain(err, source) from None
+    base = Path(base_dir).resolve()
+    for split in ("train", "dev", "test"):
+        value = getattr(cfg.data, split)
+        if value is not None:
+            setattr(cfg.data, split, _resolve(value, base))
+    if cfg.cache not in ("auto", "off"):
+        cfg.cache = _resolve(cfg.cache, base)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply `key.sub=value` overrides, validate. ConfigError names the bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    data = apply_overrides(data, overrides)
+    return config_from_dict(data, path.parent, str(path))
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+__all__ = ["Config", "DataConfig", "UpstreamConfig", "AlignConfig", "InterfaceConfig", "TrainConfig",
+           "load_config", "config_from_dict", "config_to_yaml", "config_to_dict", "parse_override",
+           "apply_overrides"]
