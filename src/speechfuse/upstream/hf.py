@@ -1,0 +1,376 @@
+"""transformers speech checkpoints as Upstreams: wav2vec2 (incl. XLS-R, MMS), HuBERT, WavLM,
+data2vec-audio and the Whisper encoder.
+
+`load_hf_upstream(path_or_hub_id)` reads config.json's `model_type`, maps it explicitly to a
+transformers base class, loads only the base / encoder weights (from a base model or a task model
+such as *ForCTC / WhisperForConditionalGeneration) and refuses a checkpoint whose encoder weights
+did not load. A local folder never touches the network; a hub id is resolved through the local
+Hugging Face cache (and the network only when the hub is not set offline). trust_remote_code is
+never used.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import AudioError, ConfigError, UpstreamError
+from .base import Upstream
+from .whisper_features import log_mel_spectrogram, mel_filterbank
+
+SSL_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")
+SUPPORTED_MODEL_TYPES = SSL_MODEL_TYPES + ("whisper",)
+WHISPER_MODES = ("trim", "pad30")
+
+# parameters a base model may lack in a task checkpoint without changing inference outputs
+# (masked_spec_embed is only used by SpecAugment during training)
+_OPTIONAL_KEYS = ("masked_spec_embed",)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+# -- shared helpers --------------------------------------------------------------------------------
+def valid_sample_mask(wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+    """[B,S] bool, True on the first wav_lengths[b] samples of row b."""
+    positions = torch.arange(wavs.shape[1], device=wavs.device)
+    return positions[None, :] < wav_lengths.to(wavs.device)[:, None]
+
+
+def normalize_valid(wavs: torch.Tensor, wav_lengths: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Zero mean, unit variance per utterance over its valid samples only; padding set to 0.
+
+    Same formula as transformers' Wav2Vec2FeatureExtractor (population variance, eps 1e-7), in
+    float64 statistics so the result does not depend on how much padding a row has.
+    """
+    mask = valid_sample_mask(wavs, wav_lengths)
+    x = wavs.double() * mask
+    count = wav_lengths.to(device=wavs.device, dtype=torch.float64)[:, None]
+    mean = x.sum(dim=1, keepdim=True) / count
+    var = (((x - mean) * mask) ** 2).sum(dim=1, keepdim=True) / count
+    return (((x - mean) / torch.sqrt(var + eps)) * mask).to(wavs.dtype)
+
+
+def conv_output_length(num_samples: int, kernels: tuple[int, ...], strides: tuple[int, ...]) -> int:
+    """Frames after a stack of unpadded 1-D convs: floor((n - k) / s) + 1 per layer, 0 if too short."""
+    n = num_samples
+    for kernel, stride in zip(kernels, strides):
+        if n < kernel:
+            return 0
+        n = (n - kernel) // stride + 1
+    return n
+
+
+def receptive_field(kernels: tuple[int, ...], strides: tuple[int, ...]) -> int:
+    """Smallest input length that yields one frame from an unpadded conv stack."""
+    field, jump = kernels[0], strides[0]
+    for kernel, stride in zip(kernels[1:], strides[1:]):
+        field += (kernel - 1) * jump
+        jump *= stride
+    return field
+
+
+def _zero_padded_frames(hidden: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+    frames = torch.arange(hidden.shape[2], device=hidden.device)
+    valid = frames[None, :] < frame_lengths.to(hidden.device)[:, None]  # [B,T]
+    return hidden * valid[None, :, :, None].to(hidden.dtype)
+
+
+# -- wav2vec2 / HuBERT / WavLM / data2vec-audio ------------------------------------------------------
+class HFSSLUpstream(Upstream):
+    """A wav2vec2-style model (wav2vec2 / XLS-R / MMS, HuBERT, WavLM, data2vec-audio).
+
+    Input: the waveform is normalised per utterance over its valid samples when the checkpoint's
+    preprocessor_config.json says `do_normalize` (default True when the file is absent, as in
+    Wav2Vec2FeatureExtractor); padding is set to zero.
+
+    Padding and batching:
+    * An attention mask is passed for layer-norm feature encoders (`feat_extract_norm == "layer"`,
+      e.g. wav2vec2-large-lv60 / XLS-R / MMS, HuBERT large), for WavLM and for data2vec-audio. With
+      a layer-norm feature encoder the valid frames of an utterance do not depend on what it was
+      batched with.
+    * Group-norm feature encoders (`feat_extract_norm == "group"`: wav2vec2-base, HuBERT base) were
+      trained without an attention mask and transformers does not use one for them, so none is
+      passed. Their first conv's GroupNorm normalises each channel over the whole padded time axis
+      and every frame attends to the padding, so the padding changes the valid frames of shorter
+      utterances in a batch. Lengths stay exact, but the values differ from running the utterance
+      alone. Batch utterances of similar length (speechfuse.data.DurationBatchSampler buckets by
+      duration) or use batch size 1 when exact per-utterance features matter. WavLM base / base+
+      have a group-norm encoder too: they get the attention mask, but the GroupNorm still sees the
+      padding.
+
+    Output: every hidden state transformers returns (CNN/projection output + one per layer), with
+    frames past each utterance's length set to zero. When trainable=True and in training mode, the
+    model's own dropout, LayerDrop and SpecAugment (config.apply_spec_augment / mask_time_prob) are
+    active, exactly as in transformers fine-tuning.
+    """
+
+    def __init__(
+        self, model: nn.Module, name: str, do_normalize: bool, sample_rate: int, trainable: bool = False
+    ) -> None:
+        super().__init__(trainable=trainable)
+        config = model.config
+        self.model = model
+        self.name = name
+        self.model_type = config.model_type
+        self.do_normalize = bool(do_normalize)
+        self.feat_extract_norm = getattr(config, "feat_extract_norm", "layer")
+        self.use_attention_mask = self.model_type in ("wavlm", "data2vec-audio") or self.feat_extract_norm == "layer"
+        self.kernels = tuple(int(k) for k in config.conv_kernel)
+        self.strides = tuple(int(s) for s in config.conv_stride)
+        self.num_layers = int(config.num_hidden_layers) + 1
+        self.hidden_size = int(config.hidden_size)
+        self.sample_rate = int(sample_rate)
+        self.frame_rate = self.sample_rate / math.prod(self.strides)
+        self.min_samples = receptive_field(self.kernels, self.strides)
+        self._finish_init()
+
+    def num_frames(self, num_samples: int) -> int:
+        return conv_output_length(int(num_samples), self.kernels, self.strides)
+
+    def options(self) -> dict[str, Any]:
+        return {"do_normalize": self.do_normalize, "attention_mask": self.use_attention_mask}
+
+    def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        sample_mask = valid_sample_mask(wavs, wav_lengths)
+        inputs = normalize_valid(wavs, wav_lengths) if self.do_normalize else wavs * sample_mask
+        attention_mask = sample_mask.long() if self.use_attention_mask else None
+        out = self.model(inputs, attention_mask=attention_mask, output_hidden_states=True)
+        hidden = torch.stack(out.hidden_states, dim=0)  # [L,B,T,D]
+        if hidden.shape[0] != self.num_layers:
+            raise RuntimeError(f"{self.name}: transformers returned {hidden.shape[0]} hidden states, "
+                               f"expected {self.num_layers}")
+        frame_lengths = torch.tensor([self.num_frames(int(n)) for n in wav_lengths.tolist()], device=wavs.device)
+        return _zero_padded_frames(hidden, frame_lengths)
+
+
+# -- Whisper encoder -------------------------------------------------------------------------------
+class HFWhisperUpstream(Upstream):
+    """The encoder of a Whisper checkpoint; hidden states = conv/positional embedding + every layer
+    (the last one after the encoder's final layer norm, as transformers returns it).
+
+    Features: Whisper log-mel (speechfuse.upstream.whisper_features), settings from the checkpoint's
+    preprocessor_config.json (defaults when absent: num_mel_bins from config.json, 16 kHz, n_fft 400,
+    hop 160). Frames: ceil(n / hop) mel frames (100 Hz), conv1 keeps them, conv2 halves them: 50 Hz,
+    num_frames(n) = ceil(ceil(n / 160) / 2). Clips over 30 s (the encoder's 1500 positions) are
+    rejected: split them first; nothing is chunked silently.
+
+    whisper_mode:
+    * "pad30": bit-faithful to transformers: log-mel of the clip zero-padded to 30 s, the full
+      1500-position encoder, then the frames trimmed to the batch's longest clip.
+    * "trim" (default): only the batch's longest clip is encoded (mel frames padded to an even
+      count), positional embeddings sliced to that length. The mel frames are identical to pad30's;
+      the encoder output differs because frames no longer attend to the ~30 s of trailing silence
+      Whisper was trained with. Whisper's encoder has no attention mask, so in trim mode a short clip
+      batched with a longer one attends to the longer clip's silence frames (which makes it a little
+      closer to pad30, not further). benchmarks/whisper_trim.py measures both effects.
+    """
+
+    def __init__(self, encoder: nn.Module, name: str, preprocessor: dict[str, Any], whisper_mode: str = "trim",
+                 trainable: bool = False) -> None:
+        super().__init__(trainable=trainable)
+        if whisper_mode not in WHISPER_MODES:
+            raise ConfigError(f"{name}: whisper_mode must be one of {WHISPER_MODES}, got {whisper_mode!r}")
+        config = encoder.config
+        self.encoder = encoder
+        self.name = name
+        self.whisper_mode = whisper_mode
+        self.num_mels = int(preprocessor.get("feature_size", config.num_mel_bins))
+        if self.num_mels != config.num_mel_bins:
+            raise UpstreamError(f"{name}: preprocessor_config.json has feature_size={self.num_mels} but config.json "
+                                f"has num_mel_bins={config.num_mel_bins}; the checkpoint folder is inconsistent")
+        if float(preprocessor.get("dither", 0.0)) != 0.0:
+            raise UpstreamError(f"{name}: preprocessor_config.json sets dither={preprocessor['dither']}; speechfuse "
+                                "needs deterministic features (for caching). Set dither to 0.0 in that file.")
+        self.n_fft = int(preprocessor.get("n_fft", 400))
+        self.hop_length = int(preprocessor.get("hop_length", 160))
+        self.sample_rate = int(preprocessor.get("sampling_rate", 16000))
+        self.conv_strides = (int(encoder.conv1.stride[0]), int(encoder.conv2.stride[0]))
+        self.max_mel_frames = int(config.max_source_positions) * math.prod(self.conv_strides)
+        self.max_samples = self.max_mel_frames * self.hop_length
+        self.register_buffer("mel_filters", mel_filterbank(self.num_mels, self.n_fft, self.sample_rate),
+                             persistent=False)
+        self.num_layers = len(encoder.layers) + 1
+        self.hidden_size = int(config.d_model)
+        self.frame_rate = self.sample_rate / (self.hop_length * math.prod(self.conv_strides))
+        self.min_samples = 1
+        self._finish_init()
+
+    def options(self) -> dict[str, Any]:
+        return {"whisper_mode": self.whisper_mode}
+
+    def _mel_frames(self, num_samples: int) -> int:
+        return -(-num_samples // self.hop_length)
+
+    def num_frames(self, num_samples: int) -> int:
+        num_samples = int(num_samples)
+        if num_samples > self.max_samples:
+            raise AudioError(
+                f"{self.name}: a clip of {num_samples} samples ({num_samples / self.sample_rate:.2f} s) is longer "
+                f"than Whisper's {self.max_samples / self.sample_rate:.0f} s window; split long recordings into "
+                "segments of at most 30 s before extraction"
+            )
+        frames = self._mel_frames(num_samples)
+        for conv in (self.encoder.conv1, self.encoder.conv2):
+            frames = (frames + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+        return frames
+
+    def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        num_out = self.num_frames(wavs.shape[1])  # also rejects > 30 s
+        wavs = wavs * valid_sample_mask(wavs, wav_lengths)
+        if self.whisper_mode == "pad30":
+            padded = nn.functional.pad(wavs, (0, self.max_samples - wavs.shape[1]))
+            mel = log_mel_spectrogram(padded, self.mel_filters, self.n_fft, self.hop_length)
+            out = self.encoder(mel, output_hidden_states=True)
+            hidden = torch.stack(out.hidden_states, dim=0)[:, :, :num_out]
+        else:
+            hidden = self._encode_trimmed(self._trimmed_mel(wavs))
+        frame_lengths = torch.tensor([self.num_frames(int(n)) for n in wav_lengths.tolist()], device=wavs.device)
+        return _zero_padded_frames(hidden, frame_lengths)
+
+    def _trimmed_mel(self, wavs: torch.Tensor) -> torch.Tensor:
+        mel_frames = self._mel_frames(wavs.shape[1])
+        mel_frames += mel_frames % 2
+        # Trailing zeros make the last kept frames see silence (as in the 30 s window) rather than a
+        # reflection of the clip; the two extra frames hold any audio tail, so the per-utterance max
+        # (the -8 floor) is taken over the same content as in pad30.
+        padded = nn.functional.pad(wavs, (0, mel_frames * self.hop_length + self.n_fft - wavs.shape[1]))
+        max_frames = min(mel_frames + 2, self.max_mel_frames)
+        mel = log_mel_spectrogram(padded, self.mel_filters, self.n_fft, self.hop_length, max_frames=max_frames)
+        return mel[:, :, :mel_frames]
+
+    def _encode_trimmed(self, mel: torch.Tensor) -> torch.Tensor:
+        """WhisperEncoder.forward with the positional embeddings sliced to the input length."""
+        enc = self.encoder
+        x = nn.functional.gelu(enc.conv1(mel))
+        x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
+        x = x + enc.embed_positions.weight[: x.shape[1]]
+        x = nn.functional.dropout(x, p=enc.dropout, training=self.training)
+        states = [x]
+        for layer in enc.layers:
+            if not (self.training and enc.layerdrop > 0.0 and torch.rand([]) < enc.layerdrop):
+                x = layer(x, None)
+            states.append(x)
+        states[-1] = enc.layer_norm(x)
+        return torch.stack(states, dim=0)
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    return env or bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_folder(repo_id: str) -> Path:
+    """The local snapshot folder of a hub model (cache first; network only when not offline)."""
+    from huggingface_hub import snapshot_download
+
+    offline = _hub_offline()
+    how = (f"Download it on a machine with network (`huggingface-cli download {repo_id}`), copy the folder here "
+           f"and pass it: load_upstream('hf:/path/to/folder').")
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"],
+                                        local_files_only=offline, etag_timeout=10))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "pytorch_model*.bin"],
+                                            local_files_only=offline, etag_timeout=10))
+    except Exception as exc:  # any hub failure (offline, not cached, no route, unknown repo) means the same to the user
+        state = "the hub is set offline (HF_HUB_OFFLINE)" if offline else "the hub could not be reached"
+        raise UpstreamError(
+            f"hf:{repo_id}: not a local folder, not in the local Hugging Face cache, and {state}. {how} "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    return folder
+
+
+def resolve_folder(path_or_hub_id: str) -> Path:
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UpstreamError(f"hf:{path_or_hub_id} is a file; pass the checkpoint folder (config.json + weights)")
+    if not _HUB_ID.match(path_or_hub_id) or path_or_hub_id.startswith((".", "~")):
+        raise UpstreamError(f"hf:{path_or_hub_id}: no such folder, and it is not a hub id of the form 'org/name'")
+    return _hub_folder(path_or_hub_id)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UpstreamError(f"cannot read {path}: {exc}; the checkpoint folder is damaged") from exc
+
+
+def _load_weights(model_class: type, folder: Path, spec: str) -> nn.Module:
+    try:
+        model, info = model_class.from_pretrained(
+            folder, local_files_only=True, output_loading_info=True, dtype=torch.float32, trust_remote_code=False
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UpstreamError(f"{spec}: transformers could not load {model_class.__name__} weights from {folder}: "
+                            f"{exc}") from exc
+    missing = sorted(k for k in info["missing_keys"] if not k.endswith(_OPTIONAL_KEYS))
+    if missing or info["mismatched_keys"]:
+        raise UpstreamError(
+            f"{spec}: the weights in {folder} do not fill a {model_class.__name__}: {len(missing)} missing "
+            f"(e.g. {missing[:5]}), mismatched {sorted(info['mismatched_keys'])[:5]}. These would stay random; "
+            "check that the folder is a complete checkpoint of this model type."
+        )
+    return model
+
+
+def _ssl_model_class(model_type: str) -> type:
+    import transformers as tf
+
+    return {"wav2vec2": tf.Wav2Vec2Model, "hubert": tf.HubertModel, "wavlm": tf.WavLMModel,
+            "data2vec-audio": tf.Data2VecAudioModel}[model_type]
+
+
+def _load_whisper_encoder(folder: Path, config: dict[str, Any], spec: str) -> nn.Module:
+    from transformers import WhisperModel
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    if "WhisperEncoder" in (config.get("architectures") or []):
+        return _load_weights(WhisperEncoder, folder, spec)
+    # WhisperModel also takes WhisperForConditionalGeneration checkpoints ("model." prefix);
+    # the decoder is dropped right away.
+    return _load_weights(WhisperModel, folder, spec).get_encoder()
+
+
+def load_hf_upstream(path_or_hub_id: str, whisper_mode: str = "trim", trainable: bool = False,
+                     **options: Any) -> Upstream:
+    """Load a transformers speech checkpoint (folder or hub id) as an Upstream.
+
+    whisper_mode ("trim" | "pad30") applies to Whisper checkpoints only; see HFWhisperUpstream.
+    """
+    if options:
+        raise ConfigError(f"hf:{path_or_hub_id}: unknown option(s) {sorted(options)}; "
+                          "hf upstreams take whisper_mode and trainable")
+    if whisper_mode not in WHISPER_MODES:
+        raise ConfigError(f"hf:{path_or_hub_id}: whisper_mode must be one of {WHISPER_MODES}, got {whisper_mode!r}")
+    spec = f"hf:{path_or_hub_id}"
+    folder = resolve_folder(path_or_hub_id)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise UpstreamError(f"{spec}: {folder} has no config.json; pass a transformers checkpoint folder "
+                            "(config.json + model.safetensors, as written by save_pretrained)")
+    config = _read_json(config_path)
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UpstreamError(f"{spec}: model_type {model_type!r} in {config_path} is not a supported speech model. "
+                            f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    preprocessor_path = folder / "preprocessor_config.json"
+    preprocessor = _read_json(preprocessor_path) if preprocessor_path.is_file() else {}
+    if model_type == "whisper":
+        encoder = _load_whisper_encoder(folder, config, spec)
+        return HFWhisperUpstream(encoder, spec, preprocessor, whisper_mode=whisper_mode, trainable=trainable)
+    model = _load_weights(_ssl_model_class(model_type), folder, spec)
+    return HFSSLUpstream(model, spec, do_normalize=preprocessor.get("do_normalize", True),
+                         sample_rate=preprocessor.get("sampling_rate", 16000), trainable=trainable)
