@@ -1,0 +1,420 @@
+"""Feature cache for frozen upstreams: hidden states stored per upstream in fp16 (or bf16), sharded and
+memory-mapped.
+
+Layout (one folder per key under the cache root):
+
+    <root>/<upstream name>-<key hash>/
+        meta.json                  what the key covers (upstream identity, layers, dtype) and the shapes
+        shard-<rank>-<n>.bin       raw [L,T,D] arrays of many utterances, concatenated
+        shard-<rank>-<n>.json      its index: audio key -> [element offset, T]; written last, atomically
+
+Key of the folder: sha256 over upstream.identity() (name, output-changing options, weight fingerprint),
+the upstream class, sample rate, shapes, the layer selection and the dtype.
+Key of an utterance: sha256 over (resolved path, file size, mtime_ns), or over the file's bytes with
+`audio_key="content"`. A changed audio file gets a new key, so it is a miss, never stale data.
+
+Crash safety: a shard's bytes are written to `shard-*.bin.partial`, fsynced, renamed to `.bin`, and only
+then is its index written (tmp file + os.replace). A shard without an index, a leftover `.partial`, or a
+`.bin` whose size disagrees with its index is torn: readers ignore it and the next `ensure` of that rank
+deletes it and extracts its utterances again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, SpeechfuseError
+from .hidden import HiddenStates
+
+FORMAT_VERSION = 1
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+# numpy has no bfloat16: those shards hold the raw 16 bits and are viewed back as bf16 in torch
+_NP_STORAGE = {"float16": np.float16, "bfloat16": np.uint16}
+INDEX_OVERHEAD_BYTES = 200  # per utterance: its line in a shard index (JSON)
+_SHARD_RE = re.compile(r"^shard-(\d+)-(\d+)\.(bin|json|bin\.partial)$")
+
+
+class CacheError(SpeechfuseError):
+    """The feature cache cannot be used as asked (disk too small, missing entries, bad options)."""
+
+
+# -- keys --------------------------------------------------------------------------------------------
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_content_hashes: dict[tuple[str, int, int], str] = {}
+
+
+def audio_key(path: str | os.PathLike, mode: str = "stat") -> str:
+    """Key of one audio file: its resolved path + size + mtime_ns ("stat"), or its bytes ("content")."""
+    resolved = Path(path).resolve()
+    try:
+        st = resolved.stat()
+    except OSError as err:
+        raise CacheError(f"audio file not found: {path} ({err}). Fix the manifest path.") from err
+    if mode == "stat":
+        return _sha([str(resolved), st.st_size, st.st_mtime_ns])[:32]
+    if mode == "content":
+        memo = (str(resolved), st.st_size, st.st_mtime_ns)
+        if memo not in _content_hashes:
+            h = hashlib.sha256()
+            with open(resolved, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            _content_hashes[memo] = h.hexdigest()[:32]
+        return _content_hashes[memo]
+    raise ConfigError(f"FeatureCache audio_key must be 'stat' or 'content', got {mode!r}")
+
+
+def resolve_layers(upstream, layers: Sequence[int] | None) -> list[int]:
+    """Selected layer indices (all by default), negative indices allowed, order kept."""
+    n = upstream.num_layers
+    if layers is None:
+        return list(range(n))
+    out = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -n <= layer < n:
+            raise ConfigError(
+                f"cache layers: {layer!r} is not a layer of '{upstream.name}', which has {n} hidden states "
+                f"(0..{n - 1}; negative indices count from the end)"
+            )
+        out.append(int(layer) % n)
+    if not out:
+        raise ConfigError("cache layers: empty selection; pass None for all layers")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"cache layers: {list(layers)} selects a layer twice")
+    return out
+
+
+def _check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise ConfigError(f"FeatureCache dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+def utterance_samples(utt, sample_rate: int) -> int:
+    """Sample count at `sample_rate` from the manifest duration, or the audio header when it is missing."""
+    duration = utt.duration
+    if duration is None:
+        from .data.audio import audio_info
+
+        duration = audio_info(utt.path)[3]
+    return max(1, int(round(float(duration) * sample_rate)))
+
+
+def estimate_cache_bytes(upstream, utts, layers: Sequence[int] | None = None, dtype: str = "float16") -> int:
+    """Disk bytes the cache needs for `utts` (from the manifest durations): sum of L * T * D * 2 + index."""
+    _check_dtype(dtype)
+    num_layers = len(resolve_layers(upstream, layers))
+    per_frame = num_layers * upstream.hidden_size * 2
+    total = 0
+    for utt in utts:
+        samples = max(utterance_samples(utt, upstream.sample_rate), upstream.min_samples)
+        total += upstream.num_frames(samples) * per_frame + INDEX_OVERHEAD_BYTES
+    return total
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n} B"
+
+
+# -- writing -----------------------------------------------------------------------------------------
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _ShardWriter:
+    """Appends utterance arrays to one shard file of a rank; finalises it (index written last) every
+    `shard_bytes` so a kill loses at most the unfinished shard and RAM never holds more than a batch."""
+
+    def __init__(self, folder: Path, rank: int, shard_bytes: int, meta: dict) -> None:
+        self.folder, self.rank, self.shard_bytes, self.meta = folder, rank, shard_bytes, meta
+        self.handle = None
+        self.entries: dict[str, list[int]] = {}
+        self.offset = 0  # in elements
+        self.number = -1
+        self.itemsize = 2
+
+    def _open(self) -> None:
+        while self.handle is None:
+            taken = [int(m.group(2)) for p in self.folder.iterdir()
+                     if (m := _SHARD_RE.match(p.name)) and int(m.group(1)) == self.rank]
+            self.number = max(taken, default=-1) + 1
+            try:
+                self.handle = open(self._path(".bin.partial"), "xb")
+            except FileExistsError:  # another process of the same rank claimed it first
+                continue
+        self.entries, self.offset = {}, 0
+
+    def _path(self, suffix: str) -> Path:
+        return self.folder / f"shard-{self.rank}-{self.number}{suffix}"
+
+    def write(self, key: str, array: np.ndarray) -> None:
+        """array: [L, T, D] in the storage dtype, C-contiguous."""
+        if self.handle is None:
+            self._open()
+        array = np.ascontiguousarray(array)
+        self.handle.write(memoryview(array).cast("B"))
+        self.entries[key] = [self.offset, int(array.shape[1]), zlib.crc32(memoryview(array).cast("B"))]
+        self.offset += array.size
+        if self.offset * self.itemsize >= self.shard_bytes:
+            self.finalise()
+
+    def finalise(self) -> None:
+        if self.handle is None:
+            return
+        if not self.entries:
+            self.abandon()
+            return
+        self.handle.flush()
+        self.handle.truncate(self.offset * self.itemsize)  # drops a half-written utterance after an error
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        self.handle = None
+        os.replace(self._path(".bin.partial"), self._path(".bin"))
+        index = {"version": FORMAT_VERSION, "bytes": self.offset * self.itemsize, "entries": self.entries,
+                 "layers": self.meta["num_layers"], "hidden_size": self.meta["hidden_size"],
+                 "dtype": self.meta["dtype"]}
+        _write_atomic(self._path(".json"), json.dumps(index))
+
+    def abandon(self) -> None:
+        """Drop the unfinished shard (finalised ones stay)."""
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+            self._path(".bin.partial").unlink(missing_ok=True)
+
+
+# -- reading -----------------------------------------------------------------------------------------
+
+@dataclass
+class _Loc:
+    shard: str
+    offset: int
+    frames: int
+    crc: int
+
+
+class CacheEntry:
+    """The cached hidden states of one upstream (one key). `read` memory-maps only the asked bytes."""
+
+    def __init__(self, folder: Path, meta: dict, audio_key_mode: str = "stat") -> None:
+        self.folder = Path(folder)
+        self.meta = meta
+        self.audio_key_mode = audio_key_mode
+        self.num_layers = int(meta["num_layers"])
+        self.hidden_size = int(meta["hidden_size"])
+        self.frame_rate = float(meta["frame_rate"])
+        self.name = str(meta["name"])
+        self.dtype = str(meta["dtype"])
+        self.layers = list(meta["layers"])
+        self._index: dict[str, _Loc] = {}
+        self._maps: dict[str, np.memmap] = {}
+        self._seen: set[str] = set()
+        self.refresh()
+
+    # finding shards
+    def shard_status(self) -> tuple[list[str], list[Path]]:
+        """(names of complete shards, paths of torn shard files)."""
+        complete, torn = [], []
+        files = {p.name: p for p in self.folder.iterdir() if _SHARD_RE.match(p.name)}
+        for name, path in files.items():
+            stem, _, ext = name.partition(".")
+            if ext == "bin.partial":
+                torn.append(path)
+            elif ext == "bin" and f"{stem}.json" not in files:
+                torn.append(path)
+            elif ext == "json":
+                bin_path = self.folder / f"{stem}.bin"
+                try:
+                    declared = json.loads(path.read_text())["bytes"]
+                    ok = bin_path.is_file() and bin_path.stat().st_size == declared
+                except (OSError, ValueError, KeyError, TypeError):
+                    ok = False
+                if ok:
+                    complete.append(stem)
+                else:
+                    torn += [p for p in (path, bin_path) if p.exists()]
+        return sorted(complete), torn
+
+    def refresh(self) -> None:
+        """Pick up shards finalised since (by this or another process / rank)."""
+        complete, _ = self.shard_status()
+        for stem in complete:
+            if stem in self._seen:
+                continue
+            index = json.loads((self.folder / f"{stem}.json").read_text())
+            for key, (offset, frames, crc) in index["entries"].items():
+                self._index[key] = _Loc(stem, int(offset), int(frames), int(crc))
+            self._seen.add(stem)
+
+    def _keys(self, utts) -> list[str]:
+        return [audio_key(u.path, self.audio_key_mode) for u in utts]
+
+    def missing(self, utts) -> list:
+        """The utterances of `utts` that are not (or no longer, after an audio change) in the cache."""
+        keys = self._keys(utts)
+        if any(k not in self._index for k in keys):
+            self.refresh()
+        return [u for u, k in zip(utts, keys) if k not in self._index]
+
+    def __contains__(self, utt) -> bool:
+        return not self.missing([utt])
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _map(self, stem: str) -> np.memmap:
+        if stem not in self._maps:
+            self._maps[stem] = np.memmap(self.folder / f"{stem}.bin", dtype=_NP_STORAGE[self.dtype], mode="r")
+        return self._maps[stem]
+
+    def _array(self, loc: _Loc) -> torch.Tensor:
+        count = self.num_layers * loc.frames * self.hidden_size
+        view = self._map(loc.shard)[loc.offset: loc.offset + count]
+        tensor = torch.from_numpy(np.array(view))  # copies only this utterance's bytes
+        if self.dtype == "bfloat16":
+            tensor = tensor.view(torch.bfloat16)
+        return tensor.view(self.num_layers, loc.frames, self.hidden_size)
+
+    def read(self, utts, verify: bool = False) -> HiddenStates:
+        """Padded float32 HiddenStates [L,B,T,D] for `utts` (layers in the selected order, exact lengths).
+        verify=True also checks each utterance's CRC32 (reads the bytes twice)."""
+        keys = self._keys(utts)
+        if any(k not in self._index for k in keys):
+            self.refresh()
+        absent = [u.id for u, k in zip(utts, keys) if k not in self._index]
+        if absent:
+            raise CacheError(
+                f"feature cache {self.folder}: {len(absent)} utterance(s) not cached or changed since "
+                f"extraction (first: {absent[:5]}). Run FeatureCache.ensure(...) or `speechfuse extract` first."
+            )
+        locs = [self._index[k] for k in keys]
+        arrays = [self._array(loc) for loc in locs]
+        if verify:
+            for u, loc, arr in zip(utts, locs, arrays):
+                if zlib.crc32(arr.contiguous().view(torch.uint8).numpy().tobytes()) != loc.crc:
+                    raise CacheError(f"feature cache {self.folder}: checksum mismatch for utterance {u.id!r} "
+                                     f"in {loc.shard}.bin; delete that shard and its .json and run extract again")
+        lengths = torch.tensor([loc.frames for loc in locs], dtype=torch.long)
+        hidden = torch.zeros(self.num_layers, len(utts), int(lengths.max()) if len(utts) else 0, self.hidden_size)
+        for b, arr in enumerate(arrays):
+            hidden[:, b, : arr.shape[1]] = arr.float()
+        return HiddenStates(hidden=hidden, lengths=lengths, frame_rate=self.frame_rate, name=self.name)
+
+    def clean_torn(self, rank: int | None = None) -> list[Path]:
+        """Delete torn shard files (of `rank` only, when given: another rank may be writing its own)."""
+        _, torn = self.shard_status()
+        removed = []
+        for path in torn:
+            m = _SHARD_RE.match(path.name)
+            if rank is None or (m and int(m.group(1)) == rank):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
+    def writer(self, rank: int = 0, shard_bytes: int = 256 << 20) -> _ShardWriter:
+        return _ShardWriter(self.folder, rank, shard_bytes, self.meta)
+
+    def __repr__(self) -> str:
+        return f"CacheEntry({str(self.folder)!r}, {len(self._index)} utterances, {self.dtype})"
+
+
+class FeatureCache:
+    """A folder of cache entries, one per (upstream identity, layer selection, dtype).
+
+    audio_key: "stat" (path + size + mtime_ns, default) or "content" (sha256 of the file's bytes).
+    shard_bytes: a shard is finalised (and survives a kill) every this many bytes.
+    """
+
+    def __init__(self, root: str | os.PathLike, dtype: str = "float16", audio_key: str = "stat",
+                 shard_bytes: int = 256 << 20) -> None:
+        self.root = Path(root)
+        self.dtype = _check_dtype(dtype)
+        if audio_key not in ("stat", "content"):
+            raise ConfigError(f"FeatureCache audio_key must be 'stat' or 'content', got {audio_key!r}")
+        self.audio_key = audio_key
+        if int(shard_bytes) <= 0:
+            raise ConfigError(f"FeatureCache shard_bytes must be positive, got {shard_bytes}")
+        self.shard_bytes = int(shard_bytes)
+
+    def key(self, upstream, layers: Sequence[int] | None = None) -> dict:
+        """Everything that decides the cached numbers (the folder name is a hash of it)."""
+        return {
+            "version": FORMAT_VERSION,
+            "identity": upstream.identity(),
+            "class": f"{type(upstream).__module__}.{type(upstream).__qualname__}",
+            "sample_rate": upstream.sample_rate,
+            "frame_rate": upstream.frame_rate,
+            "num_layers_total": upstream.num_layers,
+            "hidden_size": upstream.hidden_size,
+            "layers": resolve_layers(upstream, layers),
+            "dtype": self.dtype,
+        }
+
+    def entry(self, upstream, layers: Sequence[int] | None = None) -> CacheEntry:
+        """The entry of `upstream` (created empty if new); no extraction."""
+        key = self.key(upstream, layers)
+        safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(upstream.name))[:40] or "upstream"
+        folder = self.root / f"{safe_name}-{_sha(key)[:16]}"
+        meta = {**key, "name": upstream.name, "num_layers": len(key["layers"])}
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CacheError(f"cannot create the feature cache folder {folder}: {err}. "
+                             "Choose a writable cache directory (config key `cache`).") from err
+        meta_path = folder / "meta.json"
+        if not meta_path.is_file():
+            _write_atomic(meta_path, json.dumps(meta, indent=1, default=str))
+        return CacheEntry(folder, meta, self.audio_key)
+
+    def check_space(self, needed: int, what: str = "") -> None:
+        """CacheError when the cache's disk has less free space than `needed` bytes."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        if needed > free:
+            raise CacheError(
+                f"feature cache {self.root}: {what}needs {_fmt_bytes(needed)} ({needed} bytes) but the disk has "
+                f"only {_fmt_bytes(free)} ({free} bytes) free. Free space, point the cache at a larger disk "
+                "(config key `cache: <dir>`), cache fewer layers, or set `cache: off`."
+            )
+
+    def ensure(self, upstream, utts, batch_seconds: float = 60, layers: Sequence[int] | None = None,
+               device: str | torch.device = "cpu", progress: bool = True, rank: int = 0, world_size: int = 1,
+               amp: str | None = "auto") -> CacheEntry:
+        """Extract the utterances of `utts` that are missing (this rank's share: utts[rank::world_size])
+        and return the entry. Prints the expected disk size first; CacheError if the disk is too small."""
+        from .extract import fill_caches
+
+        return fill_caches([upstream], utts, self, batch_seconds=batch_seconds, layers=layers, device=device,
+                           progress=progress, rank=rank, world_size=world_size, amp=amp)[0]
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+__all__ = ["FeatureCache", "CacheEntry", "CacheError", "estimate_cache_bytes", "audio_key", "resolve_layers"]

@@ -1,0 +1,218 @@
+"""Batched extraction of several frozen upstreams over the same audio, and filling their feature caches.
+
+- `extract_batch(upstreams, wavs, wav_lengths)`: every upstream on one loaded batch, under
+  torch.inference_mode, with bf16/fp16 autocast on GPU.
+- `duration_batches(durations, batch_seconds)`: length-sorted batches whose padded size stays under
+  `batch_seconds` of audio.
+- `fill_caches(upstreams, utts, cache)`: reads each batch's audio once (per sample rate), feeds every
+  upstream that still misses some of it, and streams the results to disk shard by shard (RAM holds one
+  batch at a time). This is what `speechfuse extract` and `FeatureCache.ensure` run.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from typing import Sequence
+
+import torch
+
+from .cache import CacheEntry, CacheError, FeatureCache, _fmt_bytes, audio_key, estimate_cache_bytes, utterance_samples
+from .errors import ConfigError
+from .hidden import HiddenStates
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def resolve_amp(amp: str | None, device: torch.device) -> torch.dtype | None:
+    """autocast dtype: None on CPU; "auto" = bf16 on a GPU that supports it, else fp16."""
+    if amp in (None, "off", "none", "fp32", "float32") or device.type != "cuda":
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp not in AMP_DTYPES:
+        raise ConfigError(f"amp must be 'auto', 'bf16', 'fp16' or None, got {amp!r}")
+    return AMP_DTYPES[amp]
+
+
+def extract_batch(upstreams, wavs: torch.Tensor, wav_lengths: torch.Tensor,
+                  amp: torch.dtype | str | None = None) -> list[HiddenStates]:
+    """Run every upstream on the same batch (no gradients). wavs [B,S] on the upstreams' device."""
+    if isinstance(amp, str) or amp is None:
+        amp = resolve_amp(amp, wavs.device)
+    autocast = torch.autocast(wavs.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        return [up(wavs, wav_lengths) for up in upstreams]
+
+
+def duration_batches(durations: Sequence[float], batch_seconds: float) -> list[list[int]]:
+    """Indices grouped longest-first so that (longest clip in batch) x (batch size) <= batch_seconds.
+    A clip longer than batch_seconds gets a batch of its own."""
+    if batch_seconds <= 0:
+        raise ConfigError(f"batch_seconds must be positive, got {batch_seconds}")
+    order = sorted(range(len(durations)), key=lambda i: -durations[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = durations[current[0]] if current else durations[i]
+        if current and longest * (len(current) + 1) > batch_seconds:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def load_audio_batch(utts, sample_rate: int, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read the audio of `utts` once: (wavs [B,S] zero-padded float32, wav_lengths [B] int64)."""
+    from .data.audio import read_audio
+
+    clips = [read_audio(u.path, sample_rate) for u in utts]
+    lengths = torch.tensor([c.shape[0] for c in clips], dtype=torch.long)
+    wavs = torch.zeros(len(clips), int(lengths.max()))
+    for b, clip in enumerate(clips):
+        wavs[b, : clip.shape[0]] = clip
+    if pin:
+        wavs = wavs.pin_memory()
+    return wavs, lengths
+
+
+def _per_upstream_layers(layers, count: int) -> list[Sequence[int] | None]:
+    """layers: None (all), one list for every upstream, or one list/None per upstream."""
+    if layers is None:
+        return [None] * count
+    layers = list(layers)
+    if layers and all(isinstance(x, (list, tuple)) or x is None for x in layers):
+        if len(layers) != count:
+            raise ConfigError(f"layers: got {len(layers)} selections for {count} upstreams; give one per upstream")
+        return layers
+    return [layers] * count
+
+
+def _store(writer, entry: CacheEntry, states: HiddenStates, keys: list[str], layer_index: torch.Tensor | None,
+           storage: torch.dtype) -> None:
+    """Select layers and cast on the device, move to the host once, write each utterance trimmed."""
+    hidden = states.hidden if layer_index is None else states.hidden.index_select(0, layer_index.to(states.hidden.device))
+    hidden = hidden.to(storage).cpu()
+    lengths = states.lengths.cpu().tolist()
+    if not torch.isfinite(hidden).all():
+        raise CacheError(
+            f"upstream '{states.name}' produced values that do not fit {entry.dtype} (inf/NaN after the cast) "
+            f"while filling {entry.folder}. Use FeatureCache(dtype='bfloat16') or turn the cache off."
+        )
+    raw = hidden.view(torch.int16) if storage == torch.bfloat16 else hidden
+    for b, (key, n) in enumerate(zip(keys, lengths)):
+        array = raw[:, b, :n].contiguous().numpy()
+        writer.write(key, array if storage != torch.bfloat16 else array.view("uint16"))
+
+
+def fill_caches(upstreams, utts, cache: FeatureCache, batch_seconds: float = 60, layers=None,
+                device: str | torch.device = "cpu", progress: bool = True, rank: int = 0, world_size: int = 1,
+                amp: str | None = "auto") -> list[CacheEntry]:
+    """Extract the missing utterances of this rank's share (utts[rank::world_size]) for every upstream,
+    loading each batch's audio once. Returns one CacheEntry per upstream (with every rank's shards that
+    are finalised so far; in DDP call `entry.refresh()` after a barrier)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
+    for up in upstreams:
+        if getattr(up, "trainable", False):
+            raise CacheError(f"upstream '{up.name}' is trainable; the feature cache only holds frozen upstreams. "
+                             "Set `cache: off` or freeze it.")
+    device = torch.device(device)
+    amp_dtype = resolve_amp(amp, device)
+    storage = {"float16": torch.float16, "bfloat16": torch.bfloat16}[cache.dtype]
+    mine = list(utts)[rank::world_size]
+    selections = _per_upstream_layers(layers, len(upstreams))
+    entries = [cache.entry(up, sel) for up, sel in zip(upstreams, selections)]
+    for entry in entries:
+        entry.clean_torn(rank)
+    # what each upstream still needs, deduplicated by audio key
+    needs: list[dict[str, object]] = []
+    for entry in entries:
+        todo: dict[str, object] = {}
+        for u in entry.missing(mine):
+            todo.setdefault(audio_key(u.path, cache.audio_key), u)
+        needs.append(todo)
+    union: dict[str, object] = {}
+    for todo in needs:
+        union.update(todo)
+
+    needed = 0
+    for up, sel, entry, todo in zip(upstreams, selections, entries, needs):
+        est = estimate_cache_bytes(up, list(todo.values()), sel, cache.dtype)
+        needed += est
+        if progress:
+            _log(f"feature cache {entry.folder}: {len(mine) - len(todo)} of {len(mine)} utterances cached; "
+                 f"expected size of the {len(todo)} to extract: {_fmt_bytes(est)}")
+    if not union:
+        return entries
+    cache.check_space(needed, what=f"extracting {len(union)} utterances ")
+
+    keys = list(union)
+    todo_utts = list(union.values())
+    for up in upstreams:
+        up.to(device)
+    rates = sorted({up.sample_rate for up in upstreams})
+    durations = [utterance_samples(u, rates[0]) / rates[0] for u in todo_utts]
+    batches = duration_batches(durations, batch_seconds)
+    layer_index = [None if sel is None else torch.tensor(entry.layers) for sel, entry in zip(selections, entries)]
+    writers = [entry.writer(rank, cache.shard_bytes) for entry in entries]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(sum(durations), 1), unit="s audio", desc="extract", file=sys.stderr)
+    start, done_seconds = time.perf_counter(), 0.0
+    pin = device.type == "cuda"
+    try:
+        for batch in batches:
+            batch_keys = [keys[i] for i in batch]
+            batch_utts = [todo_utts[i] for i in batch]
+            for rate in rates:
+                wavs, lengths = load_audio_batch(batch_utts, rate, pin=pin)
+                wavs = wavs.to(device, non_blocking=True)
+                for u, up in enumerate(upstreams):
+                    if up.sample_rate != rate:
+                        continue
+                    rows = [b for b, k in enumerate(batch_keys) if k in needs[u]]
+                    if not rows:
+                        continue
+                    if len(rows) == len(batch):
+                        sub_wavs, sub_lengths = wavs, lengths
+                    else:
+                        sub_lengths = lengths[rows]
+                        sub_wavs = wavs[torch.tensor(rows, device=device), : int(sub_lengths.max())]
+                    states = extract_batch([up], sub_wavs, sub_lengths, amp_dtype)[0]
+                    _store(writers[u], entries[u], states, [batch_keys[b] for b in rows], layer_index[u], storage)
+            seconds = sum(durations[i] for i in batch)
+            done_seconds += seconds
+            if bar is not None:
+                bar.update(round(seconds, 1))
+        for writer in writers:
+            writer.finalise()
+    except BaseException:
+        # keep every utterance written completely so far: finalise, or drop the shard if that fails too
+        for writer in writers:
+            try:
+                writer.finalise()
+            except Exception:
+                writer.abandon()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - start
+    if progress:
+        _log(f"extracted {len(todo_utts)} utterances, {done_seconds:.1f} s of audio in {elapsed:.1f} s "
+             f"({done_seconds / max(elapsed, 1e-9):.1f} s of audio per second)")
+    for entry in entries:
+        entry.refresh()
+    return entries
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+__all__ = ["extract_batch", "fill_caches", "duration_batches", "load_audio_batch", "resolve_amp"]

@@ -1,0 +1,329 @@
+"""Feature cache: round trip, invalidation, kill-and-resume, torn shards, disk-size check, multi-upstream fill."""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from torch import nn
+
+from speechfuse.cache import INDEX_OVERHEAD_BYTES, CacheError, FeatureCache, estimate_cache_bytes
+from speechfuse.data.audio import audio_info, read_audio
+from speechfuse.data.manifest import Utterance
+from speechfuse.errors import ConfigError
+from speechfuse.extract import duration_batches, extract_batch, fill_caches
+from speechfuse.upstream.base import Upstream
+
+FSDD = Path("/work/shared/data/fsdd/recordings")
+TOL = {"float16": 1e-3, "bfloat16": 8e-3}  # values are in [-1, 1]: fp16 step <= 2^-11, bf16 <= 2^-8
+
+
+class FakeUpstream(Upstream):
+    """Frame-wise random projection: each frame depends only on its own 400 samples, so results do not
+    depend on how utterances are batched. `scale` and `offset` are output-changing options."""
+
+    def __init__(self, num_layers: int = 3, hidden_size: int = 8, scale: float = 1.0, offset: float = 0.0,
+                 seed: int = 0, trainable: bool = False) -> None:
+        super().__init__(trainable=trainable)
+        self.name, self.num_layers, self.hidden_size, self.frame_rate = "fake", num_layers, hidden_size, 50.0
+        self.scale, self.offset = scale, offset
+        g = torch.Generator().manual_seed(seed)
+        self.proj = nn.Parameter(torch.randn(num_layers, 400, hidden_size, generator=g) * 0.3)
+        self.utterances_seen = 0
+        self._finish_init()
+
+    def options(self):
+        return {"scale": self.scale, "offset": self.offset}
+
+    def num_frames(self, num_samples: int) -> int:
+        return (num_samples - 400) // 320 + 1
+
+    def _hidden(self, wavs, wav_lengths):
+        self.utterances_seen += wavs.shape[0]
+        frames = wavs.unfold(1, 400, 320)  # [B, T, 400]
+        return torch.tanh(torch.einsum("btw,lwd->lbtd", frames, self.proj) * self.scale) + self.offset
+
+
+def make_utts(folder: Path, n_noise: int = 6, n_real: int = 4) -> list[Utterance]:
+    """Noise clips of several lengths at 16 kHz plus real FSDD recordings (8 kHz, resampled on read)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n_noise):
+        p = folder / f"noise{i}.wav"
+        sf.write(p, (rng.standard_normal(int(16000 * (0.02 + 0.3 * i))) * 0.1).astype(np.float32), 16000)
+        paths.append(p)
+    for name in sorted(os.listdir(FSDD))[:n_real]:
+        shutil.copy(FSDD / name, folder / name)
+        paths.append(folder / name)
+    return [Utterance(id=p.stem, path=str(p), duration=audio_info(p)[3]) for p in paths]
+
+
+def reference(up: Upstream, utt: Utterance) -> torch.Tensor:
+    """A fresh single-utterance extraction, float32 [L, T, D]."""
+    wav = read_audio(utt.path, up.sample_rate)
+    with torch.inference_mode():
+        states = up(wav[None], torch.tensor([wav.shape[0]]))
+    return states.hidden[:, 0, : int(states.lengths[0])]
+
+
+def assert_matches(entry, up, utts, layers=None, dtype="float16"):
+    states = entry.read(utts)
+    assert states.hidden.dtype == torch.float32
+    for b, u in enumerate(utts):
+        ref = reference(up, u)
+        if layers is not None:
+            ref = ref[layers]
+        n = ref.shape[1]
+        assert int(states.lengths[b]) == n, u.id
+        torch.testing.assert_close(states.hidden[:, b, :n], ref, atol=TOL[dtype], rtol=0)
+        assert (states.hidden[:, b, n:] == 0).all()
+
+
+@pytest.fixture
+def utts(tmp_path):
+    return make_utts(tmp_path / "audio")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_round_trip_and_no_second_extraction(tmp_path, utts, dtype):
+    up = FakeUpstream()
+    cache = FeatureCache(tmp_path / "cache", dtype=dtype)
+    entry = cache.ensure(up, utts, batch_seconds=2.0, progress=False)
+    assert entry.missing(utts) == []
+    assert_matches(entry, up, utts, dtype=dtype)
+    # reading a subset in another order gives those rows
+    sub = [utts[5], utts[0], utts[7]]
+    assert_matches(entry, up, sub, dtype=dtype)
+    seen = up.utterances_seen
+    again = cache.ensure(up, utts, batch_seconds=2.0, progress=False)
+    assert up.utterances_seen == seen  # all cached: nothing extracted again
+    assert again.folder == entry.folder
+
+
+def test_layer_selection_order_and_checksums(tmp_path, utts):
+    up = FakeUpstream()
+    cache = FeatureCache(tmp_path / "cache")
+    entry = cache.ensure(up, utts, layers=[2, 0], progress=False)
+    assert entry.num_layers == 2 and entry.layers == [2, 0]
+    assert_matches(entry, up, utts, layers=[2, 0])
+    entry.read(utts, verify=True)  # every CRC32 matches
+    assert cache.entry(up).folder != entry.folder  # all layers is another key
+    with pytest.raises(ConfigError, match="not a layer of 'fake'"):
+        cache.entry(up, layers=[3])
+
+
+def test_expected_size_printed_and_exact(tmp_path, utts, capsys):
+    up = FakeUpstream()
+    cache = FeatureCache(tmp_path / "cache")
+    expected = estimate_cache_bytes(up, utts)
+    entry = cache.ensure(up, utts, progress=True)
+    err = capsys.readouterr().err
+    assert "expected size" in err and "s of audio per second" in err
+    data_bytes = sum(p.stat().st_size for p in entry.folder.glob("shard-*.bin"))
+    assert data_bytes == expected - len(utts) * INDEX_OVERHEAD_BYTES  # durations are exact here
+
+
+def test_changed_audio_is_a_miss(tmp_path, utts):
+    up = FakeUpstream()
+    cache = FeatureCache(tmp_path / "cache")
+    entry = cache.ensure(up, utts, progress=False)
+    target = utts[3]
+    data, rate = sf.read(target.path, dtype="float32")
+    sf.write(target.path, data[::-1].copy(), rate)  # same length, different content
+    assert entry.missing(utts) == [target]
+    with pytest.raises(CacheError, match="not cached or changed"):
+        entry.read([target])
+    seen = up.utterances_seen
+    entry = cache.ensure(up, utts, progress=False)
+    assert up.utterances_seen == seen + 1  # only the changed file
+    assert_matches(entry, up, utts)
+
+
+def test_touch_is_a_miss_by_stat_but_not_by_content(tmp_path, utts):
+    up = FakeUpstream()
+    by_stat = FeatureCache(tmp_path / "cache")
+    by_content = FeatureCache(tmp_path / "cache", audio_key="content")
+    e_stat = by_stat.ensure(up, utts, progress=False)
+    e_content = by_content.ensure(up, utts, progress=False)
+    st = os.stat(utts[0].path)
+    os.utime(utts[0].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert e_stat.missing(utts) == [utts[0]]
+    assert e_content.missing(utts) == []
+
+
+def test_upstream_option_weights_dtype_change_the_key(tmp_path, utts):
+    cache = FeatureCache(tmp_path / "cache")
+    base = cache.ensure(FakeUpstream(), utts, progress=False)
+    other_option = cache.entry(FakeUpstream(scale=2.0))
+    other_weights = cache.entry(FakeUpstream(seed=1))
+    other_dtype = FeatureCache(tmp_path / "cache", dtype="bfloat16").entry(FakeUpstream())
+    folders = {base.folder, other_option.folder, other_weights.folder, other_dtype.folder}
+    assert len(folders) == 4
+    for entry in (other_option, other_weights, other_dtype):
+        assert entry.missing(utts) == utts
+    assert json.loads((other_option.folder / "meta.json").read_text())["identity"]["options"]["scale"] == 2.0
+    # the changed option really changes the numbers that end up cached
+    scaled = FakeUpstream(scale=2.0)
+    entry = cache.ensure(scaled, utts[:3], progress=False)
+    assert_matches(entry, scaled, utts[:3])
+    assert not torch.allclose(entry.read(utts[:3]).hidden, base.read(utts[:3]).hidden, atol=1e-2)
+
+
+def test_disk_too_small_refuses_before_extracting(tmp_path, utts, monkeypatch):
+    import speechfuse.cache as cache_mod
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    up = FakeUpstream()
+    needed = estimate_cache_bytes(up, utts)
+    cache = FeatureCache(tmp_path / "cache")
+    with pytest.raises(CacheError) as err:
+        cache.ensure(up, utts, progress=False)
+    assert f"{needed} bytes" in str(err.value) and "1000 bytes" in str(err.value)
+    assert up.utterances_seen == 0
+    assert not list((tmp_path / "cache").rglob("shard-*"))
+
+
+def test_torn_shard_is_detected_and_redone(tmp_path, utts):
+    up = FakeUpstream()
+    cache = FeatureCache(tmp_path / "cache", shard_bytes=4000)
+    entry = cache.ensure(up, utts, batch_seconds=2.0, progress=False)
+    shards = sorted(entry.folder.glob("shard-*.bin"))
+    assert len(shards) >= 3
+    victim = shards[1]
+    index = json.loads(victim.with_suffix(".json").read_text())
+    lost = len(index["entries"])
+    with open(victim, "r+b") as f:  # a torn write: the index says more bytes than the file has
+        f.truncate(victim.stat().st_size - 10)
+    fresh = cache.entry(up)
+    assert len(fresh.missing(utts)) == lost
+    seen = up.utterances_seen
+    entry = cache.ensure(up, utts, batch_seconds=2.0, progress=False)
+    assert up.utterances_seen == seen + lost
+    assert not victim.exists() or victim.stat().st_size == json.loads(victim.with_suffix(".json").read_text())["bytes"]
+    assert_matches(entry, up, utts)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    sys.path.insert(0, {tests!r})
+    from test_cache import FakeUpstream
+    from speechfuse.cache import FeatureCache, _ShardWriter
+    from speechfuse.data.manifest import Utterance
+
+    original = _ShardWriter.write
+    def write(self, key, array):
+        original(self, key, array)
+        if self.number >= 1:  # the first shard is final; the second holds a written utterance
+            print("READY", flush=True)
+            time.sleep(300)
+    _ShardWriter.write = write
+    utts = [Utterance(**u) for u in json.load(open({manifest!r}))]
+    FeatureCache({root!r}, shard_bytes=6000).ensure(FakeUpstream(), utts, batch_seconds=2.0, progress=False)
+""")
+
+
+def test_kill_mid_extraction_then_resume(tmp_path):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    utts = []
+    for i in range(8):  # 1 s each: 49 frames x 3 layers x 8 dims x 2 bytes = 2352 bytes; 3 fill a shard
+        p = folder / f"u{i}.wav"
+        sf.write(p, (rng.standard_normal(16000) * 0.1).astype(np.float32), 16000)
+        utts.append(Utterance(id=f"u{i}", path=str(p), duration=1.0))
+    manifest = tmp_path / "utts.json"
+    manifest.write_text(json.dumps([{"id": u.id, "path": u.path, "duration": u.duration} for u in utts]))
+    root = tmp_path / "cache"
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), manifest=str(manifest), root=str(root))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "READY", proc.stderr.read()
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+
+    up = FakeUpstream()
+    entry = FeatureCache(root, shard_bytes=6000).entry(up)
+    names = sorted(p.name for p in entry.folder.glob("shard-*"))
+    assert names == ["shard-0-0.bin", "shard-0-0.json", "shard-0-1.bin.partial"]  # one final, one torn
+    done = json.loads((entry.folder / "shard-0-0.json").read_text())["entries"]
+    assert len(done) == 3
+    assert len(entry.missing(utts)) == 5  # the torn shard's utterance is not served
+    entry = FeatureCache(root, shard_bytes=6000).ensure(up, utts, batch_seconds=2.0, progress=False)
+    assert up.utterances_seen == 5  # resumed: the 3 finished utterances were not extracted again
+    assert not list(entry.folder.glob("*.partial"))
+    assert_matches(entry, up, utts)
+    entry.read(utts, verify=True)
+
+
+def test_fill_caches_reads_audio_once_for_several_upstreams(tmp_path, utts, monkeypatch):
+    import speechfuse.data.audio as audio_mod
+
+    calls = collections.Counter()
+    real = audio_mod.read_audio
+
+    def counting(path, sample_rate):
+        calls[path] += 1
+        return real(path, sample_rate)
+
+    monkeypatch.setattr(audio_mod, "read_audio", counting)
+    ups = [FakeUpstream(seed=0), FakeUpstream(seed=1, num_layers=2, hidden_size=5)]
+    cache = FeatureCache(tmp_path / "cache")
+    entries = fill_caches(ups, utts, cache, batch_seconds=2.0, layers=[None, [1]], progress=False)
+    assert sorted(calls.values()) == [1] * len(utts)
+    monkeypatch.setattr(audio_mod, "read_audio", real)
+    assert_matches(entries[0], ups[0], utts)
+    assert_matches(entries[1], ups[1], utts, layers=[1])
+
+
+def test_ranks_extract_their_own_share(tmp_path, utts):
+    ups = [FakeUpstream(), FakeUpstream()]
+    cache = FeatureCache(tmp_path / "cache")
+    e0 = cache.ensure(ups[0], utts, rank=0, world_size=2, progress=False)
+    e1 = cache.ensure(ups[1], utts, rank=1, world_size=2, progress=False)
+    assert ups[0].utterances_seen == len(utts[0::2]) and ups[1].utterances_seen == len(utts[1::2])
+    assert {p.name.split("-")[1] for p in e0.folder.glob("shard-*.json")} == {"0", "1"}
+    assert e0.missing(utts) == []  # picks up rank 1's finalised shards
+    assert_matches(e1, ups[1], utts)
+
+
+def test_bad_options_and_fp16_overflow(tmp_path, utts):
+    with pytest.raises(ConfigError, match="dtype"):
+        FeatureCache(tmp_path, dtype="float32")
+    with pytest.raises(CacheError, match="trainable"):
+        FeatureCache(tmp_path / "c").ensure(FakeUpstream(trainable=True), utts, progress=False)
+    with pytest.raises(CacheError, match="bfloat16"):
+        FeatureCache(tmp_path / "c").ensure(FakeUpstream(offset=1e6), utts, progress=False)
+    entry = FeatureCache(tmp_path / "c", dtype="bfloat16").ensure(FakeUpstream(offset=1e6), utts[:2], progress=False)
+    states = entry.read(utts[:2])
+    valid = states.hidden[:, 1, : int(states.lengths[1])]
+    assert (valid - 1e6).abs().max() <= 1e6 * 2**-8
+
+
+def test_duration_batches_and_extract_batch():
+    batches = duration_batches([1.0, 5.0, 2.0, 2.0, 0.5, 9.0], batch_seconds=6.0)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert batches[0] == [5]  # longer than a batch: on its own
+    durations = [1.0, 5.0, 2.0, 2.0, 0.5, 9.0]
+    for b in batches[1:]:
+        assert max(durations[i] for i in b) * len(b) <= 6.0
+    ups = [FakeUpstream(seed=0), FakeUpstream(seed=1)]
+    wavs = torch.randn(2, 8000)
+    out = extract_batch(ups, wavs, torch.tensor([8000, 5000]))
+    assert [s.hidden.shape for s in out] == [torch.Size([3, 2, 24, 8])] * 2
+    assert out[0].lengths.tolist() == [24, 15]
+    assert not torch.equal(out[0].hidden, out[1].hidden)
