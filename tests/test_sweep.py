@@ -120,3 +120,20 @@ def test_sweep_cache_off_and_named(tmp_path):
     run_sweep({**BASE, "cache": str(tmp_path / "mine")}, {"interface.name": ["weighted_sum"]}, tmp_path / "b",
               train_fn=trainer, progress=False)
     assert trainer.cache == str(tmp_path / "mine")
+
+
+def test_combo_config_on_a_real_config(tmp_path):
+    from speechfuse.config import config_from_dict
+
+    cfg = config_from_dict({"task": "classify", "data": {"train": "t.csv", "dev": "d.csv"},
+                            "upstreams": [{"spec": "resemblyzer", "options": {"trainable": False}}],
+                            "interface": {"name": "hconv", "layer_norm": True}}, tmp_path)
+    out = combo_config(cfg, {"upstreams": ["resemblyzer", "speech-embedding"], "interface.name": "chconv"},
+                       str(tmp_path / "c"))
+    assert type(out) is type(cfg)
+    assert [u.spec for u in out.upstreams] == ["resemblyzer", "speech-embedding"]
+    assert out.upstreams[0].options == {"trainable": False}
+    assert out.interface.name == "chconv" and out.interface.options() == {"layer_norm": True}
+    assert out.cache == str(tmp_path / "c") and out.data.train == str(tmp_path / "t.csv")
+    with pytest.raises(ConfigError, match="train.nope"):
+        combo_config(cfg, {"train.nope": 1}, None)

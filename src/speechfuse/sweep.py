@@ -125,9 +125,11 @@ def _config_dict(cfg: Any) -> dict:
     raise ConfigError(f"run_sweep: cfg must be a speechfuse Config (or a dict), got {type(cfg).__name__}")
 
 
-def _rebuild(like: Any, data: dict) -> Any:
-    if hasattr(type(like), "model_validate"):
-        return type(like).model_validate(data)
+def _rebuild(like: Any, data: dict, source: str) -> Any:
+    if hasattr(like, "model_dump"):
+        from .config import config_from_dict  # ConfigError naming the bad key
+
+        return config_from_dict(data, ".", source)
     return data
 
 
@@ -170,10 +172,7 @@ def combo_config(cfg: Any, combo: dict[str, Any], cache_dir: str | None) -> Any:
             _set_dotted(data, key, value)
     if cache_dir is not None:
         data["cache"] = cache_dir
-    try:
-        return _rebuild(cfg, data)
-    except Exception as exc:  # pydantic ValidationError names the key
-        raise ConfigError(f"sweep combination {combo} does not make a valid config: {exc}") from exc
+    return _rebuild(cfg, data, f"(sweep combination {combo})")
 
 
 def shared_cache_dir(cfg: Any, out_dir: Path) -> str | None:
