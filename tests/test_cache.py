@@ -86,7 +86,7 @@ def assert_matches(entry, up, utts, layers=None, dtype="float16"):
             ref = ref[layers]
         n = ref.shape[1]
         assert int(states.lengths[b]) == n, u.id
-        torch.testing.assert_close(states.hidden[:, b, :n], ref, atol=TOL[dtype], rtol=0)
+        torch.testing.assert_close(states.hidden[:, b, :n], ref, atol=TOL[dtype], rtol=TOL[dtype])
         assert (states.hidden[:, b, n:] == 0).all()
 
 
@@ -327,3 +327,20 @@ def test_duration_batches_and_extract_batch():
     assert [s.hidden.shape for s in out] == [torch.Size([3, 2, 24, 8])] * 2
     assert out[0].lengths.tolist() == [24, 15]
     assert not torch.equal(out[0].hidden, out[1].hidden)
+
+
+def test_real_tiny_models_round_trip_and_whisper_mode_key(tmp_path, utts, tiny_model_dir):
+    import speechfuse as sf_
+
+    hubert = sf_.load_upstream("hf:" + tiny_model_dir("hubert"))
+    whisper_dir = tiny_model_dir("whisper")
+    trim = sf_.load_upstream("hf:" + whisper_dir, whisper_mode="trim")
+    pad30 = sf_.load_upstream("hf:" + whisper_dir, whisper_mode="pad30")
+    cache = FeatureCache(tmp_path / "cache")
+    assert cache.entry(trim).folder != cache.entry(pad30).folder
+    some = utts[2:6]
+    # batch_seconds below every clip: one utterance per batch, so the cache must equal a lone forward
+    entries = fill_caches([hubert, trim], some, cache, batch_seconds=0.01, progress=False)
+    assert_matches(entries[0], hubert, some)
+    assert_matches(entries[1], trim, some)
+    assert cache.entry(pad30).missing(some) == some  # same weights, other mode: a miss
