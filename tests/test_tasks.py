@@ -1,0 +1,197 @@
+"""Tasks: registry, ASR (vocabulary, greedy CTC, loss, overfitting, metrics) and classification."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from speechfuse.data import Utterance
+from speechfuse.errors import ConfigError, ShapeError
+from speechfuse.tasks import Task, get_task, list_tasks
+from speechfuse.tasks.classify import macro_f1, masked_mean
+
+SMALL_ASR = dict(proj_dim=16, hidden_size=16, num_layers=1, dropout=0.0)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny LSTMs run far faster on one thread than contending for a shared machine's cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def utts_with(field: str, values: list[str]) -> list[Utterance]:
+    return [Utterance(f"u{i}", f"/nowhere/u{i}.wav", **{field: v}) for i, v in enumerate(values)]
+
+
+def test_registry():
+    assert list_tasks() == ["asr", "classify"]
+    assert get_task("asr").target_field == "text" and get_task("classify").target_field == "label"
+    assert (get_task("asr").main_metric, get_task("asr").higher_is_better) == ("wer", False)
+    assert (get_task("classify").main_metric, get_task("classify").higher_is_better) == ("accuracy", True)
+    with pytest.raises(ConfigError, match="unknown task 'translate'"):
+        get_task("translate")
+    with pytest.raises(ConfigError, match="hidden_dims"):
+        get_task("classify", hidden_dims=3)
+    with pytest.raises(ConfigError, match="fit"):
+        get_task("asr").build_head(8)
+
+
+# -- ASR -----------------------------------------------------------------------------------------------
+
+def test_asr_vocabulary_and_unknown_characters():
+    task = get_task("asr").fit(utts_with("text", ["Ab  a", "b"]))
+    assert task.vocab == ["<blank>", "<unk>", " ", "a", "b"]
+    with pytest.warns(UserWarning, match=r"'z' in \['u1'\]"):
+        targets, lengths = task.encode(utts_with("text", ["ba", "az b"]))
+    assert lengths.tolist() == [2, 4]
+    assert targets.tolist() == [[4, 3, 0, 0], [3, 1, 2, 4]]
+
+
+def test_greedy_ctc_decoding_on_hand_made_logits():
+    task = get_task("asr").fit(utts_with("text", ["ab a"]))
+    blank, unk, space, a, b = range(5)
+    paths = [[a, a, blank, b, b, space, a, blank, a, b, b],   # valid 9 frames, the last two are padding
+             [blank, b, unk, b, b, blank, blank, blank, blank, a, a]]  # 5 valid frames
+    logits = torch.full((2, 11, 5), -5.0)
+    for row, path in enumerate(paths):
+        for t, token in enumerate(path):
+            logits[row, t, token] = 5.0
+    assert task.predict(logits, torch.tensor([9, 5])) == ["ab aa", "bb"]
+
+
+def test_asr_head_overfits_a_tiny_batch_and_decodes_it(one_thread):
+    torch.manual_seed(0)
+    texts = ["one two", "three", "nine"]
+    utts = utts_with("text", texts)
+    task = get_task("asr", **SMALL_ASR).fit(utts)
+    head = task.build_head(12)
+    features = torch.randn(3, 30, 12)
+    lengths = torch.tensor([30, 24, 18])
+    targets = task.encode(utts)
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.02)
+    losses = []
+    for _ in range(120):
+        loss = task.loss(*head(features, lengths), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+    head.eval()
+    predictions = task.predict(*head(features, lengths))
+    assert predictions == texts
+    assert task.metrics(predictions, task.references(utts)) == {"wer": 0.0, "cer": 0.0}
+
+
+@pytest.mark.parametrize("name,options,values", [
+    ("asr", SMALL_ASR | {"num_layers": 2}, ["one", "two"]),
+    ("classify", {"hidden_dim": 8}, ["x", "y"]),
+])
+def test_heads_ignore_padded_frames(name, options, values):
+    torch.manual_seed(0)
+    task = get_task(name, **options).fit(utts_with(task_field(name), values))
+    head = task.build_head(6).eval()
+    alone = torch.randn(1, 7, 6)
+    padded = torch.cat([alone, 100 * torch.randn(1, 5, 6)], dim=1)
+    batch = torch.cat([padded, torch.randn(1, 12, 6)])
+    out_alone, _ = head(alone, torch.tensor([7]))
+    out_batch, out_lengths = head(batch, torch.tensor([7, 12]))
+    assert out_lengths.tolist() == [7, 12]
+    if name == "asr":
+        assert out_batch.shape == (2, 12, len(task.vocab))
+        torch.testing.assert_close(out_batch[0, :7], out_alone[0], atol=1e-5, rtol=1e-5)
+    else:
+        assert out_batch.shape == (2, 2)
+        torch.testing.assert_close(out_batch[0], out_alone[0], atol=1e-5, rtol=1e-5)
+
+
+def task_field(name: str) -> str:
+    return "text" if name == "asr" else "label"
+
+
+def test_ctc_loss_refuses_too_few_frames():
+    task = get_task("asr", **SMALL_ASR).fit(utts_with("text", ["hello"]))
+    head = task.build_head(4)
+    out, lengths = head(torch.randn(2, 6, 4), torch.tensor([6, 5]))
+    # "hello" needs 6 CTC steps (5 letters + a blank between the two l's)
+    with pytest.raises(ShapeError, match=r"position\(s\) \[1\]"):
+        task.loss(out, lengths, task.encode(utts_with("text", ["hello", "hello"])))
+    assert torch.isfinite(task.loss(out[:1], lengths[:1], task.encode(utts_with("text", ["hello"]))))
+
+
+def test_asr_metrics_and_state_round_trip():
+    task = get_task("asr", **SMALL_ASR).fit(utts_with("text", ["one two", "three"]))
+    scores = task.metrics(["one too", "three"], ["One  Two", "three"])
+    assert scores["wer"] == pytest.approx(1 / 3)
+    assert scores["cer"] == pytest.approx(1 / 12)
+    with pytest.raises(ConfigError, match="2 predictions but 1"):
+        task.metrics(["a", "b"], ["a"])
+    with pytest.raises(ConfigError, match="empty"):
+        task.metrics(["a"], ["  "])
+    rebuilt = Task.from_state(json.loads(json.dumps(task.state())))
+    assert rebuilt.vocab == task.vocab and rebuilt.options == task.options
+    head, twin = task.build_head(5).eval(), rebuilt.build_head(5).eval()
+    twin.load_state_dict(head.state_dict())
+    x, lens = torch.randn(2, 9, 5), torch.tensor([9, 4])
+    assert task.predict(*head(x, lens)) == rebuilt.predict(*twin(x, lens))
+
+
+def test_head_rejects_bad_lengths():
+    head = get_task("asr", **SMALL_ASR).fit(utts_with("text", ["a"])).build_head(4)
+    with pytest.raises(ShapeError, match="1..6"):
+        head(torch.randn(2, 6, 4), torch.tensor([6, 0]))
+    with pytest.raises(ShapeError, match=r"\[B,T,D\]"):
+        head(torch.randn(6, 4), torch.tensor([6]))
+
+
+# -- classification ------------------------------------------------------------------------------------
+
+def test_classify_labels_loss_and_unknown_label():
+    task = get_task("classify").fit(utts_with("label", ["b", "a", "b", "c"]))
+    assert task.labels == ["a", "b", "c"]
+    assert task.encode(utts_with("label", ["c", "a"])).tolist() == [2, 0]
+    with pytest.raises(ConfigError, match=r"'zebra' \(utterance 'u1'\)"):
+        task.encode(utts_with("label", ["a", "zebra"]))
+    with pytest.raises(ConfigError, match="at least 2"):
+        get_task("classify").fit(utts_with("label", ["a", "a"]))
+    logits = torch.tensor([[0.0, 9.0, 0.0], [9.0, 0.0, 0.0]])
+    assert task.predict(logits, torch.tensor([3, 3])) == ["b", "a"]
+    assert task.loss(logits, torch.tensor([3, 3]), torch.tensor([1, 0])).item() < 0.01
+    assert task.loss(logits, torch.tensor([3, 3]), torch.tensor([0, 1])).item() > 5
+
+
+def test_classify_metrics_by_hand():
+    # per class F1: a = 2/3, b = 2/3, c = 1
+    scores = get_task("classify").metrics(["a", "b", "b", "c"], ["a", "a", "b", "c"])
+    assert scores["accuracy"] == pytest.approx(0.75)
+    assert scores["macro_f1"] == pytest.approx(7 / 9)
+    assert macro_f1(["x", "x"], ["y", "y"]) == 0.0
+
+
+def test_masked_mean_uses_valid_frames_only():
+    features = torch.tensor([[[1.0], [3.0], [100.0]], [[2.0], [4.0], [6.0]]])
+    assert masked_mean(features, torch.tensor([2, 3])).flatten().tolist() == [2.0, 4.0]
+
+
+def test_classify_head_learns_a_separable_problem_and_round_trips(one_thread):
+    torch.manual_seed(0)
+    labels = ["up", "down"] * 8
+    task = get_task("classify").fit(utts_with("label", labels))
+    head = task.build_head(4)
+    features = torch.randn(16, 10, 4)
+    features[:, :, 0] += torch.tensor([3.0 if l == "up" else -3.0 for l in labels])[:, None]
+    lengths = torch.randint(3, 11, (16,))
+    targets = task.encode(utts_with("label", labels))
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.05)
+    for _ in range(60):
+        loss = task.loss(*head(features, lengths), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert task.metrics(task.predict(*head(features, lengths)), labels)["accuracy"] == 1.0
+    rebuilt = Task.from_state(json.loads(json.dumps(task.state())))
+    assert rebuilt.labels == task.labels and rebuilt.main_metric == "accuracy"
