@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from torch.utils.data import DataLoader
 
 from speechfuse.errors import AudioError, ConfigError
 from speechfuse.data import (AudioDataset, DurationBatchSampler, ManifestError, Utterance, audio_info,
@@ -49,6 +50,11 @@ def test_stereo_is_mixed_down_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="stereo.wav"):
         wav = read_audio(path, 8000)
     assert wav.abs().max().item() < 1e-4  # the channels were opposite, so their mean is silence
+
+
+def test_read_audio_rejects_a_bad_rate():
+    with pytest.raises(ConfigError, match="sample_rate"):
+        read_audio(FSDD_CLIP, 16000.0)
 
 
 @pytest.mark.parametrize("kind", ["missing", "corrupt", "empty", "nan"])
@@ -269,6 +275,23 @@ def test_dataset_and_collate_pad_with_zeros(tmp_path):
     assert batch.wavs[0, 1600:].abs().sum() == 0 and batch.wavs[0, :1600].abs().sum() > 0
 
 
+def test_dataloader_with_the_duration_sampler(tmp_path):
+    utts = [Utterance(f"c{i}", str(tone(tmp_path / f"c{i}.wav", 0.1 * (i + 1))), 0.1 * (i + 1)) for i in range(6)]
+    sampler = DurationBatchSampler([u.duration for u in utts], batch_seconds=0.8, seed=1)
+    loader = DataLoader(AudioDataset(utts, 16000), batch_sampler=sampler, collate_fn=collate_audio)
+    batches = list(loader)
+    assert sorted(i for b in batches for i in b.ids) == sorted(u.id for u in utts)
+    for batch in batches:
+        assert batch.wavs.shape[1] == int(batch.wav_lengths.max())
+        assert batch.wavs.shape[0] * batch.wavs.shape[1] / 16000 <= 0.8 + 1e-6 or len(batch.ids) == 1
+
+
+def test_csv_with_a_byte_order_mark(tmp_path):
+    tone(tmp_path / "a.wav", 0.1)
+    (tmp_path / "bom.csv").write_text("\ufeffid,path,label\na,a.wav,yes\n", encoding="utf-8")
+    assert [(u.id, u.label) for u in load_manifest(tmp_path / "bom.csv")] == [("a", "yes")]
+
+
 # -- adapters ------------------------------------------------------------------------------------------
 
 def test_fsdd_manifests_split_by_take(tmp_path):
@@ -284,9 +307,13 @@ def test_fsdd_manifests_split_by_take(tmp_path):
     assert sorted(ids["train"]) == ["3_bob_12", "7_alice_10", "7_alice_30"]
     bob = next(u for u in load_manifest(out["train"]) if u.id == "3_bob_12")
     assert (bob.text, bob.label, bob.speaker) == ("three", "3", "bob") and bob.duration == pytest.approx(0.2)
+    tone(recordings / "3_bob_12.wav", 0.2)
+    with pytest.raises(ConfigError, match="3_bob_12"):
+        fsdd_manifests(recordings, tmp_path / "m2")
+    (recordings / "3_bob_12.wav").unlink()
     tone(recordings / "seven.wav", 0.2)
     with pytest.raises(ConfigError, match="seven.wav"):
-        fsdd_manifests(recordings, tmp_path / "m2")
+        fsdd_manifests(recordings, tmp_path / "m3")
 
 
 def test_bundled_fsdd_subset_is_complete(tmp_path):

@@ -40,6 +40,14 @@ def test_registry():
         get_task("asr").build_head(8)
 
 
+def test_asr_head_defaults_follow_superb():
+    head = get_task("asr").fit(utts_with("text", ["ab"])).build_head(768)
+    assert (head.proj.in_features, head.proj.out_features) == (768, 1024)
+    rnn = head.rnn
+    assert (rnn.hidden_size, rnn.num_layers, rnn.bidirectional, rnn.dropout) == (1024, 2, True, 0.2)
+    assert (head.out.in_features, head.out.out_features) == (2048, 4)  # blank, unk, a, b
+
+
 # -- ASR -----------------------------------------------------------------------------------------------
 
 def test_asr_vocabulary_and_unknown_characters():
@@ -89,6 +97,7 @@ def test_asr_head_overfits_a_tiny_batch_and_decodes_it(one_thread):
 
 @pytest.mark.parametrize("name,options,values", [
     ("asr", SMALL_ASR | {"num_layers": 2}, ["one", "two"]),
+    ("asr", SMALL_ASR | {"num_layers": 0}, ["one", "two"]),
     ("classify", {"hidden_dim": 8}, ["x", "y"]),
 ])
 def test_heads_ignore_padded_frames(name, options, values):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Iterable
@@ -47,7 +48,12 @@ def fsdd_manifests(recordings_dir: str | Path, out_dir: str | Path,
     if dev & test:
         raise ConfigError(f"fsdd_manifests: takes {sorted(dev & test)} are in both dev_takes and test_takes")
     splits: dict[str, list[Utterance]] = {"train": [], "dev": [], "test": []}
-    for path in _audio_files(recordings_dir):
+    files = _audio_files(recordings_dir)
+    twins = sorted(stem for stem, n in Counter(p.stem for p in files).items() if n > 1)
+    if twins:
+        raise ConfigError(f"fsdd_manifests: {recordings_dir} holds the same recording in two formats "
+                          f"({twins[:3]}...); keep one of the .wav / .flac copies")
+    for path in files:
         match = FSDD_NAME.match(path.stem)
         if not match:
             raise ConfigError(f"fsdd_manifests: {path.name} does not follow the FSDD name pattern "

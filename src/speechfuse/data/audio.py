@@ -9,7 +9,7 @@ import soundfile as sf
 import soxr
 import torch
 
-from ..errors import AudioError
+from ..errors import AudioError, ConfigError
 
 
 def audio_info(path: str | Path) -> tuple[int, int, int, float]:
@@ -28,6 +28,8 @@ def audio_info(path: str | Path) -> tuple[int, int, int, float]:
 
 def read_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
     """Decode `path`, mix to mono (with a warning), resample to `sample_rate`; returns float32 [S]."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise ConfigError(f"read_audio({path}): sample_rate must be a positive integer in Hz, got {sample_rate!r}")
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"audio file not found: {path}. Check the manifest path (relative paths resolve "

@@ -72,7 +72,7 @@ def _read_records(path: Path) -> list[dict[str, Any] | str]:
         raise ConfigError(f"manifest not found: {path}")
     records: list[dict[str, Any] | str] = []
     if _format_of(path) == "csv":
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheet exports start with a BOM
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             missing = [c for c in ("id", "path") if c not in header]
