@@ -162,13 +162,16 @@ class HFWhisperUpstream(Upstream):
 
     whisper_mode:
     * "pad30": bit-faithful to transformers: log-mel of the clip zero-padded to 30 s, the full
-      1500-position encoder, then the frames trimmed to the batch's longest clip.
+      1500-position encoder, then the frames trimmed to the batch's longest clip. Independent of
+      batching (every clip sees its own 30 s window).
     * "trim" (default): only the batch's longest clip is encoded (mel frames padded to an even
       count), positional embeddings sliced to that length. The mel frames are identical to pad30's;
       the encoder output differs because frames no longer attend to the ~30 s of trailing silence
-      Whisper was trained with. Whisper's encoder has no attention mask, so in trim mode a short clip
-      batched with a longer one attends to the longer clip's silence frames (which makes it a little
-      closer to pad30, not further). benchmarks/whisper_trim.py measures both effects.
+      Whisper was trained with (benchmarks/whisper_trim.py measures how much). Whisper itself has no
+      attention mask, so a short clip batched with a longer one would attend to the padding frames,
+      which changes its features a lot (max abs 11 on real tiny.en, as large as the features). Trim
+      mode therefore zeroes each clip's mel frames past its own (even) length and adds a key-padding
+      mask to every self-attention: a clip's valid frames equal running it alone.
     """
 
     def __init__(self, encoder: nn.Module, name: str, preprocessor: dict[str, Any], whisper_mode: str = "trim",
@@ -229,32 +232,45 @@ class HFWhisperUpstream(Upstream):
             out = self.encoder(mel, output_hidden_states=True)
             hidden = torch.stack(out.hidden_states, dim=0)[:, :, :num_out]
         else:
-            hidden = self._encode_trimmed(self._trimmed_mel(wavs))
+            hidden = self._encode_trimmed(self._trimmed_mel(wavs, wav_lengths), wav_lengths)
         frame_lengths = torch.tensor([self.num_frames(int(n)) for n in wav_lengths.tolist()], device=wavs.device)
         return _zero_padded_frames(hidden, frame_lengths)
 
-    def _trimmed_mel(self, wavs: torch.Tensor) -> torch.Tensor:
+    def _trimmed_mel(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        """[B, mels, M] with M even; row b is zero past its own even mel length (as if run alone)."""
         mel_frames = self._mel_frames(wavs.shape[1])
         mel_frames += mel_frames % 2
-        # Trailing zeros make the last kept frames see silence (as in the 30 s window) rather than a
-        # reflection of the clip; the two extra frames hold any audio tail, so the per-utterance max
-        # (the -8 floor) is taken over the same content as in pad30.
-        padded = nn.functional.pad(wavs, (0, mel_frames * self.hop_length + self.n_fft - wavs.shape[1]))
-        max_frames = min(mel_frames + 2, self.max_mel_frames)
-        mel = log_mel_spectrogram(padded, self.mel_filters, self.n_fft, self.hop_length, max_frames=max_frames)
-        return mel[:, :, :mel_frames]
+        # Pad with zeros as the 30 s window does, so the last kept frames see the same silence (not
+        # a reflection of the clip); the two extra frames hold any audio tail, so the per-utterance
+        # max (the -8 floor) is taken over the same content as in pad30.
+        width = min(mel_frames * self.hop_length + self.n_fft, self.max_samples)
+        padded = nn.functional.pad(wavs, (0, width - wavs.shape[1]))
+        mel = log_mel_spectrogram(padded, self.mel_filters, self.n_fft, self.hop_length, max_frames=mel_frames + 2)
+        mel = mel[:, :, :mel_frames]
+        own_frames = torch.tensor([self._mel_frames(int(n)) for n in wav_lengths.tolist()], device=wavs.device)
+        own_frames += own_frames % 2
+        keep = torch.arange(mel_frames, device=wavs.device)[None, :] < own_frames[:, None]
+        return mel * keep[:, None, :]
 
-    def _encode_trimmed(self, mel: torch.Tensor) -> torch.Tensor:
-        """WhisperEncoder.forward with the positional embeddings sliced to the input length."""
+    def _encode_trimmed(self, mel: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        """WhisperEncoder.forward with positional embeddings sliced to the input length and a
+        key-padding mask so that padding frames are never attended to."""
         enc = self.encoder
         x = nn.functional.gelu(enc.conv1(mel))
         x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
         x = x + enc.embed_positions.weight[: x.shape[1]]
         x = nn.functional.dropout(x, p=enc.dropout, training=self.training)
+        frame_lengths = torch.tensor([self.num_frames(int(n)) for n in wav_lengths.tolist()], device=x.device)
+        valid_keys = torch.arange(x.shape[1], device=x.device)[None, :] < frame_lengths[:, None]  # [B,T]
+        mask = None  # no padding frames: exactly transformers' unmasked attention
+        if not valid_keys.all():
+            mask = torch.zeros(valid_keys.shape, dtype=x.dtype, device=x.device)
+            mask = mask.masked_fill(~valid_keys, torch.finfo(x.dtype).min)[:, None, None, :]  # [B,1,1,T]
+            mask = mask.expand(-1, 1, x.shape[1], -1)  # [B,1,T,T], transformers' additive 4-D layout
         states = [x]
         for layer in enc.layers:
             if not (self.training and enc.layerdrop > 0.0 and torch.rand([]) < enc.layerdrop):
-                x = layer(x, None)
+                x = layer(x, mask)
             states.append(x)
         states[-1] = enc.layer_norm(x)
         return torch.stack(states, dim=0)
