@@ -22,7 +22,7 @@ from speechfuse.upstream.bundled import (
     SpeechEmbeddingUpstream,
     package_file,
 )
-from speechfuse.upstream.ct2 import converted_whisper_folder, read_ct2_model, whisper_encoder_from_ct2
+from speechfuse.upstream.ct2 import converted_whisper_folder, read_ct2_model
 
 FSDD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
@@ -145,17 +145,22 @@ def whisper_folder(whisper_bin, tmp_path_factory) -> Path:
         return converted_whisper_folder(whisper_bin, "whisper-tiny.en")
 
 
-def test_whisper_encoder_layout(whisper_bin):
+def test_whisper_encoder_layout(whisper_bin, whisper_folder):
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
     spec, variables = read_ct2_model(whisper_bin, prefix="encoder/")
     assert spec == "WhisperSpec"
     assert variables["encoder/conv1/weight"].shape == (384, 80, 3)
     assert variables["encoder/layer_3/self_attention/linear_0/weight"].shape == (1152, 384)
     k_bias = variables["encoder/layer_0/self_attention/linear_0/bias"][384:768]
     assert not np.any(k_bias), "Whisper's key projection has no bias; the fused k part must be zero"
-    encoder = whisper_encoder_from_ct2(whisper_bin)
+    encoder = WhisperEncoder.from_pretrained(whisper_folder)
     cfg = encoder.config
+    assert cfg.architectures == ["WhisperEncoder"]
     assert (cfg.d_model, cfg.encoder_layers, cfg.encoder_attention_heads, cfg.encoder_ffn_dim) == (384, 4, 6, 1536)
     assert all(p.dtype == torch.float32 for p in encoder.parameters())
+    conv1 = torch.from_numpy(variables["encoder/conv1/weight"].astype(np.float32))
+    torch.testing.assert_close(encoder.conv1.weight, conv1, rtol=0, atol=0)  # fp16 -> fp32 is exact
 
 
 def test_converted_folder_is_cached_and_atomic(whisper_bin, whisper_folder):
@@ -170,29 +175,57 @@ def test_converted_folder_is_cached_and_atomic(whisper_bin, whisper_folder):
     assert again == whisper_folder and (again / "config.json").stat().st_mtime_ns == stamp
 
 
-def test_whisper_conversion_matches_ctranslate2_on_real_speech(whisper_bin, whisper_folder):
-    """Max abs difference of the last hidden state (after the final layer norm) < 1e-3, on the
-    full 30 s (pad30) window, for FSDD digits and the LibriVox sentences."""
+@pytest.fixture(scope="module")
+def ctranslate2_reference(whisper_bin, whisper_folder):
+    """Real clips (3 FSDD digits resampled 8 -> 16 kHz, 5 LibriVox sentences), their Whisper features
+    (transformers' WhisperFeatureExtractor, 30 s window) and ctranslate2's encoder output for them."""
     import ctranslate2
     from transformers import WhisperFeatureExtractor
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     clips = [fsdd_clip(d, s, 0) for d, s in [(0, "jackson"), (7, "theo"), (3, "yweweler")]] + librivox_clips()
     extractor = WhisperFeatureExtractor.from_pretrained(whisper_folder)
     features = extractor([c.numpy() for c in clips], sampling_rate=16000, return_tensors="np").input_features
     features = np.ascontiguousarray(features, dtype=np.float32)
-    reference = np.array(ctranslate2.models.Whisper(str(whisper_bin.parent), device="cpu", compute_type="float32")
-                         .encode(ctranslate2.StorageView.from_array(features), to_cpu=True))
+    model = ctranslate2.models.Whisper(str(whisper_bin.parent), device="cpu", compute_type="float32")
+    reference = np.array(model.encode(ctranslate2.StorageView.from_array(features), to_cpu=True))
+    assert reference.shape == (len(clips), 1500, 384)
+    return clips, features, reference
+
+
+def test_converted_encoder_matches_ctranslate2_on_full_window(whisper_folder, ctranslate2_reference):
+    """All 1500 frames of the last hidden state (after the final layer norm), FSDD clips."""
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    _, features, reference = ctranslate2_reference
     encoder = WhisperEncoder.from_pretrained(whisper_folder).eval()
     with torch.no_grad():
-        ours = encoder(torch.from_numpy(features), output_hidden_states=True)
-    assert len(ours.hidden_states) == 5 and ours.last_hidden_state.shape == (len(clips), 1500, 384)
+        ours = encoder(torch.from_numpy(features[:3]), output_hidden_states=True)
+    assert len(ours.hidden_states) == 5
     torch.testing.assert_close(ours.hidden_states[-1], ours.last_hidden_state)
-    diff = np.abs(ours.last_hidden_state.numpy() - reference)
-    for i, clip in enumerate(clips):
-        valid = len(clip) // 320
-        assert diff[i, :valid].max() < 1e-3, f"clip {i}: max abs diff {diff[i, :valid].max()} on valid frames"
-    assert diff.max() < 1e-3
+    diff = np.abs(ours.last_hidden_state.numpy() - reference[:3]).max()
+    assert diff < 1e-3, f"max abs diff {diff}"
+
+
+def test_whisper_tiny_en_upstream_matches_ctranslate2_on_real_speech(whisper_folder, ctranslate2_reference):
+    """load_upstream("whisper-tiny.en", whisper_mode="pad30") goes through hf.py; its last hidden
+    state matches ctranslate2 on every valid frame of FSDD digits and LibriVox sentences."""
+    from speechfuse.upstream import load_upstream
+
+    clips, _, reference = ctranslate2_reference
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPEECHFUSE_HOME", str(whisper_folder.parent))
+        upstream = load_upstream("whisper-tiny.en", whisper_mode="pad30")
+    assert (upstream.name, upstream.num_layers, upstream.hidden_size, upstream.frame_rate) == (
+        "whisper-tiny.en", 5, 384, 50.0)
+    assert upstream.identity()["options"] == {"whisper_mode": "pad30"}
+    wavs, lengths = pad_batch(clips)
+    states = upstream(wavs, lengths)
+    assert states.hidden.shape[:2] == (5, len(clips))
+    for i in range(len(clips)):
+        valid = int(states.lengths[i])
+        assert valid == -(-len(clips[i]) // 320)
+        diff = np.abs(states.hidden[-1, i, :valid].numpy() - reference[i, :valid]).max()
+        assert diff < 1e-3, f"clip {i}: max abs diff {diff} on {valid} valid frames"
 
 
 # --------------------------------------------------------------------------------------------------
