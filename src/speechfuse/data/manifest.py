@@ -2,7 +2,7 @@
 
 Columns: `id`, `path` (required), `duration` (seconds, optional: filled from the audio header),
 `text` (ASR target), `label` (classification target), `speaker`, `language`; any other column is kept
-in `Utterance.extra` and written back.
+in `Utterance.extra` and written back. Empty CSV cells mean "absent"; an integer JSON label becomes a string.
 
 Row numbers in every message are 1-based data rows: the first utterance is row 1. In a CSV the header is
 row 0, so row N is file line N+1; in a JSONL file row N is the N-th non-blank line.
