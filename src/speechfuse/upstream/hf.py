@@ -82,6 +82,29 @@ def _zero_padded_frames(hidden: torch.Tensor, frame_lengths: torch.Tensor) -> to
 
 
 # -- wav2vec2 / HuBERT / WavLM / data2vec-audio ------------------------------------------------------
+class _MaskedPositionalConvs(nn.Module):
+    """data2vec-audio's stack of positional convs, with padding frames re-zeroed after every conv.
+
+    transformers zeroes the padding only before the first conv, so from the second conv on the
+    frames next to an utterance's end see the previous conv's output on padding instead of zeros,
+    and attention spreads that to every frame. Re-zeroing makes each utterance's frames equal to
+    running it alone (where the conv's own zero padding is all it sees). Same parameters and keys.
+    """
+
+    def __init__(self, original: nn.Module) -> None:
+        super().__init__()
+        self.layers = original.layers
+        self.valid_frames: torch.Tensor | None = None  # [B,T] bool, set for one forward call
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        x = hidden_states.transpose(1, 2)
+        for layer in self.layers:
+            x = layer(x)
+            if self.valid_frames is not None:
+                x = x * self.valid_frames[:, None, :].to(x.dtype)
+        return x.transpose(1, 2)
+
+
 class HFSSLUpstream(Upstream):
     """A wav2vec2-style model (wav2vec2 / XLS-R / MMS, HuBERT, WavLM, data2vec-audio).
 
@@ -103,6 +126,9 @@ class HFSSLUpstream(Upstream):
       duration) or use batch size 1 when exact per-utterance features matter. WavLM base / base+
       have a group-norm encoder too: they get the attention mask, but the GroupNorm still sees the
       padding.
+    * data2vec-audio stacks several positional convs and transformers zeroes padding only before
+      the first; speechfuse re-zeroes it after each (see _MaskedPositionalConvs), so batched
+      valid frames equal the utterance run alone, as for the other masked models.
 
     Output: every hidden state transformers returns (CNN/projection output + one per layer), with
     frames past each utterance's length set to zero. When trainable=True and in training mode, the
@@ -128,6 +154,10 @@ class HFSSLUpstream(Upstream):
         self.sample_rate = int(sample_rate)
         self.frame_rate = self.sample_rate / math.prod(self.strides)
         self.min_samples = receptive_field(self.kernels, self.strides)
+        self._masked_pos_convs: _MaskedPositionalConvs | None = None
+        if self.model_type == "data2vec-audio":
+            self._masked_pos_convs = _MaskedPositionalConvs(model.encoder.pos_conv_embed)
+            model.encoder.pos_conv_embed = self._masked_pos_convs
         self._finish_init()
 
     def num_frames(self, num_samples: int) -> int:
@@ -140,12 +170,19 @@ class HFSSLUpstream(Upstream):
         sample_mask = valid_sample_mask(wavs, wav_lengths)
         inputs = normalize_valid(wavs, wav_lengths) if self.do_normalize else wavs * sample_mask
         attention_mask = sample_mask.long() if self.use_attention_mask else None
-        out = self.model(inputs, attention_mask=attention_mask, output_hidden_states=True)
+        frame_lengths = torch.tensor([self.num_frames(int(n)) for n in wav_lengths.tolist()], device=wavs.device)
+        if self._masked_pos_convs is not None:
+            frames = torch.arange(self.num_frames(wavs.shape[1]), device=wavs.device)
+            self._masked_pos_convs.valid_frames = frames[None, :] < frame_lengths[:, None]
+        try:
+            out = self.model(inputs, attention_mask=attention_mask, output_hidden_states=True)
+        finally:
+            if self._masked_pos_convs is not None:
+                self._masked_pos_convs.valid_frames = None
         hidden = torch.stack(out.hidden_states, dim=0)  # [L,B,T,D]
         if hidden.shape[0] != self.num_layers:
             raise RuntimeError(f"{self.name}: transformers returned {hidden.shape[0]} hidden states, "
                                f"expected {self.num_layers}")
-        frame_lengths = torch.tensor([self.num_frames(int(n)) for n in wav_lengths.tolist()], device=wavs.device)
         return _zero_padded_frames(hidden, frame_lengths)
 
 
