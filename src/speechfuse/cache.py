@@ -173,12 +173,15 @@ class _ShardWriter:
         return self.folder / f"shard-{self.rank}-{self.number}{suffix}"
 
     def write(self, key: str, array: np.ndarray) -> None:
-        """array: [L, T, D] in the storage dtype, C-contiguous."""
+        """array: [L, T, D] in the storage dtype (each layer a contiguous [T, D] block)."""
         if self.handle is None:
             self._open()
-        array = np.ascontiguousarray(array)
-        self.handle.write(memoryview(array).cast("B"))
-        self.entries[key] = [self.offset, int(array.shape[1]), zlib.crc32(memoryview(array).cast("B"))]
+        crc = 0
+        for layer in array:  # [T, D] runs are contiguous in a [B, L, T, D] batch: no copy
+            chunk = memoryview(np.ascontiguousarray(layer)).cast("B")
+            self.handle.write(chunk)
+            crc = zlib.crc32(chunk, crc)
+        self.entries[key] = [self.offset, int(array.shape[1]), crc]
         self.offset += array.size
         if self.offset * self.itemsize >= self.shard_bytes:
             self.finalise()
