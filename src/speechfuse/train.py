@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -585,7 +586,13 @@ def train(cfg: Config, out_dir: str | os.PathLike, callbacks: list | None = None
     data = FusionData(cfg, task, splits, model.frontend, cache_dir, model.position)
     trainer = make_trainer(cfg, run_dir, task, callbacks)
     last = run_dir / CKPT_DIR / f"{LAST}{EXT}"
-    trainer.fit(model, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    with warnings.catch_warnings():
+        # FusionTask restores the position inside the epoch itself (_Position), so this warning is moot;
+        # frozen upstreams are in eval mode on purpose
+        warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+        trainer.fit(model, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
 
     best = Path(trainer.checkpoint_callback.best_model_path or "") if trainer.checkpoint_callback else None
     best = best if best and best.is_file() else run_dir / CKPT_DIR / f"{BEST}{EXT}"

@@ -1,0 +1,266 @@
+"""Runner: safetensors checkpoints, training end to end on real FSDD clips, determinism, kill-and-resume,
+bad manifest rows, the feature cache path, evaluate()."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import save_tiny_model
+from speechfuse.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint_file
+from speechfuse.config import config_from_dict
+from speechfuse.errors import ConfigError
+
+torch.set_num_threads(1)  # tiny models: one thread is several times faster on a shared, busy CPU
+
+FSDD = Path("/work/shared/data/fsdd/recordings")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_fsdd(root: Path, digits=(0, 1), speakers=("george", "jackson"), takes=range(6)) -> dict[str, Path]:
+    """Copy a few real FSDD clips and write train/dev/test manifests (dev = take 4, test = take 5)."""
+    from speechfuse.data import fsdd_manifests
+
+    rec = root / "recordings"
+    rec.mkdir(parents=True, exist_ok=True)
+    for d in digits:
+        for spk in speakers:
+            for take in takes:
+                shutil.copy(FSDD / f"{d}_{spk}_{take}.wav", rec)
+    return fsdd_manifests(rec, root / "manifests", dev_takes=[4], test_takes=[5])
+
+
+def tiny_config(manifests: dict, upstream_dir: str, **train) -> dict:
+    return {
+        "task": "classify",
+        "data": {"train": str(manifests["train"]), "dev": str(manifests["dev"]), "test": str(manifests["test"]),
+                 "target": "label"},
+        "upstreams": [{"spec": f"hf:{upstream_dir}"}],
+        "interface": {"name": "weighted_sum"},
+        "downstream": {"hidden_dim": 16, "dropout": 0.2},  # dropout: the RNG state must survive a resume
+        "train": {"max_steps": 8, "batch_seconds": 2.5, "val_every_steps": 3, "lr": 3e-3, "interface_lr": 3e-2,
+                  "progress_bar": False, "seed": 0, **train},
+        "cache": "off",
+    }
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    manifests = make_fsdd(root)
+    upstream = save_tiny_model("hubert", root / "hubert")
+    return root, manifests, upstream
+
+
+def _weights(run_dir: Path, name: str = "last") -> dict[str, torch.Tensor]:
+    return load_checkpoint_file(run_dir / "checkpoints" / f"{name}.safetensors")["state_dict"]
+
+
+# -- checkpoint format ---------------------------------------------------------------------------------------
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    state = {
+        "state_dict": {"a.weight": torch.randn(3, 4), "b": torch.tensor(7, dtype=torch.int64)},
+        "optimizer_states": [{"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2)}},
+                              "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0], "name": "head"}]}],
+        "callbacks": {"ModelCheckpoint{'monitor': 'dev/accuracy'}": {"best_model_score": torch.tensor(0.5),
+                                                                      "kth": float("inf"), "path": None}},
+        "flags": [True, False, 1.5, "x"],
+    }
+    path = tmp_path / "c.safetensors"
+    save_checkpoint_file(state, path)
+    back = load_checkpoint_file(path)
+    assert back["optimizer_states"][0]["state"][0]["exp_avg"].equal(torch.ones(2))
+    assert list(back["optimizer_states"][0]["state"]) == [0]  # int keys stay ints
+    assert back["optimizer_states"][0]["param_groups"][0]["betas"] == (0.9, 0.999)  # tuples stay tuples
+    assert back["callbacks"]["ModelCheckpoint{'monitor': 'dev/accuracy'}"]["kth"] == float("inf")
+    assert back["state_dict"]["a.weight"].equal(state["state_dict"]["a.weight"])
+    assert back["state_dict"]["b"].dtype == torch.int64 and back["flags"] == [True, False, 1.5, "x"]
+    # a plain safetensors file: no pickle anywhere
+    assert path.read_bytes()[8:9] == b"{"
+
+
+def test_checkpoint_refuses_unpicklable_free_objects(tmp_path):
+    with pytest.raises(CheckpointError, match=r"optim\.extra.*object"):
+        save_checkpoint_file({"optim": {"extra": object()}}, tmp_path / "c.safetensors")
+    assert not (tmp_path / "c.safetensors").exists()
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        load_checkpoint_file(tmp_path / "bad.safetensors")
+
+
+# -- training --------------------------------------------------------------------------------------------------
+
+def test_train_writes_a_complete_run_folder_and_evaluate_agrees(corpus, tmp_path):
+    from speechfuse.train import evaluate, train
+
+    _, manifests, upstream = corpus
+    cfg = config_from_dict(tiny_config(manifests, upstream))
+    metrics = train(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    assert set(metrics) == {"dev", "test"} and set(metrics["dev"]) == {"accuracy", "macro_f1"}
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    for name in ("config.yaml", "task.json", "interface.json", "layers.png", "checkpoints/best.safetensors",
+                 "checkpoints/last.safetensors", "logs/csv/metrics.csv"):
+        assert (run / name).is_file(), name
+    assert list((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    info = json.loads((run / "interface.json").read_text())
+    assert info["num_parameters"] == 3  # weighted_sum over the tiny model's 3 layers
+    assert len(info["importance"]["importance"][0]) == 3
+    # frozen upstream weights are not stored; the trained parts are
+    keys = _weights(run).keys()
+    assert not any(k.startswith("frontend.upstreams.") for k in keys) and any(k.startswith("head.") for k in keys)
+    # dev was evaluated after steps 3, 6 and the last one (8): three rows in the CSV log
+    rows = (run / "logs" / "csv" / "metrics.csv").read_text().splitlines()
+    assert sum(1 for r in rows[1:] if r.split(",")[0] != "") == 3
+    # evaluate() rebuilds the model from the folder and reproduces the test metrics
+    assert evaluate(run, "test")["test"] == pytest.approx(metrics["test"])
+    # training moved the weights away from the seed's initialisation
+    last = load_checkpoint_file(run / "checkpoints" / "last.safetensors")
+    assert last["global_step"] == 8
+
+
+def test_same_config_twice_gives_identical_results(corpus, tmp_path):
+    from speechfuse.train import train
+
+    _, manifests, upstream = corpus
+    cfg = config_from_dict(tiny_config(manifests, upstream, max_steps=4))
+    a = train(cfg, tmp_path / "a")
+    b = train(cfg, tmp_path / "b")
+    assert a == b
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = train(config_from_dict(tiny_config(manifests, upstream, max_steps=4, seed=1)), tmp_path / "c")
+    wc = _weights(tmp_path / "c")
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)  # the seed matters
+
+
+KILLED_RUN = """
+import sys, torch, yaml
+torch.set_num_threads(1)
+from speechfuse.config import config_from_dict
+from speechfuse.train import train
+train(config_from_dict(yaml.safe_load(open(sys.argv[1]))), sys.argv[2])
+"""
+
+
+def test_killed_run_resumes_to_the_same_result(corpus, tmp_path):
+    """SIGKILL a run just after its step-3 checkpoint (mid-epoch), resume, compare with an uninterrupted run."""
+    import yaml
+
+    from speechfuse.train import train
+
+    _, manifests, upstream = corpus
+    data = tiny_config(manifests, upstream, max_steps=8)
+    cfg = config_from_dict(data)
+    full = train(cfg, tmp_path / "full")
+
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "run.py").write_text(textwrap.dedent(KILLED_RUN))
+    env = {**os.environ, "SPEECHFUSE_TEST_KILL_AFTER_STEP": "3", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "cfg.yaml"),
+                           str(tmp_path / "killed")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]  # it really was killed
+    killed = tmp_path / "killed"
+    assert load_checkpoint_file(killed / "checkpoints" / "last.safetensors")["global_step"] == 3
+    assert not (killed / "metrics.json").exists()
+    # the epoch has more than 3 batches, so the kill was mid-epoch
+    ckpt = load_checkpoint_file(killed / "checkpoints" / "last.safetensors")
+    assert ckpt["epoch"] == 0 and ckpt["speechfuse"]["seen"] == 3
+
+    resumed = train(cfg, killed)
+    assert load_checkpoint_file(killed / "checkpoints" / "last.safetensors")["global_step"] == 8
+    assert resumed.keys() == full.keys()
+    for split in full:
+        assert resumed[split] == pytest.approx(full[split], abs=1e-6)
+    wf, wr = _weights(tmp_path / "full"), _weights(killed)
+    assert wf.keys() == wr.keys()
+    for k in wf:
+        torch.testing.assert_close(wr[k], wf[k], rtol=1e-5, atol=1e-6, msg=k)
+    # the optimizer state continued too (Adam's step counter counts every step once)
+    opt = load_checkpoint_file(killed / "checkpoints" / "last.safetensors")["optimizer_states"][0]["state"]
+    assert {float(s["step"]) for s in opt.values()} == {8.0}
+
+
+def test_resume_refuses_a_different_config(corpus, tmp_path):
+    from speechfuse.train import train
+
+    _, manifests, upstream = corpus
+    train(config_from_dict(tiny_config(manifests, upstream, max_steps=2)), tmp_path / "run")
+    with pytest.raises(ConfigError, match="different config"):
+        train(config_from_dict(tiny_config(manifests, upstream, max_steps=2, lr=1e-2)), tmp_path / "run")
+
+
+# -- bad input ---------------------------------------------------------------------------------------------------
+
+def _bad_manifest(root: Path, manifests: dict) -> Path:
+    text = manifests["train"].read_text().splitlines()
+    header, rows = text[0], text[1:]
+    import numpy as np
+    import soundfile
+
+    soundfile.write(str(root / "empty.wav"), np.zeros(0, dtype="float32"), 8000)
+    (root / "corrupt.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
+    cols = header.split(",")
+    def row(**kw):
+        base = dict(zip(cols, rows[0].split(",")))
+        base.update(kw)
+        return ",".join(str(base[c]) for c in cols)
+    extra = [row(id="gone", path=str(root / "missing.wav")),
+             row(id="corrupt", path=str(root / "corrupt.wav")),
+             row(id="empty", path=str(root / "empty.wav")),
+             row(id="badtype", duration="long")]
+    out = root / "bad_train.csv"
+    out.write_text("\n".join([header, *rows, *extra]) + "\n")
+    return out
+
+
+def test_bad_rows_fail_before_training_listing_every_row(corpus, tmp_path):
+    from speechfuse.train import train
+
+    root, manifests, upstream = corpus
+    bad = _bad_manifest(tmp_path, manifests)
+    n = len(manifests["train"].read_text().splitlines()) - 1
+    data = tiny_config(manifests, upstream)
+    data["data"]["train"] = str(bad)
+    with pytest.raises(ConfigError) as err:
+        train(config_from_dict(data), tmp_path / "run")
+    msg = str(err.value)
+    for offset, what in enumerate(["not found", "corrupt", "empty", "not a number"], start=1):
+        assert f"row {n + offset} " in msg and what in msg, (what, msg)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
+
+    data["train"]["skip_bad_rows"] = True
+    data["train"]["max_steps"] = 2
+    train(config_from_dict(data), tmp_path / "run2")
+    skipped = (tmp_path / "run2" / "skipped_train.csv").read_text().splitlines()
+    assert skipped[0] == "row,id,path,reason"
+    assert [line.split(",")[0] for line in skipped[1:]] == [str(n + i) for i in range(1, 5)]
+
+
+# -- feature cache -----------------------------------------------------------------------------------------------
+
+def test_cached_run_never_runs_the_upstream(corpus, tmp_path, monkeypatch):
+    from speechfuse.train import train
+    from speechfuse.upstream.base import Upstream
+
+    _, manifests, upstream = corpus
+    data = tiny_config(manifests, upstream, max_steps=3)
+    data["cache"] = "auto"
+    first = train(config_from_dict(data), tmp_path / "runs" / "a")
+    entries = list((tmp_path / "runs" / "cache").iterdir())  # auto = RUN_DIR/../cache
+    assert len(entries) == 1 and (entries[0] / "meta.json").is_file()
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the upstream ran although every utterance is cached")
+
+    monkeypatch.setattr(Upstream, "forward", boom)
+    second = train(config_from_dict(data), tmp_path / "runs" / "b")
+    assert second == first
