@@ -120,6 +120,14 @@ class Config(_Strict):
     when that is set); off: always run the upstreams; anything else: that folder. Used only when every
     upstream is frozen."""
 
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_words(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false (and `on` as true)
+        if isinstance(v, bool):
+            return "auto" if v else "off"
+        return v
+
     @field_validator("upstreams", mode="before")
     @classmethod
     def _spec_strings(cls, v: Any) -> Any:

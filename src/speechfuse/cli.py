@@ -1,0 +1,168 @@
+"""The `speechfuse` command line: train, evaluate, extract, sweep, demo.
+
+    speechfuse train configs/fsdd_speaker.yaml --set train.max_steps=200 --out runs/speaker
+    speechfuse evaluate runs/speaker --split test
+    speechfuse extract configs/fsdd_speaker.yaml --out runs/speaker
+    speechfuse sweep configs/fsdd_speaker.yaml --grid interface.name=weighted_sum,hconv \\
+        --grid upstreams=whisper-tiny.en+resemblyzer,resemblyzer --out runs/sweep
+    speechfuse demo --quick
+
+Errors in the input (config, manifests, audio) print one clean message and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import SpeechfuseError
+
+EPILOG = "Every subcommand has its own --help."
+
+
+def _default_out(config: str) -> Path:
+    return Path("runs") / Path(config).stem
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file (see configs/ for examples)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.max_steps=5 interface.name=weighted_sum "
+                        "(values are read as YAML; repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speechfuse", description="Fuse the layers of several pretrained speech models through one "
+                                       "trainable interface and train task heads.", epilog=EPILOG)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"speechfuse {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train (or resume) a run from a config",
+                       description="Train a run; a folder that already holds checkpoints/last.safetensors is "
+                                   "resumed from it. Prints the dev/test metrics of the best checkpoint as JSON.")
+    _add_config(p)
+    p.add_argument("--out", help="run folder (default: runs/<config name>)")
+
+    p = sub.add_parser("evaluate", help="score a finished run on a split",
+                       description="Rebuild a run's best checkpoint and print its metrics on a split as JSON.")
+    p.add_argument("run_dir", help="a run folder written by `speechfuse train`")
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="which manifest (default test)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+    p = sub.add_parser("extract", help="fill the feature cache ahead of training",
+                       description="Run every upstream of the config over the train/dev/test manifests and store "
+                                   "their hidden states in the feature cache that `speechfuse train` reads "
+                                   "(config key `cache`). Under torchrun each rank extracts its own share.")
+    _add_config(p)
+    p.add_argument("--out", help="the run folder the cache belongs to; `cache: auto` puts it in OUT/../cache "
+                                 "(default: runs/<config name>)")
+    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
+    p.add_argument("--batch-seconds", type=float, default=None,
+                   help="seconds of audio per extraction batch (default: the config's train.batch_seconds)")
+
+    p = sub.add_parser("sweep", help="train every combination of a grid, one results table",
+                       description="Train one run per grid combination into OUT/runs/<name>, sharing one feature "
+                                   "cache, and write OUT/results.md and OUT/results.csv.")
+    _add_config(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a config key and its values, e.g. interface.name=weighted_sum,hconv; for upstreams "
+                        "join the specs of one combination with '+': upstreams=whisper-tiny.en+resemblyzer,"
+                        "resemblyzer (repeatable)")
+    p.add_argument("--out", required=True, help="sweep folder")
+
+    p = sub.add_parser("demo", help="the bundled FSDD demo (no downloads)",
+                       description="Train the bundled upstreams on the bundled FSDD subset and write a report.")
+    p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a few steps only, to check the installation")
+    return parser
+
+
+def _extract(args: argparse.Namespace) -> int:
+    import torch
+
+    from .cache import FeatureCache
+    from .config import load_config
+    from .extract import fill_caches
+    from .train import build_task, load_splits, resolve_cache_dir
+    from .upstream import load_upstream
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else _default_out(args.config)
+    cache_dir = resolve_cache_dir(cfg, out)
+    if cache_dir is None:
+        raise SpeechfuseError(f"{args.config}: cache is 'off'; set cache to auto or a folder to extract features")
+    task = build_task(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = load_splits(cfg, out, task.target_field)
+    utts = [u for s in splits.values() for u in s]
+    upstreams = [load_upstream(u.spec, **u.options) for u in cfg.upstreams]
+    trainable = [u.name for u in upstreams if u.trainable]
+    if trainable:
+        raise SpeechfuseError(f"upstream(s) {trainable} are trainable; only frozen upstreams are cached")
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    entries = fill_caches(upstreams, utts, FeatureCache(cache_dir),
+                          batch_seconds=args.batch_seconds or cfg.train.batch_seconds, device=device,
+                          progress=True, rank=rank, world_size=world)
+    print(json.dumps({"cache": str(cache_dir), "entries": [str(e.folder) for e in entries],
+                      "utterances": len(utts), "rank": rank, "world_size": world}, indent=2))
+    return 0
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.command == "train":
+        from .config import load_config
+        from .train import train
+
+        cfg = load_config(args.config, args.overrides)
+        metrics = train(cfg, args.out or _default_out(args.config))
+        print(json.dumps(metrics, indent=2))
+        return 0
+    if args.command == "evaluate":
+        from .train import evaluate
+
+        print(json.dumps(evaluate(args.run_dir, split=args.split, device=args.device), indent=2))
+        return 0
+    if args.command == "extract":
+        return _extract(args)
+    if args.command == "sweep":
+        from .config import load_config
+        from .sweep import parse_grid, run_sweep
+
+        if not args.grid:
+            raise SpeechfuseError("sweep: give at least one --grid KEY=V1,V2")
+        cfg = load_config(args.config, args.overrides)
+        rows = run_sweep(cfg, parse_grid(args.grid), args.out)
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if args.command == "demo":
+        from .demo import run_demo
+
+        print(run_demo(args.out, quick=args.quick))
+        return 0
+    parser.print_help()
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args, parser)
+    except SpeechfuseError as err:
+        print(f"speechfuse {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("speechfuse: interrupted; `speechfuse train` resumes from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

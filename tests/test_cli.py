@@ -1,0 +1,112 @@
+"""The `speechfuse` command line: --help everywhere, train / evaluate end to end, extract, sweep grid
+parsing, clean errors with exit code 2."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import save_tiny_model
+from speechfuse.cli import main
+from test_train import make_fsdd, tiny_config
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    manifests = make_fsdd(root)
+    upstream = save_tiny_model("hubert", root / "hubert")
+    data = tiny_config(manifests, upstream, max_steps=4)
+    cfg = root / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    return root, cfg, manifests
+
+
+def test_console_script_help():
+    exe = Path(sys.executable).parent / "speechfuse"
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "train" in out.stdout and "evaluate" in out.stdout
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "extract", "sweep", "demo"])
+def test_help_of_every_subcommand(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    assert f"usage: speechfuse {command}" in capsys.readouterr().out
+
+
+def test_train_then_evaluate(setup, tmp_path, capsys):
+    root, cfg, _ = setup
+    out = tmp_path / "run"
+    assert main(["train", str(cfg), "--set", "train.max_steps=3", "interface.name=hconv", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert json.loads((out / "metrics.json").read_text()) == printed
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["train"]["max_steps"] == 3 and resolved["interface"]["name"] == "hconv"
+    assert json.loads((out / "interface.json").read_text())["describe"]
+    assert main(["evaluate", str(out), "--split", "dev"]) == 0
+    assert json.loads(capsys.readouterr().out)["dev"] == pytest.approx(printed["dev"])
+
+
+def test_bad_rows_are_listed_before_training(setup, tmp_path, capsys):
+    root, cfg, manifests = setup
+    lines = manifests["train"].read_text().splitlines()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join([lines[0], lines[1], "x1," + str(tmp_path / "gone.wav") + ",,one,1,a",
+                              lines[2], "x2," + str(tmp_path / "gone2.wav") + ",,one,1,a"]) + "\n")
+    out = tmp_path / "run"
+    code = main(["train", str(cfg), "--set", f"data.train={bad}", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "row 2 " in err and "row 4 " in err and "audio file not found" in err
+    assert "Traceback" not in err and not (out / "checkpoints").exists()
+
+
+def test_unknown_config_key_is_a_clean_error(setup, capsys):
+    _, cfg, _ = setup
+    assert main(["train", str(cfg), "--set", "train.learning_rate=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'train.learning_rate'" in err and "Traceback" not in err
+
+
+def test_evaluate_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not a finished speechfuse run folder" in capsys.readouterr().err
+
+
+def test_extract_fills_the_cache_then_train_reads_it(setup, tmp_path, capsys):
+    _, cfg, _ = setup
+    out = tmp_path / "runs" / "a"
+    assert main(["extract", str(cfg), "--set", "cache=auto", "--out", str(out), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert Path(report["cache"]) == tmp_path / "runs" / "cache" and report["utterances"] == 24
+    assert "s of audio per second" in captured.err  # throughput line of fill_caches
+    assert main(["extract", str(cfg), "--set", "cache=off", "--out", str(out)]) == 2
+    assert "cache is 'off'" in capsys.readouterr().err
+
+
+def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
+    import speechfuse.sweep as sweep
+
+    _, cfg, _ = setup
+    seen = {}
+
+    def fake_run_sweep(config, grid, out_dir):
+        seen.update(config=config, grid=grid, out=out_dir)
+        return []
+
+    monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
+    assert main(["sweep", str(cfg), "--grid", "interface.name=weighted_sum,hconv,chconv",
+                 "--grid", "upstreams=whisper-tiny.en+resemblyzer,resemblyzer", "--out", str(tmp_path)]) == 0
+    assert seen["grid"] == {"interface.name": ["weighted_sum", "hconv", "chconv"],
+                            "upstreams": [["whisper-tiny.en", "resemblyzer"], ["resemblyzer"]]}
+    assert seen["config"].task == "classify" and seen["out"] == str(tmp_path)

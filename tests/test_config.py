@@ -1,0 +1,116 @@
+"""Config validation: unknown keys and wrong types name the key; overrides; path resolution; round trip."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from speechfuse.config import Config, config_from_dict, config_to_yaml, load_config, parse_override
+from speechfuse.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+MINIMAL = """
+task: classify
+data: {train: train.csv, dev: dev.csv, test: test.csv, target: label}
+upstreams: [{spec: whisper-tiny.en}, {spec: resemblyzer}]
+align: {}
+interface: {name: hconv}
+downstream: {}
+train: {max_steps: 1000, batch_seconds: 60, lr: 1.0e-3, interface_lr: 1.0e-2, seed: 0}
+"""
+
+
+@pytest.fixture
+def cfg_file(tmp_path):
+    path = tmp_path / "sub" / "run.yaml"
+    path.parent.mkdir()
+    path.write_text(MINIMAL)
+    return path
+
+
+def test_minimal_schema_loads_with_defaults_and_resolved_paths(cfg_file):
+    cfg = load_config(cfg_file)
+    assert cfg.task == "classify" and [u.spec for u in cfg.upstreams] == ["whisper-tiny.en", "resemblyzer"]
+    assert cfg.train.lr == 1e-3 and cfg.train.interface_lr == 1e-2 and cfg.train.max_steps == 1000
+    assert cfg.data.train == str(cfg_file.parent / "train.csv")  # relative to the config file's folder
+    assert cfg.interface.name == "hconv" and cfg.interface.options() == {}
+    assert cfg.cache == "auto" and cfg.train.skip_bad_rows is False
+
+
+def test_overrides_are_yaml_scalars_and_nested(cfg_file):
+    cfg = load_config(cfg_file, ["train.max_steps=5", "train.lr=3e-4", "interface.name=weighted_sum",
+                                 "interface.output_dim=64", "downstream.dropout=0.1", "train.skip_bad_rows=true",
+                                 "upstreams=[resemblyzer]", "align.frame_rate=50", "cache=off"])
+    assert cfg.train.max_steps == 5 and isinstance(cfg.train.max_steps, int)
+    assert cfg.train.lr == pytest.approx(3e-4)  # YAML 1.1 reads 3e-4 as a string; we read a number
+    assert cfg.interface.name == "weighted_sum" and cfg.interface.options() == {"output_dim": 64}
+    assert cfg.downstream == {"dropout": 0.1} and cfg.train.skip_bad_rows is True
+    assert [u.spec for u in cfg.upstreams] == ["resemblyzer"] and cfg.align.options() == {"frame_rate": 50}
+    assert cfg.cache == "off"
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+
+
+@pytest.mark.parametrize("override, key, words", [
+    ("train.maxsteps=3", "train.maxsteps", "max_steps"),         # unknown key lists the valid ones
+    ("bogus=1", "bogus", "upstreams"),
+    ("data.labels=x", "data.labels", "target"),
+    ("upstreams=[{spec: a, opts: {}}]", "upstreams[0].opts", "options"),
+    ("align.rate=50", "align.rate", "frame_rate"),
+])
+def test_unknown_key_is_named_with_the_valid_keys(cfg_file, override, key, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg_file, [override])
+    msg = str(err.value)
+    assert f"unknown key '{key}'" in msg and words in msg and str(cfg_file) in msg
+
+
+@pytest.mark.parametrize("override, key, expected", [
+    ("train.max_steps=many", "train.max_steps", "integer"),
+    ("train.lr=fast", "train.lr", "number"),
+    ("train.skip_bad_rows=perhaps", "train.skip_bad_rows", "true or false"),
+    ("upstreams=whisper", "upstreams", "list"),
+    ("data.train=[1]", "data.train", "string"),
+    ("task=tts", "task", "asr"),
+    ("train.max_steps=0", "train.max_steps", "greater than 0"),
+    ("data.target=colour", "data.target", "text, label"),
+])
+def test_wrong_type_or_value_names_the_key(cfg_file, override, key, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg_file, [override])
+    assert f"'{key}'" in str(err.value) and expected in str(err.value)
+
+
+def test_missing_keys_and_bad_files(tmp_path, cfg_file):
+    data = yaml.safe_load(MINIMAL)
+    del data["data"]["dev"]
+    with pytest.raises(ConfigError, match=r"missing required key 'data\.dev'"):
+        config_from_dict(data)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("task: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(cfg_file, ["train.max_steps"])
+    with pytest.raises(ConfigError, match="'train.lr' is not a section"):
+        load_config(cfg_file, ["train.lr.x=1"])
+
+
+def test_yaml_round_trip(cfg_file, tmp_path):
+    cfg = load_config(cfg_file, ["interface.output_dim=32", "train.devices=2"])
+    again = tmp_path / "again.yaml"
+    again.write_text(config_to_yaml(cfg))
+    assert load_config(again) == cfg
+    assert Config.model_validate(cfg.model_dump()) == cfg  # what the sweep does
+
+
+@pytest.mark.parametrize("name", ["fsdd_speaker.yaml", "fsdd_digits_asr.yaml", "librispeech_hubert_wavlm.yaml"])
+def test_shipped_configs_are_valid(name):
+    cfg = load_config(REPO / "configs" / name)
+    if name.startswith("fsdd"):
+        assert Path(cfg.data.train).is_file()  # the committed manifests of the bundled FSDD subset
