@@ -41,12 +41,12 @@ def tiny_random_whisper(folder: Path) -> str:
     return str(folder)
 
 
-def speech_clips(count: int, seed: int) -> tuple[list[torch.Tensor], str]:
-    """`count` real-speech clips of 1-3 s at 16 kHz (LibriVox sentences, else FSDD digits)."""
+def speech_clips(count: int, seed: int, audio_dir: Path = LIBRIVOX) -> tuple[list[torch.Tensor], str]:
+    """`count` real-speech clips of 1-3 s at 16 kHz (16 kHz wavs in audio_dir, else FSDD digits)."""
     rng = np.random.default_rng(seed)
-    if LIBRIVOX.is_dir() and any(LIBRIVOX.glob("*.wav")):
-        source = "LibriVox sentences (pocketsphinx-testdata)"
-        audio = [sf_audio.read(p, dtype="float32")[0] for p in sorted(LIBRIVOX.glob("*.wav"))]
+    if audio_dir.is_dir() and any(audio_dir.glob("*.wav")):
+        source = f"16 kHz sentences from {audio_dir}"
+        audio = [sf_audio.read(p, dtype="float32")[0] for p in sorted(audio_dir.glob("*.wav"))]
         clips = []
         for i in range(count):
             wav = audio[i % len(audio)]
@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--audio-dir", type=Path, default=LIBRIVOX,
+                        help="folder of 16 kHz speech wavs (default: the LibriVox sentences of pocketsphinx-testdata)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -139,7 +141,7 @@ def main() -> None:
         trim = sf.load_upstream(spec, whisper_mode="trim").to(args.device)
         pad30 = sf.load_upstream(spec, whisper_mode="pad30").to(args.device)
 
-        clips, source = speech_clips(max(args.batch_sizes), seed=0)
+        clips, source = speech_clips(max(args.batch_sizes), seed=0, audio_dir=args.audio_dir)
         print(f"model: {label}; device: {args.device}; threads: {args.threads}; audio: {source}")
         print(f"clip lengths (s): {[round(len(c) / 16000, 2) for c in clips]}")
         print("| batch | trim s/batch | pad30 s/batch | pad30/trim | max|diff| last layer | max|diff| any layer "
