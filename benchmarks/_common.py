@@ -113,12 +113,18 @@ def print_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> Non
 
 
 def add_device_arg(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds --device (cpu | cuda | cuda:N) and --threads (torch CPU threads; 0 = torch's default)."""
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N); default cpu")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default: torch's choice). On a shared, oversubscribed machine "
+                             "--threads 1 avoids threads waiting on each other")
     return parser
 
 
 def get_device(args: argparse.Namespace) -> torch.device:
-    """The --device value, checked: a clear message instead of a CUDA stack trace."""
+    """The --device value, checked: a clear message instead of a CUDA stack trace. Applies --threads."""
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available in this torch build / machine")
