@@ -270,6 +270,19 @@ def test_resemblyzer_frames_and_batching(resemblyzer):
     assert batched.hidden[:, 1, t:].abs().max() == 0
 
 
+def test_resemblyzer_partials_follow_embed_utterance(resemblyzer):
+    # ceil((n + 1) / 160) frames, a partial every round(16000 / 1.3 / 160) = 77 frames
+    assert resemblyzer.partial_starts(4768) == [0]
+    assert resemblyzer.partial_starts(97016) == [0, 77, 154, 231, 308, 385, 462]
+    assert resemblyzer.partial_starts(48000) == [0, 77, 154]  # last covers 91 % of its 1.6 s
+    assert resemblyzer.partial_starts(40000) == [0, 77]  # a last partial covering 60 % is dropped
+    short, long = fsdd_clip(1, "jackson", 4), torch.cat([fsdd_clip(d, "jackson", 4) for d in range(8)])
+    wavs, lengths = pad_batch([short, long])
+    together = resemblyzer.embed(wavs, lengths)
+    torch.testing.assert_close(together[0], resemblyzer.embed(short[None], torch.tensor([len(short)]))[0])
+    torch.testing.assert_close(together[1], resemblyzer.embed(long[None], torch.tensor([len(long)]))[0])
+
+
 def test_resemblyzer_speaker_identification_on_fsdd(resemblyzer):
     """6 speakers x 10 digits (take 0): enrol with digits 0-4, identify digits 5-9."""
     items = [(d, s) for s in SPEAKERS for d in range(10)]
