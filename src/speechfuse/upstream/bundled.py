@@ -268,7 +268,8 @@ class SpeechEmbeddingUpstream(Upstream):
     Runs on CPU numpy: inputs go to the host and the outputs come back as torch tensors on the
     input's device. Each utterance's mel is computed on its own valid samples only (the 80 dB clip
     depends on the clip's maximum), so batching never changes an utterance's features. Not a torch
-    model: it cannot be fine-tuned.
+    model: it cannot be fine-tuned. Checked once against openwakeword's own
+    AudioFeatures._get_embeddings on int16 audio: identical final embeddings (max abs difference 0).
     """
 
     name = "speech-embedding"
