@@ -154,10 +154,8 @@ class HFSSLUpstream(Upstream):
         self.sample_rate = int(sample_rate)
         self.frame_rate = self.sample_rate / math.prod(self.strides)
         self.min_samples = receptive_field(self.kernels, self.strides)
-        self._masked_pos_convs: _MaskedPositionalConvs | None = None
         if self.model_type == "data2vec-audio":
-            self._masked_pos_convs = _MaskedPositionalConvs(model.encoder.pos_conv_embed)
-            model.encoder.pos_conv_embed = self._masked_pos_convs
+            model.encoder.pos_conv_embed = _MaskedPositionalConvs(model.encoder.pos_conv_embed)
         self._finish_init()
 
     def num_frames(self, num_samples: int) -> int:
@@ -171,14 +169,16 @@ class HFSSLUpstream(Upstream):
         inputs = normalize_valid(wavs, wav_lengths) if self.do_normalize else wavs * sample_mask
         attention_mask = sample_mask.long() if self.use_attention_mask else None
         frame_lengths = torch.tensor([self.num_frames(int(n)) for n in wav_lengths.tolist()], device=wavs.device)
-        if self._masked_pos_convs is not None:
+        pos_convs = self.model.encoder.pos_conv_embed
+        masked = isinstance(pos_convs, _MaskedPositionalConvs)
+        if masked:
             frames = torch.arange(self.num_frames(wavs.shape[1]), device=wavs.device)
-            self._masked_pos_convs.valid_frames = frames[None, :] < frame_lengths[:, None]
+            pos_convs.valid_frames = frames[None, :] < frame_lengths[:, None]
         try:
             out = self.model(inputs, attention_mask=attention_mask, output_hidden_states=True)
         finally:
-            if self._masked_pos_convs is not None:
-                self._masked_pos_convs.valid_frames = None
+            if masked:
+                pos_convs.valid_frames = None
         hidden = torch.stack(out.hidden_states, dim=0)  # [L,B,T,D]
         if hidden.shape[0] != self.num_layers:
             raise RuntimeError(f"{self.name}: transformers returned {hidden.shape[0]} hidden states, "
