@@ -340,15 +340,38 @@ def test_folder_without_config_is_an_error(tmp_path):
         sf.load_upstream("hf:./no/such/folder")
 
 
-def test_hub_id_offline_fails_fast_with_instructions(tmp_path):
-    # a fresh interpreter with the hub offline and an empty cache: must raise, not hang or download
+def test_hub_ids_offline_cached_loads_uncached_fails_fast(tmp_path, folders):
+    # a hub cache holding one model, in a fresh interpreter with the hub offline
+    repo = tmp_path / "hf" / "hub" / "models--speechfuse-tests--cached-hubert"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "preprocessor_config.json", "model.safetensors"):
+        (snapshot / name).write_bytes(Path(folders["hubert"], name).read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
     code = ("import speechfuse as sf\n"
+            "print('LAYERS', sf.load_upstream('hf:speechfuse-tests/cached-hubert').num_layers)\n"
             "try:\n    sf.load_upstream('hf:speechfuse-tests/not-a-cached-model')\n"
             "except sf.UpstreamError as e:\n    print('ERR', e)\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+    assert "LAYERS 3" in result.stdout
     assert "ERR" in result.stdout and "huggingface-cli download speechfuse-tests/not-a-cached-model" in result.stdout
+
+
+def test_legacy_weight_norm_keys_load(tmp_path):
+    """Older checkpoints (wav2vec2-base, hubert-base) store the positional conv's weight norm as
+    weight_g / weight_v and lack masked_spec_embed; both must load without leaving random weights."""
+    folder = save_tiny_model("hubert", tmp_path / "h", feat_extract_norm="group", do_stable_layer_norm=False)
+    reference = sf.load_upstream("hf:" + folder)
+    state = load_file(Path(folder) / "model.safetensors")
+    legacy = {k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1",
+                                                                               "weight_v"): v
+              for k, v in state.items() if k != "masked_spec_embed"}
+    assert any(k.endswith("weight_g") for k in legacy)
+    save_file(legacy, Path(folder) / "model.safetensors", metadata={"format": "pt"})
+    assert _same_outputs(sf.load_upstream("hf:" + folder), reference) == 0.0
 
 
 def test_bad_options_are_errors(folders):
