@@ -56,7 +56,10 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=24)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch (and onnxruntime) threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     # import the shared heavy libraries first, so load times measure the models, not Python imports
     import onnxruntime  # noqa: F401

@@ -29,6 +29,15 @@ LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch / onnxruntime thread: on a shared CPU, extra threads spin and slow these small models."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def fsdd_clip(digit: int, speaker: str, take: int) -> torch.Tensor:
     path = FSDD / f"{digit}_{speaker}_{take}.wav"
     if not path.is_file():
@@ -186,7 +195,8 @@ def ctranslate2_reference(whisper_bin, whisper_folder):
     extractor = WhisperFeatureExtractor.from_pretrained(whisper_folder)
     features = extractor([c.numpy() for c in clips], sampling_rate=16000, return_tensors="np").input_features
     features = np.ascontiguousarray(features, dtype=np.float32)
-    model = ctranslate2.models.Whisper(str(whisper_bin.parent), device="cpu", compute_type="float32")
+    model = ctranslate2.models.Whisper(str(whisper_bin.parent), device="cpu", compute_type="float32",
+                                      intra_threads=1)
     reference = np.array(model.encode(ctranslate2.StorageView.from_array(features), to_cpu=True))
     assert reference.shape == (len(clips), 1500, 384)
     return clips, features, reference
