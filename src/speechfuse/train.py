@@ -565,6 +565,12 @@ def write_interface_report(model: FusionTask, loader: DataLoader, run_dir: Path,
     return info
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def train(cfg: Config, out_dir: str | os.PathLike, callbacks: list | None = None) -> dict:
     """Train (or resume) the run in `out_dir`; returns {"dev": {...}, "test": {...}} of the best checkpoint."""
     run_dir = Path(out_dir)
@@ -576,8 +582,8 @@ def train(cfg: Config, out_dir: str | os.PathLike, callbacks: list | None = None
     task.fit(splits["train"])
     is_zero = rank_zero_only.rank == 0
     if is_zero:
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
-        (run_dir / "task.json").write_text(json.dumps(task.state(), indent=2), encoding="utf-8")
+        _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))  # other ranks may be reading it
+        _write_atomic(run_dir / "task.json", json.dumps(task.state(), indent=2))
 
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)  # same initial weights on every rank
     model = FusionTask(cfg, task)
