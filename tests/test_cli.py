@@ -82,7 +82,7 @@ def test_evaluate_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert "not a finished speechfuse run folder" in capsys.readouterr().err
 
 
-def test_extract_fills_the_cache_then_train_reads_it(setup, tmp_path, capsys):
+def test_extract_fills_the_cache_then_train_reads_it(setup, tmp_path, capsys, monkeypatch):
     _, cfg, _ = setup
     out = tmp_path / "runs" / "a"
     assert main(["extract", str(cfg), "--set", "cache=auto", "--out", str(out), "--device", "cpu"]) == 0
@@ -92,6 +92,15 @@ def test_extract_fills_the_cache_then_train_reads_it(setup, tmp_path, capsys):
     assert "s of audio per second" in captured.err  # throughput line of fill_caches
     assert main(["extract", str(cfg), "--set", "cache=off", "--out", str(out)]) == 2
     assert "cache is 'off'" in capsys.readouterr().err
+
+    from speechfuse.upstream.base import Upstream
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the upstream ran although `speechfuse extract` cached every utterance")
+
+    monkeypatch.setattr(Upstream, "forward", boom)
+    assert main(["train", str(cfg), "--set", "cache=auto", "train.max_steps=2", "--out", str(out)]) == 0
+    assert (out / "metrics.json").is_file()
 
 
 def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):

@@ -108,7 +108,7 @@ def test_train_writes_a_complete_run_folder_and_evaluate_agrees(corpus, tmp_path
     assert set(metrics) == {"dev", "test"} and set(metrics["dev"]) == {"accuracy", "macro_f1"}
     assert json.loads((run / "metrics.json").read_text()) == metrics
     for name in ("config.yaml", "task.json", "interface.json", "layers.png", "checkpoints/best.safetensors",
-                 "checkpoints/last.safetensors", "logs/csv/metrics.csv"):
+                 "checkpoints/last.safetensors", "logs/csv/version_0/metrics.csv"):
         assert (run / name).is_file(), name
     assert list((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     info = json.loads((run / "interface.json").read_text())
@@ -118,7 +118,7 @@ def test_train_writes_a_complete_run_folder_and_evaluate_agrees(corpus, tmp_path
     keys = _weights(run).keys()
     assert not any(k.startswith("frontend.upstreams.") for k in keys) and any(k.startswith("head.") for k in keys)
     # dev was evaluated after steps 3, 6 and the last one (8): three rows in the CSV log
-    rows = (run / "logs" / "csv" / "metrics.csv").read_text().splitlines()
+    rows = (run / "logs" / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
     assert sum(1 for r in rows[1:] if r.split(",")[0] != "") == 3
     # evaluate() rebuilds the model from the folder and reproduces the test metrics
     assert evaluate(run, "test")["test"] == pytest.approx(metrics["test"])
@@ -176,6 +176,8 @@ def test_killed_run_resumes_to_the_same_result(corpus, tmp_path):
     assert ckpt["epoch"] == 0 and ckpt["speechfuse"]["seen"] == 3
 
     resumed = train(cfg, killed)
+    assert (killed / "logs" / "csv" / "version_0" / "metrics.csv").is_file()  # the first part's log is kept
+    assert (killed / "logs" / "csv" / "version_1" / "metrics.csv").is_file()
     assert load_checkpoint_file(killed / "checkpoints" / "last.safetensors")["global_step"] == 8
     assert resumed.keys() == full.keys()
     for split in full:

@@ -491,7 +491,8 @@ def make_trainer(cfg: Config, run_dir: Path, task: Task, extra_callbacks: list |
     kill = os.environ.get("SPEECHFUSE_TEST_KILL_AFTER_STEP")
     if kill:
         callbacks.append(_KillForTests(int(kill)))
-    loggers = [CSVLogger(run_dir / "logs", name="csv", version=""),
+    # a resumed run logs into the next version_N folder, so the earlier part's CSV is kept
+    loggers = [CSVLogger(run_dir / "logs", name="csv"),
                TensorBoardLogger(run_dir / "logs", name="tensorboard", version="")]
     return pl.Trainer(
         default_root_dir=run_dir, max_steps=t.max_steps, max_epochs=t.max_epochs or -1,
