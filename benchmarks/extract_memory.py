@@ -3,7 +3,11 @@
 Extraction streams each batch to disk (fp16 shards), so the peak resident memory should not grow with
 the dataset; this prints it next to the size the features would take if they were held in RAM.
 Model: a random HuBERT (d=768, 8 layers, small FFN and conv front end: cheap to run, big outputs;
-nothing downloaded). Data: distinct real FSDD recordings (1x = --utts files, 4x = 4 * --utts files).
+nothing downloaded). Data: distinct real FSDD recordings in one seeded random order (1x = the first --utts
+files, 4x = the first 4 * --utts: the same mix of clip lengths, so the same batch shapes).
+glibc keeps freed heap memory for reuse, so batches of changing shapes raise the peak a little over
+time; --mmap-threshold 65536 (GLIBC_TUNABLES=glibc.malloc.mmap_threshold) returns large blocks to the OS
+and shows the extraction's own working set.
 Each child reports ru_maxrss (peak) and VmRSS just before extraction (after imports and model load).
 
     python benchmarks/extract_memory.py [--device cuda] [--utts 120] [--batch-seconds 16]
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import resource
 import subprocess
 import sys
@@ -42,7 +47,10 @@ def child(args) -> None:
     from speechfuse.data.manifest import Utterance
     from speechfuse.extract import fill_caches
 
-    names = sorted(os.listdir(FSDD))[: args.utts]
+    # one seeded shuffle: the 1x set is the start of the 4x set and both have the same mix of lengths
+    names = sorted(os.listdir(FSDD))
+    random.Random(0).shuffle(names)
+    names = names[: args.utts]
     utts = [Utterance(id=n, path=str(FSDD / n), duration=audio_info(FSDD / n)[3]) for n in names]
     up = sf.load_upstream("hf:" + args.model)
     before = vm_rss_kb()
@@ -60,6 +68,8 @@ def main() -> None:
     parser = add_device_arg(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     parser.add_argument("--utts", type=int, default=120, help="files in the 1x dataset")
     parser.add_argument("--batch-seconds", type=float, default=16.0)
+    parser.add_argument("--mmap-threshold", type=int, default=0,
+                        help="set glibc.malloc.mmap_threshold (bytes) in the children, e.g. 65536")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
@@ -81,7 +91,10 @@ def main() -> None:
     for scale in (1, 4):
         cmd = [sys.executable, __file__, "--child", "--model", str(tmp / "model"), "--cache", str(tmp / f"cache{scale}"),
                "--utts", str(scale * args.utts), "--threads", str(args.threads), "--batch-seconds", str(args.batch_seconds), "--device", str(device)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ)
+        if args.mmap_threshold:
+            env["GLIBC_TUNABLES"] = f"glibc.malloc.mmap_threshold={args.mmap_threshold}"
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:
             raise SystemExit(f"child failed:\n{out.stderr[-3000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -92,7 +105,8 @@ def main() -> None:
     print_table(rows, ["data", "utterances", "audio s", "cache on disk MB", "same in RAM as fp32 MB",
                        "RSS before extraction MB", "peak RSS MB", "peak - before MB", "extract s"])
     print(f"\npeak RSS 4x / 1x = {rows[1][6] / rows[0][6]:.3f}; growth during extraction 4x / 1x = "
-          f"{rows[1][7] / max(rows[0][7], 1e-9):.3f} (batch_seconds={args.batch_seconds:g})")
+          f"{rows[1][7] / max(rows[0][7], 1e-9):.3f} (batch_seconds={args.batch_seconds:g}"
+          f"{f', glibc mmap_threshold={args.mmap_threshold}' if args.mmap_threshold else ''})")
 
 
 if __name__ == "__main__":
