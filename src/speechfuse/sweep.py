@@ -20,6 +20,7 @@ import copy
 import itertools
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -247,7 +248,7 @@ def run_sweep(cfg: Any, grid: dict[str, list], out_dir, *, train_fn: Callable | 
     """Train every combination of `grid` over `cfg`; return one result row per run (see module doc).
 
     train_fn: defaults to `speechfuse.train.train` (cfg, run_dir) -> {"dev": {...}, "test": {...}}.
-    plots: write `out_dir/plots/<run>.png` from each run's interface.json (layer weights / importance).
+    plots: gather `out_dir/plots/<run>.png` (the run's layers.png, else drawn from its interface.json).
     on_run: called with each finished row (the demo uses it for its own progress line).
     """
     if train_fn is None:
@@ -291,10 +292,14 @@ def run_sweep(cfg: Any, grid: dict[str, list], out_dir, *, train_fn: Callable | 
                     metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
             row = result_row(name, combo, run_cfg, run_dir, metrics)
             rows.append(row)
-            if plots:
+            if plots:  # the runner draws layers.png; draw it here only for runs that lack one
+                png = out_dir / "plots" / f"{name}.png"
                 desc = _describe(run_dir)
-                if desc is not None:
-                    plot_importance(desc, out_dir / "plots" / f"{name}.png", title=f"{name}")
+                if (run_dir / "layers.png").is_file():
+                    png.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(run_dir / "layers.png", png)
+                elif desc is not None:
+                    plot_importance(desc, png, title=name)
             write_table(rows, out_dir / RESULTS_MD, out_dir / RESULTS_CSV)
             if on_run is not None:
                 on_run(row)
