@@ -238,6 +238,20 @@ def test_whisper_tiny_en_upstream_matches_ctranslate2_on_real_speech(whisper_fol
         assert diff < 1e-3, f"clip {i}: max abs diff {diff} on {valid} valid frames"
 
 
+def test_whisper_tiny_en_trim_mode_frames(whisper_folder):
+    from speechfuse.upstream import load_upstream
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPEECHFUSE_HOME", str(whisper_folder.parent))
+        upstream = load_upstream("whisper-tiny.en")  # default whisper_mode="trim"
+    assert upstream.options() == {"whisper_mode": "trim"}
+    torch.manual_seed(0)
+    for n in [1, 159, 160, 161, 320, 321, 8000, 16001]:
+        states = upstream(torch.randn(1, n) * 0.1, torch.tensor([n]))
+        assert states.num_frames == int(states.lengths[0]) == -(-n // 320), n
+        assert states.hidden.shape == (5, 1, -(-n // 320), 384)
+
+
 # --------------------------------------------------------------------------------------------------
 # Resemblyzer
 # --------------------------------------------------------------------------------------------------
