@@ -50,6 +50,7 @@ def test_overrides_are_yaml_scalars_and_nested(cfg_file):
     assert [u.spec for u in cfg.upstreams] == ["resemblyzer"] and cfg.align.options() == {"frame_rate": 50}
     assert cfg.cache == "off"
     assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    assert parse_override('train.precision="16"') == (["train", "precision"], "16")  # quoted stays a string
 
 
 @pytest.mark.parametrize("override, key, words", [

@@ -191,13 +191,20 @@ def test_killed_run_resumes_to_the_same_result(corpus, tmp_path):
     assert {float(s["step"]) for s in opt.values()} == {8.0}
 
 
-def test_resume_refuses_a_different_config(corpus, tmp_path):
+def test_resume_refuses_a_different_config_but_may_train_longer(corpus, tmp_path):
     from speechfuse.train import train
 
     _, manifests, upstream = corpus
-    train(config_from_dict(tiny_config(manifests, upstream, max_steps=2)), tmp_path / "run")
-    with pytest.raises(ConfigError, match="different config"):
-        train(config_from_dict(tiny_config(manifests, upstream, max_steps=2, lr=1e-2)), tmp_path / "run")
+    run = tmp_path / "run"
+    bad = tiny_config(manifests, upstream, max_steps=2)
+    bad["interface"]["bogus"] = 1
+    with pytest.raises(ConfigError, match="bogus"):  # fails before any checkpoint ...
+        train(config_from_dict(bad), run)
+    train(config_from_dict(tiny_config(manifests, upstream, max_steps=2)), run)  # ... so a fixed retry may reuse it
+    with pytest.raises(ConfigError, match=r"different config \(train\.lr differ"):
+        train(config_from_dict(tiny_config(manifests, upstream, max_steps=2, lr=1e-2)), run)
+    train(config_from_dict(tiny_config(manifests, upstream, max_steps=4)), run)  # extend the run
+    assert load_checkpoint_file(run / "checkpoints" / "last.safetensors")["global_step"] == 4
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {item!r}: value is not valid YAML ({err})") from err
-    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+    if isinstance(value, str) and raw.strip()[:1] not in ("'", '"'):  # YAML 1.1 reads 1e-3 as a string
         try:
             value = float(value)
         except ValueError:

@@ -494,6 +494,16 @@ def make_trainer(cfg: Config, run_dir: Path, task: Task, extra_callbacks: list |
     # a resumed run logs into the next version_N folder, so the earlier part's CSV is kept
     loggers = [CSVLogger(run_dir / "logs", name="csv"),
                TensorBoardLogger(run_dir / "logs", name="tensorboard", version="")]
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return _trainer(t, run_dir, devices, strategy, callbacks, loggers)
+    except (MisconfigurationException, ValueError) as err:
+        raise ConfigError(f"train.accelerator={t.accelerator!r}, train.devices={t.devices!r}, "
+                          f"train.precision={t.precision!r}: {err}") from err
+
+
+def _trainer(t, run_dir, devices, strategy, callbacks, loggers) -> pl.Trainer:
     return pl.Trainer(
         default_root_dir=run_dir, max_steps=t.max_steps, max_epochs=t.max_epochs or -1,
         accelerator=t.accelerator, devices=devices, strategy=strategy, precision=t.precision,
@@ -505,20 +515,40 @@ def make_trainer(cfg: Config, run_dir: Path, task: Task, extra_callbacks: list |
     )
 
 
+# train keys a resumed run may change: they do not change what is computed, only how long / where / how shown
+RESUME_MAY_CHANGE = {"max_steps", "max_epochs", "val_every_steps", "progress_bar", "num_workers", "devices",
+                     "accelerator", "importance", "skip_bad_rows"}
+
+
 def _check_same_config(cfg: Config, run_dir: Path) -> None:
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return
+    """Resuming (a last checkpoint exists) with a config that computes something else is an error."""
     import yaml
 
-    try:
-        old = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), run_dir)
-    except SpeechfuseError:
+    path = run_dir / "config.yaml"
+    if not (run_dir / CKPT_DIR / f"{LAST}{EXT}").is_file() or not path.is_file():
         return
-    if config_to_dict(old) != config_to_dict(cfg):
-        diff = [k for k in config_to_dict(cfg) if config_to_dict(cfg)[k] != config_to_dict(old).get(k)]
-        raise ConfigError(f"run folder {run_dir} holds a run with a different config (sections {diff} differ); "
-                          "resume it with the same config, or train into a new folder (--out)")
+
+    def essential(c: Config) -> dict:
+        d = config_to_dict(c)
+        d.pop("cache")
+        d["train"] = {k: v for k, v in d["train"].items() if k not in RESUME_MAY_CHANGE}
+        return d
+
+    try:
+        old = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), run_dir, str(path))
+    except (SpeechfuseError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot resume {run_dir}: its config.yaml is unreadable ({err}); train into a new "
+                          "folder (--out)") from err
+    new, before = essential(cfg), essential(old)
+    diff = sorted(f"{section}.{k}" if isinstance(new[section], dict) and isinstance(before.get(section), dict)
+                  else section
+                  for section in new if new[section] != before.get(section)
+                  for k in ((x for x in new[section] if new[section].get(x) != before[section].get(x))
+                            if isinstance(new[section], dict) and isinstance(before.get(section), dict) else [None]))
+    if diff:
+        raise ConfigError(f"run folder {run_dir} holds a checkpoint of a run with a different config ({', '.join(diff)} "
+                          f"differ); resume it with the same config (only train.{{{', '.join(sorted(RESUME_MAY_CHANGE))}}} "
+                          "and cache may change), or train into a new folder (--out)")
 
 
 @torch.no_grad()
