@@ -273,3 +273,24 @@ def test_cached_run_never_runs_the_upstream(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(Upstream, "forward", boom)
     second = train(config_from_dict(data), tmp_path / "runs" / "b")
     assert second == first
+
+
+def test_missing_speaker_target_is_reported_by_row(corpus, tmp_path):
+    """data.target may name a column the manifest checker does not know (speaker): still row-numbered."""
+    from speechfuse.train import train
+
+    _, manifests, upstream = corpus
+    lines = manifests["train"].read_text().splitlines()
+    header = lines[0].split(",")
+    col = header.index("speaker")
+    cells = lines[3].split(",")
+    cells[col] = ""
+    broken = tmp_path / "train.csv"
+    broken.write_text("\n".join([lines[0], lines[1], lines[2], ",".join(cells), *lines[4:]]) + "\n")
+    data = tiny_config(manifests, upstream, max_steps=1)
+    data["data"].update(train=str(broken), target="speaker")
+    with pytest.raises(ConfigError, match=r"row 3 \(id .*\): missing speaker"):
+        train(config_from_dict(data), tmp_path / "run")
+    data["train"]["skip_bad_rows"] = True
+    train(config_from_dict(data), tmp_path / "run")
+    assert (tmp_path / "run" / "skipped_train.csv").read_text().splitlines()[1].startswith("3,")

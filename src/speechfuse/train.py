@@ -79,6 +79,8 @@ def load_splits(cfg: Config, run_dir: Path, task_field: str, which: tuple[str, .
         if path is None:
             continue
         skipped = run_dir / f"skipped_{split}.csv"
+        if skipped.is_file():
+            skipped.unlink()  # from an earlier attempt
         check = source if source in ("text", "label") else None
         try:
             utts = validate_manifest(path, target=check, skip_bad=skip, skipped_out=skipped)
@@ -86,16 +88,20 @@ def load_splits(cfg: Config, run_dir: Path, task_field: str, which: tuple[str, .
             problems.append(f"data.{split}: {err}")
             continue
         if check is None:  # a target the manifest checker does not know (speaker, language)
-            missing = [u for u in utts if not (getattr(u, source) or "").strip()]
+            dropped = _read_bad(skipped)
+            rows = _row_numbers(len(utts), {b.row for b in dropped})
+            missing = [(row, u) for row, u in zip(rows, utts) if not (getattr(u, source) or "").strip()]
             if missing and not skip:
-                rows = "\n".join(f"  id {u.id!r} ({u.path}): missing {source}" for u in missing)
+                listing = "\n".join(f"  row {row} (id {u.id!r}, path {u.path!r}): missing {source}"
+                                     for row, u in missing)
                 problems.append(f"data.{split}: manifest {path}: {len(missing)} row(s) lack the target "
-                                f"field {source!r}:\n{rows}")
+                                f"field {source!r} (rows are 1-based data rows):\n{listing}")
                 continue
             if missing:
-                old = list(_read_bad(skipped))
-                write_bad_rows(old + [BadRow(0, u.id, u.path, f"missing {source}") for u in missing], skipped)
-                utts = [u for u in utts if u not in missing]
+                bad = dropped + [BadRow(row, u.id, u.path, f"missing {source}") for row, u in missing]
+                write_bad_rows(sorted(bad, key=lambda b: b.row), skipped)
+                gone = {u.id for _, u in missing}
+                utts = [u for u in utts if u.id not in gone]
         if source != task_field:
             utts = [dataclasses.replace(u, **{task_field: getattr(u, source)}) for u in utts]
         if not utts:
@@ -106,6 +112,17 @@ def load_splits(cfg: Config, run_dir: Path, task_field: str, which: tuple[str, .
                           "\nFix these rows, or set train.skip_bad_rows=true to drop them "
                           "(they are listed in RUN_DIR/skipped_<split>.csv).")
     return out
+
+
+def _row_numbers(count: int, dropped: set[int]) -> list[int]:
+    """Manifest row numbers of the `count` rows kept when the rows in `dropped` were skipped."""
+    rows, row = [], 0
+    for _ in range(count):
+        row += 1
+        while row in dropped:
+            row += 1
+        rows.append(row)
+    return rows
 
 
 def _read_bad(path: Path) -> list[BadRow]:
