@@ -137,3 +137,58 @@ def test_combo_config_on_a_real_config(tmp_path):
     assert out.cache == str(tmp_path / "c") and out.data.train == str(tmp_path / "t.csv")
     with pytest.raises(ConfigError, match="train.nope"):
         combo_config(cfg, {"train.nope": 1}, None)
+
+
+def _bundled_available(*packages: str) -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(p) for p in packages)
+
+
+@pytest.mark.skipif(not _bundled_available("resemblyzer", "openwakeword", "onnxruntime"),
+                    reason="bundled model packages not installed (setup.sh)")
+def test_real_sweep_end_to_end_resumes(tmp_path):
+    """The real runner on real bundled upstreams and real FSDD clips (a few clips, 2 steps per run)."""
+    from speechfuse.config import config_from_dict
+    from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests
+    from speechfuse.data.manifest import load_manifest, write_manifest
+    from speechfuse.train import train
+
+    manifests = fsdd_manifests(bundled_fsdd_dir() / "recordings", tmp_path / "data")
+    for split, take in (("train", 10), ("dev", 5), ("test", 0)):
+        utts = [u for u in load_manifest(manifests[split]) if u.id.endswith(f"_{take}") and u.id[0] in "01"]
+        write_manifest(utts, manifests[split])  # 12 clips: 2 digits x 6 speakers
+    cfg = config_from_dict({
+        "task": "classify",
+        "data": {k: str(v) for k, v in manifests.items()} | {"target": "speaker"},
+        "upstreams": ["speech-embedding"],
+        "train": {"max_steps": 2, "batch_seconds": 4, "val_every_steps": 2, "progress_bar": False,
+                  "importance": False, "accelerator": "cpu"},
+    })
+    calls = []
+
+    def counting_train(run_cfg, run_dir):
+        calls.append(run_dir.name)
+        return train(run_cfg, run_dir)
+
+    grid = {"upstreams": [["speech-embedding"], ["speech-embedding", "resemblyzer"]],
+            "interface.name": ["weighted_sum", "hconv"]}
+    rows = run_sweep(cfg, grid, tmp_path / "sweep", train_fn=counting_train, progress=False)
+    assert calls == ["speech-embedding__weighted_sum", "speech-embedding__hconv",
+                     "speech-embedding+resemblyzer__weighted_sum", "speech-embedding+resemblyzer__hconv"]
+    # one shared cache: one entry per upstream, under out_dir/cache
+    entries = sorted(p.name.split("-")[0] for p in (tmp_path / "sweep" / "cache").iterdir() if p.is_dir())
+    assert entries == ["resemblyzer", "speech"]
+    for r in rows:
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and 0.0 <= r["dev_macro_f1"] <= 1.0
+        assert r["interface_params"] > 0
+    assert rows[0]["interface_params"] == 10  # speech-embedding: 10 layers, one weight each
+    assert rows[3]["interface_params"] > rows[2]["interface_params"]
+    with open(tmp_path / "sweep" / "results.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep").glob("runs/*/metrics.json")}
+    calls.clear()
+    assert run_sweep(cfg, grid, tmp_path / "sweep", train_fn=counting_train, progress=False) == rows
+    assert calls == []
+    assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep").glob("runs/*/metrics.json")}

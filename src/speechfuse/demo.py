@@ -22,9 +22,12 @@ The demo resumes: run it again with the same out_dir and finished runs are not t
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +121,8 @@ def combine(results: dict[str, list[dict]]) -> list[dict]:
     for task_key, rows in results.items():
         for row in rows:
             key = (row["upstreams"], row["interface"])
-            out = table.setdefault(key, {"upstreams": row["upstreams"], "interface": row["interface"]})
+            out = table.setdefault(key, {c: None for c in COLUMNS})
+            out["upstreams"], out["interface"] = row["upstreams"], row["interface"]
             params = row.get("interface_params")
             if out.get("interface params") is None:
                 out["interface params"] = params
@@ -155,6 +159,34 @@ def plot_summary(rows: list[dict], png_path: Path) -> Path:
     return png_path
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Keep the demo's output to its own progress bar: Lightning's per-run banners and the weight-loading
+    bars of transformers are silenced for the duration (warnings from speechfuse itself still show)."""
+    loggers = [logging.getLogger(n) for n in ("lightning", "lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    try:
+        from transformers.utils import logging as tf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        tf_logging = None
+    bars = tf_logging.is_progress_bar_enabled() if tf_logging else False
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        if tf_logging:
+            tf_logging.disable_progress_bar()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*deterministic.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if tf_logging and bars:
+            tf_logging.enable_progress_bar()
+
+
 def run_demo(out_dir, quick: bool = False) -> Path:
     """Run the demo into `out_dir`; print the combined table and where everything went; return the
     path of demo_results.md. `quick=True`: a few clips, steps and combinations (for tests)."""
@@ -174,13 +206,14 @@ def run_demo(out_dir, quick: bool = False) -> Path:
     results: dict[str, list[dict]] = {}
     bar = tqdm(total=total, desc="demo runs", unit="run", dynamic_ncols=True, file=sys.stdout)
     try:
-        for task_key in TASKS:
-            cfg = demo_config(task_key, manifests, cache_dir, quick)
-            results[task_key] = []
-            for sweep_name, grid in plan:
-                bar.set_postfix_str(f"{TASKS[task_key]['title']}: {sweep_name}")
-                results[task_key] += run_sweep(cfg, grid, out_dir / task_key / sweep_name, progress=False,
-                                               on_run=lambda row: bar.update(1))
+        with _quiet():
+            for task_key in TASKS:
+                cfg = demo_config(task_key, manifests, cache_dir, quick)
+                results[task_key] = []
+                for sweep_name, grid in plan:
+                    bar.set_postfix_str(f"{TASKS[task_key]['title']}: {sweep_name}")
+                    results[task_key] += run_sweep(cfg, grid, out_dir / task_key / sweep_name, progress=False,
+                                                   on_run=lambda row: bar.update(1))
     finally:
         bar.close()
 
