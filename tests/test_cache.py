@@ -344,3 +344,12 @@ def test_real_tiny_models_round_trip_and_whisper_mode_key(tmp_path, utts, tiny_m
     assert_matches(entries[0], hubert, some)
     assert_matches(entries[1], trim, some)
     assert cache.entry(pad30).missing(some) == some  # same weights, other mode: a miss
+
+
+def test_autocast_precision_is_part_of_the_key(tmp_path):
+    cache = FeatureCache(tmp_path / "cache")
+    up = FakeUpstream()
+    full = cache.entry(up)
+    assert cache.entry(up, autocast=torch.bfloat16).folder != full.folder
+    assert cache.entry(up, autocast=torch.float16).folder != cache.entry(up, autocast=torch.bfloat16).folder
+    assert cache.entry(up, autocast=None).folder == full.folder

@@ -364,9 +364,10 @@ class FeatureCache:
             raise ConfigError(f"FeatureCache shard_bytes must be positive, got {shard_bytes}")
         self.shard_bytes = int(shard_bytes)
 
-    def key(self, upstream, layers: Sequence[int] | None = None) -> dict:
-        """Everything that decides the cached numbers (the folder name is a hash of it)."""
-        return {
+    def key(self, upstream, layers: Sequence[int] | None = None, autocast: torch.dtype | None = None) -> dict:
+        """Everything that decides the cached numbers (the folder name is a hash of it). `autocast`: the
+        reduced precision the upstream ran in (GPU bf16/fp16 autocast), which changes its outputs."""
+        key = {
             "version": FORMAT_VERSION,
             "identity": upstream.identity(),
             "class": f"{type(upstream).__module__}.{type(upstream).__qualname__}",
@@ -377,10 +378,13 @@ class FeatureCache:
             "layers": resolve_layers(upstream, layers),
             "dtype": self.dtype,
         }
+        if autocast is not None:  # absent for full precision, so those keys stay as they were
+            key["autocast"] = str(autocast).replace("torch.", "")
+        return key
 
-    def entry(self, upstream, layers: Sequence[int] | None = None) -> CacheEntry:
-        """The entry of `upstream` (created empty if new); no extraction."""
-        key = self.key(upstream, layers)
+    def entry(self, upstream, layers: Sequence[int] | None = None, autocast: torch.dtype | None = None) -> CacheEntry:
+        """The entry of `upstream` (created empty if new); no extraction. `autocast` as in `key`."""
+        key = self.key(upstream, layers, autocast)
         safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(upstream.name))[:40] or "upstream"
         folder = self.root / f"{safe_name}-{_sha(key)[:16]}"
         meta = {**key, "name": upstream.name, "num_layers": len(key["layers"])}

@@ -116,7 +116,9 @@ def fill_caches(upstreams, utts, cache: FeatureCache, batch_seconds: float = 60,
                 amp: str | None = "auto") -> list[CacheEntry]:
     """Extract the missing utterances of this rank's share (utts[rank::world_size]) for every upstream,
     loading each batch's audio once. Returns one CacheEntry per upstream (with every rank's shards that
-    are finalised so far; in DDP call `entry.refresh()` after a barrier)."""
+    are finalised so far; in DDP call `entry.refresh()` after a barrier). On CUDA, amp="auto" runs the
+    upstreams under bf16 (fp16 where bf16 is unsupported) autocast; that precision is part of the key.
+    The upstreams are moved to `device` and stay there."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
     for up in upstreams:
@@ -128,7 +130,7 @@ def fill_caches(upstreams, utts, cache: FeatureCache, batch_seconds: float = 60,
     storage = {"float16": torch.float16, "bfloat16": torch.bfloat16}[cache.dtype]
     mine = list(utts)[rank::world_size]
     selections = _per_upstream_layers(layers, len(upstreams))
-    entries = [cache.entry(up, sel) for up, sel in zip(upstreams, selections)]
+    entries = [cache.entry(up, sel, amp_dtype) for up, sel in zip(upstreams, selections)]
     for entry in entries:
         entry.clean_torn(rank)
     # what each upstream still needs, deduplicated by audio key
