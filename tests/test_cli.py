@@ -119,3 +119,12 @@ def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
     assert seen["grid"] == {"interface.name": ["weighted_sum", "hconv", "chconv"],
                             "upstreams": [["whisper-tiny.en", "resemblyzer"], ["resemblyzer"]]}
     assert seen["config"].task == "classify" and seen["out"] == str(tmp_path)
+
+
+def test_demo_subcommand_calls_run_demo(tmp_path, monkeypatch, capsys):
+    import speechfuse.demo as demo
+
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda out, quick=False: calls.append((out, quick)) or Path(out) / "x.md")
+    assert main(["demo", "--out", str(tmp_path), "--quick"]) == 0
+    assert calls == [(str(tmp_path), True)] and capsys.readouterr().out.strip() == str(tmp_path / "x.md")

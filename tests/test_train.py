@@ -294,3 +294,30 @@ def test_missing_speaker_target_is_reported_by_row(corpus, tmp_path):
     data["train"]["skip_bad_rows"] = True
     train(config_from_dict(data), tmp_path / "run")
     assert (tmp_path / "run" / "skipped_train.csv").read_text().splitlines()[1].startswith("3,")
+
+
+def test_optimizer_groups_and_trainable_upstreams_skip_the_cache(corpus, tmp_path):
+    from speechfuse.tasks import get_task
+    from speechfuse.train import FusionTask, train
+
+    _, manifests, upstream = corpus
+    data = tiny_config(manifests, upstream, lr=1e-3, interface_lr=1e-2, upstream_lr=1e-5)
+    task = get_task("classify", hidden_dim=8)
+    task.labels = ["0", "1"]
+    model = FusionTask(config_from_dict(data), task)
+    groups = model.configure_optimizers()["optimizer"].param_groups
+    assert [(g["name"], g["lr"]) for g in groups] == [("interface", 1e-2), ("head", 1e-3)]  # frozen upstream: none
+    assert sum(p.numel() for p in groups[0]["params"]) == model.frontend.interface.num_parameters()
+
+    data["upstreams"] = [{"spec": f"hf:{upstream}", "options": {"trainable": True}}]
+    data["cache"] = "auto"
+    data["train"]["max_steps"] = 1
+    trainable = FusionTask(config_from_dict(data), task)
+    groups = trainable.configure_optimizers()["optimizer"].param_groups
+    assert [(g["name"], g["lr"]) for g in groups][-1] == ("upstreams", 1e-5)
+    before = {k: v.clone() for k, v in trainable.frontend.upstreams.state_dict().items()}
+    train(config_from_dict(data), tmp_path / "runs" / "ft")
+    assert not (tmp_path / "runs" / "cache").exists()  # a trainable upstream is never cached
+    saved = _weights(tmp_path / "runs" / "ft")
+    changed = [k for k, v in before.items() if not torch.equal(saved[f"frontend.upstreams.{k}"], v)]
+    assert changed  # the fine-tuned upstream weights are in the checkpoint and moved
