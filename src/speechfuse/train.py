@@ -505,6 +505,10 @@ def make_trainer(cfg: Config, run_dir: Path, task: Task, extra_callbacks: list |
         _ValidateAtEnd(),
         *(extra_callbacks or []),
     ]
+    if t.progress_bar:
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        callbacks.append(TQDMProgressBar())  # plain lines in logs; shows no "Epoch 0/-2" for step-bound runs
     kill = os.environ.get("SPEECHFUSE_TEST_KILL_AFTER_STEP")
     if kill:
         callbacks.append(_KillForTests(int(kill)))
@@ -647,6 +651,9 @@ def train(cfg: Config, out_dir: str | os.PathLike, callbacks: list | None = None
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
         trainer.fit(model, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    if trainer.interrupted:
+        raise SpeechfuseError(f"training of {run_dir} was interrupted; run the same command again to resume "
+                              "from its last checkpoint")
 
     best = Path(trainer.checkpoint_callback.best_model_path or "") if trainer.checkpoint_callback else None
     best = best if best and best.is_file() else run_dir / CKPT_DIR / f"{BEST}{EXT}"
