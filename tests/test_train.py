@@ -151,33 +151,35 @@ train(config_from_dict(yaml.safe_load(open(sys.argv[1]))), sys.argv[2])
 """
 
 
-def test_killed_run_resumes_to_the_same_result(corpus, tmp_path):
-    """SIGKILL a run just after its step-3 checkpoint (mid-epoch), resume, compare with an uninterrupted run."""
+@pytest.mark.parametrize("kill_after", [3, 5], ids=["mid-epoch", "epoch-end"])
+def test_killed_run_resumes_to_the_same_result(corpus, tmp_path, kill_after):
+    """SIGKILL a run just after its checkpoint at step 3 (mid-epoch) or 5 (the end of the first epoch),
+    resume, compare with an uninterrupted run."""
     import yaml
 
     from speechfuse.train import train
 
     _, manifests, upstream = corpus
-    data = tiny_config(manifests, upstream, max_steps=8)
+    data = tiny_config(manifests, upstream, max_steps=8, val_every_steps=kill_after)
     cfg = config_from_dict(data)
     full = train(cfg, tmp_path / "full")
 
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
     (tmp_path / "run.py").write_text(textwrap.dedent(KILLED_RUN))
-    env = {**os.environ, "SPEECHFUSE_TEST_KILL_AFTER_STEP": "3", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "SPEECHFUSE_TEST_KILL_AFTER_STEP": str(kill_after), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "cfg.yaml"),
                            str(tmp_path / "killed")], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]  # it really was killed
     killed = tmp_path / "killed"
-    assert load_checkpoint_file(killed / "checkpoints" / "last.safetensors")["global_step"] == 3
+    assert load_checkpoint_file(killed / "checkpoints" / "last.safetensors")["global_step"] == kill_after
     assert not (killed / "metrics.json").exists()
-    # the kill was mid-epoch (an epoch has 5 batches), and the 8 steps cross into a reshuffled 2nd epoch
+    # an epoch has 5 batches, so the 8 steps cross into a reshuffled 2nd epoch
     from speechfuse.data import load_manifest, make_batches
 
     per_epoch = len(make_batches([u.duration for u in load_manifest(manifests["train"])], 2.5))
-    assert 3 < per_epoch < 8
+    assert per_epoch == 5
     ckpt = load_checkpoint_file(killed / "checkpoints" / "last.safetensors")
-    assert ckpt["epoch"] == 0 and ckpt["speechfuse"]["seen"] == 3
+    assert ckpt["speechfuse"]["epoch"] == 0 and ckpt["speechfuse"]["seen"] == kill_after
 
     resumed = train(cfg, killed)
     assert (killed / "logs" / "csv" / "version_0" / "metrics.csv").is_file()  # the first part's log is kept
