@@ -168,7 +168,10 @@ def fill_caches(upstreams, utts, cache: FeatureCache, batch_seconds: float = 60,
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=round(sum(durations), 1), unit="s audio", desc="extract", file=sys.stderr)
+        batch_seconds_done = [sum(durations[i] for i in batch) for batch in batches]
+        bar = tqdm(total=sum(batch_seconds_done), unit="s audio", desc="extract", file=sys.stderr,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
+                              "[{elapsed}<{remaining}, {rate_fmt}]")
     start, done_seconds = time.perf_counter(), 0.0
     pin = device.type == "cuda"
     try:
@@ -194,7 +197,7 @@ def fill_caches(upstreams, utts, cache: FeatureCache, batch_seconds: float = 60,
             seconds = sum(durations[i] for i in batch)
             done_seconds += seconds
             if bar is not None:
-                bar.update(round(seconds, 1))
+                bar.update(seconds)
         for writer in writers:
             writer.finalise()
     except BaseException:
