@@ -353,3 +353,44 @@ def test_autocast_precision_is_part_of_the_key(tmp_path):
     assert cache.entry(up, autocast=torch.bfloat16).folder != full.folder
     assert cache.entry(up, autocast=torch.float16).folder != cache.entry(up, autocast=torch.bfloat16).folder
     assert cache.entry(up, autocast=None).folder == full.folder
+
+
+def test_reading_one_utterance_uses_only_its_bytes_and_verify_catches_corruption(tmp_path, utts):
+    up = FakeUpstream()
+    entry = FeatureCache(tmp_path / "cache").ensure(up, utts, progress=False)
+    shard = next(entry.folder.glob("shard-*.json"))
+    index = json.loads(shard.read_text())["entries"]
+    assert len(index) == len(utts)  # one shard holds them all
+    from speechfuse.cache import audio_key
+
+    victim, other = utts[4], utts[7]
+    offset, frames, _ = index[audio_key(victim.path)]
+    with open(shard.with_suffix(".bin"), "r+b") as f:  # flip the victim's bytes in place (size unchanged)
+        f.seek(offset * 2)
+        f.write(b"\x7b" * (up.num_layers * frames * up.hidden_size * 2))
+    fresh = FeatureCache(tmp_path / "cache").entry(up)
+    assert_matches(fresh, up, [other])  # its neighbour in the same file is untouched
+    fresh.read([other], verify=True)
+    with pytest.raises(CacheError, match=f"checksum mismatch for utterance '{victim.id}'"):
+        fresh.read([victim], verify=True)
+
+
+def test_upstreams_at_two_sample_rates_read_each_file_once_per_rate(tmp_path, utts, monkeypatch):
+    import speechfuse.data.audio as audio_mod
+
+    calls = collections.Counter()
+    real = audio_mod.read_audio
+
+    def counting(path, sample_rate):
+        calls[(path, sample_rate)] += 1
+        return real(path, sample_rate)
+
+    monkeypatch.setattr(audio_mod, "read_audio", counting)
+    slow = FakeUpstream(seed=2)
+    slow.sample_rate = 8000  # 400-sample frames at 8 kHz
+    ups = [FakeUpstream(), slow]
+    entries = fill_caches(ups, utts, FeatureCache(tmp_path / "cache"), batch_seconds=2.0, progress=False)
+    assert set(calls.values()) == {1} and len(calls) == 2 * len(utts)
+    monkeypatch.setattr(audio_mod, "read_audio", real)
+    assert_matches(entries[0], ups[0], utts)
+    assert_matches(entries[1], slow, utts)
