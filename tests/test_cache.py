@@ -394,3 +394,27 @@ def test_upstreams_at_two_sample_rates_read_each_file_once_per_rate(tmp_path, ut
     monkeypatch.setattr(audio_mod, "read_audio", real)
     assert_matches(entries[0], ups[0], utts)
     assert_matches(entries[1], slow, utts)
+
+
+def test_a_live_writers_unfinished_shard_is_not_taken_for_torn(tmp_path, utts):
+    up = FakeUpstream()
+    cache = FeatureCache(tmp_path / "cache")
+    entry = cache.entry(up)
+    writer = entry.writer(rank=0)
+    writer.write("k" * 32, np.zeros((3, 5, 8), dtype=np.float16))
+    partial = entry.folder / "shard-0-0.bin.partial"
+    assert partial.exists()
+    assert entry.clean_torn(rank=0) == []  # locked by the live writer (another process would see the same)
+    assert partial.exists()
+    writer.abandon()
+    assert not partial.exists()
+    # the same file left behind by a dead process (no lock) is torn and removed
+    partial.write_bytes(b"\0" * 10)
+    assert entry.clean_torn(rank=0) == [partial] and not partial.exists()
+
+
+def test_shards_are_also_finalised_by_time(tmp_path, utts):
+    cache = FeatureCache(tmp_path / "cache", shard_seconds=0.0)  # every utterance closes its shard
+    entry = cache.ensure(FakeUpstream(), utts, progress=False)
+    assert len(list(entry.folder.glob("shard-*.json"))) == len(utts)
+    assert_matches(entry, FakeUpstream(), utts)

@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+try:  # POSIX advisory locks: a live writer's unfinished shard is never taken for a torn one
+    import fcntl
+except ImportError:  # pragma: no cover - not on Linux/macOS
+    fcntl = None
 
 from .errors import ConfigError, SpeechfuseError
 from .hidden import HiddenStates
@@ -146,12 +152,26 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _try_lock(handle) -> bool:
+    """Exclusive non-blocking lock on an open file; False when another open file holds it."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
 class _ShardWriter:
     """Appends utterance arrays to one shard file of a rank; finalises it (index written last) every
-    `shard_bytes` so a kill loses at most the unfinished shard and RAM never holds more than a batch."""
+    `shard_bytes` or `shard_seconds`, so a kill loses at most the unfinished shard and RAM never holds
+    more than a batch. The unfinished shard is locked (flock) until its index is written."""
 
-    def __init__(self, folder: Path, rank: int, shard_bytes: int, meta: dict) -> None:
+    def __init__(self, folder: Path, rank: int, shard_bytes: int, meta: dict, shard_seconds: float = 300.0) -> None:
         self.folder, self.rank, self.shard_bytes, self.meta = folder, rank, shard_bytes, meta
+        self.shard_seconds = shard_seconds
+        self.opened_at = 0.0
         self.handle = None
         self.entries: dict[str, list[int]] = {}
         self.offset = 0  # in elements
@@ -167,7 +187,9 @@ class _ShardWriter:
                 self.handle = open(self._path(".bin.partial"), "xb")
             except FileExistsError:  # another process of the same rank claimed it first
                 continue
+            _try_lock(self.handle)
         self.entries, self.offset = {}, 0
+        self.opened_at = time.monotonic()
 
     def _path(self, suffix: str) -> Path:
         return self.folder / f"shard-{self.rank}-{self.number}{suffix}"
@@ -183,7 +205,7 @@ class _ShardWriter:
             crc = zlib.crc32(chunk, crc)
         self.entries[key] = [self.offset, int(array.shape[1]), crc]
         self.offset += array.size
-        if self.offset * self.itemsize >= self.shard_bytes:
+        if self.offset * self.itemsize >= self.shard_bytes or time.monotonic() - self.opened_at >= self.shard_seconds:
             self.finalise()
 
     def finalise(self) -> None:
@@ -195,13 +217,14 @@ class _ShardWriter:
         self.handle.flush()
         self.handle.truncate(self.offset * self.itemsize)  # drops a half-written utterance after an error
         os.fsync(self.handle.fileno())
-        self.handle.close()
-        self.handle = None
+        # the lock follows the file through the rename and is released only once the index exists
         os.replace(self._path(".bin.partial"), self._path(".bin"))
         index = {"version": FORMAT_VERSION, "bytes": self.offset * self.itemsize, "entries": self.entries,
                  "layers": self.meta["num_layers"], "hidden_size": self.meta["hidden_size"],
                  "dtype": self.meta["dtype"]}
         _write_atomic(self._path(".json"), json.dumps(index))
+        self.handle.close()
+        self.handle = None
 
     def abandon(self) -> None:
         """Drop the unfinished shard (finalised ones stay)."""
@@ -334,13 +357,21 @@ class CacheEntry:
         removed = []
         for path in torn:
             m = _SHARD_RE.match(path.name)
-            if rank is None or (m and int(m.group(1)) == rank):
-                path.unlink(missing_ok=True)
-                removed.append(path)
+            if rank is not None and not (m and int(m.group(1)) == rank):
+                continue
+            if path.name.endswith((".partial", ".bin")):
+                try:
+                    with open(path, "rb") as handle:
+                        if not _try_lock(handle):
+                            continue  # a live writer (this or another process) still owns it
+                except FileNotFoundError:
+                    continue
+            path.unlink(missing_ok=True)
+            removed.append(path)
         return removed
 
-    def writer(self, rank: int = 0, shard_bytes: int = 256 << 20) -> _ShardWriter:
-        return _ShardWriter(self.folder, rank, shard_bytes, self.meta)
+    def writer(self, rank: int = 0, shard_bytes: int = 256 << 20, shard_seconds: float = 300.0) -> _ShardWriter:
+        return _ShardWriter(self.folder, rank, shard_bytes, self.meta, shard_seconds)
 
     def __repr__(self) -> str:
         return f"CacheEntry({str(self.folder)!r}, {len(self._index)} utterances, {self.dtype})"
@@ -350,11 +381,12 @@ class FeatureCache:
     """A folder of cache entries, one per (upstream identity, layer selection, dtype).
 
     audio_key: "stat" (path + size + mtime_ns, default) or "content" (sha256 of the file's bytes).
-    shard_bytes: a shard is finalised (and survives a kill) every this many bytes.
+    shard_bytes, shard_seconds: a shard is finalised (and survives a kill) every this many bytes, or this
+    many seconds after its first utterance, whichever comes first.
     """
 
     def __init__(self, root: str | os.PathLike, dtype: str = "float16", audio_key: str = "stat",
-                 shard_bytes: int = 256 << 20) -> None:
+                 shard_bytes: int = 256 << 20, shard_seconds: float = 300.0) -> None:
         self.root = Path(root)
         self.dtype = _check_dtype(dtype)
         if audio_key not in ("stat", "content"):
@@ -363,6 +395,7 @@ class FeatureCache:
         if int(shard_bytes) <= 0:
             raise ConfigError(f"FeatureCache shard_bytes must be positive, got {shard_bytes}")
         self.shard_bytes = int(shard_bytes)
+        self.shard_seconds = float(shard_seconds)
 
     def key(self, upstream, layers: Sequence[int] | None = None, autocast: torch.dtype | None = None) -> dict:
         """Everything that decides the cached numbers (the folder name is a hash of it). `autocast`: the

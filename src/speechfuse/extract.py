@@ -163,7 +163,7 @@ def fill_caches(upstreams, utts, cache: FeatureCache, batch_seconds: float = 60,
     durations = [utterance_samples(u, rates[0]) / rates[0] for u in todo_utts]
     batches = duration_batches(durations, batch_seconds)
     layer_index = [None if sel is None else torch.tensor(entry.layers) for sel, entry in zip(selections, entries)]
-    writers = [entry.writer(rank, cache.shard_bytes) for entry in entries]
+    writers = [entry.writer(rank, cache.shard_bytes, cache.shard_seconds) for entry in entries]
     bar = None
     if progress:
         from tqdm import tqdm
