@@ -73,3 +73,37 @@ def test_ddp_ranks_extract_their_own_cache_shards(tmp_path):
     # 12 utterances: each rank extracted its 6 (utts[rank::2]) into its own shard, then both read all 12
     assert {name.split("-")[1] for name in shards} == {"0", "1"}, shards
     assert (tmp_path / "runs" / "ddp" / "metrics.json").is_file()
+
+
+def _torchrun(cfg_path, out, cwd, **env):
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "speechfuse.cli", "train", str(cfg_path), "--out", str(out)],
+        env={**os.environ, "OMP_NUM_THREADS": "1", **env}, capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def test_killed_ddp_run_resumes_exactly_with_each_ranks_rng(tmp_path):
+    """With dropout on, every rank draws its own masks: each rank's RNG state is saved and restored."""
+    manifests = make_fsdd(tmp_path / "data")
+    upstream = save_tiny_model("hubert", tmp_path / "hubert")
+    data = tiny_config(manifests, upstream, max_steps=5, val_every_steps=2, accelerator="cpu")
+    data["downstream"]["dropout"] = 0.5
+    cfg_path = tmp_path / "ddp.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+
+    full = _torchrun(cfg_path, tmp_path / "full", tmp_path)
+    assert full.returncode == 0, full.stderr[-4000:]
+    killed = _torchrun(cfg_path, tmp_path / "killed", tmp_path, SPEECHFUSE_TEST_KILL_AFTER_STEP="2")
+    assert killed.returncode != 0
+    ckpt = load_checkpoint_file(tmp_path / "killed" / "checkpoints" / "last.safetensors")
+    assert ckpt["global_step"] == 2 and ckpt["speechfuse"]["rng"]["cpu"].shape[0] == 2
+    assert not torch.equal(*ckpt["speechfuse"]["rng"]["cpu"])  # the two ranks' streams differ
+    resumed = _torchrun(cfg_path, tmp_path / "killed", tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-20000:]
+
+    a = load_checkpoint_file(tmp_path / "full" / "checkpoints" / "last.safetensors")["state_dict"]
+    b = load_checkpoint_file(tmp_path / "killed" / "checkpoints" / "last.safetensors")["state_dict"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert json.loads((tmp_path / "full" / "metrics.json").read_text()) == \
+        json.loads((tmp_path / "killed" / "metrics.json").read_text())

@@ -358,8 +358,8 @@ class FusionTask(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._rng_to_restore is not None:  # right after a resume: continue the interrupted RNG stream
             torch.set_rng_state(self._rng_to_restore["cpu"])
-            if torch.cuda.is_available() and self._rng_to_restore.get("cuda"):
-                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
+            if "cuda" in self._rng_to_restore and self.device.type == "cuda":
+                torch.cuda.set_rng_state(self._rng_to_restore["cuda"], self.device)
             self._rng_to_restore = None
 
     def training_step(self, batch: FusionBatch, batch_idx: int) -> torch.Tensor:
@@ -417,19 +417,28 @@ class FusionTask(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         frozen = self._frozen_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        rng = {"cpu": self._gather_rng(torch.get_rng_state())}
+        if self.device.type == "cuda":
+            rng["cuda"] = self._gather_rng(torch.cuda.get_rng_state(self.device))
         checkpoint["speechfuse"] = {
             "rng": rng, "epoch": self.position.epoch, "seen": self.position.seen,
             "upstreams": [up.identity() for up in self.frontend.upstreams],
         }
 
+    def _gather_rng(self, state: torch.Tensor) -> torch.Tensor:
+        """[world_size, n] RNG states, one row per rank (Lightning's all_gather; every rank saves its own)."""
+        if self.trainer.world_size == 1:
+            return state[None]
+        return self.all_gather(state.to(self.device)).cpu()
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         restore_frozen(self, checkpoint)
         extra = checkpoint.get("speechfuse", {})
         if "rng" in extra:
-            self._rng_to_restore = extra["rng"]
+            # this rank's own state (a run resumed on a different number of processes takes rank 0's)
+            rank = self.global_rank
+            self._rng_to_restore = {k: (v[rank] if rank < v.shape[0] else v[0]).clone()  # own storage
+                                    for k, v in extra["rng"].items()}
             self.position.skip_epoch, self.position.skip = int(extra["epoch"]), int(extra["seen"])
 
 
