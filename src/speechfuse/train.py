@@ -674,8 +674,9 @@ def train(cfg: Config, out_dir: str | os.PathLike, callbacks: list | None = None
     if "test" in splits:
         metrics["test"] = score(model, data.test_dataloader())
     if is_zero:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         write_interface_report(model, data.val_dataloader(), run_dir, cfg.train.importance)
+        # last: a sweep treats a run folder with metrics.json as finished
+        _write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 
