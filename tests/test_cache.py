@@ -208,6 +208,7 @@ def test_torn_shard_is_detected_and_redone(tmp_path, utts):
         f.truncate(victim.stat().st_size - 10)
     fresh = cache.entry(up)
     assert len(fresh.missing(utts)) == lost
+    assert len(entry.missing(utts)) == lost  # an entry that had loaded the shard before forgets it too
     seen = up.utterances_seen
     entry = cache.ensure(up, utts, batch_seconds=2.0, progress=False)
     assert up.utterances_seen == seen + lost

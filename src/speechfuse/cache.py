@@ -259,7 +259,7 @@ class CacheEntry:
         self.layers = list(meta["layers"])
         self._index: dict[str, _Loc] = {}
         self._maps: dict[str, np.memmap] = {}
-        self._seen: set[str] = set()
+        self._declared: dict[str, int] = {}  # shard stem -> byte size its index declares (parsed once)
         self.refresh()
 
     # finding shards
@@ -276,7 +276,9 @@ class CacheEntry:
             elif ext == "json":
                 bin_path = self.folder / f"{stem}.bin"
                 try:
-                    declared = json.loads(path.read_text())["bytes"]
+                    declared = self._declared.get(stem)
+                    if declared is None:
+                        declared = json.loads(path.read_text())["bytes"]
                     ok = bin_path.is_file() and bin_path.stat().st_size == declared
                 except (OSError, ValueError, KeyError, TypeError):
                     ok = False
@@ -287,24 +289,32 @@ class CacheEntry:
         return sorted(complete), torn
 
     def refresh(self) -> None:
-        """Pick up shards finalised since (by this or another process / rank)."""
-        complete, _ = self.shard_status()
-        for stem in complete:
-            if stem in self._seen:
-                continue
-            index = json.loads((self.folder / f"{stem}.json").read_text())
+        """Pick up shards finalised since (by this or another process / rank); forget shards that are
+        gone or torn since."""
+        complete = set(self.shard_status()[0])
+        gone = set(self._declared) - complete
+        if gone:
+            self._index = {k: loc for k, loc in self._index.items() if loc.shard not in gone}
+            for stem in gone:
+                self._declared.pop(stem)
+                self._maps.pop(stem, None)
+        for stem in sorted(complete - set(self._declared)):
+            try:
+                index = json.loads((self.folder / f"{stem}.json").read_text())
+            except (OSError, ValueError):
+                continue  # deleted meanwhile
             for key, (offset, frames, crc) in index["entries"].items():
                 self._index[key] = _Loc(stem, int(offset), int(frames), int(crc))
-            self._seen.add(stem)
+            self._declared[stem] = int(index["bytes"])
 
     def _keys(self, utts) -> list[str]:
         return [audio_key(u.path, self.audio_key_mode) for u in utts]
 
     def missing(self, utts) -> list:
-        """The utterances of `utts` that are not (or no longer, after an audio change) in the cache."""
+        """The utterances of `utts` that are not (or no longer, after an audio change or a torn shard)
+        in the cache. Re-checks the shards on disk (a directory listing and a stat per shard)."""
         keys = self._keys(utts)
-        if any(k not in self._index for k in keys):
-            self.refresh()
+        self.refresh()
         return [u for u, k in zip(utts, keys) if k not in self._index]
 
     def __contains__(self, utt) -> bool:
@@ -321,6 +331,9 @@ class CacheEntry:
     def _array(self, loc: _Loc) -> torch.Tensor:
         count = self.num_layers * loc.frames * self.hidden_size
         view = self._map(loc.shard)[loc.offset: loc.offset + count]
+        if view.shape[0] != count:
+            raise CacheError(f"feature cache {self.folder}: {loc.shard}.bin is shorter than its index says; "
+                             "run FeatureCache.ensure / `speechfuse extract` again to redo the torn shard")
         tensor = torch.from_numpy(np.array(view))  # copies only this utterance's bytes
         if self.dtype == "bfloat16":
             tensor = tensor.view(torch.bfloat16)
