@@ -178,15 +178,15 @@ def fill_caches(upstreams, utts, cache: FeatureCache, batch_seconds: float = 60,
         for batch in batches:
             batch_keys = [keys[i] for i in batch]
             batch_utts = [todo_utts[i] for i in batch]
+            wanted = [[b for b, k in enumerate(batch_keys) if k in todo] for todo in needs]
             for rate in rates:
+                users = [u for u, up in enumerate(upstreams) if up.sample_rate == rate and wanted[u]]
+                if not users:
+                    continue
                 wavs, lengths = load_audio_batch(batch_utts, rate, pin=pin)
                 wavs = wavs.to(device, non_blocking=True)
-                for u, up in enumerate(upstreams):
-                    if up.sample_rate != rate:
-                        continue
-                    rows = [b for b, k in enumerate(batch_keys) if k in needs[u]]
-                    if not rows:
-                        continue
+                for u in users:
+                    up, rows = upstreams[u], wanted[u]
                     if len(rows) == len(batch):
                         sub_wavs, sub_lengths = wavs, lengths
                     else:
