@@ -419,3 +419,15 @@ def test_shards_are_also_finalised_by_time(tmp_path, utts):
     entry = cache.ensure(FakeUpstream(), utts, progress=False)
     assert len(list(entry.folder.glob("shard-*.json"))) == len(utts)
     assert_matches(entry, FakeUpstream(), utts)
+
+
+def test_fill_caches_runs_only_the_upstreams_that_miss_something(tmp_path, utts):
+    cache = FeatureCache(tmp_path / "cache")
+    a, b = FakeUpstream(seed=0), FakeUpstream(seed=1)
+    fill_caches([a], utts[:6], cache, progress=False)
+    seen_a = a.utterances_seen
+    entries = fill_caches([a, b], utts, cache, batch_seconds=2.0, progress=False)
+    assert a.utterances_seen == seen_a + len(utts) - 6  # only the 4 it lacked
+    assert b.utterances_seen == len(utts)
+    assert_matches(entries[0], a, utts)
+    assert_matches(entries[1], b, utts)
