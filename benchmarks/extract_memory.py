@@ -15,11 +15,13 @@ Each child reports ru_maxrss (peak) and VmRSS just before extraction (after impo
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import random
 import resource
 import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -83,6 +85,7 @@ def main() -> None:
 
     print_machine_info(device)
     tmp = Path(tempfile.mkdtemp(prefix="sf-mem-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     torch.manual_seed(0)
     cfg = tf.HubertConfig(hidden_size=768, num_hidden_layers=8, num_attention_heads=12, intermediate_size=768,
                           conv_dim=(128,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True)

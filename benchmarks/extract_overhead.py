@@ -23,12 +23,13 @@ Goal: speechfuse / bare forward <= 1.10.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -100,6 +101,7 @@ def main() -> None:
 
     print_machine_info(device)
     tmp = Path(tempfile.mkdtemp(prefix="sf-bench-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     rows = []
 
     def batches_of(utts):

@@ -20,7 +20,9 @@ absent). Input: seeded noise (FLOPs and speed do not depend on the content).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -61,6 +63,7 @@ def main() -> None:
 
     print_machine_info(device)
     tmp = Path(tempfile.mkdtemp(prefix="sf-flops-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     models = {f"HuBERT Base, {args.layers} layers (random)": sf.load_upstream("hf:" + make_hubert(tmp / "h", args.layers))}
     try:
         models["whisper-tiny.en trim (bundled)"] = sf.load_upstream("whisper-tiny.en", whisper_mode="trim")
