@@ -67,11 +67,12 @@ class Upstream(nn.Module):
         h = hashlib.sha256()
         for key, tensor in sorted(self.state_dict().items()):
             h.update(key.encode())
-            t = tensor.detach().float().flatten().cpu()
             h.update(str(tuple(tensor.shape)).encode())
-            # strided sample keeps the hash cheap for big models while still catching changed weights
-            step = max(1, t.numel() // 4096)
-            h.update(t[::step].numpy().tobytes())
+            # a strided sample, taken on the tensor's device before any copy, keeps the hash cheap
+            # for big models while still catching changed weights
+            flat = tensor.detach().flatten()
+            step = max(1, flat.numel() // 4096)
+            h.update(flat[::step].float().cpu().numpy().tobytes())
         return h.hexdigest()[:16]
 
     def identity(self) -> dict[str, Any]:
