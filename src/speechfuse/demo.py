@@ -21,6 +21,9 @@ a 2-layer BiLSTM of 1024, is far too big for that):
 Every interface runs with its optional per-layer layer norm on (DEMO_INTERFACE_OPTIONS), lr 5e-3,
 batches of 6 s of audio; ASR trains 600 steps, speaker ID 200 (FULL_STEPS).
 
+Aligner length "max" everywhere: speech-embedding's few frames would otherwise trim a fused pair
+to ~80 ms (the default "min" keeps the shortest model's length).
+
 Every run shares one feature cache (`out_dir/cache`), so each upstream runs once over the clips.
 The demo resumes: run it again with the same out_dir and finished runs are not trained again.
 """
@@ -44,7 +47,7 @@ SINGLE_INTERFACES = ["weighted_sum", "hconv"]
 PAIR_INTERFACES = ["weighted_sum", "hconv", "chconv"]
 
 DEMO_ASR_HEAD = {"proj_dim": 128, "hidden_size": 128, "num_layers": 1, "dropout": 0.1}
-DEMO_ASR_ALIGN = {"frame_rate": 50}
+DEMO_ASR_ALIGN = {"frame_rate": 50, "length": "max"}
 LOW_RATE_UPSTREAMS = {"speech-embedding"}  # ASR runs of these alone are aligned to 100 Hz instead
 DEMO_SPK_HEAD = {"hidden_dim": 128, "dropout": 0.1}
 
@@ -71,8 +74,8 @@ QUICK_TAKES = {"train": {10}, "dev": {5}, "test": {0}}  # 60 clips each
 TASKS = {
     "asr": {"title": "digit ASR", "task": "asr", "target": None, "head": DEMO_ASR_HEAD, "align": DEMO_ASR_ALIGN,
             "metrics": [("test_wer", "ASR WER"), ("test_cer", "ASR CER")]},
-    "speaker": {"title": "speaker ID", "task": "classify", "target": "speaker", "head": DEMO_SPK_HEAD, "align": {},
-                "metrics": [("test_accuracy", "speaker acc"), ("test_macro_f1", "speaker F1")]},
+    "speaker": {"title": "speaker ID", "task": "classify", "target": "speaker", "head": DEMO_SPK_HEAD,
+                "align": {"length": "max"}, "metrics": [("test_accuracy", "speaker acc"), ("test_macro_f1", "speaker F1")]},
 }
 
 COLUMNS = ["upstreams", "interface", "interface params", "ASR WER", "ASR CER", "speaker acc", "speaker F1"]
