@@ -64,7 +64,7 @@ INTERFACE_LR = {"weighted_sum": 1e-2, "hconv": 3e-4, "chconv": 3e-4}
 # every demo interface (weighted_sum, hconv, chconv) takes the optional non-affine layer norm per layer;
 # Whisper's hidden states differ in scale by layer, and normalising them makes the small heads train fast
 DEMO_INTERFACE_OPTIONS = {"layer_norm": True}
-# quick: a tiny clip subset and fewer combinations (still every bundled model and every interface kind)
+# quick: a tiny clip subset and fewer combinations (every bundled model, a single and a fused run)
 QUICK_SINGLES = [["whisper-tiny.en"], ["speech-embedding"]]
 QUICK_SINGLE_INTERFACES = ["weighted_sum"]
 QUICK_PAIRS = [["whisper-tiny.en", "resemblyzer"]]
