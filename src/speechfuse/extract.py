@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .cache import CacheEntry, CacheError, FeatureCache, _fmt_bytes, audio_key, estimate_cache_bytes, utterance_samples
+from .data.batching import make_batches
 from .errors import ConfigError
 from .hidden import HiddenStates
 
@@ -47,22 +48,11 @@ def extract_batch(upstreams, wavs: torch.Tensor, wav_lengths: torch.Tensor,
 
 
 def duration_batches(durations: Sequence[float], batch_seconds: float) -> list[list[int]]:
-    """Indices grouped longest-first so that (longest clip in batch) x (batch size) <= batch_seconds.
+    """The sampler's length-sorted batches, longest first (a batch that does not fit fails early).
     A clip longer than batch_seconds gets a batch of its own."""
     if batch_seconds <= 0:
         raise ConfigError(f"batch_seconds must be positive, got {batch_seconds}")
-    order = sorted(range(len(durations)), key=lambda i: -durations[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = durations[current[0]] if current else durations[i]
-        if current and longest * (len(current) + 1) > batch_seconds:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
+    return make_batches(durations, batch_seconds)[::-1]
 
 
 def load_audio_batch(utts, sample_rate: int, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
