@@ -9,10 +9,14 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+
+# real speech: FSDD from the shared folder beside the checkout; FSDD_DIR overrides it
+FSDD_DIR = Path(os.environ.get("FSDD_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"))
 
 
 @dataclass

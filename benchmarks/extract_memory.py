@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, get_device, print_machine_info, print_table  # noqa: E402
+from _common import FSDD_DIR, add_device_arg, get_device, print_machine_info, print_table  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-FSDD = Path(os.environ.get("FSDD_DIR", "/work/shared/data/fsdd/recordings"))
+FSDD = FSDD_DIR
 
 
 def vm_rss_kb() -> int:

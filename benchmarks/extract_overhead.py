@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, get_device, print_machine_info, print_table, timeit_interleaved  # noqa: E402
+from _common import FSDD_DIR, add_device_arg, get_device, print_machine_info, print_table, timeit_interleaved  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FSDD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fsdd" / "recordings"
@@ -43,7 +43,7 @@ def fsdd_utts(count: int, folder: Path | None = None):
     from speechfuse.data.audio import audio_info
     from speechfuse.data.manifest import Utterance
 
-    folder = folder or Path(os.environ.get("FSDD_DIR", "/work/shared/data/fsdd/recordings"))
+    folder = folder or FSDD_DIR
     if not folder.is_dir():
         folder = FSDD.resolve()
     names = sorted(os.listdir(folder))[::7][:count]  # spread over speakers and digits

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +24,11 @@ import torch
 
 import speechfuse as sf
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import FSDD_DIR  # noqa: E402
+
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+FSDD = FSDD_DIR
 
 
 def tiny_random_whisper(folder: Path) -> str:

@@ -2,12 +2,27 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# real speech: FSDD from the shared folder beside the checkout (CI lays a copy there)
+FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every model in the suite is small: on a shared CPU, intra-op thread hand-offs cost more than the
+    maths (measured 5-20x slower with 2 threads on this 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 FAMILIES = ["wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper"]
 

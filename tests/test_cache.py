@@ -23,8 +23,8 @@ from speechfuse.data.manifest import Utterance
 from speechfuse.errors import ConfigError
 from speechfuse.extract import duration_batches, extract_batch, fill_caches
 from speechfuse.upstream.base import Upstream
+from conftest import FSDD
 
-FSDD = Path("/work/shared/data/fsdd/recordings")
 TOL = {"float16": 1e-3, "bfloat16": 8e-3}  # values are in [-1, 1]: fp16 step <= 2^-11, bf16 <= 2^-8
 
 

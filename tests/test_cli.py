@@ -15,7 +15,6 @@ from conftest import save_tiny_model
 from speechfuse.cli import main
 from test_train import make_fsdd, tiny_config
 
-torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -19,8 +19,9 @@ from speechfuse.data import (AudioDataset, DurationBatchSampler, ManifestError, 
                              bundled_fsdd_dir, check_manifest, collate_audio, folder_manifest, fsdd_manifests,
                              librispeech_manifest, load_manifest, make_batches, padding_ratio, read_audio,
                              validate_manifest, write_manifest)
+from conftest import FSDD
 
-FSDD_CLIP = Path("/work/shared/data/fsdd/recordings/7_jackson_32.wav")
+FSDD_CLIP = FSDD / "7_jackson_32.wav"
 
 
 def tone(path: Path, seconds: float, rate: int = 8000, channels: int = 1, fmt: str | None = None) -> Path:

@@ -19,8 +19,6 @@ from speechfuse.checkpoint import load_checkpoint_file
 from speechfuse.config import config_from_dict
 from test_train import make_fsdd, tiny_config
 
-torch.set_num_threads(1)
-
 
 def test_two_gloo_processes_match_one_process(tmp_path):
     from speechfuse.train import train

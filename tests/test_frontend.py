@@ -12,14 +12,6 @@ from speechfuse import ConfigError, Upstream
 from speechfuse.importance import layer_importance
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # the tensors here are tiny: on a busy machine, intra-op thread hand-offs cost more than the maths
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class FakeUpstream(Upstream):
     """Per-frame random features: frame t sees only samples [t*hop, (t+1)*hop)."""

@@ -14,14 +14,6 @@ from speechfuse.tasks.classify import macro_f1, masked_mean
 SMALL_ASR = dict(proj_dim=16, hidden_size=16, num_layers=1, dropout=0.0)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny LSTMs run far faster on one thread than contending for a shared machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def utts_with(field: str, values: list[str]) -> list[Utterance]:
     return [Utterance(f"u{i}", f"/nowhere/u{i}.wav", **{field: v}) for i, v in enumerate(values)]
@@ -71,7 +63,7 @@ def test_greedy_ctc_decoding_on_hand_made_logits():
     assert task.predict(logits, torch.tensor([9, 5])) == ["ab aa", "bb"]
 
 
-def test_asr_head_overfits_a_tiny_batch_and_decodes_it(one_thread):
+def test_asr_head_overfits_a_tiny_batch_and_decodes_it():
     torch.manual_seed(0)
     texts = ["one two", "three", "nine"]
     utts = utts_with("text", texts)
@@ -186,7 +178,7 @@ def test_masked_mean_uses_valid_frames_only():
     assert masked_mean(features, torch.tensor([2, 3])).flatten().tolist() == [2.0, 4.0]
 
 
-def test_classify_head_learns_a_separable_problem_and_round_trips(one_thread):
+def test_classify_head_learns_a_separable_problem_and_round_trips():
     torch.manual_seed(0)
     labels = ["up", "down"] * 8
     task = get_task("classify").fit(utts_with("label", labels))

@@ -13,14 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import save_tiny_model
+from conftest import FSDD, save_tiny_model
 from speechfuse.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint_file
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
 
-torch.set_num_threads(1)  # tiny models: one thread is several times faster on a shared, busy CPU
-
-FSDD = Path("/work/shared/data/fsdd/recordings")
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -23,19 +23,10 @@ from speechfuse.upstream.bundled import (
     package_file,
 )
 from speechfuse.upstream.ct2 import converted_whisper_folder, read_ct2_model
+from conftest import FSDD, LIBRIVOX
 
-FSDD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch / onnxruntime thread: on a shared CPU, extra threads spin and slow these small models."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def fsdd_clip(digit: int, speaker: str, take: int) -> torch.Tensor:

@@ -25,20 +25,11 @@ from speechfuse.errors import AudioError, ConfigError, UpstreamError
 from speechfuse.upstream.hf import HFSSLUpstream, HFWhisperUpstream, normalize_valid
 from speechfuse.upstream.whisper_features import log_mel_spectrogram, mel_filterbank
 
-from conftest import FAMILIES, save_tiny_model
+from conftest import FAMILIES, FSDD, LIBRIVOX, save_tiny_model
 
 SSL_FAMILIES = ["wav2vec2", "hubert", "wavlm", "data2vec-audio"]
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 PARITY_TOL = 1e-5
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: one thread is ~20x faster than two on a busy shared CPU (thread hand-off dominates)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -439,9 +430,6 @@ def test_trainable_whisper_gets_gradients(folders):
     out = upstream(*batch(speech(5000), speech(2000, 3)))
     out.hidden[-1].sum().backward()
     assert upstream.encoder.conv1.weight.grad is not None
-
-
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 
 
 def test_trim_vs_pad30_on_real_whisper_tiny_en():
