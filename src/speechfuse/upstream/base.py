@@ -39,7 +39,7 @@ class Upstream(nn.Module):
         raise NotImplementedError
 
     def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
-        """[B,S] float32, [B] int64 -> [L,B,T,D]. S >= min_samples is guaranteed."""
+        """[B,S] float32, [B] int64 on the CPU -> [L,B,T,D]. S >= min_samples is guaranteed."""
         raise NotImplementedError
 
     def options(self) -> dict[str, Any]:
@@ -105,25 +105,23 @@ class Upstream(nn.Module):
                 f"{self.name}: audio is {sample_rate} Hz but the model expects {self.sample_rate} Hz; "
                 "resample first (speechfuse.data.audio.read_audio(path, sample_rate=...))"
             )
-        wav_lengths = torch.as_tensor(wav_lengths, dtype=torch.long, device=wavs.device)
+        # lengths live on the host: validation and frame arithmetic then need no device round trip
+        # (the NaN/inf check below is the one host sync per batch)
+        wav_lengths = torch.as_tensor(wav_lengths, dtype=torch.long).cpu()
         self.validate(wavs, wav_lengths)
         wavs = wavs.float()
         if wavs.shape[1] < self.min_samples:
             wavs = nn.functional.pad(wavs, (0, self.min_samples - wavs.shape[1]))
-        lengths = torch.tensor(
-            [self.num_frames(max(int(n), self.min_samples)) for n in wav_lengths.tolist()],
-            dtype=torch.long,
-            device=wavs.device,
-        )
         # short clips are zero-padded up to min_samples; the valid-sample count follows
         model_lengths = wav_lengths.clamp(min=self.min_samples)
+        lengths = torch.tensor([self.num_frames(int(n)) for n in model_lengths.tolist()], dtype=torch.long)
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
             hidden = self._hidden(wavs, model_lengths)
         expected_t = self.num_frames(wavs.shape[1])
         if hidden.shape[2] != expected_t:
             # programming error in a subclass, not user input: fail loudly
             raise RuntimeError(f"{self.name}: produced T={hidden.shape[2]} but num_frames says {expected_t}")
-        return HiddenStates(hidden=hidden, lengths=lengths, frame_rate=self.frame_rate, name=self.name)
+        return HiddenStates(hidden=hidden, lengths=lengths.to(hidden.device), frame_rate=self.frame_rate, name=self.name)
 
     def extra_repr(self) -> str:
         return (

@@ -143,6 +143,7 @@ class ResemblyzerUpstream(Upstream):
 
     def mel(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
         """[B,S] -> [B,T,40] power mel; samples past each length are zeroed first."""
+        wav_lengths = wav_lengths.to(wavs.device)
         valid = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < wav_lengths[:, None]
         wavs = wavs * valid
         if self.normalize_volume:
@@ -193,7 +194,7 @@ class ResemblyzerUpstream(Upstream):
         """[B,256] L2-normalised utterance embeddings, resemblyzer's embed_utterance scheme: the clip
         is zero-padded to cover 1.6 s partials, each partial is embedded and the L2-normalised mean
         of the partial embeddings is returned. (No VAD silence trimming.)"""
-        wav_lengths = torch.as_tensor(wav_lengths, dtype=torch.long, device=wavs.device)
+        wav_lengths = torch.as_tensor(wav_lengths, dtype=torch.long).cpu()
         self.validate(wavs, wav_lengths)
         partials, owners = [], []
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):

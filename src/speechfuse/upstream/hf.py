@@ -297,10 +297,11 @@ class HFWhisperUpstream(Upstream):
         x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
         x = x + enc.embed_positions.weight[: x.shape[1]]
         x = nn.functional.dropout(x, p=enc.dropout, training=self.training)
-        frame_lengths = torch.tensor([self.num_frames(int(n)) for n in wav_lengths.tolist()], device=x.device)
-        valid_keys = torch.arange(x.shape[1], device=x.device)[None, :] < frame_lengths[:, None]  # [B,T]
+        frame_list = [self.num_frames(int(n)) for n in wav_lengths.tolist()]
         mask = None  # no padding frames: exactly transformers' unmasked attention
-        if not valid_keys.all():
+        if min(frame_list) < x.shape[1]:
+            frame_lengths = torch.tensor(frame_list, device=x.device)
+            valid_keys = torch.arange(x.shape[1], device=x.device)[None, :] < frame_lengths[:, None]  # [B,T]
             mask = torch.zeros(valid_keys.shape, dtype=x.dtype, device=x.device)
             mask = mask.masked_fill(~valid_keys, torch.finfo(x.dtype).min)[:, None, None, :]  # [B,1,1,T]
             mask = mask.expand(-1, 1, x.shape[1], -1)  # [B,1,T,T], transformers' additive 4-D layout
