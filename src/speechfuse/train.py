@@ -349,8 +349,7 @@ class FusionTask(pl.LightningModule):
         return dataclasses.replace(
             batch,
             targets=move_data_to_device(batch.targets, device),
-            wavs=None if batch.wavs is None else batch.wavs.to(device),
-            wav_lengths=None if batch.wav_lengths is None else batch.wav_lengths.to(device),
+            wavs=None if batch.wavs is None else batch.wavs.to(device),  # wav_lengths stay on the host
             states=None if batch.states is None else [s.to(device) for s in batch.states],
         )
 
