@@ -135,3 +135,15 @@ def get_device(args: argparse.Namespace) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise SystemExit(f"--device must be cpu or cuda, got {args.device!r}")
     return device
+
+
+def random_hubert(folder: Path, **config) -> str:
+    """Save a HuBERT with random weights (transformers' HubertConfig defaults are HuBERT Base, overridden
+    by `config`) plus a normalising feature extractor into `folder`; return it for `hf:` loading."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    tf.HubertModel(tf.HubertConfig(**config)).eval().save_pretrained(folder)
+    tf.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                                return_attention_mask=True).save_pretrained(folder)
+    return str(folder)

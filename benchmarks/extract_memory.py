@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FSDD_DIR, add_device_arg, get_device, print_machine_info, print_table  # noqa: E402
+from _common import FSDD_DIR, add_device_arg, get_device, print_machine_info, print_table, random_hubert  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FSDD = FSDD_DIR
@@ -81,15 +81,12 @@ def main() -> None:
         return child(args)
     device = get_device(args)
     import torch
-    import transformers as tf
 
     print_machine_info(device)
     tmp = Path(tempfile.mkdtemp(prefix="sf-mem-"))
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    torch.manual_seed(0)
-    cfg = tf.HubertConfig(hidden_size=768, num_hidden_layers=8, num_attention_heads=12, intermediate_size=768,
-                          conv_dim=(128,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True)
-    tf.HubertModel(cfg).eval().save_pretrained(tmp / "model")
+    random_hubert(tmp / "model", hidden_size=768, num_hidden_layers=8, num_attention_heads=12, intermediate_size=768,
+                  conv_dim=(128,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True)
     rows = []
     for scale in (1, 4):
         cmd = [sys.executable, __file__, "--child", "--model", str(tmp / "model"), "--cache", str(tmp / f"cache{scale}"),

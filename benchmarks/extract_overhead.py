@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FSDD_DIR, add_device_arg, get_device, print_machine_info, print_table, timeit_interleaved  # noqa: E402
+from _common import FSDD_DIR, add_device_arg, get_device, print_machine_info, print_table, random_hubert, timeit_interleaved  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FSDD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fsdd" / "recordings"
@@ -51,16 +51,9 @@ def fsdd_utts(count: int, folder: Path | None = None):
 
 
 def make_hubert(folder: Path, hidden: int, layers: int, conv_dim: int) -> str:
-    import transformers as tf
-
-    torch.manual_seed(0)
-    cfg = tf.HubertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
-                          intermediate_size=4 * hidden, conv_dim=(conv_dim,) * 7, feat_extract_norm="layer",
-                          do_stable_layer_norm=True)
-    tf.HubertModel(cfg).eval().save_pretrained(folder)
-    tf.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
-                                return_attention_mask=True).save_pretrained(folder)
-    return str(folder)
+    return random_hubert(folder, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
+                         intermediate_size=4 * hidden, conv_dim=(conv_dim,) * 7, feat_extract_norm="layer",
+                         do_stable_layer_norm=True)
 
 
 def load_whisper(folder: Path, mode: str):

@@ -31,20 +31,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, get_device, print_machine_info, print_table, timeit_interleaved  # noqa: E402
+from _common import add_device_arg, get_device, print_machine_info, print_table, random_hubert, timeit_interleaved  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def make_hubert(folder: Path, layers: int) -> str:
-    import transformers as tf
-
-    torch.manual_seed(0)
-    cfg = tf.HubertConfig(num_hidden_layers=layers)  # transformers' defaults are HuBERT Base
-    tf.HubertModel(cfg).eval().save_pretrained(folder)
-    tf.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, do_normalize=True,
-                                return_attention_mask=True).save_pretrained(folder)
-    return str(folder)
 
 
 def main() -> None:
@@ -64,7 +53,7 @@ def main() -> None:
     print_machine_info(device)
     tmp = Path(tempfile.mkdtemp(prefix="sf-flops-"))
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    models = {f"HuBERT Base, {args.layers} layers (random)": sf.load_upstream("hf:" + make_hubert(tmp / "h", args.layers))}
+    models = {f"HuBERT Base, {args.layers} layers (random)": sf.load_upstream("hf:" + random_hubert(tmp / "h", num_hidden_layers=args.layers))}
     try:
         models["whisper-tiny.en trim (bundled)"] = sf.load_upstream("whisper-tiny.en", whisper_mode="trim")
     except Exception as err:
