@@ -160,11 +160,6 @@ class Aligner(nn.Module):
             dtype=torch.long, device=lengths[0].device,
         )
 
-    def output_lengths(self, lengths: Sequence[torch.Tensor]) -> torch.Tensor:
-        """[B]: the common per-utterance lengths ("min" or "max" over models)."""
-        resampled = self.resampled_lengths(lengths)
-        return resampled.min(dim=0).values if self.length == "min" else resampled.max(dim=0).values
-
     def _validate(self, states: Sequence[HiddenStates]) -> None:
         if len(states) != self.num_models:
             raise ShapeError(f"Aligner was built for {self.num_models} models but got {len(states)} HiddenStates")
