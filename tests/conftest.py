@@ -10,9 +10,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-# real speech: FSDD from the shared folder beside the checkout (CI lays a copy there)
-FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+# real speech that ships with the checkout, so a fresh clone tests on its own:
+# the FSDD FLAC subset inside the package (takes 0-24, 8 kHz) and five LibriVox sentences (tests/data)
+FSDD = Path(__file__).resolve().parents[1] / "src" / "speechfuse" / "assets" / "fsdd" / "recordings"
+LIBRIVOX = Path(__file__).resolve().parent / "data" / "librivox"
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ from speechfuse.data import (AudioDataset, DurationBatchSampler, ManifestError, 
                              validate_manifest, write_manifest)
 from conftest import FSDD
 
-FSDD_CLIP = FSDD / "7_jackson_32.wav"
+FSDD_CLIP = FSDD / "7_jackson_22.flac"
 
 
 def tone(path: Path, seconds: float, rate: int = 8000, channels: int = 1, fmt: str | None = None) -> Path:

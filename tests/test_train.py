@@ -30,7 +30,7 @@ def make_fsdd(root: Path, digits=(0, 1), speakers=("george", "jackson"), takes=r
     for d in digits:
         for spk in speakers:
             for take in takes:
-                shutil.copy(FSDD / f"{d}_{spk}_{take}.wav", rec)
+                shutil.copy(FSDD / f"{d}_{spk}_{take}.flac", rec)
     return fsdd_manifests(rec, root / "manifests", dev_takes=[4], test_takes=[5])
 
 

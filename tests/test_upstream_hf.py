@@ -41,7 +41,7 @@ def folders(tmp_path_factory) -> dict[str, str]:
 @functools.lru_cache(maxsize=1)
 def _speech_buffer() -> torch.Tensor:
     """32 s of real speech: FSDD digits resampled 8 -> 16 kHz and concatenated (read once)."""
-    files = sorted(FSDD.glob("*.wav"))
+    files = sorted(FSDD.glob("*.flac"))
     pieces, total, i = [], 0, 0
     while total < 32 * 16000:
         wav, rate = soundfile.read(files[i % len(files)], dtype="float32")
@@ -440,9 +440,9 @@ def test_trim_vs_pad30_on_real_whisper_tiny_en():
     LibriVox 7.1 s + 3.0 s sentences 0.012 -> 0.175 (last-layer mean cosine 0.979); LibriVox cut to
     1.5 s + 0.8 s 0.017 -> 0.377 (cosine 0.928); FSDD digits 1.5 s + 0.8 s 0.020 -> 0.509 (cosine
     0.873). Bounds below are for the full sentences."""
-    files = sorted(LIBRIVOX.glob("*.wav"))[:2]
+    files = sorted(LIBRIVOX.glob("*.flac"))[:2]
     if len(files) < 2:
-        pytest.fail("needs the pocketsphinx-testdata LibriVox sentences (apt-get install pocketsphinx-testdata)")
+        pytest.fail(f"needs the LibriVox sentences shipped in {LIBRIVOX}")
     trim = sf.load_upstream("whisper-tiny.en", whisper_mode="trim")
     pad = sf.load_upstream("whisper-tiny.en", whisper_mode="pad30")
     wavs, lengths = batch(*[torch.from_numpy(soundfile.read(f, dtype="float32")[0]) for f in files])
