@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 
 import torch
 
-# real speech: FSDD from the shared folder beside the checkout; FSDD_DIR overrides it
-FSDD_DIR = Path(os.environ.get("FSDD_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"))
+# real speech: the FSDD subset bundled in the package (FLAC, takes 0-24); FSDD_DIR overrides it
+FSDD_DIR = Path(os.environ.get("FSDD_DIR", Path(__file__).resolve().parents[1] / "src" / "speechfuse" / "assets" / "fsdd" / "recordings"))
 
 
 @dataclass

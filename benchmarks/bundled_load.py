@@ -20,16 +20,15 @@ import soxr
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_machine_info, print_table, timeit  # noqa: E402
+from _common import FSDD_DIR, print_machine_info, print_table, timeit  # noqa: E402
 
-FSDD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd" / "recordings"
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
 
 
 def fsdd_batches(num_clips: int, batch_size: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], float]:
     clips = []
     for i in range(num_clips):
-        path = FSDD / f"{i % 10}_{SPEAKERS[i % len(SPEAKERS)]}_{i // 10}.wav"
+        path = FSDD_DIR / f"{i % 10}_{SPEAKERS[i % len(SPEAKERS)]}_{i // 10 % 25}.flac"
         wav, rate = sf.read(path, dtype="float32")
         clips.append(torch.from_numpy(soxr.resample(wav, rate, 16000)))
     batches = []

@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import FSDD_DIR, add_device_arg, get_device, print_machine_info, print_table, random_hubert, timeit_interleaved  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-FSDD = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fsdd" / "recordings"
 
 
 def fsdd_utts(count: int, folder: Path | None = None):
@@ -44,8 +43,6 @@ def fsdd_utts(count: int, folder: Path | None = None):
     from speechfuse.data.manifest import Utterance
 
     folder = folder or FSDD_DIR
-    if not folder.is_dir():
-        folder = FSDD.resolve()
     names = sorted(os.listdir(folder))[::7][:count]  # spread over speakers and digits
     return [Utterance(id=n, path=str(folder / n), duration=audio_info(folder / n)[3]) for n in names]
 

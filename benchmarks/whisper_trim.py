@@ -27,7 +27,7 @@ import speechfuse as sf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import FSDD_DIR  # noqa: E402
 
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+LIBRIVOX = Path(__file__).resolve().parents[1] / "tests" / "data" / "librivox"
 FSDD = FSDD_DIR
 
 
@@ -46,11 +46,12 @@ def tiny_random_whisper(folder: Path) -> str:
 
 
 def speech_clips(count: int, seed: int, audio_dir: Path = LIBRIVOX) -> tuple[list[torch.Tensor], str]:
-    """`count` real-speech clips of 1-3 s at 16 kHz (16 kHz wavs in audio_dir, else FSDD digits)."""
+    """`count` real-speech clips of 1-3 s at 16 kHz (16 kHz wav/flac in audio_dir, else FSDD digits)."""
     rng = np.random.default_rng(seed)
-    if audio_dir.is_dir() and any(audio_dir.glob("*.wav")):
+    sentences = sorted(audio_dir.glob("*.wav")) + sorted(audio_dir.glob("*.flac")) if audio_dir.is_dir() else []
+    if sentences:
         source = f"16 kHz sentences from {audio_dir}"
-        audio = [sf_audio.read(p, dtype="float32")[0] for p in sorted(audio_dir.glob("*.wav"))]
+        audio = [sf_audio.read(p, dtype="float32")[0] for p in sentences]
         clips = []
         for i in range(count):
             wav = audio[i % len(audio)]
@@ -59,7 +60,7 @@ def speech_clips(count: int, seed: int, audio_dir: Path = LIBRIVOX) -> tuple[lis
             clips.append(torch.from_numpy(wav[start:start + n].copy()))
         return clips, source
     source = "FSDD digits resampled 8 -> 16 kHz, concatenated to 1-3 s"
-    files = sorted(FSDD.glob("*.wav"))
+    files = sorted(FSDD.glob("*.flac")) or sorted(FSDD.glob("*.wav"))
     clips = []
     for i in range(count):
         target = int(rng.uniform(1.0, 3.0) * 16000)
@@ -131,7 +132,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--audio-dir", type=Path, default=LIBRIVOX,
-                        help="folder of 16 kHz speech wavs (default: the LibriVox sentences of pocketsphinx-testdata)")
+                        help="folder of 16 kHz speech wavs (default: the five LibriVox sentences in tests/data/librivox)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
