@@ -82,7 +82,7 @@ def test_hconv_worked_cases():
     assert build("hconv", 13, 768).num_parameters() == 4_424_832
     h25 = build("hconv", 25, 1024)
     summary = h25.describe()
-    assert summary["flattened_dim"] == 1023 and h25.output_dim == 1024
+    assert summary["details"]["flattened_dim"] == 1023 and h25.output_dim == 1024
     assert summary["output_projection"] == {"from": 1023, "to": 1024}
     assert build("hconv", 25, 1024, output_dim=1023).describe()["output_projection"] is None
     h33 = build("hconv", 33, 1280)
@@ -230,13 +230,14 @@ def test_describe_is_json(name):
     summary = json.loads(json.dumps(interface.describe()))
     assert summary["name"] == name and summary["num_parameters"] == interface.num_parameters()
     assert summary["options"].keys() == sf.interfaces.interface_options(name).keys()
-    if name in ("weighted_sum", "group_ws"):
-        weights = np.array(summary["layer_weights"])
-        assert weights.shape == (2, 5)
+    assert set(summary) == {"name", "options", "num_models", "num_layers", "hidden_size", "output_dim", "num_parameters",
+                            "output_projection", "layer_matrix", "layer_matrix_kind", "importance", "details"}
+    if name in ("weighted_sum", "group_ws", "gumd"):
+        assert np.array(summary["layer_matrix"]).shape == (2, 5) and summary["layer_matrix_kind"]
+    else:
+        assert summary["layer_matrix"] is None and summary["layer_matrix_kind"] is None
     if name == "weighted_sum":
-        assert weights.sum() == pytest.approx(1.0)
-    if name == "gumd":
-        assert np.array(summary["selection"]["kept_fraction_per_layer"]).shape == (2, 5)
+        assert np.array(summary["layer_matrix"]).sum() == pytest.approx(1.0)
 
 
 def test_weighted_sum_layer_norm_and_group_bounds():
@@ -247,7 +248,7 @@ def test_weighted_sum_layer_norm_and_group_bounds():
     expected = torch.nn.functional.layer_norm(stack, (8,)).mean(dim=(0, 1))  # equal weights at init
     assert torch.allclose(feats, expected, atol=1e-5)
     group = build("group_ws", 13, 8, groups=4)
-    assert group.describe()["groups"] == [[0, 4], [4, 7], [7, 10], [10, 13]]
+    assert group.describe()["details"]["groups"] == [[0, 4], [4, 7], [7, 10], [10, 13]]
 
 
 def test_gumd_annealing_and_deterministic_eval():
@@ -269,7 +270,7 @@ def test_gumd_annealing_and_deterministic_eval():
     first, _ = interface(states)
     second, _ = interface(states)
     assert torch.equal(first, second)
-    assert interface.describe()["selection"]["kept_fraction"] == pytest.approx(13 / 20)
+    assert interface.describe()["details"]["kept_fraction"] == pytest.approx(13 / 20)
 
 
 def test_errors():

@@ -41,35 +41,24 @@ def test_write_table_explicit_columns_and_errors(tmp_path):
     assert markdown_table([], ["x", "y"]).splitlines()[0] == "| x | y |"
 
 
-@pytest.mark.parametrize(
-    "describe, names, rows",
-    [
-        ({"name": "weighted_sum", "layer_weights": [0.2, 0.3, 0.5]}, ["layers"], [[0.2, 0.3, 0.5]]),
-        ({"layer_weights": [0.1, 0.2, 0.3, 0.4], "num_models": 2, "models": ["a", "b"]}, ["a", "b"],
-         [[0.1, 0.2], [0.3, 0.4]]),
-        ({"weights": {"a": [1, 2], "b": [3]}}, ["a", "b"], [[1.0, 2.0], [3.0]]),
-        ({"importance": {"a": {"layer_1": 0.5, "layer_0": 0.25}}}, ["a"], [[0.25, 0.5]]),
-        ({"importance": {"a/0": 1.0, "a/1": 2.0, "b/0": 3.0}}, ["a", "b"], [[1.0, 2.0], [3.0]]),
-        ({"layer_weights": [[1, 2], [3, 4]], "models": ["x", "y"]}, ["x", "y"], [[1.0, 2.0], [3.0, 4.0]]),
-    ],
-)
-def test_find_matrix_shapes(describe, names, rows):
-    key, got_names, got_rows = _find_matrix(describe)
-    assert got_names == names and got_rows == rows
+def test_find_matrix_reads_the_learned_layer_matrix():
+    desc = {"name": "weighted_sum", "layer_matrix": [[0.1, 0.2], [0.3, 0.4]], "layer_matrix_kind": "softmax layer weight",
+            "importance": None}
+    assert _find_matrix(desc) == ("softmax layer weight", ["model 0", "model 1"], [[0.1, 0.2], [0.3, 0.4]])
 
 
-def test_importance_preferred_over_weights():
-    key, _, rows = _find_matrix({"weights": [1.0, 2.0], "importance": [3.0, 4.0]})
-    assert key == "importance" and rows == [[3.0, 4.0]]
+def test_measured_importance_preferred_over_learned_weights():
+    desc = {"layer_matrix": [[1.0, 2.0]], "layer_matrix_kind": "softmax layer weight",
+            "importance": {"method": "drop_one_layer", "models": ["w"], "importance": [[3.0, 4.0]]}}
+    assert _find_matrix(desc) == ("importance (drop_one_layer)", ["w"], [[3.0, 4.0]])
 
 
 @pytest.mark.parametrize(
     "describe",
     [
-        {"name": "weighted_sum", "layer_weights": [0.2, 0.3, 0.5]},
-        {"name": "hconv", "importance": {"whisper": [0.1, 0.2, 0.3], "resemblyzer": [0.4, 0.5]}},
-        {"name": "last"},  # nothing per layer: still a figure, with a title saying so
-        {"name": "odd", "weights": "not numbers"},
+        {"name": "weighted_sum", "layer_matrix": [[0.2, 0.3, 0.5]], "layer_matrix_kind": "softmax layer weight"},
+        {"name": "hconv", "importance": {"models": ["whisper", "resemblyzer"], "importance": [[0.1, 0.2, 0.3], [0.4, 0.5]]}},
+        {"name": "last", "layer_matrix": None, "importance": None},  # nothing per layer: a figure saying so
     ],
 )
 def test_plot_importance_writes_png(tmp_path, describe):
@@ -89,5 +78,5 @@ def test_find_matrix_reads_layer_importance_result():
     desc = {"name": "hconv", "importance": {"method": "drop_one_layer", "models": ["w", "r"],
                                             "importance": [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]],
                                             "share": [[0.0] * 3, [0.0] * 3]}}
-    key, names, rows = _find_matrix(desc)
-    assert key == "importance.importance" and names == ["w", "r"] and rows[1] == [0.4, 0.5, 0.6]
+    label, names, rows = _find_matrix(desc)
+    assert label == "importance (drop_one_layer)" and names == ["w", "r"] and rows[1] == [0.4, 0.5, 0.6]

@@ -65,7 +65,7 @@ class FakeTrainer:
         n = len(cfg["upstreams"])
         (run_dir / "interface.json").write_text(json.dumps(
             {"num_parameters": params * n, "describe": {"name": cfg["interface"]["name"],
-                                                         "layer_weights": [0.5] * (2 * n), "num_models": n}}))
+                                                         "layer_matrix": [[0.5, 0.5]] * n, "num_models": n}}))
         metrics = {"dev": {"accuracy": 0.5 + 0.1 * n}, "test": {"accuracy": 0.4 + 0.1 * n, "macro_f1": 0.3}}
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
         self.cache = cfg["cache"]

@@ -3,11 +3,10 @@
     write_table(rows, md_path, csv_path, columns=None)
     plot_importance(describe, png_path) -> Path
 
-`plot_importance` reads an interface's `describe()` dict. It looks for per-(model, layer) values under
-the first key present of `importance`, `layer_importance`, `layer_weights`, `weights` (see
-`_find_matrix` for the shapes it accepts). When none is there (e.g. `last`, `concat_proj`) it still
-writes a figure whose title says that the interface reports no per-layer weights, so a sweep's plot
-folder always has one image per run.
+`plot_importance` reads an interface's `describe()` dict (one schema for every interface): the
+drop-one-layer `importance` when it was measured, else the learned `layer_matrix`. When neither is there
+(e.g. `last`, `concat_proj`) it still writes a figure whose title says that the interface reports no
+per-layer numbers, so a sweep's plot folder always has one image per run.
 """
 from __future__ import annotations
 
@@ -17,10 +16,6 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import SpeechfuseError
-
-# keys of describe() that may hold per-(model, layer) numbers, in order of preference
-MATRIX_KEYS = ("importance", "layer_importance", "layer_weights", "weights")
-
 
 # ---------------------------------------------------------------------------------------------
 # tables
@@ -118,86 +113,19 @@ def read_csv_table(csv_path) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # importance plots
 # ---------------------------------------------------------------------------------------------
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _find_matrix(describe: dict) -> tuple[str, list[str], list[list[float]]] | None:
-    """Find per-(model, layer) numbers in a describe() dict.
+    """(what the numbers are, model names, [N][L] rows) from a describe() dict, or None.
 
-    Accepted shapes for the value under one of MATRIX_KEYS:
-      - {model_name: [per-layer numbers]}                       one row per model
-      - {model_name: {layer: number}}                           one row per model
-      - [[per-layer numbers], ...]                              one row per model (names from describe["models"])
-      - [per-layer numbers]                                     one row, or split into describe["num_models"] rows
-      - {"<model>/<layer>" or "(model, layer)": number}         flat mapping, parsed into rows
-      - a dict holding one of MATRIX_KEYS itself (layer_importance()'s result), searched the same way
-    Returns (key, row names, rows) or None.
-    """
-    names = describe.get("models") or describe.get("upstreams") or describe.get("model_names")
-    if isinstance(names, (list, tuple)):
-        names = [str(n) for n in names]
-    else:
-        names = None
-    for key in MATRIX_KEYS:
-        if key not in describe or describe[key] is None:
-            continue
-        val = describe[key]
-        if isinstance(val, dict) and any(k in val for k in MATRIX_KEYS):
-            # e.g. describe()["importance"] = speechfuse.importance.layer_importance(...) result
-            inner = _find_matrix(val)
-            if inner is not None:
-                return f"{key}.{inner[0]}", inner[1], inner[2]
-            continue
-        if isinstance(val, dict) and val:
-            if all(isinstance(v, (list, tuple)) for v in val.values()):
-                rows = [[float(x) for x in v] for v in val.values()]
-                if all(all(_is_number(x) for x in v) for v in val.values()):
-                    return key, [str(k) for k in val], rows
-            if all(isinstance(v, dict) for v in val.values()):
-                rows, row_names = [], []
-                for k, v in val.items():
-                    if all(_is_number(x) for x in v.values()):
-                        items = sorted(v.items(), key=lambda kv: _layer_index(kv[0]))
-                        rows.append([float(x) for _, x in items])
-                        row_names.append(str(k))
-                if rows:
-                    return key, row_names, rows
-            if all(_is_number(v) for v in val.values()):
-                grouped: dict[str, list[tuple[int, float]]] = {}
-                for k, v in val.items():
-                    model, layer = _split_flat_key(str(k))
-                    grouped.setdefault(model, []).append((layer, float(v)))
-                return key, list(grouped), [[v for _, v in sorted(pairs)] for pairs in grouped.values()]
-        if isinstance(val, (list, tuple)) and val:
-            if all(isinstance(v, (list, tuple)) for v in val) and all(all(_is_number(x) for x in v) for v in val):
-                rows = [[float(x) for x in v] for v in val]
-                row_names = names if names and len(names) == len(rows) else [f"model {i}" for i in range(len(rows))]
-                return key, row_names, rows
-            if all(_is_number(v) for v in val):
-                flat = [float(x) for x in val]
-                n = describe.get("num_models") or (len(names) if names else 1)
-                if isinstance(n, int) and n > 1 and len(flat) % n == 0:
-                    per = len(flat) // n
-                    rows = [flat[i * per:(i + 1) * per] for i in range(n)]
-                    row_names = names if names and len(names) == n else [f"model {i}" for i in range(n)]
-                    return key, row_names, rows
-                return key, [names[0] if names and len(names) == 1 else "layers"], [flat]
+    Measured importance wins over learned weights: it is comparable across interfaces."""
+    importance = describe.get("importance")
+    if isinstance(importance, dict) and importance.get("importance"):
+        rows = importance["importance"]
+        names = importance.get("models") or [f"model {i}" for i in range(len(rows))]
+        return f"importance ({importance.get('method', 'measured')})", [str(n) for n in names], rows
+    if describe.get("layer_matrix"):
+        rows = describe["layer_matrix"]
+        return describe.get("layer_matrix_kind") or "layer weight", [f"model {i}" for i in range(len(rows))], rows
     return None
-
-
-def _layer_index(k: Any) -> int:
-    digits = "".join(ch for ch in str(k) if ch.isdigit())
-    return int(digits) if digits else 0
-
-
-def _split_flat_key(k: str) -> tuple[str, int]:
-    s = k.strip("()[] ")
-    for sep in ("/", ",", ":"):
-        if sep in s:
-            model, layer = s.rsplit(sep, 1)
-            return model.strip(" '\""), _layer_index(layer)
-    return "layers", _layer_index(s)
 
 
 def plot_importance(describe: dict, png_path, title: str | None = None):
@@ -228,8 +156,7 @@ def plot_importance(describe: dict, png_path, title: str | None = None):
         plt.close(fig)
         return png_path
 
-    key, names, rows = found
-    label = "importance" if "importance" in key else "layer weight"
+    label, names, rows = found
     width = max(len(r) for r in rows)
     if len(rows) == 1:
         fig, ax = plt.subplots(figsize=(max(4, 0.45 * width + 1.5), 3))
@@ -248,7 +175,7 @@ def plot_importance(describe: dict, png_path, title: str | None = None):
         ax.set_xticks(range(width))
         ax.set_xlabel("layer")
         fig.colorbar(im, ax=ax, label=label)
-    ax.set_title(f"{title or iface}: {label} per layer ({key})", fontsize=10)
+    ax.set_title(f"{title or iface}: {label} per layer", fontsize=10)
     fig.savefig(png_path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return png_path

@@ -198,16 +198,8 @@ def _read_json(path: Path) -> dict:
 
 def interface_params(run_dir: Path) -> int | None:
     """Trainable interface parameters as recorded by the runner in `interface.json`."""
-    info = _read_json(run_dir / "interface.json")
-    for key in ("num_parameters", "parameters", "params", "interface_params"):
-        if isinstance(info.get(key), int):
-            return info[key]
-    desc = info.get("describe")
-    if isinstance(desc, dict):
-        for key in ("num_parameters", "parameters", "params"):
-            if isinstance(desc.get(key), int):
-                return desc[key]
-    return None
+    value = _read_json(run_dir / "interface.json").get("num_parameters")
+    return value if isinstance(value, int) else None
 
 
 def _flat_metrics(metrics: dict) -> dict:

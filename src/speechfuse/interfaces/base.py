@@ -52,7 +52,12 @@ class Interface(nn.Module):
     def fuse(self, stack: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def layer_matrix(self) -> tuple[str, torch.Tensor] | None:
+        """What the interface learned per (model, layer): (what the numbers are, an [N, L] tensor), or None."""
+        return None
+
     def describe_extra(self) -> dict[str, Any]:
+        """Interface-specific details for describe()["details"]."""
         return {}
 
     # -- shared behaviour -------------------------------------------------------------------------
@@ -88,7 +93,15 @@ class Interface(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def describe(self) -> dict[str, Any]:
-        summary: dict[str, Any] = {
+        """A JSON-serialisable summary with the same keys for every interface.
+
+        `layer_matrix` is [N][L] numbers the interface learned per (model, layer) (e.g. softmax layer
+        weights) with `layer_matrix_kind` saying what they are, both None for interfaces without such
+        numbers; `importance` is the stored drop-one-layer result (speechfuse.importance) or None;
+        `details` holds the interface's own extras.
+        """
+        matrix = self.layer_matrix()
+        return {
             "name": self.name,
             "options": dict(self.options),
             "num_models": self.num_models,
@@ -98,11 +111,11 @@ class Interface(nn.Module):
             "num_parameters": self.num_parameters(),
             "output_projection": None if self.projection is None else
             {"from": self.projection.in_features, "to": self.projection.out_features},
+            "layer_matrix": None if matrix is None else matrix[1].detach().float().cpu().tolist(),
+            "layer_matrix_kind": None if matrix is None else matrix[0],
+            "importance": self.importance,
+            "details": self.describe_extra(),
         }
-        summary.update(self.describe_extra())
-        if self.importance is not None:
-            summary["importance"] = self.importance
-        return summary
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, models={self.num_models}, layers={self.num_layers}, "

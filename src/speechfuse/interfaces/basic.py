@@ -91,8 +91,8 @@ class WeightedSum(Interface):
         weights = self.layer_weights().to(stack.dtype)
         return self.project(torch.einsum("nl,nlbtd->btd", weights, stack))
 
-    def describe_extra(self) -> dict[str, Any]:
-        return {"layer_weights": self.layer_weights().detach().cpu().tolist()}
+    def layer_matrix(self) -> tuple[str, torch.Tensor]:
+        return "softmax layer weight", self.layer_weights()
 
 
 def contiguous_groups(num_layers: int, groups: int) -> list[tuple[int, int]]:
@@ -134,6 +134,8 @@ class GroupedWeightedSum(Interface):
         n, g, b, t, d = pooled.shape
         return self.project(pooled.permute(2, 3, 0, 1, 4).reshape(b, t, n * g * d))
 
+    def layer_matrix(self) -> tuple[str, torch.Tensor]:
+        return "softmax layer weight within its group", self.layer_weights()
+
     def describe_extra(self) -> dict[str, Any]:
-        return {"groups": [list(g) for g in self.groups],
-                "layer_weights": self.layer_weights().detach().cpu().tolist()}
+        return {"groups": [list(g) for g in self.groups]}

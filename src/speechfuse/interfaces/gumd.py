@@ -62,11 +62,12 @@ class GumbelDimensionSelect(Interface):
         features = stack.permute(2, 3, 0, 1, 4).reshape(b, t, n * l * d)
         return self.project(features * self.mask().to(stack.dtype))
 
+    def kept(self) -> torch.Tensor:
+        """[N, L, D] 0/1: the dimensions the eval-time mask keeps."""
+        return (self.keep_logits.detach() >= 0).float().view(self.num_models, self.num_layers, self.hidden_size)
+
+    def layer_matrix(self) -> tuple[str, torch.Tensor]:
+        return "fraction of dimensions kept", self.kept().mean(dim=2)
+
     def describe_extra(self) -> dict[str, Any]:
-        kept = (self.keep_logits.detach() >= 0).float().view(self.num_models, self.num_layers, self.hidden_size)
-        return {"selection": {
-            "kept_fraction": float(kept.mean()),
-            "kept_fraction_per_layer": kept.mean(dim=2).cpu().tolist(),
-            "temperature": self.temperature(),
-            "step": int(self.step),
-        }}
+        return {"kept_fraction": float(self.kept().mean()), "temperature": self.temperature(), "step": int(self.step)}
