@@ -194,40 +194,49 @@ def _explain(err: ValidationError, source: str) -> ConfigError:
     return ConfigError(f"invalid config {source}:\n  " + "\n  ".join(lines))
 
 
+def parse_value(raw: str, where: str) -> Any:
+    """A value from the command line, read as YAML (so `[a, b]`, `{k: v}`, `true` work); `1e-3`, which
+    YAML 1.1 reads as a string, becomes a float unless quoted."""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: value {raw!r} is not valid YAML ({err})") from err
+    if isinstance(value, str) and raw.strip()[:1] not in ("'", '"'):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return value
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """'train.max_steps=5' -> (['train', 'max_steps'], 5); the value is read as YAML (so `[a, b]`,
-    `{k: v}`, `true`, `1e-3` all work)."""
+    """'train.max_steps=5' -> (['train', 'max_steps'], 5); the value is read by parse_value."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.max_steps=5")
     key, _, raw = item.partition("=")
     parts = [p for p in key.strip().split(".")]
     if not all(parts):
         raise ConfigError(f"--set {item!r}: bad key {key!r}; use dotted names like train.lr")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML ({err})") from err
-    if isinstance(value, str) and raw.strip()[:1] not in ("'", '"'):  # YAML 1.1 reads 1e-3 as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    return parts, value
+    return parts, parse_value(raw, f"--set {item!r}")
+
+
+def set_dotted(data: dict, parts: list[str], value: Any, where: str) -> None:
+    """data['a']['b'] = value for parts ['a', 'b'], creating missing sections."""
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: '{'.'.join(parts[:i + 1])}' is not a section (it holds {child!r})")
+        node = child
+    node[parts[-1]] = value
 
 
 def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     for item in overrides or []:
         parts, value = parse_override(item)
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: '{'.'.join(parts[:i + 1])}' is not a section "
-                                  f"(it holds {child!r})")
-            node = child
-        node[parts[-1]] = value
+        set_dotted(data, parts, value, f"--set {item!r}")
     return data
 
 

@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .config import parse_value, set_dotted
 from .errors import ConfigError
 from .report import plot_importance, write_table
 
@@ -42,8 +43,6 @@ def parse_grid(items: Iterable[str]) -> dict[str, list]:
         -> {"upstreams": [["whisper-tiny.en", "resemblyzer"], ["speech-embedding"]]}
     Other values are parsed as YAML scalars (`train.lr=1e-3,3e-3` -> floats).
     """
-    import yaml
-
     grid: dict[str, list] = {}
     for item in items:
         if "=" not in item:
@@ -58,18 +57,8 @@ def parse_grid(items: Iterable[str]) -> dict[str, list]:
         if key == "upstreams":
             grid[key] = [[s.strip() for s in v.split("+") if s.strip()] for v in values]
         else:
-            grid[key] = [_scalar(yaml.safe_load(v)) for v in values]
+            grid[key] = [parse_value(v, f"--grid {item!r}") for v in values]
     return grid
-
-
-def _scalar(value: Any) -> Any:
-    """YAML 1.1 reads `1e-3` as a string; read such numbers as floats."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def expand_grid(grid: dict[str, list]) -> list[dict[str, Any]]:
@@ -134,18 +123,6 @@ def _rebuild(like: Any, data: dict, source: str) -> Any:
     return data
 
 
-def _set_dotted(data: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        if not isinstance(node.get(part), dict):
-            if part in node and node[part] is not None:
-                raise ConfigError(f"sweep grid key {key!r}: {'.'.join(parts[:i + 1])} is not a section")
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = copy.deepcopy(value)
-
-
 def _upstream_entries(specs: list, base: list) -> list[dict]:
     """Spec strings -> config entries; a spec also in the base config keeps the base config's options."""
     base_by_spec = {}
@@ -170,7 +147,7 @@ def combo_config(cfg: Any, combo: dict[str, Any], cache_dir: str | None) -> Any:
         if key == "upstreams":
             data["upstreams"] = _upstream_entries(list(value), data.get("upstreams"))
         else:
-            _set_dotted(data, key, value)
+            set_dotted(data, key.split("."), copy.deepcopy(value), f"sweep grid key {key!r}")
     if cache_dir is not None:
         data["cache"] = cache_dir
     return _rebuild(cfg, data, f"(sweep combination {combo})")
