@@ -11,7 +11,7 @@ def __getattr__(name):  # lazy: keep `import speechfuse` light
         from .align import Aligner
 
         return Aligner
-    if name in ("build_interface", "list_interfaces", "Interface"):
+    if name in ("build_interface", "list_interfaces", "register_interface", "Interface"):
         from . import interfaces
 
         return getattr(interfaces, name)
@@ -24,6 +24,6 @@ def __getattr__(name):  # lazy: keep `import speechfuse` light
 
 __all__ = [
     "HiddenStates", "Upstream", "load_upstream", "list_upstreams", "register_upstream",
-    "Aligner", "build_interface", "list_interfaces", "Interface", "FusionFrontend",
+    "Aligner", "build_interface", "list_interfaces", "register_interface", "Interface", "FusionFrontend",
     "SpeechfuseError", "ConfigError", "AudioError", "UpstreamError", "ShapeError",
 ]

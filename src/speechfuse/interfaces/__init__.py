@@ -7,37 +7,32 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
+from ..registry import Registry
 from .base import Interface
 from .basic import ConcatProjection, GroupedWeightedSum, LastLayer, SingleLayer, WeightedSum
 from .cls_pool import ClsPool
 from .gumd import GumbelDimensionSelect
 from .hconv import ConcatHConv, HConv, HConvStack, hconv_layer_sizes
 
-_REGISTRY: dict[str, type[Interface]] = {
-    cls.name: cls
-    for cls in (LastLayer, SingleLayer, WeightedSum, HConv, ConcatHConv, ConcatProjection, GroupedWeightedSum,
-                ClsPool, GumbelDimensionSelect)
-}
+INTERFACES: Registry = Registry("interface", ConfigError)
+register_interface = INTERFACES.register
+for _cls in (LastLayer, SingleLayer, WeightedSum, HConv, ConcatHConv, ConcatProjection, GroupedWeightedSum, ClsPool,
+             GumbelDimensionSelect):
+    register_interface(_cls.name)(_cls)
 
 
 def list_interfaces() -> list[str]:
-    return list(_REGISTRY)
+    return INTERFACES.names()
 
 
 def interface_options(name: str) -> dict[str, Any]:
     """The options `name` accepts, with their defaults."""
-    return dict(_get(name).OPTIONS)
-
-
-def _get(name: str) -> type[Interface]:
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown interface {name!r}; valid: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    return dict(INTERFACES.get(name).OPTIONS)
 
 
 def build_interface(name: str, num_layers: int, hidden_size: int, num_models: int = 1,
                     output_dim: int | None = None, **options: Any) -> Interface:
-    return _get(name)(num_layers, hidden_size, num_models, output_dim, **options)
+    return INTERFACES.get(name)(num_layers, hidden_size, num_models, output_dim, **options)
 
 
-__all__ = ["Interface", "build_interface", "list_interfaces", "interface_options", "HConvStack", "hconv_layer_sizes"]
+__all__ = ["Interface", "build_interface", "list_interfaces", "register_interface", "interface_options", "HConvStack", "hconv_layer_sizes"]

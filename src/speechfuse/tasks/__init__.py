@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..registry import Registry
 from ..data.manifest import Utterance
 
-_TASKS = {"asr": ("asr", "AsrTask"), "classify": ("classify", "ClassifyTask")}
+TASKS: Registry = Registry("task", ConfigError, ["speechfuse.tasks.asr", "speechfuse.tasks.classify"])
+register_task = TASKS.register
 
 
 class Task:
@@ -64,7 +66,7 @@ class Task:
     def from_state(state: dict[str, Any]) -> "Task":
         if not isinstance(state, dict) or "name" not in state:
             raise ConfigError(f"Task.from_state: expected a dict with a 'name' key, got {state!r:.200}")
-        cls = _task_class(state["name"])
+        cls = TASKS.get(state["name"])
         return cls._from_state({**state, "options": get_task(state["name"], **state.get("options", {})).options})
 
     @classmethod
@@ -91,18 +93,9 @@ class Task:
             raise ConfigError("metrics: no predictions to score")
 
 
-def _task_class(name: str) -> type[Task]:
-    if name not in _TASKS:
-        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(sorted(_TASKS))}")
-    import importlib
-
-    module, cls = _TASKS[name]
-    return getattr(importlib.import_module(f".{module}", __name__), cls)
-
-
 def get_task(name: str, **options: Any) -> Task:
     """A new, unfitted task by name ('asr' or 'classify'); options go to its constructor."""
-    cls = _task_class(name)
+    cls = TASKS.get(name)
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -111,7 +104,7 @@ def get_task(name: str, **options: Any) -> Task:
 
 
 def list_tasks() -> list[str]:
-    return sorted(_TASKS)
+    return sorted(TASKS.names())
 
 
-__all__ = ["Task", "get_task", "list_tasks"]
+__all__ = ["Task", "get_task", "list_tasks", "register_task"]

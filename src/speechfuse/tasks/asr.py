@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..data.manifest import Utterance
 from ..errors import ConfigError, ShapeError
-from . import Task
+from . import Task, register_task
 
 BLANK, UNK = "<blank>", "<unk>"
 
@@ -61,6 +61,7 @@ class AsrHead(nn.Module):
         return self.out(self.dropout(x)), lengths
 
 
+@register_task("asr")
 class AsrTask(Task):
     name = "asr"
     target_field = "text"

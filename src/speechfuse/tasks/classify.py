@@ -14,7 +14,7 @@ from torch import nn
 
 from ..data.manifest import Utterance
 from ..errors import ConfigError, ShapeError
-from . import Task
+from . import Task, register_task
 from .asr import check_lengths
 
 
@@ -54,6 +54,7 @@ def macro_f1(predictions: list[str], references: list[str]) -> float:
     return sum(scores) / len(scores)
 
 
+@register_task("classify")
 class ClassifyTask(Task):
     name = "classify"
     target_field = "label"
