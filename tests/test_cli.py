@@ -127,3 +127,11 @@ def test_demo_subcommand_calls_run_demo(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "run_demo", lambda out, quick=False: calls.append((out, quick)) or Path(out) / "x.md")
     assert main(["demo", "--out", str(tmp_path), "--quick"]) == 0
     assert calls == [(str(tmp_path), True)] and capsys.readouterr().out.strip() == str(tmp_path / "x.md")
+
+
+def test_sweep_seeds_flag_is_checked(tmp_path, capsys):
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "fsdd_speaker.yaml"
+    for bad in ("0,x", "1,1"):
+        assert main(["sweep", str(cfg), "--grid", "interface.name=weighted_sum", "--seeds", bad,
+                     "--out", str(tmp_path)]) == 2
+        assert "--seeds" in capsys.readouterr().err

@@ -192,3 +192,33 @@ def test_real_sweep_end_to_end_resumes(tmp_path):
     assert run_sweep(cfg, grid, tmp_path / "sweep", train_fn=counting_train, progress=False) == rows
     assert calls == []
     assert mtimes == {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep").glob("runs/*/metrics.json")}
+
+
+class SeededTrainer(FakeTrainer):
+    """Test accuracy depends on the seed: 0.6, 0.7, 0.8 for seeds 0, 1, 2."""
+
+    def __call__(self, cfg, run_dir):
+        metrics = super().__call__(cfg, run_dir)
+        metrics["test"]["accuracy"] = 0.6 + 0.1 * cfg["train"]["seed"]
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+
+def test_sweep_over_seeds_reports_mean_and_std(tmp_path):
+    trainer = SeededTrainer()
+    rows = run_sweep(BASE, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, seeds=[0, 1, 2],
+                     train_fn=trainer, progress=False, plots=False)
+    assert trainer.calls == [f"{i}__seed={s}" for i in ("weighted_sum", "hconv") for s in (0, 1, 2)]
+    with open(tmp_path / "results.csv", newline="") as f:
+        per_seed = list(csv.DictReader(f))
+    assert [(r["config"], r["seed"]) for r in per_seed] == [(c, str(s)) for c in ("weighted_sum", "hconv") for s in range(3)]
+    with open(tmp_path / "summary.csv", newline="") as f:
+        summary = list(csv.DictReader(f))
+    assert [r["config"] for r in summary] == ["weighted_sum", "hconv"] and summary[0]["seeds"] == "3"
+    assert float(summary[0]["test_accuracy_mean"]) == pytest.approx(0.7)
+    assert float(summary[0]["test_accuracy_std"]) == pytest.approx(0.1)  # sample std of 0.6, 0.7, 0.8
+    assert float(summary[0]["test_macro_f1_std"]) == 0.0
+    assert "0.7000 ± 0.1000" in (tmp_path / "results.md").read_text()
+    assert len(rows) == 6
+    with pytest.raises(ConfigError, match="not both"):
+        run_sweep(BASE, {"train.seed": [0, 1]}, tmp_path / "x", seeds=[0], train_fn=trainer, progress=False)

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a config key and its values, e.g. interface.name=weighted_sum,hconv; for upstreams "
                         "join the specs of one combination with '+': upstreams=whisper-tiny.en+resemblyzer,"
                         "resemblyzer (repeatable)")
+    p.add_argument("--seeds", default=None, metavar="S1,S2",
+                   help="train every combination once per seed (e.g. 0,1,2); results.md then shows mean ± std "
+                        "over the seeds, results.csv one row per run")
     p.add_argument("--out", required=True, help="sweep folder")
 
     p = sub.add_parser("demo", help="the bundled FSDD demo (no downloads)",
@@ -80,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="a few steps only, to check the installation")
     return parser
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise SpeechfuseError(f"--seeds {text!r}: expected integers separated by commas, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise SpeechfuseError(f"--seeds {text!r}: give distinct integers, e.g. 0,1,2")
+    return seeds
 
 
 def _extract(args: argparse.Namespace) -> int:
@@ -139,7 +154,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if not args.grid:
             raise SpeechfuseError("sweep: give at least one --grid KEY=V1,V2")
         cfg = load_config(args.config, args.overrides)
-        rows = run_sweep(cfg, parse_grid(args.grid), args.out)
+        rows = run_sweep(cfg, parse_grid(args.grid), args.out, seeds=_seeds(args.seeds))
         print(json.dumps(rows, indent=2, default=str))
         return 0
     if args.command == "demo":

@@ -64,7 +64,7 @@ def markdown_table(rows: Sequence[dict], columns: Iterable[str] | None = None) -
 
 
 def write_table(rows: Sequence[dict], md_path, csv_path, columns: Iterable[str] | None = None) -> list[str]:
-    """Write `rows` (list of flat dicts) as Markdown to `md_path` and CSV to `csv_path`.
+    """Write `rows` (list of flat dicts) as Markdown to `md_path` and CSV to `csv_path` (either may be None).
 
     Columns are `columns` if given, else every key in first-seen order. Missing cells are blank.
     CSV cells keep full precision (floats as repr); Markdown rounds for reading. Returns the columns.
@@ -77,14 +77,16 @@ def write_table(rows: Sequence[dict], md_path, csv_path, columns: Iterable[str] 
     cols = _columns(rows, columns)
     if not cols:
         raise SpeechfuseError("write_table: nothing to write (no rows and no `columns`)")
-    md_path, csv_path = Path(md_path), Path(csv_path)
-    for p in (md_path, csv_path):
-        p.parent.mkdir(parents=True, exist_ok=True)
-
-    tmp_md = md_path.with_name(md_path.name + ".tmp")
-    tmp_md.write_text(markdown_table(rows, cols), encoding="utf-8")
-    tmp_md.replace(md_path)
-
+    if md_path is not None:
+        md_path = Path(md_path)
+        md_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_md = md_path.with_name(md_path.name + ".tmp")
+        tmp_md.write_text(markdown_table(rows, cols), encoding="utf-8")
+        tmp_md.replace(md_path)
+    if csv_path is None:
+        return cols
+    csv_path = Path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_csv = csv_path.with_name(csv_path.name + ".tmp")
     with open(tmp_csv, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)

@@ -13,23 +13,30 @@
   own folder when it names one, none when it says `off`.
 - `out_dir/results.md` and `out_dir/results.csv` are rewritten after every run, so a crash keeps the
   finished rows. Rows: run, upstreams, interface, interface_params, the grid values, dev_* and test_*.
+- With `seeds=[0, 1, 2]` every combination trains once per seed (`train.seed`; run folders end in
+  `__seed=S`). results.csv keeps one row per run (a `config` and a `seed` column); results.md and
+  summary.csv give one row per configuration with the mean and sample std of every metric over its seeds.
 """
 from __future__ import annotations
 
 import copy
 import itertools
 import json
+import math
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from .config import parse_value, set_dotted
 from .errors import ConfigError
 from .report import plot_importance, write_table
+from .stats import mean_std
 
 RESULTS_MD = "results.md"
 RESULTS_CSV = "results.csv"
+SUMMARY_CSV = "summary.csv"
+SEED_KEY = "train.seed"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +210,42 @@ def result_row(name: str, combo: dict, run_cfg: Any, run_dir: Path, metrics: dic
     return row
 
 
+def _is_metric(key: str, value: Any) -> bool:
+    return key.startswith(("dev_", "test_")) and isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def summarise_seeds(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Per-seed rows -> (numbers, display): one row per `config` with `seeds` (how many) and, for every
+    metric, `<metric>_mean` / `<metric>_std` (numbers) or `<metric>` as "mean ± std" (display)."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["config"], []).append(row)
+    numbers, display = [], []
+    for config, members in groups.items():
+        first = members[0]
+        keep = {k: v for k, v in first.items() if k not in ("run", "config", "seed") and not _is_metric(k, v)}
+        number_row = {"config": config, **keep, "seeds": len(members)}
+        display_row = dict(number_row)
+        metrics = [k for k, v in first.items() if _is_metric(k, v)]
+        for key in metrics:
+            mean, std = mean_std([m[key] for m in members if _is_metric(key, m.get(key))])
+            number_row[f"{key}_mean"], number_row[f"{key}_std"] = mean, std
+            display_row[key] = f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+        numbers.append(number_row)
+        display.append(display_row)
+    return numbers, display
+
+
+def _write_results(rows: list[dict], out_dir: Path, seeds: Sequence[int] | None) -> None:
+    if not seeds:
+        write_table(rows, out_dir / RESULTS_MD, out_dir / RESULTS_CSV)
+        return
+    numbers, display = summarise_seeds(rows)
+    write_table(rows, None, out_dir / RESULTS_CSV)
+    write_table(numbers, None, out_dir / SUMMARY_CSV)
+    write_table(display, out_dir / RESULTS_MD, None)
+
+
 def _describe(run_dir: Path) -> dict | None:
     info = _read_json(run_dir / "interface.json")
     desc = info.get("describe", info if info else None)
@@ -212,10 +255,12 @@ def _describe(run_dir: Path) -> dict | None:
 # ---------------------------------------------------------------------------------------------
 # the sweep
 # ---------------------------------------------------------------------------------------------
-def run_sweep(cfg: Any, grid: dict[str, list], out_dir, *, train_fn: Callable | None = None,
-              progress: bool = True, plots: bool = True, on_run: Callable[[dict], None] | None = None) -> list[dict]:
+def run_sweep(cfg: Any, grid: dict[str, list], out_dir, *, seeds: Sequence[int] | None = None,
+              train_fn: Callable | None = None, progress: bool = True, plots: bool = True,
+              on_run: Callable[[dict], None] | None = None) -> list[dict]:
     """Train every combination of `grid` over `cfg`; return one result row per run (see module doc).
 
+    seeds: train each combination once per seed and summarise mean ± std (None: the config's own seed).
     train_fn: defaults to `speechfuse.train.train` (cfg, run_dir) -> {"dev": {...}, "test": {...}}.
     plots: gather `out_dir/plots/<run>.png` (the run's layers.png, else drawn from its interface.json).
     on_run: called with each finished row (the demo uses it for its own progress line).
@@ -225,6 +270,10 @@ def run_sweep(cfg: Any, grid: dict[str, list], out_dir, *, train_fn: Callable | 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     combos = expand_grid(grid)
+    if seeds:
+        if SEED_KEY in grid:
+            raise ConfigError(f"sweep: give the seeds either as --seeds or as a {SEED_KEY} grid key, not both")
+        combos = [{**c, SEED_KEY: int(s)} for c in combos for s in seeds]
     names = [run_name(c) for c in combos]
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -260,6 +309,9 @@ def run_sweep(cfg: Any, grid: dict[str, list], out_dir, *, train_fn: Callable | 
                 if not metrics_path.exists():  # the runner normally writes it; make resume work regardless
                     metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
             row = result_row(name, combo, run_cfg, run_dir, metrics)
+            if seeds:
+                row = {"config": run_name({k: v for k, v in combo.items() if k != SEED_KEY}),
+                       "seed": combo[SEED_KEY], **{k: v for k, v in row.items() if k != SEED_KEY}}
             rows.append(row)
             if plots:  # the runner draws layers.png; draw it here only for runs that lack one
                 png = out_dir / "plots" / f"{name}.png"
@@ -269,7 +321,7 @@ def run_sweep(cfg: Any, grid: dict[str, list], out_dir, *, train_fn: Callable | 
                     shutil.copyfile(run_dir / "layers.png", png)
                 elif desc is not None:
                     plot_importance(desc, png, title=name)
-            write_table(rows, out_dir / RESULTS_MD, out_dir / RESULTS_CSV)
+            _write_results(rows, out_dir, seeds)
             if on_run is not None:
                 on_run(row)
             if bar is not None:
@@ -280,4 +332,5 @@ def run_sweep(cfg: Any, grid: dict[str, list], out_dir, *, train_fn: Callable | 
     return rows
 
 
-__all__ = ["run_sweep", "parse_grid", "expand_grid", "run_name", "combo_config", "RESULTS_MD", "RESULTS_CSV"]
+__all__ = ["run_sweep", "parse_grid", "expand_grid", "run_name", "combo_config", "summarise_seeds", "RESULTS_MD",
+           "RESULTS_CSV", "SUMMARY_CSV"]
