@@ -222,3 +222,47 @@ def test_sweep_over_seeds_reports_mean_and_std(tmp_path):
     assert len(rows) == 6
     with pytest.raises(ConfigError, match="not both"):
         run_sweep(BASE, {"train.seed": [0, 1]}, tmp_path / "x", seeds=[0], train_fn=trainer, progress=False)
+
+
+class LrTrainer(FakeTrainer):
+    """Dev accuracy peaks at interface_lr 3e-4 for weighted_sum and at 1e-3 for hconv; dev WER (asr) is
+    1 - that accuracy, so selection on WER must pick the same values by taking the lowest."""
+
+    BEST = {"weighted_sum": 3e-4, "hconv": 1e-3}
+
+    def __call__(self, cfg, run_dir):
+        metrics = super().__call__(cfg, run_dir)
+        lr = cfg["train"]["interface_lr"]
+        accuracy = 0.9 - abs(lr - self.BEST[cfg["interface"]["name"]]) * 100
+        metrics["dev"] = {"accuracy": accuracy, "wer": 1 - accuracy}
+        metrics["test"]["accuracy"] = accuracy + 0.01 * cfg["train"]["seed"]
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+
+@pytest.mark.parametrize("task", ["classify", "asr"])
+def test_select_picks_the_best_dev_candidate_then_runs_the_seeds(tmp_path, task):
+    base = {**BASE, "task": {"name": task}}
+    trainer = LrTrainer()
+    rows = run_sweep(base, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, seeds=[0, 1],
+                     select={"train.interface_lr": [1e-4, 3e-4, 1e-3]}, train_fn=trainer, progress=False, plots=False)
+    # 3 candidates on seed 0, then seed 1 at the choice (seed 0 at the choice is the candidate's own run)
+    assert trainer.calls == ["weighted_sum__interface_lr=0.0001__seed=0", "weighted_sum__interface_lr=0.0003__seed=0",
+                             "weighted_sum__interface_lr=0.001__seed=0", "weighted_sum__interface_lr=0.0003__seed=1",
+                             "hconv__interface_lr=0.0001__seed=0", "hconv__interface_lr=0.0003__seed=0",
+                             "hconv__interface_lr=0.001__seed=0", "hconv__interface_lr=0.001__seed=1"]
+    assert [(r["interface"], r["train.interface_lr"], r["seed"]) for r in rows] == [
+        ("weighted_sum", "0.0003", 0), ("weighted_sum", "0.0003", 1), ("hconv", "0.001", 0), ("hconv", "0.001", 1)]
+    with open(tmp_path / "selection.csv", newline="") as f:
+        chosen = [(r["config"], r["train.interface_lr"]) for r in csv.DictReader(f) if r["chosen"] == "True"]
+    assert chosen == [("weighted_sum", "0.0003"), ("hconv", "0.001")]
+    again = LrTrainer()
+    run_sweep(base, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, seeds=[0, 1],
+              select={"train.interface_lr": [1e-4, 3e-4, 1e-3]}, train_fn=again, progress=False, plots=False)
+    assert again.calls == []  # a rerun resumes every finished run
+
+
+def test_select_refuses_a_key_that_is_also_compared(tmp_path):
+    with pytest.raises(ConfigError, match="both grid and select keys"):
+        run_sweep(BASE, {"train.lr": [0.1]}, tmp_path, select={"train.lr": [0.1, 0.2]}, train_fn=FakeTrainer(),
+                  progress=False)

@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a config key and its values, e.g. interface.name=weighted_sum,hconv; for upstreams "
                         "join the specs of one combination with '+': upstreams=whisper-tiny.en+resemblyzer,"
                         "resemblyzer (repeatable)")
+    p.add_argument("--select", action="append", default=[], metavar="KEY=V1,V2",
+                   help="candidate values chosen on dev for every configuration, e.g. train.interface_lr=1e-4,3e-4,1e-3: "
+                        "each candidate trains on the first seed, the best dev main metric wins, then the seeds run "
+                        "at that choice; OUT/selection.md lists every candidate (repeatable)")
     p.add_argument("--seeds", default=None, metavar="S1,S2",
                    help="train every combination once per seed (e.g. 0,1,2); results.md then shows mean ± std "
                         "over the seeds, results.csv one row per run")
@@ -154,7 +158,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if not args.grid:
             raise SpeechfuseError("sweep: give at least one --grid KEY=V1,V2")
         cfg = load_config(args.config, args.overrides)
-        rows = run_sweep(cfg, parse_grid(args.grid), args.out, seeds=_seeds(args.seeds))
+        rows = run_sweep(cfg, parse_grid(args.grid), args.out, seeds=_seeds(args.seeds),
+                         select=parse_grid(args.select) if args.select else None)
         print(json.dumps(rows, indent=2, default=str))
         return 0
     if args.command == "demo":

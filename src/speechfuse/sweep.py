@@ -255,12 +255,41 @@ def _describe(run_dir: Path) -> dict | None:
 # ---------------------------------------------------------------------------------------------
 # the sweep
 # ---------------------------------------------------------------------------------------------
+def _selection_metric(cfg: Any) -> tuple[str, bool]:
+    """The task's main metric and whether higher is better: what `select` compares on dev."""
+    from .tasks import TASKS
+
+    task = _config_dict(cfg).get("task")
+    name = task.get("name") if isinstance(task, dict) else task
+    cls = TASKS.get(str(name))
+    return cls.main_metric, cls.higher_is_better
+
+
+def _plan(grid: dict[str, list], select: dict[str, list] | None, seeds: Sequence[int] | None) -> list[dict]:
+    """Per configuration: its candidates (combos to compare on dev, first seed) and its final combos."""
+    for key, what in ((SEED_KEY, "seeds"),):
+        if seeds and key in grid:
+            raise ConfigError(f"sweep: give the {what} either as --seeds or as a {key} grid key, not both")
+    overlap = sorted(set(select or {}) & set(grid))
+    if overlap:
+        raise ConfigError(f"sweep: {overlap} are both grid and select keys; a key is either compared or chosen")
+    seeded = [{SEED_KEY: int(s)} for s in seeds] if seeds else [{}]
+    plan = []
+    for combo in expand_grid(grid):
+        candidates = [{**combo, **c, **seeded[0]} for c in expand_grid(select)] if select else []
+        plan.append({"combo": combo, "candidates": candidates, "seeded": seeded})
+    return plan
+
+
 def run_sweep(cfg: Any, grid: dict[str, list], out_dir, *, seeds: Sequence[int] | None = None,
-              train_fn: Callable | None = None, progress: bool = True, plots: bool = True,
-              on_run: Callable[[dict], None] | None = None) -> list[dict]:
+              select: dict[str, list] | None = None, train_fn: Callable | None = None, progress: bool = True,
+              plots: bool = True, on_run: Callable[[dict], None] | None = None) -> list[dict]:
     """Train every combination of `grid` over `cfg`; return one result row per run (see module doc).
 
     seeds: train each combination once per seed and summarise mean ± std (None: the config's own seed).
+    select: keys -> candidate values chosen on dev, the same rule for every configuration: each candidate
+        trains on the first seed, the best dev main metric wins (lowest for WER), then the seeds run at that
+        choice (the first seed's run is the candidate's, reused). Every candidate is listed in selection.md/csv.
     train_fn: defaults to `speechfuse.train.train` (cfg, run_dir) -> {"dev": {...}, "test": {...}}.
     plots: gather `out_dir/plots/<run>.png` (the run's layers.png, else drawn from its interface.json).
     on_run: called with each finished row (the demo uses it for its own progress line).
@@ -269,63 +298,100 @@ def run_sweep(cfg: Any, grid: dict[str, list], out_dir, *, seeds: Sequence[int] 
         from .train import train as train_fn
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    combos = expand_grid(grid)
-    if seeds:
-        if SEED_KEY in grid:
-            raise ConfigError(f"sweep: give the seeds either as --seeds or as a {SEED_KEY} grid key, not both")
-        combos = [{**c, SEED_KEY: int(s)} for c in combos for s in seeds]
-    names = [run_name(c) for c in combos]
-    if len(set(names)) != len(names):
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        raise ConfigError(f"sweep grid gives duplicate run names {dupes}; make the grid values distinct")
+    plan = _plan(grid, select, seeds)
+    metric, higher_is_better = _selection_metric(cfg) if select else (None, True)
     cache_dir = shared_cache_dir(cfg, out_dir)
-    run_cfgs = [combo_config(cfg, c, cache_dir) for c in combos]  # validate every combination up front
+    # validate every run the sweep may need up front, and refuse grids whose run names collide
+    every = [c for p in plan for c in p["candidates"]]
+    every += [{**p["combo"], **cand, **s} for p in plan for cand in ([{}] if not select else expand_grid(select))
+              for s in p["seeded"]]
+    for c in every:
+        combo_config(cfg, c, cache_dir)
+    finals = [{**p["combo"], **s} for p in plan for s in p["seeded"]]
+    final_names = [run_name(c) for c in finals]
+    if len(set(final_names)) != len(final_names):
+        dupes = sorted({n for n in final_names if final_names.count(n) > 1})
+        raise ConfigError(f"sweep grid gives duplicate run names {dupes}; make the grid values distinct")
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(combos), desc="sweep", unit="run", dynamic_ncols=True)
-    rows: list[dict] = []
-    try:
-        for combo, name, run_cfg in zip(combos, names, run_cfgs):
-            run_dir = out_dir / "runs" / name
-            metrics_path = run_dir / "metrics.json"
-            if bar is not None:
-                bar.set_postfix_str(name)
-            if metrics_path.exists():
-                metrics = _read_json(metrics_path)
-                if not metrics:
-                    raise ConfigError(f"sweep: {metrics_path} is unreadable; delete it to re-run {name}")
-            else:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                try:
-                    metrics = train_fn(run_cfg, run_dir)
-                except Exception as exc:
-                    if hasattr(exc, "add_note"):
-                        exc.add_note(f"speechfuse sweep: run {name!r} in {run_dir} failed; "
-                                     f"finished rows are in {out_dir / RESULTS_CSV}")
-                    raise
-                if not metrics_path.exists():  # the runner normally writes it; make resume work regardless
-                    metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-            row = result_row(name, combo, run_cfg, run_dir, metrics)
-            if seeds:
-                row = {"config": run_name({k: v for k, v in combo.items() if k != SEED_KEY}),
-                       "seed": combo[SEED_KEY], **{k: v for k, v in row.items() if k != SEED_KEY}}
-            rows.append(row)
-            if plots:  # the runner draws layers.png; draw it here only for runs that lack one
-                png = out_dir / "plots" / f"{name}.png"
-                desc = _describe(run_dir)
-                if (run_dir / "layers.png").is_file():
-                    png.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(run_dir / "layers.png", png)
-                elif desc is not None:
-                    plot_importance(desc, png, title=name)
-            _write_results(rows, out_dir, seeds)
-            if on_run is not None:
-                on_run(row)
-            if bar is not None:
+        total = sum(len(p["candidates"]) + len(p["seeded"]) - (1 if p["candidates"] else 0) for p in plan)
+        bar = tqdm(total=total, desc="sweep", unit="run", dynamic_ncols=True)
+
+    counted: set[str] = set()  # runs already on the bar (the chosen candidate's run is reused for its seed)
+
+    def run(combo: dict) -> tuple[str, Any, Path, dict]:
+        name = run_name(combo)
+        run_cfg = combo_config(cfg, combo, cache_dir)
+        run_dir = out_dir / "runs" / name
+        metrics_path = run_dir / "metrics.json"
+        if bar is not None:
+            bar.set_postfix_str(name)
+        if metrics_path.exists():
+            metrics = _read_json(metrics_path)
+            if not metrics:
+                raise ConfigError(f"sweep: {metrics_path} is unreadable; delete it to re-run {name}")
+            if bar is not None and name not in counted:
                 bar.update(1)
+                counted.add(name)
+            return name, run_cfg, run_dir, metrics
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            metrics = train_fn(run_cfg, run_dir)
+        except Exception as exc:
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"speechfuse sweep: run {name!r} in {run_dir} failed; "
+                             f"finished rows are in {out_dir / RESULTS_CSV}")
+            raise
+        if not metrics_path.exists():  # the runner normally writes it; make resume work regardless
+            metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        if bar is not None:
+            bar.update(1)
+            counted.add(name)
+        return name, run_cfg, run_dir, metrics
+
+    rows: list[dict] = []
+    choices: list[dict] = []
+    try:
+        for p in plan:
+            chosen: dict = {}
+            if p["candidates"]:
+                scored = []
+                for cand in p["candidates"]:
+                    name, _, _, metrics = run(cand)
+                    value = (metrics.get("dev") or {}).get(metric)
+                    if not isinstance(value, (int, float)) or math.isnan(value):
+                        raise ConfigError(f"sweep: run {name!r} has no dev {metric!r} to select on; "
+                                          f"its metrics.json holds {sorted(metrics.get('dev') or {})}")
+                    scored.append((cand, float(value)))
+                best = (max if higher_is_better else min)(scored, key=lambda cv: cv[1])[0]
+                chosen = {k: best[k] for k in select}
+                config = run_name(p["combo"])
+                for cand, value in scored:
+                    choices.append({"config": config, **{k: _short(cand[k]) for k in select},
+                                    f"dev_{metric}": value, "chosen": cand is best})
+                write_table(choices, out_dir / "selection.md", out_dir / "selection.csv")
+            for seed in p["seeded"]:
+                combo = {**p["combo"], **chosen, **seed}
+                name, run_cfg, run_dir, metrics = run(combo)
+                row = result_row(name, combo, run_cfg, run_dir, metrics)
+                if seeds:
+                    row = {"config": run_name({k: v for k, v in combo.items() if k != SEED_KEY}),
+                           "seed": combo[SEED_KEY], **{k: v for k, v in row.items() if k != SEED_KEY}}
+                rows.append(row)
+                if plots:  # the runner draws layers.png; draw it here only for runs that lack one
+                    png = out_dir / "plots" / f"{name}.png"
+                    desc = _describe(run_dir)
+                    if (run_dir / "layers.png").is_file():
+                        png.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(run_dir / "layers.png", png)
+                    elif desc is not None:
+                        plot_importance(desc, png, title=name)
+                _write_results(rows, out_dir, seeds)
+                if on_run is not None:
+                    on_run(row)
     finally:
         if bar is not None:
             bar.close()
