@@ -108,8 +108,8 @@ def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
     _, cfg, _ = setup
     seen = {}
 
-    def fake_run_sweep(config, grid, out_dir):
-        seen.update(config=config, grid=grid, out=out_dir)
+    def fake_run_sweep(config, grid, out_dir, seeds=None, select=None):
+        seen.update(config=config, grid=grid, out=out_dir, seeds=seeds, select=select)
         return []
 
     monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
@@ -117,6 +117,10 @@ def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
                  "--grid", "upstreams=whisper-tiny.en+resemblyzer,resemblyzer", "--out", str(tmp_path)]) == 0
     assert seen["grid"] == {"interface.name": ["weighted_sum", "hconv", "chconv"],
                             "upstreams": [["whisper-tiny.en", "resemblyzer"], ["resemblyzer"]]}
+    assert seen["seeds"] is None and seen["select"] is None
+    assert main(["sweep", str(cfg), "--grid", "interface.name=hconv", "--seeds", "0,1",
+                 "--select", "train.interface_lr=1e-4,1e-3", "--out", str(tmp_path)]) == 0
+    assert seen["seeds"] == [0, 1] and seen["select"] == {"train.interface_lr": [1e-4, 1e-3]}
     assert seen["config"].task == "classify" and seen["out"] == str(tmp_path)
 
 
