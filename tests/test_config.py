@@ -7,7 +7,9 @@ import pytest
 import yaml
 
 from speechfuse.config import Config, config_from_dict, config_to_yaml, load_config, parse_override
+from speechfuse.data import Utterance
 from speechfuse.errors import ConfigError
+from speechfuse.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,3 +117,36 @@ def test_shipped_configs_are_valid(name):
     cfg = load_config(REPO / "configs" / name)
     if name.startswith("fsdd"):
         assert Path(cfg.data.train).is_file()  # the committed manifests of the bundled FSDD subset
+
+
+def test_quoted_number_head_option_is_read_as_its_type(cfg_file):
+    """Issue 8: `downstream.hidden_dim: "128"` crashed with a TypeError when the head was built."""
+    cfg_file.write_text(MINIMAL.replace("downstream: {}", 'downstream: {hidden_dim: "128", dropout: "0.1"}'))
+    cfg = load_config(cfg_file)
+    assert cfg.downstream == {"hidden_dim": 128, "dropout": 0.1}  # only the keys given: defaults stay the task's
+    task = get_task(cfg.task, **cfg.downstream).fit([Utterance("u1", "a.wav", label="a"),
+                                                     Utterance("u2", "b.wav", label="b")])
+    head = task.build_head(8)
+    assert head.classifier[0].out_features == 128
+
+
+@pytest.mark.parametrize("task, override, expected", [
+    ("classify", 'downstream.hidden_dim="12x"', "key 'downstream.hidden_dim' must be an integer, got '12x'"),
+    ("classify", "downstream.dropout=1.5", "key 'downstream.dropout': Input should be less than 1"),
+    ("classify", "downstream.hidden_dim=0", "key 'downstream.hidden_dim': Input should be greater than or equal to 1"),
+    ("classify", "downstream.hidden_dims=8",
+     "unknown key 'downstream.hidden_dims'; valid keys here: hidden_dim, dropout"),
+    ("asr", "downstream.bidirectional=perhaps", "key 'downstream.bidirectional' must be true or false"),
+    ("asr", "downstream.hidden_dim=8", "valid keys here: proj_dim, hidden_size, num_layers, bidirectional, dropout"),
+])
+def test_head_options_are_typed_per_task(cfg_file, task, override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg_file, [f"task={task}", override])
+    assert expected in str(err.value) and str(cfg_file) in str(err.value)
+
+
+def test_head_options_are_checked_again_when_the_task_changes(cfg_file):
+    """Sweeps and --set may change `task` after `downstream` was written for another task."""
+    cfg = load_config(cfg_file, ["downstream.hidden_dim=16"])
+    with pytest.raises(ConfigError, match="unknown key 'downstream.hidden_dim'"):
+        config_from_dict({**cfg.model_dump(), "task": "asr"})

@@ -196,3 +196,18 @@ def test_classify_head_learns_a_separable_problem_and_round_trips():
     assert task.metrics(task.predict(*head(features, lengths)), labels)["accuracy"] == 1.0
     rebuilt = Task.from_state(json.loads(json.dumps(task.state())))
     assert rebuilt.labels == task.labels and rebuilt.main_metric == "accuracy"
+
+
+def test_head_options_are_typed_by_each_task():
+    from speechfuse.tasks import task_options
+
+    assert list(task_options("classify").model_fields) == ["hidden_dim", "dropout"]
+    assert list(task_options("asr").model_fields) == ["proj_dim", "hidden_size", "num_layers", "bidirectional",
+                                                      "dropout"]
+    assert get_task("classify", hidden_dim="128").options == {"hidden_dim": 128, "dropout": 0.0}
+    with pytest.raises(ConfigError, match=r"task 'classify': key 'hidden_dim' must be an integer, got 'wide'"):
+        get_task("classify", hidden_dim="wide")
+    with pytest.raises(ConfigError, match=r"task 'asr': key 'dropout': Input should be less than 1"):
+        get_task("asr", dropout=1.0)
+    with pytest.raises(ConfigError, match=r"key 'num_layers': Input should be greater than or equal to 0"):
+        get_task("asr", num_layers=-1)

@@ -3,15 +3,15 @@
     cfg = load_config("configs/fsdd_digits_asr.yaml", ["train.max_steps=5", "interface.name=weighted_sum"])
     print(config_to_yaml(cfg))
 
-Schema (every section forbids unknown keys; `interface`, `align`, `downstream` options are checked
-against the component that takes them when the run is built):
+Schema (every section forbids unknown keys; `downstream` is checked against the task's own options
+model here; `interface` and `align` options against the component that takes them when the run is built):
 
     task: classify                      # asr | classify
     data: {train: train.csv, dev: dev.csv, test: test.csv, target: label}
     upstreams: [{spec: whisper-tiny.en}, {spec: resemblyzer, options: {}}]
     align: {}                           # speechfuse.Aligner options
     interface: {name: hconv}            # + interface options (output_dim, ...)
-    downstream: {}                      # task / head options (e.g. hidden_dim, dropout)
+    downstream: {}                      # the task's head options (e.g. hidden_dim, dropout), typed per task
     train: {max_steps: 1000, batch_seconds: 60, lr: 1.0e-3, interface_lr: 1.0e-2, seed: 0, ...}
     cache: auto                         # auto | off | <folder>
 
@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .errors import ConfigError
 
 DATA_TARGETS = ("text", "label", "speaker", "language")
+TASKS = ("asr", "classify")
 
 
 class _Strict(BaseModel):
@@ -108,12 +109,14 @@ class TrainConfig(_Strict):
 
 
 class Config(_Strict):
-    task: Literal["asr", "classify"]
+    task: Literal[TASKS]
     data: DataConfig
     upstreams: list[UpstreamConfig] = Field(min_length=1)
     align: AlignConfig = Field(default_factory=AlignConfig)
     interface: InterfaceConfig = Field(default_factory=InterfaceConfig)
     downstream: dict[str, Any] = Field(default_factory=dict)
+    """The task's head options, validated by that task's options model (speechfuse.tasks.task_options);
+    only the keys given are kept, so defaults stay the task's."""
     train: TrainConfig = Field(default_factory=TrainConfig)
     cache: str = "auto"
     """auto: a cache shared by the runs of one parent folder (RUN_DIR/../cache, or $SPEECHFUSE_HOME/cache
@@ -127,6 +130,17 @@ class Config(_Strict):
         if isinstance(v, bool):
             return "auto" if v else "off"
         return v
+
+    @field_validator("downstream")
+    @classmethod
+    def _typed_head_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        task = info.data.get("task")
+        if task is None:  # the task itself is invalid and reported as such
+            return v
+        from .tasks import task_options
+
+        # a ValidationError raised here is reported under downstream.<key>, like any other key
+        return task_options(task).model_validate(v).model_dump(exclude_unset=True)
 
     @field_validator("upstreams", mode="before")
     @classmethod
@@ -158,9 +172,13 @@ def _dotted(loc: tuple) -> str:
     return out
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model that holds the field at `loc` (for listing valid keys)."""
-    model: Any = Config
+def _model_at(loc: tuple, root: type[BaseModel], task: Any = None) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at `loc` under `root` (for listing valid keys)."""
+    if root is Config and loc[:1] == ("downstream",) and len(loc) == 2 and task in TASKS:
+        from .tasks import task_options
+
+        return task_options(task)
+    model: Any = root
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
@@ -175,14 +193,15 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _explain(err: ValidationError, source: str) -> ConfigError:
+def error_lines(err: ValidationError, root: type[BaseModel], task: Any = None) -> list[str]:
+    """One line per problem in `err` (raised validating `root`), each naming the dotted key."""
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
         key = _dotted(loc) or "(top level)"
         kind = e["type"]
         if kind == "extra_forbidden":
-            model = _model_at(loc)
+            model = _model_at(loc, root, task)
             valid = ", ".join(model.model_fields) if model else "?"
             lines.append(f"unknown key '{key}'; valid keys here: {valid}")
         elif kind == "missing":
@@ -191,7 +210,11 @@ def _explain(err: ValidationError, source: str) -> ConfigError:
             lines.append(f"key '{key}' must be {_TYPE_WORDS[kind]}, got {e.get('input')!r}")
         else:
             lines.append(f"key '{key}': {e['msg']} (got {e.get('input')!r})")
-    return ConfigError(f"invalid config {source}:\n  " + "\n  ".join(lines))
+    return lines
+
+
+def _explain(err: ValidationError, source: str, task: Any = None) -> ConfigError:
+    return ConfigError(f"invalid config {source}:\n  " + "\n  ".join(error_lines(err, Config, task)))
 
 
 def parse_value(raw: str, where: str) -> Any:
@@ -252,7 +275,7 @@ def config_from_dict(data: Any, base_dir: str | Path = ".", source: str = "(dict
     try:
         cfg = Config.model_validate(data)
     except ValidationError as err:
-        raise _explain(err, source) from None
+        raise _explain(err, source, data.get("task")) from None
     base = Path(base_dir).resolve()
     for split in ("train", "dev", "test"):
         value = getattr(cfg.data, split)
@@ -290,4 +313,4 @@ def config_to_yaml(cfg: Config) -> str:
 
 __all__ = ["Config", "DataConfig", "UpstreamConfig", "AlignConfig", "InterfaceConfig", "TrainConfig",
            "load_config", "config_from_dict", "config_to_yaml", "config_to_dict", "parse_override",
-           "apply_overrides"]
+           "apply_overrides", "error_lines"]

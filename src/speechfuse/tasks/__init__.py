@@ -1,19 +1,22 @@
 """Tasks: targets, head, loss, decoding and metrics for one kind of problem.
 
-    task = get_task("asr")            # or "classify"
+    task = get_task("asr")            # or "classify"; head options: get_task("asr", hidden_size=256)
     task.fit(train_utts)              # vocabulary / label map from the training rows
     head = task.build_head(input_dim) # forward(features [B,T,D], lengths [B]) -> (out, out_lengths)
     loss = task.loss(*head(feats, lens), task.encode(batch.utts))
     preds = task.predict(*head(feats, lens))
     task.metrics(preds, task.references(utts))
     Task.from_state(task.state())     # JSON round trip for a run folder
+
+Each task declares its head options as a pydantic model (`Task.Options`, see `task_options(name)`); the
+config's `downstream` section is validated against it, so a wrong key or type names the key.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from ..errors import ConfigError
@@ -24,14 +27,31 @@ TASKS: Registry = Registry("task", ConfigError, ["speechfuse.tasks.asr", "speech
 register_task = TASKS.register
 
 
+class TaskOptions(BaseModel):
+    """A task's head options: every subclass forbids unknown keys and types its values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class Task:
     name: str
     target_field: str
     main_metric: str
     higher_is_better: bool
+    Options: type[TaskOptions] = TaskOptions
 
     def __init__(self, **options: Any) -> None:
-        self.options = options
+        try:
+            self.options = self.Options.model_validate(options).model_dump()
+        except ValidationError as err:
+            from ..config import error_lines
+
+            raise ConfigError(f"task {self.name!r}: " + "; ".join(error_lines(err, self.Options))) from None
+
+    def unseen_targets(self, utts: list[Utterance]) -> dict[str, list[Utterance]]:
+        """Targets of `utts` the fitted task cannot score, each with its utterances (none by default:
+        ASR maps unseen characters to <unk>)."""
+        return {}
 
     def fit(self, train_utts: list[Utterance]) -> "Task":
         raise NotImplementedError
@@ -94,17 +114,38 @@ class Task:
 
 
 def get_task(name: str, **options: Any) -> Task:
-    """A new, unfitted task by name ('asr' or 'classify'); options go to its constructor."""
-    cls = TASKS.get(name)
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ConfigError(f"task {name!r}: unknown option(s) {unknown}; allowed: {allowed}")
-    return cls(**options)
+    """A new, unfitted task by name ('asr' or 'classify'); options are validated by its Options model."""
+    return TASKS.get(name)(**options)
+
+
+def task_options(name: str) -> type[TaskOptions]:
+    """The pydantic model of a task's head options (what the config's `downstream` section may hold)."""
+    return TASKS.get(name).Options
+
+
+def check_targets_known(task: Task, splits: dict[str, list[Utterance]], manifests: dict[str, Any]) -> None:
+    """Before any training: every dev/test target must be one the fitted task can score.
+
+    Raises ConfigError naming each split's manifest, the unseen targets and a few of their utterances."""
+    problems = []
+    for split, utts in splits.items():
+        if split == "train":
+            continue
+        unseen = task.unseen_targets(utts)
+        if unseen:
+            listing = ", ".join(f"{target!r} ({len(us)} row(s), e.g. id {us[0].id!r})"
+                                for target, us in sorted(unseen.items()))
+            problems.append(f"data.{split} ({manifests.get(split)}): {task.target_field}(s) never seen in "
+                            f"training: {listing}")
+    if problems:
+        raise ConfigError(f"task {task.name!r} cannot score these rows, nothing was trained:\n  " +
+                          "\n  ".join(problems) + "\nAdd training examples of these "
+                          f"{task.target_field}s to data.train, or remove the rows from that split")
 
 
 def list_tasks() -> list[str]:
     return sorted(TASKS.names())
 
 
-__all__ = ["Task", "get_task", "list_tasks", "register_task"]
+__all__ = ["Task", "TaskOptions", "get_task", "list_tasks", "register_task", "task_options",
+           "check_targets_known"]

@@ -8,17 +8,18 @@ decodes to nothing. WER and CER are fractions (0.25 = 25 %), computed with jiwer
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Optional
 
 import jiwer
 import torch
 import torch.nn.functional as F
 from torch import nn
+from pydantic import Field
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..data.manifest import Utterance
 from ..errors import ConfigError, ShapeError
-from . import Task, register_task
+from . import Task, TaskOptions, register_task
 
 BLANK, UNK = "<blank>", "<unk>"
 
@@ -61,21 +62,28 @@ class AsrHead(nn.Module):
         return self.out(self.dropout(x)), lengths
 
 
+class AsrOptions(TaskOptions):
+    """The head's options (the config's `downstream` section); defaults follow SUPERB's ASR head."""
+
+    proj_dim: Optional[int] = Field(1024, ge=0)
+    """Linear projection before the LSTM; 0 or null: none."""
+    hidden_size: int = Field(1024, ge=1)
+    num_layers: int = Field(2, ge=0)
+    """LSTM layers; 0: a linear head on the (projected) features."""
+    bidirectional: bool = True
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+
 @register_task("asr")
 class AsrTask(Task):
     name = "asr"
     target_field = "text"
     main_metric = "wer"
     higher_is_better = False
+    Options = AsrOptions
 
-    def __init__(self, proj_dim: int | None = 1024, hidden_size: int = 1024, num_layers: int = 2,
-                 bidirectional: bool = True, dropout: float = 0.2) -> None:
-        if num_layers < 0 or hidden_size < 1 or (proj_dim is not None and proj_dim < 0) or not 0 <= dropout < 1:
-            raise ConfigError(f"asr task: need num_layers >= 0, hidden_size >= 1, proj_dim >= 0 or None and "
-                              f"0 <= dropout < 1; got num_layers={num_layers}, hidden_size={hidden_size}, "
-                              f"proj_dim={proj_dim}, dropout={dropout}")
-        super().__init__(proj_dim=proj_dim, hidden_size=hidden_size, num_layers=num_layers,
-                         bidirectional=bidirectional, dropout=dropout)
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self.vocab: list[str] = []
 
     @property

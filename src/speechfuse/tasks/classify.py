@@ -6,15 +6,16 @@ raises ConfigError in `encode` (it cannot be scored as a class the head has). Ac
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from ..data.manifest import Utterance
 from ..errors import ConfigError, ShapeError
-from . import Task, register_task
+from . import Task, TaskOptions, register_task
 from .asr import check_lengths
 
 
@@ -54,18 +55,24 @@ def macro_f1(predictions: list[str], references: list[str]) -> float:
     return sum(scores) / len(scores)
 
 
+class ClassifyOptions(TaskOptions):
+    """The head's options (the config's `downstream` section)."""
+
+    hidden_dim: Optional[int] = Field(None, ge=1)
+    """Width of one hidden ReLU layer after pooling; null: a linear classifier."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
 @register_task("classify")
 class ClassifyTask(Task):
     name = "classify"
     target_field = "label"
     main_metric = "accuracy"
     higher_is_better = True
+    Options = ClassifyOptions
 
-    def __init__(self, hidden_dim: int | None = None, dropout: float = 0.0) -> None:
-        if (hidden_dim is not None and hidden_dim < 1) or not 0 <= dropout < 1:
-            raise ConfigError(f"classify task: need hidden_dim >= 1 or None and 0 <= dropout < 1; "
-                              f"got hidden_dim={hidden_dim}, dropout={dropout}")
-        super().__init__(hidden_dim=hidden_dim, dropout=dropout)
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self.labels: list[str] = []
 
     @property
@@ -79,6 +86,16 @@ class ClassifyTask(Task):
                               "classification needs at least 2")
         self.labels = labels
         return self
+
+    def unseen_targets(self, utts: list[Utterance]) -> dict[str, list[Utterance]]:
+        self._require_fitted("unseen_targets")
+        known = set(self.labels)
+        unseen: dict[str, list[Utterance]] = {}
+        for u in utts:
+            label = self._target_of(u)
+            if label not in known:
+                unseen.setdefault(label, []).append(u)
+        return unseen
 
     def encode(self, utts: list[Utterance]) -> torch.Tensor:
         """[B] int64 class indices."""
