@@ -356,3 +356,156 @@ def test_librispeech_manifest_on_a_synthetic_layout(tmp_path):
     (chapter / "84-121123-0001.flac").unlink()
     with pytest.raises(ConfigError, match="84-121123-0001.flac"):
         librispeech_manifest(split, tmp_path / "dev2.jsonl")
+
+
+# -- the up-front check: rows that would fail or mislead later are found before any work -------------------
+
+def one_row_per_file(path: Path, files: list[Path], durations: list[str] | None = None) -> Path:
+    rows = [{"id": f.stem, "path": f.name, "duration": (durations or [""] * len(files))[i], "text": "x"}
+            for i, f in enumerate(files)]
+    return write_csv(path, rows)
+
+
+def test_clip_longer_than_an_upstream_accepts_is_a_bad_row_naming_row_and_file(tmp_path):
+    """Whisper's > 30 s error used to come from inside extraction, naming neither the file nor the row."""
+    from speechfuse.data import ClipLimit
+
+    files = [tone(tmp_path / "short.wav", 1.0), tone(tmp_path / "long.wav", 31.0), tone(tmp_path / "edge.wav", 30.0)]
+    manifest = one_row_per_file(tmp_path / "m.csv", files)
+    limit = ClipLimit(30.0, "whisper-tiny.en")
+    with pytest.raises(ManifestError) as info:
+        validate_manifest(manifest, "text", max_clip=limit)
+    assert [b.row for b in info.value.bad_rows] == [2]  # 30.0 s exactly fits the window
+    message = str(info.value)
+    assert "row 2 (id 'long', path " in message and str(files[1]) in message
+    assert "31.00 s, longer than the 30 s that whisper-tiny.en accepts" in message
+    good = validate_manifest(manifest, "text", skip_bad=True, skipped_out=tmp_path / "skipped.csv", max_clip=limit)
+    assert [u.id for u in good] == ["short", "edge"]
+    assert (tmp_path / "skipped.csv").read_text().splitlines()[1].startswith("2,long,")
+    assert len(validate_manifest(manifest, "text")) == 3  # no limit: every clip is fine
+
+
+def test_clip_limit_comes_from_the_upstreams(tiny_model_dir):
+    from speechfuse import load_upstream
+    from speechfuse.data import ClipLimit, clip_limit
+
+    whisper = load_upstream(f"hf:{tiny_model_dir('whisper')}")
+    hubert = load_upstream(f"hf:{tiny_model_dir('hubert')}")
+    assert clip_limit([hubert]) is None
+    assert clip_limit([hubert, whisper]) == ClipLimit(30.0, whisper.name)
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+def test_non_finite_audio_is_a_bad_row_before_extraction(tmp_path, bad_value):
+    """NaN/inf clips were found only during extraction, so skip_bad_rows could not drop them."""
+    samples = np.full(4000, 0.1, dtype=np.float32)
+    samples[1234] = bad_value
+    sf.write(str(tmp_path / "broken.wav"), samples, 8000, subtype="FLOAT")
+    files = [tone(tmp_path / "fine.wav", 0.5), tmp_path / "broken.wav"]
+    manifest = one_row_per_file(tmp_path / "m.csv", files)
+    with pytest.raises(ManifestError, match=r"row 2 \(id 'broken', .*NaN or infinite samples"):
+        validate_manifest(manifest, "text")
+    good = validate_manifest(manifest, "text", skip_bad=True, skipped_out=tmp_path / "skipped.csv")
+    assert [u.id for u in good] == ["fine"]
+
+
+def test_only_float_files_are_decoded_by_the_check(tmp_path, monkeypatch):
+    """The check's cost: integer PCM and FLAC cannot hold NaN/inf, so only float files are decoded."""
+    calls = []
+    real_blocks = sf.blocks
+    monkeypatch.setattr(sf, "blocks", lambda path, *a, **k: calls.append(Path(path).name) or real_blocks(path, *a, **k))
+    pcm = tone(tmp_path / "pcm.wav", 0.5)
+    flac = tone(tmp_path / "c.flac", 0.5, fmt="FLAC")
+    sf.write(str(tmp_path / "float.wav"), np.zeros(4000, dtype=np.float32), 8000, subtype="FLOAT")
+    manifest = one_row_per_file(tmp_path / "m.csv", [pcm, flac, tmp_path / "float.wav"])
+    assert len(validate_manifest(manifest, "text")) == 3
+    assert calls == ["float.wav"]
+
+
+def test_truncated_wav_is_a_warning_naming_the_file(tmp_path):
+    """A WAV whose header claims more data than the file holds used to be half-used silently."""
+    full = tone(tmp_path / "full.wav", 2.0)  # 16-bit PCM at 8 kHz: 44 header bytes + 32,000 data bytes
+    data = full.read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[:44 + 16000])
+    manifest = one_row_per_file(tmp_path / "m.csv", [tmp_path / "cut.wav", full])
+    with pytest.warns(UserWarning) as caught:
+        good = validate_manifest(manifest, "text")
+    message = "\n".join(str(w.message) for w in caught)
+    assert f"row 1 (id 'cut', path '{tmp_path / 'cut.wav'}')" in message
+    assert "declares 2.00 s but the file holds only 1.00 s" in message and "full.wav" not in message
+    assert [u.duration for u in good] == pytest.approx([1.0, 2.0])  # the audio actually present
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        validate_manifest(one_row_per_file(tmp_path / "ok.csv", [full]), "text")  # an intact WAV: no warning
+
+
+def test_duration_column_far_from_the_audio_is_a_warning_naming_the_row(tmp_path):
+    """A wrong `duration` made the cache size estimate 5x too small, with no warning."""
+    files = [tone(tmp_path / f"{name}.wav", 1.0) for name in ("a", "b", "c")]
+    manifest = one_row_per_file(tmp_path / "m.csv", files, durations=["1.05", "5.0", "0.85"])
+    with pytest.warns(UserWarning) as caught:
+        good = validate_manifest(manifest, "text")
+    message = "\n".join(str(w.message) for w in caught)
+    assert str(manifest) in message and "2 row(s)" in message
+    assert "row 2 (id 'b'" in message and "says 5 s but the audio lasts 1.00 s" in message
+    assert "row 3 (id 'c'" in message and "row 1 " not in message  # 5 % off is within the 10 % tolerance
+    assert [u.duration for u in good] == pytest.approx([1.0, 1.0, 1.0])  # the audio's own durations are used
+
+
+def test_header_only_manifest_says_so_and_points_to_no_file(tmp_path):
+    """It used to point to skipped_train.csv, which is never written."""
+    manifest = write_csv(tmp_path / "train.csv", [])
+    for skip in (False, True):
+        with pytest.raises(ManifestError) as info:
+            validate_manifest(manifest, "text", skip_bad=skip, skipped_out=tmp_path / "skipped.csv")
+        assert "no data rows" in str(info.value) and "skipped" not in str(info.value)
+    assert not (tmp_path / "skipped.csv").exists()
+
+
+def fsdd_split_files(root: Path) -> dict[str, Path]:
+    """Manifests over a few bundled FSDD clips: digits 0 and 1 of george, take 4 dev, take 5 test."""
+    recordings = root / "recordings"
+    recordings.mkdir(parents=True)
+    for digit in (0, 1):
+        for take in range(6):
+            shutil.copy(bundled_fsdd_dir() / "recordings" / f"{digit}_george_{take}.flac", recordings)
+    return fsdd_manifests(recordings, root / "manifests", dev_takes=[4], test_takes=[5])
+
+
+def run_config(manifests: dict[str, Path], upstream: str) -> dict:
+    return {"task": "classify", "data": {k: str(v) for k, v in manifests.items()},
+            "upstreams": [{"spec": f"hf:{upstream}"}], "interface": {"name": "weighted_sum"},
+            "train": {"max_steps": 1, "progress_bar": False}, "cache": "off"}
+
+
+def test_run_refuses_a_clip_longer_than_whisper_takes_before_training(tmp_path, tiny_model_dir):
+    from speechfuse.config import config_from_dict
+    from speechfuse.train import train
+
+    manifests = fsdd_split_files(tmp_path)
+    utts = load_manifest(manifests["train"])
+    long_clip = tone(tmp_path / "lecture.wav", 31.0)
+    write_manifest([*utts, Utterance("lecture", str(long_clip), text="zero", label="0")], manifests["train"])
+    cfg = config_from_dict(run_config(manifests, tiny_model_dir("whisper")))
+    with pytest.raises(ConfigError) as err:
+        train(cfg, tmp_path / "run")
+    message = str(err.value)
+    assert f"row {len(utts) + 1} (id 'lecture', path '{long_clip}')" in message
+    assert "longer than the 30 s that" in message and "nothing was trained" in message
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_header_only_manifest_in_a_run_names_the_split_and_no_skipped_file(tmp_path):
+    from speechfuse.config import config_from_dict
+    from speechfuse.train import load_splits
+
+    manifests = fsdd_split_files(tmp_path)
+    manifests["test"].write_text(manifests["test"].read_text().splitlines()[0] + "\n")
+    data = run_config(manifests, "/unused")
+    for skip in (False, True):
+        data["train"]["skip_bad_rows"] = skip
+        with pytest.raises(ConfigError) as err:
+            load_splits(config_from_dict(data), tmp_path / "run", "label")
+        message = str(err.value)
+        assert f"data.test: manifest {manifests['test']} has no data rows" in message
+        assert "skipped_" not in message

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from speechfuse.data import Utterance
+from speechfuse.data import Utterance, load_manifest
 from speechfuse.errors import ConfigError, ShapeError
 from speechfuse.tasks import Task, get_task, list_tasks
 from speechfuse.tasks.classify import macro_f1, masked_mean
@@ -211,3 +211,37 @@ def test_head_options_are_typed_by_each_task():
         get_task("asr", dropout=1.0)
     with pytest.raises(ConfigError, match=r"key 'num_layers': Input should be greater than or equal to 0"):
         get_task("asr", num_layers=-1)
+
+
+def test_labels_seen_only_in_dev_or_test_are_named_with_their_manifest():
+    from speechfuse.tasks import check_targets_known
+
+    task = get_task("classify").fit(utts_with("label", ["a", "b", "a"]))
+    splits = {"train": utts_with("label", ["a", "b"]), "dev": utts_with("label", ["a", "c"]),
+              "test": utts_with("label", ["z", "b", "z"])}
+    with pytest.raises(ConfigError) as err:
+        check_targets_known(task, splits, {"train": "tr.csv", "dev": "dev.csv", "test": "test.csv"})
+    message = str(err.value)
+    assert "data.dev (dev.csv): label(s) never seen in training: 'c' (1 row(s), e.g. id 'u1')" in message
+    assert "data.test (test.csv): label(s) never seen in training: 'z' (2 row(s), e.g. id 'u0')" in message
+    check_targets_known(task, {"dev": utts_with("label", ["b"])}, {"dev": "dev.csv"})  # all known: no error
+    asr = get_task("asr").fit(utts_with("text", ["ab"]))
+    check_targets_known(asr, {"test": utts_with("text", ["xyz"])}, {"test": "t.csv"})  # ASR maps them to <unk>
+
+
+def test_a_test_label_unseen_in_training_stops_the_run_before_training(tmp_path, tiny_model_dir):
+    """It used to be found only when the test set was scored, after training had finished."""
+    from speechfuse.config import config_from_dict
+    from speechfuse.data import write_manifest
+    from speechfuse.train import train
+    from test_data import fsdd_split_files, run_config
+
+    manifests = fsdd_split_files(tmp_path)
+    test_utts = load_manifest(manifests["test"])
+    test_utts[0].label = "7"
+    write_manifest(test_utts, manifests["test"])
+    with pytest.raises(ConfigError) as err:
+        train(config_from_dict(run_config(manifests, tiny_model_dir("hubert"))), tmp_path / "run")
+    message = str(err.value)
+    assert f"data.test ({manifests['test']}): label(s) never seen in training: '7'" in message
+    assert "nothing was trained" in message and not (tmp_path / "run" / "checkpoints").exists()

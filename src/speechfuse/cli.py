@@ -106,6 +106,7 @@ def _extract(args: argparse.Namespace) -> int:
 
     from .cache import FeatureCache
     from .config import load_config
+    from .data.manifest import clip_limit
     from .extract import fill_caches
     from .train import build_task, load_splits, resolve_cache_dir
     from .upstream import load_upstream
@@ -117,9 +118,9 @@ def _extract(args: argparse.Namespace) -> int:
         raise SpeechfuseError(f"{args.config}: cache is 'off'; set cache to auto or a folder to extract features")
     task = build_task(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    splits = load_splits(cfg, out, task.target_field)
-    utts = [u for s in splits.values() for u in s]
     upstreams = [load_upstream(u.spec, **u.options) for u in cfg.upstreams]
+    splits = load_splits(cfg, out, task.target_field, max_clip=clip_limit(upstreams))
+    utts = [u for s in splits.values() for u in s]
     trainable = [u.name for u in upstreams if u.trainable]
     if trainable:
         raise SpeechfuseError(f"upstream(s) {trainable} are trainable; only frozen upstreams are cached")

@@ -47,11 +47,12 @@ from .checkpoint import SafetensorsCheckpointIO, load_checkpoint_file
 from .config import Config, config_from_dict, config_to_dict, config_to_yaml
 from .data.batching import DurationBatchSampler
 from .data.dataset import AudioDataset, collate_audio
-from .data.manifest import BadRow, ManifestError, Utterance, validate_manifest, write_bad_rows
+from .data.manifest import (BadRow, ClipLimit, ManifestError, Utterance, clip_limit, validate_manifest,
+                            write_bad_rows)
 from .errors import ConfigError, SpeechfuseError
 from .frontend import FusionFrontend
 from .hidden import HiddenStates
-from .tasks import Task, get_task
+from .tasks import Task, check_targets_known, get_task
 
 CKPT_DIR = "checkpoints"
 LAST = "last"
@@ -63,17 +64,19 @@ SPLITS = ("train", "dev", "test")
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
-def load_splits(cfg: Config, run_dir: Path, task_field: str, which: tuple[str, ...] = SPLITS
-                ) -> dict[str, list[Utterance]]:
+def load_splits(cfg: Config, run_dir: Path, task_field: str, which: tuple[str, ...] = SPLITS,
+                max_clip: Optional[ClipLimit] = None) -> dict[str, list[Utterance]]:
     """Validated utterances of every split, the target copied into `task_field`.
 
-    Fails before any training with one error listing every bad row of every split, unless
-    train.skip_bad_rows: then bad rows are dropped and listed in RUN_DIR/skipped_<split>.csv.
+    Fails before any training with one error listing every bad row of every split (clips longer than
+    `max_clip` included), unless train.skip_bad_rows: then bad rows are dropped and listed in
+    RUN_DIR/skipped_<split>.csv.
     """
     source = cfg.data.target or task_field
     skip = cfg.train.skip_bad_rows
     out: dict[str, list[Utterance]] = {}
     problems: list[str] = []
+    row_problems = False  # rows that skip_bad_rows could drop (not, say, an empty manifest)
     for split in which:
         path = getattr(cfg.data, split)
         if path is None:
@@ -83,9 +86,10 @@ def load_splits(cfg: Config, run_dir: Path, task_field: str, which: tuple[str, .
             skipped.unlink()  # from an earlier attempt
         check = source if source in ("text", "label") else None
         try:
-            utts = validate_manifest(path, target=check, skip_bad=skip, skipped_out=skipped)
+            utts = validate_manifest(path, target=check, skip_bad=skip, skipped_out=skipped, max_clip=max_clip)
         except ManifestError as err:
             problems.append(f"data.{split}: {err}")
+            row_problems |= bool(err.bad_rows) and not skip
             continue
         if check is None:  # a target the manifest checker does not know (speaker, language)
             dropped = _read_bad(skipped)
@@ -96,6 +100,7 @@ def load_splits(cfg: Config, run_dir: Path, task_field: str, which: tuple[str, .
                                      for row, u in missing)
                 problems.append(f"data.{split}: manifest {path}: {len(missing)} row(s) lack the target "
                                 f"field {source!r} (rows are 1-based data rows):\n{listing}")
+                row_problems = True
                 continue
             if missing:
                 bad = dropped + [BadRow(row, u.id, u.path, f"missing {source}") for row, u in missing]
@@ -108,9 +113,9 @@ def load_splits(cfg: Config, run_dir: Path, task_field: str, which: tuple[str, .
             problems.append(f"data.{split}: manifest {path} has no usable rows")
         out[split] = utts
     if problems:
-        raise ConfigError("bad input, nothing was trained:\n" + "\n".join(problems) +
-                          "\nFix these rows, or set train.skip_bad_rows=true to drop them "
-                          "(they are listed in RUN_DIR/skipped_<split>.csv).")
+        hint = ("\nFix these rows, or set train.skip_bad_rows=true to drop them (they are listed in "
+                "RUN_DIR/skipped_<split>.csv)." if row_problems else "")
+        raise ConfigError("bad input, nothing was trained:\n" + "\n".join(problems) + hint)
     return out
 
 
@@ -638,15 +643,17 @@ def train(cfg: Config, out_dir: str | os.PathLike, callbacks: list | None = None
     _check_same_config(cfg, run_dir)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     task = build_task(cfg)
-    splits = load_splits(cfg, run_dir, task.target_field)
+    frontend = build_frontend(cfg)  # first: the manifest check needs each upstream's longest clip
+    splits = load_splits(cfg, run_dir, task.target_field, max_clip=clip_limit(frontend.upstreams))
     task.fit(splits["train"])
+    check_targets_known(task, splits, {split: getattr(cfg.data, split) for split in splits})
     is_zero = rank_zero_only.rank == 0
     if is_zero:
         _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))  # other ranks may be reading it
         _write_atomic(run_dir / "task.json", json.dumps(task.state(), indent=2))
 
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)  # same initial weights on every rank
-    model = FusionTask(cfg, task)
+    model = FusionTask(cfg, task, frontend)
     frozen = all(not u.trainable for u in model.frontend.upstreams)
     cache_dir = resolve_cache_dir(cfg, run_dir) if frozen else None
     data = FusionData(cfg, task, splits, model.frontend, cache_dir, model.position)
@@ -707,7 +714,9 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", device: str | None
     if getattr(cfg.data, split) is None:
         raise ConfigError(f"evaluate: the run's config has no data.{split} manifest")
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    splits = load_splits(cfg, run_dir / "eval", model.task.target_field, which=(split,))
+    splits = load_splits(cfg, run_dir / "eval", model.task.target_field, which=(split,),
+                         max_clip=clip_limit(model.frontend.upstreams))
+    check_targets_known(model.task, splits, {split: getattr(cfg.data, split)})
     frozen = all(not u.trainable for u in model.frontend.upstreams)
     data = FusionData(cfg, model.task, {split: splits[split]}, model.frontend,
                       resolve_cache_dir(cfg, run_dir) if frozen else None)

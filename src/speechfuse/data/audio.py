@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,18 +13,79 @@ import torch
 from ..errors import AudioError, ConfigError
 
 
-def audio_info(path: str | Path) -> tuple[int, int, int, float]:
-    """(num_samples, sample_rate, channels, duration_seconds) from the file header, without decoding."""
+def _header(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"audio file not found: {path}. Check the manifest path (relative paths resolve "
                          "against the manifest's folder).")
     try:
-        info = sf.info(str(path))
+        return sf.info(str(path))
     except Exception as err:  # soundfile raises LibsndfileError / RuntimeError for unreadable headers
         raise AudioError(f"cannot read audio file {path}: {err}. Re-encode it as WAV or FLAC.") from err
+
+
+def audio_info(path: str | Path) -> tuple[int, int, int, float]:
+    """(num_samples, sample_rate, channels, duration_seconds) from the file header, without decoding."""
+    info = _header(path)
     duration = info.frames / info.samplerate if info.samplerate else 0.0
     return int(info.frames), int(info.samplerate), int(info.channels), float(duration)
+
+
+@dataclass(frozen=True)
+class AudioProbe:
+    """What the up-front manifest check learns about one file."""
+
+    num_samples: int            # samples per channel actually present
+    sample_rate: int
+    duration: float             # seconds actually present
+    declared_samples: int | None  # what a WAV header claims (None: not a WAV, or a streamed unknown size)
+    non_finite: bool            # NaN or inf samples (only float files can hold them; others are not decoded)
+
+
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # what streaming writers put in a WAV header they cannot seek back to
+
+
+def wav_declared_samples(path: str | Path) -> int | None:
+    """Samples per channel that a RIFF/WAVE header's data chunk claims; None for other formats."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = 0
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            kind, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if kind == b"data":
+                return size // block_align if block_align and size not in _UNKNOWN_SIZES else None
+            if kind == b"fmt ":
+                fmt = f.read(16)
+                block_align = int.from_bytes(fmt[12:14], "little")  # bytes per frame, all channels
+                f.seek(size - len(fmt), 1)
+            else:
+                f.seek(size, 1)
+            f.seek(size & 1, 1)  # chunks are padded to an even size
+
+
+def probe_audio(path: str | Path) -> AudioProbe:
+    """Header facts plus the checks worth doing before training: a truncated WAV and NaN/inf samples.
+
+    Cost: a header read per file; files with float samples (the only ones that can hold NaN/inf) are also
+    decoded once, in blocks, so memory stays flat. Integer PCM, FLAC and other integer codecs are not decoded.
+    """
+    info = _header(path)
+    non_finite = False
+    if info.subtype in FLOAT_SUBTYPES:
+        try:
+            non_finite = any(not np.isfinite(block).all()
+                             for block in sf.blocks(str(path), blocksize=1 << 16, dtype="float32"))
+        except Exception as err:
+            raise AudioError(f"cannot decode audio file {path}: {err}. Re-encode it as WAV or FLAC.") from err
+    rate = int(info.samplerate)
+    return AudioProbe(int(info.frames), rate, info.frames / rate if rate else 0.0, wav_declared_samples(path),
+                      non_finite)
 
 
 def read_audio(path: str | Path, sample_rate: int) -> torch.Tensor:

@@ -13,12 +13,13 @@ import csv
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import ConfigError
-from .audio import audio_info
+from .audio import audio_info, probe_audio
 
 KNOWN_FIELDS = ("id", "path", "duration", "text", "label", "speaker", "language")
 TARGET_FIELDS = ("text", "label")
@@ -184,31 +185,83 @@ def _duration_problem(duration: Any) -> str | None:
     return None
 
 
-def _audio_problem(path: str) -> str | None:
-    if not Path(path).is_file():
-        return "audio file not found"
+DURATION_TOLERANCE = 0.10  # a `duration` cell further than this fraction from the audio's own is warned about
+
+
+@dataclass(frozen=True)
+class ClipLimit:
+    """The longest clip a run accepts, and the model that sets it (e.g. Whisper's 30 s window)."""
+
+    seconds: float
+    model: str
+
+
+def clip_limit(upstreams: Iterable[Any]) -> ClipLimit | None:
+    """The tightest `max_samples` of these upstreams (None: every one takes clips of any length)."""
+    limits = [ClipLimit(up.max_samples / up.sample_rate, up.name) for up in upstreams
+              if getattr(up, "max_samples", None)]
+    return min(limits, key=lambda limit: limit.seconds, default=None)
+
+
+@dataclass
+class ManifestCheck:
+    """The result of checking a manifest's rows.
+
+    bad: rows that cannot be used. notes: usable rows worth a warning (a truncated WAV, a `duration` cell
+    more than 10 % off). durations: row -> the audio's real duration in seconds, for every row whose file
+    was read."""
+
+    bad: list[BadRow] = field(default_factory=list)
+    notes: list[BadRow] = field(default_factory=list)
+    durations: dict[int, float] = field(default_factory=dict)
+
+
+def _check_audio(row: int, utt: Utterance, max_clip: ClipLimit | None, out: ManifestCheck) -> None:
+    def flag(reason: str) -> None:
+        out.bad.append(BadRow(row, utt.id, utt.path, reason))
+
+    def note(reason: str) -> None:
+        out.notes.append(BadRow(row, utt.id, utt.path, reason))
+
+    if not Path(utt.path).is_file():
+        return flag("audio file not found")
     try:
-        num_samples, _, _, _ = audio_info(path)
-    except Exception as err:  # AudioError from an unreadable header
-        return f"audio unreadable or corrupt ({err})"
-    if num_samples == 0:
-        return "audio file is empty (0 samples)"
-    return None
+        probe = probe_audio(utt.path)
+    except Exception as err:  # AudioError from an unreadable header or undecodable samples
+        return flag(f"audio unreadable or corrupt ({err})")
+    if probe.num_samples == 0:
+        return flag("audio file is empty (0 samples)")
+    if probe.non_finite:
+        return flag("audio contains NaN or infinite samples; re-export it or remove the row")
+    out.durations[row] = probe.duration
+    if max_clip is not None and probe.duration > max_clip.seconds:
+        flag(f"audio is {probe.duration:.2f} s, longer than the {max_clip.seconds:g} s that {max_clip.model} "
+             f"accepts; split it into segments of at most {max_clip.seconds:g} s")
+    if probe.declared_samples is not None and probe.declared_samples > probe.num_samples:
+        note(f"the WAV header declares {probe.declared_samples / probe.sample_rate:.2f} s but the file holds "
+             f"only {probe.duration:.2f} s (truncated copy?); the {probe.duration:.2f} s present are used")
+    if (isinstance(utt.duration, (int, float)) and math.isfinite(utt.duration)
+            and abs(utt.duration - probe.duration) > DURATION_TOLERANCE * probe.duration):
+        note(f"the duration column says {utt.duration:g} s but the audio lasts {probe.duration:.2f} s; "
+             "the audio's duration is used")
 
 
-def check_manifest(utts: list[Utterance], target: str | None, check_audio: bool = True) -> list[BadRow]:
-    """Every problem in `utts` (row = list position + 1): missing id/path/file, corrupt or empty audio,
-    bad duration, duplicate id, and a missing or wrong-typed `target` ("text", "label" or None).
+def inspect_manifest(utts: list[Utterance], target: str | None, check_audio: bool = True,
+                     max_clip: ClipLimit | None = None) -> ManifestCheck:
+    """Check every row (row = list position + 1): missing id/path/file, corrupt, empty or NaN/inf audio,
+    a clip longer than `max_clip`, bad duration, duplicate id, and a missing or wrong-typed `target`
+    ("text", "label" or None); notes a truncated WAV and a `duration` cell more than 10 % off.
 
-    Audio is checked from the file header only (cheap); NaN samples surface when the clip is read.
+    Cost with check_audio: one header read per file, plus one decode of files with float samples (the only
+    kind that can hold NaN/inf; integer PCM and FLAC are not decoded).
     """
     if target is not None and target not in TARGET_FIELDS:
         raise ConfigError(f"check_manifest: target must be one of {TARGET_FIELDS} or None, got {target!r}")
-    bad: list[BadRow] = []
+    out = ManifestCheck()
     first_row_of: dict[str, int] = {}
     for row, utt in enumerate(utts, start=1):
         def flag(reason: str) -> None:
-            bad.append(BadRow(row, utt.id, utt.path, reason))
+            out.bad.append(BadRow(row, utt.id, utt.path, reason))
 
         if not utt.id:
             flag("missing id")
@@ -228,24 +281,43 @@ def check_manifest(utts: list[Utterance], target: str | None, check_audio: bool 
         if not utt.path:
             flag("missing path")
         elif check_audio:
-            problem = _audio_problem(utt.path)
-            if problem:
-                flag(problem)
-    return bad
+            _check_audio(row, utt, max_clip, out)
+    return out
+
+
+def check_manifest(utts: list[Utterance], target: str | None, check_audio: bool = True,
+                   max_clip: ClipLimit | None = None) -> list[BadRow]:
+    """The bad rows `inspect_manifest` finds (see there)."""
+    return inspect_manifest(utts, target, check_audio, max_clip).bad
+
+
+def _warn_notes(source: Path, notes: list[BadRow], shown: int = 20) -> None:
+    if not notes:
+        return
+    rows = "\n".join(f"  {n}" for n in notes[:shown])
+    more = f"\n  ... and {len(notes) - shown} more" if len(notes) > shown else ""
+    warnings.warn(f"manifest {source}: {len(notes)} row(s) to look at (they are used):\n{rows}{more}", stacklevel=3)
 
 
 def validate_manifest(path: str | Path, target: str | None, skip_bad: bool = False,
-                      skipped_out: str | Path | None = None, check_audio: bool = True) -> list[Utterance]:
+                      skipped_out: str | Path | None = None, check_audio: bool = True,
+                      max_clip: ClipLimit | None = None) -> list[Utterance]:
     """Load, check and complete a manifest: the one call a runner needs.
 
     skip_bad=False: any bad row raises ManifestError listing them all.
     skip_bad=True: returns the good rows; the bad ones are written to `skipped_out` (required) as CSV
-    with columns row,id,path,reason. Missing durations of good rows are filled from the audio header.
+    with columns row,id,path,reason. Good rows carry the audio's own duration: the `duration` column is
+    only checked against it, and one more than 10 % off is warned about, naming the row (as is a truncated
+    WAV). `max_clip` (see `clip_limit`) makes longer clips bad rows.
     """
     path = Path(path)
     utts, bad = _parse(path)
+    if not utts:
+        raise ManifestError(f"manifest {path} has no data rows (an empty file, or a header only); add one row "
+                            "per utterance, e.g. 'u1,audio/u1.wav,hello'")
     parse_bad_rows = {b.row for b in bad}
-    bad += [b for b in check_manifest(utts, target, check_audio) if b.row not in parse_bad_rows]
+    check = inspect_manifest(utts, target, check_audio, max_clip)
+    bad += [b for b in check.bad if b.row not in parse_bad_rows]
     bad.sort(key=lambda b: b.row)
     if bad and not skip_bad:
         raise _error(str(path), bad)
@@ -255,11 +327,16 @@ def validate_manifest(path: str | Path, target: str | None, skip_bad: bool = Fal
                               f"the {len({b.row for b in bad})} skipped rows in")
         write_bad_rows(bad, skipped_out)
     bad_rows = {b.row for b in bad}
-    good = [u for row, u in enumerate(utts, start=1) if row not in bad_rows]
-    fill_durations(good)
+    _warn_notes(path, [n for n in check.notes if n.row not in bad_rows])
+    good = []
+    for row, utt in enumerate(utts, start=1):
+        if row not in bad_rows:
+            utt.duration = check.durations.get(row, utt.duration)
+            good.append(utt)
+    fill_durations(good)  # rows whose audio was not read (check_audio=False)
     if not good:
-        raise ManifestError(f"manifest {path}: no usable rows left after skipping {len(bad_rows)} bad row(s); "
-                            f"see {skipped_out}", bad)
+        raise ManifestError(f"manifest {path}: no usable rows left after skipping all {len(bad_rows)} row(s); "
+                            f"they are listed with the reasons in {skipped_out}", bad)
     return good
 
 

@@ -29,6 +29,7 @@ class Upstream(nn.Module):
     frame_rate: float
     sample_rate: int = 16000
     min_samples: int = 400
+    max_samples: int | None = None  # longest clip the model accepts (None: any); Whisper: its 30 s window
 
     def __init__(self, trainable: bool = False) -> None:
         super().__init__()
