@@ -1,7 +1,8 @@
 """Utterance classification: mean over valid frames, optional MLP, linear to classes.
 
 Labels are strings; the label map is the sorted set of training labels. A label unseen in training
-raises ConfigError in `encode` (it cannot be scored as a class the head has). Accuracy and macro-F1
+cannot be scored as a class the head has: `unseen_targets` lists them (the runner checks dev/test with it
+before training) and `encode` raises ConfigError. Accuracy and macro-F1
 (the unweighted mean of per-class F1 over every label seen in references or predictions) are fractions.
 """
 from __future__ import annotations
