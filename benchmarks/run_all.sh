@@ -18,3 +18,4 @@ run benchmarks/extract_memory.py --device "$DEVICE"
 run benchmarks/bundled_load.py
 run benchmarks/interface_cost.py --device "$DEVICE"
 run benchmarks/sweep_cache.py --device "$DEVICE"
+run benchmarks/manifest_check.py
