@@ -29,7 +29,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from .errors import ConfigError
 
 DATA_TARGETS = ("text", "label", "speaker", "language")
-TASKS = ("asr", "classify")
 
 
 class _Strict(BaseModel):
@@ -109,7 +108,7 @@ class TrainConfig(_Strict):
 
 
 class Config(_Strict):
-    task: Literal[TASKS]
+    task: Literal["asr", "classify"]
     data: DataConfig
     upstreams: list[UpstreamConfig] = Field(min_length=1)
     align: AlignConfig = Field(default_factory=AlignConfig)
@@ -174,10 +173,10 @@ def _dotted(loc: tuple) -> str:
 
 def _model_at(loc: tuple, root: type[BaseModel], task: Any = None) -> type[BaseModel] | None:
     """The pydantic model that holds the field at `loc` under `root` (for listing valid keys)."""
-    if root is Config and loc[:1] == ("downstream",) and len(loc) == 2 and task in TASKS:
-        from .tasks import task_options
+    if root is Config and loc[:1] == ("downstream",) and len(loc) == 2:
+        from .tasks import TASKS, task_options
 
-        return task_options(task)
+        return task_options(task) if isinstance(task, str) and task in TASKS else None
     model: Any = root
     for part in loc[:-1]:
         if isinstance(part, int):
