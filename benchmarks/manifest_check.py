@@ -69,8 +69,8 @@ def main() -> None:
             seconds = sum(len(c) for c in clips) / 8000 / len(clips)
             rows.append([name, f"{seconds:.1f}", len(utts), per_file["header"], per_file["check"], per_file["decode"],
                          per_file["check"] / per_file["header"], per_file["decode"] / per_file["header"]])
-    print_table(rows, ["format", "clip (s)", "files", "header only (us/file)", "check (us/file)", "full decode (us/file)",
-                       "check / header", "decode / header"])
+    print_table(rows, ["format", "clip (s)", "files", "header only (us/file)", "check (us/file)",
+                       "full decode (us/file)", "check / header", "decode / header"])
 
 
 if __name__ == "__main__":

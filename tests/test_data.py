@@ -412,8 +412,12 @@ def test_non_finite_audio_is_a_bad_row_before_extraction(tmp_path, bad_value):
 def test_only_float_files_are_decoded_by_the_check(tmp_path, monkeypatch):
     """The check's cost: integer PCM and FLAC cannot hold NaN/inf, so only float files are decoded."""
     calls = []
-    real_blocks = sf.blocks
-    monkeypatch.setattr(sf, "blocks", lambda path, *a, **k: calls.append(Path(path).name) or real_blocks(path, *a, **k))
+
+    def recorded(real):
+        return lambda path, *args, **kwargs: calls.append(Path(path).name) or real(path, *args, **kwargs)
+
+    for name in ("blocks", "read"):  # the two ways soundfile decodes a whole file
+        monkeypatch.setattr(sf, name, recorded(getattr(sf, name)))
     pcm = tone(tmp_path / "pcm.wav", 0.5)
     flac = tone(tmp_path / "c.flac", 0.5, fmt="FLAC")
     sf.write(str(tmp_path / "float.wav"), np.zeros(4000, dtype=np.float32), 8000, subtype="FLOAT")
