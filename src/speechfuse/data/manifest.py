@@ -224,15 +224,19 @@ def _check_audio(row: int, utt: Utterance, max_clip: ClipLimit | None, out: Mani
         out.notes.append(BadRow(row, utt.id, utt.path, reason))
 
     if not Path(utt.path).is_file():
-        return flag("audio file not found")
+        flag("audio file not found")
+        return
     try:
         probe = probe_audio(utt.path)
     except Exception as err:  # AudioError from an unreadable header or undecodable samples
-        return flag(f"audio unreadable or corrupt ({err})")
+        flag(f"audio unreadable or corrupt ({err})")
+        return
     if probe.num_samples == 0:
-        return flag("audio file is empty (0 samples)")
+        flag("audio file is empty (0 samples)")
+        return
     if probe.non_finite:
-        return flag("audio contains NaN or infinite samples; re-export it or remove the row")
+        flag("audio contains NaN or infinite samples; re-export it or remove the row")
+        return
     out.durations[row] = probe.duration
     if max_clip is not None and probe.duration > max_clip.seconds:
         flag(f"audio is {probe.duration:.2f} s, longer than the {max_clip.seconds:g} s that {max_clip.model} "
