@@ -1,8 +1,9 @@
 """The Upstream contract shared by every pretrained model family.
 
 Subclasses implement `_hidden(wavs, wav_lengths) -> [L,B,T,D]` and `num_frames(num_samples)`;
-the base class validates input, pads clips shorter than the receptive field, computes exact
-lengths and keeps the model frozen unless `trainable=True`.
+the base class converts integer PCM to float, validates input (including the longest clip, `max_samples`),
+pads clips shorter than the receptive field, computes exact lengths and keeps the model frozen
+unless `trainable=True`.
 """
 from __future__ import annotations
 
@@ -12,8 +13,33 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import AudioError
+from ..errors import AudioError, ConfigError
 from ..hidden import HiddenStates
+
+# integer PCM -> float in [-1, 1): the scale soundfile uses when it reads such a file as float
+PCM_SCALES = {torch.int16: 2.0**15, torch.int32: 2.0**31}
+
+
+def as_float_waveform(wavs: torch.Tensor, name: str) -> torch.Tensor:
+    """Float tensors pass through; int16 / int32 PCM is scaled to [-1, 1); any other dtype is refused."""
+    if wavs.is_floating_point():
+        return wavs
+    if wavs.dtype not in PCM_SCALES:
+        raise AudioError(
+            f"{name}: waveform dtype {wavs.dtype} is not supported; pass float audio in [-1, 1] or int16 / int32 "
+            "PCM (scaled by 2**15 / 2**31). For 8-bit WAV data, read the file with "
+            "speechfuse.data.audio.read_audio (it returns float)"
+        )
+    return wavs.float() / PCM_SCALES[wavs.dtype]
+
+
+def positive_seconds(value: Any, option: str, name: str) -> float | None:
+    """Check an optional duration option (`window_seconds`, `max_seconds`): None or a positive number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ConfigError(f"{name}: {option} must be a positive number of seconds or null, got {value!r}")
+    return float(value)
 
 
 class Upstream(nn.Module):
@@ -21,6 +47,10 @@ class Upstream(nn.Module):
 
     Attributes every subclass sets in __init__: name, num_layers, hidden_size,
     frame_rate (Hz), sample_rate (Hz), min_samples (shortest clip the model accepts).
+    max_samples: the longest clip forward accepts (None: no limit), checked per row before training
+    too. Models that cannot take longer input, or cannot run it in windows without changing the
+    features (attention over the whole clip), set one, from their `max_seconds` option.
+    window_seconds: audio run at a time by models whose windows stitch exactly (None: whole clip).
     """
 
     name: str
@@ -30,6 +60,7 @@ class Upstream(nn.Module):
     sample_rate: int = 16000
     min_samples: int = 400
     max_samples: int | None = None  # longest clip the model accepts (None: any); Whisper: its 30 s window
+    window_seconds: float | None = None
 
     def __init__(self, trainable: bool = False) -> None:
         super().__init__()
@@ -46,6 +77,12 @@ class Upstream(nn.Module):
     def options(self) -> dict[str, Any]:
         """Options that change the outputs (part of the feature-cache key)."""
         return {}
+
+    def items_per_window(self, per_second: float, total: int) -> int:
+        """How many frames (at `per_second`) one window_seconds holds; all `total` when windowing is off."""
+        if self.window_seconds is None:
+            return max(1, total)
+        return max(1, int(self.window_seconds * per_second))
 
     # -- shared behaviour -------------------------------------------------------------------------
     def freeze(self) -> None:
@@ -99,6 +136,18 @@ class Upstream(nn.Module):
         if not torch.isfinite(wavs).all():
             bad = torch.nonzero(~torch.isfinite(wavs).all(dim=1)).flatten().tolist()
             raise AudioError(f"{self.name}: NaN or inf samples in batch index {bad}; check the audio files")
+        if self.max_samples is not None and (wav_lengths > self.max_samples).any():
+            bad = torch.nonzero(wav_lengths > self.max_samples).flatten().tolist()
+            longest = int(wav_lengths.max()) / self.sample_rate
+            raise AudioError(
+                f"{self.name}: clip(s) at batch index {bad} are longer than this upstream's limit, "
+                f"max_seconds={self.max_samples / self.sample_rate:g} s (longest {longest:.1f} s); split long "
+                f"recordings into shorter segments{self.max_seconds_advice()}"
+            )
+
+    def max_seconds_advice(self) -> str:
+        """The end of the too-long message: how to lift the limit where the model allows it."""
+        return ""
 
     def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor, sample_rate: int | None = None) -> HiddenStates:
         if sample_rate is not None and sample_rate != self.sample_rate:
@@ -109,6 +158,7 @@ class Upstream(nn.Module):
         # lengths live on the host: validation and frame arithmetic then need no device round trip
         # (the NaN/inf check below is the one host sync per batch)
         wav_lengths = torch.as_tensor(wav_lengths, dtype=torch.long).cpu()
+        wavs = as_float_waveform(wavs, self.name)
         self.validate(wavs, wav_lengths)
         wavs = wavs.float()
         if wavs.shape[1] < self.min_samples:

@@ -21,7 +21,11 @@ from torch import nn
 
 from ..errors import UpstreamError
 from . import register_upstream
-from .base import Upstream
+from .base import Upstream, as_float_waveform, positive_seconds
+
+# Audio per window when resemblyzer / speech-embedding run a long clip (option window_seconds): the
+# windows stitch exactly, so this bounds peak memory without changing the features.
+WINDOW_SECONDS = 30.0
 
 
 def package_file(package: str, relative: str, install_hint: str) -> Path:
@@ -82,6 +86,10 @@ class ResemblyzerUpstream(Upstream):
     applied). The single 3-layer nn.LSTM of the checkpoint is split into three 1-layer LSTMs so
     each layer's output is visible; weights `lstm.<w>_l{k}` map to `lstm.{k}.<w>_l0`.
     `embed()` gives resemblyzer's utterance embedding (its 1.6 s partial scheme, without VAD).
+    Long clips run `window_seconds` of audio at a time (None: the whole clip at once): each mel frame
+    sees only its own 400 samples (the volume gain is computed over the whole clip first), and the
+    LSTM states are carried from one window to the next, so windows stitch exactly (up to float
+    rounding) and peak memory no longer grows with the clip, beyond its input and output tensors.
     Checked once against resemblyzer itself with librosa 0.11 (not a dependency): mel max relative
     difference 2.7e-7, embed() vs VoiceEncoder.embed_utterance max abs difference 3e-7.
     """
@@ -99,10 +107,11 @@ class ResemblyzerUpstream(Upstream):
     partial_frames = 160  # 1.6 s partial utterances for embed()
 
     def __init__(self, weights: str | Path | None = None, normalize_volume: bool = True,
-                 trainable: bool = False) -> None:
+                 trainable: bool = False, window_seconds: float | None = WINDOW_SECONDS) -> None:
         super().__init__(trainable=trainable)
         from transformers.audio_utils import mel_filter_bank
 
+        self.window_seconds = positive_seconds(window_seconds, "window_seconds", self.name)
         path = Path(weights) if weights else package_file("resemblyzer", "pretrained.pt", RESEMBLYZER_HINT)
         self.normalize_volume = normalize_volume
         self.lstm = nn.ModuleList(
@@ -141,34 +150,54 @@ class ResemblyzerUpstream(Upstream):
     def num_frames(self, num_samples: int) -> int:
         return 1 + num_samples // self.hop
 
+    def volume_gain(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        """[B,1] gain to -30 dBFS over each clip's valid samples: increase only, 1 for all-zero clips."""
+        energy = torch.stack([torch.dot(wav[:n], wav[:n]) for wav, n in zip(wavs, wav_lengths.tolist())])
+        rms = (energy / wav_lengths.to(wavs.device)).sqrt()
+        gain = (10.0 ** (self.target_dbfs / 20.0)) / rms.clamp(min=1e-12)
+        # an all-zero clip's gain would be infinite
+        return torch.where((gain > 1.0) & (rms > 0), gain, torch.ones_like(gain))[:, None]
+
     def mel(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
-        """[B,S] -> [B,T,40] power mel; samples past each length are zeroed first."""
+        """[B,S] -> [B,T,40] power mel of a centred STFT with zero padding; samples past each length are
+        zero. Computed window_seconds at a time: frame t covers samples [t * hop - n_fft / 2,
+        t * hop + n_fft / 2), so neighbouring windows share only n_fft - hop samples of input, and no
+        copy of the whole clip is made."""
+        gain = self.volume_gain(wavs, wav_lengths) if self.normalize_volume else None
         wav_lengths = wav_lengths.to(wavs.device)
-        valid = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < wav_lengths[:, None]
-        wavs = wavs * valid
-        if self.normalize_volume:
-            rms = (wavs.square().sum(dim=1) / wav_lengths).sqrt()
-            gain = (10.0 ** (self.target_dbfs / 20.0)) / rms.clamp(min=1e-12)
-            # increase only, and leave all-zero clips alone (their gain would be infinite)
-            gain = torch.where((gain > 1.0) & (rms > 0), gain, torch.ones_like(gain))
-            wavs = wavs * gain[:, None]
-        spec = torch.stft(wavs, self.n_fft, self.hop, self.n_fft, window=self.window, center=True,
-                          pad_mode="constant", return_complex=True)
-        power = spec.abs().square()  # [B, F, T]
-        return torch.einsum("bft,fm->btm", power, self.mel_filters)
+        num_samples, half = wavs.shape[1], self.n_fft // 2
+        total = self.num_frames(num_samples)
+        step = self.items_per_window(self.frame_rate, total)
+        mels = []
+        for start in range(0, total, step):
+            first = start * self.hop - half
+            end = (min(total, start + step) - 1) * self.hop + half  # one past the last frame's last sample
+            positions = torch.arange(max(first, 0), min(end, num_samples), device=wavs.device)
+            piece = wavs[:, positions[0]:positions[-1] + 1] * (positions[None, :] < wav_lengths[:, None])
+            piece = nn.functional.pad(piece, (max(0, -first), max(0, end - num_samples)))
+            if gain is not None:
+                piece = piece * gain
+            spec = torch.stft(piece, self.n_fft, self.hop, self.n_fft, window=self.window, center=False,
+                              return_complex=True)
+            mels.append(torch.einsum("bft,fm->btm", spec.abs().square(), self.mel_filters))
+        return torch.cat(mels, dim=1) if len(mels) > 1 else mels[0]
 
     def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
         x = self.mel(wavs, wav_lengths)
-        total = x.shape[1]
-        lengths = torch.tensor([self.num_frames(int(n)) for n in wav_lengths], dtype=torch.long)
-        outputs = []
-        for lstm in self.lstm:
-            # packing keeps padded frames out of the recurrence, so batching never changes valid frames
-            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-            y, _ = lstm(packed)
-            x, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=total)
-            outputs.append(x)
-        return torch.stack(outputs)
+        batch, total = x.shape[:2]
+        hidden = x.new_zeros(self.num_layers, batch, total, self.hidden_size)  # filled window by window
+        states: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.num_layers
+        step = self.items_per_window(self.frame_rate, total)
+        for start in range(0, total, step):
+            y = x[:, start:start + step]
+            for k, lstm in enumerate(self.lstm):
+                y, states[k] = lstm(y, states[k])  # the carried state makes windows stitch exactly
+                hidden[k, :, start:start + step] = y
+        # The LSTM is causal: padding after a clip's end never reaches its valid frames, so batching
+        # does not change them; the frames past each end are zeroed.
+        lengths = torch.tensor([self.num_frames(int(n)) for n in wav_lengths.tolist()], device=x.device)
+        valid = torch.arange(total, device=x.device)[None, :] < lengths[:, None]
+        return hidden.masked_fill_(~valid[None, :, :, None], 0.0)
 
     def _embed_frames(self, mels: torch.Tensor) -> torch.Tensor:
         """[N,T,40] equal-length mels -> [N,256]: Linear + ReLU on the last layer's final state, L2."""
@@ -195,6 +224,7 @@ class ResemblyzerUpstream(Upstream):
         is zero-padded to cover 1.6 s partials, each partial is embedded and the L2-normalised mean
         of the partial embeddings is returned. (No VAD silence trimming.)"""
         wav_lengths = torch.as_tensor(wav_lengths, dtype=torch.long).cpu()
+        wavs = as_float_waveform(wavs, self.name)
         self.validate(wavs, wav_lengths)
         partials, owners = [], []
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
@@ -266,6 +296,11 @@ class SpeechEmbeddingUpstream(Upstream):
       0    the window's 76 x 32 mel, pooled over time as [mean, std, max] (3 x 32 = 96);
       1-8  the 96-channel conv outputs (SPEECH_EMBEDDING_BLOCKS), averaged over time and frequency;
       9    the final 96-d embedding.
+    Long clips run `window_seconds` of audio at a time (None: the whole clip at once), exactly: each
+    frame depends only on its own 12512 samples, except for the 80 dB floor below the clip's maximum,
+    which is applied again over the whole clip once all mel windows are computed (max(x, m - 80)
+    with the clip's max m equals flooring each window at its own, lower, max first). The mel is
+    computed window by window, then the embedding windows run window_seconds * 12.5 at a time.
     Runs on CPU numpy: inputs go to the host and the outputs come back as torch tensors on the
     input's device. Each utterance's mel is computed on its own valid samples only (the 80 dB clip
     depends on the clip's maximum), so batching never changes an utterance's features. Not a torch
@@ -283,8 +318,10 @@ class SpeechEmbeddingUpstream(Upstream):
     window_frames = 76
     window_step = 8
     min_samples = mel_window + (window_frames - 1) * mel_hop
+    top_db = 80.0  # melspectrogram.onnx floors its log-power this far below the clip's maximum
 
-    def __init__(self, trainable: bool = False, num_threads: int | None = None) -> None:
+    def __init__(self, trainable: bool = False, num_threads: int | None = None,
+                 window_seconds: float | None = WINDOW_SECONDS) -> None:
         if trainable:
             raise UpstreamError(
                 "speech-embedding runs on onnxruntime and cannot be fine-tuned; load it with trainable=False "
@@ -293,6 +330,7 @@ class SpeechEmbeddingUpstream(Upstream):
         super().__init__(trainable=False)
         import onnxruntime as ort
 
+        self.window_seconds = positive_seconds(window_seconds, "window_seconds", self.name)
         mel_path = package_file("openwakeword", "resources/models/melspectrogram.onnx", SPEECH_EMBEDDING_HINT)
         emb_path = package_file("openwakeword", "resources/models/embedding_model.onnx", SPEECH_EMBEDDING_HINT)
         self._fingerprint = _file_digest(mel_path, emb_path)
@@ -316,31 +354,46 @@ class SpeechEmbeddingUpstream(Upstream):
         return (self.num_mel_frames(num_samples) - self.window_frames) // self.window_step + 1
 
     def mel(self, wav: np.ndarray) -> np.ndarray:
-        """[S] float audio in [-1, 1] -> [M, 32] openwakeword-scaled log-mel."""
+        """[S] float audio in [-1, 1] -> [M, 32] openwakeword-scaled log-mel, window_seconds at a time."""
+        total = self.num_mel_frames(len(wav))
+        step = self.items_per_window(self.sample_rate / self.mel_hop, total)
+        if total <= step:
+            raw = self._raw_mel(wav)
+        else:
+            raw = np.concatenate([self._raw_mel(wav[start * self.mel_hop:(min(total, start + step) - 1) * self.mel_hop
+                                                    + self.mel_window]) for start in range(0, total, step)])
+            raw = np.maximum(raw, raw.max() - np.float32(self.top_db))  # the whole clip's floor (see class doc)
+        return raw / 10.0 + 2.0
+
+    def _raw_mel(self, wav: np.ndarray) -> np.ndarray:
         out = self.mel_session.run(None, {"input": (wav * 32767.0).astype(np.float32)[None, :]})[0]
-        return out.reshape(-1, 32) / 10.0 + 2.0
+        return out.reshape(-1, 32)
+
+    def _embed_windows(self, windows: np.ndarray) -> np.ndarray:
+        """[N, 76, 32] mel windows -> [L, N, 96] hidden states."""
+        results = dict(zip(self.emb_outputs, self.emb_session.run(self.emb_outputs, {self.emb_input: windows[..., None]})))
+        layers = [np.concatenate([windows.mean(1), windows.std(1), windows.max(1)], axis=1)]
+        layers += [results[name].mean(axis=(2, 3)) for name in SPEECH_EMBEDDING_BLOCKS]  # NCHW
+        layers.append(results[self.emb_outputs[0]].reshape(len(windows), self.hidden_size))
+        return np.stack(layers)
 
     def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
         audio = wavs.detach().float().cpu().numpy()
-        offsets = np.arange(self.window_frames)
-        windows, counts = [], []
-        for wav, n in zip(audio, wav_lengths.tolist()):
-            mel = self.mel(wav[:n])
-            count = self.num_frames(n)
-            starts = np.arange(count) * self.window_step
-            windows.append(mel[starts[:, None] + offsets[None, :]])  # [count, 76, 32]
-            counts.append(count)
-        batch = np.concatenate(windows).astype(np.float32)
-        results = dict(zip(self.emb_outputs, self.emb_session.run(self.emb_outputs, {self.emb_input: batch[..., None]})))
-        layers = [np.concatenate([batch.mean(1), batch.std(1), batch.max(1)], axis=1)]
-        layers += [results[name].mean(axis=(2, 3)) for name in SPEECH_EMBEDDING_BLOCKS]  # NCHW
-        layers.append(results[self.emb_outputs[0]].reshape(len(batch), self.hidden_size))
-        flat = torch.from_numpy(np.stack(layers))  # [L, sum(counts), 96]
+        mels = [self.mel(wav[:n]) for wav, n in zip(audio, wav_lengths.tolist())]
+        counts = [self.num_frames(n) for n in wav_lengths.tolist()]
+        # every output frame of the batch as (row, frame, first row in the concatenated mels)
+        rows = np.repeat(np.arange(len(counts)), counts)
+        frames = np.concatenate([np.arange(c) for c in counts])
+        mel_offsets = np.cumsum([0] + [len(m) for m in mels[:-1]])
+        starts = mel_offsets[rows] + frames * self.window_step
+        all_mels = np.concatenate(mels).astype(np.float32)
         hidden = torch.zeros(self.num_layers, len(counts), self.num_frames(wavs.shape[1]), self.hidden_size)
-        start = 0
-        for b, count in enumerate(counts):
-            hidden[:, b, :count] = flat[:, start:start + count]
-            start += count
+        group = self.items_per_window(self.frame_rate, len(rows))
+        offsets = np.arange(self.window_frames)
+        for first in range(0, len(rows), group):
+            part = slice(first, first + group)
+            windows = all_mels[starts[part, None] + offsets[None, :]]  # [n, 76, 32]
+            hidden[:, rows[part], frames[part]] = torch.from_numpy(self._embed_windows(windows))
         return hidden.to(wavs.device)
 
 

@@ -21,12 +21,16 @@ import torch
 from torch import nn
 
 from ..errors import AudioError, ConfigError, UpstreamError
-from .base import Upstream
+from .base import Upstream, positive_seconds
 from .whisper_features import log_mel_spectrogram, mel_filterbank
 
 SSL_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")
 SUPPORTED_MODEL_TYPES = SSL_MODEL_TYPES + ("whisper",)
 WHISPER_MODES = ("trim", "pad30")
+# Longest clip a wav2vec2-style model accepts by default (option max_seconds). Self-attention spans
+# the whole clip, so it cannot be run in windows without changing the features, and its memory grows
+# with the square of the clip length; 60 s covers common corpora (LibriSpeech's longest is 35 s).
+SSL_MAX_SECONDS = 60.0
 
 # parameters a base model may lack in a task checkpoint without changing inference outputs
 # (masked_spec_embed is only used by SpecAugment during training)
@@ -130,6 +134,10 @@ class HFSSLUpstream(Upstream):
       the first; speechfuse re-zeroes it after each (see _MaskedPositionalConvs), so batched
       valid frames equal the utterance run alone, as for the other masked models.
 
+    Long clips: self-attention spans the whole clip, so it is never cut into windows (that would
+    change the features); clips over `max_seconds` (default SSL_MAX_SECONDS = 60 s) are refused with
+    an AudioError naming the option, before any memory is spent on them.
+
     Output: every hidden state transformers returns (CNN/projection output + one per layer), with
     frames past each utterance's length set to zero. When trainable=True and in training mode, the
     model's own dropout, LayerDrop and SpecAugment (config.apply_spec_augment / mask_time_prob) are
@@ -137,7 +145,8 @@ class HFSSLUpstream(Upstream):
     """
 
     def __init__(
-        self, model: nn.Module, name: str, do_normalize: bool, sample_rate: int, trainable: bool = False
+        self, model: nn.Module, name: str, do_normalize: bool, sample_rate: int, trainable: bool = False,
+        max_seconds: float | None = None,
     ) -> None:
         super().__init__(trainable=trainable)
         config = model.config
@@ -152,6 +161,8 @@ class HFSSLUpstream(Upstream):
         self.num_layers = int(config.num_hidden_layers) + 1
         self.hidden_size = int(config.hidden_size)
         self.sample_rate = int(sample_rate)
+        self.max_samples = round((positive_seconds(max_seconds, "max_seconds", name) or SSL_MAX_SECONDS)
+                                 * self.sample_rate)
         self.frame_rate = self.sample_rate / math.prod(self.strides)
         self.min_samples = receptive_field(self.kernels, self.strides)
         if self.model_type == "data2vec-audio":
@@ -163,6 +174,10 @@ class HFSSLUpstream(Upstream):
 
     def options(self) -> dict[str, Any]:
         return {"do_normalize": self.do_normalize, "attention_mask": self.use_attention_mask}
+
+    def max_seconds_advice(self) -> str:
+        return (", or raise the upstream option max_seconds (self-attention spans the whole clip, so its memory "
+                "grows with the square of the clip length)")
 
     def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
         sample_mask = valid_sample_mask(wavs, wav_lengths)
@@ -195,7 +210,8 @@ class HFWhisperUpstream(Upstream):
     preprocessor_config.json (defaults when absent: num_mel_bins from config.json, 16 kHz, n_fft 400,
     hop 160). Frames: ceil(n / hop) mel frames (100 Hz), conv1 keeps them, conv2 halves them: 50 Hz,
     num_frames(n) = ceil(ceil(n / 160) / 2). Clips over 30 s (the encoder's 1500 positions) are
-    rejected: split them first; nothing is chunked silently.
+    rejected: split them first; nothing is chunked silently. `max_seconds` may lower that limit,
+    never raise it.
 
     whisper_mode:
     * "pad30": bit-faithful to transformers: log-mel of the clip zero-padded to 30 s, the full
@@ -212,7 +228,7 @@ class HFWhisperUpstream(Upstream):
     """
 
     def __init__(self, encoder: nn.Module, name: str, preprocessor: dict[str, Any], whisper_mode: str = "trim",
-                 trainable: bool = False) -> None:
+                 trainable: bool = False, max_seconds: float | None = None) -> None:
         super().__init__(trainable=trainable)
         if whisper_mode not in WHISPER_MODES:
             raise ConfigError(f"{name}: whisper_mode must be one of {WHISPER_MODES}, got {whisper_mode!r}")
@@ -232,7 +248,13 @@ class HFWhisperUpstream(Upstream):
         self.sample_rate = int(preprocessor.get("sampling_rate", 16000))
         self.conv_strides = (int(encoder.conv1.stride[0]), int(encoder.conv2.stride[0]))
         self.max_mel_frames = int(config.max_source_positions) * math.prod(self.conv_strides)
-        self.max_samples = self.max_mel_frames * self.hop_length
+        self.context_samples = self.max_mel_frames * self.hop_length  # the 30 s input Whisper was trained on
+        context_seconds = self.context_samples / self.sample_rate
+        limit = positive_seconds(max_seconds, "max_seconds", name)
+        if limit is not None and limit > context_seconds:
+            raise ConfigError(f"{name}: max_seconds={limit:g} is over Whisper's {context_seconds:g} s window "
+                              f"({config.max_source_positions} encoder positions); it can only be lowered")
+        self.max_samples = round(limit * self.sample_rate) if limit else self.context_samples
         self.register_buffer("mel_filters", mel_filterbank(self.num_mels, self.n_fft, self.sample_rate),
                              persistent=False)
         self.num_layers = len(encoder.layers) + 1
@@ -249,10 +271,10 @@ class HFWhisperUpstream(Upstream):
 
     def num_frames(self, num_samples: int) -> int:
         num_samples = int(num_samples)
-        if num_samples > self.max_samples:
+        if num_samples > self.context_samples:
             raise AudioError(
                 f"{self.name}: a clip of {num_samples} samples ({num_samples / self.sample_rate:.2f} s) is longer "
-                f"than Whisper's {self.max_samples / self.sample_rate:.0f} s window; split long recordings into "
+                f"than Whisper's {self.context_samples / self.sample_rate:.0f} s window; split long recordings into "
                 "segments of at most 30 s before extraction"
             )
         frames = self._mel_frames(num_samples)
@@ -264,7 +286,7 @@ class HFWhisperUpstream(Upstream):
         num_out = self.num_frames(wavs.shape[1])  # also rejects > 30 s
         wavs = wavs * valid_sample_mask(wavs, wav_lengths)
         if self.whisper_mode == "pad30":
-            padded = nn.functional.pad(wavs, (0, self.max_samples - wavs.shape[1]))
+            padded = nn.functional.pad(wavs, (0, self.context_samples - wavs.shape[1]))
             mel = log_mel_spectrogram(padded, self.mel_filters, self.n_fft, self.hop_length)
             out = self.encoder(mel, output_hidden_states=True)
             hidden = torch.stack(out.hidden_states, dim=0)[:, :, :num_out]
@@ -280,7 +302,7 @@ class HFWhisperUpstream(Upstream):
         # Pad with zeros as the 30 s window does, so the last kept frames see the same silence (not
         # a reflection of the clip); the two extra frames hold any audio tail, so the per-utterance
         # max (the -8 floor) is taken over the same content as in pad30.
-        width = min(mel_frames * self.hop_length + self.n_fft, self.max_samples)
+        width = min(mel_frames * self.hop_length + self.n_fft, self.context_samples)
         padded = nn.functional.pad(wavs, (0, width - wavs.shape[1]))
         mel = log_mel_spectrogram(padded, self.mel_filters, self.n_fft, self.hop_length, max_frames=mel_frames + 2)
         mel = mel[:, :, :mel_frames]
@@ -399,17 +421,20 @@ def _load_whisper_encoder(folder: Path, config: dict[str, Any], spec: str) -> nn
 
 
 def load_hf_upstream(path_or_hub_id: str, whisper_mode: str = "trim", trainable: bool = False,
-                     **options: Any) -> Upstream:
+                     max_seconds: float | None = None, **options: Any) -> Upstream:
     """Load a transformers speech checkpoint (folder or hub id) as an Upstream.
 
     whisper_mode ("trim" | "pad30") applies to Whisper checkpoints only; see HFWhisperUpstream.
+    max_seconds: the longest clip accepted; None: the family's default (SSL_MAX_SECONDS = 60 s for
+    wav2vec2-style models, the 30 s window for Whisper, which can only be lowered).
     """
     if options:
         raise ConfigError(f"hf:{path_or_hub_id}: unknown option(s) {sorted(options)}; "
-                          "hf upstreams take whisper_mode and trainable")
+                          "hf upstreams take whisper_mode, trainable and max_seconds")
     if whisper_mode not in WHISPER_MODES:
         raise ConfigError(f"hf:{path_or_hub_id}: whisper_mode must be one of {WHISPER_MODES}, got {whisper_mode!r}")
     spec = f"hf:{path_or_hub_id}"
+    positive_seconds(max_seconds, "max_seconds", spec)  # fail before loading any weights
     folder = resolve_folder(path_or_hub_id)
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -424,7 +449,9 @@ def load_hf_upstream(path_or_hub_id: str, whisper_mode: str = "trim", trainable:
     preprocessor = _read_json(preprocessor_path) if preprocessor_path.is_file() else {}
     if model_type == "whisper":
         encoder = _load_whisper_encoder(folder, config, spec)
-        return HFWhisperUpstream(encoder, spec, preprocessor, whisper_mode=whisper_mode, trainable=trainable)
+        return HFWhisperUpstream(encoder, spec, preprocessor, whisper_mode=whisper_mode, trainable=trainable,
+                                 max_seconds=max_seconds)
     model = _load_weights(_ssl_model_class(model_type), folder, spec)
     return HFSSLUpstream(model, spec, do_normalize=preprocessor.get("do_normalize", True),
-                         sample_rate=preprocessor.get("sampling_rate", 16000), trainable=trainable)
+                         sample_rate=preprocessor.get("sampling_rate", 16000), trainable=trainable,
+                         max_seconds=max_seconds)
