@@ -384,3 +384,127 @@ def test_speech_embedding_digit_accuracy_on_fsdd(speech_embedding):
     accuracy = nearest_centroid_accuracy(features[train], [items[i][0] for i in train],
                                          features[test], [items[i][0] for i in test])
     assert accuracy > 0.8, f"digit accuracy {accuracy:.3f} (chance 0.1)"
+
+
+# --------------------------------------------------------------------------------------------------
+# Long clips in windows, integer PCM
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def long_speech() -> torch.Tensor:
+    """About 27 s of real speech: 60 FSDD clips (6 speakers x 10 digits) concatenated; clips 25-34
+    (samples QUIET) are 1e-4 quieter, so that a window there has its own, lower, mel maximum."""
+    clips = [fsdd_clip(d, s, 0) for s in SPEAKERS for d in range(10)]
+    clips[25:35] = [c * 1e-4 for c in clips[25:35]]
+    QUIET.update(start=sum(len(c) for c in clips[:25]), stop=sum(len(c) for c in clips[:35]))
+    return torch.cat(clips)
+
+
+QUIET: dict[str, int] = {}
+
+
+def spy_calls(monkeypatch, owner, method: str, sizes: list) -> None:
+    """Record len(first argument) of every call of owner.method."""
+    original = getattr(owner, method)
+
+    def spy(x, *rest, **kw):
+        sizes.append(x.shape[0] if not isinstance(x, torch.Tensor) or x.dim() < 3 else x.shape[1])
+        return original(x, *rest, **kw)
+
+    monkeypatch.setattr(owner, method, spy)
+
+
+def test_speech_embedding_windows_stitch_exactly_on_a_long_clip(speech_embedding, long_speech, monkeypatch):
+    """A long clip batched with a short one, run 2.5 s at a time vs whole: the same hidden states
+    (measured max abs difference 0; the tolerance leaves room for another onnxruntime kernel), and
+    no onnxruntime call sees more than one window of audio."""
+    short = fsdd_clip(3, "theo", 1)
+    wavs, lengths = pad_batch([long_speech, short])
+    whole = SpeechEmbeddingUpstream(window_seconds=None)(wavs, lengths)
+    windowed_model = SpeechEmbeddingUpstream(window_seconds=2.5)
+    mel_samples, embed_windows = [], []
+    spy_calls(monkeypatch, windowed_model, "_raw_mel", mel_samples)
+    spy_calls(monkeypatch, windowed_model, "_embed_windows", embed_windows)
+    windowed = windowed_model(wavs, lengths)
+    assert torch.equal(windowed.lengths, whole.lengths)
+    torch.testing.assert_close(windowed.hidden, whole.hidden, atol=1e-5, rtol=0)
+    # ceil(frames / 31) embedding calls of at most int(2.5 * 12.5) = 31 windows, mel calls of at most
+    # 250 mel frames (249 * 160 + 512 samples), several of each
+    assert max(embed_windows) == 31 and len(embed_windows) == -(-int(whole.lengths.sum()) // 31)
+    assert max(mel_samples) == 249 * 160 + 512 and len(mel_samples) > 5
+    # the quiet stretch's own mel floor is lower than the clip's: windowing alone would change it,
+    # the clip-wide floor re-applied after the windows is what makes the result exact
+    whole_mel = speech_embedding.mel(long_speech.numpy())
+    assert np.array_equal(windowed_model.mel(long_speech.numpy()), whole_mel)
+    quiet_mel = speech_embedding.mel(long_speech[QUIET["start"]:QUIET["stop"]].numpy())
+    assert quiet_mel.min() < whole_mel.min() - 1.0, (quiet_mel.min(), whole_mel.min())
+
+
+def test_resemblyzer_windows_carry_the_lstm_state(long_speech, monkeypatch):
+    """Resemblyzer 1.7 s at a time, the LSTM state carried across windows, vs the whole clip:
+    the same hidden states within float rounding (measured max abs difference <= 3e-7), and no
+    LSTM call sees more than one window of frames."""
+    short = fsdd_clip(8, "lucas", 2)
+    wavs, lengths = pad_batch([long_speech, short])
+    whole = ResemblyzerUpstream(window_seconds=None)(wavs, lengths)
+    windowed_model = ResemblyzerUpstream(window_seconds=1.7)
+    frames_seen = []
+    for lstm in windowed_model.lstm:
+        lstm.register_forward_hook(lambda module, args, out: frames_seen.append(args[0].shape[1]))
+    windowed = windowed_model(wavs, lengths)
+    assert torch.equal(windowed.lengths, whole.lengths)
+    torch.testing.assert_close(windowed.hidden, whole.hidden, atol=1e-5, rtol=0)
+    print(f"\nresemblyzer windowed vs whole: max abs diff {(windowed.hidden - whole.hidden).abs().max():.2e}")
+    assert max(frames_seen) == 170 and len(frames_seen) == 3 * -(-whole.num_frames // 170)
+    # without the carried state the windows would not stitch: the first frame of window 2 differs
+    fresh = windowed_model.lstm[0](windowed_model.mel(wavs, lengths)[:, 170:171])[0]
+    assert (fresh[0, 0] - whole.hidden[0, 0, 170]).abs().max() > 1e-2
+
+
+def test_window_seconds_option_is_checked():
+    from speechfuse.errors import ConfigError
+    from speechfuse.upstream import load_upstream
+
+    for bad in (0, -1.0, "10", float("nan"), True):
+        with pytest.raises(ConfigError, match="window_seconds"):
+            load_upstream("resemblyzer", window_seconds=bad)
+    assert load_upstream("speech-embedding", window_seconds=None).window_seconds is None
+    # windows do not change the features, so the option is not part of the cache key
+    assert load_upstream("resemblyzer", window_seconds=3).identity() == load_upstream("resemblyzer").identity()
+
+
+def test_long_clip_through_the_feature_cache(tmp_path, long_speech):
+    """A long clip extracted in windows, stored and read back: the same frames as a direct forward
+    (to fp16 storage precision)."""
+    from speechfuse.cache import FeatureCache
+    from speechfuse.data.manifest import Utterance
+
+    path = tmp_path / "long.flac"
+    sf.write(path, long_speech.numpy(), 16000)
+    utt = Utterance(id="long", path=str(path), duration=len(long_speech) / 16000)
+    upstream = ResemblyzerUpstream(window_seconds=2.0)
+    entry = FeatureCache(tmp_path / "cache").ensure(upstream, [utt], batch_seconds=10, progress=False)
+    cached = entry.read([utt])
+    wav, _ = sf.read(path, dtype="float32")
+    direct = upstream(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))
+    assert torch.equal(cached.lengths, direct.lengths)
+    torch.testing.assert_close(cached.hidden, direct.hidden, atol=2e-3, rtol=2e-3)
+
+
+def test_integer_pcm_is_scaled_and_other_dtypes_are_refused(resemblyzer):
+    """int16 / int32 waveforms give exactly the features of the same samples as float (/ 2**15,
+    / 2**31), close to the original float clip; uint8 and int64 are refused with an AudioError."""
+    from speechfuse.errors import AudioError
+
+    clip = fsdd_clip(6, "yweweler", 3)
+    pcm16 = (clip * 32767).round().to(torch.int16)[None]
+    lengths = torch.tensor([pcm16.shape[1]])
+    as_float = resemblyzer(pcm16.float() / 2**15, lengths).hidden
+    assert torch.equal(resemblyzer(pcm16, lengths).hidden, as_float)
+    assert torch.equal(resemblyzer(pcm16.to(torch.int32) * 65536, lengths).hidden, as_float)
+    original = resemblyzer(clip[None], lengths).hidden
+    cosine = torch.nn.functional.cosine_similarity(as_float[-1, 0], original[-1, 0], dim=-1)
+    assert cosine.min() > 0.999, cosine.min()
+    torch.testing.assert_close(resemblyzer.embed(pcm16, lengths), resemblyzer.embed(pcm16.float() / 2**15, lengths))
+    for dtype in (torch.uint8, torch.int64, torch.bool):
+        with pytest.raises(AudioError, match=f"dtype {dtype}.*int16 / int32"):
+            resemblyzer(pcm16.to(dtype), lengths)

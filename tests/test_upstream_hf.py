@@ -454,3 +454,49 @@ def test_trim_vs_pad30_on_real_whisper_tiny_en():
     print(f"\ntrim vs pad30 (whisper tiny.en, LibriVox): relative diff per layer {[round(r, 3) for r in rel]}, "
           f"last-layer cosine {cosine:.4f}")
     assert rel[0] < 0.05 and rel[-1] < 0.3 and cosine > 0.95
+
+
+def test_ssl_models_refuse_clips_over_max_seconds(folders):
+    """Attention spans the whole clip, so it is never windowed: clips over max_seconds (default 60 s)
+    are refused before the model runs, naming the batch index and the option."""
+    upstream = sf.load_upstream("hf:" + folders["hubert"])
+    assert upstream.max_seconds == 60.0
+    with pytest.raises(AudioError, match=r"batch index \[1\].*max_seconds=60 s.*raise the upstream option max_seconds"):
+        upstream(*batch(speech(16000), torch.zeros(60 * 16000 + 1)))
+    limited = sf.load_upstream("hf:" + folders["wavlm"], max_seconds=0.5)
+    assert limited(speech(8000)[None], torch.tensor([8000])).lengths.tolist() == [limited.num_frames(8000)]
+    with pytest.raises(AudioError, match=r"batch index \[0\].*max_seconds=0.5 s \(longest 0.5 s\)"):
+        limited(speech(8001)[None], torch.tensor([8001]))
+    for bad in (0, -3, "60", float("inf")):
+        with pytest.raises(ConfigError, match="max_seconds"):
+            sf.load_upstream("hf:" + folders["hubert"], max_seconds=bad)
+
+
+def test_whisper_max_seconds_can_only_be_lowered(folders):
+    upstream = sf.load_upstream("hf:" + folders["whisper"])
+    assert upstream.max_seconds == 30.0
+    with pytest.raises(ConfigError, match="only be lowered"):
+        sf.load_upstream("hf:" + folders["whisper"], max_seconds=45)
+    short = sf.load_upstream("hf:" + folders["whisper"], max_seconds=1)
+    with pytest.raises(AudioError, match=r"max_seconds=1 s.*split long recordings"):
+        short(*batch(speech(8000), speech(16001)))
+
+
+@pytest.mark.parametrize("family", ["whisper", "data2vec-audio"])
+def test_integer_pcm_is_scaled_like_soundfile(family, folders):
+    """int16 / int32 batches give exactly the features of the same samples as float (/ 2**15, / 2**31);
+    for Whisper (no input normalisation) they stay close to the original float clip. Other integer
+    dtypes are refused."""
+    upstream = sf.load_upstream("hf:" + folders[family])
+    clip = speech(12000, index=3)
+    pcm16 = (clip * 32767).round().to(torch.int16)
+    wavs, lengths = batch(pcm16, pcm16[:7000])
+    as_float = upstream(wavs.float() / 2**15, lengths).hidden
+    assert torch.equal(upstream(wavs.to(torch.int16), lengths).hidden, as_float)
+    assert torch.equal(upstream(wavs.to(torch.int32) * 65536, lengths).hidden, as_float)
+    if family == "whisper":
+        original = upstream(clip[None], torch.tensor([12000])).hidden[-1, 0]
+        cosine = torch.nn.functional.cosine_similarity(as_float[-1, 0], original, dim=-1)
+        assert cosine.min() > 0.99, cosine.min()
+    with pytest.raises(AudioError, match="dtype torch.uint8"):
+        upstream(wavs.to(torch.uint8), lengths)

@@ -25,7 +25,7 @@ from .base import Upstream, as_float_waveform, positive_seconds
 
 # Audio per window when resemblyzer / speech-embedding run a long clip (option window_seconds): the
 # windows stitch exactly, so this bounds peak memory without changing the features.
-WINDOW_SECONDS = 30.0
+WINDOW_SECONDS = 10.0
 
 
 def package_file(package: str, relative: str, install_hint: str) -> Path:
