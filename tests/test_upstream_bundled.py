@@ -407,7 +407,7 @@ def spy_calls(monkeypatch, owner, method: str, sizes: list) -> None:
     original = getattr(owner, method)
 
     def spy(x, *rest, **kw):
-        sizes.append(x.shape[0] if not isinstance(x, torch.Tensor) or x.dim() < 3 else x.shape[1])
+        sizes.append(len(x))
         return original(x, *rest, **kw)
 
     monkeypatch.setattr(owner, method, spy)
@@ -508,3 +508,16 @@ def test_integer_pcm_is_scaled_and_other_dtypes_are_refused(resemblyzer):
     for dtype in (torch.uint8, torch.int64, torch.bool):
         with pytest.raises(AudioError, match=f"dtype {dtype}.*int16 / int32"):
             resemblyzer(pcm16.to(dtype), lengths)
+
+
+def test_resemblyzer_embed_in_windows_matches_whole(long_speech, monkeypatch):
+    """embed() on a long clip: partials embedded 4 s of frames (2 partials) per LSTM call give the
+    embedding of all partials at once, to float rounding."""
+    lengths = torch.tensor([len(long_speech)])
+    whole = ResemblyzerUpstream(window_seconds=None).embed(long_speech[None], lengths)
+    windowed_model = ResemblyzerUpstream(window_seconds=4.0)
+    batch_sizes = []
+    spy_calls(monkeypatch, windowed_model, "_embed_frames", batch_sizes)
+    windowed = windowed_model.embed(long_speech[None], lengths)
+    assert max(batch_sizes) == 2 and sum(batch_sizes) == len(windowed_model.partial_starts(len(long_speech))) > 10
+    torch.testing.assert_close(windowed, whole, atol=1e-6, rtol=0)

@@ -222,7 +222,8 @@ class ResemblyzerUpstream(Upstream):
     def embed(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
         """[B,256] L2-normalised utterance embeddings, resemblyzer's embed_utterance scheme: the clip
         is zero-padded to cover 1.6 s partials, each partial is embedded and the L2-normalised mean
-        of the partial embeddings is returned. (No VAD silence trimming.)"""
+        of the partial embeddings is returned. (No VAD silence trimming.) Long clips: the mel is
+        computed in windows and the partials embedded window_seconds of frames at a time."""
         wav_lengths = torch.as_tensor(wav_lengths, dtype=torch.long).cpu()
         wavs = as_float_waveform(wavs, self.name)
         self.validate(wavs, wav_lengths)
@@ -235,7 +236,12 @@ class ResemblyzerUpstream(Upstream):
                 mel = self.mel(wav[None], torch.tensor([n], device=wavs.device))[0]
                 partials += [mel[s:s + self.partial_frames] for s in starts]
                 owners += [b] * len(starts)
-            embeddings = self._embed_frames(torch.stack(partials))
+            # window_seconds of partial frames per LSTM call, so that a long clip's partials never
+            # all sit in memory at once
+            group = max(1, self.items_per_window(self.frame_rate, len(partials) * self.partial_frames)
+                        // self.partial_frames)
+            embeddings = torch.cat([self._embed_frames(torch.stack(partials[i:i + group]))
+                                    for i in range(0, len(partials), group)])
             owner = torch.tensor(owners, device=wavs.device)
             mean = torch.zeros(len(wav_lengths), self.hidden_size, device=wavs.device)
             mean = mean.index_add(0, owner, embeddings) / torch.bincount(owner)[:, None]
