@@ -391,7 +391,10 @@ def test_clip_limit_comes_from_the_upstreams(tiny_model_dir):
 
     whisper = load_upstream(f"hf:{tiny_model_dir('whisper')}")
     hubert = load_upstream(f"hf:{tiny_model_dir('hubert')}")
-    assert clip_limit([hubert]) is None
+    assert clip_limit([]) is None
+    # wav2vec2-style models: attention over the whole clip, 60 s by default, the upstream option max_seconds
+    assert clip_limit([hubert]) == ClipLimit(60.0, hubert.name)
+    assert clip_limit([load_upstream(f"hf:{tiny_model_dir('hubert')}", max_seconds=90)]) == ClipLimit(90.0, hubert.name)
     assert clip_limit([hubert, whisper]) == ClipLimit(30.0, whisper.name)
 
 

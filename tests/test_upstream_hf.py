@@ -460,7 +460,7 @@ def test_ssl_models_refuse_clips_over_max_seconds(folders):
     """Attention spans the whole clip, so it is never windowed: clips over max_seconds (default 60 s)
     are refused before the model runs, naming the batch index and the option."""
     upstream = sf.load_upstream("hf:" + folders["hubert"])
-    assert upstream.max_seconds == 60.0
+    assert upstream.max_samples == 60 * 16000
     with pytest.raises(AudioError, match=r"batch index \[1\].*max_seconds=60 s.*raise the upstream option max_seconds"):
         upstream(*batch(speech(16000), torch.zeros(60 * 16000 + 1)))
     limited = sf.load_upstream("hf:" + folders["wavlm"], max_seconds=0.5)
@@ -474,7 +474,7 @@ def test_ssl_models_refuse_clips_over_max_seconds(folders):
 
 def test_whisper_max_seconds_can_only_be_lowered(folders):
     upstream = sf.load_upstream("hf:" + folders["whisper"])
-    assert upstream.max_seconds == 30.0
+    assert upstream.max_samples == 30 * 16000
     with pytest.raises(ConfigError, match="only be lowered"):
         sf.load_upstream("hf:" + folders["whisper"], max_seconds=45)
     short = sf.load_upstream("hf:" + folders["whisper"], max_seconds=1)
