@@ -29,7 +29,7 @@ SUPPORTED_MODEL_TYPES = SSL_MODEL_TYPES + ("whisper",)
 WHISPER_MODES = ("trim", "pad30")
 # Longest clip a wav2vec2-style model accepts by default (option max_seconds). Self-attention spans
 # the whole clip, so it cannot be run in windows without changing the features, and its memory grows
-# with the square of the clip length; 60 s covers common corpora (LibriSpeech's longest is 35 s).
+# with the square of the clip length. Raise it for longer utterances when the memory is there.
 SSL_MAX_SECONDS = 60.0
 
 # parameters a base model may lack in a task checkpoint without changing inference outputs
