@@ -3,9 +3,12 @@
 Lightning builds a nested checkpoint dict (model state_dict, optimizer and scheduler states, loop
 progress, callback states). `SafetensorsCheckpointIO` stores every tensor in it as a safetensors tensor
 and the rest of the structure (dicts, lists, tuples, ints, floats, strings, bools, None) as JSON in the
-safetensors header, in ONE file written atomically (temp file + rename, so a kill never leaves a torn
-checkpoint). Anything else (an arbitrary object) raises CheckpointError naming its key: nothing is ever
+safetensors header, in ONE file written atomically (speechfuse.runfolder.write_atomic: a kill never leaves a
+torn checkpoint). Anything else (an arbitrary object) raises CheckpointError naming its key: nothing is ever
 pickled, and loading never unpickles.
+
+The header also holds a CRC32 of the structure and of every tensor's bytes; loading verifies them, so
+damaged bytes are a CheckpointError naming the file, never silently loaded weights or RNG states.
 
     trainer = Trainer(plugins=[SafetensorsCheckpointIO()], ...)
     state = load_checkpoint_file("run/checkpoints/best.safetensors")   # the same nested dict
@@ -14,18 +17,21 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import CheckpointIO
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from .errors import SpeechfuseError
+from .runfolder import write_atomic
 
 FORMAT = "speechfuse-checkpoint-v1"
 _META_KEY = "speechfuse"
+_CRC_KEY = "crc32"  # {"structure": crc of the JSON, "<tensor name>": crc of its bytes}; absent in older files
 
 
 class CheckpointError(SpeechfuseError):
@@ -83,20 +89,36 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+def _crc(tensor: torch.Tensor) -> int:
+    return zlib.crc32(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def _tensor_keys(structure: Any, key: str = "") -> dict[str, str]:
+    """Tensor name -> its key in the checkpoint (for error messages)."""
+    if isinstance(structure, dict) and "__tensor__" in structure:
+        return {structure["__tensor__"]: key or "(root)"}
+    if isinstance(structure, dict) and "__tuple__" in structure:
+        structure = structure["__tuple__"]
+    if isinstance(structure, list):
+        children = [(f"{key}[{i}]", v) for i, v in enumerate(structure)]
+    elif isinstance(structure, dict) and "__items__" in structure:
+        children = [(f"{key}[{k!r}]", v) for k, v in structure["__items__"]]
+    elif isinstance(structure, dict):
+        children = [(f"{key}.{k}" if key else k, v) for k, v in structure.items()]
+    else:
+        return {}
+    return {name: where for child_key, v in children for name, where in _tensor_keys(v, child_key).items()}
+
+
 def save_checkpoint_file(checkpoint: dict, path: str | Path) -> None:
-    """Write a nested dict as one safetensors file (tensors) with the structure as JSON metadata."""
+    """Write a nested dict as one safetensors file (tensors) with the structure and checksums as JSON metadata."""
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
-    structure = _encode(checkpoint, "", tensors)
-    meta = {"format": FORMAT, _META_KEY: json.dumps(structure)}
+    structure = json.dumps(_encode(checkpoint, "", tensors))
+    crcs = {"structure": zlib.crc32(structure.encode("utf-8")), **{name: _crc(t) for name, t in tensors.items()}}
+    meta = {"format": FORMAT, _META_KEY: structure, _CRC_KEY: json.dumps(crcs)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, save(tensors, metadata=meta))
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict:
@@ -106,7 +128,7 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
     try:
-        with safe_open(str(path), framework="pt", device=device) as f:
+        with safe_open(str(path), framework="pt", device="cpu") as f:  # checksums are computed on the host
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:
@@ -115,7 +137,30 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict:
     if meta.get("format") != FORMAT or _META_KEY not in meta:
         raise CheckpointError(f"{path} is a safetensors file but not a speechfuse checkpoint "
                               f"(format {meta.get('format')!r}, expected {FORMAT!r})")
+    _verify(path, meta, tensors)
+    if device != "cpu":
+        tensors = {k: t.to(device) for k, t in tensors.items()}
     return _decode(json.loads(meta[_META_KEY]), tensors)
+
+
+def _verify(path: Path, meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> None:
+    if _CRC_KEY not in meta:  # written before checksums existed
+        return
+    damage = ("; it cannot be used. Restore it from a copy, or delete it: `speechfuse train` then resumes from the "
+              "run's other checkpoint, or starts over.")
+    try:
+        crcs = json.loads(meta[_CRC_KEY])
+        structure_ok = crcs["structure"] == zlib.crc32(meta[_META_KEY].encode("utf-8"))
+    except (ValueError, KeyError, TypeError):
+        structure_ok = False
+    if not structure_ok:
+        raise CheckpointError(f"checkpoint {path} is damaged: its header does not match its checksum{damage}")
+    bad = sorted(name for name, t in tensors.items() if crcs.get(name) != _crc(t))
+    if bad or set(crcs) - {"structure"} != set(tensors):
+        keys = _tensor_keys(json.loads(meta[_META_KEY]))
+        names = ", ".join(keys.get(n, n) for n in bad[:3]) or "tensors missing"
+        raise CheckpointError(f"checkpoint {path} is damaged: {len(bad)} tensor(s) do not match their checksum "
+                              f"({names}{', ...' if len(bad) > 3 else ''}){damage}")
 
 
 class SafetensorsCheckpointIO(CheckpointIO):

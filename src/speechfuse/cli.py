@@ -7,7 +7,8 @@
         --grid upstreams=whisper-tiny.en+resemblyzer,resemblyzer --out runs/sweep
     speechfuse demo --quick
 
-Errors in the input (config, manifests, audio) print one clean message and exit with code 2.
+Errors in the input (config, manifests, audio) print one clean message and exit with code 2. Ctrl-C exits
+with code 130; during `train` it first saves a checkpoint to resume from.
 """
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "resumed from it. Prints the dev/test metrics of the best checkpoint as JSON.")
     _add_config(p)
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
+    p.add_argument("--allow-changed-data", action="store_true",
+                   help="resume even though a manifest's contents changed since the run started "
+                        "(same as --set train.allow_changed_data=true)")
 
     p = sub.add_parser("evaluate", help="score a finished run on a split",
                        description="Rebuild a run's best checkpoint and print its metrics on a split as JSON.")
@@ -142,6 +146,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from .train import train
 
         cfg = load_config(args.config, args.overrides)
+        if args.allow_changed_data:
+            cfg.train.allow_changed_data = True
         metrics = train(cfg, args.out or _default_out(args.config))
         print(json.dumps(metrics, indent=2))
         return 0
@@ -180,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpeechfuseError as err:
         print(f"speechfuse {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("speechfuse: interrupted; `speechfuse train` resumes from the last checkpoint", file=sys.stderr)
+    except KeyboardInterrupt as err:  # train's TrainingInterrupted says what was saved
+        print(f"speechfuse {args.command}: interrupted" + (f": {err}" if str(err) else
+              "; `speechfuse train` resumes from the last checkpoint"), file=sys.stderr)
         return 130
 
 

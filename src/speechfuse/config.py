@@ -105,6 +105,10 @@ class TrainConfig(_Strict):
     deterministic: bool = True
     importance: bool = True
     """After training, compute per-(model, layer) drop-one-layer importance on one dev batch."""
+    on_nonfinite_loss: Literal["stop", "skip"] = "stop"
+    """A NaN/inf training loss: stop the run with an error naming the step, or skip that batch (no update)."""
+    allow_changed_data: bool = False
+    """Resume even though a manifest's contents changed since the run started (default: refuse)."""
 
 
 class Config(_Strict):

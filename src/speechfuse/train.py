@@ -5,8 +5,10 @@
     metrics = train(load_config("configs/fsdd_speaker.yaml"), "runs/speaker")   # {"dev": {...}, "test": {...}}
     evaluate("runs/speaker", split="test")
 
-A run folder holds:
+A run folder holds (its layout, lock, fingerprints and atomic writer: speechfuse.runfolder):
     config.yaml       the resolved config            task.json       the fitted task (vocabulary / labels)
+    fingerprint.json  sha256 of the config and of each manifest's contents (checked on resume)
+    train.lock        while a `train` runs in the folder: its pid, host and start time
     checkpoints/      last.safetensors, best.safetensors (safetensors + JSON, see speechfuse.checkpoint)
     metrics.json      {"dev": {...}, "test": {...}} of the best checkpoint (chosen by the dev main metric)
     interface.json    {"interface", "num_parameters", "describe", "importance"}   layers.png  weights/importance
@@ -17,6 +19,14 @@ Behaviour worth knowing:
 - Resume: `train()` on a folder that holds checkpoints/last.safetensors continues from it: model, optimizer,
   scheduler, loop position, the position inside the epoch (batches already trained on are skipped) and the
   torch RNG state are restored, so a killed run ends with the same weights and metrics as an uninterrupted one.
+  A damaged `last` checkpoint (checksums) falls back to `best` with a warning. Resuming refuses a changed config
+  (but for RESUME_MAY_CHANGE) and changed manifest contents (unless train.allow_changed_data).
+- Ctrl-C (SIGINT) finishes the current step, evaluates dev and saves `last` / `best` as a scheduled evaluation
+  does, then raises TrainingInterrupted (a KeyboardInterrupt; the CLI exits 130). A second Ctrl-C stops at once.
+- A NaN/inf training loss stops the run with an error naming the step (train.on_nonfinite_loss=skip skips the
+  batch instead); metrics.json is only written by a run that finished.
+- Before any work: the folder is locked (a second `train` into it fails naming the first), its folders must be
+  writable and its disk must hold the checkpoints.
 - Batches: `train.batch_seconds` is the GLOBAL batch. Under DDP (torchrun or train.devices > 1) every rank
   builds the same duration batches and takes every world_size-th utterance of each; the loss of each rank is
   scaled by (its utterances * world_size / batch utterances), so DDP's gradient averaging yields the gradient
@@ -32,7 +42,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import sys
+import threading
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,7 +57,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .checkpoint import SafetensorsCheckpointIO, load_checkpoint_file
+from .checkpoint import CheckpointError, SafetensorsCheckpointIO, load_checkpoint_file
 from .config import Config, config_from_dict, config_to_dict, config_to_yaml
 from .data.batching import DurationBatchSampler
 from .data.dataset import AudioDataset, collate_audio
@@ -52,9 +66,10 @@ from .data.manifest import (BadRow, ClipLimit, ManifestError, Utterance, clip_li
 from .errors import ConfigError, SpeechfuseError
 from .frontend import FusionFrontend
 from .hidden import HiddenStates
+from .runfolder import (CKPT_DIR, LOGS_DIR, RunLock, check_data_unchanged, check_free_space, check_writable,
+                        disk_full, record_fingerprint, write_atomic)
 from .tasks import Task, check_targets_known, get_task
 
-CKPT_DIR = "checkpoints"
 LAST = "last"
 BEST = "best"
 EXT = ".safetensors"
@@ -366,11 +381,28 @@ class FusionTask(pl.LightningModule):
                 torch.cuda.set_rng_state(self._rng_to_restore["cuda"], self.device)
             self._rng_to_restore = None
 
-    def training_step(self, batch: FusionBatch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: FusionBatch, batch_idx: int) -> Optional[torch.Tensor]:
         out, out_lengths = self(batch)
         loss = self.task.loss(out, out_lengths, batch.targets)
+        finite = bool(torch.isfinite(loss.detach()))
+        if self.trainer.world_size > 1:  # every rank must stop or skip together, or DDP hangs
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            return self._nonfinite(loss, batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch.utts))
         return loss * batch.weight
+
+    def _nonfinite(self, loss: torch.Tensor, batch: FusionBatch) -> None:
+        ids = ", ".join(repr(u.id) for u in batch.utts[:5]) + (", ..." if len(batch.utts) > 5 else "")
+        where = (f"the training loss is {float(loss.detach())} at step {self.global_step + 1} "
+                 f"(epoch {self.current_epoch}; utterances {ids})")
+        if self.cfg.train.on_nonfinite_loss == "skip":
+            warnings.warn(f"{where}; batch skipped, no update (train.on_nonfinite_loss=skip)", stacklevel=2)
+            return None
+        raise NonFiniteLossError(f"{where}. Training stopped (train.on_nonfinite_loss=stop): nothing of this step was "
+                                 "saved and no metrics were written; any checkpoint in the run folder is from an "
+                                 "earlier step. Check these inputs, lower train.lr / train.interface_lr, or set "
+                                 "train.on_nonfinite_loss=skip to skip such batches.")
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.position.advance(self.trainer.current_epoch)
@@ -469,8 +501,79 @@ class _ValidateAtEnd(Callback):
             trainer.should_stop = True
 
 
+class NonFiniteLossError(SpeechfuseError):
+    """The training loss became NaN or infinite (train.on_nonfinite_loss=stop)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training; the message says whether a checkpoint was saved first."""
+
+
 class _Checkpoint(ModelCheckpoint):
+    """Stores its file paths relative to the checkpoints folder: Lightning's absolute paths made a moved or
+    copied run folder forget its best score, so the next evaluation replaced `best` whatever its score."""
+
     FILE_EXTENSION = EXT
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        name = lambda p: Path(p).name if p else p  # noqa: E731
+        return {**state, "dirpath": ".", "best_model_path": name(state["best_model_path"]),
+                "kth_best_model_path": name(state["kth_best_model_path"]),
+                "last_model_path": name(state["last_model_path"]),
+                "best_k_models": {name(p): v for p, v in state["best_k_models"].items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # older checkpoints hold absolute paths: only the file name counts, in this run folder
+        here = lambda p: str(Path(self.dirpath) / Path(p).name) if p else p  # noqa: E731
+        state = dict(state_dict, dirpath=self.dirpath)
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if key in state:
+                state[key] = here(state[key])
+        if "best_k_models" in state:
+            state["best_k_models"] = {here(p): v for p, v in state["best_k_models"].items()}
+        super().load_state_dict(state)
+
+
+class _StopOnInterrupt(Callback):
+    """Ctrl-C during the training loop: finish the step, then stop through `should_stop`, which makes Lightning
+    evaluate dev and save `last` / `best` exactly where scheduled evaluations do (so the run resumes exactly).
+    Before the loop (cache extraction) or a second time: KeyboardInterrupt at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.in_loop = False
+        self._previous: Any = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        first = not self.requested
+        self.requested = True
+        if not (first and self.in_loop):
+            raise KeyboardInterrupt
+        print("\nspeechfuse: Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.in_loop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.in_loop = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        stop = self.requested
+        if trainer.world_size > 1:  # each rank gets its own SIGINT, maybe a step apart: stop together
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            trainer.should_stop = True
 
 
 class _KillForTests(Callback):
@@ -550,8 +653,9 @@ def _trainer(t, run_dir, devices, strategy, callbacks, loggers) -> pl.Trainer:
 
 
 # train keys a resumed run may change: they do not change what is computed, only how long / where / how shown
+# (or how a failure is handled)
 RESUME_MAY_CHANGE = {"max_steps", "max_epochs", "val_every_steps", "progress_bar", "num_workers", "devices",
-                     "accelerator", "importance", "skip_bad_rows"}
+                     "accelerator", "importance", "skip_bad_rows", "on_nonfinite_loss", "allow_changed_data"}
 
 
 def _check_same_config(cfg: Config, run_dir: Path) -> None:
@@ -583,6 +687,15 @@ def _check_same_config(cfg: Config, run_dir: Path) -> None:
         raise ConfigError(f"run folder {run_dir} holds a checkpoint of a run with a different config ({', '.join(diff)} "
                           f"differ); resume it with the same config (only train.{{{', '.join(sorted(RESUME_MAY_CHANGE))}}} "
                           "and cache may change), or train into a new folder (--out)")
+
+
+def _check_same_task(task: Task, run_dir: Path) -> None:
+    """On resume, the task fitted now (labels / vocabulary) must be the one the checkpoints were trained for."""
+    path = run_dir / "task.json"
+    if path.is_file() and json.loads(path.read_text(encoding="utf-8")) != json.loads(json.dumps(task.state())):
+        raise ConfigError(f"cannot resume {run_dir}: the training data now gives the task other labels / another "
+                          f"vocabulary than {path}, which its checkpoints were trained for; train into a new folder "
+                          "(--out)")
 
 
 @torch.no_grad()
@@ -619,7 +732,7 @@ def write_interface_report(model: FusionTask, loader: DataLoader, run_dir: Path,
         states = batch.states if batch.states is not None else model.frontend.extract(batch.wavs, batch.wav_lengths)
         info["importance"] = layer_importance(model.frontend, states)
     info["describe"] = interface.describe()
-    (run_dir / "interface.json").write_text(json.dumps(info, indent=2, default=float), encoding="utf-8")
+    write_atomic(run_dir / "interface.json", json.dumps(info, indent=2, default=float))
     try:
         from .report import plot_importance
     except ImportError:
@@ -630,42 +743,101 @@ def write_interface_report(model: FusionTask, loader: DataLoader, run_dir: Path,
     return info
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _resume_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The checkpoint to resume from: `last`, or `best` with a warning when `last` is damaged; None for a new run."""
+    last, best = run_dir / CKPT_DIR / f"{LAST}{EXT}", run_dir / CKPT_DIR / f"{BEST}{EXT}"
+    if not last.is_file():
+        return None
+    try:
+        load_checkpoint_file(last)
+        return last
+    except CheckpointError as err:
+        damaged = err
+    if not best.is_file():
+        raise CheckpointError(f"cannot resume {run_dir}: {damaged}")
+    try:
+        step = load_checkpoint_file(best).get("global_step")
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot resume {run_dir}: both checkpoints are damaged. {damaged} {err}") from err
+    warnings.warn(f"cannot resume from {last}, it is damaged ({str(damaged).split('; ')[0]}); resuming from {best} "
+                  f"(step {step}) instead", stacklevel=3)
+    return best
+
+
+def _checkpoint_bytes(model: FusionTask) -> int:
+    """Size of one checkpoint: the stored (not frozen) weights plus AdamW's two moments per trainable weight."""
+    frozen = model._frozen_keys()
+    stored = sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if k not in frozen)
+    return stored + 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
 def train(cfg: Config, out_dir: str | os.PathLike, callbacks: list | None = None) -> dict:
     """Train (or resume) the run in `out_dir`; returns {"dev": {...}, "test": {...}} of the best checkpoint."""
     run_dir = Path(out_dir)
+    check_writable(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # one `train` per folder; DDP's other ranks belong to the run that rank 0 locked
+    with RunLock(run_dir) if rank_zero_only.rank == 0 else nullcontext():
+        return _train(cfg, run_dir, callbacks)
+
+
+def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
+    check_writable(run_dir, run_dir / CKPT_DIR, run_dir / LOGS_DIR)
     _check_same_config(cfg, run_dir)
+    resume = _resume_checkpoint(run_dir)
+    manifests = {split: path for split in SPLITS if (path := getattr(cfg.data, split)) is not None}
+    if resume is not None:
+        check_data_unchanged(run_dir, manifests, cfg.train.allow_changed_data)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     task = build_task(cfg)
     frontend = build_frontend(cfg)  # first: the manifest check needs each upstream's longest clip
     splits = load_splits(cfg, run_dir, task.target_field, max_clip=clip_limit(frontend.upstreams))
     task.fit(splits["train"])
     check_targets_known(task, splits, {split: getattr(cfg.data, split) for split in splits})
+    if resume is not None:
+        _check_same_task(task, run_dir)
     is_zero = rank_zero_only.rank == 0
     if is_zero:
-        _write_atomic(run_dir / "config.yaml", config_to_yaml(cfg))  # other ranks may be reading it
-        _write_atomic(run_dir / "task.json", json.dumps(task.state(), indent=2))
+        config_text = config_to_yaml(cfg)
+        write_atomic(run_dir / "config.yaml", config_text)  # other ranks may be reading it
+        write_atomic(run_dir / "task.json", json.dumps(task.state(), indent=2))
+        record_fingerprint(run_dir, config_text, manifests)
 
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)  # same initial weights on every rank
     model = FusionTask(cfg, task, frontend)
+    if is_zero:  # last + best + the one being written, side by side for a moment
+        check_free_space(run_dir, 3 * _checkpoint_bytes(model) + 2**20, "three checkpoints (last, best, one being "
+                         "written)")
     frozen = all(not u.trainable for u in model.frontend.upstreams)
     cache_dir = resolve_cache_dir(cfg, run_dir) if frozen else None
     data = FusionData(cfg, task, splits, model.frontend, cache_dir, model.position)
-    trainer = make_trainer(cfg, run_dir, task, callbacks)
+    stopper = _StopOnInterrupt()
+    trainer = make_trainer(cfg, run_dir, task, [*(callbacks or []), stopper])
     last = run_dir / CKPT_DIR / f"{LAST}{EXT}"
-    with warnings.catch_warnings():
-        # FusionTask restores the position inside the epoch itself (_Position), so this warning is moot;
-        # frozen upstreams are in eval mode on purpose
-        warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
-        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
-        warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
-        trainer.fit(model, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    stopper.install()
+    try:
+        with warnings.catch_warnings():
+            # FusionTask restores the position inside the epoch itself (_Position), so this warning is moot;
+            # frozen upstreams are in eval mode on purpose
+            warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+            warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+            warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+            trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume is not None else None)
+    except SystemExit as err:  # Lightning answers a KeyboardInterrupt with sys.exit(1)
+        if stopper.requested:
+            raise TrainingInterrupted(f"training of {run_dir} stopped by Ctrl-C before it saved a checkpoint; run "
+                                      "the same command again to resume from the last one saved") from err
+        raise
+    except OSError as err:
+        full = disk_full(err, run_dir)
+        if full is not None:
+            raise full from err
+        raise
+    finally:
+        stopper.uninstall()
+    if stopper.requested:
+        raise TrainingInterrupted(f"training of {run_dir} stopped by Ctrl-C after step {trainer.global_step}; "
+                                  f"{last} was saved: run the same command again to resume")
     if trainer.interrupted:
         raise SpeechfuseError(f"training of {run_dir} was interrupted; run the same command again to resume "
                               "from its last checkpoint")
@@ -682,7 +854,7 @@ def train(cfg: Config, out_dir: str | os.PathLike, callbacks: list | None = None
     if is_zero:
         write_interface_report(model, data.val_dataloader(), run_dir, cfg.train.importance)
         # last: a sweep treats a run folder with metrics.json as finished
-        _write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -725,4 +897,5 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", device: str | None
 
 
 __all__ = ["train", "evaluate", "load_run", "FusionTask", "FusionData", "FusionBatch", "score", "make_trainer",
-           "load_splits", "build_frontend", "build_task", "resolve_cache_dir", "write_interface_report"]
+           "load_splits", "build_frontend", "build_task", "resolve_cache_dir", "write_interface_report",
+           "NonFiniteLossError", "TrainingInterrupted"]
