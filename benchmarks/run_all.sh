@@ -20,3 +20,4 @@ run benchmarks/bundled_load.py
 run benchmarks/interface_cost.py --device "$DEVICE"
 run benchmarks/sweep_cache.py --device "$DEVICE"
 run benchmarks/manifest_check.py
+run benchmarks/checkpoint_integrity.py
