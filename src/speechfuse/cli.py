@@ -187,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"speechfuse {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # train's TrainingInterrupted says what was saved
-        print(f"speechfuse {args.command}: interrupted" + (f": {err}" if str(err) else
-              "; `speechfuse train` resumes from the last checkpoint"), file=sys.stderr)
+        print(f"speechfuse {args.command}: interrupted" + (f": {err}" if str(err) else ""), file=sys.stderr)
         return 130
 
 
