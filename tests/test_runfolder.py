@@ -177,10 +177,11 @@ def test_resume_refuses_a_manifest_edited_in_place(corpus, tmp_path):
     assert (run / "task.json").read_text() == task_before
     assert load_checkpoint_file(_ckpt(run, "last"))["global_step"] == 2
 
-    allowed = {**longer, "train": {**longer["train"], "allow_changed_data": True}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(longer))
     with pytest.warns(UserWarning, match=r"data\.train .* changed.*allow_changed_data"):
-        train(config_from_dict(allowed), run)
+        assert main(["train", str(tmp_path / "cfg.yaml"), "--allow-changed-data", "--out", str(run)]) == 0
     assert load_checkpoint_file(_ckpt(run, "last"))["global_step"] == 4
+    allowed = {**longer, "train": {**longer["train"], "allow_changed_data": True}}
 
     # even when allowed, data that gives the task another label map cannot resume the trained head
     header, first, *rest = mine["train"].read_text().splitlines()

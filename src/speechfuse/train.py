@@ -826,7 +826,7 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
     except SystemExit as err:  # Lightning answers a KeyboardInterrupt with sys.exit(1)
         if stopper.requested:
             raise TrainingInterrupted(f"training of {run_dir} stopped by Ctrl-C before it saved a checkpoint; run "
-                                      "the same command again to resume from the last one saved") from err
+                                      "the same command again to resume from its last checkpoint, if any") from err
         raise
     except OSError as err:
         full = disk_full(err, run_dir)
