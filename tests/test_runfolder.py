@@ -317,9 +317,10 @@ def test_too_little_free_space_and_a_full_disk_are_clear_errors(tmp_path, monkey
 
 # -- 7. Ctrl-C saves and exits 130 ---------------------------------------------------------------------------
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(corpus, tmp_path):
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(corpus, tmp_path, capsys):
     """Row: Ctrl-C exited 1. Now SIGINT during `speechfuse train` saves a checkpoint, exits 130, and the
-    resumed run ends with the same weights as an uninterrupted one."""
+    resumed run ends with the same weights as an uninterrupted one. While it trains, a second `train` with
+    another config into the same folder is refused (row: both exited 0 and mixed the folder)."""
     from speechfuse.train import train
 
     _, manifests, upstream = corpus
@@ -334,6 +335,8 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(corpus, tmp_path):
         while not _ckpt(run, "last").is_file() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert proc.poll() is None, (tmp_path / "err.txt").read_text()[-3000:]
+        assert main(["train", str(tmp_path / "cfg.yaml"), "--set", "interface.name=hconv", "--out", str(run)]) == 2
+        assert f"in use by another `speechfuse train` (pid {proc.pid}" in capsys.readouterr().err
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=300)
     stderr = (tmp_path / "err.txt").read_text()

@@ -516,23 +516,25 @@ class _Checkpoint(ModelCheckpoint):
     FILE_EXTENSION = EXT
 
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        name = lambda p: Path(p).name if p else p  # noqa: E731
-        return {**state, "dirpath": ".", "best_model_path": name(state["best_model_path"]),
-                "kth_best_model_path": name(state["kth_best_model_path"]),
-                "last_model_path": name(state["last_model_path"]),
-                "best_k_models": {name(p): v for p, v in state["best_k_models"].items()}}
+        return self._paths(super().state_dict(), lambda p: Path(p).name, dirpath=".")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # older checkpoints hold absolute paths: only the file name counts, in this run folder
-        here = lambda p: str(Path(self.dirpath) / Path(p).name) if p else p  # noqa: E731
-        state = dict(state_dict, dirpath=self.dirpath)
+        super().load_state_dict(self._paths(state_dict, lambda p: str(Path(self.dirpath) / Path(p).name),
+                                            dirpath=self.dirpath))
+
+    @staticmethod
+    def _paths(state: dict[str, Any], convert, dirpath: Optional[str]) -> dict[str, Any]:
+        def fix(path):
+            return convert(path) if path else path
+
+        out = dict(state, dirpath=dirpath)
         for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
-            if key in state:
-                state[key] = here(state[key])
-        if "best_k_models" in state:
-            state["best_k_models"] = {here(p): v for p, v in state["best_k_models"].items()}
-        super().load_state_dict(state)
+            if key in out:
+                out[key] = fix(out[key])
+        if "best_k_models" in out:
+            out["best_k_models"] = {fix(p): v for p, v in out["best_k_models"].items()}
+        return out
 
 
 class _StopOnInterrupt(Callback):
