@@ -315,6 +315,39 @@ def test_too_little_free_space_and_a_full_disk_are_clear_errors(tmp_path, monkey
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
+def test_low_disk_space_stops_before_training(corpus, tmp_path, monkeypatch):
+    import collections
+
+    import speechfuse.runfolder as runfolder
+    from speechfuse.train import train
+
+    _, manifests, upstream = corpus
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(runfolder.shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**19, 2**19))
+    with pytest.raises(RunFolderError, match=r"only 0\.5 MiB free on the disk of .*three checkpoints"):
+        train(config_from_dict(tiny_config(manifests, upstream, max_steps=2)), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_disk_full_while_saving_a_checkpoint_is_a_clear_error(corpus, tmp_path, monkeypatch):
+    """write(2) answers ENOSPC for checkpoint files only, as a disk that fills up during training would."""
+    from speechfuse.train import train
+
+    _, manifests, upstream = corpus
+    real_write = os.write
+
+    def write(fd, data):
+        if ".safetensors.tmp-" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    run = tmp_path / "run"
+    with pytest.raises(RunFolderError, match=r"disk full while writing .*checkpoints/(best|last)\.safetensors"):
+        train(config_from_dict(tiny_config(manifests, upstream, max_steps=4, val_every_steps=2)), run)
+    assert not list((run / "checkpoints").iterdir()) and not (run / "metrics.json").exists()  # no torn files
+
+
 # -- 7. Ctrl-C saves and exits 130 ---------------------------------------------------------------------------
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(corpus, tmp_path, capsys):
