@@ -15,6 +15,10 @@ def __getattr__(name):  # lazy: keep `import speechfuse` light
         from . import interfaces
 
         return getattr(interfaces, name)
+    if name in ("FusedModel", "load_model"):
+        from . import model
+
+        return getattr(model, name)
     if name == "FusionFrontend":
         from .frontend import FusionFrontend
 
@@ -25,5 +29,6 @@ def __getattr__(name):  # lazy: keep `import speechfuse` light
 __all__ = [
     "HiddenStates", "Upstream", "load_upstream", "list_upstreams", "register_upstream",
     "Aligner", "build_interface", "list_interfaces", "register_interface", "Interface", "FusionFrontend",
+    "FusedModel", "load_model",
     "SpeechfuseError", "ConfigError", "AudioError", "UpstreamError", "ShapeError",
 ]

@@ -13,6 +13,7 @@ A run folder holds (its layout, lock, fingerprints and atomic writer: speechfuse
     metrics.json      {"dev": {...}, "test": {...}} of the best checkpoint (chosen by the dev main metric)
     interface.json    {"interface", "num_parameters", "describe", "importance"}   layers.png  weights/importance
     logs/             CSV (logs/csv/metrics.csv) and TensorBoard (logs/tensorboard) logs
+    model/            the best checkpoint as a model folder: sf.load_model(RUN_DIR) (see speechfuse.model)
     skipped_<split>.csv  the manifest rows dropped with train.skip_bad_rows
 
 Behaviour worth knowing:
@@ -66,9 +67,10 @@ from .data.manifest import (BadRow, ClipLimit, ManifestError, Utterance, clip_li
 from .errors import ConfigError, SpeechfuseError
 from .frontend import FusionFrontend
 from .hidden import HiddenStates
+from .model import build_frontend, build_task, save_run_model
 from .runfolder import (CKPT_DIR, LOGS_DIR, RunLock, check_data_unchanged, check_free_space, check_writable,
                         disk_full, record_fingerprint, write_atomic)
-from .tasks import Task, check_targets_known, get_task
+from .tasks import Task, check_targets_known
 
 LAST = "last"
 BEST = "best"
@@ -318,30 +320,6 @@ class FusionData(pl.LightningDataModule):
 # ---------------------------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------------------------
-def build_frontend(cfg: Config) -> FusionFrontend:
-    from .upstream import load_upstream
-
-    upstreams = []
-    for i, u in enumerate(cfg.upstreams):
-        try:
-            upstreams.append(load_upstream(u.spec, **u.options))
-        except TypeError as err:
-            raise ConfigError(f"upstreams[{i}].options {u.options}: {err}") from err
-    try:
-        return FusionFrontend(upstreams, interface=cfg.interface.name, aligner_options=cfg.align.options(),
-                              interface_options=cfg.interface.options())
-    except TypeError as err:  # an option the interface or aligner does not take
-        raise ConfigError(f"interface / align options: {err}; check the keys under 'interface:' and 'align:' "
-                          f"(interface options given: {cfg.interface.options()})") from err
-
-
-def build_task(cfg: Config) -> Task:
-    try:
-        return get_task(cfg.task, **cfg.downstream)
-    except ConfigError as err:
-        raise ConfigError(f"downstream: {err}") from err
-
-
 class FusionTask(pl.LightningModule):
     """FusionFrontend (upstreams -> aligner -> interface) + the task head, trained with AdamW."""
 
@@ -855,6 +833,7 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
         metrics["test"] = score(model, data.test_dataloader())
     if is_zero:
         write_interface_report(model, data.val_dataloader(), run_dir, cfg.train.importance)
+        save_run_model(cfg, task, model.frontend, model.head, run_dir, metrics, best.stem)  # RUN_DIR/model/
         # last: a sweep treats a run folder with metrics.json as finished
         write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
