@@ -1,10 +1,11 @@
-"""The `speechfuse` command line: train, evaluate, extract, sweep, demo.
+"""The `speechfuse` command line: train, evaluate, extract, sweep, predict, export, demo.
 
     speechfuse train configs/fsdd_speaker.yaml --set train.max_steps=200 --out runs/speaker
     speechfuse evaluate runs/speaker --split test
     speechfuse extract configs/fsdd_speaker.yaml --out runs/speaker
     speechfuse sweep configs/fsdd_speaker.yaml --grid interface.name=weighted_sum,hconv \\
         --grid upstreams=whisper-tiny.en+resemblyzer,resemblyzer --out runs/sweep
+    speechfuse predict runs/speaker recordings/ test.csv --out predictions.jsonl
     speechfuse demo --quick
 
 Errors in the input (config, manifests, audio) print one clean message and exit with code 2. Ctrl-C exits
@@ -85,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train every combination once per seed (e.g. 0,1,2); results.md then shows mean ± std "
                         "over the seeds, results.csv one row per run")
     p.add_argument("--out", required=True, help="sweep folder")
+
+    p = sub.add_parser("predict", help="predict with a trained model, streaming to a file",
+                       description="Run a trained model (a run folder or a model folder) over audio files, folders "
+                                   "and manifests. Results are appended to OUT batch by batch, so a killed run loses "
+                                   "nothing written and a rerun skips the inputs already in OUT. Bad inputs are "
+                                   "listed in OUT with the reason. Prints a JSON summary, with metrics when a "
+                                   "manifest holds references.")
+    p.add_argument("model", help="a run folder (uses its model/) or a model folder")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio file, folder of audio files, or manifest (.csv/.jsonl)")
+    p.add_argument("--out", required=True, help="predictions file: .jsonl or .csv")
+    p.add_argument("--batch-seconds", type=float, default=60.0, help="seconds of padded audio per batch (default 60)")
+    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
+    p.add_argument("--allow-changed-upstreams", action="store_true",
+                   help="load even if an upstream's weights differ from those the model was trained with")
 
     p = sub.add_parser("demo", help="the bundled FSDD demo (no downloads)",
                        description="Train the bundled upstreams on the bundled FSDD subset and write a report.")
@@ -168,6 +183,16 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         rows = run_sweep(cfg, parse_grid(args.grid), args.out, seeds=_seeds(args.seeds),
                          select=parse_grid(args.select) if args.select else None)
         print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if args.command == "predict":
+        import torch
+
+        from .inference import predict_to_file
+        from .model import load_model
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(args.model, device=device, allow_changed_upstreams=args.allow_changed_upstreams)
+        print(json.dumps(predict_to_file(model, args.inputs, args.out, batch_seconds=args.batch_seconds), indent=2))
         return 0
     if args.command == "demo":
         from .demo import run_demo

@@ -1,0 +1,402 @@
+"""Inference with a FusedModel: typed predictions for files, folders, manifests or waveforms, and a streaming
+writer that survives a kill.
+
+    model = sf.load_model("runs/speaker")
+    model.predict("clip.wav")                      # [Classification(id, path, duration, label, probabilities)]
+    model.predict(["a.wav", "recordings/", "test.csv", torch.randn(16000)])
+    predict_to_file(model, ["recordings/"], "predictions.jsonl")   # what `speechfuse predict` runs
+
+Inputs are batched by duration with the training sampler (data/batching.py). A bad input (missing,
+unreadable, empty, NaN, too long for an upstream) becomes a `Failure` with the reason; `predict` raises
+on them unless skip_bad=True, `predict_to_file` always lists them in the output and goes on.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Union
+
+import numpy as np
+import torch
+
+from .data.adapters import AUDIO_SUFFIXES
+from .data.audio import audio_info, read_audio
+from .data.batching import DurationBatchSampler
+from .data.manifest import load_manifest
+from .errors import AudioError, ConfigError, SpeechfuseError
+
+if TYPE_CHECKING:
+    from .model import FusedModel
+
+MANIFEST_SUFFIXES = (".csv", ".jsonl")
+OUTPUT_FORMATS = (".jsonl", ".csv")
+
+
+@dataclass
+class Prediction:
+    id: str
+    path: Optional[str]
+    duration: float  # seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Transcription(Prediction):
+    text: str = ""
+
+
+@dataclass
+class Classification(Prediction):
+    label: str = ""
+    probabilities: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Failure:
+    """An input that could not be predicted, and why."""
+    id: str
+    path: Optional[str]
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Result = Union[Prediction, Failure]
+
+
+@dataclass
+class _Item:
+    id: str
+    path: Optional[str] = None
+    wav: Optional[torch.Tensor] = None  # waveform inputs: already at the model's rate
+    duration: float = 0.0
+    reference: Optional[str] = None
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------
+def collect_inputs(inputs: Any, sample_rate: int, target: str = "text",
+                   input_rate: Optional[int] = None) -> list[Union[_Item, Failure]]:
+    """Expand files, folders (audio files under it, sorted), manifests (.csv / .jsonl) and waveforms
+    ([S] or [B,S] tensors or arrays at `input_rate`, default the model's) into items; files whose header
+    cannot be read become Failures, in input order. `target`: the manifest field holding references."""
+    entries: list[Union[_Item, Failure]] = []
+
+    def add_file(path: Path, utt_id: str, reference: Optional[str] = None) -> None:
+        try:
+            frames, _, _, duration = audio_info(path)
+        except AudioError as err:
+            entries.append(Failure(utt_id, str(path), str(err)))
+            return
+        if frames == 0:
+            entries.append(Failure(utt_id, str(path), f"audio file {path} is empty (0 samples)"))
+            return
+        entries.append(_Item(utt_id, str(path), duration=duration, reference=reference))
+
+    def add_wave(wav: torch.Tensor) -> None:
+        utt_id = f"waveform-{len(entries)}"
+        if input_rate and input_rate != sample_rate:
+            import soxr
+
+            wav = torch.from_numpy(soxr.resample(wav.numpy(), input_rate, sample_rate).astype(np.float32))
+        if wav.numel() == 0:
+            entries.append(Failure(utt_id, None, "empty waveform (0 samples)"))
+            return
+        entries.append(_Item(utt_id, None, wav=wav, duration=wav.numel() / sample_rate))
+
+    def visit(x: Any) -> None:
+        if isinstance(x, (torch.Tensor, np.ndarray)):
+            wav = torch.as_tensor(x, dtype=torch.float32).detach().cpu()
+            if wav.dim() == 1:
+                add_wave(wav)
+            elif wav.dim() == 2:
+                for row in wav:
+                    add_wave(row)
+            else:
+                raise AudioError(f"predict: a waveform must be [S] or [B,S] mono audio, got shape {tuple(wav.shape)}")
+            return
+        if isinstance(x, (list, tuple)):
+            for y in x:
+                visit(y)
+            return
+        if not isinstance(x, (str, os.PathLike)):
+            raise ConfigError(f"predict: cannot read input {x!r:.80}; give file or folder paths, a manifest "
+                              "(.csv / .jsonl), or waveform tensors")
+        path = Path(x)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            if not files:
+                raise ConfigError(f"predict: no audio files ({', '.join(AUDIO_SUFFIXES)}) under {path}")
+            for p in files:
+                add_file(p, str(p))
+        elif path.suffix.lower() in MANIFEST_SUFFIXES:
+            for utt in load_manifest(path):
+                ref = getattr(utt, target, None) if target in ("text", "label", "speaker", "language") else None
+                add_file(Path(utt.path), utt.id, ref if ref not in (None, "") else None)
+        else:
+            add_file(path, str(x))
+
+    visit(inputs)
+    return entries
+
+
+def _split(entries: list[Union[_Item, Failure]]) -> tuple[list[_Item], list[Failure]]:
+    return [e for e in entries if isinstance(e, _Item)], [e for e in entries if isinstance(e, Failure)]
+
+
+def max_seconds(model: "FusedModel") -> tuple[Optional[float], str]:
+    """The longest clip every upstream accepts (Whisper: 30 s), and which upstream sets it."""
+    limits = [(up.max_samples / up.sample_rate, up.name) for up in model.frontend.upstreams
+              if getattr(up, "max_samples", None)]
+    return min(limits) if limits else (None, "")
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+# ---------------------------------------------------------------------------------------------
+def iter_predictions(model: "FusedModel", items: list[_Item], batch_seconds: float = 60.0,
+                     progress: Optional[bool] = None) -> Iterator[list[Result]]:
+    """One list of results per duration batch (shortest clips first). A clip that fails to read or run
+    becomes a Failure; the rest of its batch is still predicted."""
+    if not items:
+        return
+    limit, limiter = max_seconds(model)
+    ready: list[_Item] = []
+    early: list[Result] = []
+    for item in items:
+        if limit is not None and item.duration > limit:
+            early.append(Failure(item.id, item.path, f"too long for upstream {limiter}: {item.duration:.2f} s > "
+                                                     f"{limit:.0f} s; split the recording into shorter segments"))
+        else:
+            ready.append(item)
+    if early:
+        yield early
+    if not ready:
+        return
+    batches = list(DurationBatchSampler([it.duration for it in ready], batch_seconds, shuffle=False))
+    seconds = [sum(ready[i].duration for i in batch) for batch in batches]
+    show = progress if progress is not None else len(ready) > 50
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        # the same float additions as the updates below, so the bar ends exactly at its total
+        bar = tqdm(total=sum(seconds), unit="s audio", desc="predict", file=sys.stderr,
+                   bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}]")
+    was_training = model.training
+    model.eval()
+    try:
+        for batch, amount in zip(batches, seconds):
+            yield _predict_batch(model, [ready[i] for i in batch], limit, limiter)
+            if bar is not None:
+                bar.update(amount)
+    finally:
+        model.train(was_training)
+        if bar is not None:
+            bar.close()
+
+
+def _predict_batch(model: "FusedModel", items: list[_Item], limit: Optional[float], limiter: str) -> list[Result]:
+    results: list[Result] = []
+    clips: list[tuple[_Item, torch.Tensor]] = []
+    for item in items:
+        try:
+            wav = item.wav if item.wav is not None else read_audio(item.path, model.sample_rate)
+            if limit is not None and wav.numel() > limit * model.sample_rate:
+                raise AudioError(f"too long for upstream {limiter}: {wav.numel() / model.sample_rate:.2f} s > "
+                                 f"{limit:.0f} s; split the recording into shorter segments")
+            if not torch.isfinite(wav).all():
+                raise AudioError("NaN or infinite samples")
+            clips.append((item, wav))
+        except AudioError as err:
+            results.append(Failure(item.id, item.path, str(err)))
+    if not clips:
+        return results
+    try:
+        results += _run(model, clips)
+    except SpeechfuseError as err:
+        if len(clips) == 1:
+            return results + [Failure(clips[0][0].id, clips[0][0].path, str(err))]
+        for clip in clips:  # find which clip broke the batch; predict the others
+            try:
+                results += _run(model, [clip])
+            except SpeechfuseError as err:
+                results.append(Failure(clip[0].id, clip[0].path, str(err)))
+    return results
+
+
+@torch.inference_mode()
+def _run(model: "FusedModel", clips: list[tuple[_Item, torch.Tensor]]) -> list[Prediction]:
+    lengths = torch.tensor([w.numel() for _, w in clips], dtype=torch.long)
+    wavs = torch.zeros(len(clips), int(lengths.max()))
+    for row, (_, w) in enumerate(clips):
+        wavs[row, : w.numel()] = w
+    out, out_lengths = model(wavs.to(model.device), lengths)
+    task = model.task
+    common = [dict(id=it.id, path=it.path, duration=round(it.duration, 4)) for it, _ in clips]
+    if task.name == "asr":
+        return [Transcription(**c, text=t) for c, t in zip(common, task.predict(out, out_lengths))]
+    if task.name == "classify":
+        probs = out.float().softmax(-1).cpu()
+        labels = task.predict(out, out_lengths)
+        return [Classification(**c, label=label, probabilities={k: round(float(p), 6) for k, p in zip(task.labels, row)})
+                for c, label, row in zip(common, labels, probs)]
+    raise ConfigError(f"predict: task {task.name!r} has no prediction type")
+
+
+def predict(model: "FusedModel", inputs: Any, batch_seconds: float = 60.0, progress: Optional[bool] = None,
+            skip_bad: bool = False, sample_rate: Optional[int] = None) -> list[Result]:
+    """Predictions in input order. inputs: a file, folder, manifest, waveform, or a list of them;
+    waveforms are at `sample_rate` (default the model's). Bad inputs raise AudioError listing them all
+    (checked from the headers before anything runs) unless skip_bad=True, which returns them as Failures."""
+    entries = collect_inputs(inputs, model.sample_rate, model.target, sample_rate)
+    items, failures = _split(entries)
+    if failures and not skip_bad:
+        raise AudioError(_listing(failures))
+    results: list[Result] = list(failures)
+    for batch in iter_predictions(model, items, batch_seconds, progress):
+        bad = [r for r in batch if isinstance(r, Failure)]
+        if bad and not skip_bad:
+            raise AudioError(_listing(bad))
+        results += batch
+    position: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        position.setdefault(entry.id, i)
+    return sorted(results, key=lambda r: position[r.id])  # stable: a repeated input keeps its copies
+
+
+def _listing(failures: list[Failure]) -> str:
+    lines = "\n".join(f"  {f.id}: {f.error}" for f in failures[:20])
+    more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+    return (f"{len(failures)} input(s) cannot be predicted:\n{lines}{more}\n"
+            "Fix or remove them, or pass skip_bad=True to predict the rest.")
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming to a file (the CLI)
+# ---------------------------------------------------------------------------------------------
+class _Output:
+    """predictions.jsonl or .csv, appended one flushed, fsynced batch at a time. Reopening after a kill drops
+    a torn last line and reports which ids are already there."""
+
+    def __init__(self, path: Path, model: "FusedModel") -> None:
+        if path.suffix.lower() not in OUTPUT_FORMATS:
+            raise ConfigError(f"predict --out {path}: the file must end in .jsonl or .csv")
+        self.path, self.csv = path, path.suffix.lower() == ".csv"
+        labels = list(getattr(model.task, "labels", []) or [])
+        self.columns = ["id", "path", "duration", "prediction", "error"] + [f"prob_{lab}" for lab in labels]
+        self.done = self._recover()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "a", encoding="utf-8", newline="")
+        if self.csv and self.file.tell() == 0:
+            self.file.write(self._csv_line(dict(zip(self.columns, self.columns))))
+
+    def _recover(self) -> dict[str, dict[str, Any]]:
+        if not self.path.is_file():
+            return {}
+        data = self.path.read_bytes()
+        cut = data.rfind(b"\n") + 1
+        if cut < len(data):  # a kill mid-write left a partial line
+            with open(self.path, "r+b") as f:
+                f.truncate(cut)
+            data = data[:cut]
+        text = data.decode("utf-8")
+        if self.csv:
+            rows = list(csv.DictReader(io.StringIO(text)))
+            if rows and list(rows[0].keys()) != self.columns:
+                raise ConfigError(f"predict --out {self.path}: it holds columns {list(rows[0].keys())} of another "
+                                  "model; write to a new file")
+        else:
+            rows = []
+            for n, line in enumerate(text.splitlines(), start=1):
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as err:
+                    raise ConfigError(f"predict --out {self.path}: line {n} is not JSON ({err}); it is not a "
+                                      "predictions file, write to a new one") from err
+        return {row["id"]: row for row in rows}
+
+    def _csv_line(self, row: dict[str, Any]) -> str:
+        buffer = io.StringIO()
+        csv.writer(buffer).writerow([row.get(c, "") for c in self.columns])
+        return buffer.getvalue()
+
+    def _row(self, result: Result) -> dict[str, Any]:
+        if not self.csv:
+            return result.to_dict()
+        row: dict[str, Any] = {"id": result.id, "path": result.path or ""}
+        if isinstance(result, Failure):
+            return {**row, "error": result.error}
+        row.update(duration=result.duration, prediction=prediction_text(result.to_dict()))
+        if isinstance(result, Classification):
+            row.update({f"prob_{k}": v for k, v in result.probabilities.items()})
+        return row
+
+    def write(self, results: list[Result]) -> None:
+        for result in results:
+            row = self._row(result)
+            self.file.write(self._csv_line(row) if self.csv else json.dumps(row) + "\n")
+            self.done[result.id] = result.to_dict()
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def prediction_text(row: dict[str, Any]) -> Optional[str]:
+    """The predicted text or label of an output row (None for a failure)."""
+    for key in ("prediction", "text", "label"):
+        if row.get(key) not in (None, ""):
+            return str(row[key])
+    return None if row.get("error") else ""
+
+
+def predict_to_file(model: "FusedModel", inputs: Any, out: str | os.PathLike, batch_seconds: float = 60.0,
+                    progress: Optional[bool] = True) -> dict[str, Any]:
+    """Stream predictions to `out` (.jsonl or .csv) batch by batch; inputs already in `out` are skipped, so a
+    killed run continues where it stopped. Failures are written with their reason. Returns a summary, with
+    the task's metrics when the inputs carry references (a manifest with the model's target column)."""
+    items, failures = _split(collect_inputs(inputs, model.sample_rate, model.target))
+    output = _Output(Path(out), model)
+    seen = set(output.done)
+    todo = []
+    for item in items:
+        if item.id not in seen:
+            seen.add(item.id)  # a repeated input is predicted once
+            todo.append(item)
+    fresh_failures = [f for f in failures if f.id not in seen]
+    # skipped: already in the output from an earlier run, or given twice
+    counts = {"predicted": 0, "failed": 0, "skipped": len(items) + len(failures) - len(todo) - len(fresh_failures)}
+    try:
+        if fresh_failures:
+            output.write(fresh_failures)
+            counts["failed"] += len(fresh_failures)
+        for batch in iter_predictions(model, todo, batch_seconds, progress):
+            output.write(batch)
+            counts["failed"] += sum(isinstance(r, Failure) for r in batch)
+            counts["predicted"] += sum(isinstance(r, Prediction) for r in batch)
+    finally:
+        output.close()
+    summary: dict[str, Any] = {"out": str(out), **counts}
+    pairs = [(prediction_text(output.done[it.id]), it.reference) for it in items
+             if it.reference is not None and it.id in output.done]
+    pairs = [(p, r) for p, r in pairs if p is not None]
+    if pairs:
+        summary["metrics"] = model.task.metrics([p for p, _ in pairs], [r for _, r in pairs])
+        summary["scored"] = len(pairs)
+    return summary
+
+
+__all__ = ["predict", "predict_to_file", "iter_predictions", "collect_inputs", "Prediction", "Transcription",
+           "Classification", "Failure"]
