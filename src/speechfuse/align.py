@@ -153,12 +153,20 @@ class Aligner(nn.Module):
         return self._frame_rate
 
     def resampled_lengths(self, lengths: Sequence[torch.Tensor]) -> torch.Tensor:
-        """[N,B]: each model's own per-utterance lengths at the target rate."""
-        return torch.tensor(
-            [[resampled_length(int(n), rate, self._frame_rate) for n in lens.tolist()]
-             for lens, (_, _, rate) in zip(lengths, self.layouts)],
-            dtype=torch.long, device=lengths[0].device,
-        )
+        """[N,B]: each model's own per-utterance lengths at the target rate.
+
+        ceil(n * p/q) as integer tensor arithmetic (exact, and a trace of it stays valid for other lengths);
+        rates whose exact ratio has huge terms (e.g. 49.9 Hz in binary) take the Python-integer path."""
+        rows = []
+        for lens, (_, _, rate) in zip(lengths, self.layouts):
+            ratio = Fraction(self._frame_rate) / Fraction(rate)
+            p, q = ratio.numerator, ratio.denominator
+            if max(p, q) < 2 ** 31:
+                rows.append((lens.long() * p + (q - 1)) // q)
+            else:
+                rows.append(torch.tensor([resampled_length(int(n), rate, self._frame_rate) for n in lens.tolist()],
+                                         dtype=torch.long, device=lens.device))
+        return torch.stack(rows)
 
     def _validate(self, states: Sequence[HiddenStates]) -> None:
         if len(states) != self.num_models:
@@ -178,12 +186,12 @@ class Aligner(nn.Module):
             if (s.lengths < 0).any() or (s.lengths > s.num_frames).any():
                 raise ShapeError(f"{who}: lengths {s.lengths.tolist()} must lie in [0, T={s.num_frames}]")
 
-    def _resample_time(self, hidden: torch.Tensor, lengths: torch.Tensor, rate: float, num_out: int) -> torch.Tensor:
-        """[L,B,T,D] at `rate` -> [L,B,num_out,D] at the target rate, each utterance over its valid span."""
-        if num_out == 0:
-            return hidden.new_zeros(hidden.shape[0], hidden.shape[1], 0, hidden.shape[3])
-        if rate == self._frame_rate and num_out <= hidden.shape[2]:
-            return hidden[:, :, :num_out]
+    def _resample_time(self, hidden: torch.Tensor, lengths: torch.Tensor, rate: float,
+                       num_out: torch.Tensor) -> torch.Tensor:
+        """[L,B,T,D] at `rate` -> [L,B,num_out,D] at the target rate, each utterance over its valid span.
+        num_out is a 0-dim tensor (so a trace keeps it dynamic)."""
+        if rate == self._frame_rate and self.length == "min":
+            return hidden[:, :, :num_out]  # "min": num_out <= this model's longest length <= T
         device = hidden.device
         pos = _time_positions(num_out, rate, self._frame_rate, device)[None, :]  # [1,T']
         last = (lengths.to(device).clamp(min=1) - 1).to(torch.float64)[:, None]  # [B,1]
@@ -210,7 +218,7 @@ class Aligner(nn.Module):
         self._validate(states)
         own_lengths = self.resampled_lengths([s.lengths for s in states])
         lengths = own_lengths.min(dim=0).values if self.length == "min" else own_lengths.max(dim=0).values
-        num_frames = int(lengths.max()) if lengths.numel() else 0
+        num_frames = lengths.max() if lengths.numel() else torch.zeros((), dtype=torch.long)
         aligned = []
         for m, (s, (_, _, rate)) in enumerate(zip(states, self.layouts)):
             hidden = self._resample_layers(s.hidden)

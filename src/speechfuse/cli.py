@@ -6,6 +6,7 @@
     speechfuse sweep configs/fsdd_speaker.yaml --grid interface.name=weighted_sum,hconv \\
         --grid upstreams=whisper-tiny.en+resemblyzer,resemblyzer --out runs/sweep
     speechfuse predict runs/speaker recordings/ test.csv --out predictions.jsonl
+    speechfuse export runs/speaker --format onnx --out fusion.onnx
     speechfuse demo --quick
 
 Errors in the input (config, manifests, audio) print one clean message and exit with code 2. Ctrl-C exits
@@ -101,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-changed-upstreams", action="store_true",
                    help="load even if an upstream's weights differ from those the model was trained with")
 
+    p = sub.add_parser("export", help="export the part after the upstreams as TorchScript or ONNX",
+                       description="Export aligner + interface + head of a trained model (a run folder or a model "
+                                   "folder) as one graph over the upstreams' hidden states, with dynamic batch and "
+                                   "time; writes OUT and OUT.json (inputs, upstream fingerprints, vocabulary or "
+                                   "labels). The upstreams stay in PyTorch.")
+    p.add_argument("model", help="a run folder (uses its model/) or a model folder")
+    p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"],
+                   help="torchscript (default) or onnx (needs the onnx package: pip install 'speechfuse[export]')")
+    p.add_argument("--out", required=True, help="output file, e.g. fusion.pt or fusion.onnx")
+    p.add_argument("--allow-changed-upstreams", action="store_true",
+                   help="load even if an upstream's weights differ from those the model was trained with")
+
     p = sub.add_parser("demo", help="the bundled FSDD demo (no downloads)",
                        description="Train the bundled upstreams on the bundled FSDD subset and write a report.")
     p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
@@ -193,6 +206,14 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = load_model(args.model, device=device, allow_changed_upstreams=args.allow_changed_upstreams)
         print(json.dumps(predict_to_file(model, args.inputs, args.out, batch_seconds=args.batch_seconds), indent=2))
+        return 0
+    if args.command == "export":
+        from .export import export_fusion
+        from .model import load_model
+
+        model = load_model(args.model, allow_changed_upstreams=args.allow_changed_upstreams)
+        path = export_fusion(model, args.out, format=args.format)
+        print(json.dumps({"out": str(path), "sidecar": f"{path}.json", "format": args.format}, indent=2))
         return 0
     if args.command == "demo":
         from .demo import run_demo

@@ -1,0 +1,84 @@
+"""Export of aligner + interface + head: TorchScript and ONNX (onnxruntime) against the eager model on real FSDD
+clips, at batch sizes other than the traced one."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import save_tiny_model
+from test_model import make_corpus, run_config
+from speechfuse.config import config_from_dict
+from speechfuse.data import load_manifest
+from speechfuse.extract import load_audio_batch
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A classifier over hubert (800 Hz) + whisper (50 Hz): time resampling; an ASR model over hubert (32 wide)
+    + wav2vec2 (48 wide) under hconv: a projection and a packed BiLSTM head. Both saved as model folders."""
+    from speechfuse.model import FusedModel, build_task
+
+    root = tmp_path_factory.mktemp("export")
+    manifests = make_corpus(root)
+    hubert = save_tiny_model("hubert", root / "hubert")
+    whisper = save_tiny_model("whisper", root / "whisper")
+    wide = save_tiny_model("wav2vec2", root / "w2v", hidden_size=48)
+    utts = load_manifest(manifests["train"])
+    specs = {"classify": ([hubert, whisper], "weighted_sum", {"hidden_dim": 16}),
+             "asr": ([hubert, wide], "hconv", {"proj_dim": 16, "hidden_size": 16, "num_layers": 1,
+                                               "bidirectional": True})}
+    for task, (ups, interface, head) in specs.items():
+        cfg = config_from_dict(run_config(manifests, [{"spec": f"hf:{u}"} for u in ups], task=task,
+                                          interface=interface, downstream=head))
+        torch.manual_seed(0)
+        FusedModel.from_config(cfg, build_task(cfg).fit(utts)).save_pretrained(root / task)
+    return root, manifests
+
+
+def batches(manifests, model):
+    """Real clips in batches of 1 and 4 (the export was traced on 3 clips), as upstream hidden states."""
+    utts = load_manifest(manifests["test"]) + load_manifest(manifests["dev"])
+    for group in (utts[:1], utts[1:5]):
+        wavs, lengths = load_audio_batch(group, model.sample_rate)
+        with torch.no_grad():
+            yield model.frontend.extract(wavs, lengths)
+
+
+@pytest.mark.parametrize("task", ["classify", "asr"])
+def test_exports_match_the_eager_model(models, tmp_path, task, capsys):
+    import onnxruntime
+
+    import speechfuse as sf
+    from speechfuse.cli import main
+    from speechfuse.export import graph_inputs
+
+    root, manifests = models
+    model = sf.load_model(root / task)
+    assert main(["export", str(root / task), "--format", "onnx", "--out", str(tmp_path / "f.onnx")]) == 0
+    assert main(["export", str(root / task), "--format", "torchscript", "--out", str(tmp_path / "f.pt")]) == 0
+    capsys.readouterr()
+    sidecar = json.loads((tmp_path / "f.onnx.json").read_text())
+    assert sidecar["inputs"] == ["hidden_0", "lengths_0", "hidden_1", "lengths_1"]
+    assert sidecar["task"] == model.task.state()
+    scripted = torch.jit.load(str(tmp_path / "f.pt"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "f.onnx"), providers=["CPUExecutionProvider"])
+    worst = {"torchscript": 0.0, "onnx": 0.0}
+    for states in batches(manifests, model):
+        with torch.no_grad():
+            expected, expected_lengths = model.fuse_hidden(states)
+            inputs = graph_inputs(states)
+            ts_out, ts_lengths = scripted(*inputs)
+        onnx_out, onnx_lengths = session.run(None, {n: t.numpy() for n, t in zip(sidecar["inputs"], inputs)})
+        assert ts_out.shape == expected.shape and onnx_out.shape == tuple(expected.shape)
+        assert torch.equal(ts_lengths, expected_lengths)
+        assert np.array_equal(onnx_lengths, expected_lengths.numpy())
+        worst["torchscript"] = max(worst["torchscript"], float((ts_out - expected).abs().max()))
+        worst["onnx"] = max(worst["onnx"], float(np.abs(onnx_out - expected.numpy()).max()))
+        # the decoded predictions agree too
+        assert model.task.predict(torch.from_numpy(onnx_out), expected_lengths) == \
+            model.task.predict(expected, expected_lengths)
+    print(task, "max abs difference vs eager:", worst)
+    assert worst["torchscript"] < 1e-5 and worst["onnx"] < 1e-5, worst
