@@ -179,3 +179,16 @@ def test_a_killed_predict_resumes_without_duplicates(saved, tmp_path, capsys):
     # the manifest has references: metrics over every row, the resumed ones included
     assert summary["scored"] == n and summary["metrics"] == clean_summary["metrics"]
     assert set(summary["metrics"]) == {"accuracy", "macro_f1"}
+
+
+def test_predict_cli_errors_are_one_line(saved, tmp_path, capsys):
+    from speechfuse.cli import main
+
+    root, manifests = saved
+    assert main(["predict", str(root / "classify"), str(manifests["test"]), "--out", str(tmp_path / "p.txt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ".jsonl or .csv" in err and "Traceback" not in err
+    assert not (tmp_path / "p.txt").exists()
+    assert main(["predict", str(tmp_path / "nowhere"), str(manifests["test"]), "--out", str(tmp_path / "p.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model not found" in err

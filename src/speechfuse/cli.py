@@ -200,9 +200,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "predict":
         import torch
 
-        from .inference import predict_to_file
+        from .inference import check_output_path, predict_to_file
         from .model import load_model
 
+        check_output_path(args.out)  # before the model loads
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = load_model(args.model, device=device, allow_changed_upstreams=args.allow_changed_upstreams)
         print(json.dumps(predict_to_file(model, args.inputs, args.out, batch_seconds=args.batch_seconds), indent=2))

@@ -85,7 +85,9 @@ def export_fusion(model: "FusedModel", out: str | os.PathLike, format: str = "to
     example = graph_inputs(example_states(model, clips))
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        # grad mode stays on: under no_grad, nn.TransformerEncoderLayer (cls_pool) takes a fused fast path that
+        # has no ONNX equivalent; the trace records the same maths either way
+        with warnings.catch_warnings():
             # the shape checks inside the modules turn into constants of the trace (they passed); the graph
             # itself keeps batch and time dynamic
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)

@@ -285,13 +285,17 @@ def _listing(failures: list[Failure]) -> str:
 # ---------------------------------------------------------------------------------------------
 # streaming to a file (the CLI)
 # ---------------------------------------------------------------------------------------------
+def check_output_path(path: str | os.PathLike) -> None:
+    if Path(path).suffix.lower() not in OUTPUT_FORMATS:
+        raise ConfigError(f"predict --out {path}: the file must end in .jsonl or .csv")
+
+
 class _Output:
     """predictions.jsonl or .csv, appended one flushed, fsynced batch at a time. Reopening after a kill drops
     a torn last line and reports which ids are already there."""
 
     def __init__(self, path: Path, model: "FusedModel") -> None:
-        if path.suffix.lower() not in OUTPUT_FORMATS:
-            raise ConfigError(f"predict --out {path}: the file must end in .jsonl or .csv")
+        check_output_path(path)
         self.path, self.csv = path, path.suffix.lower() == ".csv"
         labels = list(getattr(model.task, "labels", []) or [])
         self.columns = ["id", "path", "duration", "prediction", "error"] + [f"prob_{lab}" for lab in labels]
@@ -367,8 +371,12 @@ def predict_to_file(model: "FusedModel", inputs: Any, out: str | os.PathLike, ba
     """Stream predictions to `out` (.jsonl or .csv) batch by batch; inputs already in `out` are skipped, so a
     killed run continues where it stopped. Failures are written with their reason. Returns a summary, with
     the task's metrics when the inputs carry references (a manifest with the model's target column)."""
-    items, failures = _split(collect_inputs(inputs, model.sample_rate, model.target))
-    output = _Output(Path(out), model)
+    output = _Output(Path(out), model)  # first: a bad --out fails before the inputs are scanned
+    try:
+        items, failures = _split(collect_inputs(inputs, model.sample_rate, model.target))
+    except BaseException:
+        output.close()
+        raise
     seen = set(output.done)
     todo = []
     for item in items:
