@@ -21,3 +21,4 @@ run benchmarks/interface_cost.py --device "$DEVICE"
 run benchmarks/sweep_cache.py --device "$DEVICE"
 run benchmarks/manifest_check.py
 run benchmarks/checkpoint_integrity.py
+run benchmarks/predict_throughput.py --device "$DEVICE"

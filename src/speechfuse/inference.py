@@ -249,7 +249,7 @@ def _run(model: "FusedModel", clips: list[tuple[_Item, torch.Tensor]]) -> list[P
     if task.name == "classify":
         probs = out.float().softmax(-1).cpu()
         labels = task.predict(out, out_lengths)
-        return [Classification(**c, label=label, probabilities={k: round(float(p), 6) for k, p in zip(task.labels, row)})
+        return [Classification(**c, label=label, probabilities=dict(zip(task.labels, row.tolist())))
                 for c, label, row in zip(common, labels, probs)]
     raise ConfigError(f"predict: task {task.name!r} has no prediction type")
 

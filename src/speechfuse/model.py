@@ -233,7 +233,8 @@ def check_upstreams(frontend: FusionFrontend, saved: list[dict[str, Any]], folde
             continue
         ident = entry.get("identity", {})
         now = up.identity()
-        who = f"upstream {i} ({entry['spec']})" if up.name == entry["spec"] else f"upstream {i} ({up.name}, {entry['spec']})"
+        who = f"upstream {i} ({entry['spec']})" if up.name == entry["spec"] else \
+            f"upstream {i} ({up.name}, {entry['spec']})"
         if ident.get("fingerprint") != now["fingerprint"]:
             problems.append(f"{who}: weight fingerprint {now['fingerprint']} differs from the saved "
                             f"{ident.get('fingerprint')}")
