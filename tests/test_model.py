@@ -86,6 +86,12 @@ def test_training_run_writes_its_model_and_the_reload_predicts_exactly(corpus, t
         got = model(wavs, lengths)[0]
     assert torch.equal(got, expected)
     assert model.task.predict(got, lengths) == reference.task.predict(expected, lengths)
+    # predicting the test manifest with the loaded model scores what the trainer scored
+    from speechfuse.inference import predict_to_file
+
+    summary = predict_to_file(model, manifests["test"], tmp_path / "test.jsonl", progress=False)
+    assert summary["scored"] == len(load_manifest(manifests["test"]))
+    assert summary["metrics"] == pytest.approx(metrics["test"])
 
 
 def test_asr_model_with_projection_and_finetuned_upstream_round_trips_exactly(corpus, tmp_path):
