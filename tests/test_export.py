@@ -17,15 +17,17 @@ from speechfuse.extract import load_audio_batch
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """A classifier over hubert (800 Hz) + whisper (50 Hz): time resampling; an ASR model over hubert (32 wide)
-    + wav2vec2 (48 wide) under hconv: a projection and a packed BiLSTM head. Both saved as model folders."""
+    """A classifier over hubert (800 Hz, 3 layers) + whisper (50 Hz, 4 layers): time and layer resampling; an ASR
+    model over hubert (32 wide) + wav2vec2 (48 wide) under hconv: a projection and a packed BiLSTM head. Both
+    saved as model folders."""
     from speechfuse.model import FusedModel, build_task
 
     root = tmp_path_factory.mktemp("export")
     manifests = make_corpus(root)
     hubert = save_tiny_model("hubert", root / "hubert")
-    whisper = save_tiny_model("whisper", root / "whisper")
-    wide = save_tiny_model("wav2vec2", root / "w2v", hidden_size=48)
+    # 4 layers each against hubert's 3: the aligner interpolates layers too
+    whisper = save_tiny_model("whisper", root / "whisper", encoder_layers=3)
+    wide = save_tiny_model("wav2vec2", root / "w2v", hidden_size=48, num_hidden_layers=3)
     utts = load_manifest(manifests["train"])
     specs = {"classify": ([hubert, whisper], "weighted_sum", {"hidden_dim": 16}),
              "asr": ([hubert, wide], "hconv", {"proj_dim": 16, "hidden_size": 16, "num_layers": 1,

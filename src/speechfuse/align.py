@@ -206,8 +206,9 @@ class Aligner(nn.Module):
         high = torch.minimum(low + 1, last.long())
         return hidden[:, batch_index, low] * (1 - weight) + hidden[:, batch_index, high] * weight
 
-    def _resample_layers(self, hidden: torch.Tensor) -> torch.Tensor:
-        num_in = hidden.shape[0]
+    def _resample_layers(self, hidden: torch.Tensor, num_in: int) -> torch.Tensor:
+        """num_in: the layout's layer count (checked against hidden in _validate); a plain int even while
+        tracing, where hidden.shape[0] would be a traced value."""
         if num_in == self._num_layers:
             return hidden
         low, high, weight = _layer_index(num_in, self._num_layers, self.layer_method)
@@ -220,8 +221,8 @@ class Aligner(nn.Module):
         lengths = own_lengths.min(dim=0).values if self.length == "min" else own_lengths.max(dim=0).values
         num_frames = lengths.max() if lengths.numel() else torch.zeros((), dtype=torch.long)
         aligned = []
-        for m, (s, (_, _, rate)) in enumerate(zip(states, self.layouts)):
-            hidden = self._resample_layers(s.hidden)
+        for m, (s, (layers, _, rate)) in enumerate(zip(states, self.layouts)):
+            hidden = self._resample_layers(s.hidden, layers)
             hidden = self._resample_time(hidden, s.lengths, rate, num_frames)
             if str(m) in self.projections:
                 hidden = self.projections[str(m)](hidden)
