@@ -28,7 +28,7 @@ import torch
 from .data.adapters import AUDIO_SUFFIXES
 from .data.audio import audio_info, read_audio
 from .data.batching import DurationBatchSampler
-from .data.manifest import load_manifest
+from .data.manifest import ClipLimit, clip_limit, load_manifest
 from .errors import AudioError, ConfigError, SpeechfuseError
 
 if TYPE_CHECKING:
@@ -154,13 +154,6 @@ def _split(entries: list[Union[_Item, Failure]]) -> tuple[list[_Item], list[Fail
     return [e for e in entries if isinstance(e, _Item)], [e for e in entries if isinstance(e, Failure)]
 
 
-def max_seconds(model: "FusedModel") -> tuple[Optional[float], str]:
-    """The longest clip every upstream accepts (Whisper: 30 s), and which upstream sets it."""
-    limits = [(up.max_samples / up.sample_rate, up.name) for up in model.frontend.upstreams
-              if getattr(up, "max_samples", None)]
-    return min(limits) if limits else (None, "")
-
-
 # ---------------------------------------------------------------------------------------------
 # running
 # ---------------------------------------------------------------------------------------------
@@ -170,13 +163,12 @@ def iter_predictions(model: "FusedModel", items: list[_Item], batch_seconds: flo
     becomes a Failure; the rest of its batch is still predicted."""
     if not items:
         return
-    limit, limiter = max_seconds(model)
+    limit = clip_limit(model.frontend.upstreams)
     ready: list[_Item] = []
     early: list[Result] = []
     for item in items:
-        if limit is not None and item.duration > limit:
-            early.append(Failure(item.id, item.path, f"too long for upstream {limiter}: {item.duration:.2f} s > "
-                                                     f"{limit:.0f} s; split the recording into shorter segments"))
+        if limit is not None and item.duration > limit.seconds:
+            early.append(Failure(item.id, item.path, _too_long(item.duration, limit)))
         else:
             ready.append(item)
     if early:
@@ -197,7 +189,7 @@ def iter_predictions(model: "FusedModel", items: list[_Item], batch_seconds: flo
     model.eval()
     try:
         for batch, amount in zip(batches, seconds):
-            yield _predict_batch(model, [ready[i] for i in batch], limit, limiter)
+            yield _predict_batch(model, [ready[i] for i in batch], limit)
             if bar is not None:
                 bar.update(amount)
     finally:
@@ -206,15 +198,19 @@ def iter_predictions(model: "FusedModel", items: list[_Item], batch_seconds: flo
             bar.close()
 
 
-def _predict_batch(model: "FusedModel", items: list[_Item], limit: Optional[float], limiter: str) -> list[Result]:
+def _too_long(seconds: float, limit: ClipLimit) -> str:
+    return (f"too long for upstream {limit.model}: {seconds:.2f} s > {limit.seconds:g} s; split the recording "
+            "into shorter segments")
+
+
+def _predict_batch(model: "FusedModel", items: list[_Item], limit: Optional[ClipLimit]) -> list[Result]:
     results: list[Result] = []
     clips: list[tuple[_Item, torch.Tensor]] = []
     for item in items:
         try:
             wav = item.wav if item.wav is not None else read_audio(item.path, model.sample_rate)
-            if limit is not None and wav.numel() > limit * model.sample_rate:
-                raise AudioError(f"too long for upstream {limiter}: {wav.numel() / model.sample_rate:.2f} s > "
-                                 f"{limit:.0f} s; split the recording into shorter segments")
+            if limit is not None and wav.numel() > limit.seconds * model.sample_rate:
+                raise AudioError(_too_long(wav.numel() / model.sample_rate, limit))
             if not torch.isfinite(wav).all():
                 raise AudioError("NaN or infinite samples")
             clips.append((item, wav))
