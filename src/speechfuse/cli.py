@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "listed in OUT with the reason. Prints a JSON summary, with metrics when a "
                                    "manifest holds references.")
     p.add_argument("model", help="a run folder (uses its model/) or a model folder")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio file, folder of audio files, or manifest (.csv/.jsonl)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="audio file, folder of audio files, or manifest (.csv/.jsonl)")
     p.add_argument("--out", required=True, help="predictions file: .jsonl or .csv")
     p.add_argument("--batch-seconds", type=float, default=60.0, help="seconds of padded audio per batch (default 60)")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
