@@ -28,6 +28,7 @@ from torch import nn
 
 from .errors import ConfigError, SpeechfuseError
 from .hidden import HiddenStates
+from .runfolder import write_atomic
 
 if TYPE_CHECKING:
     from .model import FusedModel
@@ -107,7 +108,7 @@ def export_fusion(model: "FusedModel", out: str | os.PathLike, format: str = "to
     sidecar = {"format": format, "inputs": input_names(model), "outputs": ["out", "out_lengths"],
                "upstreams": model.config_dict()["upstreams"], "task": model.task.state(),
                "sample_rate": model.sample_rate}
-    Path(f"{out}.json").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    write_atomic(Path(f"{out}.json"), json.dumps(sidecar, indent=2) + "\n")
     return out
 
 

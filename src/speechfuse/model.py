@@ -32,6 +32,7 @@ from torch import nn
 from .errors import ConfigError, SpeechfuseError, UpstreamError
 from .frontend import FusionFrontend
 from .hidden import HiddenStates
+from .runfolder import write_atomic
 from .tasks import Task, get_task
 
 if TYPE_CHECKING:
@@ -174,8 +175,8 @@ class FusedModel(nn.Module):
             tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.trained_state_dict().items()}
             save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "speechfuse": MODEL_FORMAT})
             config = {**self.config_dict(), "weights_sha256": _sha256(tmp / WEIGHTS_FILE)}
-            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=float) + "\n", encoding="utf-8")
-            (tmp / README_FILE).write_text(model_readme(config), encoding="utf-8")
+            write_atomic(tmp / CONFIG_FILE, json.dumps(config, indent=2, default=float) + "\n")
+            write_atomic(tmp / README_FILE, model_readme(config))
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             if folder.exists():
                 os.replace(folder, old)
