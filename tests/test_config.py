@@ -38,7 +38,7 @@ def test_minimal_schema_loads_with_defaults_and_resolved_paths(cfg_file):
     assert cfg.train.lr == 1e-3 and cfg.train.interface_lr == 1e-2 and cfg.train.max_steps == 1000
     assert cfg.data.train == str(cfg_file.parent / "train.csv")  # relative to the config file's folder
     assert cfg.interface.name == "hconv" and cfg.interface.options() == {}
-    assert cfg.cache == "auto" and cfg.train.skip_bad_rows is False
+    assert cfg.cache.dir == "auto" and cfg.cache.key == "sample" and cfg.train.skip_bad_rows is False
 
 
 def test_overrides_are_yaml_scalars_and_nested(cfg_file):
@@ -50,7 +50,7 @@ def test_overrides_are_yaml_scalars_and_nested(cfg_file):
     assert cfg.interface.name == "weighted_sum" and cfg.interface.options() == {"output_dim": 64}
     assert cfg.downstream == {"dropout": 0.1} and cfg.train.skip_bad_rows is True
     assert [u.spec for u in cfg.upstreams] == ["resemblyzer"] and cfg.align.options() == {"frame_rate": 50}
-    assert cfg.cache == "off"
+    assert cfg.cache.dir == "off"
     assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
     assert parse_override('train.precision="16"') == (["train", "precision"], "16")  # quoted stays a string
 

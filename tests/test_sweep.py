@@ -134,7 +134,7 @@ def test_combo_config_on_a_real_config(tmp_path):
     assert [u.spec for u in out.upstreams] == ["resemblyzer", "speech-embedding"]
     assert out.upstreams[0].options == {"trainable": False}
     assert out.interface.name == "chconv" and out.interface.options() == {"layer_norm": True}
-    assert out.cache == str(tmp_path / "c") and out.data.train == str(tmp_path / "t.csv")
+    assert out.cache.dir == str(tmp_path / "c") and out.data.train == str(tmp_path / "t.csv")
     with pytest.raises(ConfigError, match="train.nope"):
         combo_config(cfg, {"train.nope": 1}, None)
 

@@ -10,16 +10,27 @@ Layout (one folder per key under the cache root):
 
 Key of the folder: sha256 over upstream.identity() (name, output-changing options, weight fingerprint),
 the upstream class, sample rate, shapes, the layer selection and the dtype.
-Key of an utterance: sha256 over (resolved path, file size, mtime_ns), or over the file's bytes with
-`audio_key="content"`. A changed audio file gets a new key, so it is a miss, never stale data.
+Key of an utterance (`audio_key`, see AUDIO_KEY_MODES): sha256 over the resolved path, size and mtime_ns
+("stat"), plus the first and last 64 KiB of the file ("sample", the default), or over all of the file's
+bytes ("content"). A changed audio file gets a new key, so it is a miss, never stale data.
+
+Integrity: every utterance carries the CRC32 of its bytes. `read` checks it (verify=True by default);
+`ensure` / `fill_caches` check every finalised shard once per process before deciding what is missing.
+A mismatch drops the damaged utterances from their shard's index, so they are extracted again, never used.
 
 Crash safety: a shard's bytes are written to `shard-*.bin.partial`, fsynced, renamed to `.bin`, and only
 then is its index written (tmp file + os.replace). A shard without an index, a leftover `.partial`, or a
 `.bin` whose size disagrees with its index is torn: readers ignore it and the next `ensure` of that rank
-deletes it and extracts its utterances again.
+deletes it and extracts its utterances again. A shard is finalised every `shard_bytes` (64 MiB) or
+`shard_seconds` (30 s), so a kill loses at most that much work (plus the batch in flight).
+
+Writers: one `ensure` per (entry, rank) at a time; a second process waits on `extract-<rank>.lock`, then
+extracts only what the first did not.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -27,6 +38,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +60,9 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 # numpy has no bfloat16: those shards hold the raw 16 bits and are viewed back as bf16 in torch
 _NP_STORAGE = {"float16": np.float16, "bfloat16": np.uint16}
 INDEX_OVERHEAD_BYTES = 200  # per utterance: its line in a shard index (JSON)
+AUDIO_KEY_MODES = ("stat", "sample", "content")
+SAMPLE_BYTES = 64 << 10  # the "sample" key reads this much from each end of the file
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _SHARD_RE = re.compile(r"^shard-(\d+)-(\d+)\.(bin|json|bin\.partial)$")
 
 
@@ -61,28 +76,37 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-_content_hashes: dict[tuple[str, int, int], str] = {}
+_hashes: dict[tuple[str, str, int, int], str] = {}  # (mode, path, size, mtime_ns) -> key, per process
+_verified_shards: set[tuple[str, int, int]] = set()  # (.bin path, size, mtime_ns) that passed verify_shards
 
 
-def audio_key(path: str | os.PathLike, mode: str = "stat") -> str:
-    """Key of one audio file: its resolved path + size + mtime_ns ("stat"), or its bytes ("content")."""
+def audio_key(path: str | os.PathLike, mode: str = "sample") -> str:
+    """Key of one audio file (see AUDIO_KEY_MODES): resolved path + size + mtime_ns ("stat"); the same plus
+    the first and last SAMPLE_BYTES of the file ("sample"); or the sha256 of all its bytes ("content").
+    Files are read once per process for a given (path, size, mtime)."""
+    if mode not in AUDIO_KEY_MODES:
+        raise ConfigError(f"FeatureCache audio_key must be one of {', '.join(AUDIO_KEY_MODES)}, got {mode!r}")
     resolved = Path(path).resolve()
     try:
         st = resolved.stat()
     except OSError as err:
         raise CacheError(f"audio file not found: {path} ({err}). Fix the manifest path.") from err
+    stat_part = [str(resolved), st.st_size, st.st_mtime_ns]
     if mode == "stat":
-        return _sha([str(resolved), st.st_size, st.st_mtime_ns])[:32]
-    if mode == "content":
-        memo = (str(resolved), st.st_size, st.st_mtime_ns)
-        if memo not in _content_hashes:
-            h = hashlib.sha256()
-            with open(resolved, "rb") as f:
+        return _sha(stat_part)[:32]
+    memo = (mode, str(resolved), st.st_size, st.st_mtime_ns)
+    if memo not in _hashes:
+        h = hashlib.sha256(json.dumps(stat_part).encode()) if mode == "sample" else hashlib.sha256()
+        with open(resolved, "rb") as f:
+            if mode == "sample":
+                h.update(f.read(SAMPLE_BYTES))
+                f.seek(max(SAMPLE_BYTES, st.st_size - SAMPLE_BYTES))
+                h.update(f.read(SAMPLE_BYTES))
+            else:
                 for block in iter(lambda: f.read(1 << 20), b""):
                     h.update(block)
-            _content_hashes[memo] = h.hexdigest()[:32]
-        return _content_hashes[memo]
-    raise ConfigError(f"FeatureCache audio_key must be 'stat' or 'content', got {mode!r}")
+        _hashes[memo] = h.hexdigest()[:32]
+    return _hashes[memo]
 
 
 def resolve_layers(upstream, layers: Sequence[int] | None) -> list[int]:
@@ -111,24 +135,37 @@ def _check_dtype(dtype: str) -> str:
     return dtype
 
 
-def utterance_samples(utt, sample_rate: int) -> int:
-    """Sample count at `sample_rate` from the manifest duration, or the audio header when it is missing."""
-    duration = utt.duration
-    if duration is None:
-        from .data.audio import audio_info
+def audio_durations(utts, warn: bool = True) -> list[float]:
+    """Real durations (s) of `utts` from their audio headers (cheap: nothing is decoded). With `warn`, a
+    warning names the rows whose manifest `duration` is more than 10 % off: those would mislead the size
+    estimate and the batching."""
+    from .data.audio import audio_info
 
-        duration = audio_info(utt.path)[3]
-    return max(1, int(round(float(duration) * sample_rate)))
+    real = [audio_info(u.path)[3] for u in utts]
+    if warn:
+        off = [(u, r) for u, r in zip(utts, real)
+               if u.duration is not None and abs(float(u.duration) - r) > max(0.1 * r, 0.05)]
+        if off:
+            first = ", ".join(f"{u.id!r} ({float(u.duration):.2f} s in the manifest, {r:.2f} s in {u.path})"
+                              for u, r in off[:3])
+            warnings.warn(f"{len(off)} of {len(utts)} manifest durations are more than 10 % off the audio files "
+                          f"(e.g. {first}); the cache size estimate and batches use the files' real lengths. "
+                          "Fix the manifest's duration column.", stacklevel=2)
+    return real
 
 
-def estimate_cache_bytes(upstream, utts, layers: Sequence[int] | None = None, dtype: str = "float16") -> int:
-    """Disk bytes the cache needs for `utts` (from the manifest durations): sum of L * T * D * 2 + index."""
+def estimate_cache_bytes(upstream, utts, layers: Sequence[int] | None = None, dtype: str = "float16",
+                         durations: Sequence[float] | None = None) -> int:
+    """Disk bytes the cache needs for `utts`: sum of L * T * D * 2 + index. `durations` (s, one per utt):
+    default the audio files' real lengths (audio_durations), not the manifest's `duration` column."""
     _check_dtype(dtype)
+    if durations is None:
+        durations = audio_durations(utts, warn=False)
     num_layers = len(resolve_layers(upstream, layers))
     per_frame = num_layers * upstream.hidden_size * 2
     total = 0
-    for utt in utts:
-        samples = max(utterance_samples(utt, upstream.sample_rate), upstream.min_samples)
+    for seconds in durations:
+        samples = max(1, int(round(float(seconds) * upstream.sample_rate)), upstream.min_samples)
         total += upstream.num_frames(samples) * per_frame + INDEX_OVERHEAD_BYTES
     return total
 
@@ -152,6 +189,12 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _write_all(handle, data: memoryview) -> None:
+    """Write all of `data` to an unbuffered file (raw writes may be partial)."""
+    while data:
+        data = data[handle.write(data):]
+
+
 def _try_lock(handle) -> bool:
     """Exclusive non-blocking lock on an open file; False when another open file holds it."""
     if fcntl is None:
@@ -168,7 +211,7 @@ class _ShardWriter:
     `shard_bytes` or `shard_seconds`, so a kill loses at most the unfinished shard and RAM never holds
     more than a batch. The unfinished shard is locked (flock) until its index is written."""
 
-    def __init__(self, folder: Path, rank: int, shard_bytes: int, meta: dict, shard_seconds: float = 300.0) -> None:
+    def __init__(self, folder: Path, rank: int, shard_bytes: int, meta: dict, shard_seconds: float = 30.0) -> None:
         self.folder, self.rank, self.shard_bytes, self.meta = folder, rank, shard_bytes, meta
         self.shard_seconds = shard_seconds
         self.opened_at = 0.0
@@ -184,7 +227,7 @@ class _ShardWriter:
                      if (m := _SHARD_RE.match(p.name)) and int(m.group(1)) == self.rank]
             self.number = max(taken, default=-1) + 1
             try:
-                self.handle = open(self._path(".bin.partial"), "xb")
+                self.handle = open(self._path(".bin.partial"), "xb", buffering=0)
             except FileExistsError:  # another process of the same rank claimed it first
                 continue
             _try_lock(self.handle)
@@ -201,7 +244,7 @@ class _ShardWriter:
         crc = 0
         for layer in array:  # [T, D] runs are contiguous in a [B, L, T, D] batch: no copy
             chunk = memoryview(np.ascontiguousarray(layer)).cast("B")
-            self.handle.write(chunk)
+            _write_all(self.handle, chunk)
             crc = zlib.crc32(chunk, crc)
         self.entries[key] = [self.offset, int(array.shape[1]), crc]
         self.offset += array.size
@@ -214,7 +257,6 @@ class _ShardWriter:
         if not self.entries:
             self.abandon()
             return
-        self.handle.flush()
         self.handle.truncate(self.offset * self.itemsize)  # drops a half-written utterance after an error
         os.fsync(self.handle.fileno())
         # the lock follows the file through the rename and is released only once the index exists
@@ -245,12 +287,14 @@ class _Loc:
 
 
 class CacheEntry:
-    """The cached hidden states of one upstream (one key). `read` memory-maps only the asked bytes."""
+    """The cached hidden states of one upstream (one key). `read` memory-maps only the asked bytes and,
+    with `verify` (default), checks each utterance's CRC32 before returning it."""
 
-    def __init__(self, folder: Path, meta: dict, audio_key_mode: str = "stat") -> None:
+    def __init__(self, folder: Path, meta: dict, audio_key_mode: str = "sample", verify: bool = True) -> None:
         self.folder = Path(folder)
         self.meta = meta
         self.audio_key_mode = audio_key_mode
+        self.verify = verify
         self.num_layers = int(meta["num_layers"])
         self.hidden_size = int(meta["hidden_size"])
         self.frame_rate = float(meta["frame_rate"])
@@ -328,20 +372,21 @@ class CacheEntry:
             self._maps[stem] = np.memmap(self.folder / f"{stem}.bin", dtype=_NP_STORAGE[self.dtype], mode="r")
         return self._maps[stem]
 
-    def _array(self, loc: _Loc) -> torch.Tensor:
+    def _array(self, loc: _Loc) -> np.ndarray:
+        """The utterance's stored values, copied out of the shard: [L*T*D] in the storage dtype."""
         count = self.num_layers * loc.frames * self.hidden_size
         view = self._map(loc.shard)[loc.offset: loc.offset + count]
         if view.shape[0] != count:
             raise CacheError(f"feature cache {self.folder}: {loc.shard}.bin is shorter than its index says; "
                              "run FeatureCache.ensure / `speechfuse extract` again to redo the torn shard")
-        tensor = torch.from_numpy(np.array(view))  # copies only this utterance's bytes
-        if self.dtype == "bfloat16":
-            tensor = tensor.view(torch.bfloat16)
-        return tensor.view(self.num_layers, loc.frames, self.hidden_size)
+        return np.array(view)  # copies only this utterance's bytes
 
-    def read(self, utts, verify: bool = False) -> HiddenStates:
+    def read(self, utts, verify: bool | None = None) -> HiddenStates:
         """Padded float32 HiddenStates [L,B,T,D] for `utts` (layers in the selected order, exact lengths).
-        verify=True also checks each utterance's CRC32 (reads the bytes twice)."""
+        verify (default: the entry's, True unless the cache was made with verify=False) checks each
+        utterance's CRC32; a mismatch drops it from the cache (so the next ensure / extract redoes it) and
+        raises CacheError naming the shard file."""
+        verify = self.verify if verify is None else verify
         keys = self._keys(utts)
         if any(k not in self._index for k in keys):
             self.refresh()
@@ -354,15 +399,93 @@ class CacheEntry:
         locs = [self._index[k] for k in keys]
         arrays = [self._array(loc) for loc in locs]
         if verify:
-            for u, loc, arr in zip(utts, locs, arrays):
-                if zlib.crc32(arr.contiguous().view(torch.uint8).numpy().tobytes()) != loc.crc:
-                    raise CacheError(f"feature cache {self.folder}: checksum mismatch for utterance {u.id!r} "
-                                     f"in {loc.shard}.bin; delete that shard and its .json and run extract again")
+            for u, key, loc, arr in zip(utts, keys, locs, arrays):
+                if zlib.crc32(memoryview(arr).cast("B")) != loc.crc:
+                    self.drop(loc.shard, [key])
+                    raise CacheError(
+                        f"feature cache: checksum mismatch for utterance {u.id!r} in {self.folder / loc.shard}.bin "
+                        "(the file was damaged after it was written); the utterance was dropped from the cache. "
+                        "Run `speechfuse extract` (or train again) to extract it anew.")
         lengths = torch.tensor([loc.frames for loc in locs], dtype=torch.long)
         hidden = torch.zeros(self.num_layers, len(utts), int(lengths.max()) if len(utts) else 0, self.hidden_size)
-        for b, arr in enumerate(arrays):
-            hidden[:, b, : arr.shape[1]] = arr.float()
+        for b, (loc, arr) in enumerate(zip(locs, arrays)):
+            tensor = torch.from_numpy(arr)
+            if self.dtype == "bfloat16":
+                tensor = tensor.view(torch.bfloat16)
+            hidden[:, b, : loc.frames] = tensor.view(self.num_layers, loc.frames, self.hidden_size)
         return HiddenStates(hidden=hidden, lengths=lengths, frame_rate=self.frame_rate, name=self.name)
+
+    def verify_shards(self) -> dict[str, int]:
+        """Check the CRC32 of every utterance in every finalised shard (once per process for an unchanged
+        file); drop the damaged utterances, so they count as missing. Returns {shard file: utterances dropped}."""
+        self.refresh()
+        by_shard: dict[str, list[tuple[str, _Loc]]] = {}
+        for key, loc in self._index.items():
+            by_shard.setdefault(loc.shard, []).append((key, loc))
+        per_frame = self.num_layers * self.hidden_size * 2
+        damaged: dict[str, int] = {}
+        for stem, items in sorted(by_shard.items()):
+            path = self.folder / f"{stem}.bin"
+            try:
+                with open(path, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    seen = (str(path), st.st_size, st.st_mtime_ns)
+                    if seen in _verified_shards:
+                        continue
+                    bad = []
+                    for key, loc in sorted(items, key=lambda kv: kv[1].offset):
+                        f.seek(loc.offset * 2)
+                        data = f.read(loc.frames * per_frame)
+                        if len(data) != loc.frames * per_frame or zlib.crc32(data) != loc.crc:
+                            bad.append(key)
+            except FileNotFoundError:  # deleted meanwhile (torn and cleaned by another process)
+                continue
+            if bad:
+                self.drop(stem, bad)
+                damaged[str(path)] = len(bad)
+            else:
+                _verified_shards.add(seen)
+        return damaged
+
+    def drop(self, stem: str, keys: Sequence[str]) -> None:
+        """Remove `keys` from shard `stem`'s index (atomically rewritten); the shard goes when none remain."""
+        for key in keys:
+            self._index.pop(key, None)
+        index_path = self.folder / f"{stem}.json"
+        try:
+            index = json.loads(index_path.read_text())
+        except (OSError, ValueError):
+            return  # already gone (or torn: clean_torn removes it)
+        for key in keys:
+            index["entries"].pop(key, None)
+        if index["entries"]:
+            _write_atomic(index_path, json.dumps(index))
+        else:  # index first: a .bin without its index is torn, never read
+            index_path.unlink(missing_ok=True)
+            (self.folder / f"{stem}.bin").unlink(missing_ok=True)
+            self._declared.pop(stem, None)
+            self._maps.pop(stem, None)
+
+    @contextlib.contextmanager
+    def writing(self, rank: int = 0):
+        """Hold the writer lock of (this entry, rank): a second process waits, saying for whom, until the
+        first is done (a killed holder releases it). Lets two `extract`s share the work, not double it."""
+        path = self.folder / f"extract-{rank}.lock"
+        with open(path, "a+") as handle:
+            if not _try_lock(handle):
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                _log(f"feature cache {self.folder}: waiting for {holder}, which is extracting into it (rank {rank})")
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+            handle.flush()
+            try:
+                yield
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def clean_torn(self, rank: int | None = None) -> list[Path]:
         """Delete torn shard files (of `rank` only, when given: another rank may be writing its own)."""
@@ -383,7 +506,7 @@ class CacheEntry:
             removed.append(path)
         return removed
 
-    def writer(self, rank: int = 0, shard_bytes: int = 256 << 20, shard_seconds: float = 300.0) -> _ShardWriter:
+    def writer(self, rank: int = 0, shard_bytes: int = 64 << 20, shard_seconds: float = 30.0) -> _ShardWriter:
         return _ShardWriter(self.folder, rank, shard_bytes, self.meta, shard_seconds)
 
     def __repr__(self) -> str:
@@ -393,22 +516,33 @@ class CacheEntry:
 class FeatureCache:
     """A folder of cache entries, one per (upstream identity, layer selection, dtype).
 
-    audio_key: "stat" (path + size + mtime_ns, default) or "content" (sha256 of the file's bytes).
+    audio_key: "sample" (default), "stat" or "content": what decides that an audio file is unchanged
+      (see audio_key(); README "The feature cache" says what each catches and misses).
     shard_bytes, shard_seconds: a shard is finalised (and survives a kill) every this many bytes, or this
-    many seconds after its first utterance, whichever comes first.
+      many seconds after its first utterance, whichever comes first.
+    verify: check every utterance's CRC32 on read, and every shard once per process in ensure.
     """
 
-    def __init__(self, root: str | os.PathLike, dtype: str = "float16", audio_key: str = "stat",
-                 shard_bytes: int = 256 << 20, shard_seconds: float = 300.0) -> None:
+    def __init__(self, root: str | os.PathLike, dtype: str = "float16", audio_key: str = "sample",
+                 shard_bytes: int = 64 << 20, shard_seconds: float = 30.0, verify: bool = True) -> None:
         self.root = Path(root)
         self.dtype = _check_dtype(dtype)
-        if audio_key not in ("stat", "content"):
-            raise ConfigError(f"FeatureCache audio_key must be 'stat' or 'content', got {audio_key!r}")
+        if audio_key not in AUDIO_KEY_MODES:
+            raise ConfigError(f"FeatureCache audio_key must be one of {', '.join(AUDIO_KEY_MODES)}, got {audio_key!r}")
         self.audio_key = audio_key
         if int(shard_bytes) <= 0:
             raise ConfigError(f"FeatureCache shard_bytes must be positive, got {shard_bytes}")
+        if float(shard_seconds) < 0:
+            raise ConfigError(f"FeatureCache shard_seconds must be >= 0, got {shard_seconds}")
         self.shard_bytes = int(shard_bytes)
         self.shard_seconds = float(shard_seconds)
+        self.verify = bool(verify)
+
+    @classmethod
+    def from_config(cls, root: str | os.PathLike, options) -> "FeatureCache":
+        """From a config's `cache` section (speechfuse.config.CacheConfig)."""
+        return cls(root, audio_key=options.key, shard_bytes=int(options.shard_mb * (1 << 20)),
+                   shard_seconds=options.shard_seconds, verify=options.verify)
 
     def key(self, upstream, layers: Sequence[int] | None = None, autocast: torch.dtype | None = None) -> dict:
         """Everything that decides the cached numbers (the folder name is a hash of it). `autocast`: the
@@ -442,7 +576,7 @@ class FeatureCache:
         meta_path = folder / "meta.json"
         if not meta_path.is_file():
             _write_atomic(meta_path, json.dumps(meta, indent=1, default=str))
-        return CacheEntry(folder, meta, self.audio_key)
+        return CacheEntry(folder, meta, self.audio_key, self.verify)
 
     def check_space(self, needed: int, what: str = "") -> None:
         """CacheError when the cache's disk has less free space than `needed` bytes."""

@@ -161,7 +161,7 @@ def _extract(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    entries = fill_caches(upstreams, utts, FeatureCache(cache_dir),
+    entries = fill_caches(upstreams, utts, FeatureCache.from_config(cache_dir, cfg.cache),
                           batch_seconds=args.batch_seconds or cfg.train.batch_seconds, device=device,
                           progress=True, rank=rank, world_size=world)
     print(json.dumps({"cache": str(cache_dir), "entries": [str(e.folder) for e in entries],

@@ -13,7 +13,8 @@ model here; `interface` and `align` options against the component that takes the
     interface: {name: hconv}            # + interface options (output_dim, ...)
     downstream: {}                      # the task's head options (e.g. hidden_dim, dropout), typed per task
     train: {max_steps: 1000, batch_seconds: 60, lr: 1.0e-3, interface_lr: 1.0e-2, seed: 0, ...}
-    cache: auto                         # auto | off | <folder>
+    cache: auto                         # auto | off | <folder>, or the section below
+    cache: {dir: auto, key: sample, verify: true, shard_mb: 64, shard_seconds: 30}
 
 Relative data paths (and a relative cache folder) resolve against the config file's folder.
 """
@@ -111,6 +112,30 @@ class TrainConfig(_Strict):
     """Resume even though a manifest's contents changed since the run started (default: refuse)."""
 
 
+class CacheConfig(_Strict):
+    """The feature cache (used only when every upstream is frozen). `cache: <word>` is short for `cache: {dir: <word>}`."""
+
+    dir: str = "auto"
+    """auto: a cache shared by the runs of one parent folder (RUN_DIR/../cache, or $SPEECHFUSE_HOME/cache
+    when that is set); off: always run the upstreams; anything else: that folder."""
+    key: Literal["stat", "sample", "content"] = "sample"
+    """What tells an audio file is unchanged: stat = path + size + mtime; sample = stat + the first and last
+    64 KiB of the file (catches `cp -p` / `rsync -t` rewrites); content = a hash of all its bytes."""
+    verify: bool = True
+    """Check each cached utterance's CRC32 when it is read, and every shard when extraction starts."""
+    shard_mb: float = Field(64.0, gt=0)
+    shard_seconds: float = Field(30.0, ge=0)
+    """A shard is finalised (kept by a killed `extract`) every shard_mb MiB or shard_seconds, whichever first."""
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _dir_words(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false (and `on` as true)
+        if isinstance(v, bool):
+            return "auto" if v else "off"
+        return v
+
+
 class Config(_Strict):
     task: Literal["asr", "classify"]
     data: DataConfig
@@ -121,18 +146,12 @@ class Config(_Strict):
     """The task's head options, validated by that task's options model (speechfuse.tasks.task_options);
     only the keys given are kept, so defaults stay the task's."""
     train: TrainConfig = Field(default_factory=TrainConfig)
-    cache: str = "auto"
-    """auto: a cache shared by the runs of one parent folder (RUN_DIR/../cache, or $SPEECHFUSE_HOME/cache
-    when that is set); off: always run the upstreams; anything else: that folder. Used only when every
-    upstream is frozen."""
+    cache: CacheConfig = Field(default_factory=CacheConfig)
 
     @field_validator("cache", mode="before")
     @classmethod
-    def _cache_words(cls, v: Any) -> Any:
-        # YAML 1.1 reads a bare `off` as false (and `on` as true)
-        if isinstance(v, bool):
-            return "auto" if v else "off"
-        return v
+    def _cache_short_form(cls, v: Any) -> Any:
+        return {"dir": v} if isinstance(v, (str, bool)) else v
 
     @field_validator("downstream")
     @classmethod
@@ -284,8 +303,8 @@ def config_from_dict(data: Any, base_dir: str | Path = ".", source: str = "(dict
         value = getattr(cfg.data, split)
         if value is not None:
             setattr(cfg.data, split, _resolve(value, base))
-    if cfg.cache not in ("auto", "off"):
-        cfg.cache = _resolve(cfg.cache, base)
+    if cfg.cache.dir not in ("auto", "off"):
+        cfg.cache.dir = _resolve(cfg.cache.dir, base)
     return cfg
 
 
@@ -302,6 +321,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    if isinstance(data.get("cache"), (str, bool)):  # so that `--set cache.key=content` finds a section
+        data["cache"] = {"dir": data["cache"]}
     data = apply_overrides(data, overrides)
     return config_from_dict(data, path.parent, str(path))
 
@@ -314,6 +335,6 @@ def config_to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
-__all__ = ["Config", "DataConfig", "UpstreamConfig", "AlignConfig", "InterfaceConfig", "TrainConfig",
+__all__ = ["Config", "CacheConfig", "DataConfig", "UpstreamConfig", "AlignConfig", "InterfaceConfig", "TrainConfig",
            "load_config", "config_from_dict", "config_to_yaml", "config_to_dict", "parse_override",
            "apply_overrides", "error_lines"]

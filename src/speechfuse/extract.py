@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import sys
 import time
 from typing import Sequence
@@ -18,7 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cache import CacheEntry, CacheError, FeatureCache, _fmt_bytes, audio_key, estimate_cache_bytes, utterance_samples
+from .cache import (DISK_FULL, CacheEntry, CacheError, FeatureCache, _fmt_bytes, audio_durations, audio_key,
+                    estimate_cache_bytes)
 from .data.batching import make_batches
 from .errors import ConfigError
 from .hidden import HiddenStates
@@ -117,12 +119,28 @@ def fill_caches(upstreams, utts, cache: FeatureCache, batch_seconds: float = 60,
                              "Set `cache: off` or freeze it.")
     device = torch.device(device)
     amp_dtype = resolve_amp(amp, device)
-    storage = {"float16": torch.float16, "bfloat16": torch.bfloat16}[cache.dtype]
-    mine = list(utts)[rank::world_size]
     selections = _per_upstream_layers(layers, len(upstreams))
     entries = [cache.entry(up, sel, amp_dtype) for up, sel in zip(upstreams, selections)]
+    with contextlib.ExitStack() as locks:
+        # one writer per (entry, rank): a second process waits here, then finds the first one's work done
+        for entry in sorted({e.folder: e for e in entries}.values(), key=lambda e: e.folder):  # fixed order
+            locks.enter_context(entry.writing(rank))
+        _fill_locked(upstreams, list(utts)[rank::world_size], cache, entries, selections, batch_seconds, device,
+                     amp_dtype, progress, rank)
+    for entry in entries:
+        entry.refresh()
+    return entries
+
+
+def _fill_locked(upstreams, mine, cache: FeatureCache, entries, selections, batch_seconds, device, amp_dtype,
+                 progress, rank) -> None:
+    storage = {"float16": torch.float16, "bfloat16": torch.bfloat16}[cache.dtype]
     for entry in entries:
         entry.clean_torn(rank)
+        if cache.verify:
+            for shard, count in entry.verify_shards().items():
+                _log(f"feature cache: {shard} is damaged (checksum mismatch); dropped {count} utterance(s) "
+                     "from it, extracting them again")
     # what each upstream still needs, deduplicated by audio key
     needs: list[dict[str, object]] = []
     for entry in entries:
@@ -133,24 +151,26 @@ def fill_caches(upstreams, utts, cache: FeatureCache, batch_seconds: float = 60,
     union: dict[str, object] = {}
     for todo in needs:
         union.update(todo)
+    keys = list(union)
+    todo_utts = list(union.values())
+    # the files' real lengths: a wrong manifest `duration` would mislead the size estimate and the batches
+    seconds_of = dict(zip(keys, audio_durations(todo_utts)))
 
     needed = 0
     for up, sel, entry, todo in zip(upstreams, selections, entries, needs):
-        est = estimate_cache_bytes(up, list(todo.values()), sel, cache.dtype)
+        est = estimate_cache_bytes(up, list(todo.values()), sel, cache.dtype, [seconds_of[k] for k in todo])
         needed += est
         if progress:
             _log(f"feature cache {entry.folder}: {len(mine) - len(todo)} of {len(mine)} utterances cached; "
                  f"expected size of the {len(todo)} to extract: {_fmt_bytes(est)}")
     if not union:
-        return entries
+        return
     cache.check_space(needed, what=f"extracting {len(union)} utterances ")
 
-    keys = list(union)
-    todo_utts = list(union.values())
     for up in upstreams:
         up.to(device)
     rates = sorted({up.sample_rate for up in upstreams})
-    durations = [utterance_samples(u, rates[0]) / rates[0] for u in todo_utts]
+    durations = [seconds_of[k] for k in keys]
     batches = duration_batches(durations, batch_seconds)
     layer_index = [None if sel is None else torch.tensor(entry.layers) for sel, entry in zip(selections, entries)]
     writers = [entry.writer(rank, cache.shard_bytes, cache.shard_seconds) for entry in entries]
@@ -158,8 +178,7 @@ def fill_caches(upstreams, utts, cache: FeatureCache, batch_seconds: float = 60,
     if progress:
         from tqdm import tqdm
 
-        batch_seconds_done = [sum(durations[i] for i in batch) for batch in batches]
-        bar = tqdm(total=sum(batch_seconds_done), unit="s audio", desc="extract", file=sys.stderr,
+        bar = tqdm(total=sum(durations), unit="s audio", desc="extract", file=sys.stderr,
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
                               "[{elapsed}<{remaining}, {rate_fmt}]")
     start, done_seconds = time.perf_counter(), 0.0
@@ -190,13 +209,15 @@ def fill_caches(upstreams, utts, cache: FeatureCache, batch_seconds: float = 60,
                 bar.update(seconds)
         for writer in writers:
             writer.finalise()
-    except BaseException:
+    except BaseException as err:
         # keep every utterance written completely so far: finalise, or drop the shard if that fails too
         for writer in writers:
             try:
                 writer.finalise()
             except Exception:
                 writer.abandon()
+        if isinstance(err, OSError) and err.errno in DISK_FULL:
+            raise _disk_full(err, upstreams, mine, cache, entries, selections) from err
         raise
     finally:
         if bar is not None:
@@ -205,9 +226,23 @@ def fill_caches(upstreams, utts, cache: FeatureCache, batch_seconds: float = 60,
     if progress:
         _log(f"extracted {len(todo_utts)} utterances, {done_seconds:.1f} s of audio in {elapsed:.1f} s "
              f"({done_seconds / max(elapsed, 1e-9):.1f} s of audio per second)")
-    for entry in entries:
-        entry.refresh()
-    return entries
+
+
+def _disk_full(err: OSError, upstreams, mine, cache: FeatureCache, entries, selections) -> CacheError:
+    """The disk-full error: where, what is kept, and how much space the rest needs."""
+    import shutil
+
+    kept, still = 0, 0
+    for up, sel, entry in zip(upstreams, selections, entries):
+        missing = entry.missing(mine)
+        kept += len(mine) - len(missing)
+        still += estimate_cache_bytes(up, missing, sel, cache.dtype)
+    free = shutil.disk_usage(cache.root).free
+    return CacheError(
+        f"feature cache {cache.root}: the disk is full ({errno.errorcode.get(err.errno, err.errno)}: {err.strerror}). "
+        f"{kept} utterance(s) extracted so far are kept; the rest needs about {_fmt_bytes(still)} ({still} bytes) "
+        f"more and {_fmt_bytes(free)} are free. Free space or point `cache.dir` at a larger disk, then run "
+        "`speechfuse extract` again: it resumes where it stopped.")
 
 
 def _log(msg: str) -> None:

@@ -156,13 +156,18 @@ def combo_config(cfg: Any, combo: dict[str, Any], cache_dir: str | None) -> Any:
         else:
             set_dotted(data, key.split("."), copy.deepcopy(value), f"sweep grid key {key!r}")
     if cache_dir is not None:
-        data["cache"] = cache_dir
+        if isinstance(data.get("cache"), dict):  # the section form: keep its other options
+            data["cache"]["dir"] = cache_dir
+        else:
+            data["cache"] = cache_dir
     return _rebuild(cfg, data, f"(sweep combination {combo})")
 
 
 def shared_cache_dir(cfg: Any, out_dir: Path) -> str | None:
     """`out_dir/cache` for cache=auto, the config's folder if it names one, None (keep 'off') for off."""
     value = _config_dict(cfg).get("cache", "auto")
+    if isinstance(value, dict):
+        value = value.get("dir", "auto")
     if value in (None, "auto"):
         return str((out_dir / "cache").resolve())
     if value == "off":

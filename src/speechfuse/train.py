@@ -249,12 +249,12 @@ class _SplitBatches(Sampler):
 
 
 def resolve_cache_dir(cfg: Config, run_dir: Path) -> Optional[Path]:
-    if cfg.cache == "off":
+    if cfg.cache.dir == "off":
         return None
-    if cfg.cache == "auto":
+    if cfg.cache.dir == "auto":
         home = os.environ.get("SPEECHFUSE_HOME")
         return Path(home) / "cache" if home else run_dir.resolve().parent / "cache"
-    return Path(cfg.cache)
+    return Path(cfg.cache.dir)
 
 
 class FusionData(pl.LightningDataModule):
@@ -281,7 +281,8 @@ class FusionData(pl.LightningDataModule):
 
         utts = [u for split in SPLITS for u in self.splits.get(split, [])]
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        entries = fill_caches(list(self.frontend.upstreams), utts, FeatureCache(self.cache_dir),
+        cache = FeatureCache.from_config(self.cache_dir, self.cfg.cache)
+        entries = fill_caches(list(self.frontend.upstreams), utts, cache,
                               batch_seconds=self.cfg.train.batch_seconds, device=device,
                               progress=self.cfg.train.progress_bar, rank=self.rank, world_size=self.world_size)
         if trainer is not None and self.world_size > 1:
