@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import csv
 import json
 import os
 import shutil
@@ -433,3 +434,90 @@ def test_fill_caches_runs_only_the_upstreams_that_miss_something(tmp_path, utts)
     assert b.utterances_seen == len(utts)
     assert_matches(entries[0], a, utts)
     assert_matches(entries[1], b, utts)
+
+
+# -- integrity: a damaged shard is never used -----------------------------------------------------------------
+
+def test_shard_overwritten_with_random_bytes_is_an_error_on_read_and_re_extracted_by_ensure(tmp_path, utts):
+    up = FakeUpstream()
+    cache = FeatureCache(tmp_path / "cache")
+    entry = cache.ensure(up, utts, progress=False)
+    [shard] = entry.folder.glob("shard-*.bin")
+    good = entry.read(utts).hidden
+    shard.write_bytes(np.random.default_rng(0).bytes(shard.stat().st_size))  # same size: the index still fits
+    fresh = FeatureCache(tmp_path / "cache").entry(up)
+    assert fresh.missing(utts) == []  # size and index look fine: only the checksums can tell
+    with pytest.raises(CacheError, match=f"checksum mismatch for utterance '{utts[0].id}' in {shard}"):
+        fresh.read(utts)  # the training read path (verify is on by default)
+    seen = up.utterances_seen
+    entry = cache.ensure(up, utts, progress=False)  # what `speechfuse extract` and `train` run first
+    assert up.utterances_seen == seen + len(utts)  # every damaged utterance extracted anew
+    torch.testing.assert_close(entry.read(utts).hidden, good)
+    assert_matches(entry, up, utts)
+
+
+def test_4kb_of_random_bytes_inside_a_shard_re_extracts_only_the_hit_utterances(tmp_path, utts, capsys):
+    up = FakeUpstream()
+    cache = FeatureCache(tmp_path / "cache")
+    entry = cache.ensure(up, utts, progress=False)
+    [index_path] = entry.folder.glob("shard-*.json")
+    index = json.loads(index_path.read_text())["entries"]
+    start = 3000  # bytes into the shard
+    hit = [k for k, (offset, frames, _) in index.items()
+           if offset * 2 < start + 4096 and start < (offset + up.num_layers * frames * up.hidden_size) * 2]
+    assert 0 < len(hit) < len(utts)
+    with open(index_path.with_suffix(".bin"), "r+b") as f:
+        f.seek(start)
+        f.write(np.random.default_rng(1).bytes(4096))
+    seen = up.utterances_seen
+    entry = cache.ensure(up, utts, progress=True)
+    assert "is damaged (checksum mismatch)" in capsys.readouterr().err
+    assert up.utterances_seen == seen + len(hit)
+    assert_matches(entry, up, utts)
+    entry.read(utts, verify=True)
+
+
+def test_extract_then_train_on_a_damaged_cache_re_extracts_and_trains_on_good_features(tmp_path, tiny_model_dir,
+                                                                                       capsys):
+    """The issue's row end to end: `extract`, random bytes over a shard, then `extract` and `train` again."""
+    import yaml
+    from speechfuse.cache import CacheEntry
+    from speechfuse.cli import main
+    from speechfuse.data import fsdd_manifests
+    from speechfuse.upstream import load_upstream
+
+    rec = tmp_path / "recordings"
+    rec.mkdir()
+    for name in sorted(os.listdir(FSDD)):
+        if name.split("_")[0] in "01" and name.split("_")[1] in ("george", "jackson") and \
+                int(name.split("_")[2].split(".")[0]) < 4:
+            shutil.copy(FSDD / name, rec)
+    manifests = fsdd_manifests(rec, tmp_path / "manifests", dev_takes=[2], test_takes=[3])
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "task": "classify", "upstreams": [{"spec": "hf:" + tiny_model_dir("hubert")}],
+        "data": {"train": str(manifests["train"]), "dev": str(manifests["dev"]), "test": str(manifests["test"])},
+        "interface": {"name": "weighted_sum"}, "downstream": {"hidden_dim": 8},
+        "train": {"max_steps": 2, "batch_seconds": 2.5, "val_every_steps": 2, "progress_bar": False,
+                  "importance": False},
+        "cache": {"dir": str(tmp_path / "cache"), "shard_mb": 0.01}}))
+    out = tmp_path / "run"
+    assert main(["extract", str(cfg), "--out", str(out), "--device", "cpu"]) == 0
+    shards = sorted((tmp_path / "cache").rglob("shard-*.bin"))
+    assert len(shards) >= 2
+    victim = shards[0]
+    victim.write_bytes(np.random.default_rng(0).bytes(victim.stat().st_size))
+    capsys.readouterr()
+    assert main(["extract", str(cfg), "--out", str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert f"{victim} is damaged (checksum mismatch)" in err and "0 to extract" not in err
+    victim = sorted((tmp_path / "cache").rglob("shard-*.bin"))[-1]  # and again before `train`
+    victim.write_bytes(np.random.default_rng(1).bytes(victim.stat().st_size))
+    assert main(["train", str(cfg), "--out", str(out)]) == 0
+    assert f"{victim} is damaged (checksum mismatch)" in capsys.readouterr().err
+    [log] = (out / "logs" / "csv").rglob("metrics.csv")
+    losses = [float(row["train/loss"]) for row in csv.DictReader(open(log)) if row.get("train/loss")]
+    assert losses and all(np.isfinite(losses))
+    [folder] = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert FeatureCache(tmp_path / "cache").entry(load_upstream("hf:" + tiny_model_dir("hubert"))).folder == folder
+    assert CacheEntry(folder, json.loads((folder / "meta.json").read_text())).verify_shards() == {}

@@ -15,7 +15,7 @@ Key of an utterance (`audio_key`, see AUDIO_KEY_MODES): sha256 over the resolved
 bytes ("content"). A changed audio file gets a new key, so it is a miss, never stale data.
 
 Integrity: every utterance carries the CRC32 of its bytes. `read` checks it (verify=True by default);
-`ensure` / `fill_caches` check every finalised shard once per process before deciding what is missing.
+`ensure` / `fill_caches` check every finalised shard before deciding what is missing.
 A mismatch drops the damaged utterances from their shard's index, so they are extracted again, never used.
 
 Crash safety: a shard's bytes are written to `shard-*.bin.partial`, fsynced, renamed to `.bin`, and only
@@ -77,7 +77,6 @@ def _sha(obj: Any) -> str:
 
 
 _hashes: dict[tuple[str, str, int, int], str] = {}  # (mode, path, size, mtime_ns) -> key, per process
-_verified_shards: set[tuple[str, int, int]] = set()  # (.bin path, size, mtime_ns) that passed verify_shards
 
 
 def audio_key(path: str | os.PathLike, mode: str = "sample") -> str:
@@ -416,8 +415,8 @@ class CacheEntry:
         return HiddenStates(hidden=hidden, lengths=lengths, frame_rate=self.frame_rate, name=self.name)
 
     def verify_shards(self) -> dict[str, int]:
-        """Check the CRC32 of every utterance in every finalised shard (once per process for an unchanged
-        file); drop the damaged utterances, so they count as missing. Returns {shard file: utterances dropped}."""
+        """Check the CRC32 of every utterance in every finalised shard (a sequential read of the entry);
+        drop the damaged utterances, so they count as missing. Returns {shard file: utterances dropped}."""
         self.refresh()
         by_shard: dict[str, list[tuple[str, _Loc]]] = {}
         for key, loc in self._index.items():
@@ -426,13 +425,9 @@ class CacheEntry:
         damaged: dict[str, int] = {}
         for stem, items in sorted(by_shard.items()):
             path = self.folder / f"{stem}.bin"
+            bad = []
             try:
                 with open(path, "rb") as f:
-                    st = os.fstat(f.fileno())
-                    seen = (str(path), st.st_size, st.st_mtime_ns)
-                    if seen in _verified_shards:
-                        continue
-                    bad = []
                     for key, loc in sorted(items, key=lambda kv: kv[1].offset):
                         f.seek(loc.offset * 2)
                         data = f.read(loc.frames * per_frame)
@@ -443,8 +438,6 @@ class CacheEntry:
             if bad:
                 self.drop(stem, bad)
                 damaged[str(path)] = len(bad)
-            else:
-                _verified_shards.add(seen)
         return damaged
 
     def drop(self, stem: str, keys: Sequence[str]) -> None:
@@ -520,7 +513,7 @@ class FeatureCache:
       (see audio_key(); README "The feature cache" says what each catches and misses).
     shard_bytes, shard_seconds: a shard is finalised (and survives a kill) every this many bytes, or this
       many seconds after its first utterance, whichever comes first.
-    verify: check every utterance's CRC32 on read, and every shard once per process in ensure.
+    verify: check every utterance's CRC32 on read, and every shard when ensure / fill_caches starts.
     """
 
     def __init__(self, root: str | os.PathLike, dtype: str = "float16", audio_key: str = "sample",
