@@ -18,7 +18,8 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from speechfuse.cache import INDEX_OVERHEAD_BYTES, CacheError, FeatureCache, estimate_cache_bytes
+import speechfuse.cache as cache_mod
+from speechfuse.cache import INDEX_OVERHEAD_BYTES, SAMPLE_BYTES, CacheError, FeatureCache, audio_key, estimate_cache_bytes
 from speechfuse.data.audio import audio_info, read_audio
 from speechfuse.data.manifest import Utterance
 from speechfuse.errors import ConfigError
@@ -155,7 +156,7 @@ def test_changed_audio_is_a_miss(tmp_path, utts):
 
 def test_touch_is_a_miss_by_stat_but_not_by_content(tmp_path, utts):
     up = FakeUpstream()
-    by_stat = FeatureCache(tmp_path / "cache")
+    by_stat = FeatureCache(tmp_path / "cache", audio_key="stat")
     by_content = FeatureCache(tmp_path / "cache", audio_key="content")
     e_stat = by_stat.ensure(up, utts, progress=False)
     e_content = by_content.ensure(up, utts, progress=False)
@@ -365,7 +366,6 @@ def test_reading_one_utterance_uses_only_its_bytes_and_verify_catches_corruption
     shard = next(entry.folder.glob("shard-*.json"))
     index = json.loads(shard.read_text())["entries"]
     assert len(index) == len(utts)  # one shard holds them all
-    from speechfuse.cache import audio_key
 
     victim, other = utts[4], utts[7]
     offset, frames, _ = index[audio_key(victim.path)]
@@ -521,3 +521,64 @@ def test_extract_then_train_on_a_damaged_cache_re_extracts_and_trains_on_good_fe
     [folder] = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
     assert FeatureCache(tmp_path / "cache").entry(load_upstream("hf:" + tiny_model_dir("hubert"))).folder == folder
     assert CacheEntry(folder, json.loads((folder / "meta.json").read_text())).verify_shards() == {}
+
+
+# -- keys that cannot go stale --------------------------------------------------------------------------------
+
+def _rewrite_keeping_size_and_mtime(path: str, data: bytes) -> None:
+    """What `cp -p` / `rsync -t` of another recording of the same size does."""
+    st = os.stat(path)
+    assert len(data) == st.st_size
+    Path(path).write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_audio_rewritten_with_same_size_and_mtime_is_a_miss_by_default(tmp_path, utts):
+    up = FakeUpstream()
+    caches = {mode: FeatureCache(tmp_path / "cache", audio_key=mode) for mode in ("stat", "sample", "content")}
+    assert FeatureCache(tmp_path / "x").audio_key == "sample"  # the default
+    entries = {mode: cache.ensure(up, utts, progress=False) for mode, cache in caches.items()}
+    target = utts[4]  # noise, 1.22 s: a 39 KB WAV, so the sample covers all of it
+    data, rate = sf.read(target.path, dtype="float32")
+    header = Path(target.path).read_bytes()[:44]
+    samples = (data[::-1] * 32767).astype("<i2").tobytes()  # same length, other audio
+    _rewrite_keeping_size_and_mtime(target.path, header + samples)
+    assert entries["stat"].missing(utts) == []  # what `stat` misses (documented): a stale hit
+    assert entries["sample"].missing(utts) == [target]
+    assert entries["content"].missing(utts) == [target]
+    entry = caches["sample"].ensure(up, utts, progress=False)
+    assert_matches(entry, up, [target])  # the new audio's features, not the stale ones
+
+
+def test_sample_key_misses_a_same_size_edit_in_the_middle_of_a_long_file_content_key_catches_it(tmp_path):
+    path = tmp_path / "long.wav"
+    sf.write(path, (np.random.default_rng(0).standard_normal(16000 * 10) * 0.1).astype(np.float32), 16000)
+    keys = {mode: audio_key(path, mode) for mode in ("stat", "sample", "content")}
+    raw = bytearray(path.read_bytes())
+    assert len(raw) > 4 * SAMPLE_BYTES
+    raw[len(raw) // 2: len(raw) // 2 + 100] = bytes(100)  # 100 bytes zeroed mid-file, size and mtime kept
+    _rewrite_keeping_size_and_mtime(str(path), bytes(raw))
+    cache_mod._hashes.clear()  # as a new process would (the memo's ctime may not move within a clock tick)
+    assert audio_key(path, "sample") == keys["sample"]  # the documented blind spot of the cheap default
+    assert audio_key(path, "content") != keys["content"]
+    raw[100:104] = b"\x01\x02\x03\x04"  # within the first 64 KiB: the sample sees it
+    _rewrite_keeping_size_and_mtime(str(path), bytes(raw))
+    cache_mod._hashes.clear()
+    assert audio_key(path, "sample") != keys["sample"]
+
+
+def test_config_cache_section_selects_key_shards_and_verify(tmp_path):
+    from speechfuse.config import CacheConfig, config_from_dict
+
+    base = {"task": "classify", "data": {"train": "t.csv", "dev": "d.csv"}, "upstreams": ["resemblyzer"]}
+    cfg = config_from_dict({**base, "cache": {"dir": "c", "key": "content", "shard_mb": 1, "shard_seconds": 5,
+                                              "verify": False}}, tmp_path)
+    cache = FeatureCache.from_config(cfg.cache.dir, cfg.cache)
+    assert (cache.root, cache.audio_key, cache.shard_bytes, cache.shard_seconds, cache.verify) == \
+        (tmp_path / "c", "content", 1 << 20, 5.0, False)
+    assert config_from_dict({**base, "cache": "off"}).cache.dir == "off"  # the short form still works
+    defaults = FeatureCache.from_config("x", CacheConfig())
+    assert (defaults.audio_key, defaults.shard_bytes, defaults.shard_seconds, defaults.verify) == \
+        ("sample", 64 << 20, 30.0, True)
+    with pytest.raises(ConfigError, match="cache.key"):
+        config_from_dict({**base, "cache": {"key": "mtime"}})

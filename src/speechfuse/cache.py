@@ -76,13 +76,15 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-_hashes: dict[tuple[str, str, int, int], str] = {}  # (mode, path, size, mtime_ns) -> key, per process
+# (mode, path, size, mtime_ns, ctime_ns) -> key. ctime is in the memo, not the key: no tool can set it back
+# (a `cp -p` changes it), but a chmod or a backup restore changes it too, which must not cost a re-extraction.
+_hashes: dict[tuple[str, str, int, int, int], str] = {}
 
 
 def audio_key(path: str | os.PathLike, mode: str = "sample") -> str:
     """Key of one audio file (see AUDIO_KEY_MODES): resolved path + size + mtime_ns ("stat"); the same plus
     the first and last SAMPLE_BYTES of the file ("sample"); or the sha256 of all its bytes ("content").
-    Files are read once per process for a given (path, size, mtime)."""
+    A process reads a file again only after it changed (its ctime moved)."""
     if mode not in AUDIO_KEY_MODES:
         raise ConfigError(f"FeatureCache audio_key must be one of {', '.join(AUDIO_KEY_MODES)}, got {mode!r}")
     resolved = Path(path).resolve()
@@ -93,7 +95,7 @@ def audio_key(path: str | os.PathLike, mode: str = "sample") -> str:
     stat_part = [str(resolved), st.st_size, st.st_mtime_ns]
     if mode == "stat":
         return _sha(stat_part)[:32]
-    memo = (mode, str(resolved), st.st_size, st.st_mtime_ns)
+    memo = (mode, str(resolved), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if memo not in _hashes:
         h = hashlib.sha256(json.dumps(stat_part).encode()) if mode == "sample" else hashlib.sha256()
         with open(resolved, "rb") as f:
