@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import errno
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 import speechfuse.cache as cache_mod
-from speechfuse.cache import INDEX_OVERHEAD_BYTES, SAMPLE_BYTES, CacheError, FeatureCache, audio_key, estimate_cache_bytes
+from speechfuse.cache import INDEX_OVERHEAD_BYTES, SAMPLE_BYTES, CacheEntry, CacheError, FeatureCache, audio_key, estimate_cache_bytes
 from speechfuse.data.audio import audio_info, read_audio
 from speechfuse.data.manifest import Utterance
 from speechfuse.errors import ConfigError
@@ -225,6 +226,7 @@ KILL_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_cache import FakeUpstream
     from speechfuse.cache import FeatureCache, _ShardWriter
+    from speechfuse.config import load_config
     from speechfuse.data.manifest import Utterance
 
     original = _ShardWriter.write
@@ -235,7 +237,8 @@ KILL_SCRIPT = textwrap.dedent("""
             time.sleep(300)
     _ShardWriter.write = write
     utts = [Utterance(**u) for u in json.load(open({manifest!r}))]
-    FeatureCache({root!r}, shard_bytes=6000).ensure(FakeUpstream(), utts, batch_seconds=2.0, progress=False)
+    cfg = load_config({config!r})  # the shard size comes from the config's cache section
+    FeatureCache.from_config(cfg.cache.dir, cfg.cache).ensure(FakeUpstream(), utts, batch_seconds=2.0, progress=False)
 """)
 
 
@@ -251,7 +254,10 @@ def test_kill_mid_extraction_then_resume(tmp_path):
     manifest = tmp_path / "utts.json"
     manifest.write_text(json.dumps([{"id": u.id, "path": u.path, "duration": u.duration} for u in utts]))
     root = tmp_path / "cache"
-    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), manifest=str(manifest), root=str(root))
+    config = tmp_path / "config.yaml"
+    config.write_text(f"task: classify\ndata: {{train: t.csv, dev: d.csv}}\nupstreams: [fake]\n"
+                      f"cache: {{dir: {root}, shard_mb: {6000 / 2**20}}}\n")
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), manifest=str(manifest), config=str(config))
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -481,7 +487,6 @@ def test_extract_then_train_on_a_damaged_cache_re_extracts_and_trains_on_good_fe
                                                                                        capsys):
     """The issue's row end to end: `extract`, random bytes over a shard, then `extract` and `train` again."""
     import yaml
-    from speechfuse.cache import CacheEntry
     from speechfuse.cli import main
     from speechfuse.data import fsdd_manifests
     from speechfuse.upstream import load_upstream
@@ -582,3 +587,96 @@ def test_config_cache_section_selects_key_shards_and_verify(tmp_path):
         ("sample", 64 << 20, 30.0, True)
     with pytest.raises(ConfigError, match="cache.key"):
         config_from_dict({**base, "cache": {"key": "mtime"}})
+
+
+# -- writers on one cache coordinate ---------------------------------------------------------------------------
+
+TWO_WRITERS_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    sys.path.insert(0, {tests!r})
+    from test_cache import FakeUpstream
+    from speechfuse.cache import FeatureCache
+    from speechfuse.data.manifest import Utterance
+
+    class Slow(FakeUpstream):  # slow enough that both processes start before either finishes
+        def _hidden(self, wavs, wav_lengths):
+            time.sleep(0.3)
+            return super()._hidden(wavs, wav_lengths)
+
+    utts = [Utterance(**u) for u in json.load(open({manifest!r}))]
+    up = Slow()
+    print("READY", flush=True)
+    sys.stdin.readline()  # both start together
+    FeatureCache({root!r}).ensure(up, utts, batch_seconds=1.0, progress=True)
+    print(up.utterances_seen, flush=True)
+""")
+
+
+def test_two_extract_processes_on_one_cache_extract_each_utterance_once(tmp_path, utts):
+    manifest = tmp_path / "utts.json"
+    manifest.write_text(json.dumps([{"id": u.id, "path": u.path, "duration": u.duration} for u in utts]))
+    root = tmp_path / "cache"
+    script = TWO_WRITERS_SCRIPT.format(tests=str(Path(__file__).parent), manifest=str(manifest), root=str(root))
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = [proc.communicate(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, (out, err) in zip(procs, results):
+        assert proc.returncode == 0, err
+    assert sum(int(out.strip()) for out, _ in results) == len(utts)  # not 2x: the second found them done
+    assert sum("waiting for pid" in err for _, err in results) == 1  # and said whom it waited for
+    [folder] = [p for p in root.iterdir() if p.is_dir()]  # both wrote into one entry
+    entry = CacheEntry(folder, json.loads((folder / "meta.json").read_text()))
+    assert entry.missing(utts) == []
+    assert_matches(entry, FakeUpstream(), utts)  # Slow computes what FakeUpstream does
+
+
+# -- a full disk -------------------------------------------------------------------------------------------------
+
+def test_disk_full_during_extraction_is_a_clear_error_keeping_finalised_shards(tmp_path, utts, monkeypatch):
+    real_write = cache_mod._write_all
+    calls = []
+
+    def write_until_full(handle, data):
+        calls.append(len(data))
+        if len(calls) > 3 * 7:  # 3 layers per utterance: the 8th utterance hits a full disk
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write(handle, data)
+
+    monkeypatch.setattr(cache_mod, "_write_all", write_until_full)
+    up = FakeUpstream()
+    cache = FeatureCache(tmp_path / "cache", shard_bytes=3000)
+    with pytest.raises(CacheError) as err:
+        cache.ensure(up, utts, batch_seconds=2.0, progress=False)
+    message = str(err.value)
+    assert str(tmp_path / "cache") in message and "disk is full" in message and "ENOSPC" in message
+    entry = cache.entry(up)
+    missing = entry.missing(utts)
+    assert len(missing) == len(utts) - 7  # every utterance written before the failure is kept
+    assert f"needs about" in message and f"({estimate_cache_bytes(up, missing)} bytes)" in message
+    assert not list(entry.folder.glob("*.partial"))
+    monkeypatch.setattr(cache_mod, "_write_all", real_write)
+    seen = up.utterances_seen
+    entry = cache.ensure(up, utts, batch_seconds=2.0, progress=False)
+    assert up.utterances_seen == seen + len(missing)  # the rerun extracts only the rest
+    assert_matches(entry, up, utts)
+
+
+def test_size_estimate_uses_the_audio_files_not_a_wrong_manifest_duration(tmp_path, utts, monkeypatch):
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    up = FakeUpstream()
+    real = estimate_cache_bytes(up, utts)
+    lying = [Utterance(id=u.id, path=u.path, duration=u.duration / 5) for u in utts]  # 5x too short
+    assert estimate_cache_bytes(up, lying, durations=[u.duration for u in lying]) < real / 3
+    with pytest.warns(UserWarning, match=r"manifest durations are more than 10 % off.*'noise1'"):
+        with pytest.raises(CacheError, match=f"needs .* \\({real} bytes\\)"):
+            FeatureCache(tmp_path / "cache").ensure(up, lying, progress=False)
