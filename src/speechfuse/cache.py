@@ -398,18 +398,17 @@ class CacheEntry:
                 f"extraction (first: {absent[:5]}). Run FeatureCache.ensure(...) or `speechfuse extract` first."
             )
         locs = [self._index[k] for k in keys]
-        arrays = [self._array(loc) for loc in locs]
-        if verify:
-            for u, key, loc, arr in zip(utts, keys, locs, arrays):
-                if zlib.crc32(memoryview(arr).cast("B")) != loc.crc:
-                    self.drop(loc.shard, [key])
-                    raise CacheError(
-                        f"feature cache: checksum mismatch for utterance {u.id!r} in {self.folder / loc.shard}.bin "
-                        "(the file was damaged after it was written); the utterance was dropped from the cache. "
-                        "Run `speechfuse extract` (or train again) to extract it anew.")
         lengths = torch.tensor([loc.frames for loc in locs], dtype=torch.long)
         hidden = torch.zeros(self.num_layers, len(utts), int(lengths.max()) if len(utts) else 0, self.hidden_size)
-        for b, (loc, arr) in enumerate(zip(locs, arrays)):
+        for b, (u, key, loc) in enumerate(zip(utts, keys, locs)):
+            arr = self._array(loc)
+            # checked right after the copy, while its bytes are still in the CPU cache
+            if verify and zlib.crc32(memoryview(arr).cast("B")) != loc.crc:
+                self.drop(loc.shard, [key])
+                raise CacheError(
+                    f"feature cache: checksum mismatch for utterance {u.id!r} in {self.folder / loc.shard}.bin "
+                    "(the file was damaged after it was written); the utterance was dropped from the cache. "
+                    "Run `speechfuse extract` (or train again) to extract it anew.")
             tensor = torch.from_numpy(arr)
             if self.dtype == "bfloat16":
                 tensor = tensor.view(torch.bfloat16)
@@ -466,7 +465,12 @@ class CacheEntry:
         """Hold the writer lock of (this entry, rank): a second process waits, saying for whom, until the
         first is done (a killed holder releases it). Lets two `extract`s share the work, not double it."""
         path = self.folder / f"extract-{rank}.lock"
-        with open(path, "a+") as handle:
+        try:
+            handle = open(path, "a+")
+        except OSError:  # a read-only cache: nothing can be written, so there is nothing to coordinate
+            yield
+            return
+        with handle:
             if not _try_lock(handle):
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
