@@ -661,6 +661,7 @@ def test_disk_full_during_extraction_is_a_clear_error_keeping_finalised_shards(t
     entry = cache.entry(up)
     missing = entry.missing(utts)
     assert len(missing) == len(utts) - 7  # every utterance written before the failure is kept
+    assert f"(7 of {len(utts)} utterances) is kept" in message
     assert f"needs about" in message and f"({estimate_cache_bytes(up, missing)} bytes)" in message
     assert not list(entry.folder.glob("*.partial"))
     monkeypatch.setattr(cache_mod, "_write_all", real_write)

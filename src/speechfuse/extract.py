@@ -237,10 +237,12 @@ def _disk_full(err: OSError, upstreams, mine, cache: FeatureCache, entries, sele
         missing = entry.missing(mine)
         kept += len(mine) - len(missing)
         still += estimate_cache_bytes(up, missing, sel, cache.dtype)
+    done = f"{kept} of {len(mine)} utterances" if len(entries) == 1 else \
+        f"{kept} of {len(mine) * len(entries)} (utterance, upstream) results"
     free = shutil.disk_usage(cache.root).free
     return CacheError(
         f"feature cache {cache.root}: the disk is full ({errno.errorcode.get(err.errno, err.errno)}: {err.strerror}). "
-        f"{kept} utterance(s) extracted so far are kept; the rest needs about {_fmt_bytes(still)} ({still} bytes) "
+        f"What was finalised ({done}) is kept; the rest needs about {_fmt_bytes(still)} ({still} bytes) "
         f"more and {_fmt_bytes(free)} are free. Free space or point `cache.dir` at a larger disk, then run "
         "`speechfuse extract` again: it resumes where it stopped.")
 
