@@ -592,21 +592,26 @@ def test_config_cache_section_selects_key_shards_and_verify(tmp_path):
 # -- writers on one cache coordinate ---------------------------------------------------------------------------
 
 TWO_WRITERS_SCRIPT = textwrap.dedent("""
-    import json, sys, time
+    import json, os, sys, time
     sys.path.insert(0, {tests!r})
     from test_cache import FakeUpstream
     from speechfuse.cache import FeatureCache
     from speechfuse.data.manifest import Utterance
 
-    class Slow(FakeUpstream):  # slow enough that both processes start before either finishes
+    class Held(FakeUpstream):  # the first batch waits (at most 60 s) until the test releases it
         def _hidden(self, wavs, wav_lengths):
-            time.sleep(0.3)
+            if self.utterances_seen == 0 and not os.path.exists({release!r}):
+                print("EXTRACTING", flush=True)
+                for _ in range(600):
+                    if os.path.exists({release!r}):
+                        break
+                    time.sleep(0.1)
             return super()._hidden(wavs, wav_lengths)
 
     utts = [Utterance(**u) for u in json.load(open({manifest!r}))]
-    up = Slow()
+    up = Held()
     print("READY", flush=True)
-    sys.stdin.readline()  # both start together
+    sys.stdin.readline()
     FeatureCache({root!r}).ensure(up, utts, batch_seconds=1.0, progress=True)
     print(up.utterances_seen, flush=True)
 """)
@@ -615,28 +620,37 @@ TWO_WRITERS_SCRIPT = textwrap.dedent("""
 def test_two_extract_processes_on_one_cache_extract_each_utterance_once(tmp_path, utts):
     manifest = tmp_path / "utts.json"
     manifest.write_text(json.dumps([{"id": u.id, "path": u.path, "duration": u.duration} for u in utts]))
-    root = tmp_path / "cache"
-    script = TWO_WRITERS_SCRIPT.format(tests=str(Path(__file__).parent), manifest=str(manifest), root=str(root))
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    root, release = tmp_path / "cache", tmp_path / "release"
+    script = TWO_WRITERS_SCRIPT.format(tests=str(Path(__file__).parent), manifest=str(manifest), root=str(root),
+                                       release=str(release))
+    first, second = procs = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             for _ in range(2)]
     try:
         for proc in procs:
             assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
-        for proc in procs:
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
+        first.stdin.write("go\n")
+        first.stdin.flush()
+        assert first.stdout.readline().strip() == "EXTRACTING"  # mid-extraction, nothing finalised yet
+        second.stdin.write("go\n")
+        second.stdin.flush()
+        for line in second.stderr:  # without coordination it would extract everything itself instead
+            if "waiting for pid" in line:
+                break
+        release.touch()
         results = [proc.communicate(timeout=120) for proc in procs]
     finally:
+        release.touch()
         for proc in procs:
             proc.kill()
     for proc, (out, err) in zip(procs, results):
         assert proc.returncode == 0, err
-    assert sum(int(out.strip()) for out, _ in results) == len(utts)  # not 2x: the second found them done
-    assert sum("waiting for pid" in err for _, err in results) == 1  # and said whom it waited for
+    seen = [int(out.split()[-1]) for out, _ in results]
+    assert seen == [len(utts), 0]  # not 2x: the second waited, then found every utterance done
     [folder] = [p for p in root.iterdir() if p.is_dir()]  # both wrote into one entry
     entry = CacheEntry(folder, json.loads((folder / "meta.json").read_text()))
     assert entry.missing(utts) == []
-    assert_matches(entry, FakeUpstream(), utts)  # Slow computes what FakeUpstream does
+    assert_matches(entry, FakeUpstream(), utts)  # Held computes what FakeUpstream does
 
 
 # -- a full disk -------------------------------------------------------------------------------------------------
