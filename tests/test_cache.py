@@ -20,15 +20,14 @@ import torch
 from torch import nn
 
 import speechfuse.cache as cache_mod
-from speechfuse.cache import INDEX_OVERHEAD_BYTES, SAMPLE_BYTES, CacheEntry, CacheError, FeatureCache, audio_key, estimate_cache_bytes
+from speechfuse.cache import (INDEX_OVERHEAD_BYTES, SAMPLE_BYTES, CacheEntry, CacheError, FeatureCache, audio_key,
+                              estimate_cache_bytes)
 from speechfuse.data.audio import audio_info, read_audio
 from speechfuse.data.manifest import Utterance
 from speechfuse.errors import ConfigError
 from speechfuse.extract import duration_batches, extract_batch, fill_caches
 from speechfuse.upstream.base import Upstream
-from speechfuse.data.adapters import bundled_fsdd_dir
-
-FSDD = bundled_fsdd_dir() / "recordings"  # the FSDD subset shipped in the package
+from conftest import FSDD
 
 TOL = {"float16": 1e-3, "bfloat16": 8e-3}  # values are in [-1, 1]: fp16 step <= 2^-11, bf16 <= 2^-8
 
