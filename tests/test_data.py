@@ -504,7 +504,7 @@ def test_run_refuses_a_clip_longer_than_whisper_takes_before_training(tmp_path, 
 
 def test_header_only_manifest_in_a_run_names_the_split_and_no_skipped_file(tmp_path):
     from speechfuse.config import config_from_dict
-    from speechfuse.train import load_splits
+    from speechfuse.data.loader import load_splits
 
     manifests = fsdd_split_files(tmp_path)
     manifests["test"].write_text(manifests["test"].read_text().splitlines()[0] + "\n")

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,11 +74,14 @@ def test_ddp_ranks_extract_their_own_cache_shards(tmp_path):
     assert (tmp_path / "runs" / "ddp" / "metrics.json").is_file()
 
 
-def _torchrun(cfg_path, out, cwd, **env):
+def _torchrun(cfg_path, out, cwd, kill_after=None):
+    """`speechfuse train` on 2 processes; with kill_after, tests/killed_run.py, which SIGKILLs both ranks
+    right after that step's checkpoints."""
+    what = ["-m", "speechfuse.cli", "train", str(cfg_path), "--out", str(out)] if kill_after is None else \
+        [str(Path(__file__).with_name("killed_run.py")), str(cfg_path), str(out), str(kill_after)]
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "speechfuse.cli", "train", str(cfg_path), "--out", str(out)],
-        env={**os.environ, "OMP_NUM_THREADS": "1", **env}, capture_output=True, text=True, timeout=600, cwd=cwd)
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *what],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 def test_killed_ddp_run_resumes_exactly_with_each_ranks_rng(tmp_path):
@@ -91,7 +95,7 @@ def test_killed_ddp_run_resumes_exactly_with_each_ranks_rng(tmp_path):
 
     full = _torchrun(cfg_path, tmp_path / "full", tmp_path)
     assert full.returncode == 0, full.stderr[-4000:]
-    killed = _torchrun(cfg_path, tmp_path / "killed", tmp_path, SPEECHFUSE_TEST_KILL_AFTER_STEP="2")
+    killed = _torchrun(cfg_path, tmp_path / "killed", tmp_path, kill_after=2)
     assert killed.returncode != 0
     ckpt = load_checkpoint_file(tmp_path / "killed" / "checkpoints" / "last.safetensors")
     assert ckpt["global_step"] == 2 and ckpt["speechfuse"]["rng"]["cpu"].shape[0] == 2

@@ -121,7 +121,8 @@ def test_resume_from_a_fully_corrupted_last_checkpoint(trained, tmp_path):
 def test_nonfinite_loss_stops_the_run_naming_the_step(corpus, tmp_path):
     """A learning rate of 1e30 blows the weights up at step 1, so the loss of step 2 is NaN: before, the run went
     on and wrote metrics.json."""
-    from speechfuse.train import NonFiniteLossError, train
+    from speechfuse.learner import NonFiniteLossError
+    from speechfuse.train import train
 
     _, manifests, upstream = corpus
     data = tiny_config(manifests, upstream, max_steps=4, lr=1e30, interface_lr=1e30)

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
+KILLED_RUN = Path(__file__).with_name("killed_run.py")  # trains and SIGKILLs itself after a given step
 
 
 def make_fsdd(root: Path, digits=(0, 1), speakers=("george", "jackson"), takes=range(6)) -> dict[str, Path]:
@@ -139,15 +139,6 @@ def test_same_config_twice_gives_identical_results(corpus, tmp_path):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)  # the seed matters
 
 
-KILLED_RUN = """
-import sys, torch, yaml
-torch.set_num_threads(1)
-from speechfuse.config import config_from_dict
-from speechfuse.train import train
-train(config_from_dict(yaml.safe_load(open(sys.argv[1]))), sys.argv[2])
-"""
-
-
 @pytest.mark.parametrize("kill_after", [3, 5], ids=["mid-epoch", "epoch-end"])
 def test_killed_run_resumes_to_the_same_result(corpus, tmp_path, kill_after):
     """SIGKILL a run just after its checkpoint at step 3 (mid-epoch) or 5 (the end of the first epoch),
@@ -162,10 +153,9 @@ def test_killed_run_resumes_to_the_same_result(corpus, tmp_path, kill_after):
     full = train(cfg, tmp_path / "full")
 
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
-    (tmp_path / "run.py").write_text(textwrap.dedent(KILLED_RUN))
-    env = {**os.environ, "SPEECHFUSE_TEST_KILL_AFTER_STEP": str(kill_after), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(tmp_path / "run.py"), str(tmp_path / "cfg.yaml"),
-                           str(tmp_path / "killed")], env=env, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(KILLED_RUN), str(tmp_path / "cfg.yaml"), str(tmp_path / "killed"),
+                           str(kill_after)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]  # it really was killed
     killed = tmp_path / "killed"
     assert load_checkpoint_file(killed / "checkpoints" / "last.safetensors")["global_step"] == kill_after
@@ -301,7 +291,8 @@ def test_missing_speaker_target_is_reported_by_row(corpus, tmp_path):
 
 def test_optimizer_groups_and_trainable_upstreams_skip_the_cache(corpus, tmp_path):
     from speechfuse.tasks import get_task
-    from speechfuse.train import FusionTask, train
+    from speechfuse.learner import FusionTask
+    from speechfuse.train import train
 
     _, manifests, upstream = corpus
     data = tiny_config(manifests, upstream, lr=1e-3, interface_lr=1e-2, upstream_lr=1e-5)

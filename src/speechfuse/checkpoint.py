@@ -12,14 +12,16 @@ damaged bytes are a CheckpointError naming the file, never silently loaded weigh
 
     trainer = Trainer(plugins=[SafetensorsCheckpointIO()], ...)
     state = load_checkpoint_file("run/checkpoints/best.safetensors")   # the same nested dict
+    resume_checkpoint(run_dir)   # checkpoints/last.safetensors, or `best` when `last` is damaged
 """
 from __future__ import annotations
 
 import json
 import os
+import warnings
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -27,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from .errors import SpeechfuseError
-from .runfolder import write_atomic
+from .runfolder import BEST, CKPT_DIR, EXT, LAST, write_atomic
 
 FORMAT = "speechfuse-checkpoint-v1"
 _META_KEY = "speechfuse"
@@ -163,6 +165,27 @@ def _verify(path: Path, meta: dict[str, str], tensors: dict[str, torch.Tensor]) 
                               f"({names}{', ...' if len(bad) > 3 else ''}){damage}")
 
 
+def resume_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The checkpoint to resume from: `last`, or `best` with a warning when `last` is damaged; None for a new run."""
+    last, best = run_dir / CKPT_DIR / f"{LAST}{EXT}", run_dir / CKPT_DIR / f"{BEST}{EXT}"
+    if not last.is_file():
+        return None
+    try:
+        load_checkpoint_file(last)
+        return last
+    except CheckpointError as err:
+        damaged = err
+    if not best.is_file():
+        raise CheckpointError(f"cannot resume {run_dir}: {damaged}")
+    try:
+        step = load_checkpoint_file(best).get("global_step")
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot resume {run_dir}: both checkpoints are damaged. {damaged} {err}") from err
+    warnings.warn(f"cannot resume from {last}, it is damaged ({str(damaged).split('; ')[0]}); resuming from {best} "
+                  f"(step {step}) instead", stacklevel=3)
+    return best
+
+
 class SafetensorsCheckpointIO(CheckpointIO):
     """Lightning CheckpointIO plugin: safetensors + JSON instead of torch.save (pickle)."""
 
@@ -180,4 +203,5 @@ class SafetensorsCheckpointIO(CheckpointIO):
             p.unlink()
 
 
-__all__ = ["SafetensorsCheckpointIO", "CheckpointError", "save_checkpoint_file", "load_checkpoint_file"]
+__all__ = ["SafetensorsCheckpointIO", "CheckpointError", "save_checkpoint_file", "load_checkpoint_file",
+           "resume_checkpoint"]

@@ -139,9 +139,10 @@ def _extract(args: argparse.Namespace) -> int:
 
     from .cache import FeatureCache
     from .config import load_config
+    from .data.loader import load_splits, resolve_cache_dir
     from .data.manifest import clip_limit
     from .extract import fill_caches
-    from .train import build_task, load_splits, resolve_cache_dir
+    from .model import build_task
     from .upstream import load_upstream
 
     cfg = load_config(args.config, args.overrides)

@@ -1,10 +1,23 @@
-"""Where a run lives: the run folder's layout, its one atomic writer, its lock and its data fingerprints.
+"""Where a run lives: the run folder's layout, its one atomic writer, its lock, its data fingerprints and the
+checks that a resumed run is the same run.
+
+A run folder holds:
+    config.yaml       the resolved config            task.json       the fitted task (vocabulary / labels)
+    fingerprint.json  sha256 of the config and of each manifest's contents (checked on resume)
+    train.lock        while a `train` runs in the folder: its pid, host and start time
+    checkpoints/      last.safetensors, best.safetensors (safetensors + JSON, see speechfuse.checkpoint)
+    metrics.json      {"dev": {...}, "test": {...}} of the best checkpoint (chosen by the dev main metric)
+    interface.json    {"interface", "num_parameters", "describe", "importance"}   layers.png  weights/importance
+    logs/             CSV (logs/csv/metrics.csv) and TensorBoard (logs/tensorboard) logs
+    model/            the best checkpoint as a model folder: sf.load_model(RUN_DIR) (see speechfuse.model)
+    skipped_<split>.csv  the manifest rows dropped with train.skip_bad_rows
 
     write_atomic(run_dir / "metrics.json", text)        # temp file, fsync, rename: never a torn file
     with RunLock(run_dir):                              # one `train` per folder at a time
         check_writable(run_dir, run_dir / CKPT_DIR)     # before any work, not after the first steps
         check_data_unchanged(run_dir, manifests, allow_changed=False)   # on resume
         record_fingerprint(run_dir, config_text, manifests)
+        check_same_config(cfg, run_dir); check_same_task(task, run_dir)   # on resume
 
 The lock is an flock on RUN_DIR/train.lock, which also names its holder (pid, host, start time). The
 kernel drops it when the holder dies, so a lock left by a killed run is taken over; where the file
@@ -22,11 +35,20 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
+import yaml
+
+from .config import Config, config_from_dict, config_to_dict
 from .errors import ConfigError, SpeechfuseError
 
+if TYPE_CHECKING:
+    from .tasks import Task
+
 CKPT_DIR = "checkpoints"
+LAST = "last"  # checkpoints/last.safetensors, checkpoints/best.safetensors
+BEST = "best"
+EXT = ".safetensors"
 LOGS_DIR = "logs"
 LOCK = "train.lock"
 FINGERPRINT = "fingerprint.json"
@@ -234,6 +256,54 @@ def check_data_unchanged(run_dir: Path, manifests: dict[str, str], allow_changed
                       "(train.allow_changed_data=true).")
 
 
+# ---------------------------------------------------------------------------------------------
+# resuming: the same run
+# ---------------------------------------------------------------------------------------------
+# train keys a resumed run may change: they do not change what is computed, only how long / where / how shown
+# (or how a failure is handled)
+RESUME_MAY_CHANGE = {"max_steps", "max_epochs", "val_every_steps", "progress_bar", "num_workers", "devices",
+                     "accelerator", "importance", "skip_bad_rows", "on_nonfinite_loss", "allow_changed_data"}
+
+
+def check_same_config(cfg: Config, run_dir: Path) -> None:
+    """Resuming (a last checkpoint exists) with a config that computes something else is an error."""
+    path = run_dir / "config.yaml"
+    if not (run_dir / CKPT_DIR / f"{LAST}{EXT}").is_file() or not path.is_file():
+        return
+
+    def essential(c: Config) -> dict:
+        d = config_to_dict(c)
+        d.pop("cache")
+        d["train"] = {k: v for k, v in d["train"].items() if k not in RESUME_MAY_CHANGE}
+        return d
+
+    try:
+        old = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), run_dir, str(path))
+    except (SpeechfuseError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot resume {run_dir}: its config.yaml is unreadable ({err}); train into a new "
+                          "folder (--out)") from err
+    new, before = essential(cfg), essential(old)
+    diff = sorted(f"{section}.{k}" if isinstance(new[section], dict) and isinstance(before.get(section), dict)
+                  else section
+                  for section in new if new[section] != before.get(section)
+                  for k in ((x for x in new[section] if new[section].get(x) != before[section].get(x))
+                            if isinstance(new[section], dict) and isinstance(before.get(section), dict) else [None]))
+    if diff:
+        raise ConfigError(f"run folder {run_dir} holds a checkpoint of a run with a different config ({', '.join(diff)} "
+                          f"differ); resume it with the same config (only train.{{{', '.join(sorted(RESUME_MAY_CHANGE))}}} "
+                          "and cache may change), or train into a new folder (--out)")
+
+
+def check_same_task(task: Task, run_dir: Path) -> None:
+    """On resume, the task fitted now (labels / vocabulary) must be the one the checkpoints were trained for."""
+    path = run_dir / "task.json"
+    if path.is_file() and json.loads(path.read_text(encoding="utf-8")) != json.loads(json.dumps(task.state())):
+        raise ConfigError(f"cannot resume {run_dir}: the training data now gives the task other labels / another "
+                          f"vocabulary than {path}, which its checkpoints were trained for; train into a new folder "
+                          "(--out)")
+
+
 __all__ = ["write_atomic", "check_writable", "check_free_space", "disk_full", "RunLock", "RunFolderError",
            "file_sha256", "fingerprint", "record_fingerprint", "check_data_unchanged", "CKPT_DIR", "LOGS_DIR",
-           "LOCK", "FINGERPRINT"]
+           "LOCK", "FINGERPRINT", "LAST", "BEST", "EXT", "RESUME_MAY_CHANGE", "check_same_config",
+           "check_same_task"]

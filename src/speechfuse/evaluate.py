@@ -1,0 +1,112 @@
+"""How a trained run is measured: its metrics on a split, the interface report, and rebuilding it from its folder.
+
+    model, cfg = load_run("runs/speaker")            # FusionTask + the run's Config (best checkpoint)
+    evaluate("runs/speaker", split="test")           # {"test": {...}}: what `speechfuse evaluate` prints
+    score(model, loader)                             # the task's metrics over a loader's batches
+
+For predictions on new recordings use the run's model folder instead: sf.load_model(RUN_DIR).predict(...)
+(speechfuse.model, speechfuse.inference).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+from .checkpoint import load_checkpoint_file
+from .config import Config, config_from_dict
+from .data.loader import SPLITS, FusionData, load_splits, resolve_cache_dir
+from .data.manifest import clip_limit
+from .errors import ConfigError
+from .learner import FusionTask, restore_frozen
+from .runfolder import BEST, CKPT_DIR, EXT, LAST, write_atomic
+from .tasks import Task, check_targets_known
+
+
+@torch.no_grad()
+def score(model: FusionTask, loader: DataLoader) -> dict[str, float]:
+    """The task's metrics over every batch of `loader` (eval mode, on the model's device)."""
+    was_training = model.training
+    model.eval()
+    preds, refs = [], []
+    try:
+        for batch in loader:
+            batch = model.transfer_batch_to_device(batch, model.device, 0)
+            out, out_lengths = model(batch)
+            preds += model.task.predict(out, out_lengths)
+            refs += model.task.references(batch.utts)
+    finally:
+        model.train(was_training)
+    return {k: float(v) for k, v in model.task.metrics(preds, refs).items()}
+
+
+def load_weights(model: FusionTask, path: Path) -> None:
+    checkpoint = load_checkpoint_file(path)
+    restore_frozen(model, checkpoint)
+    model.load_state_dict(checkpoint["state_dict"])
+
+
+def write_interface_report(model: FusionTask, loader: DataLoader, run_dir: Path, importance: bool = True) -> dict:
+    """interface.json (describe() + drop-one-layer importance on one dev batch) and layers.png."""
+    interface = model.frontend.interface
+    info: dict[str, Any] = {"interface": model.cfg.interface.name, "num_parameters": interface.num_parameters()}
+    if importance:
+        from .importance import layer_importance
+
+        batch = model.transfer_batch_to_device(next(iter(loader)), model.device, 0)
+        states = batch.states if batch.states is not None else model.frontend.extract(batch.wavs, batch.wav_lengths)
+        info["importance"] = layer_importance(model.frontend, states)
+    info["describe"] = interface.describe()
+    write_atomic(run_dir / "interface.json", json.dumps(info, indent=2, default=float))
+    try:
+        from .report import plot_importance
+    except ImportError:
+        plot_importance = None
+    if plot_importance is not None:
+        plot_importance(info["describe"], run_dir / "layers.png",
+                        title=f"{model.cfg.interface.name}: " + "+".join(u.spec for u in model.cfg.upstreams))
+    return info
+
+
+def load_run(run_dir: str | os.PathLike, checkpoint: str = BEST) -> tuple[FusionTask, Config]:
+    """Rebuild the trained model of a run folder from config.yaml + task.json + a checkpoint."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "task.json"):
+        if not (run_dir / name).is_file():
+            raise ConfigError(f"{run_dir} is not a finished speechfuse run folder: {name} is missing")
+    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")), run_dir,
+                           str(run_dir / "config.yaml"))
+    task = Task.from_state(json.loads((run_dir / "task.json").read_text(encoding="utf-8")))
+    model = FusionTask(cfg, task)
+    path = run_dir / CKPT_DIR / f"{checkpoint}{EXT}"
+    if not path.is_file():
+        path = run_dir / CKPT_DIR / f"{LAST}{EXT}"
+    load_weights(model, path)
+    return model, cfg
+
+
+def evaluate(run_dir: str | os.PathLike, split: str = "test", device: str | None = None) -> dict:
+    """Metrics of the run's best checkpoint on `split` (train | dev | test)."""
+    if split not in SPLITS:
+        raise ConfigError(f"evaluate: split must be one of {', '.join(SPLITS)}, got {split!r}")
+    run_dir = Path(run_dir)
+    model, cfg = load_run(run_dir)
+    if getattr(cfg.data, split) is None:
+        raise ConfigError(f"evaluate: the run's config has no data.{split} manifest")
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    splits = load_splits(cfg, run_dir / "eval", model.task.target_field, which=(split,),
+                         max_clip=clip_limit(model.frontend.upstreams))
+    check_targets_known(model.task, splits, {split: getattr(cfg.data, split)})
+    frozen = all(not u.trainable for u in model.frontend.upstreams)
+    data = FusionData(cfg, model.task, {split: splits[split]}, model.frontend,
+                      resolve_cache_dir(cfg, run_dir) if frozen else None)
+    data.setup("test")
+    return {split: score(model, data.loader(split))}
+
+
+__all__ = ["score", "load_weights", "write_interface_report", "load_run", "evaluate"]

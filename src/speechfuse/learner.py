@@ -1,0 +1,346 @@
+"""How the fused model learns: the LightningModule, its callbacks and the Trainer they run in.
+
+    model = FusionTask(cfg, task, frontend)          # FusionFrontend + the task head, AdamW
+    trainer = make_trainer(cfg, run_dir, task, [StopOnInterrupt()])
+    trainer.fit(model, datamodule=FusionData(...))   # speechfuse.data.loader
+
+- Checkpoints hold only what is trained: frozen upstream weights come back from the spec, after a check that
+  their fingerprint is the one trained with (restore_frozen). They also hold every rank's RNG state and the
+  position inside the epoch, so a resumed run continues exactly where it stopped.
+- A NaN/inf training loss stops the run with NonFiniteLossError naming the step (train.on_nonfinite_loss=skip
+  skips the batch instead).
+- Dev evaluation runs on the full dev set in every rank (no cross-rank gathering needed), every
+  `train.val_every_steps` steps and after the last step; `last` and `best` are saved right after it.
+- Ctrl-C (StopOnInterrupt) finishes the current step, evaluates dev and saves `last` / `best` as a scheduled
+  evaluation does; a second Ctrl-C stops at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from .checkpoint import SafetensorsCheckpointIO
+from .config import Config
+from .data.loader import EpochPosition, FusionBatch
+from .errors import ConfigError, SpeechfuseError
+from .frontend import FusionFrontend
+from .model import build_frontend
+from .runfolder import BEST, CKPT_DIR, EXT, LAST
+from .tasks import Task
+
+
+class NonFiniteLossError(SpeechfuseError):
+    """The training loss became NaN or infinite (train.on_nonfinite_loss=stop)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training; the message says whether a checkpoint was saved first."""
+
+
+class FusionTask(pl.LightningModule):
+    """FusionFrontend (upstreams -> aligner -> interface) + the task head, trained with AdamW."""
+
+    def __init__(self, cfg: Config, task: Task, frontend: Optional[FusionFrontend] = None) -> None:
+        super().__init__()
+        self.cfg, self.task = cfg, task
+        self.frontend = frontend if frontend is not None else build_frontend(cfg)
+        self.head = task.build_head(self.frontend.output_dim)
+        self.position = EpochPosition()
+        self._rng_to_restore: Optional[dict] = None
+        self._dev: list[tuple[list[str], list[str]]] = []
+        self.dev_metrics: dict[str, float] = {}
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, batch: FusionBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        if batch.states is not None:
+            feats, lengths = self.frontend.fuse(batch.states)
+        else:
+            feats, lengths = self.frontend(batch.wavs, batch.wav_lengths)
+        return self.head(feats, lengths)
+
+    def transfer_batch_to_device(self, batch: FusionBatch, device: torch.device, dataloader_idx: int) -> FusionBatch:
+        from lightning.fabric.utilities.apply_func import move_data_to_device
+
+        return dataclasses.replace(
+            batch,
+            targets=move_data_to_device(batch.targets, device),
+            wavs=None if batch.wavs is None else batch.wavs.to(device),  # wav_lengths stay on the host
+            states=None if batch.states is None else [s.to(device) for s in batch.states],
+        )
+
+    # -- training -----------------------------------------------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._rng_to_restore is not None:  # right after a resume: continue the interrupted RNG stream
+            torch.set_rng_state(self._rng_to_restore["cpu"])
+            if "cuda" in self._rng_to_restore and self.device.type == "cuda":
+                torch.cuda.set_rng_state(self._rng_to_restore["cuda"], self.device)
+            self._rng_to_restore = None
+
+    def training_step(self, batch: FusionBatch, batch_idx: int) -> Optional[torch.Tensor]:
+        out, out_lengths = self(batch)
+        loss = self.task.loss(out, out_lengths, batch.targets)
+        finite = bool(torch.isfinite(loss.detach()))
+        if self.trainer.world_size > 1:  # every rank must stop or skip together, or DDP hangs
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            return self._nonfinite(loss, batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch.utts))
+        return loss * batch.weight
+
+    def _nonfinite(self, loss: torch.Tensor, batch: FusionBatch) -> None:
+        ids = ", ".join(repr(u.id) for u in batch.utts[:5]) + (", ..." if len(batch.utts) > 5 else "")
+        where = (f"the training loss is {float(loss.detach())} at step {self.global_step + 1} "
+                 f"(epoch {self.current_epoch}; utterances {ids})")
+        if self.cfg.train.on_nonfinite_loss == "skip":
+            warnings.warn(f"{where}; batch skipped, no update (train.on_nonfinite_loss=skip)", stacklevel=2)
+            return None
+        raise NonFiniteLossError(f"{where}. Training stopped (train.on_nonfinite_loss=stop): nothing of this step was "
+                                 "saved and no metrics were written; any checkpoint in the run folder is from an "
+                                 "earlier step. Check these inputs, lower train.lr / train.interface_lr, or set "
+                                 "train.on_nonfinite_loss=skip to skip such batches.")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.position.advance(self.trainer.current_epoch)
+
+    def configure_optimizers(self):
+        t = self.cfg.train
+        groups = [
+            {"name": "interface", "lr": t.interface_lr,
+             "params": [p for m in (self.frontend.interface, self.frontend.aligner) for p in m.parameters()
+                        if p.requires_grad]},
+            {"name": "head", "lr": t.lr, "params": [p for p in self.head.parameters() if p.requires_grad]},
+            {"name": "upstreams", "lr": t.upstream_lr or t.lr,
+             "params": [p for p in self.frontend.upstreams.parameters() if p.requires_grad]},
+        ]
+        groups = [g for g in groups if g["params"]]
+        if not groups:
+            raise ConfigError("nothing to train: the interface, head and upstreams have no trainable parameters")
+        optimizer = torch.optim.AdamW(groups, weight_decay=t.weight_decay)
+        warmup = t.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- dev evaluation -----------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._dev = []
+
+    def validation_step(self, batch: FusionBatch, batch_idx: int) -> None:
+        out, out_lengths = self(batch)
+        self._dev.append((self.task.predict(out, out_lengths), self.task.references(batch.utts)))
+
+    def on_validation_epoch_end(self) -> None:
+        preds = [p for ps, _ in self._dev for p in ps]
+        refs = [r for _, rs in self._dev for r in rs]
+        self.dev_metrics = self.task.metrics(preds, refs)
+        for name, value in self.dev_metrics.items():
+            # every rank scores the whole dev set, so the values agree without syncing
+            self.log(f"dev/{name}", float(value), prog_bar=name == self.task.main_metric, rank_zero_only=False)
+
+    # -- checkpoints: only what is trained (frozen upstream weights come from the spec) ----------
+    def _frozen_keys(self) -> set[str]:
+        names = set()
+        for i, up in enumerate(self.frontend.upstreams):
+            if not up.trainable:
+                names.update(f"frontend.upstreams.{i}.{k}" for k in up.state_dict())
+        return names
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        frozen = self._frozen_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        rng = {"cpu": self._gather_rng(torch.get_rng_state())}
+        if self.device.type == "cuda":
+            rng["cuda"] = self._gather_rng(torch.cuda.get_rng_state(self.device))
+        checkpoint["speechfuse"] = {
+            "rng": rng, "epoch": self.position.epoch, "seen": self.position.seen,
+            "upstreams": [up.identity() for up in self.frontend.upstreams],
+        }
+
+    def _gather_rng(self, state: torch.Tensor) -> torch.Tensor:
+        """[world_size, n] RNG states, one row per rank (Lightning's all_gather; every rank saves its own)."""
+        if self.trainer.world_size == 1:
+            return state[None]
+        return self.all_gather(state.to(self.device)).cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        restore_frozen(self, checkpoint)
+        extra = checkpoint.get("speechfuse", {})
+        if "rng" in extra:
+            # this rank's own state (a run resumed on a different number of processes takes rank 0's)
+            rank = self.global_rank
+            self._rng_to_restore = {k: (v[rank] if rank < v.shape[0] else v[0]).clone()  # own storage
+                                    for k, v in extra["rng"].items()}
+            self.position.skip_epoch, self.position.skip = int(extra["epoch"]), int(extra["seen"])
+
+
+def restore_frozen(model: FusionTask, checkpoint: dict) -> None:
+    """Put the frozen upstream weights (not stored) back, after checking they are the ones trained with."""
+    saved = checkpoint.get("speechfuse", {}).get("upstreams")
+    if saved is not None:
+        for i, (up, ident) in enumerate(zip(model.frontend.upstreams, saved)):
+            if not up.trainable and ident.get("fingerprint") != up.fingerprint():
+                raise ConfigError(f"upstream {i} ({up.name}) has different weights than when this run was trained "
+                                  "(fingerprint mismatch); load the same model version to evaluate or resume")
+    own = model.state_dict()
+    for key in model._frozen_keys():
+        checkpoint["state_dict"].setdefault(key, own[key])
+
+
+def checkpoint_bytes(model: FusionTask) -> int:
+    """Size of one checkpoint: the stored (not frozen) weights plus AdamW's two moments per trainable weight."""
+    frozen = model._frozen_keys()
+    stored = sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if k not in frozen)
+    return stored + 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# callbacks and the Trainer
+# ---------------------------------------------------------------------------------------------
+class _ValidateAtEnd(Callback):
+    """Ask for a dev evaluation (and so the checkpoints) after the very last step, whatever val_every_steps."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        last_epoch = trainer.max_epochs not in (None, -1) and trainer.current_epoch + 1 >= trainer.max_epochs
+        if trainer.global_step >= trainer.max_steps or (
+                last_epoch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+            trainer.should_stop = True
+
+
+class _Checkpoint(ModelCheckpoint):
+    """Stores its file paths relative to the checkpoints folder: Lightning's absolute paths made a moved or
+    copied run folder forget its best score, so the next evaluation replaced `best` whatever its score."""
+
+    FILE_EXTENSION = EXT
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._paths(super().state_dict(), lambda p: Path(p).name, dirpath=".")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # older checkpoints hold absolute paths: only the file name counts, in this run folder
+        super().load_state_dict(self._paths(state_dict, lambda p: str(Path(self.dirpath) / Path(p).name),
+                                            dirpath=self.dirpath))
+
+    @staticmethod
+    def _paths(state: dict[str, Any], convert, dirpath: Optional[str]) -> dict[str, Any]:
+        def fix(path):
+            return convert(path) if path else path
+
+        out = dict(state, dirpath=dirpath)
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if key in out:
+                out[key] = fix(out[key])
+        if "best_k_models" in out:
+            out["best_k_models"] = {fix(p): v for p, v in out["best_k_models"].items()}
+        return out
+
+
+class StopOnInterrupt(Callback):
+    """Ctrl-C during the training loop: finish the step, then stop through `should_stop`, which makes Lightning
+    evaluate dev and save `last` / `best` exactly where scheduled evaluations do (so the run resumes exactly).
+    Before the loop (cache extraction) or a second time: KeyboardInterrupt at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.in_loop = False
+        self._previous: Any = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        first = not self.requested
+        self.requested = True
+        if not (first and self.in_loop):
+            raise KeyboardInterrupt
+        print("\nspeechfuse: Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.in_loop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.in_loop = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        stop = self.requested
+        if trainer.world_size > 1:  # each rank gets its own SIGINT, maybe a step apart: stop together
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            trainer.should_stop = True
+
+
+def _devices(cfg: Config) -> Any:
+    devices = cfg.train.devices
+    launched = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun sets it
+    if launched > 1 and devices in (1, "auto"):
+        return launched
+    return devices
+
+
+def make_trainer(cfg: Config, run_dir: Path, task: Task, extra_callbacks: list | None = None) -> pl.Trainer:
+    from lightning.pytorch.strategies import DDPStrategy
+
+    t = cfg.train
+    devices = _devices(cfg)
+    multi = (isinstance(devices, int) and devices > 1) or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    strategy: Any = "auto"
+    if multi:
+        backend = "gloo" if t.accelerator == "cpu" or not torch.cuda.is_available() else None
+        strategy = DDPStrategy(process_group_backend=backend)
+    ckpt_dir = run_dir / CKPT_DIR
+    monitor = f"dev/{task.main_metric}"
+    callbacks: list[Callback] = [
+        _Checkpoint(dirpath=ckpt_dir, filename=BEST, monitor=monitor, mode="max" if task.higher_is_better else "min",
+                    save_top_k=1, save_on_train_epoch_end=False, enable_version_counter=False),
+        _Checkpoint(dirpath=ckpt_dir, filename=LAST, monitor=None, save_top_k=1, save_on_train_epoch_end=False,
+                    enable_version_counter=False),
+        _ValidateAtEnd(),
+        *(extra_callbacks or []),
+    ]
+    if t.progress_bar:
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        callbacks.append(TQDMProgressBar())  # plain lines in logs; shows no "Epoch 0/-2" for step-bound runs
+    # a resumed run logs into the next version_N folder, so the earlier part's CSV is kept
+    loggers = [CSVLogger(run_dir / "logs", name="csv"),
+               TensorBoardLogger(run_dir / "logs", name="tensorboard", version="")]
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return _trainer(t, run_dir, devices, strategy, callbacks, loggers)
+    except (MisconfigurationException, ValueError) as err:
+        raise ConfigError(f"train.accelerator={t.accelerator!r}, train.devices={t.devices!r}, "
+                          f"train.precision={t.precision!r}: {err}") from err
+
+
+def _trainer(t, run_dir, devices, strategy, callbacks, loggers) -> pl.Trainer:
+    return pl.Trainer(
+        default_root_dir=run_dir, max_steps=t.max_steps, max_epochs=t.max_epochs or -1,
+        accelerator=t.accelerator, devices=devices, strategy=strategy, precision=t.precision,
+        plugins=[SafetensorsCheckpointIO()], callbacks=callbacks, logger=loggers,
+        val_check_interval=t.val_every_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+        use_distributed_sampler=False, deterministic="warn" if t.deterministic else None,
+        gradient_clip_val=t.grad_clip, log_every_n_steps=min(50, t.val_every_steps),
+        enable_progress_bar=t.progress_bar, enable_model_summary=t.progress_bar,
+    )
+
+
+__all__ = ["FusionTask", "restore_frozen", "checkpoint_bytes", "make_trainer", "StopOnInterrupt",
+           "NonFiniteLossError", "TrainingInterrupted"]
