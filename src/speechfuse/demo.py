@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from .data.adapters import bundled_fsdd_dir, fsdd_manifests
-from .report import write_table
+from .report import markdown_table, save_figure, write_table
+from .runfolder import write_atomic
 
 SINGLES = [["whisper-tiny.en"], ["resemblyzer"], ["speech-embedding"]]
 PAIRS = [["whisper-tiny.en", "resemblyzer"], ["whisper-tiny.en", "speech-embedding"]]
@@ -197,8 +198,7 @@ def plot_summary(rows: list[dict], png_path: Path) -> Path:
     fig.suptitle("speechfuse demo on real FSDD speech (blue: single model, orange: fused pair)", fontsize=10)
     fig.tight_layout()
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, png_path)
     return png_path
 
 
@@ -288,11 +288,11 @@ def run_demo(out_dir, quick: bool = False) -> Path:
     order = {key: i for i, key in enumerate(row_order(quick))}
     rows = sorted(combine(results), key=lambda r: order.get((r["upstreams"], r["interface"]), len(order)))
     md, csv_path = out_dir / "demo_results.md", out_dir / "demo_results.csv"
-    write_table(rows, md, csv_path, columns=COLUMNS)
-    with open(md, "a", encoding="utf-8") as f:
-        f.write(f"\nTest-set metrics on real speech, {'quick smoke run, ' if quick else ''}chance: "
-                "speaker accuracy 1/6 = 0.167. ASR is character CTC on the digit word with greedy decoding. "
-                "interface params = trainable parameters of the interface.\n\n" + FSDD_NOTICE + "\n")
+    write_table(rows, None, csv_path, columns=COLUMNS)
+    write_atomic(md, markdown_table(rows, COLUMNS) +
+                 f"\nTest-set metrics on real speech, {'quick smoke run, ' if quick else ''}chance: "
+                 "speaker accuracy 1/6 = 0.167. ASR is character CTC on the digit word with greedy decoding. "
+                 "interface params = trainable parameters of the interface.\n\n" + FSDD_NOTICE + "\n")
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
     plot_summary(rows, plots / "demo_summary.png")

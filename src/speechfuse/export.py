@@ -17,6 +17,7 @@ tests/test_export.py checks that on batches of other sizes than the traced one.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -84,27 +85,23 @@ def export_fusion(model: "FusedModel", out: str | os.PathLike, format: str = "to
     model = model.eval()
     graph = FusionGraph(model).eval()
     example = graph_inputs(example_states(model, clips))
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        # grad mode stays on: under no_grad, nn.TransformerEncoderLayer (cls_pool) takes a fused fast path that
-        # has no ONNX equivalent; the trace records the same maths either way
-        with warnings.catch_warnings():
-            # the shape checks inside the modules turn into constants of the trace (they passed); the graph
-            # itself keeps batch and time dynamic
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit.*")
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-            # the exporter's generic cautions: our gather indices are clamped to >= 0, and the LSTM's initial
-            # states are zeros sized from the input (tests/test_export.py runs other batch sizes than traced)
-            warnings.filterwarnings("ignore", message=".*(aten::index operator|batch_size other than 1).*")
-            if format == "torchscript":
-                torch.jit.save(torch.jit.trace(graph, example, check_trace=False), str(tmp))
-            else:
-                _export_onnx(model, graph, example, tmp)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    image = io.BytesIO()
+    # grad mode stays on: under no_grad, nn.TransformerEncoderLayer (cls_pool) takes a fused fast path that
+    # has no ONNX equivalent; the trace records the same maths either way
+    with warnings.catch_warnings():
+        # the shape checks inside the modules turn into constants of the trace (they passed); the graph
+        # itself keeps batch and time dynamic
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*torch.jit.*")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        # the exporter's generic cautions: our gather indices are clamped to >= 0, and the LSTM's initial
+        # states are zeros sized from the input (tests/test_export.py runs other batch sizes than traced)
+        warnings.filterwarnings("ignore", message=".*(aten::index operator|batch_size other than 1).*")
+        if format == "torchscript":
+            torch.jit.save(torch.jit.trace(graph, example, check_trace=False), image)
+        else:
+            _export_onnx(model, graph, example, image)
+    write_atomic(out, image.getvalue())
     sidecar = {"format": format, "inputs": input_names(model), "outputs": ["out", "out_lengths"],
                "upstreams": model.config_dict()["upstreams"], "task": model.task.state(),
                "sample_rate": model.sample_rate}
@@ -112,7 +109,8 @@ def export_fusion(model: "FusedModel", out: str | os.PathLike, format: str = "to
     return out
 
 
-def _export_onnx(model: "FusedModel", graph: FusionGraph, example: tuple[torch.Tensor, ...], path: Path) -> None:
+def _export_onnx(model: "FusedModel", graph: FusionGraph, example: tuple[torch.Tensor, ...],
+                 image: io.BytesIO) -> None:
     try:
         import onnx  # noqa: F401  (the exporter needs it; say so plainly)
     except ImportError as err:
@@ -125,7 +123,7 @@ def _export_onnx(model: "FusedModel", graph: FusionGraph, example: tuple[torch.T
         dynamic[f"lengths_{m}"] = {0: "batch"}
     dynamic["out"] = {0: "batch", 1: "frames"} if model.task.name == "asr" else {0: "batch"}
     dynamic["out_lengths"] = {0: "batch"}
-    torch.onnx.export(graph, example, str(path), input_names=names, output_names=["out", "out_lengths"],
+    torch.onnx.export(graph, example, image, input_names=names, output_names=["out", "out_lengths"],
                       dynamic_axes=dynamic, dynamo=False, opset_version=17)
 
 

@@ -11,11 +11,13 @@ per-layer numbers, so a sweep's plot folder always has one image per run.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import SpeechfuseError
+from .runfolder import write_atomic
 
 # ---------------------------------------------------------------------------------------------
 # tables
@@ -68,7 +70,7 @@ def write_table(rows: Sequence[dict], md_path, csv_path, columns: Iterable[str] 
 
     Columns are `columns` if given, else every key in first-seen order. Missing cells are blank.
     CSV cells keep full precision (floats as repr); Markdown rounds for reading. Returns the columns.
-    Both files are written to a temporary name then renamed, so a crash never leaves half a table.
+    Both files are written atomically (runfolder.write_atomic), so a crash never leaves half a table.
     """
     rows = list(rows)
     for i, row in enumerate(rows):
@@ -80,29 +82,26 @@ def write_table(rows: Sequence[dict], md_path, csv_path, columns: Iterable[str] 
     if md_path is not None:
         md_path = Path(md_path)
         md_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_md = md_path.with_name(md_path.name + ".tmp")
-        tmp_md.write_text(markdown_table(rows, cols), encoding="utf-8")
-        tmp_md.replace(md_path)
+        write_atomic(md_path, markdown_table(rows, cols))
     if csv_path is None:
         return cols
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_csv = csv_path.with_name(csv_path.name + ".tmp")
-    with open(tmp_csv, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(cols)
-        for row in rows:
-            out = []
-            for c in cols:
-                v = row.get(c)
-                if v is None:
-                    out.append("")
-                elif isinstance(v, (list, tuple)):
-                    out.append("+".join(str(x) for x in v))
-                else:
-                    out.append(v)
-            writer.writerow(out)
-    tmp_csv.replace(csv_path)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(cols)
+    for row in rows:
+        out = []
+        for c in cols:
+            v = row.get(c)
+            if v is None:
+                out.append("")
+            elif isinstance(v, (list, tuple)):
+                out.append("+".join(str(x) for x in v))
+            else:
+                out.append(v)
+        writer.writerow(out)
+    write_atomic(csv_path, text.getvalue())
     return cols
 
 
@@ -154,8 +153,7 @@ def plot_importance(describe: dict, png_path, title: str | None = None):
         fig, ax = plt.subplots(figsize=(5, 2))
         ax.axis("off")
         ax.set_title(f"{title or iface}: no per-layer weights or importance reported", fontsize=10)
-        fig.savefig(png_path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
+        save_figure(fig, png_path, bbox_inches="tight")
         return png_path
 
     label, names, rows = found
@@ -178,9 +176,20 @@ def plot_importance(describe: dict, png_path, title: str | None = None):
         ax.set_xlabel("layer")
         fig.colorbar(im, ax=ax, label=label)
     ax.set_title(f"{title or iface}: {label} per layer", fontsize=10)
-    fig.savefig(png_path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, png_path, bbox_inches="tight")
     return png_path
 
 
-__all__ = ["write_table", "markdown_table", "read_csv_table", "plot_importance", "format_value"]
+def save_figure(fig, path, **options) -> None:
+    """Render a matplotlib figure (100 dpi, the format of the file's suffix) and write it atomically; closes it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    image = io.BytesIO()
+    fig.savefig(image, dpi=100, format=path.suffix.lstrip(".") or "png", **options)
+    plt.close(fig)
+    write_atomic(path, image.getvalue())
+
+
+__all__ = ["write_table", "markdown_table", "read_csv_table", "plot_importance", "format_value",
+           "save_figure"]

@@ -64,12 +64,13 @@ class RunFolderError(SpeechfuseError):
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """Write `data` to `path` so that a reader sees the old file or the whole new one, never a part:
     a temp file in the same folder, fsync, rename. A full disk is a RunFolderError naming the file,
-    and the old file is kept."""
+    and the old file is kept. Every file speechfuse writes goes through here; its mode is what open()
+    would give (0o666 less the umask), so a shared cache or run folder follows the user's umask."""
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
             view = memoryview(payload)
             while view:

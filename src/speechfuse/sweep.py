@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .config import parse_value, set_dotted
 from .errors import ConfigError
 from .report import plot_importance, write_table
+from .runfolder import write_atomic
 from .stats import mean_std
 
 RESULTS_MD = "results.md"
@@ -351,7 +352,7 @@ def run_sweep(cfg: Any, grid: dict[str, list], out_dir, *, seeds: Sequence[int] 
                              f"finished rows are in {out_dir / RESULTS_CSV}")
             raise
         if not metrics_path.exists():  # the runner normally writes it; make resume work regardless
-            metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+            write_atomic(metrics_path, json.dumps(metrics, indent=2))
         if bar is not None:
             bar.update(1)
             counted.add(name)

@@ -10,6 +10,7 @@ row 0, so row N is file line N+1; in a JSONL file row N is the N-th non-blank li
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import ConfigError
+from ..runfolder import write_atomic
 from .audio import audio_info, probe_audio
 
 KNOWN_FIELDS = ("id", "path", "duration", "text", "label", "speaker", "language")
@@ -354,11 +356,12 @@ def fill_durations(utts: Iterable[Utterance]) -> None:
 def write_bad_rows(bad: list[BadRow], out: str | Path) -> None:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["row", "id", "path", "reason"])
-        for b in bad:
-            writer.writerow([b.row, b.id, b.path, b.reason])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["row", "id", "path", "reason"])
+    for b in bad:
+        writer.writerow([b.row, b.id, b.path, b.reason])
+    write_atomic(out, text.getvalue())
 
 
 # -- writing -------------------------------------------------------------------------------------------
@@ -383,13 +386,14 @@ def write_manifest(utts: list[Utterance], path: str | Path, relative_paths: bool
         values = {"id": u.id, "path": audio, **{f: getattr(u, f) for f in optional}, **u.extra}
         return {c: values.get(c) for c in columns}
 
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        if fmt == "csv":
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            for u in utts:
-                writer.writerow({k: ("" if v is None else v) for k, v in record(u).items()})
-        else:
-            for u in utts:
-                f.write(json.dumps({k: v for k, v in record(u).items() if v is not None}) + "\n")
+    text = io.StringIO(newline="")
+    if fmt == "csv":
+        writer = csv.DictWriter(text, fieldnames=columns)
+        writer.writeheader()
+        for u in utts:
+            writer.writerow({k: ("" if v is None else v) for k, v in record(u).items()})
+    else:
+        for u in utts:
+            text.write(json.dumps({k: v for k, v in record(u).items() if v is not None}) + "\n")
+    write_atomic(path, text.getvalue())
     return path
