@@ -89,6 +89,32 @@ def test_manifest_round_trip_and_relative_paths(tmp_path, suffix):
     assert loaded[1].duration is None and loaded[1].language == "en"
 
 
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("cannot format this cell")
+
+
+def test_a_failed_manifest_or_skipped_rows_write_keeps_the_old_file(tmp_path):
+    """Both are written in one atomic step: a row that fails half-way leaves the previous file whole."""
+    from speechfuse.data.manifest import BadRow, write_bad_rows
+
+    audio = str(FSDD_CLIP)
+    manifest = write_manifest([Utterance("a", audio, 0.3, text="seven")], tmp_path / "m.csv")
+    before = manifest.read_bytes()
+    with pytest.raises(RuntimeError, match="cannot format"):
+        write_manifest([Utterance("a", audio, 0.3, text="seven"),
+                        Utterance("b", audio, 0.3, text="seven", extra={"note": _Unprintable()})], manifest)
+    assert manifest.read_bytes() == before
+
+    skipped = tmp_path / "skipped_train.csv"
+    write_bad_rows([BadRow(1, "a", audio, "empty")], skipped)
+    before = skipped.read_bytes()
+    with pytest.raises(RuntimeError, match="cannot format"):
+        write_bad_rows([BadRow(1, "a", audio, "empty"), BadRow(2, "b", audio, _Unprintable())], skipped)
+    assert skipped.read_bytes() == before
+    assert not list(tmp_path.glob(".*tmp*"))  # no temp file left behind
+
+
 def write_csv(path: Path, rows: list[dict]) -> Path:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["id", "path", "duration", "text"])
