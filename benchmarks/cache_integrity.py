@@ -32,6 +32,7 @@ from _common import (add_device_arg, get_device, print_machine_info, print_table
 from speechfuse.cache import FeatureCache  # noqa: E402
 from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests  # noqa: E402
 from speechfuse.data.manifest import load_manifest  # noqa: E402
+from speechfuse.extract import fill_cache  # noqa: E402
 from speechfuse.frontend import FusionFrontend  # noqa: E402
 from speechfuse.tasks import get_task  # noqa: E402
 from speechfuse.upstream import load_upstream  # noqa: E402
@@ -87,7 +88,7 @@ def main(argv=None) -> None:
         utts = train[:: max(1, len(train) // args.clips)][: args.clips]  # spread over digits and speakers
         up = load_upstream("hf:" + random_hubert(Path(tmp) / "hubert"))
         cache = FeatureCache(Path(tmp) / "cache")
-        entry = cache.ensure(up, utts, batch_seconds=16, progress=False)
+        entry = fill_cache(up, utts, cache, batch_seconds=16, progress=False)
         cached_bytes = sum(p.stat().st_size for p in entry.folder.glob("shard-*.bin"))
         audio_seconds = sum(u.duration for u in utts)
         rows = []

@@ -23,6 +23,7 @@ from _common import add_device_arg, get_device, print_machine_info, print_table,
 from speechfuse.cache import FeatureCache  # noqa: E402
 from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests  # noqa: E402
 from speechfuse.data.manifest import load_manifest  # noqa: E402
+from speechfuse.extract import fill_cache  # noqa: E402
 from speechfuse.frontend import FusionFrontend  # noqa: E402
 from speechfuse.interfaces import list_interfaces  # noqa: E402
 from speechfuse.tasks import get_task  # noqa: E402
@@ -93,7 +94,7 @@ def main(argv=None) -> None:
         cache = FeatureCache(Path(tmp) / "cache")
         loaded = {s: load_upstream(s) for specs in sets for s in specs}
         for specs in sets:
-            states = [cache.ensure(loaded[s], utts, progress=False).read(utts).to(device) for s in specs]
+            states = [fill_cache(loaded[s], utts, cache, progress=False).read(utts).to(device) for s in specs]
             steps, info = {}, {}
             for name in names:
                 torch.manual_seed(0)

@@ -25,7 +25,7 @@ from speechfuse.cache import (INDEX_OVERHEAD_BYTES, SAMPLE_BYTES, CacheEntry, Ca
 from speechfuse.data.audio import audio_info, read_audio
 from speechfuse.data.manifest import Utterance
 from speechfuse.errors import ConfigError
-from speechfuse.extract import duration_batches, extract_batch, fill_caches
+from speechfuse.extract import duration_batches, extract_batch, fill_cache, fill_caches
 from speechfuse.upstream.base import Upstream
 from conftest import FSDD
 
@@ -103,14 +103,14 @@ def utts(tmp_path):
 def test_round_trip_and_no_second_extraction(tmp_path, utts, dtype):
     up = FakeUpstream()
     cache = FeatureCache(tmp_path / "cache", dtype=dtype)
-    entry = cache.ensure(up, utts, batch_seconds=2.0, progress=False)
+    entry = fill_cache(up, utts, cache, batch_seconds=2.0, progress=False)
     assert entry.missing(utts) == []
     assert_matches(entry, up, utts, dtype=dtype)
     # reading a subset in another order gives those rows
     sub = [utts[5], utts[0], utts[7]]
     assert_matches(entry, up, sub, dtype=dtype)
     seen = up.utterances_seen
-    again = cache.ensure(up, utts, batch_seconds=2.0, progress=False)
+    again = fill_cache(up, utts, cache, batch_seconds=2.0, progress=False)
     assert up.utterances_seen == seen  # all cached: nothing extracted again
     assert again.folder == entry.folder
 
@@ -118,7 +118,7 @@ def test_round_trip_and_no_second_extraction(tmp_path, utts, dtype):
 def test_layer_selection_order_and_checksums(tmp_path, utts):
     up = FakeUpstream()
     cache = FeatureCache(tmp_path / "cache")
-    entry = cache.ensure(up, utts, layers=[2, 0], progress=False)
+    entry = fill_cache(up, utts, cache, layers=[2, 0], progress=False)
     assert entry.num_layers == 2 and entry.layers == [2, 0]
     assert_matches(entry, up, utts, layers=[2, 0])
     entry.read(utts, verify=True)  # every CRC32 matches
@@ -131,7 +131,7 @@ def test_expected_size_printed_and_exact(tmp_path, utts, capsys):
     up = FakeUpstream()
     cache = FeatureCache(tmp_path / "cache")
     expected = estimate_cache_bytes(up, utts)
-    entry = cache.ensure(up, utts, progress=True)
+    entry = fill_cache(up, utts, cache, progress=True)
     err = capsys.readouterr().err
     assert "expected size" in err and "s of audio per second" in err
     data_bytes = sum(p.stat().st_size for p in entry.folder.glob("shard-*.bin"))
@@ -141,7 +141,7 @@ def test_expected_size_printed_and_exact(tmp_path, utts, capsys):
 def test_changed_audio_is_a_miss(tmp_path, utts):
     up = FakeUpstream()
     cache = FeatureCache(tmp_path / "cache")
-    entry = cache.ensure(up, utts, progress=False)
+    entry = fill_cache(up, utts, cache, progress=False)
     target = utts[3]
     data, rate = sf.read(target.path, dtype="float32")
     sf.write(target.path, data[::-1].copy(), rate)  # same length, different content
@@ -149,7 +149,7 @@ def test_changed_audio_is_a_miss(tmp_path, utts):
     with pytest.raises(CacheError, match="not cached or changed"):
         entry.read([target])
     seen = up.utterances_seen
-    entry = cache.ensure(up, utts, progress=False)
+    entry = fill_cache(up, utts, cache, progress=False)
     assert up.utterances_seen == seen + 1  # only the changed file
     assert_matches(entry, up, utts)
 
@@ -158,8 +158,8 @@ def test_touch_is_a_miss_by_stat_but_not_by_content(tmp_path, utts):
     up = FakeUpstream()
     by_stat = FeatureCache(tmp_path / "cache", audio_key="stat")
     by_content = FeatureCache(tmp_path / "cache", audio_key="content")
-    e_stat = by_stat.ensure(up, utts, progress=False)
-    e_content = by_content.ensure(up, utts, progress=False)
+    e_stat = fill_cache(up, utts, by_stat, progress=False)
+    e_content = fill_cache(up, utts, by_content, progress=False)
     st = os.stat(utts[0].path)
     os.utime(utts[0].path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert e_stat.missing(utts) == [utts[0]]
@@ -168,7 +168,7 @@ def test_touch_is_a_miss_by_stat_but_not_by_content(tmp_path, utts):
 
 def test_upstream_option_weights_dtype_change_the_key(tmp_path, utts):
     cache = FeatureCache(tmp_path / "cache")
-    base = cache.ensure(FakeUpstream(), utts, progress=False)
+    base = fill_cache(FakeUpstream(), utts, cache, progress=False)
     other_option = cache.entry(FakeUpstream(scale=2.0))
     other_weights = cache.entry(FakeUpstream(seed=1))
     other_dtype = FeatureCache(tmp_path / "cache", dtype="bfloat16").entry(FakeUpstream())
@@ -179,7 +179,7 @@ def test_upstream_option_weights_dtype_change_the_key(tmp_path, utts):
     assert json.loads((other_option.folder / "meta.json").read_text())["identity"]["options"]["scale"] == 2.0
     # the changed option really changes the numbers that end up cached
     scaled = FakeUpstream(scale=2.0)
-    entry = cache.ensure(scaled, utts[:3], progress=False)
+    entry = fill_cache(scaled, utts[:3], cache, progress=False)
     assert_matches(entry, scaled, utts[:3])
     assert not torch.allclose(entry.read(utts[:3]).hidden, base.read(utts[:3]).hidden, atol=1e-2)
 
@@ -193,7 +193,7 @@ def test_disk_too_small_refuses_before_extracting(tmp_path, utts, monkeypatch):
     needed = estimate_cache_bytes(up, utts)
     cache = FeatureCache(tmp_path / "cache")
     with pytest.raises(CacheError) as err:
-        cache.ensure(up, utts, progress=False)
+        fill_cache(up, utts, cache, progress=False)
     assert f"{needed} bytes" in str(err.value) and "1000 bytes" in str(err.value)
     assert up.utterances_seen == 0
     assert not list((tmp_path / "cache").rglob("shard-*"))
@@ -202,7 +202,7 @@ def test_disk_too_small_refuses_before_extracting(tmp_path, utts, monkeypatch):
 def test_torn_shard_is_detected_and_redone(tmp_path, utts):
     up = FakeUpstream()
     cache = FeatureCache(tmp_path / "cache", shard_bytes=4000)
-    entry = cache.ensure(up, utts, batch_seconds=2.0, progress=False)
+    entry = fill_cache(up, utts, cache, batch_seconds=2.0, progress=False)
     shards = sorted(entry.folder.glob("shard-*.bin"))
     assert len(shards) >= 3
     victim = shards[1]
@@ -214,7 +214,7 @@ def test_torn_shard_is_detected_and_redone(tmp_path, utts):
     assert len(fresh.missing(utts)) == lost
     assert len(entry.missing(utts)) == lost  # an entry that had loaded the shard before forgets it too
     seen = up.utterances_seen
-    entry = cache.ensure(up, utts, batch_seconds=2.0, progress=False)
+    entry = fill_cache(up, utts, cache, batch_seconds=2.0, progress=False)
     assert up.utterances_seen == seen + lost
     assert not victim.exists() or victim.stat().st_size == json.loads(victim.with_suffix(".json").read_text())["bytes"]
     assert_matches(entry, up, utts)
@@ -227,6 +227,7 @@ KILL_SCRIPT = textwrap.dedent("""
     from speechfuse.cache import FeatureCache, _ShardWriter
     from speechfuse.config import load_config
     from speechfuse.data.manifest import Utterance
+    from speechfuse.extract import fill_cache
 
     original = _ShardWriter.write
     def write(self, key, array):
@@ -237,7 +238,8 @@ KILL_SCRIPT = textwrap.dedent("""
     _ShardWriter.write = write
     utts = [Utterance(**u) for u in json.load(open({manifest!r}))]
     cfg = load_config({config!r})  # the shard size comes from the config's cache section
-    FeatureCache.from_config(cfg.cache.dir, cfg.cache).ensure(FakeUpstream(), utts, batch_seconds=2.0, progress=False)
+    fill_cache(FakeUpstream(), utts, FeatureCache.from_config(cfg.cache.dir, cfg.cache), batch_seconds=2.0,
+               progress=False)
 """)
 
 
@@ -273,7 +275,7 @@ def test_kill_mid_extraction_then_resume(tmp_path):
     done = json.loads((entry.folder / "shard-0-0.json").read_text())["entries"]
     assert len(done) == 3
     assert len(entry.missing(utts)) == 5  # the torn shard's utterance is not served
-    entry = FeatureCache(root, shard_bytes=6000).ensure(up, utts, batch_seconds=2.0, progress=False)
+    entry = fill_cache(up, utts, FeatureCache(root, shard_bytes=6000), batch_seconds=2.0, progress=False)
     assert up.utterances_seen == 5  # resumed: the 3 finished utterances were not extracted again
     assert not list(entry.folder.glob("*.partial"))
     assert_matches(entry, up, utts)
@@ -303,8 +305,8 @@ def test_fill_caches_reads_audio_once_for_several_upstreams(tmp_path, utts, monk
 def test_ranks_extract_their_own_share(tmp_path, utts):
     ups = [FakeUpstream(), FakeUpstream()]
     cache = FeatureCache(tmp_path / "cache")
-    e0 = cache.ensure(ups[0], utts, rank=0, world_size=2, progress=False)
-    e1 = cache.ensure(ups[1], utts, rank=1, world_size=2, progress=False)
+    e0 = fill_cache(ups[0], utts, cache, rank=0, world_size=2, progress=False)
+    e1 = fill_cache(ups[1], utts, cache, rank=1, world_size=2, progress=False)
     assert ups[0].utterances_seen == len(utts[0::2]) and ups[1].utterances_seen == len(utts[1::2])
     assert {p.name.split("-")[1] for p in e0.folder.glob("shard-*.json")} == {"0", "1"}
     assert e0.missing(utts) == []  # picks up rank 1's finalised shards
@@ -315,10 +317,11 @@ def test_bad_options_and_fp16_overflow(tmp_path, utts):
     with pytest.raises(ConfigError, match="dtype"):
         FeatureCache(tmp_path, dtype="float32")
     with pytest.raises(CacheError, match="trainable"):
-        FeatureCache(tmp_path / "c").ensure(FakeUpstream(trainable=True), utts, progress=False)
+        fill_cache(FakeUpstream(trainable=True), utts, FeatureCache(tmp_path / "c"), progress=False)
     with pytest.raises(CacheError, match="bfloat16"):
-        FeatureCache(tmp_path / "c").ensure(FakeUpstream(offset=1e6), utts, progress=False)
-    entry = FeatureCache(tmp_path / "c", dtype="bfloat16").ensure(FakeUpstream(offset=1e6), utts[:2], progress=False)
+        fill_cache(FakeUpstream(offset=1e6), utts, FeatureCache(tmp_path / "c"), progress=False)
+    entry = fill_cache(FakeUpstream(offset=1e6), utts[:2], FeatureCache(tmp_path / "c", dtype="bfloat16"),
+                       progress=False)
     states = entry.read(utts[:2])
     valid = states.hidden[:, 1, : int(states.lengths[1])]
     assert (valid - 1e6).abs().max() <= 1e6 * 2**-8
@@ -367,7 +370,7 @@ def test_autocast_precision_is_part_of_the_key(tmp_path):
 
 def test_reading_one_utterance_uses_only_its_bytes_and_verify_catches_corruption(tmp_path, utts):
     up = FakeUpstream()
-    entry = FeatureCache(tmp_path / "cache").ensure(up, utts, progress=False)
+    entry = fill_cache(up, utts, FeatureCache(tmp_path / "cache"), progress=False)
     shard = next(entry.folder.glob("shard-*.json"))
     index = json.loads(shard.read_text())["entries"]
     assert len(index) == len(utts)  # one shard holds them all
@@ -424,7 +427,7 @@ def test_a_live_writers_unfinished_shard_is_not_taken_for_torn(tmp_path, utts):
 
 def test_shards_are_also_finalised_by_time(tmp_path, utts):
     cache = FeatureCache(tmp_path / "cache", shard_seconds=0.0)  # every utterance closes its shard
-    entry = cache.ensure(FakeUpstream(), utts, progress=False)
+    entry = fill_cache(FakeUpstream(), utts, cache, progress=False)
     assert len(list(entry.folder.glob("shard-*.json"))) == len(utts)
     assert_matches(entry, FakeUpstream(), utts)
 
@@ -443,10 +446,10 @@ def test_fill_caches_runs_only_the_upstreams_that_miss_something(tmp_path, utts)
 
 # -- integrity: a damaged shard is never used -----------------------------------------------------------------
 
-def test_shard_overwritten_with_random_bytes_is_an_error_on_read_and_re_extracted_by_ensure(tmp_path, utts):
+def test_shard_overwritten_with_random_bytes_is_an_error_on_read_and_re_extracted_by_the_next_extraction(tmp_path, utts):
     up = FakeUpstream()
     cache = FeatureCache(tmp_path / "cache")
-    entry = cache.ensure(up, utts, progress=False)
+    entry = fill_cache(up, utts, cache, progress=False)
     [shard] = entry.folder.glob("shard-*.bin")
     good = entry.read(utts).hidden
     shard.write_bytes(np.random.default_rng(0).bytes(shard.stat().st_size))  # same size: the index still fits
@@ -455,7 +458,7 @@ def test_shard_overwritten_with_random_bytes_is_an_error_on_read_and_re_extracte
     with pytest.raises(CacheError, match=f"checksum mismatch for utterance '{utts[0].id}' in {shard}"):
         fresh.read(utts)  # the training read path (verify is on by default)
     seen = up.utterances_seen
-    entry = cache.ensure(up, utts, progress=False)  # what `speechfuse extract` and `train` run first
+    entry = fill_cache(up, utts, cache, progress=False)  # what `speechfuse extract` and `train` run first
     assert up.utterances_seen == seen + len(utts)  # every damaged utterance extracted anew
     torch.testing.assert_close(entry.read(utts).hidden, good)
     assert_matches(entry, up, utts)
@@ -464,7 +467,7 @@ def test_shard_overwritten_with_random_bytes_is_an_error_on_read_and_re_extracte
 def test_4kb_of_random_bytes_inside_a_shard_re_extracts_only_the_hit_utterances(tmp_path, utts, capsys):
     up = FakeUpstream()
     cache = FeatureCache(tmp_path / "cache")
-    entry = cache.ensure(up, utts, progress=False)
+    entry = fill_cache(up, utts, cache, progress=False)
     [index_path] = entry.folder.glob("shard-*.json")
     index = json.loads(index_path.read_text())["entries"]
     start = 3000  # bytes into the shard
@@ -475,7 +478,7 @@ def test_4kb_of_random_bytes_inside_a_shard_re_extracts_only_the_hit_utterances(
         f.seek(start)
         f.write(np.random.default_rng(1).bytes(4096))
     seen = up.utterances_seen
-    entry = cache.ensure(up, utts, progress=True)
+    entry = fill_cache(up, utts, cache, progress=True)
     assert "is damaged (checksum mismatch)" in capsys.readouterr().err
     assert up.utterances_seen == seen + len(hit)
     assert_matches(entry, up, utts)
@@ -541,7 +544,7 @@ def test_audio_rewritten_with_same_size_and_mtime_is_a_miss_by_default(tmp_path,
     up = FakeUpstream()
     caches = {mode: FeatureCache(tmp_path / "cache", audio_key=mode) for mode in ("stat", "sample", "content")}
     assert FeatureCache(tmp_path / "x").audio_key == "sample"  # the default
-    entries = {mode: cache.ensure(up, utts, progress=False) for mode, cache in caches.items()}
+    entries = {mode: fill_cache(up, utts, cache, progress=False) for mode, cache in caches.items()}
     target = utts[4]  # noise, 1.22 s: a 39 KB WAV, so the sample covers all of it
     data, rate = sf.read(target.path, dtype="float32")
     header = Path(target.path).read_bytes()[:44]
@@ -550,7 +553,7 @@ def test_audio_rewritten_with_same_size_and_mtime_is_a_miss_by_default(tmp_path,
     assert entries["stat"].missing(utts) == []  # what `stat` misses (documented): a stale hit
     assert entries["sample"].missing(utts) == [target]
     assert entries["content"].missing(utts) == [target]
-    entry = caches["sample"].ensure(up, utts, progress=False)
+    entry = fill_cache(up, utts, caches["sample"], progress=False)
     assert_matches(entry, up, [target])  # the new audio's features, not the stale ones
 
 
@@ -596,6 +599,7 @@ TWO_WRITERS_SCRIPT = textwrap.dedent("""
     from test_cache import FakeUpstream
     from speechfuse.cache import FeatureCache
     from speechfuse.data.manifest import Utterance
+    from speechfuse.extract import fill_cache
 
     class Held(FakeUpstream):  # the first batch waits (at most 60 s) until the test releases it
         def _hidden(self, wavs, wav_lengths):
@@ -611,7 +615,7 @@ TWO_WRITERS_SCRIPT = textwrap.dedent("""
     up = Held()
     print("READY", flush=True)
     sys.stdin.readline()
-    FeatureCache({root!r}).ensure(up, utts, batch_seconds=1.0, progress=True)
+    fill_cache(up, utts, FeatureCache({root!r}), batch_seconds=1.0, progress=True)
     print(up.utterances_seen, flush=True)
 """)
 
@@ -668,7 +672,7 @@ def test_disk_full_during_extraction_is_a_clear_error_keeping_finalised_shards(t
     up = FakeUpstream()
     cache = FeatureCache(tmp_path / "cache", shard_bytes=3000)
     with pytest.raises(CacheError) as err:
-        cache.ensure(up, utts, batch_seconds=2.0, progress=False)
+        fill_cache(up, utts, cache, batch_seconds=2.0, progress=False)
     message = str(err.value)
     assert str(tmp_path / "cache") in message and "disk is full" in message and "ENOSPC" in message
     entry = cache.entry(up)
@@ -679,8 +683,43 @@ def test_disk_full_during_extraction_is_a_clear_error_keeping_finalised_shards(t
     assert not list(entry.folder.glob("*.partial"))
     monkeypatch.setattr(cache_mod, "_write_all", real_write)
     seen = up.utterances_seen
-    entry = cache.ensure(up, utts, batch_seconds=2.0, progress=False)
+    entry = fill_cache(up, utts, cache, batch_seconds=2.0, progress=False)
     assert up.utterances_seen == seen + len(missing)  # the rerun extracts only the rest
+    assert_matches(entry, up, utts)
+
+
+def test_disk_full_while_writing_a_shard_index_is_the_same_clear_error(tmp_path, utts, monkeypatch):
+    """Shard indexes go through runfolder.write_atomic, which turns ENOSPC into its own error: extraction still
+    says the disk is full, keeps the shards finalised before, and a rerun extracts only the rest."""
+    import speechfuse.runfolder as runfolder
+
+    real_write_atomic, indexes = cache_mod.write_atomic, []
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full_on_second_index(path, data):
+        if Path(path).name.startswith("shard-"):
+            indexes.append(Path(path).name)
+            if len(indexes) == 2:
+                with monkeypatch.context() as full:
+                    full.setattr(runfolder.os, "fsync", no_space)
+                    return real_write_atomic(path, data)
+        return real_write_atomic(path, data)
+
+    monkeypatch.setattr(cache_mod, "write_atomic", full_on_second_index)
+    up = FakeUpstream()
+    cache = FeatureCache(tmp_path / "cache", shard_bytes=3000)
+    with pytest.raises(CacheError, match="disk is full .*ENOSPC.* is kept") as err:
+        fill_cache(up, utts, cache, batch_seconds=2.0, progress=False)
+    assert isinstance(err.value.__cause__, runfolder.RunFolderError)
+    entry = cache.entry(up)
+    first = json.loads((entry.folder / indexes[0]).read_text())["entries"]
+    assert len(entry.missing(utts)) == len(utts) - len(first) > 0  # the first shard is kept, the second is not
+    monkeypatch.setattr(cache_mod, "write_atomic", real_write_atomic)
+    seen = up.utterances_seen
+    entry = fill_cache(up, utts, cache, batch_seconds=2.0, progress=False)
+    assert up.utterances_seen == seen + len(utts) - len(first)
     assert_matches(entry, up, utts)
 
 
@@ -693,4 +732,4 @@ def test_size_estimate_uses_the_audio_files_not_a_wrong_manifest_duration(tmp_pa
     assert estimate_cache_bytes(up, lying, durations=[u.duration for u in lying]) < real / 3
     with pytest.warns(UserWarning, match=r"manifest durations are more than 10 % off.*'noise1'"):
         with pytest.raises(CacheError, match=f"needs .* \\({real} bytes\\)"):
-            FeatureCache(tmp_path / "cache").ensure(up, lying, progress=False)
+            fill_cache(up, lying, FeatureCache(tmp_path / "cache"), progress=False)

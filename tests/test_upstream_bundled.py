@@ -477,12 +477,13 @@ def test_long_clip_through_the_feature_cache(tmp_path, long_speech):
     (to fp16 storage precision)."""
     from speechfuse.cache import FeatureCache
     from speechfuse.data.manifest import Utterance
+    from speechfuse.extract import fill_cache
 
     path = tmp_path / "long.flac"
     sf.write(path, long_speech.numpy(), 16000)
     utt = Utterance(id="long", path=str(path), duration=len(long_speech) / 16000)
     upstream = ResemblyzerUpstream(window_seconds=2.0)
-    entry = FeatureCache(tmp_path / "cache").ensure(upstream, [utt], batch_seconds=10, progress=False)
+    entry = fill_cache(upstream, [utt], FeatureCache(tmp_path / "cache"), batch_seconds=10, progress=False)
     cached = entry.read([utt])
     wav, _ = sf.read(path, dtype="float32")
     direct = upstream(torch.from_numpy(wav)[None], torch.tensor([len(wav)]))

@@ -15,17 +15,20 @@ Key of an utterance (`audio_key`, see AUDIO_KEY_MODES): sha256 over the resolved
 bytes ("content"). A changed audio file gets a new key, so it is a miss, never stale data.
 
 Integrity: every utterance carries the CRC32 of its bytes. `read` checks it (verify=True by default);
-`ensure` / `fill_caches` check every finalised shard before deciding what is missing.
+extraction (speechfuse.extract: `fill_cache` / `fill_caches`) checks every finalised shard before deciding
+what is missing.
 A mismatch drops the damaged utterances from their shard's index, so they are extracted again, never used.
 
 Crash safety: a shard's bytes are written to `shard-*.bin.partial`, fsynced, renamed to `.bin`, and only
-then is its index written (tmp file + os.replace). A shard without an index, a leftover `.partial`, or a
-`.bin` whose size disagrees with its index is torn: readers ignore it and the next `ensure` of that rank
+then is its index written (runfolder.write_atomic: tmp file, fsync, rename). A shard without an index, a leftover `.partial`, or a
+`.bin` whose size disagrees with its index is torn: readers ignore it and the next extraction by that rank
 deletes it and extracts its utterances again. A shard is finalised every `shard_bytes` (64 MiB) or
 `shard_seconds` (30 s), so a kill loses at most that much work (plus the batch in flight).
 
-Writers: one `ensure` per (entry, rank) at a time; a second process waits on `extract-<rank>.lock`, then
+Writers: one extraction per (entry, rank) at a time; a second process waits on `extract-<rank>.lock`, then
 extracts only what the first did not.
+
+This module only stores and reads; extraction (which writes into it) is speechfuse.extract.
 """
 from __future__ import annotations
 
@@ -52,8 +55,10 @@ try:  # POSIX advisory locks: a live writer's unfinished shard is never taken fo
 except ImportError:  # pragma: no cover - not on Linux/macOS
     fcntl = None
 
+from .data.audio import audio_info
 from .errors import ConfigError, SpeechfuseError
 from .hidden import HiddenStates
+from .runfolder import write_atomic
 
 FORMAT_VERSION = 1
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -140,8 +145,6 @@ def audio_durations(utts, warn: bool = True) -> list[float]:
     """Real durations (s) of `utts` from their audio headers (cheap: nothing is decoded). With `warn`, a
     warning names the rows whose manifest `duration` is more than 10 % off: those would mislead the size
     estimate and the batching."""
-    from .data.audio import audio_info
-
     real = [audio_info(u.path)[3] for u in utts]
     if warn:
         off = [(u, r) for u, r in zip(utts, real)
@@ -171,7 +174,7 @@ def estimate_cache_bytes(upstream, utts, layers: Sequence[int] | None = None, dt
     return total
 
 
-def _fmt_bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
@@ -180,15 +183,6 @@ def _fmt_bytes(n: float) -> str:
 
 
 # -- writing -----------------------------------------------------------------------------------------
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
 
 def _write_all(handle, data: memoryview) -> None:
     """Write all of `data` to an unbuffered file (raw writes may be partial)."""
@@ -265,7 +259,7 @@ class _ShardWriter:
         index = {"version": FORMAT_VERSION, "bytes": self.offset * self.itemsize, "entries": self.entries,
                  "layers": self.meta["num_layers"], "hidden_size": self.meta["hidden_size"],
                  "dtype": self.meta["dtype"]}
-        _write_atomic(self._path(".json"), json.dumps(index))
+        write_atomic(self._path(".json"), json.dumps(index))
         self.handle.close()
         self.handle = None
 
@@ -379,13 +373,13 @@ class CacheEntry:
         view = self._map(loc.shard)[loc.offset: loc.offset + count]
         if view.shape[0] != count:
             raise CacheError(f"feature cache {self.folder}: {loc.shard}.bin is shorter than its index says; "
-                             "run FeatureCache.ensure / `speechfuse extract` again to redo the torn shard")
+                             "run `speechfuse extract` (or extract.fill_cache) again to redo the torn shard")
         return np.array(view)  # copies only this utterance's bytes
 
     def read(self, utts, verify: bool | None = None) -> HiddenStates:
         """Padded float32 HiddenStates [L,B,T,D] for `utts` (layers in the selected order, exact lengths).
         verify (default: the entry's, True unless the cache was made with verify=False) checks each
-        utterance's CRC32; a mismatch drops it from the cache (so the next ensure / extract redoes it) and
+        utterance's CRC32; a mismatch drops it from the cache (so the next extraction redoes it) and
         raises CacheError naming the shard file."""
         verify = self.verify if verify is None else verify
         keys = self._keys(utts)
@@ -395,7 +389,7 @@ class CacheEntry:
         if absent:
             raise CacheError(
                 f"feature cache {self.folder}: {len(absent)} utterance(s) not cached or changed since "
-                f"extraction (first: {absent[:5]}). Run FeatureCache.ensure(...) or `speechfuse extract` first."
+                f"extraction (first: {absent[:5]}). Run `speechfuse extract` (or extract.fill_cache) first."
             )
         locs = [self._index[k] for k in keys]
         lengths = torch.tensor([loc.frames for loc in locs], dtype=torch.long)
@@ -453,7 +447,7 @@ class CacheEntry:
         for key in keys:
             index["entries"].pop(key, None)
         if index["entries"]:
-            _write_atomic(index_path, json.dumps(index))
+            write_atomic(index_path, json.dumps(index))
         else:  # index first: a .bin without its index is torn, never read
             index_path.unlink(missing_ok=True)
             (self.folder / f"{stem}.bin").unlink(missing_ok=True)
@@ -519,7 +513,7 @@ class FeatureCache:
       (see audio_key(); README "The feature cache" says what each catches and misses).
     shard_bytes, shard_seconds: a shard is finalised (and survives a kill) every this many bytes, or this
       many seconds after its first utterance, whichever comes first.
-    verify: check every utterance's CRC32 on read, and every shard when ensure / fill_caches starts.
+    verify: check every utterance's CRC32 on read, and every shard when an extraction (fill_caches) starts.
     """
 
     def __init__(self, root: str | os.PathLike, dtype: str = "float16", audio_key: str = "sample",
@@ -574,7 +568,7 @@ class FeatureCache:
                              "Choose a writable cache directory (config key `cache`).") from err
         meta_path = folder / "meta.json"
         if not meta_path.is_file():
-            _write_atomic(meta_path, json.dumps(meta, indent=1, default=str))
+            write_atomic(meta_path, json.dumps(meta, indent=1, default=str))
         return CacheEntry(folder, meta, self.audio_key, self.verify)
 
     def check_space(self, needed: int, what: str = "") -> None:
@@ -583,20 +577,10 @@ class FeatureCache:
         free = shutil.disk_usage(self.root).free
         if needed > free:
             raise CacheError(
-                f"feature cache {self.root}: {what}needs {_fmt_bytes(needed)} ({needed} bytes) but the disk has "
-                f"only {_fmt_bytes(free)} ({free} bytes) free. Free space, point the cache at a larger disk "
+                f"feature cache {self.root}: {what}needs {format_bytes(needed)} ({needed} bytes) but the disk has "
+                f"only {format_bytes(free)} ({free} bytes) free. Free space, point the cache at a larger disk "
                 "(config key `cache: <dir>`), cache fewer layers, or set `cache: off`."
             )
-
-    def ensure(self, upstream, utts, batch_seconds: float = 60, layers: Sequence[int] | None = None,
-               device: str | torch.device = "cpu", progress: bool = True, rank: int = 0, world_size: int = 1,
-               amp: str | None = "auto") -> CacheEntry:
-        """Extract the utterances of `utts` that are missing (this rank's share: utts[rank::world_size])
-        and return the entry. Prints the expected disk size first; CacheError if the disk is too small."""
-        from .extract import fill_caches
-
-        return fill_caches([upstream], utts, self, batch_seconds=batch_seconds, layers=layers, device=device,
-                           progress=progress, rank=rank, world_size=world_size, amp=amp)[0]
 
 
 def _log(msg: str) -> None:

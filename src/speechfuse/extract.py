@@ -6,7 +6,10 @@
   `batch_seconds` of audio.
 - `fill_caches(upstreams, utts, cache)`: reads each batch's audio once (per sample rate), feeds every
   upstream that still misses some of it, and streams the results to disk shard by shard (RAM holds one
-  batch at a time). This is what `speechfuse extract` and `FeatureCache.ensure` run.
+  batch at a time). This is what `speechfuse extract` and `train` run; `fill_cache(upstream, utts, cache)`
+  is the same for one upstream.
+
+The cache itself (speechfuse.cache) only stores and reads: it never extracts, so it does not import this module.
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cache import (DISK_FULL, CacheEntry, CacheError, FeatureCache, _fmt_bytes, audio_durations, audio_key,
-                    estimate_cache_bytes)
+from .cache import (DISK_FULL, CacheEntry, CacheError, FeatureCache, audio_durations, audio_key, estimate_cache_bytes,
+                    format_bytes)
 from .data.batching import make_batches
 from .errors import ConfigError
 from .hidden import HiddenStates
@@ -132,6 +135,15 @@ def fill_caches(upstreams, utts, cache: FeatureCache, batch_seconds: float = 60,
     return entries
 
 
+def fill_cache(upstream, utts, cache: FeatureCache, batch_seconds: float = 60, layers=None,
+               device: str | torch.device = "cpu", progress: bool = True, rank: int = 0, world_size: int = 1,
+               amp: str | None = "auto") -> CacheEntry:
+    """fill_caches for one upstream: extract what `cache` misses of this rank's share of `utts`, return the entry.
+    Prints the expected disk size first; CacheError if the disk is too small."""
+    return fill_caches([upstream], utts, cache, batch_seconds=batch_seconds, layers=layers, device=device,
+                       progress=progress, rank=rank, world_size=world_size, amp=amp)[0]
+
+
 def _fill_locked(upstreams, mine, cache: FeatureCache, entries, selections, batch_seconds, device, amp_dtype,
                  progress, rank) -> None:
     storage = {"float16": torch.float16, "bfloat16": torch.bfloat16}[cache.dtype]
@@ -162,7 +174,7 @@ def _fill_locked(upstreams, mine, cache: FeatureCache, entries, selections, batc
         needed += est
         if progress:
             _log(f"feature cache {entry.folder}: {len(mine) - len(todo)} of {len(mine)} utterances cached; "
-                 f"expected size of the {len(todo)} to extract: {_fmt_bytes(est)}")
+                 f"expected size of the {len(todo)} to extract: {format_bytes(est)}")
     if not union:
         return
     cache.check_space(needed, what=f"extracting {len(union)} utterances ")
@@ -216,8 +228,10 @@ def _fill_locked(upstreams, mine, cache: FeatureCache, entries, selections, batc
                 writer.finalise()
             except Exception:
                 writer.abandon()
-        if isinstance(err, OSError) and err.errno in DISK_FULL:
-            raise _disk_full(err, upstreams, mine, cache, entries, selections) from err
+        # a shard's index is written by runfolder.write_atomic, which reports a full disk as its own error
+        oserror = err if isinstance(err, OSError) else err.__cause__
+        if isinstance(oserror, OSError) and oserror.errno in DISK_FULL:
+            raise _disk_full(oserror, upstreams, mine, cache, entries, selections) from err
         raise
     finally:
         if bar is not None:
@@ -242,8 +256,8 @@ def _disk_full(err: OSError, upstreams, mine, cache: FeatureCache, entries, sele
     free = shutil.disk_usage(cache.root).free
     return CacheError(
         f"feature cache {cache.root}: the disk is full ({errno.errorcode.get(err.errno, err.errno)}: {err.strerror}). "
-        f"What was finalised ({done}) is kept; the rest needs about {_fmt_bytes(still)} ({still} bytes) "
-        f"more and {_fmt_bytes(free)} are free. Free space or point `cache.dir` at a larger disk, then run "
+        f"What was finalised ({done}) is kept; the rest needs about {format_bytes(still)} ({still} bytes) "
+        f"more and {format_bytes(free)} are free. Free space or point `cache.dir` at a larger disk, then run "
         "`speechfuse extract` again: it resumes where it stopped.")
 
 
@@ -251,4 +265,4 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-__all__ = ["extract_batch", "fill_caches", "duration_batches", "load_audio_batch", "resolve_amp"]
+__all__ = ["extract_batch", "fill_caches", "fill_cache", "duration_batches", "load_audio_batch", "resolve_amp"]

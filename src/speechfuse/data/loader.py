@@ -27,8 +27,10 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..cache import FeatureCache
 from ..config import Config
 from ..errors import ConfigError, SpeechfuseError
+from ..extract import fill_caches
 from ..frontend import FusionFrontend
 from ..hidden import HiddenStates
 from ..tasks import Task
@@ -232,9 +234,6 @@ class FusionData(pl.LightningDataModule):
             self.entries = self.fill_cache(trainer)
 
     def fill_cache(self, trainer: Optional[pl.Trainer] = None) -> list:
-        from ..cache import FeatureCache
-        from ..extract import fill_caches
-
         utts = [u for split in SPLITS for u in self.splits.get(split, [])]
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         cache = FeatureCache.from_config(self.cache_dir, self.cfg.cache)
