@@ -161,7 +161,7 @@ class FusedModel(nn.Module):
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write the model folder (config.json, model.safetensors, README.md) in one step: it is built
         beside `folder` and renamed into place, so a kill never leaves a half-written model."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         folder = Path(folder)
         if folder.exists() and not (folder / CONFIG_FILE).is_file() and any(folder.iterdir()):
@@ -173,7 +173,7 @@ class FusedModel(nn.Module):
         tmp.mkdir()
         try:
             tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.trained_state_dict().items()}
-            save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "speechfuse": MODEL_FORMAT})
+            write_atomic(tmp / WEIGHTS_FILE, save(tensors, metadata={"format": "pt", "speechfuse": MODEL_FORMAT}))
             config = {**self.config_dict(), "weights_sha256": _sha256(tmp / WEIGHTS_FILE)}
             write_atomic(tmp / CONFIG_FILE, json.dumps(config, indent=2, default=float) + "\n")
             write_atomic(tmp / README_FILE, model_readme(config))
