@@ -303,8 +303,6 @@ def run_demo(out_dir, quick: bool = False) -> Path:
     if notice.is_file():
         shutil.copyfile(notice, out_dir / "FSDD_NOTICE.md")
 
-    from .report import markdown_table
-
     elapsed = time.perf_counter() - start
     print("\n" + markdown_table(rows, COLUMNS))
     print("Test-set metrics (chance: speaker accuracy 0.167; digit WER of a constant guess 0.9).")
