@@ -656,6 +656,15 @@ def test_two_extract_processes_on_one_cache_extract_each_utterance_once(tmp_path
     assert_matches(entry, FakeUpstream(), utts)  # Held computes what FakeUpstream does
 
 
+def test_the_cache_only_stores_it_does_not_import_extraction():
+    """extract imports cache, never the other way round (no import cycle, not even a lazy one)."""
+    code = "import sys, speechfuse.cache; print('speechfuse.extract' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    source = Path(cache_mod.__file__).read_text()
+    assert "extract import" not in source and "import extract" not in source
+
+
 # -- a full disk -------------------------------------------------------------------------------------------------
 
 def test_disk_full_during_extraction_is_a_clear_error_keeping_finalised_shards(tmp_path, utts, monkeypatch):

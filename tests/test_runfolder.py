@@ -316,6 +316,19 @@ def test_too_little_free_space_and_a_full_disk_are_clear_errors(tmp_path, monkey
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_write_atomic_files_get_the_mode_open_would_give(tmp_path, umask):
+    """One writer for run folders and the shared feature cache alike: 0o666 less the umask, as open() gives."""
+    old = os.umask(umask)
+    try:
+        write_atomic(tmp_path / "atomic.json", "{}")
+        (tmp_path / "plain.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "atomic.json").stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777 \
+        == 0o666 & ~umask
+
+
 def test_low_disk_space_stops_before_training(corpus, tmp_path, monkeypatch):
     import collections
 
