@@ -542,3 +542,92 @@ def test_header_only_manifest_in_a_run_names_the_split_and_no_skipped_file(tmp_p
         message = str(err.value)
         assert f"data.test: manifest {manifests['test']} has no data rows" in message
         assert "skipped_" not in message
+
+
+# -- segment rows (start / end) -------------------------------------------------------------------------
+
+def test_segment_reads_exactly_its_span_and_only_that_span(monkeypatch):
+    import soxr
+
+    full = read_audio(FSDD_CLIP, 8000).numpy()  # the clip's native rate
+    calls = []
+    real_read = sf.read
+    monkeypatch.setattr(sf, "read", lambda *a, **k: calls.append(k) or real_read(*a, **k))
+    native = read_audio(FSDD_CLIP, 8000, start=0.1, end=0.3)
+    np.testing.assert_array_equal(native.numpy(), full[800:2400])
+    assert (calls[-1]["start"], calls[-1]["stop"]) == (800, 2400)  # the decoder was asked for the span only
+    resampled = read_audio(FSDD_CLIP, 16000, start=0.1, end=0.3)
+    np.testing.assert_array_equal(resampled.numpy(), soxr.resample(full[800:2400], 8000, 16000))
+    tail = read_audio(FSDD_CLIP, 8000, start=0.25)  # start alone runs to the end of the file
+    np.testing.assert_array_equal(tail.numpy(), full[2000:])
+    head = read_audio(FSDD_CLIP, 8000, end=0.05)
+    np.testing.assert_array_equal(head.numpy(), full[:400])
+
+
+@pytest.mark.parametrize("start,end", [(0.3, 0.1), (0.2, 0.2), (-0.1, 0.2), (0.1, 99.0)])
+def test_read_audio_refuses_a_span_outside_the_file(start, end):
+    with pytest.raises(AudioError, match="7_jackson_22.flac.*span"):
+        read_audio(FSDD_CLIP, 8000, start=start, end=end)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_segment_rows_round_trip_validate_and_load_their_span(tmp_path, suffix):
+    full_seconds = audio_info(FSDD_CLIP)[3]
+    utts = [Utterance("a", str(FSDD_CLIP), text="seven", start=0.1, end=0.3),
+            Utterance("b", str(FSDD_CLIP), text="seven", start=0.2),
+            Utterance("whole", str(FSDD_CLIP), text="seven")]
+    manifest = write_manifest(utts, tmp_path / f"m{suffix}")
+    loaded = validate_manifest(manifest, "text")
+    assert [(u.start, u.end) for u in loaded] == [(0.1, 0.3), (0.2, None), (None, None)]
+    assert loaded[0].duration == pytest.approx(0.2)
+    assert loaded[1].duration == pytest.approx(full_seconds - 0.2)
+    assert loaded[2].duration == pytest.approx(full_seconds)
+    batch = collate_audio([AudioDataset(loaded, 8000)[i] for i in range(3)])
+    full = read_audio(FSDD_CLIP, 8000)
+    assert batch.wav_lengths.tolist() == [1600, full.shape[0] - 1600, full.shape[0]]
+    torch.testing.assert_close(batch.wavs[0, :1600], full[800:2400], rtol=0, atol=0)
+
+
+def test_bad_spans_are_bad_rows_naming_the_row(tmp_path):
+    path = tmp_path / "m.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "path", "text", "start", "end"])
+        writer.writerow(["ok", str(FSDD_CLIP), "seven", "0.1", "0.3"])     # 1 good
+        writer.writerow(["reversed", str(FSDD_CLIP), "seven", "0.3", "0.1"])
+        writer.writerow(["empty", str(FSDD_CLIP), "seven", "0.2", "0.2"])
+        writer.writerow(["negative", str(FSDD_CLIP), "seven", "-0.5", "0.1"])
+        writer.writerow(["beyond", str(FSDD_CLIP), "seven", "0.1", "60"])
+        writer.writerow(["late", str(FSDD_CLIP), "seven", "60", ""])
+        writer.writerow(["word", str(FSDD_CLIP), "seven", "soon", ""])
+    with pytest.raises(ManifestError) as info:
+        validate_manifest(path, "text")
+    by_row = {b.row: b.reason for b in info.value.bad_rows}
+    assert sorted(by_row) == [2, 3, 4, 5, 6, 7]
+    assert "after start" in by_row[2] and "after start" in by_row[3]
+    assert "start -0.5" in by_row[4]
+    assert "not inside" in by_row[5] and "not inside" in by_row[6]
+    assert "start 'soon' is not a number" in by_row[7]
+    assert "row 5 (id 'beyond'" in str(info.value)
+
+
+def test_each_span_of_one_file_is_its_own_cache_entry(tmp_path):
+    from speechfuse.cache import FeatureCache, utterance_key
+    from test_cache import FakeUpstream
+
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32), 16000)
+    utts = [Utterance("first", str(clip), 0.4, start=0.0, end=0.4),
+            Utterance("second", str(clip), 0.5, start=0.5, end=1.0),
+            Utterance("whole", str(clip), 1.0)]
+    assert len({utterance_key(u) for u in utts}) == 3
+    up = FakeUpstream()
+    entry = FeatureCache(tmp_path / "cache").ensure(up, utts, batch_seconds=2.0, progress=False)
+    states = entry.read(utts)
+    assert states.lengths.tolist() == [up.num_frames(6400), up.num_frames(8000), up.num_frames(16000)]
+    # each span's cached features equal a fresh extraction of exactly that span
+    for b, u in enumerate(utts[:2]):
+        wav = read_audio(u.path, 16000, u.start, u.end)
+        with torch.inference_mode():
+            ref = up(wav[None], torch.tensor([wav.shape[0]])).hidden[:, 0]
+        torch.testing.assert_close(states.hidden[:, b, : ref.shape[1]], ref, atol=1e-3, rtol=1e-3)

@@ -56,6 +56,7 @@ except ImportError:  # pragma: no cover - not on Linux/macOS
     fcntl = None
 
 from .data.audio import audio_info
+from .data.manifest import span_duration
 from .errors import ConfigError, SpeechfuseError
 from .hidden import HiddenStates
 from .runfolder import write_atomic
@@ -115,6 +116,15 @@ def audio_key(path: str | os.PathLike, mode: str = "sample") -> str:
     return _hashes[memo]
 
 
+def utterance_key(utt, mode: str = "sample") -> str:
+    """Key of one manifest row: its file's audio_key, plus its start/end span for a segment row (two spans
+    of one file are two entries; a whole-file row keeps the file's key)."""
+    key = audio_key(utt.path, mode)
+    if getattr(utt, "start", None) is None and getattr(utt, "end", None) is None:
+        return key
+    return _sha([key, utt.start, utt.end])[:32]
+
+
 def resolve_layers(upstream, layers: Sequence[int] | None) -> list[int]:
     """Selected layer indices (all by default), negative indices allowed, order kept."""
     n = upstream.num_layers
@@ -142,10 +152,10 @@ def _check_dtype(dtype: str) -> str:
 
 
 def audio_durations(utts, warn: bool = True) -> list[float]:
-    """Real durations (s) of `utts` from their audio headers (cheap: nothing is decoded). With `warn`, a
-    warning names the rows whose manifest `duration` is more than 10 % off: those would mislead the size
-    estimate and the batching."""
-    real = [audio_info(u.path)[3] for u in utts]
+    """Real durations (s) of `utts` from their audio headers (cheap: nothing is decoded); a segment row's is
+    its start/end span's. With `warn`, a warning names the rows whose manifest `duration` is more than 10 %
+    off: those would mislead the size estimate and the batching."""
+    real = [span_duration(u, audio_info(u.path)[3]) for u in utts]
     if warn:
         off = [(u, r) for u, r in zip(utts, real)
                if u.duration is not None and abs(float(u.duration) - r) > max(0.1 * r, 0.05)]
@@ -347,7 +357,7 @@ class CacheEntry:
             self._declared[stem] = int(index["bytes"])
 
     def _keys(self, utts) -> list[str]:
-        return [audio_key(u.path, self.audio_key_mode) for u in utts]
+        return [utterance_key(u, self.audio_key_mode) for u in utts]
 
     def missing(self, utts) -> list:
         """The utterances of `utts` that are not (or no longer, after an audio change or a torn shard)
@@ -587,4 +597,4 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-__all__ = ["FeatureCache", "CacheEntry", "CacheError", "estimate_cache_bytes", "audio_key", "resolve_layers"]
+__all__ = ["FeatureCache", "CacheEntry", "CacheError", "estimate_cache_bytes", "audio_key", "utterance_key", "resolve_layers"]

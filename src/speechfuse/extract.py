@@ -22,8 +22,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cache import (DISK_FULL, CacheEntry, CacheError, FeatureCache, audio_durations, audio_key, estimate_cache_bytes,
-                    format_bytes)
+from .cache import (DISK_FULL, CacheEntry, CacheError, FeatureCache, audio_durations, estimate_cache_bytes,
+                    format_bytes, utterance_key)
 from .data.batching import make_batches
 from .errors import ConfigError
 from .hidden import HiddenStates
@@ -64,7 +64,8 @@ def load_audio_batch(utts, sample_rate: int, pin: bool = False) -> tuple[torch.T
     """Read the audio of `utts` once: (wavs [B,S] zero-padded float32, wav_lengths [B] int64)."""
     from .data.audio import read_audio
 
-    clips = [read_audio(u.path, sample_rate) for u in utts]
+    clips = [read_audio(u.path, sample_rate, start=u.start, end=u.end) if u.is_segment  # a span of the file
+             else read_audio(u.path, sample_rate) for u in utts]
     lengths = torch.tensor([c.shape[0] for c in clips], dtype=torch.long)
     wavs = torch.zeros(len(clips), int(lengths.max()))
     for b, clip in enumerate(clips):
@@ -158,7 +159,7 @@ def _fill_locked(upstreams, mine, cache: FeatureCache, entries, selections, batc
     for entry in entries:
         todo: dict[str, object] = {}
         for u in entry.missing(mine):
-            todo.setdefault(audio_key(u.path, cache.audio_key), u)
+            todo.setdefault(utterance_key(u, cache.audio_key), u)
         needs.append(todo)
     union: dict[str, object] = {}
     for todo in needs:

@@ -1,4 +1,4 @@
-"""Read one audio file as a mono float32 tensor at the requested sample rate."""
+"""Read one audio file, or a span of it, as a mono float32 tensor at the requested sample rate."""
 from __future__ import annotations
 
 import warnings
@@ -88,16 +88,37 @@ def probe_audio(path: str | Path) -> AudioProbe:
                       non_finite)
 
 
-def read_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
-    """Decode `path`, mix to mono (with a warning), resample to `sample_rate`; returns float32 [S]."""
+def span_frames(path: str | Path, start: float | None, end: float | None, sample_rate: int,
+                num_frames: int) -> tuple[int, int]:
+    """[first, stop) frames of the span `start`..`end` seconds of a file (None: its start / its end).
+
+    A boundary maps to the nearest frame (round(seconds * rate)); the span must be non-empty and inside
+    the file, else an AudioError naming the file."""
+    first = 0 if start is None else int(round(start * sample_rate))
+    stop = num_frames if end is None else int(round(end * sample_rate))
+    if first < 0 or stop > num_frames or stop <= first:
+        raise AudioError(f"audio file {path}: the span start={start} s, end={end} s does not lie inside its "
+                         f"{num_frames / sample_rate:.3f} s (needs 0 <= start < end <= the file's duration); "
+                         "fix the row's start/end")
+    return first, stop
+
+
+def read_audio(path: str | Path, sample_rate: int, start: float | None = None,
+               end: float | None = None) -> torch.Tensor:
+    """Decode `path` (only the span `start`..`end` seconds when given: the rest is not read), mix to mono
+    (with a warning), resample to `sample_rate`; returns float32 [S]."""
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
         raise ConfigError(f"read_audio({path}): sample_rate must be a positive integer in Hz, got {sample_rate!r}")
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"audio file not found: {path}. Check the manifest path (relative paths resolve "
                          "against the manifest's folder).")
+    first, stop = 0, None
+    if start is not None or end is not None:
+        info = _header(path)
+        first, stop = span_frames(path, start, end, int(info.samplerate), int(info.frames))
     try:
-        samples, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        samples, file_rate = sf.read(str(path), start=first, stop=stop, dtype="float32", always_2d=True)
     except Exception as err:
         raise AudioError(f"cannot decode audio file {path}: {err}. Re-encode it as WAV or FLAC.") from err
     if samples.shape[0] == 0:

@@ -29,7 +29,8 @@ class Batch:
 
 
 class AudioDataset(Dataset):
-    """Reads each utterance's audio at `sample_rate` (mono float32) when indexed."""
+    """Reads each utterance's audio (its start/end span only, for a segment row) at `sample_rate` (mono
+    float32) when indexed."""
 
     def __init__(self, utts: list[Utterance], sample_rate: int) -> None:
         if not isinstance(sample_rate, int) or sample_rate <= 0:
@@ -42,7 +43,7 @@ class AudioDataset(Dataset):
 
     def __getitem__(self, index: int) -> AudioItem:
         utt = self.utts[index]
-        return AudioItem(utt, read_audio(utt.path, self.sample_rate))
+        return AudioItem(utt, read_audio(utt.path, self.sample_rate, utt.start, utt.end))
 
 
 def collate_audio(items: list[AudioItem]) -> Batch:

@@ -1,7 +1,9 @@
 """Manifests: one row per utterance, as CSV or JSONL, validated before any training starts.
 
 Columns: `id`, `path` (required), `duration` (seconds, optional: filled from the audio header),
-`text` (ASR target), `label` (classification target), `speaker`, `language`; any other column is kept
+`text` (ASR target), `label` (classification target), `speaker`, `language`, and `start` / `end`
+(seconds, optional: the row is that span of a longer file; only the span is read, its duration is
+end - start; start alone runs to the file's end, end alone from its beginning); any other column is kept
 in `Utterance.extra` and written back. Empty CSV cells mean "absent"; an integer JSON label becomes a string.
 
 Row numbers in every message are 1-based data rows: the first utterance is row 1. In a CSV the header is
@@ -19,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import ConfigError
+from ..errors import AudioError, ConfigError
 from ..runfolder import write_atomic
-from .audio import audio_info, probe_audio
+from .audio import audio_info, probe_audio, span_frames
 
-KNOWN_FIELDS = ("id", "path", "duration", "text", "label", "speaker", "language")
+KNOWN_FIELDS = ("id", "path", "duration", "text", "label", "speaker", "language", "start", "end")
 TARGET_FIELDS = ("text", "label")
 
 
@@ -44,7 +46,13 @@ class Utterance:
     label: str | None = None
     speaker: str | None = None
     language: str | None = None
+    start: float | None = None  # seconds into `path` where this row's span begins (None: the file's start)
+    end: float | None = None    # seconds into `path` where it ends (None: the file's end)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_segment(self) -> bool:
+        return self.start is not None or self.end is not None
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,19 @@ def _as_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _seconds(record: dict[str, Any], key: str, problems: list[str]) -> float | None:
+    value = record.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    problems.append(f"{key} {value!r} is not a number (seconds)")
+    return None
+
+
 def _to_utterance(record: dict[str, Any] | str, base: Path) -> tuple[Utterance, list[str]]:
     """Build an Utterance from one raw record; returns it with the problems found while parsing."""
     if isinstance(record, str):
@@ -117,16 +138,7 @@ def _to_utterance(record: dict[str, Any] | str, base: Path) -> tuple[Utterance, 
         path = str(p if p.is_absolute() else (base / p))
     elif raw_path is not None:
         problems.append(f"path must be a string, got {type(raw_path).__name__}")
-    duration: Any = record.get("duration")
-    if duration is not None and not isinstance(duration, bool):
-        try:
-            duration = float(duration)
-        except (TypeError, ValueError):
-            problems.append(f"duration {record.get('duration')!r} is not a number (seconds)")
-            duration = None
-    elif isinstance(duration, bool):
-        problems.append(f"duration {duration!r} is not a number (seconds)")
-        duration = None
+    duration, start, end = (_seconds(record, key, problems) for key in ("duration", "start", "end"))
     text = record.get("text")
     if text is not None and not isinstance(text, str):
         problems.append(f"text must be a string, got {type(text).__name__} {text!r}")
@@ -138,7 +150,7 @@ def _to_utterance(record: dict[str, Any] | str, base: Path) -> tuple[Utterance, 
     extra = {k: v for k, v in record.items() if k not in KNOWN_FIELDS}
     utt = Utterance(id=_as_text(record.get("id")) or "", path=path, duration=duration, text=text,
                     label=_as_text(label), speaker=_as_text(record.get("speaker")),
-                    language=_as_text(record.get("language")), extra=extra)
+                    language=_as_text(record.get("language")), start=start, end=end, extra=extra)
     return utt, problems
 
 
@@ -176,6 +188,24 @@ def load_manifest(path: str | Path) -> list[Utterance]:
 
 
 # -- checking ------------------------------------------------------------------------------------------
+
+def _span_problem(utt: Utterance) -> str | None:
+    """What is wrong with a row's start/end on their own (the file's length is checked with its audio)."""
+    for key in ("start", "end"):
+        value = getattr(utt, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
+            return f"{key} {value!r} must be a finite number of seconds >= 0"
+    if utt.start is not None and utt.end is not None and utt.end <= utt.start:
+        return f"end {utt.end:g} s must be after start {utt.start:g} s (the span is empty or reversed)"
+    return None
+
+
+def span_duration(utt: Utterance, file_duration: float) -> float:
+    """Seconds of audio a row stands for: its span of the file, or the whole file."""
+    start = utt.start or 0.0
+    return (file_duration if utt.end is None else utt.end) - start
+
 
 def _duration_problem(duration: Any) -> str | None:
     if duration is None:
@@ -239,23 +269,32 @@ def _check_audio(row: int, utt: Utterance, max_clip: ClipLimit | None, out: Mani
     if probe.non_finite:
         flag("audio contains NaN or infinite samples; re-export it or remove the row")
         return
-    out.durations[row] = probe.duration
-    if max_clip is not None and probe.duration > max_clip.seconds:
-        flag(f"audio is {probe.duration:.2f} s, longer than the {max_clip.seconds:g} s that {max_clip.model} "
+    if utt.is_segment:
+        try:
+            span_frames(utt.path, utt.start, utt.end, probe.sample_rate, probe.num_samples)
+        except AudioError:
+            flag(f"span start={utt.start} s, end={utt.end} s is not inside the audio's {probe.duration:.3f} s; "
+                 "fix the row's start/end")
+            return
+    duration = span_duration(utt, probe.duration)
+    out.durations[row] = duration
+    if max_clip is not None and duration > max_clip.seconds:
+        flag(f"audio is {duration:.2f} s, longer than the {max_clip.seconds:g} s that {max_clip.model} "
              f"accepts; split it into segments of at most {max_clip.seconds:g} s")
     if probe.declared_samples is not None and probe.declared_samples > probe.num_samples:
         note(f"the WAV header declares {probe.declared_samples / probe.sample_rate:.2f} s but the file holds "
              f"only {probe.duration:.2f} s (truncated copy?); the {probe.duration:.2f} s present are used")
     if (isinstance(utt.duration, (int, float)) and math.isfinite(utt.duration)
-            and abs(utt.duration - probe.duration) > DURATION_TOLERANCE * probe.duration):
-        note(f"the duration column says {utt.duration:g} s but the audio lasts {probe.duration:.2f} s; "
+            and abs(utt.duration - duration) > DURATION_TOLERANCE * duration):
+        note(f"the duration column says {utt.duration:g} s but the audio lasts {duration:.2f} s; "
              "the audio's duration is used")
 
 
 def inspect_manifest(utts: list[Utterance], target: str | None, check_audio: bool = True,
                      max_clip: ClipLimit | None = None) -> ManifestCheck:
     """Check every row (row = list position + 1): missing id/path/file, corrupt, empty or NaN/inf audio,
-    a clip longer than `max_clip`, bad duration, duplicate id, and a missing or wrong-typed `target`
+    a clip longer than `max_clip`, bad duration, a start/end span that is empty, negative or
+    beyond its file, duplicate id, and a missing or wrong-typed `target`
     ("text", "label" or None); notes a truncated WAV and a `duration` cell more than 10 % off.
 
     Cost with check_audio: one header read per file, plus one decode of files with float samples (the only
@@ -275,9 +314,9 @@ def inspect_manifest(utts: list[Utterance], target: str | None, check_audio: boo
             flag(f"duplicate id (first used in row {first_row_of[utt.id]})")
         else:
             first_row_of[utt.id] = row
-        problem = _duration_problem(utt.duration)
-        if problem:
-            flag(problem)
+        for problem in (_duration_problem(utt.duration), _span_problem(utt)):
+            if problem:
+                flag(problem)
         if target is not None:
             value = getattr(utt, target)
             if value is None or (isinstance(value, str) and not value.strip()):
@@ -286,7 +325,7 @@ def inspect_manifest(utts: list[Utterance], target: str | None, check_audio: boo
                 flag(f"{target} must be a string, got {type(value).__name__}")
         if not utt.path:
             flag("missing path")
-        elif check_audio:
+        elif check_audio and not _span_problem(utt):
             _check_audio(row, utt, max_clip, out)
     return out
 
@@ -347,10 +386,10 @@ def validate_manifest(path: str | Path, target: str | None, skip_bad: bool = Fal
 
 
 def fill_durations(utts: Iterable[Utterance]) -> None:
-    """Set `duration` from the audio header where it is missing (in place)."""
+    """Set `duration` from the audio header (or the row's span) where it is missing (in place)."""
     for utt in utts:
         if utt.duration is None:
-            utt.duration = audio_info(utt.path)[3]
+            utt.duration = span_duration(utt, audio_info(utt.path)[3] if utt.end is None else 0.0)
 
 
 def write_bad_rows(bad: list[BadRow], out: str | Path) -> None:
