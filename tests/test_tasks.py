@@ -20,7 +20,7 @@ def utts_with(field: str, values: list[str]) -> list[Utterance]:
 
 
 def test_registry():
-    assert list_tasks() == ["asr", "classify"]
+    assert list_tasks() == ["asr", "classify", "multilingual_asr"]
     assert get_task("asr").target_field == "text" and get_task("classify").target_field == "label"
     assert (get_task("asr").main_metric, get_task("asr").higher_is_better) == ("wer", False)
     assert (get_task("classify").main_metric, get_task("classify").higher_is_better) == ("accuracy", True)
@@ -203,7 +203,7 @@ def test_head_options_are_typed_by_each_task():
 
     assert list(task_options("classify").model_fields) == ["hidden_dim", "dropout"]
     assert list(task_options("asr").model_fields) == ["proj_dim", "hidden_size", "num_layers", "bidirectional",
-                                                      "dropout"]
+                                                      "dropout", "case", "punctuation"]
     assert get_task("classify", hidden_dim="128").options == {"hidden_dim": 128, "dropout": 0.0}
     with pytest.raises(ConfigError, match=r"task 'classify': key 'hidden_dim' must be an integer, got 'wide'"):
         get_task("classify", hidden_dim="wide")

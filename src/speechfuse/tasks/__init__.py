@@ -23,7 +23,8 @@ from ..errors import ConfigError
 from ..registry import Registry
 from ..data.manifest import Utterance
 
-TASKS: Registry = Registry("task", ConfigError, ["speechfuse.tasks.asr", "speechfuse.tasks.classify"])
+TASKS: Registry = Registry("task", ConfigError, ["speechfuse.tasks.asr", "speechfuse.tasks.classify",
+                                                "speechfuse.tasks.multilingual"])
 register_task = TASKS.register
 
 

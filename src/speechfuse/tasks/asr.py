@@ -1,14 +1,24 @@
 """Character CTC ASR (the SUPERB ASR recipe: projection, BiLSTM, linear to characters).
 
-Vocabulary: index 0 is the CTC blank, index 1 `<unk>`, then every character of the normalised training
-texts in sorted order; the word separator is the plain space " ". Texts are normalised by lower-casing
-and collapsing whitespace. A character unseen in training maps to `<unk>` with a warning; `<unk>`
-decodes to nothing. WER and CER are fractions (0.25 = 25 %), computed with jiwer over the corpus.
+Vocabulary: index 0 is the CTC blank, index 1 `<unk>`, then every character (Unicode code point) of the
+normalised training texts in sorted order, in any script; the word separator is the plain space " ".
+A character unseen in training maps to `<unk>` with a warning; `<unk>` decodes to nothing.
+
+Text normalisation (training targets, references and predictions alike), in this order:
+1. Unicode NFC, so a composed "é" and "e" + combining acute are the same one character;
+2. `case: lower` (default) lower-cases with Python's str.lower, which changes only letters that have case
+   (Latin, Greek, Cyrillic, Armenian, ...; a final capital sigma becomes "ς"); scripts without case
+   (CJK, Arabic, Devanagari, Thai, ...) are untouched. `case: keep` keeps case. NFC again after it;
+3. `punctuation: keep` (default) keeps every character; `strip` deletes every character of Unicode
+   general category P* (.,!?;:'"-()[]«»¿¡、。 ...) without putting a space in its place ("don't" -> "dont");
+4. whitespace runs become one space; leading and trailing space is dropped.
+WER and CER are fractions (0.25 = 25 %), computed with jiwer over the corpus.
 """
 from __future__ import annotations
 
+import unicodedata
 import warnings
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import jiwer
 import torch
@@ -24,8 +34,15 @@ from . import Task, TaskOptions, register_task
 BLANK, UNK = "<blank>", "<unk>"
 
 
-def normalize_text(text: str) -> str:
-    return " ".join(text.lower().split())
+def normalize_text(text: str, case: str = "lower", punctuation: str = "keep") -> str:
+    """NFC, lower-case cased letters (case="lower"), strip Unicode punctuation (punctuation="strip"),
+    collapse whitespace (see the module docstring)."""
+    text = unicodedata.normalize("NFC", text)
+    if case == "lower":
+        text = unicodedata.normalize("NFC", text.lower())
+    if punctuation == "strip":
+        text = "".join(c for c in text if not unicodedata.category(c).startswith("P"))
+    return " ".join(text.split())
 
 
 def check_lengths(lengths: torch.Tensor, batch: int, frames: int, who: str) -> None:
@@ -72,6 +89,13 @@ class AsrOptions(TaskOptions):
     """LSTM layers; 0: a linear head on the (projected) features."""
     bidirectional: bool = True
     dropout: float = Field(0.2, ge=0, lt=1)
+    case: Literal["lower", "keep"] = "lower"
+    """lower: lower-case the letters that have case (other scripts are untouched); keep: keep case."""
+    punctuation: Literal["keep", "strip"] = "keep"
+    """keep: punctuation characters are vocabulary entries; strip: delete Unicode category P* characters."""
+
+
+HEAD_OPTIONS = ("proj_dim", "hidden_size", "num_layers", "bidirectional", "dropout")
 
 
 @register_task("asr")
@@ -91,7 +115,7 @@ class AsrTask(Task):
         return bool(self.vocab)
 
     def fit(self, train_utts: list[Utterance]) -> "AsrTask":
-        chars = {c for u in train_utts for c in normalize_text(self._target_of(u))}
+        chars = {c for u in train_utts for c in self.normalize(self._target_of(u))}
         if not chars:
             raise ConfigError("asr task: the training texts contain no characters; check the 'text' column")
         self.vocab = [BLANK, UNK, *sorted(chars)]
@@ -104,7 +128,7 @@ class AsrTask(Task):
         unknown: dict[str, set[str]] = {}
         sequences = []
         for u in utts:
-            text = normalize_text(self._target_of(u))
+            text = self.normalize(self._target_of(u))
             for c in text:
                 if c not in index:
                     unknown.setdefault(c, set()).add(u.id)
@@ -121,7 +145,7 @@ class AsrTask(Task):
 
     def build_head(self, input_dim: int) -> AsrHead:
         self._require_fitted("build_head")
-        return AsrHead(input_dim, len(self.vocab), **self.options)
+        return AsrHead(input_dim, len(self.vocab), **{k: self.options[k] for k in HEAD_OPTIONS})
 
     def loss(self, out: torch.Tensor, out_lengths: torch.Tensor,
              targets: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -152,17 +176,20 @@ class AsrTask(Task):
             texts.append(" ".join("".join(self.vocab[t] for t in ids).split()))
         return texts
 
+    def normalize(self, text: str) -> str:
+        return normalize_text(text, self.options["case"], self.options["punctuation"])
+
     def references(self, utts: list[Utterance]) -> list[str]:
-        return [normalize_text(self._target_of(u)) for u in utts]
+        return [self.normalize(self._target_of(u)) for u in utts]
 
     def metrics(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         self._check_pairs(predictions, references)
-        refs = [normalize_text(r) for r in references]
+        refs = [self.normalize(r) for r in references]
         empty = [i for i, r in enumerate(refs) if not r]
         if empty:
             raise ConfigError(f"asr metrics: reference(s) at position(s) {empty[:10]} are empty; WER is undefined "
                               "for them, remove those utterances from the evaluation set")
-        hyps = [normalize_text(p) for p in predictions]
+        hyps = [self.normalize(p) for p in predictions]
         return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
 
     def state(self) -> dict[str, Any]:

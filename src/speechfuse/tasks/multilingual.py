@@ -1,0 +1,205 @@
+"""Multilingual character CTC ASR, ML-SUPERB style (task `multilingual_asr`).
+
+The same head, vocabulary and text normalisation as `asr` (one character vocabulary over every script,
+NFC, case and punctuation options: see tasks/asr.py), plus:
+
+- Every manifest row needs a `language` (any code: `en`, `eng`, `zh-CN`, ...).
+- Per-language metrics over the rows of each language in the evaluated split: `cer_<lang>`, and
+  `wer_<lang>` where the language separates words by spaces. Whether it does is decided by its primary
+  code (lower-cased, up to the first "-" or "_"): a language in `no_space_languages` has no WER (by
+  default Chinese, Japanese, Thai, Lao, Khmer and Burmese, by their ISO 639-1 and -3 codes).
+- `cer_macro`: the unweighted mean of the per-language CERs (the ML-SUPERB headline, and this task's
+  main metric: the best checkpoint has the lowest dev `cer_macro`); `wer_macro` likewise over the
+  languages with a WER. `cer` is over all rows together; `wer` over the rows of space-separated languages.
+- `language_token: true`: joint ASR + language ID. The target is one language token (`[en]`, one
+  vocabulary entry per training language) followed by the transcript's characters; predictions read
+  `[en] hello`. The predicted language is the first language token the model emits (none: wrong), and
+  `lid_accuracy` is the fraction of rows whose predicted language is the reference's. Language tokens
+  are removed from the text before CER/WER. A test language never seen in training cannot be predicted.
+
+Per-language metrics need each reference's language: `references(utts)` returns `Reference` strings
+(a plain `str` that also carries `.language`), or pass `languages=` to `metrics` yourself.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+import jiwer
+import torch
+
+from ..data.manifest import Utterance
+from ..errors import ConfigError
+from . import register_task
+from .asr import AsrOptions, AsrTask
+
+NO_SPACE_LANGUAGES = ["zh", "zho", "cmn", "yue", "ja", "jpn", "th", "tha", "lo", "lao", "km", "khm", "my", "mya"]
+
+
+class Reference(str):
+    """A reference transcript that knows its language; everywhere else it is the plain string."""
+
+    language: Optional[str]
+
+    def __new__(cls, text: str, language: Optional[str]) -> "Reference":
+        obj = super().__new__(cls, text)
+        obj.language = language
+        return obj
+
+    def __reduce__(self):
+        return Reference, (str(self), self.language)
+
+
+def primary_code(language: str) -> str:
+    """`zh-CN` -> `zh`, `EN_us` -> `en`: the part that decides the word-separation rule."""
+    return re.split(r"[-_]", language.strip().lower(), maxsplit=1)[0]
+
+
+def lid_token(language: str) -> str:
+    return f"[{language}]"
+
+
+class MultilingualAsrOptions(AsrOptions):
+    language_token: bool = False
+    """Prepend a language token to every target (joint ASR + LID); reports lid_accuracy."""
+    no_space_languages: list[str] = list(NO_SPACE_LANGUAGES)
+    """Languages (primary codes) that do not separate words by spaces: no WER for them."""
+
+
+@register_task("multilingual_asr")
+class MultilingualAsrTask(AsrTask):
+    name = "multilingual_asr"
+    main_metric = "cer_macro"
+    higher_is_better = False
+    Options = MultilingualAsrOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.languages: list[str] = []  # training languages, in the order of their tokens
+
+    def _language_of(self, utt: Utterance) -> str:
+        if utt.language is None or not str(utt.language).strip():
+            raise ConfigError(f"task {self.name!r}: utterance {utt.id!r} ({utt.path}) has no 'language'; every "
+                              "row of a multilingual manifest needs one (e.g. en, de, cmn)")
+        return str(utt.language).strip()
+
+    def unseen_targets(self, utts: list[Utterance]) -> dict[str, list[Utterance]]:
+        """Called on dev/test before any training: a row without a language stops the run there (its
+        metrics could not be computed) rather than at the first dev evaluation."""
+        for u in utts:
+            self._language_of(u)
+        return {}
+
+    def fit(self, train_utts: list[Utterance]) -> "MultilingualAsrTask":
+        self.languages = sorted({self._language_of(u) for u in train_utts})
+        super().fit(train_utts)
+        if self.options["language_token"]:
+            self.vocab += [lid_token(lang) for lang in self.languages]
+        return self
+
+    @property
+    def _first_lid(self) -> int:
+        return len(self.vocab) - len(self.languages) if self.options["language_token"] else len(self.vocab)
+
+    def encode(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
+        targets, lengths = super().encode(utts)
+        if not self.options["language_token"]:
+            return targets, lengths
+        index = {lang: self._first_lid + i for i, lang in enumerate(self.languages)}
+        tokens = []
+        for u in utts:
+            lang = self._language_of(u)
+            if lang not in index:
+                raise ConfigError(f"task {self.name!r}: utterance {u.id!r} has language {lang!r}, which has no "
+                                  f"language token (training languages: {', '.join(self.languages)})")
+            tokens.append(index[lang])
+        with_token = torch.cat([torch.tensor(tokens, dtype=torch.int64)[:, None], targets], dim=1)
+        return with_token, lengths + 1
+
+    def predict(self, out: torch.Tensor, out_lengths: torch.Tensor) -> list[str]:
+        """Greedy CTC; with language tokens, `[lang] text` (the first language token emitted; the text
+        without any language token)."""
+        self._require_fitted("predict")
+        if not self.options["language_token"]:
+            return super().predict(out, out_lengths)
+        best = out.argmax(-1).cpu()
+        first_lid = self._first_lid
+        texts = []
+        for row, length in enumerate(out_lengths.cpu().tolist()):
+            path = best[row, :length].tolist()
+            ids = [t for i, t in enumerate(path) if (i == 0 or t != path[i - 1]) and t > 1]
+            langs = [self.languages[t - first_lid] for t in ids if t >= first_lid]
+            text = " ".join("".join(self.vocab[t] for t in ids if t < first_lid).split())
+            texts.append(f"{lid_token(langs[0])} {text}".rstrip() if langs else text)
+        return texts
+
+    def references(self, utts: list[Utterance]) -> list[str]:
+        return [Reference(self.normalize(self._target_of(u)), self._language_of(u)) for u in utts]
+
+    def split_language(self, prediction: str) -> tuple[Optional[str], str]:
+        """`[en] hello` -> ("en", "hello") for a training language's token; otherwise (None, prediction)."""
+        for lang in self.languages:
+            token = lid_token(lang)
+            if prediction == token or prediction.startswith(token + " "):
+                return lang, prediction[len(token):].strip()
+        return None, prediction
+
+    def has_spaces(self, language: str) -> bool:
+        return primary_code(language) not in {primary_code(x) for x in self.options["no_space_languages"]}
+
+    def metrics(self, predictions: list[str], references: list[str],
+                languages: Optional[list[str]] = None) -> dict[str, float]:
+        self._check_pairs(predictions, references)
+        if languages is None:
+            languages = [getattr(r, "language", None) for r in references]
+        if len(languages) != len(references):
+            raise ConfigError(f"metrics: {len(languages)} languages for {len(references)} references")
+        missing = [i for i, lang in enumerate(languages) if not lang]
+        if missing:
+            raise ConfigError(f"{self.name} metrics: reference(s) at position(s) {missing[:10]} have no language; "
+                              "pass languages=[...] or score references from task.references(utts)")
+        refs = [self.normalize(r) for r in references]
+        empty = [i for i, r in enumerate(refs) if not r]
+        if empty:
+            raise ConfigError(f"asr metrics: reference(s) at position(s) {empty[:10]} are empty; CER is undefined "
+                              "for them, remove those utterances from the evaluation set")
+        split = [self.split_language(p) for p in predictions]
+        hyps = [self.normalize(text) for _, text in split]
+        out: dict[str, float] = {"cer": float(jiwer.cer(refs, hyps))}
+        spaced = [i for i, lang in enumerate(languages) if self.has_spaces(lang)]
+        if spaced:
+            out["wer"] = float(jiwer.wer([refs[i] for i in spaced], [hyps[i] for i in spaced]))
+        cers, wers = [], []
+        for lang in sorted(set(languages)):
+            rows = [i for i, x in enumerate(languages) if x == lang]
+            lang_refs, lang_hyps = [refs[i] for i in rows], [hyps[i] for i in rows]
+            out[f"cer_{lang}"] = float(jiwer.cer(lang_refs, lang_hyps))
+            cers.append(out[f"cer_{lang}"])
+            if self.has_spaces(lang):
+                out[f"wer_{lang}"] = float(jiwer.wer(lang_refs, lang_hyps))
+                wers.append(out[f"wer_{lang}"])
+        out["cer_macro"] = sum(cers) / len(cers)
+        if wers:
+            out["wer_macro"] = sum(wers) / len(wers)
+        if self.options["language_token"]:
+            out["lid_accuracy"] = sum(pred == lang for (pred, _), lang in zip(split, languages)) / len(languages)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "languages": list(self.languages)}
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any]) -> "MultilingualAsrTask":
+        task = super()._from_state(state)
+        languages = state.get("languages")
+        if not isinstance(languages, list) or not all(isinstance(x, str) for x in languages):
+            raise ConfigError("multilingual_asr task state: 'languages' must be a list of language codes; the run "
+                              "folder's task.json is damaged")
+        task.languages = languages
+        if task.options["language_token"] and task.vocab[-len(languages):] != [lid_token(x) for x in languages]:
+            raise ConfigError("multilingual_asr task state: the vocabulary does not end with the language tokens; "
+                              "the run folder's task.json is damaged")
+        return task
+
+
+__all__ = ["MultilingualAsrTask", "Reference", "NO_SPACE_LANGUAGES", "primary_code"]

@@ -1,0 +1,138 @@
+"""Multilingual ASR: text normalisation over scripts, per-language metrics, the language-ID token."""
+from __future__ import annotations
+
+import pickle
+import unicodedata
+
+import pytest
+import torch
+
+from speechfuse.data import Utterance
+from speechfuse.errors import ConfigError
+from speechfuse.tasks import Task, check_targets_known, get_task
+from speechfuse.tasks.asr import normalize_text
+from speechfuse.tasks.multilingual import Reference
+
+
+def rows(pairs: list[tuple[str, str]]) -> list[Utterance]:
+    return [Utterance(f"u{i}", f"/nowhere/u{i}.wav", text=text, language=lang) for i, (lang, text) in enumerate(pairs)]
+
+
+# -- normalisation -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["asr", "multilingual_asr"])
+def test_composed_and_decomposed_text_give_the_same_ids(name):
+    composed = "café über ελληνικά"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert composed != decomposed and len(decomposed) > len(composed)
+    task = get_task(name).fit(rows([("fr", composed)]))
+    a, b = task.encode(rows([("fr", composed), ("fr", decomposed)]))[0]
+    assert a.tolist() == b.tolist()
+    assert "\u0301" not in task.vocab and "é" in task.vocab  # one vocabulary entry per composed character
+
+
+def test_only_letters_with_case_are_lower_cased_and_case_can_be_kept():
+    text = "Привет ΣΟΦΙΑ 東京 नमस्ते Hello"
+    assert normalize_text(text) == "привет σοφια 東京 नमस्ते hello"  # final capital sigma -> ς
+    assert normalize_text(text, case="keep") == text
+    task = get_task("asr", case="keep").fit(rows([("ru", "Привет")]))
+    assert "П" in task.vocab and "п" not in task.vocab
+
+
+def test_punctuation_keep_or_strip():
+    text = "¿Qué tal?  «Très bien», dit-il. 你好。"
+    assert normalize_text(text) == "¿qué tal? «très bien», dit-il. 你好。"
+    assert normalize_text(text, punctuation="strip") == "qué tal très bien ditil 你好"
+    task = get_task("asr", punctuation="strip").fit(rows([("es", text)]))
+    assert not {"¿", "?", "«", "»", ",", "-", ".", "。"} & set(task.vocab)
+
+
+def test_text_options_are_typed():
+    with pytest.raises(ConfigError, match="punctuation"):
+        get_task("asr", punctuation="remove")
+    with pytest.raises(ConfigError, match="case"):
+        get_task("multilingual_asr", case="upper")
+
+
+# -- per-language metrics ----------------------------------------------------------------------------
+
+def test_per_language_cer_wer_and_macro_on_hand_made_predictions():
+    task = get_task("multilingual_asr").fit(rows([("en", "abc"), ("de", "über"), ("zh", "你好")]))
+    refs = ["abcd", "hello", "über", "你好世界"]
+    preds = ["abxd", "hello", "uber", "你好"]
+    languages = ["en", "en", "de", "zh"]
+    m = task.metrics(preds, refs, languages=languages)
+    # by hand: en 1 substitution in 4 + 5 characters, 1 wrong word of 2; de 1 of 4 (ü -> u), 1 word of 1;
+    # zh 2 deletions in 4 characters, and no WER (written without spaces)
+    assert m["cer_en"] == pytest.approx(1 / 9) and m["wer_en"] == pytest.approx(1 / 2)
+    assert m["cer_de"] == pytest.approx(1 / 4) and m["wer_de"] == pytest.approx(1.0)
+    assert m["cer_zh"] == pytest.approx(2 / 4) and "wer_zh" not in m
+    assert m["cer_macro"] == pytest.approx((1 / 9 + 1 / 4 + 2 / 4) / 3)
+    assert m["wer_macro"] == pytest.approx((1 / 2 + 1) / 2)
+    assert m["cer"] == pytest.approx(4 / 17)                     # all rows together
+    assert m["wer"] == pytest.approx(2 / 3)                      # the space-separated rows only
+    assert "lid_accuracy" not in m
+    # the references the task builds carry their language, so the trainer needs no languages argument
+    built = task.references(rows(list(zip(languages, refs))))
+    assert all(isinstance(r, Reference) for r in built) and [r.language for r in built] == languages
+    assert task.metrics(preds, built) == m
+    assert pickle.loads(pickle.dumps(built[3])).language == "zh"  # survives a trip between processes
+
+
+def test_no_space_rule_uses_the_primary_code_and_is_configurable():
+    task = get_task("multilingual_asr").fit(rows([("en", "a")]))
+    assert [task.has_spaces(x) for x in ["zh-CN", "cmn", "JA_jp", "th", "en-US", "ru"]] == \
+        [False, False, False, False, True, True]
+    custom = get_task("multilingual_asr", no_space_languages=["xx"]).fit(rows([("en", "a")]))
+    m = custom.metrics(["ab"], ["ab"], languages=["zh"])
+    assert m["wer_zh"] == 0.0 and custom.has_spaces("zh") and not custom.has_spaces("xx-YY")
+
+
+def test_rows_without_a_language_are_named_before_training():
+    task = get_task("multilingual_asr")
+    with pytest.raises(ConfigError, match="'u1'.*has no 'language'"):
+        task.fit(rows([("en", "a"), ("", "b")]))
+    task.fit(rows([("en", "a")]))
+    dev = [Utterance("d7", "/nowhere/d7.wav", text="a")]
+    with pytest.raises(ConfigError, match="'d7'.*has no 'language'"):
+        check_targets_known(task, {"train": rows([("en", "a")]), "dev": dev}, {"dev": "dev.csv"})
+    with pytest.raises(ConfigError, match="no language"):
+        task.metrics(["a"], ["a"])  # a plain string reference has no language
+
+
+# -- the language-ID token ---------------------------------------------------------------------------
+
+def test_language_token_round_trip_and_lid_accuracy():
+    train = rows([("en", "hallo"), ("de", "hallo"), ("fr", "allo")])
+    task = get_task("multilingual_asr", language_token=True).fit(train)
+    assert task.languages == ["de", "en", "fr"] and task.vocab[-3:] == ["[de]", "[en]", "[fr]"]
+    targets, lengths = task.encode(train)
+    de, en, fr = (task.vocab.index(t) for t in ["[de]", "[en]", "[fr]"])
+    assert targets[:, 0].tolist() == [en, de, fr] and lengths.tolist() == [6, 6, 5]
+    chars = [task.vocab[i] for i in targets[0, 1:6].tolist()]
+    assert "".join(chars) == "hallo"
+    # greedy decoding of hand-made logits: the token path spells "[de] hallo", "[fr] allo" and a row with
+    # no language token at all
+    blank = 0
+    h, a, l, o = (task.vocab.index(c) for c in "halo")
+    paths = [[de, h, a, l, blank, l, o], [fr, fr, a, l, blank, l, o], [h, a, l, blank, l, o, blank]]
+    logits = torch.full((3, 7, len(task.vocab)), -5.0)
+    for row, path in enumerate(paths):
+        for t, token in enumerate(path):
+            logits[row, t, token] = 5.0
+    preds = task.predict(logits, torch.tensor([7, 7, 7]))
+    assert preds == ["[de] hallo", "[fr] allo", "hallo"]
+    assert task.split_language(preds[0]) == ("de", "hallo")
+    refs = task.references(rows([("de", "hallo"), ("en", "allo"), ("en", "hallo")]))
+    m = task.metrics(preds, refs)
+    assert m["lid_accuracy"] == pytest.approx(1 / 3)  # de right, fr for en wrong, no token wrong
+    assert m["cer"] == 0.0  # the tokens are not part of the text that is scored
+    restored = Task.from_state(task.state())
+    assert restored.languages == task.languages and restored.vocab == task.vocab
+    assert restored.predict(logits, torch.tensor([7, 7, 7])) == preds
+
+
+def test_language_token_needs_a_training_language():
+    task = get_task("multilingual_asr", language_token=True).fit(rows([("en", "a")]))
+    with pytest.raises(ConfigError, match="'it'.*no language token"):
+        task.encode(rows([("it", "a")]))
