@@ -136,3 +136,24 @@ def test_language_token_needs_a_training_language():
     task = get_task("multilingual_asr", language_token=True).fit(rows([("en", "a")]))
     with pytest.raises(ConfigError, match="'it'.*no language token"):
         task.encode(rows([("it", "a")]))
+
+
+# -- the bundled espeak-ng set (synthetic speech) -------------------------------------------------------
+
+def test_bundled_espeak_set_is_complete_and_readable():
+    from speechfuse.data import bundled_espeak_multilingual_dir, read_audio, validate_manifest
+
+    folder = bundled_espeak_multilingual_dir()
+    assert "SYNTHETIC" in (folder / "README.md").read_text()
+    splits = {s: validate_manifest(folder / f"{s}.csv", "text") for s in ("train", "dev", "test")}
+    assert [len(u) for u in splits.values()] == [7 * 16, 7 * 3, 7 * 5]
+    for utts in splits.values():
+        assert sorted({u.language for u in utts}) == ["de", "el", "en", "es", "fr", "it", "ru"]
+    voices = {s: {u.speaker.split("/")[0] for u in utts} for s, utts in splits.items()}
+    assert not voices["train"] & voices["test"] and not voices["train"] & voices["dev"]
+    # non-Latin scripts are there and every clip is non-silent 16 kHz audio
+    assert any("\u0400" <= c <= "\u04ff" for u in splits["train"] for c in u.text)   # Cyrillic
+    assert any("\u0370" <= c <= "\u03ff" for u in splits["train"] for c in u.text)   # Greek
+    for u in splits["test"]:
+        wav = read_audio(u.path, 16000)
+        assert 0.3 < wav.shape[0] / 16000 < 2.0 and wav.abs().max() > 0.1, u.id

@@ -1,5 +1,5 @@
 """Audio reading, manifests, duration batching, datasets and corpus adapters."""
-from .adapters import bundled_fsdd_dir, folder_manifest, fsdd_manifests, librispeech_manifest
+from .adapters import bundled_espeak_multilingual_dir, bundled_fsdd_dir, folder_manifest, fsdd_manifests, librispeech_manifest
 from .audio import AudioProbe, audio_info, probe_audio, read_audio
 from .batching import DurationBatchSampler, make_batches, padding_ratio
 from .dataset import AudioDataset, AudioItem, Batch, collate_audio
@@ -11,5 +11,5 @@ __all__ = [
     "inspect_manifest", "Utterance", "BadRow", "ManifestError", "load_manifest", "write_manifest",
     "check_manifest", "validate_manifest", "fill_durations", "DurationBatchSampler", "make_batches",
     "padding_ratio", "AudioDataset", "AudioItem", "Batch", "collate_audio", "fsdd_manifests",
-    "folder_manifest", "librispeech_manifest", "bundled_fsdd_dir",
+    "folder_manifest", "librispeech_manifest", "bundled_fsdd_dir", "bundled_espeak_multilingual_dir",
 ]

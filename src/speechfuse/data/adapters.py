@@ -20,6 +20,16 @@ FSDD_TEST_TAKES = tuple(range(0, 5))
 FSDD_DEV_TAKES = tuple(range(5, 10))
 
 
+def bundled_espeak_multilingual_dir() -> Path:
+    """Folder of the SYNTHETIC espeak-ng multilingual set shipped with speechfuse (train/dev/test.csv,
+    audio/<lang>/*.flac, README.md: 7 languages x two number words; see the README)."""
+    folder = Path(str(resources.files("speechfuse") / "assets" / "espeak_multilingual"))
+    if not (folder / "train.csv").is_file():
+        raise ConfigError(f"the bundled espeak-ng multilingual set is missing at {folder}; reinstall speechfuse "
+                          "with its package data, or rebuild it with scripts/make_espeak_multilingual.py")
+    return folder
+
+
 def bundled_fsdd_dir() -> Path:
     """Folder of the FSDD subset shipped with speechfuse (recordings/*.flac, README.md, speakers.csv)."""
     folder = Path(str(resources.files("speechfuse") / "assets" / "fsdd"))
