@@ -157,3 +157,40 @@ def test_bundled_espeak_set_is_complete_and_readable():
     for u in splits["test"]:
         wav = read_audio(u.path, 16000)
         assert 0.3 < wav.shape[0] / 16000 < 2.0 and wav.abs().max() > 0.1, u.id
+
+
+# -- end to end through the CLI ------------------------------------------------------------------------
+
+CER_BOUND = 0.7  # the test's macro CER must be below this; a constant prediction is not (checked below)
+
+
+def test_multilingual_run_through_the_cli_beats_any_constant_prediction(tmp_path, capsys):
+    """Bundled Whisper tiny.en + a linear CTC head on the synthetic espeak-ng set, 300 steps. Costs the
+    Whisper feature extraction of 168 short clips plus the head's training (CPU, one thread)."""
+    import json
+    from pathlib import Path
+
+    from speechfuse.cli import main
+    from speechfuse.data import bundled_espeak_multilingual_dir, load_manifest
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "espeak_multilingual_asr.yaml"
+    out = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(out), "--set", "train.progress_bar=false",
+                 "train.importance=false", "train.val_every_steps=300"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["test"]
+    languages = ["de", "el", "en", "es", "fr", "it", "ru"]
+    assert sorted(k[4:] for k in metrics if k.startswith("cer_") and k != "cer_macro") == languages
+    assert "wer_el" in metrics and "wer_ru" in metrics  # all seven separate words by spaces
+    print({k: round(v, 3) for k, v in metrics.items()})
+    assert metrics["cer_macro"] < CER_BOUND
+    assert metrics["lid_accuracy"] > 2 / 7  # chance is 1/7
+
+    # what a constant prediction scores on the same test rows: the empty string, and every training
+    # transcript (with its language token) repeated for every row
+    folder = bundled_espeak_multilingual_dir()
+    task = Task.from_state(json.loads((out / "task.json").read_text()))
+    test_rows = load_manifest(folder / "test.csv")
+    refs = task.references(test_rows)
+    constants = [""] + [f"[{u.language}] {u.text}" for u in load_manifest(folder / "train.csv")]
+    best_constant = min(task.metrics([c] * len(refs), refs)["cer_macro"] for c in constants)
+    assert best_constant >= CER_BOUND

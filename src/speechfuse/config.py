@@ -6,7 +6,7 @@
 Schema (every section forbids unknown keys; `downstream` is checked against the task's own options
 model here; `interface` and `align` options against the component that takes them when the run is built):
 
-    task: classify                      # asr | classify
+    task: classify                      # asr | classify | multilingual_asr (speechfuse.tasks.list_tasks())
     data: {train: train.csv, dev: dev.csv, test: test.csv, target: label}
     upstreams: [{spec: whisper-tiny.en}, {spec: resemblyzer, options: {}}]
     align: {}                           # speechfuse.Aligner options
@@ -137,7 +137,8 @@ class CacheConfig(_Strict):
 
 
 class Config(_Strict):
-    task: Literal["asr", "classify"]
+    task: str
+    """A registered task name (speechfuse.tasks.list_tasks(): asr, classify, multilingual_asr, ...)."""
     data: DataConfig
     upstreams: list[UpstreamConfig] = Field(min_length=1)
     align: AlignConfig = Field(default_factory=AlignConfig)
@@ -152,6 +153,15 @@ class Config(_Strict):
     @classmethod
     def _cache_short_form(cls, v: Any) -> Any:
         return {"dir": v} if isinstance(v, (str, bool)) else v
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from .tasks import list_tasks
+
+        if v not in list_tasks():
+            raise ValueError(f"unknown task {v!r}; known: {', '.join(list_tasks())}")
+        return v
 
     @field_validator("downstream")
     @classmethod
