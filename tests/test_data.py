@@ -612,7 +612,7 @@ def test_bad_spans_are_bad_rows_naming_the_row(tmp_path):
 
 
 def test_each_span_of_one_file_is_its_own_cache_entry(tmp_path):
-    from speechfuse.cache import FeatureCache, utterance_key
+    from speechfuse.cache import FeatureCache, audio_durations, utterance_key
     from test_cache import FakeUpstream
 
     clip = tmp_path / "clip.wav"
@@ -621,6 +621,7 @@ def test_each_span_of_one_file_is_its_own_cache_entry(tmp_path):
             Utterance("second", str(clip), 0.5, start=0.5, end=1.0),
             Utterance("whole", str(clip), 1.0)]
     assert len({utterance_key(u) for u in utts}) == 3
+    assert audio_durations(utts, warn=False) == pytest.approx([0.4, 0.5, 1.0])  # sizes and batches use spans
     up = FakeUpstream()
     entry = FeatureCache(tmp_path / "cache").ensure(up, utts, batch_seconds=2.0, progress=False)
     states = entry.read(utts)
@@ -631,3 +632,15 @@ def test_each_span_of_one_file_is_its_own_cache_entry(tmp_path):
         with torch.inference_mode():
             ref = up(wav[None], torch.tensor([wav.shape[0]])).hidden[:, 0]
         torch.testing.assert_close(states.hidden[:, b, : ref.shape[1]], ref, atol=1e-3, rtol=1e-3)
+
+
+def test_predict_inputs_from_a_segment_manifest_keep_their_span(tmp_path):
+    from speechfuse.inference import _Item, collect_inputs
+
+    manifest = write_manifest([Utterance("a", str(FSDD_CLIP), text="seven", start=0.1, end=0.3),
+                               Utterance("bad", str(FSDD_CLIP), text="seven", start=0.1, end=60.0)],
+                              tmp_path / "m.csv")
+    item, failure = collect_inputs(manifest, 16000)
+    assert isinstance(item, _Item) and (item.start, item.end) == (0.1, 0.3)
+    assert item.duration == pytest.approx(0.2)
+    assert failure.id == "bad" and "span" in failure.error

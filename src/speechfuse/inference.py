@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from .data.adapters import AUDIO_SUFFIXES
-from .data.audio import audio_info, read_audio
+from .data.audio import audio_info, read_audio, span_frames
 from .data.batching import DurationBatchSampler
-from .data.manifest import ClipLimit, clip_limit, load_manifest
+from .data.manifest import ClipLimit, Utterance, clip_limit, load_manifest, span_duration
 from .errors import AudioError, ConfigError, SpeechfuseError
 
 if TYPE_CHECKING:
@@ -79,6 +79,8 @@ class _Item:
     wav: Optional[torch.Tensor] = None  # waveform inputs: already at the model's rate
     duration: float = 0.0
     reference: Optional[str] = None
+    start: Optional[float] = None  # a manifest segment row: its span of the file, in seconds
+    end: Optional[float] = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,16 +93,20 @@ def collect_inputs(inputs: Any, sample_rate: int, target: str = "text",
     cannot be read become Failures, in input order. `target`: the manifest field holding references."""
     entries: list[Union[_Item, Failure]] = []
 
-    def add_file(path: Path, utt_id: str, reference: Optional[str] = None) -> None:
+    def add_file(path: Path, utt_id: str, reference: Optional[str] = None, span: Optional[Utterance] = None) -> None:
         try:
-            frames, _, _, duration = audio_info(path)
+            frames, rate, _, duration = audio_info(path)
+            if span is not None and span.is_segment:
+                span_frames(path, span.start, span.end, rate, frames)
+                duration = span_duration(span, duration)
         except AudioError as err:
             entries.append(Failure(utt_id, str(path), str(err)))
             return
         if frames == 0:
             entries.append(Failure(utt_id, str(path), f"audio file {path} is empty (0 samples)"))
             return
-        entries.append(_Item(utt_id, str(path), duration=duration, reference=reference))
+        entries.append(_Item(utt_id, str(path), duration=duration, reference=reference,
+                             start=span.start if span else None, end=span.end if span else None))
 
     def add_wave(wav: torch.Tensor) -> None:
         utt_id = f"waveform-{len(entries)}"
@@ -141,7 +147,7 @@ def collect_inputs(inputs: Any, sample_rate: int, target: str = "text",
         elif path.suffix.lower() in MANIFEST_SUFFIXES:
             for utt in load_manifest(path):
                 ref = getattr(utt, target, None) if target in ("text", "label", "speaker", "language") else None
-                add_file(Path(utt.path), utt.id, ref if ref not in (None, "") else None)
+                add_file(Path(utt.path), utt.id, ref if ref not in (None, "") else None, span=utt)
         else:
             add_file(path, str(x))
 
@@ -207,7 +213,7 @@ def _predict_batch(model: "FusedModel", items: list[_Item], limit: Optional[Clip
     clips: list[tuple[_Item, torch.Tensor]] = []
     for item in items:
         try:
-            wav = item.wav if item.wav is not None else read_audio(item.path, model.sample_rate)
+            wav = item.wav if item.wav is not None else read_audio(item.path, model.sample_rate, item.start, item.end)
             if limit is not None and wav.numel() > limit.seconds * model.sample_rate:
                 raise AudioError(_too_long(wav.numel() / model.sample_rate, limit))
             if not torch.isfinite(wav).all():
