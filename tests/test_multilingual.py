@@ -194,3 +194,51 @@ def test_multilingual_run_through_the_cli_beats_any_constant_prediction(tmp_path
     constants = [""] + [f"[{u.language}] {u.text}" for u in load_manifest(folder / "train.csv")]
     best_constant = min(task.metrics([c] * len(refs), refs)["cer_macro"] for c in constants)
     assert best_constant >= CER_BOUND
+
+
+def test_monolingual_sweep_over_languages_is_one_command(tmp_path, capsys):
+    """ML-SUPERB monolingual: `sweep --grid data.languages=...` trains one model per language on that
+    language's rows only (a tiny random HuBERT, 2 steps: this checks the plumbing, not accuracy)."""
+    import csv
+    import json
+
+    import yaml
+
+    from conftest import save_tiny_model
+    from speechfuse.cli import main
+    from speechfuse.data import bundled_espeak_multilingual_dir
+
+    folder = bundled_espeak_multilingual_dir()
+    config = {
+        "task": "multilingual_asr",
+        "data": {split: str(folder / f"{split}.csv") for split in ("train", "dev", "test")},
+        "upstreams": [{"spec": f"hf:{save_tiny_model('hubert', tmp_path / 'hubert')}"}],
+        "interface": {"name": "weighted_sum"},
+        "downstream": {"proj_dim": 16, "num_layers": 0, "dropout": 0.0},
+        "train": {"max_steps": 2, "batch_seconds": 4, "val_every_steps": 2, "progress_bar": False,
+                  "importance": False},
+        "cache": "off",
+    }
+    path = tmp_path / "mono.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["sweep", str(path), "--grid", "data.languages=ru,el", "--out", str(tmp_path / "sweep")]) == 0
+    with open(tmp_path / "sweep" / "results.csv", newline="", encoding="utf-8") as f:
+        results = list(csv.DictReader(f))
+    assert [r["data.languages"] for r in results] == ["ru", "el"]
+    for run in (tmp_path / "sweep" / "runs").iterdir():
+        lang = "ru" if "ru" in run.name else "el"
+        metrics = json.loads((run / "metrics.json").read_text())["test"]
+        assert sorted(k for k in metrics if k.startswith("cer_")) == sorted([f"cer_{lang}", "cer_macro"])
+        assert json.loads((run / "task.json").read_text())["languages"] == [lang]
+        vocab = set(json.loads((run / "task.json").read_text())["vocab"])
+        assert ("д" in vocab) == (lang == "ru") and ("ε" in vocab) == (lang == "el")
+
+
+def test_data_languages_config():
+    from speechfuse.config import config_from_dict
+
+    base = {"task": "multilingual_asr", "data": {"train": "t.csv", "dev": "d.csv"}, "upstreams": ["whisper-tiny.en"]}
+    assert config_from_dict({**base, "data": {**base["data"], "languages": "en+de"}}).data.languages == ["en", "de"]
+    assert config_from_dict({**base, "data": {**base["data"], "languages": ["fr"]}}).data.languages == ["fr"]
+    with pytest.raises(ConfigError, match="data.languages"):
+        config_from_dict({**base, "data": {**base["data"], "languages": []}})

@@ -44,6 +44,20 @@ class DataConfig(_Strict):
     """Manifest field holding the target (text | label | speaker | language); default: the task's own
     (text for asr, label for classify)."""
 
+    languages: Optional[list[str]] = None
+    """Keep only the rows of these `language` codes in every split (null: all rows). A string is one code
+    or several joined by "+" (`en+de`), so `speechfuse sweep --grid data.languages=en,de,fr` trains one
+    monolingual model per language."""
+
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _language_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [x.strip() for x in v.split("+") if x.strip()]
+        if isinstance(v, list) and not v:
+            raise ValueError("must name at least one language (or be null for all)")
+        return v
+
     @field_validator("target")
     @classmethod
     def _known_target(cls, v: Optional[str]) -> Optional[str]:

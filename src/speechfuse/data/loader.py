@@ -86,6 +86,12 @@ def load_splits(cfg: Config, run_dir: Path, task_field: str, which: tuple[str, .
                 utts = [u for u in utts if u.id not in gone]
         if source != task_field:
             utts = [dataclasses.replace(u, **{task_field: getattr(u, source)}) for u in utts]
+        if cfg.data.languages is not None and utts:
+            utts = [u for u in utts if u.language in cfg.data.languages]
+            if not utts:
+                problems.append(f"data.{split}: manifest {path} has no rows of data.languages "
+                                f"{cfg.data.languages} (its `language` column)")
+                continue
         if not utts:
             problems.append(f"data.{split}: manifest {path} has no usable rows")
         out[split] = utts
