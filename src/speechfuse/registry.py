@@ -35,7 +35,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         self._load_builtin()
         if name not in self._entries:
-            raise self.error(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}{self.hint}")
+            raise self.error(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self.names()))}{self.hint}")
         return self._entries[name]
 
     def names(self) -> list[str]:
