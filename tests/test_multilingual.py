@@ -242,3 +242,15 @@ def test_data_languages_config():
     assert config_from_dict({**base, "data": {**base["data"], "languages": ["fr"]}}).data.languages == ["fr"]
     with pytest.raises(ConfigError, match="data.languages"):
         config_from_dict({**base, "data": {**base["data"], "languages": []}})
+
+
+def test_predict_inputs_from_a_manifest_carry_each_rows_language():
+    from speechfuse.data import bundled_espeak_multilingual_dir
+    from speechfuse.inference import collect_inputs
+
+    items = collect_inputs(bundled_espeak_multilingual_dir() / "test.csv", 16000)
+    task = get_task("multilingual_asr").fit(rows([("en", "a")]))
+    refs = [it.reference for it in items]
+    assert {r.language for r in refs} == {"de", "el", "en", "es", "fr", "it", "ru"}
+    # so `speechfuse predict` on a manifest scores per language like the trainer does
+    assert "cer_ru" in task.metrics(refs, refs) and task.metrics(refs, refs)["cer_macro"] == 0.0

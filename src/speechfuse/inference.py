@@ -29,6 +29,7 @@ from .data.audio import audio_info, read_audio, span_frames
 from .data.batching import DurationBatchSampler
 from .data.manifest import ClipLimit, Utterance, clip_limit, load_manifest, span_duration
 from .errors import AudioError, ConfigError, SpeechfuseError
+from .tasks.multilingual import Reference
 
 if TYPE_CHECKING:
     from .model import FusedModel
@@ -147,6 +148,8 @@ def collect_inputs(inputs: Any, sample_rate: int, target: str = "text",
         elif path.suffix.lower() in MANIFEST_SUFFIXES:
             for utt in load_manifest(path):
                 ref = getattr(utt, target, None) if target in ("text", "label", "speaker", "language") else None
+                if ref and utt.language:  # per-language metrics (multilingual_asr) need each row's language
+                    ref = Reference(ref, utt.language)
                 add_file(Path(utt.path), utt.id, ref if ref not in (None, "") else None, span=utt)
         else:
             add_file(path, str(x))
