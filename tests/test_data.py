@@ -613,6 +613,7 @@ def test_bad_spans_are_bad_rows_naming_the_row(tmp_path):
 
 def test_each_span_of_one_file_is_its_own_cache_entry(tmp_path):
     from speechfuse.cache import FeatureCache, audio_durations, utterance_key
+    from speechfuse.extract import fill_cache
     from test_cache import FakeUpstream
 
     clip = tmp_path / "clip.wav"
@@ -623,7 +624,7 @@ def test_each_span_of_one_file_is_its_own_cache_entry(tmp_path):
     assert len({utterance_key(u) for u in utts}) == 3
     assert audio_durations(utts, warn=False) == pytest.approx([0.4, 0.5, 1.0])  # sizes and batches use spans
     up = FakeUpstream()
-    entry = FeatureCache(tmp_path / "cache").ensure(up, utts, batch_seconds=2.0, progress=False)
+    entry = fill_cache(up, utts, FeatureCache(tmp_path / "cache"), batch_seconds=2.0, progress=False)
     states = entry.read(utts)
     assert states.lengths.tolist() == [up.num_frames(6400), up.num_frames(8000), up.num_frames(16000)]
     # each span's cached features equal a fresh extraction of exactly that span
