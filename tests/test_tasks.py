@@ -20,10 +20,11 @@ def utts_with(field: str, values: list[str]) -> list[Utterance]:
 
 
 def test_registry():
-    assert list_tasks() == ["asr", "classify", "multilingual_asr"]
+    assert list_tasks() == ["asr", "classify", "multilingual_asr", "verify"]
     assert get_task("asr").target_field == "text" and get_task("classify").target_field == "label"
     assert (get_task("asr").main_metric, get_task("asr").higher_is_better) == ("wer", False)
     assert (get_task("classify").main_metric, get_task("classify").higher_is_better) == ("accuracy", True)
+    assert (get_task("verify").main_metric, get_task("verify").higher_is_better) == ("eer", False)
     with pytest.raises(ConfigError, match="unknown task 'translate'"):
         get_task("translate")
     with pytest.raises(ConfigError, match="hidden_dims"):

@@ -6,7 +6,7 @@
 Schema (every section forbids unknown keys; `downstream` is checked against the task's own options
 model here; `interface` and `align` options against the component that takes them when the run is built):
 
-    task: classify                      # asr | classify | multilingual_asr (speechfuse.tasks.list_tasks())
+    task: classify                      # asr | classify | multilingual_asr | verify (speechfuse.tasks.list_tasks())
     data: {train: train.csv, dev: dev.csv, test: test.csv, target: label}
     upstreams: [{spec: whisper-tiny.en}, {spec: resemblyzer, options: {}}]
     align: {}                           # speechfuse.Aligner options
@@ -152,7 +152,7 @@ class CacheConfig(_Strict):
 
 class Config(_Strict):
     task: str
-    """A registered task name (speechfuse.tasks.list_tasks(): asr, classify, multilingual_asr, ...)."""
+    """A registered task name (speechfuse.tasks.list_tasks(): asr, classify, multilingual_asr, verify, ...)."""
     data: DataConfig
     upstreams: list[UpstreamConfig] = Field(min_length=1)
     align: AlignConfig = Field(default_factory=AlignConfig)

@@ -2,7 +2,7 @@
 
     model, cfg = load_run("runs/speaker")            # FusionTask + the run's Config (best checkpoint)
     evaluate("runs/speaker", split="test")           # {"test": {...}}: what `speechfuse evaluate` prints
-    score(model, loader)                             # the task's metrics over a loader's batches
+    score(model, loader, split, run_dir)             # the task's metrics over a loader's batches
 
 For predictions on new recordings use the run's model folder instead: sf.load_model(RUN_DIR).predict(...)
 (speechfuse.model, speechfuse.inference).
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import yaml
@@ -29,20 +29,21 @@ from .tasks import Task, check_targets_known
 
 
 @torch.no_grad()
-def score(model: FusionTask, loader: DataLoader) -> dict[str, float]:
-    """The task's metrics over every batch of `loader` (eval mode, on the model's device)."""
+def score(model: FusionTask, loader: DataLoader, split: str = "test", run_dir: Optional[Path] = None
+          ) -> dict[str, float]:
+    """The task's metrics of `split` over every batch of `loader` (eval mode, on the model's device);
+    `run_dir`, when given, is where the task may write what it scored with (verify: generated trials)."""
     was_training = model.training
     model.eval()
-    preds, refs = [], []
+    records: list = []
     try:
         for batch in loader:
             batch = model.transfer_batch_to_device(batch, model.device, 0)
             out, out_lengths = model(batch)
-            preds += model.task.predict(out, out_lengths)
-            refs += model.task.references(batch.utts)
+            records += model.task.collect(out, out_lengths, batch.utts)
     finally:
         model.train(was_training)
-    return {k: float(v) for k, v in model.task.metrics(preds, refs).items()}
+    return {k: float(v) for k, v in model.task.evaluate(records, split, run_dir).items()}
 
 
 def load_weights(model: FusionTask, path: Path) -> None:
@@ -106,7 +107,7 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", device: str | None
     data = FusionData(cfg, model.task, {split: splits[split]}, model.frontend,
                       resolve_cache_dir(cfg, run_dir) if frozen else None)
     data.setup("test")
-    return {split: score(model, data.loader(split))}
+    return {split: score(model, data.loader(split), split, run_dir)}
 
 
 __all__ = ["score", "load_weights", "write_interface_report", "load_run", "evaluate"]

@@ -58,7 +58,7 @@ class FusionTask(pl.LightningModule):
         self.head = task.build_head(self.frontend.output_dim)
         self.position = EpochPosition()
         self._rng_to_restore: Optional[dict] = None
-        self._dev: list[tuple[list[str], list[str]]] = []
+        self._dev: list = []  # Task.collect records of the dev set
         self.dev_metrics: dict[str, float] = {}
 
     # -- forward ------------------------------------------------------------------------------
@@ -138,12 +138,10 @@ class FusionTask(pl.LightningModule):
 
     def validation_step(self, batch: FusionBatch, batch_idx: int) -> None:
         out, out_lengths = self(batch)
-        self._dev.append((self.task.predict(out, out_lengths), self.task.references(batch.utts)))
+        self._dev += self.task.collect(out, out_lengths, batch.utts)
 
     def on_validation_epoch_end(self) -> None:
-        preds = [p for ps, _ in self._dev for p in ps]
-        refs = [r for _, rs in self._dev for r in rs]
-        self.dev_metrics = self.task.metrics(preds, refs)
+        self.dev_metrics = self.task.evaluate(self._dev, "dev")
         for name, value in self.dev_metrics.items():
             # every rank scores the whole dev set, so the values agree without syncing
             self.log(f"dev/{name}", float(value), prog_bar=name == self.task.main_metric, rank_zero_only=False)

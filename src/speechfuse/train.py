@@ -127,9 +127,9 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
         best = last
     load_weights(model, best)
     model.to(trainer.strategy.root_device)
-    metrics = {"dev": score(model, data.val_dataloader())}
+    metrics = {"dev": score(model, data.val_dataloader(), "dev", run_dir if is_zero else None)}
     if "test" in splits:
-        metrics["test"] = score(model, data.test_dataloader())
+        metrics["test"] = score(model, data.test_dataloader(), "test", run_dir if is_zero else None)
     if is_zero:
         write_interface_report(model, data.val_dataloader(), run_dir, cfg.train.importance)
         save_run_model(cfg, task, model.frontend, model.head, run_dir, metrics, best.stem)  # RUN_DIR/model/

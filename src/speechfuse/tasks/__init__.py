@@ -6,6 +6,8 @@
     loss = task.loss(*head(feats, lens), task.encode(batch.utts))
     preds = task.predict(*head(feats, lens))
     task.metrics(preds, task.references(utts))
+    records = task.collect(*head(feats, lens), utts)   # per batch; then, over a whole split:
+    task.evaluate(records, "dev", run_dir)             # default: metrics(predictions, references)
     Task.from_state(task.state())     # JSON round trip for a run folder
 
 Each task declares its head options as a pydantic model (`Task.Options`, see `task_options(name)`); the
@@ -24,7 +26,7 @@ from ..registry import Registry
 from ..data.manifest import Utterance
 
 TASKS: Registry = Registry("task", ConfigError, ["speechfuse.tasks.asr", "speechfuse.tasks.classify",
-                                                "speechfuse.tasks.multilingual"])
+                                                "speechfuse.tasks.multilingual", "speechfuse.tasks.verify"])
 register_task = TASKS.register
 
 
@@ -76,6 +78,17 @@ class Task:
     def metrics(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         raise NotImplementedError
 
+    # -- evaluation of a whole split: per-batch records, then one score ------------------------------
+    def collect(self, out: torch.Tensor, out_lengths: torch.Tensor, utts: list[Utterance]) -> list[Any]:
+        """What evaluation keeps of one batch, one record per utterance: (prediction, reference) here;
+        a task that scores pairs of utterances (verify) keeps embeddings instead."""
+        return list(zip(self.predict(out, out_lengths), self.references(utts)))
+
+    def evaluate(self, records: list[Any], split: str, run_dir: Any = None) -> dict[str, float]:
+        """Metrics of a split from every record `collect` returned for it. `run_dir`, when given, is where
+        a task may write what it scored with (verify: generated trial lists)."""
+        return self.metrics([p for p, _ in records], [r for _, r in records])
+
     def references(self, utts: list[Utterance]) -> list[str]:
         """The reference strings `metrics` compares predictions with, one per utterance."""
         return [self._target_of(u) for u in utts]
@@ -115,7 +128,7 @@ class Task:
 
 
 def get_task(name: str, **options: Any) -> Task:
-    """A new, unfitted task by name ('asr' or 'classify'); options are validated by its Options model."""
+    """A new, unfitted task by name ('asr', 'classify', 'verify'); options are validated by its Options model."""
     return TASKS.get(name)(**options)
 
 

@@ -1,0 +1,266 @@
+"""Speaker verification: an x-vector head trained as speaker classification with a margin softmax,
+scored by the cosine similarity of embeddings over a trial list (EER, minDCF).
+
+Head (features [B,T,D], lengths [B] -> embeddings [B,E], cosines [B,S]):
+  input norm   a LayerNorm over D on every frame (option `input_norm`, on by default);
+  frame level  TDNN layers: dilated Conv1d + ReLU (+ dropout), each keeping the frame count ("same"
+               padding) and re-zeroing the frames past each utterance's length, so an utterance's
+               embedding does not depend on what it was batched with;
+  pooling      statistics pooling: mean and standard deviation over the VALID frames only;
+  embedding    one Linear layer (the x-vector is this layer's output, before any non-linearity);
+  classifier   cosines between the L2-normalised embedding and one learned vector per training speaker.
+The second head output is those cosines (not frame lengths: the embedding is one vector per utterance).
+
+Loss: AM-softmax (additive margin on the cosine, `s * (cos θ_y - m)`) or AAM-softmax (additive angular
+margin, `s * cos(θ_y + m)`), cross-entropy over the training speakers.
+
+Defaults and where they come from (s3prl `downstream/sv_voxceleb1/configs/amsoftmax.yaml` and `model.py`,
+SUPERB's ASV head):
+  kernel_sizes (5, 3, 3, 1, 1), dilations (1, 2, 3, 1, 1)  SUPERB's XVector TDNN stack (context sizes / dilations)
+  channels (512, 512, 512, 512, 1500)                     SUPERB: 512 (`input_dim`) and `agg_dim: 1500`;
+                                                          `small_channels` below is speechfuse's CPU default
+  embed_dim 512                                            SUPERB's utterance layer width (`input_dim`)
+  loss "am", scale 30, margin 0.4                          SUPERB's `ObjectiveLoss: AMSoftmaxLoss`, s 30, m 0.4
+  loss "aam": scale 15, margin 0.3                         SUPERB's AAMSoftmaxLoss config
+  dropout 0.0                                              SUPERB's `dropout_p: 0.0`
+  SUPERB trains with AdamW at lr 1e-4 (set train.lr in the config; not a head option).
+Differences from SUPERB, on purpose: SUPERB's TDNN has no padding (it drops 14 frames) and its connector
+Linear(D -> 512) sits before the first TDNN (here the first TDNN maps D directly: the two linear maps
+compose to one); SUPERB trains through an extra Linear+ReLU after the embedding and scores the ReLU of
+the embedding layer, while here the margin softmax sees the embedding that is scored. SUPERB has no
+input normalisation; speechfuse adds a LayerNorm by default because without it the margin softmax
+collapsed on FSDD (every embedding the same, loss stuck at s*m + log S) with fused Whisper features.
+The speechfuse default (`VerifyTask()`) is a small CPU head: channels (128, 128, 128, 128, 384) and
+embed_dim 128; give the SUPERB sizes in `downstream:` for paper-comparable runs.
+
+Trials: `dev_trials` / `test_trials` name a trial list in the VoxCeleb1 format (speechfuse.data.trials;
+paths absolute or relative to the working directory), whose names are the manifest's ids. A split
+without one is scored on trials generated from its own utterances and speakers (every target pair, or
+`max_target_trials` of them, plus as many non-target pairs, seeded by `trial_seed`), written to
+RUN_DIR/trials_<split>.txt when the runner scores the split.
+Metrics: eer (the main metric, lower is better), min_dcf_0.01, min_dcf_0.05 (C_miss = C_fa = 1), fractions.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from ..data.manifest import Utterance
+from ..data.trials import check_trials, generate_trials, read_trials, write_trials
+from ..errors import ConfigError, ShapeError
+from ..metrics.verification import verification_metrics
+from . import Task, TaskOptions, register_task
+from .asr import check_lengths
+
+SUPERB_CHANNELS = (512, 512, 512, 512, 1500)
+SMALL_CHANNELS = (128, 128, 128, 128, 384)
+MARGIN_DEFAULTS = {"am": (30.0, 0.4), "aam": (15.0, 0.3)}  # loss -> (scale, margin), SUPERB's configs
+
+
+class VerifyOptions(TaskOptions):
+    """The head's options (the config's `downstream` section); see the module doc for the defaults."""
+
+    channels: list[int] = Field(default_factory=lambda: list(SMALL_CHANNELS), min_length=1)
+    kernel_sizes: list[int] = Field(default_factory=lambda: [5, 3, 3, 1, 1], min_length=1)
+    dilations: list[int] = Field(default_factory=lambda: [1, 2, 3, 1, 1], min_length=1)
+    embed_dim: int = Field(128, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    input_norm: bool = True
+    """LayerNorm over the feature dimension before the first TDNN layer (not in SUPERB, see above)."""
+    loss: Literal["am", "aam"] = "am"
+    scale: Optional[float] = Field(None, gt=0)
+    """null: the loss's SUPERB default (am 30, aam 15)."""
+    margin: Optional[float] = Field(None, ge=0)
+    """null: the loss's SUPERB default (am 0.4, aam 0.3)."""
+    dev_trials: Optional[str] = None
+    test_trials: Optional[str] = None
+    max_target_trials: Optional[int] = Field(None, ge=1)
+    trial_seed: int = 0
+
+    @model_validator(mode="after")
+    def _same_layer_count(self) -> "VerifyOptions":
+        if not len(self.channels) == len(self.kernel_sizes) == len(self.dilations):
+            raise ValueError(f"channels, kernel_sizes and dilations need one entry per TDNN layer; got "
+                             f"{len(self.channels)}, {len(self.kernel_sizes)}, {len(self.dilations)}")
+        if min(self.channels) < 1 or min(self.dilations) < 1:
+            raise ValueError("channels and dilations must all be >= 1")
+        if any(k < 1 or k % 2 == 0 for k in self.kernel_sizes):
+            raise ValueError(f"kernel_sizes must be odd (centred context keeps the frame count), got {self.kernel_sizes}")
+        if self.loss == "aam" and self.margin is not None and self.margin >= math.pi / 2:
+            raise ValueError(f"an angular margin must be below pi/2, got {self.margin}")
+        return self
+
+
+def valid_mask(lengths: torch.Tensor, frames: int, device: torch.device) -> torch.Tensor:
+    """[B,T] True on each utterance's valid frames."""
+    return torch.arange(frames, device=device)[None, :] < lengths.to(device)[:, None]
+
+
+def stats_pool(features: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """[B,T,C], [B] -> [B,2C]: mean and (population) standard deviation over the valid frames only."""
+    mask = valid_mask(lengths, features.shape[1], features.device)[..., None].to(features.dtype)
+    count = lengths.to(features.device, features.dtype)[:, None]
+    mean = (features * mask).sum(1) / count
+    var = (((features - mean[:, None]) ** 2) * mask).sum(1) / count
+    return torch.cat([mean, torch.sqrt(var + eps)], dim=-1)
+
+
+class VerifyHead(nn.Module):
+    """features [B,T,D], lengths [B] -> (embeddings [B,E], cosines with the speaker vectors [B,S])."""
+
+    def __init__(self, input_dim: int, num_speakers: int, channels: Sequence[int], kernel_sizes: Sequence[int],
+                 dilations: Sequence[int], embed_dim: int, dropout: float = 0.0, input_norm: bool = True) -> None:
+        super().__init__()
+        self.input_norm = nn.LayerNorm(input_dim) if input_norm else nn.Identity()
+        sizes = [input_dim, *channels]
+        self.tdnn = nn.ModuleList(
+            nn.Conv1d(sizes[i], sizes[i + 1], k, dilation=d, padding=d * (k - 1) // 2)
+            for i, (k, d) in enumerate(zip(kernel_sizes, dilations)))
+        self.dropout = nn.Dropout(dropout)
+        self.embedding = nn.Linear(2 * sizes[-1], embed_dim)
+        self.speakers = nn.Parameter(torch.empty(num_speakers, embed_dim))
+        nn.init.xavier_normal_(self.speakers)
+
+    def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if features.dim() != 3:
+            raise ShapeError(f"VerifyHead: features must be [B,T,D], got shape {tuple(features.shape)}")
+        check_lengths(lengths, features.shape[0], features.shape[1], "VerifyHead")
+        keep = valid_mask(lengths, features.shape[1], features.device)[:, None, :].to(features.dtype)
+        x = self.input_norm(features).transpose(1, 2) * keep  # [B,C,T]
+        for conv in self.tdnn:
+            x = self.dropout(F.relu(conv(x))) * keep
+        return self.embedding(stats_pool(x.transpose(1, 2), lengths))
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = self.embed(features, lengths)
+        cosines = F.normalize(embeddings, dim=-1) @ F.normalize(self.speakers, dim=-1).T
+        return embeddings, cosines
+
+
+def margin_logits(cosines: torch.Tensor, targets: torch.Tensor, loss: str, scale: float, margin: float
+                  ) -> torch.Tensor:
+    """Scaled logits with the margin applied to each row's target class.
+
+    am:  s * (cos θ_y - m)                  (Wang et al. 2018, "Additive Margin Softmax")
+    aam: s * cos(θ_y + m), for θ_y + m <= π  (Deng et al. 2019, ArcFace); past π, where cos(θ + m) would
+         rise again, the common linear continuation cos θ - m sin m keeps the target logit decreasing."""
+    cosines = cosines.float().clamp(-1.0, 1.0)
+    target = cosines.gather(1, targets[:, None])
+    if loss == "am":
+        shifted = target - margin
+    else:
+        theta = torch.acos(target.clamp(-1 + 1e-7, 1 - 1e-7))
+        shifted = torch.where(theta + margin <= math.pi, torch.cos(theta + margin), target - margin * math.sin(margin))
+    return scale * cosines.scatter(1, targets[:, None], shifted)
+
+
+@register_task("verify")
+class VerifyTask(Task):
+    name = "verify"
+    target_field = "speaker"
+    main_metric = "eer"
+    higher_is_better = False
+
+    Options = VerifyOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.speakers: list[str] = []
+        self._trials: dict[tuple, list] = {}  # (split, utterance ids) -> trials, made once and kept
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.speakers)
+
+    def fit(self, train_utts: list[Utterance]) -> "VerifyTask":
+        speakers = sorted({self._target_of(u) for u in train_utts})
+        if len(speakers) < 2:
+            raise ConfigError(f"verify task: the training set has {len(speakers)} speaker(s) {speakers}; "
+                              "training speaker classification needs at least 2")
+        self.speakers = speakers
+        return self
+
+    def encode(self, utts: list[Utterance]) -> torch.Tensor:
+        """[B] int64 training-speaker indices; -1 for a speaker not in training (dev/test speakers may be
+        new: they are only scored through trials, never through the classification loss)."""
+        self._require_fitted("encode")
+        index = {s: i for i, s in enumerate(self.speakers)}
+        return torch.tensor([index.get(str(u.speaker), -1) if u.speaker else -1 for u in utts], dtype=torch.int64)
+
+    def build_head(self, input_dim: int) -> VerifyHead:
+        self._require_fitted("build_head")
+        o = self.options
+        return VerifyHead(input_dim, len(self.speakers), o["channels"], o["kernel_sizes"], o["dilations"],
+                          o["embed_dim"], o["dropout"], o["input_norm"])
+
+    def loss(self, out: torch.Tensor, out_lengths: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets = targets.to(out_lengths.device)
+        if bool((targets < 0).any()):
+            raise ConfigError("verify task: a training utterance's speaker is not one of the training speakers")
+        default_scale, default_margin = MARGIN_DEFAULTS[self.options["loss"]]
+        scale = self.options["scale"] if self.options["scale"] is not None else default_scale
+        margin = self.options["margin"] if self.options["margin"] is not None else default_margin
+        return F.cross_entropy(margin_logits(out_lengths, targets, self.options["loss"], scale, margin), targets)
+
+    def predict(self, out: torch.Tensor, out_lengths: torch.Tensor) -> list[str]:
+        """Closed-set identification: the training speaker whose vector is closest to each embedding."""
+        self._require_fitted("predict")
+        return [self.speakers[i] for i in out_lengths.argmax(-1).cpu().tolist()]
+
+    def metrics(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        """Closed-set identification accuracy (verification is scored by `evaluate`)."""
+        self._check_pairs(predictions, references)
+        return {"accuracy": sum(p == r for p, r in zip(predictions, references)) / len(references)}
+
+    # -- verification over a whole split -----------------------------------------------------------
+    def collect(self, out: torch.Tensor, out_lengths: torch.Tensor, utts: list[Utterance]) -> list[Any]:
+        """(id, speaker, embedding) per utterance."""
+        embeddings = out.detach().float().cpu()
+        return [(u.id, u.speaker, embeddings[i]) for i, u in enumerate(utts)]
+
+    def trials_for(self, split: str, records: list[Any]) -> list:
+        """The split's trial list (read, or generated from the records' ids and speakers), kept per split."""
+        key = (split, tuple(sorted(r[0] for r in records)))
+        if key not in self._trials:
+            path = self.options.get(f"{split}_trials")
+            if path:
+                trials = read_trials(path)
+                check_trials(trials, [r[0] for r in records], str(path))
+            else:
+                utts = [Utterance(id=uid, path="", speaker=speaker) for uid, speaker, _ in records]
+                trials = generate_trials(utts, "speaker", self.options["max_target_trials"],
+                                         self.options["trial_seed"])
+            self._trials[key] = trials
+        return self._trials[key]
+
+    def evaluate(self, records: list[Any], split: str, run_dir: Optional[Path] = None) -> dict[str, float]:
+        """Cosine scores of the split's trials -> eer, min_dcf_0.01, min_dcf_0.05; generated trials are
+        written to RUN_DIR/trials_<split>.txt when `run_dir` is given."""
+        trials = self.trials_for(split, records)
+        if run_dir is not None and not self.options.get(f"{split}_trials"):
+            write_trials(trials, Path(run_dir) / f"trials_{split}.txt")
+        index = {uid: i for i, (uid, _, _) in enumerate(records)}
+        embeddings = F.normalize(torch.stack([r[2] for r in records]), dim=-1)
+        enrol = embeddings[[index[t.enrol] for t in trials]]
+        test = embeddings[[index[t.test] for t in trials]]
+        scores = (enrol * test).sum(-1).numpy()
+        return verification_metrics(scores, [t.label for t in trials])
+
+    def state(self) -> dict[str, Any]:
+        return {"name": self.name, "options": dict(self.options), "speakers": list(self.speakers)}
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any]) -> "VerifyTask":
+        task = cls(**state.get("options", {}))
+        speakers = state.get("speakers")
+        if not isinstance(speakers, list) or len(speakers) < 2:
+            raise ConfigError("verify task state: 'speakers' must be a list of at least 2 speakers; the run "
+                              "folder's task.json is damaged")
+        task.speakers = [str(s) for s in speakers]
+        return task

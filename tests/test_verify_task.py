@@ -1,0 +1,125 @@
+"""The verify task: x-vector head (valid frames only), margin softmax losses, cosine trial scoring, state."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from speechfuse.data.manifest import Utterance
+from speechfuse.data.trials import TrialError, read_trials
+from speechfuse.errors import ConfigError
+from speechfuse.tasks import Task, get_task
+from speechfuse.tasks.verify import margin_logits, stats_pool
+
+SMALL = dict(channels=[8, 8], kernel_sizes=[3, 1], dilations=[2, 1], embed_dim=6)
+
+
+def fitted(**options):
+    utts = [Utterance(id=f"u{i}", path="", speaker=f"s{i % 3}") for i in range(6)]
+    return get_task("verify", **{**SMALL, **options}).fit(utts)
+
+
+def test_stats_pool_uses_valid_frames_only():
+    x = torch.randn(2, 7, 3)
+    lengths = torch.tensor([7, 4])
+    x[1, 4:] = 1e6  # padding garbage must not leak in
+    pooled = stats_pool(x, lengths, eps=0.0)
+    for b, n in enumerate(lengths.tolist()):
+        frames = x[b, :n]
+        expected = torch.cat([frames.mean(0), frames.std(0, unbiased=False)])
+        torch.testing.assert_close(pooled[b], expected)
+
+
+def test_embedding_does_not_depend_on_batch_padding():
+    torch.manual_seed(0)
+    head = fitted().build_head(5).eval()
+    short, long = torch.randn(1, 6, 5), torch.randn(1, 11, 5)
+    batch = torch.zeros(2, 11, 5)
+    batch[0, :6], batch[1] = short[0], long[0]
+    batch[0, 6:] = 3.0  # whatever sits in the padding
+    emb, cos = head(batch, torch.tensor([6, 11]))
+    alone, _ = head(short, torch.tensor([6]))
+    torch.testing.assert_close(emb[0], alone[0])
+    assert emb.shape == (2, 6) and cos.shape == (2, 3) and cos.abs().max() <= 1 + 1e-6
+
+
+def test_margin_logits_by_hand():
+    cos = torch.tensor([[0.5, 0.2, -0.1]])
+    y = torch.tensor([0])
+    am = margin_logits(cos, y, "am", scale=10.0, margin=0.3)
+    torch.testing.assert_close(am, torch.tensor([[10 * (0.5 - 0.3), 2.0, -1.0]]))
+    aam = margin_logits(cos, y, "aam", scale=10.0, margin=0.3)
+    torch.testing.assert_close(aam, torch.tensor([[10 * math.cos(math.acos(0.5) + 0.3), 2.0, -1.0]]))
+    # past pi - m, cos(theta + m) would rise again: the target logit continues linearly instead
+    far = margin_logits(torch.tensor([[-0.99, 0.0]]), y, "aam", scale=1.0, margin=0.3)
+    assert far[0, 0].item() == pytest.approx(-0.99 - 0.3 * math.sin(0.3))
+
+
+def test_loss_is_margin_cross_entropy_and_uses_superb_defaults():
+    task = fitted()
+    emb, cos = torch.randn(4, 6), torch.rand(4, 3) * 2 - 1
+    y = torch.tensor([0, 1, 2, 1])
+    expected = F.cross_entropy(30.0 * (cos - 0.4 * F.one_hot(y, 3)), y)  # AM-softmax, s 30, m 0.4
+    torch.testing.assert_close(task.loss(emb, cos, y), expected)
+    aam = fitted(loss="aam", scale=5.0, margin=0.1)
+    assert aam.loss(emb, cos, y).item() == pytest.approx(
+        F.cross_entropy(margin_logits(cos, y, "aam", 5.0, 0.1), y).item())
+
+
+def test_unknown_speakers_encode_to_minus_one_and_cannot_train():
+    task = fitted()
+    y = task.encode([Utterance(id="a", path="", speaker="s1"), Utterance(id="b", path="", speaker="new")])
+    assert y.tolist() == [1, -1]
+    with pytest.raises(ConfigError, match="not one of the training speakers"):
+        task.loss(torch.randn(2, 6), torch.rand(2, 3), y)
+
+
+@pytest.mark.parametrize("options, needle", [
+    (dict(channels=[8], kernel_sizes=[3, 1], dilations=[1, 1]), "one entry per TDNN layer"),
+    (dict(kernel_sizes=[4, 1]), "must be odd"),
+    (dict(loss="softmax"), "key 'loss'"),
+    (dict(scale=0), "key 'scale'"),
+])
+def test_bad_options_name_the_key(options, needle):
+    with pytest.raises(ConfigError, match=needle):
+        get_task("verify", **{**SMALL, **options})
+    with pytest.raises(ConfigError, match="unknown key 'hidden_dim'"):
+        get_task("verify", hidden_dim=3)
+
+
+def test_state_round_trip():
+    task = fitted(loss="aam", margin=0.2)
+    back = Task.from_state(task.state())
+    assert back.speakers == task.speakers and back.options == task.options
+
+
+def records(task, embeddings, speakers):
+    utts = [Utterance(id=f"u{i}", path="", speaker=s) for i, s in enumerate(speakers)]
+    return task.collect(torch.tensor(embeddings, dtype=torch.float32), torch.zeros(len(utts), 3), utts)
+
+
+def test_evaluate_generates_writes_and_scores_trials(tmp_path):
+    task = fitted()
+    # speakers a and b on orthogonal axes, a little noise: every target scores above every non-target
+    recs = records(task, [[1, 0.1], [1, -0.1], [0.9, 0], [0.1, 1], [-0.1, 1], [0, 0.8]], list("aaabbb"))
+    metrics = task.evaluate(recs, "test", tmp_path)
+    assert metrics == {"eer": 0.0, "min_dcf_0.01": 0.0, "min_dcf_0.05": 0.0}
+    trials = read_trials(tmp_path / "trials_test.txt")
+    assert sum(t.label for t in trials) == 6 and len(trials) == 12  # 2 x C(3,2) targets + as many non-targets
+    # the same embeddings with speakers that do not follow them: errors appear
+    assert task.evaluate(records(task, [[1, 0.1], [1, -0.1], [0.9, 0], [0.1, 1], [-0.1, 1], [0, 0.8]],
+                                 list("ababab")), "dev")["eer"] > 0.3
+
+
+def test_evaluate_reads_a_given_trial_list(tmp_path):
+    path = tmp_path / "trials.txt"
+    path.write_text("1 u0 u1\n0 u0 u2\n")
+    task = fitted(test_trials=str(path))
+    recs = records(task, [[1, 0], [1, 0.2], [0, 1]], list("aab"))
+    assert task.evaluate(recs, "test", tmp_path)["eer"] == 0.0
+    assert not (tmp_path / "trials_test.txt").exists()  # a given list is not copied
+    path.write_text("1 u0 u1\n0 u0 u9\n")
+    with pytest.raises(TrialError, match=r"line 2: 'u9' is not an utterance id"):
+        fitted(test_trials=str(path)).evaluate(recs, "test")
