@@ -1,4 +1,4 @@
-"""The `speechfuse` command line: train, evaluate, extract, sweep, predict, export, demo.
+"""The `speechfuse` command line: train, evaluate, extract, sweep, predict, export, prepare, demo.
 
     speechfuse train configs/fsdd_speaker.yaml --set train.max_steps=200 --out runs/speaker
     speechfuse evaluate runs/speaker --split test
@@ -8,6 +8,7 @@
     speechfuse predict runs/speaker recordings/ test.csv --out predictions.jsonl
     speechfuse export runs/speaker --format onnx --out fusion.onnx
     speechfuse demo --quick
+    speechfuse prepare voxceleb1 /data/VoxCeleb1 --out data/voxceleb1
 
 Errors in the input (config, manifests, audio) print one clean message and exit with code 2. Ctrl-C exits
 with code 130; during `train` it first saves a checkpoint to resume from.
@@ -115,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-changed-upstreams", action="store_true",
                    help="load even if an upstream's weights differ from those the model was trained with")
 
+    from .data.corpora import CORPORA
+
+    p = sub.add_parser("prepare", help="write a corpus's manifests (and trials / folds) by its official protocol",
+                       description="Write train/dev/test manifests for a corpus on disk, following its protocol: "
+                                   "iemocap (five leave-one-session-out folds, 4 classes), voxceleb1 "
+                                   "(identification by iden_split.txt, verification by veri_test2.txt), fsdd, "
+                                   "librispeech (one manifest per split folder). Prints the files written as JSON.")
+    p.add_argument("corpus", choices=CORPORA, help="which corpus")
+    p.add_argument("root", help="the corpus folder as released (e.g. IEMOCAP_full_release)")
+    p.add_argument("--out", required=True, help="folder for the manifests")
+
     p = sub.add_parser("demo", help="the bundled FSDD demo (no downloads)",
                        description="Train the bundled upstreams on the bundled FSDD subset and write a report.")
     p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
@@ -217,6 +229,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         model = load_model(args.model, allow_changed_upstreams=args.allow_changed_upstreams)
         path = export_fusion(model, args.out, format=args.format)
         print(json.dumps({"out": str(path), "sidecar": f"{path}.json", "format": args.format}, indent=2))
+        return 0
+    if args.command == "prepare":
+        from .data.corpora import prepare
+
+        print(json.dumps(prepare(args.corpus, args.root, args.out), indent=2, default=str))
         return 0
     if args.command == "demo":
         from .demo import run_demo

@@ -1,0 +1,241 @@
+"""Manifests for the paper's corpora, following each corpus's official protocol.
+
+    iemocap_manifests(root, out)    -> OUT/fold{1..5}/{train,dev,test}.csv
+    voxceleb1_manifests(root, out)  -> OUT/identification/{train,dev,test}.csv,
+                                       OUT/verification/{train,dev,test}.csv + {dev,test}_trials.txt
+    prepare(corpus, root, out)      -> the above, or FSDD / LibriSpeech (speechfuse prepare CORPUS ROOT --out DIR)
+
+IEMOCAP (IEMOCAP_full_release): `SessionN/dialog/EmoEvaluation/<dialog>.txt` label files, whose summary
+lines read `[START - END]<TAB>TURN<TAB>EMOTION<TAB>[V, A, D]`, and the sentence wavs
+`SessionN/sentences/wav/<dialog>/<TURN>.wav`. The SUPERB emotion protocol: four classes, neu, hap (with
+exc merged into it), sad, ang; every other label (fru, sur, fea, dis, oth, xxx) is left out. Five folds,
+leave one session out: fold k tests on session k; the other four sessions are split into train and a
+seeded 20 % dev (SUPERB's `valid_ratio: 0.2`). The speaker is session + the turn's gender letter (Ses01F).
+
+VoxCeleb1: the wavs as released, under ROOT/wav, or ROOT/{dev,test}/wav, or ROOT/vox1_{dev,test}_wav/wav
+(the two zip files unpacked side by side), as `<speaker>/<video>/<clip>.wav`, plus the protocol lists in
+ROOT (or ROOT/meta): `iden_split.txt` (`SET PATH`, 1 train, 2 dev, 3 test) for identification, and
+`veri_test2.txt` (the cleaned VoxCeleb1-O trial list, `LABEL ENROL TEST`) for verification. Utterance ids
+are those relative paths, so the trial names are manifest ids. Verification: test = every utterance the
+trial list names; train = the utterances of every other speaker, less `dev_speakers` speakers (seeded)
+held out as dev, scored on trials generated from them (as many target trials as the test list has).
+"""
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from ..errors import ConfigError
+from .audio import audio_info
+from .manifest import Utterance, write_manifest
+from .trials import generate_trials, read_trials, write_trials
+
+IEMOCAP_SESSIONS = (1, 2, 3, 4, 5)
+IEMOCAP_CLASSES = {"neu": "neu", "hap": "hap", "exc": "hap", "sad": "sad", "ang": "ang"}
+IEMOCAP_DEV_RATIO = 0.2  # SUPERB emotion config: valid_ratio 0.2
+_IEMOCAP_LINE = re.compile(r"^\[\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*\]\s+(\S+)\s+(\w+)\s+\[[^\]]*\]\s*$")
+_IEMOCAP_TURN = re.compile(r"^Ses0([1-5])[FM]_\S*_([FM])\d+$")
+
+VOX_WAV_DIRS = ("wav", "dev/wav", "test/wav", "vox1_dev_wav/wav", "vox1_test_wav/wav")
+VOX_SPLITS = {"1": "train", "2": "dev", "3": "test"}
+CORPORA = ("fsdd", "iemocap", "librispeech", "voxceleb1")
+
+
+class CorpusError(ConfigError):
+    """A corpus folder does not have the layout or the file contents its protocol expects."""
+
+
+# -- IEMOCAP -----------------------------------------------------------------------------------------
+
+def read_emo_evaluation(path: Path) -> list[tuple[str, str]]:
+    """(turn, emotion code) of every summary line of one EmoEvaluation file."""
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.startswith("["):
+                continue  # the header (%), evaluator lines (C-E2:, A-E3:) and blanks
+            match = _IEMOCAP_LINE.match(line.rstrip("\n"))
+            if not match:
+                raise CorpusError(f"IEMOCAP label file {path} line {line_no}: expected "
+                                  f"'[START - END]<TAB>TURN<TAB>EMOTION<TAB>[V, A, D]', got {line.strip()[:120]!r}")
+            turn, emotion = match.group(3), match.group(4)
+            if not _IEMOCAP_TURN.match(turn):
+                raise CorpusError(f"IEMOCAP label file {path} line {line_no}: turn name {turn!r} does not look like "
+                                  "'Ses01F_impro01_F000' (session, dialog, speaker letter and number)")
+            rows.append((turn, emotion))
+    return rows
+
+
+def iemocap_utterances(root: str | Path) -> list[Utterance]:
+    """Every four-class sentence of the five sessions: label (neu/hap/sad/ang), speaker, session (extra)."""
+    root = Path(root)
+    utts: list[Utterance] = []
+    missing: list[str] = []
+    for session in IEMOCAP_SESSIONS:
+        label_dir = root / f"Session{session}" / "dialog" / "EmoEvaluation"
+        if not label_dir.is_dir():
+            raise CorpusError(f"IEMOCAP: {label_dir} not found; ROOT must be the IEMOCAP_full_release folder "
+                              "holding Session1 ... Session5")
+        files = sorted(p for p in label_dir.glob("*.txt") if not p.name.startswith("."))  # skip macOS ._ files
+        if not files:
+            raise CorpusError(f"IEMOCAP: no <dialog>.txt label files in {label_dir}")
+        for label_file in files:
+            for turn, emotion in read_emo_evaluation(label_file):
+                if emotion not in IEMOCAP_CLASSES:
+                    continue
+                wav = root / f"Session{session}" / "sentences" / "wav" / label_file.stem / f"{turn}.wav"
+                if not wav.is_file():
+                    missing.append(str(wav))
+                    continue
+                speaker = f"{turn[:5]}{_IEMOCAP_TURN.match(turn).group(2)}"
+                utts.append(Utterance(id=turn, path=str(wav.resolve()), duration=audio_info(wav)[3],
+                                      label=IEMOCAP_CLASSES[emotion], speaker=speaker,
+                                      extra={"session": session}))
+    if missing:
+        raise CorpusError(f"IEMOCAP: {len(missing)} labelled sentence(s) have no wav, e.g. {missing[:3]}; the "
+                          "sentences/wav folders are incomplete")
+    if not utts:
+        raise CorpusError(f"IEMOCAP: no neu/hap/exc/sad/ang sentences under {root}")
+    return utts
+
+
+def iemocap_manifests(root: str | Path, out_dir: str | Path, dev_ratio: float = IEMOCAP_DEV_RATIO,
+                      seed: int = 0) -> dict[str, dict[str, Path]]:
+    """Five leave-one-session-out folds: {"fold1": {"train": csv, "dev": csv, "test": csv}, ...}."""
+    if not 0 < dev_ratio < 1:
+        raise ConfigError(f"iemocap_manifests: dev_ratio must lie in (0, 1), got {dev_ratio}")
+    utts = iemocap_utterances(root)
+    out_dir = Path(out_dir)
+    folds = {}
+    for k in IEMOCAP_SESSIONS:
+        rest = [u for u in utts if u.extra["session"] != k]
+        shuffled = random.Random(seed + k).sample(rest, len(rest))
+        n_dev = round(dev_ratio * len(rest))
+        dev_ids = {u.id for u in shuffled[:n_dev]}
+        splits = {"train": [u for u in rest if u.id not in dev_ids], "dev": [u for u in rest if u.id in dev_ids],
+                  "test": [u for u in utts if u.extra["session"] == k]}
+        folds[f"fold{k}"] = {name: write_manifest(part, out_dir / f"fold{k}" / f"{name}.csv")
+                             for name, part in splits.items()}
+    return folds
+
+
+# -- VoxCeleb1 ---------------------------------------------------------------------------------------
+
+def _vox_meta(root: Path, name: str) -> Path:
+    for candidate in (root / name, root / "meta" / name):
+        if candidate.is_file():
+            return candidate
+    raise CorpusError(f"VoxCeleb1: {name} not found in {root} or {root / 'meta'}; download it from the VoxCeleb "
+                      "site's meta folder (https://www.robots.ox.ac.uk/~vgg/data/voxceleb/meta/) into ROOT")
+
+
+def _vox_wav_roots(root: Path) -> list[Path]:
+    roots = [root / d for d in VOX_WAV_DIRS if (root / d).is_dir()]
+    if not roots:
+        raise CorpusError(f"VoxCeleb1: no wav folder under {root} (looked for {', '.join(VOX_WAV_DIRS)})")
+    return roots
+
+
+def _vox_utterance(name: str, roots: list[Path], where: str, missing: list[str]) -> Utterance | None:
+    for r in roots:
+        path = r / name
+        if path.is_file():
+            return Utterance(id=name, path=str(path.resolve()), duration=audio_info(path)[3],
+                             label=name.split("/")[0], speaker=name.split("/")[0])
+    missing.append(f"{name} ({where})")
+    return None
+
+
+def _raise_missing(missing: list[str], roots: list[Path]) -> None:
+    if missing:
+        raise CorpusError(f"VoxCeleb1: {len(missing)} listed file(s) are not under {[str(r) for r in roots]}, "
+                          f"e.g. {missing[:3]}; the wav folders are incomplete")
+
+
+def read_iden_split(path: Path) -> list[tuple[str, str, int]]:
+    """(split, relative wav path, line) of every line of iden_split.txt."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or fields[0] not in VOX_SPLITS or fields[1].count("/") != 2:
+                raise CorpusError(f"VoxCeleb1 {path} line {line_no}: expected 'SET SPEAKER/VIDEO/CLIP.wav' with SET 1 "
+                                  f"(train), 2 (dev) or 3 (test), got {line.strip()[:120]!r}")
+            rows.append((VOX_SPLITS[fields[0]], fields[1], line_no))
+    return rows
+
+
+def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int = 40, seed: int = 0
+                        ) -> dict[str, dict[str, Path]]:
+    """{"identification": {split: csv}, "verification": {split: csv, "dev_trials": txt, "test_trials": txt}}."""
+    root, out_dir = Path(root), Path(out_dir)
+    roots = _vox_wav_roots(root)
+    missing: list[str] = []
+
+    iden_path = _vox_meta(root, "iden_split.txt")
+    iden: dict[str, list[Utterance]] = {"train": [], "dev": [], "test": []}
+    for split, name, line_no in read_iden_split(iden_path):
+        utt = _vox_utterance(name, roots, f"{iden_path.name} line {line_no}", missing)
+        if utt is not None:
+            iden[split].append(utt)
+    _raise_missing(missing, roots)
+    result = {"identification": {s: write_manifest(u, out_dir / "identification" / f"{s}.csv")
+                                 for s, u in iden.items()}}
+
+    trials_path = _vox_meta(root, "veri_test2.txt")
+    trials = read_trials(trials_path)
+    test_names = sorted({n for t in trials for n in (t.enrol, t.test)})
+    test = [u for n in test_names
+            if (u := _vox_utterance(n, roots, f"{trials_path.name}", missing)) is not None]
+    _raise_missing(missing, roots)
+    test_speakers = {u.speaker for u in test}
+    others = [u for s in iden.values() for u in s if u.speaker not in test_speakers]
+    speakers = sorted({u.speaker for u in others})
+    if len(speakers) <= dev_speakers:
+        raise CorpusError(f"VoxCeleb1: only {len(speakers)} speaker(s) outside the trial list, need more than "
+                          f"dev_speakers={dev_speakers} to train on the rest")
+    held = set(random.Random(seed).sample(speakers, dev_speakers))
+    dev = [u for u in others if u.speaker in held]
+    train = [u for u in others if u.speaker not in held]
+    ver = out_dir / "verification"
+    result["verification"] = {
+        "train": write_manifest(train, ver / "train.csv"), "dev": write_manifest(dev, ver / "dev.csv"),
+        "test": write_manifest(test, ver / "test.csv"),
+        "dev_trials": write_trials(generate_trials(dev, "speaker", max_targets=sum(t.label for t in trials), seed=seed),
+                                   ver / "dev_trials.txt"),
+        "test_trials": write_trials(trials, ver / "test_trials.txt"),
+    }
+    return result
+
+
+# -- one entry point for the CLI ---------------------------------------------------------------------
+
+def _librispeech(root: Path, out_dir: Path) -> dict[str, Path]:
+    from .adapters import librispeech_manifest
+
+    splits = sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("*/*/*.trans.txt")))
+    if not splits:
+        raise CorpusError(f"LibriSpeech: no split folders (e.g. dev-clean/<speaker>/<chapter>/*.trans.txt) in {root}")
+    return {p.name: librispeech_manifest(p, out_dir / f"{p.name}.csv") for p in splits}
+
+
+def prepare(corpus: str, root: str | Path, out_dir: str | Path) -> dict:
+    """Write the manifests (and trials / folds) of `corpus` in `root` into `out_dir`; returns their paths."""
+    from .adapters import fsdd_manifests
+
+    root, out_dir = Path(root), Path(out_dir)
+    if not root.is_dir():
+        raise CorpusError(f"prepare {corpus}: folder not found: {root}")
+    makers = {
+        "iemocap": lambda: iemocap_manifests(root, out_dir),
+        "voxceleb1": lambda: voxceleb1_manifests(root, out_dir),
+        "fsdd": lambda: fsdd_manifests(root / "recordings" if (root / "recordings").is_dir() else root, out_dir),
+        "librispeech": lambda: _librispeech(root, out_dir),
+    }
+    if corpus not in makers:
+        raise CorpusError(f"prepare: unknown corpus {corpus!r}; known: {', '.join(CORPORA)}")
+    return makers[corpus]()
+
+
