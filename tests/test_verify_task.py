@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -123,3 +124,37 @@ def test_evaluate_reads_a_given_trial_list(tmp_path):
     path.write_text("1 u0 u1\n0 u0 u9\n")
     with pytest.raises(TrialError, match=r"line 2: 'u9' is not an utterance id"):
         fitted(test_trials=str(path)).evaluate(recs, "test")
+
+
+def test_as_norm_against_numpy():
+    from speechfuse.tasks.verify import as_norm
+
+    rng = np.random.default_rng(0)
+    cohort = rng.normal(size=(4, 7))
+    scores = rng.normal(size=3)
+    enrol, test = [0, 1, 2], [3, 3, 0]
+    top = 3
+    stats = [(np.sort(row)[-top:].mean(), np.sort(row)[-top:].std()) for row in cohort]
+    expected = [((s - stats[e][0]) / stats[e][1] + (s - stats[t][0]) / stats[t][1]) / 2
+                for s, e, t in zip(scores, enrol, test)]
+    got = as_norm(torch.tensor(scores), torch.tensor(cohort), enrol, test, top)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+
+
+def test_evaluate_with_as_norm_scores_normalised_cosines():
+    from speechfuse.metrics import verification_metrics
+    from speechfuse.tasks.verify import as_norm
+
+    task = fitted(score_norm="asnorm", cohort_top=2)
+    rng = np.random.default_rng(1)
+    emb, cohort = torch.tensor(rng.normal(size=(6, 4))), torch.tensor(rng.uniform(-1, 1, size=(6, 3)))
+    utts = [Utterance(id=f"u{i}", path="", speaker=s) for i, s in enumerate("aabbcc")]
+    recs = task.collect(emb, cohort, utts)
+    trials = task.trials_for("dev", recs)
+    e = [int(t.enrol[1:]) for t in trials]
+    t_ = [int(t.test[1:]) for t in trials]
+    unit = F.normalize(emb.float(), dim=-1)
+    raw = (unit[e] * unit[t_]).sum(-1)
+    expected = verification_metrics(as_norm(raw, cohort.float(), e, t_, 2).numpy(), [t.label for t in trials])
+    assert task.evaluate(recs, "dev") == pytest.approx(expected)
+    assert fitted().evaluate(recs, "dev") == pytest.approx(verification_metrics(raw.numpy(), [t.label for t in trials]))

@@ -38,6 +38,10 @@ paths absolute or relative to the working directory), whose names are the manife
 without one is scored on trials generated from its own utterances and speakers (every target pair, or
 `max_target_trials` of them, plus as many non-target pairs, seeded by `trial_seed`), written to
 RUN_DIR/trials_<split>.txt when the runner scores the split.
+Score normalisation (`score_norm: asnorm`, off by default): adaptive symmetric s-norm. Its cohort is the
+training speakers' class vectors of the margin softmax (one per training speaker, the direction the loss
+pulls that speaker's embeddings toward), not individual training embeddings: they come with every
+utterance's forward pass, so no extra pass over the training set is needed.
 Metrics: eer (the main metric, lower is better), min_dcf_0.01, min_dcf_0.05 (C_miss = C_fa = 1), fractions.
 """
 from __future__ import annotations
@@ -82,6 +86,10 @@ class VerifyOptions(TaskOptions):
     test_trials: Optional[str] = None
     max_target_trials: Optional[int] = Field(None, ge=1)
     trial_seed: int = 0
+    score_norm: Literal["none", "asnorm"] = "none"
+    """asnorm: adaptive symmetric normalisation against the training speakers' class vectors."""
+    cohort_top: int = Field(200, ge=2)
+    """AS-norm's adaptive cohort: the this-many highest cohort scores of each side (capped at the speakers)."""
 
     @model_validator(mode="after")
     def _same_layer_count(self) -> "VerifyOptions":
@@ -160,6 +168,18 @@ def margin_logits(cosines: torch.Tensor, targets: torch.Tensor, loss: str, scale
     return scale * cosines.scatter(1, targets[:, None], shifted)
 
 
+def as_norm(scores: torch.Tensor, cohort: torch.Tensor, enrol_rows: list[int], test_rows: list[int], top: int
+            ) -> torch.Tensor:
+    """Adaptive symmetric score normalisation (AS-norm1 of Matejka et al., Interspeech 2017):
+        s' = ((s - mu_e) / sd_e + (s - mu_t) / sd_t) / 2
+    where mu_x, sd_x are the mean and standard deviation of the `top` highest cohort scores of side x.
+    `cohort` [N, C] holds each utterance's scores against the cohort (here: the training speakers' vectors)."""
+    best = cohort.topk(min(top, cohort.shape[1]), dim=1).values
+    mean, std = best.mean(1), best.std(1, unbiased=False).clamp_min(1e-6)
+    e, t = torch.tensor(enrol_rows), torch.tensor(test_rows)
+    return ((scores - mean[e]) / std[e] + (scores - mean[t]) / std[t]) / 2
+
+
 @register_task("verify")
 class VerifyTask(Task):
     name = "verify"
@@ -220,9 +240,9 @@ class VerifyTask(Task):
 
     # -- verification over a whole split -----------------------------------------------------------
     def collect(self, out: torch.Tensor, out_lengths: torch.Tensor, utts: list[Utterance]) -> list[Any]:
-        """(id, speaker, embedding) per utterance."""
-        embeddings = out.detach().float().cpu()
-        return [(u.id, u.speaker, embeddings[i]) for i, u in enumerate(utts)]
+        """(id, speaker, embedding, cosines with the training speakers' vectors) per utterance."""
+        embeddings, cohort = out.detach().float().cpu(), out_lengths.detach().float().cpu()
+        return [(u.id, u.speaker, embeddings[i], cohort[i]) for i, u in enumerate(utts)]
 
     def trials_for(self, split: str, records: list[Any]) -> list:
         """The split's trial list (read, or generated from the records' ids and speakers), kept per split."""
@@ -233,7 +253,7 @@ class VerifyTask(Task):
                 trials = read_trials(path)
                 check_trials(trials, [r[0] for r in records], str(path))
             else:
-                utts = [Utterance(id=uid, path="", speaker=speaker) for uid, speaker, _ in records]
+                utts = [Utterance(id=r[0], path="", speaker=r[1]) for r in records]
                 trials = generate_trials(utts, "speaker", self.options["max_target_trials"],
                                          self.options["trial_seed"])
             self._trials[key] = trials
@@ -245,12 +265,15 @@ class VerifyTask(Task):
         trials = self.trials_for(split, records)
         if run_dir is not None and not self.options.get(f"{split}_trials"):
             write_trials(trials, Path(run_dir) / f"trials_{split}.txt")
-        index = {uid: i for i, (uid, _, _) in enumerate(records)}
+        index = {r[0]: i for i, r in enumerate(records)}
+        enrol_rows = [index[t.enrol] for t in trials]
+        test_rows = [index[t.test] for t in trials]
         embeddings = F.normalize(torch.stack([r[2] for r in records]), dim=-1)
-        enrol = embeddings[[index[t.enrol] for t in trials]]
-        test = embeddings[[index[t.test] for t in trials]]
-        scores = (enrol * test).sum(-1).numpy()
-        return verification_metrics(scores, [t.label for t in trials])
+        scores = (embeddings[enrol_rows] * embeddings[test_rows]).sum(-1)
+        if self.options["score_norm"] == "asnorm":
+            scores = as_norm(scores, torch.stack([r[3] for r in records]), enrol_rows, test_rows,
+                             self.options["cohort_top"])
+        return verification_metrics(scores.numpy(), [t.label for t in trials])
 
     def state(self) -> dict[str, Any]:
         return {"name": self.name, "options": dict(self.options), "speakers": list(self.speakers)}
