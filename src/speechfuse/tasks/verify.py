@@ -18,7 +18,7 @@ Defaults and where they come from (s3prl `downstream/sv_voxceleb1/configs/amsoft
 SUPERB's ASV head):
   kernel_sizes (5, 3, 3, 1, 1), dilations (1, 2, 3, 1, 1)  SUPERB's XVector TDNN stack (context sizes / dilations)
   channels (512, 512, 512, 512, 1500)                     SUPERB: 512 (`input_dim`) and `agg_dim: 1500`;
-                                                          `small_channels` below is speechfuse's CPU default
+                                                          (SMALL_CHANNELS below is speechfuse's CPU default)
   embed_dim 512                                            SUPERB's utterance layer width (`input_dim`)
   loss "am", scale 30, margin 0.4                          SUPERB's `ObjectiveLoss: AMSoftmaxLoss`, s 30, m 0.4
   loss "aam": scale 15, margin 0.3                         SUPERB's AAMSoftmaxLoss config
@@ -29,7 +29,7 @@ Linear(D -> 512) sits before the first TDNN (here the first TDNN maps D directly
 compose to one); SUPERB trains through an extra Linear+ReLU after the embedding and scores the ReLU of
 the embedding layer, while here the margin softmax sees the embedding that is scored. SUPERB has no
 input normalisation; speechfuse adds a LayerNorm by default because without it the margin softmax
-collapsed on FSDD (every embedding the same, loss stuck at s*m + log S) with fused Whisper features.
+collapsed on FSDD (every embedding the same, loss stuck at s*m + log S) on Whisper tiny.en features.
 The speechfuse default (`VerifyTask()`) is a small CPU head: channels (128, 128, 128, 128, 384) and
 embed_dim 128; give the SUPERB sizes in `downstream:` for paper-comparable runs.
 
@@ -62,7 +62,6 @@ from ..metrics.verification import verification_metrics
 from . import Task, TaskOptions, register_task
 from .asr import check_lengths
 
-SUPERB_CHANNELS = (512, 512, 512, 512, 1500)
 SMALL_CHANNELS = (128, 128, 128, 128, 384)
 MARGIN_DEFAULTS = {"am": (30.0, 0.4), "aam": (15.0, 0.3)}  # loss -> (scale, margin), SUPERB's configs
 
