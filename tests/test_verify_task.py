@@ -158,3 +158,13 @@ def test_evaluate_with_as_norm_scores_normalised_cosines():
     expected = verification_metrics(as_norm(raw, cohort.float(), e, t_, 2).numpy(), [t.label for t in trials])
     assert task.evaluate(recs, "dev") == pytest.approx(expected)
     assert fitted().evaluate(recs, "dev") == pytest.approx(verification_metrics(raw.numpy(), [t.label for t in trials]))
+
+
+def test_trial_paths_in_a_config_resolve_against_its_folder(tmp_path):
+    from speechfuse.config import config_from_dict
+
+    cfg = config_from_dict({"task": "verify", "data": {"train": "tr.csv", "dev": "dv.csv"},
+                            "upstreams": [{"spec": "x"}],
+                            "downstream": {"test_trials": "lists/test.txt", "dev_trials": "/abs/dev.txt"}}, tmp_path)
+    assert cfg.downstream["test_trials"] == str(tmp_path.resolve() / "lists" / "test.txt")
+    assert cfg.downstream["dev_trials"] == "/abs/dev.txt"

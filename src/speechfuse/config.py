@@ -315,7 +315,8 @@ def _resolve(path: str, base: Path) -> str:
 
 
 def config_from_dict(data: Any, base_dir: str | Path = ".", source: str = "(dict)") -> Config:
-    """Validate a plain dict; relative data paths (and cache folder) resolve against `base_dir`."""
+    """Validate a plain dict; relative data paths (the cache folder, a task's file options) resolve against
+    `base_dir`."""
     if not isinstance(data, dict):
         raise ConfigError(f"config {source}: the top level must be a mapping of keys, got {type(data).__name__}")
     try:
@@ -329,6 +330,11 @@ def config_from_dict(data: Any, base_dir: str | Path = ".", source: str = "(dict
             setattr(cfg.data, split, _resolve(value, base))
     if cfg.cache.dir not in ("auto", "off"):
         cfg.cache.dir = _resolve(cfg.cache.dir, base)
+    from .tasks import task_options
+
+    for key in getattr(task_options(cfg.task), "PATH_KEYS", ()):  # file options of a task (verify's trial lists)
+        if isinstance(cfg.downstream.get(key), str):
+            cfg.downstream[key] = _resolve(cfg.downstream[key], base)
     return cfg
 
 

@@ -34,7 +34,8 @@ The speechfuse default (`VerifyTask()`) is a small CPU head: channels (128, 128,
 embed_dim 128; give the SUPERB sizes in `downstream:` for paper-comparable runs.
 
 Trials: `dev_trials` / `test_trials` name a trial list in the VoxCeleb1 format (speechfuse.data.trials;
-paths absolute or relative to the working directory), whose names are the manifest's ids. A split
+in a config, relative paths resolve against the config file's folder, like data paths), whose names are
+the manifest's ids. A split
 without one is scored on trials generated from its own utterances and speakers (every target pair, or
 `max_target_trials` of them, plus as many non-target pairs, seeded by `trial_seed`), written to
 RUN_DIR/trials_<split>.txt when the runner scores the split.
@@ -48,7 +49,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, ClassVar, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,8 @@ MARGIN_DEFAULTS = {"am": (30.0, 0.4), "aam": (15.0, 0.3)}  # loss -> (scale, mar
 
 class VerifyOptions(TaskOptions):
     """The head's options (the config's `downstream` section); see the module doc for the defaults."""
+
+    PATH_KEYS: ClassVar[tuple[str, ...]] = ("dev_trials", "test_trials")  # resolved like data paths
 
     channels: list[int] = Field(default_factory=lambda: list(SMALL_CHANNELS), min_length=1)
     kernel_sizes: list[int] = Field(default_factory=lambda: [5, 3, 3, 1, 1], min_length=1)
