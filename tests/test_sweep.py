@@ -266,3 +266,22 @@ def test_select_refuses_a_key_that_is_also_compared(tmp_path):
     with pytest.raises(ConfigError, match="both grid and select keys"):
         run_sweep(BASE, {"train.lr": [0.1]}, tmp_path, select={"train.lr": [0.1, 0.2]}, train_fn=FakeTrainer(),
                   progress=False)
+
+
+def test_a_data_folder_value_is_one_fold(tmp_path):
+    from speechfuse.config import config_from_dict
+
+    for k in (1, 2):
+        (tmp_path / f"fold{k}").mkdir()
+        for split in ("train", "dev", "test"):
+            (tmp_path / f"fold{k}" / f"{split}.csv").write_text("id,path,label\n")
+    cfg = config_from_dict({"task": "classify", "data": {"train": "t.csv", "dev": "d.csv", "target": "label"},
+                            "upstreams": [{"spec": "resemblyzer"}]}, tmp_path)
+    grid = parse_grid([f"data={tmp_path / 'fold1'},{tmp_path / 'fold2'}"])
+    runs = [combo_config(cfg, combo, None) for combo in expand_grid(grid)]
+    assert [r.data.test for r in runs] == [str(tmp_path / f"fold{k}" / "test.csv") for k in (1, 2)]
+    assert runs[1].data.train == str(tmp_path / "fold2" / "train.csv") and runs[1].data.target == "label"
+    assert len({run_name(c) for c in expand_grid(grid)}) == 2
+    (tmp_path / "fold2" / "dev.csv").unlink()
+    with pytest.raises(ConfigError, match="dev.csv not found"):
+        combo_config(cfg, {"data": str(tmp_path / "fold2")}, None)

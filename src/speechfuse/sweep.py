@@ -6,6 +6,8 @@
 
 - Grid keys are dotted config keys (`interface.name`, `train.lr`, ...) or `upstreams`, whose values are
   lists of upstream specs (a spec string, or a `{"spec": ..., "options": {...}}` dict).
+  A `data` value is a folder holding train.csv, dev.csv (and test.csv): one run per fold, e.g.
+  `--grid data=er/fold1,er/fold2,er/fold3,er/fold4,er/fold5` over `speechfuse prepare iemocap` output.
 - Each combination trains in `out_dir/runs/<readable name>` through `speechfuse.train.train`.
 - A run whose `metrics.json` exists is not trained again (resume); `train()` itself resumes a run that
   was cut off mid-way from its checkpoint.
@@ -148,12 +150,24 @@ def _upstream_entries(specs: list, base: list) -> list[dict]:
     return out
 
 
+def fold_manifests(folder: str) -> dict[str, str | None]:
+    """{train, dev, test}.csv of one fold folder (`speechfuse prepare iemocap` writes fold1 ... fold5)."""
+    paths = {split: Path(folder) / f"{split}.csv" for split in ("train", "dev", "test")}
+    missing = [str(p) for split, p in paths.items() if split != "test" and not p.is_file()]
+    if missing:
+        raise ConfigError(f"sweep grid data={folder!r}: {', '.join(missing)} not found; a `data` grid value is a "
+                          "folder holding train.csv, dev.csv and optionally test.csv (one fold)")
+    return {split: str(p.resolve()) if p.is_file() else None for split, p in paths.items()}
+
+
 def combo_config(cfg: Any, combo: dict[str, Any], cache_dir: str | None) -> Any:
     """The base config with one combination (and the shared cache folder) applied."""
     data = _config_dict(cfg)
     for key, value in combo.items():
         if key == "upstreams":
             data["upstreams"] = _upstream_entries(list(value), data.get("upstreams"))
+        elif key == "data" and isinstance(value, str):
+            data["data"] = {**data["data"], **fold_manifests(value)}
         else:
             set_dotted(data, key.split("."), copy.deepcopy(value), f"sweep grid key {key!r}")
     if cache_dir is not None:
