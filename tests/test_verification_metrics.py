@@ -8,7 +8,7 @@ from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 
 from speechfuse.errors import ConfigError
-from speechfuse.metrics import detection_error_tradeoff, equal_error_rate, min_dcf, verification_metrics
+from speechfuse.metrics import detection_error_tradeoff, eer_threshold, equal_error_rate, min_dcf, verification_metrics
 
 
 def brute_force_roc(scores, labels):
@@ -122,3 +122,24 @@ def test_bad_input_is_a_clear_error(scores, labels, needle):
 def test_bad_dcf_parameters():
     with pytest.raises(ConfigError, match="p_target"):
         min_dcf([0.1, 0.2], [1, 0], p_target=1.0)
+
+
+# -- the EER threshold -----------------------------------------------------------------------------
+
+def test_eer_threshold_separates_separable_scores():
+    thr = eer_threshold([0.9, 0.8, 0.2, 0.1], [1, 1, 0, 0])
+    assert 0.2 < thr <= 0.8  # every target accepted (score >= thr), every non-target rejected
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_eer_threshold_accepts_at_rates_that_straddle_the_eer(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 60)
+    scores = rng.normal(labels * 1.0, 1.0)
+    thr = eer_threshold(scores, labels)
+    far = float(np.mean(scores[labels == 0] >= thr))
+    frr = float(np.mean(scores[labels == 1] < thr))
+    eer = equal_error_rate(scores, labels)
+    assert min(far, frr) <= eer + 1e-12 and eer <= max(far, frr) + 1e-12
+    # one ROC step from the crossing: the rates differ by at most one trial of each kind
+    assert abs(far - frr) <= 1 / (labels == 0).sum() + 1 / (labels == 1).sum()

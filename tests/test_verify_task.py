@@ -1,6 +1,7 @@
 """The verify task: x-vector head (valid frames only), margin softmax losses, cosine trial scoring, state."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -168,3 +169,24 @@ def test_trial_paths_in_a_config_resolve_against_its_folder(tmp_path):
                             "downstream": {"test_trials": "lists/test.txt", "dev_trials": "/abs/dev.txt"}}, tmp_path)
     assert cfg.downstream["test_trials"] == str(tmp_path.resolve() / "lists" / "test.txt")
     assert cfg.downstream["dev_trials"] == "/abs/dev.txt"
+
+
+def test_dev_scoring_records_the_eer_threshold_and_the_state_keeps_it(tmp_path):
+    from speechfuse.metrics import eer_threshold
+
+    task = fitted()
+    assert task.threshold is None and "threshold" not in task.state()  # task.json before training: unchanged
+    rng = np.random.default_rng(2)
+    emb = torch.tensor(rng.normal(size=(8, 4)), dtype=torch.float32)
+    recs = records(task, emb.tolist(), list("aabbccdd"))
+    task.evaluate(recs, "test")
+    assert task.threshold is None  # only dev sets it
+    task.evaluate(recs, "dev")
+    trials = task.trials_for("dev", recs)
+    unit = F.normalize(emb, dim=-1)
+    raw = [float(unit[int(t.enrol[1:])] @ unit[int(t.test[1:])]) for t in trials]
+    assert task.threshold == pytest.approx(eer_threshold(raw, [t.label for t in trials]), abs=1e-6)
+    back = Task.from_state(json.loads(json.dumps(task.state())))
+    assert back.threshold == task.threshold
+    with pytest.raises(ConfigError, match="'threshold' must be a finite number"):
+        Task.from_state({**task.state(), "threshold": "high"})

@@ -3,6 +3,7 @@
     eer = equal_error_rate(scores, labels)             # labels: 1 = target trial, 0 = non-target
     dcf = min_dcf(scores, labels, p_target=0.01)
     verification_metrics(scores, labels)               # {"eer", "min_dcf_0.01", "min_dcf_0.05"}
+    eer_threshold(scores, labels)                      # the score where FAR = FRR (a decision threshold)
 
 A trial is accepted when its score is >= the threshold. The ROC has one point per distinct score (plus
 the point "accept nothing"), so tied scores move both error rates at once, as they must: no threshold
@@ -63,6 +64,20 @@ def equal_error_rate(scores: Sequence[float], labels: Sequence[int]) -> float:
         return float(far[i])
     t = gap[i - 1] / (gap[i - 1] - gap[i])  # where the segment from point i-1 to i meets FAR = FRR
     return float(far[i - 1] + t * (far[i] - far[i - 1]))
+
+
+def eer_threshold(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """The score threshold at the equal error rate: where the piecewise-linear DET curve meets FAR = FRR
+    (`equal_error_rate`'s crossing), with the threshold interpolated between the two ROC points' thresholds
+    by the same fraction. When the crossing lies between "accept nothing" and the first point, or on a
+    point, it is that point's threshold (a real score: accepting `>=` it gives that point's rates)."""
+    far, frr, thresholds = detection_error_tradeoff(scores, labels)
+    gap = frr - far
+    i = int(np.argmax(gap <= 0))
+    if gap[i] == 0 or not np.isfinite(thresholds[i - 1]):
+        return float(thresholds[i])
+    t = gap[i - 1] / (gap[i - 1] - gap[i])
+    return float(thresholds[i - 1] + t * (thresholds[i] - thresholds[i - 1]))
 
 
 def min_dcf(scores: Sequence[float], labels: Sequence[int], p_target: float, c_miss: float = 1.0,

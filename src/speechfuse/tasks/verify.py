@@ -44,6 +44,11 @@ training speakers' class vectors of the margin softmax (one per training speaker
 pulls that speaker's embeddings toward), not individual training embeddings: they come with every
 utterance's forward pass, so no extra pass over the training set is needed.
 Metrics: eer (the main metric, lower is better), min_dcf_0.01, min_dcf_0.05 (C_miss = C_fa = 1), fractions.
+
+Decision threshold: every scoring of the dev split records the score at its EER (`eer_threshold`) as
+`task.threshold`; the runner's last dev scoring is of the best checkpoint, so the saved model's task state
+carries that checkpoint's dev EER threshold, on the same (normalised, with asnorm) score scale that
+`FusedModel.verify` computes. A task that never scored dev has threshold None.
 """
 from __future__ import annotations
 
@@ -59,7 +64,7 @@ from torch import nn
 from ..data.manifest import Utterance
 from ..data.trials import check_trials, generate_trials, read_trials, write_trials
 from ..errors import ConfigError, ShapeError
-from ..metrics.verification import verification_metrics
+from ..metrics.verification import eer_threshold, verification_metrics
 from . import Task, TaskOptions, register_task
 from .asr import check_lengths
 
@@ -194,6 +199,7 @@ class VerifyTask(Task):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.speakers: list[str] = []
+        self.threshold: Optional[float] = None  # the dev EER threshold, set by evaluate(..., "dev")
         self._trials: dict[tuple, list] = {}  # (split, utterance ids) -> trials, made once and kept
 
     @property
@@ -268,17 +274,28 @@ class VerifyTask(Task):
         if run_dir is not None and not self.options.get(f"{split}_trials"):
             write_trials(trials, Path(run_dir) / f"trials_{split}.txt")
         index = {r[0]: i for i, r in enumerate(records)}
-        enrol_rows = [index[t.enrol] for t in trials]
-        test_rows = [index[t.test] for t in trials]
-        embeddings = F.normalize(torch.stack([r[2] for r in records]), dim=-1)
+        scores = self.trial_scores(torch.stack([r[2] for r in records]), torch.stack([r[3] for r in records]),
+                                   [index[t.enrol] for t in trials], [index[t.test] for t in trials]).numpy()
+        labels = [t.label for t in trials]
+        if split == "dev":
+            self.threshold = eer_threshold(scores, labels)
+        return verification_metrics(scores, labels)
+
+    def trial_scores(self, embeddings: torch.Tensor, cohort: torch.Tensor, enrol_rows: list[int],
+                     test_rows: list[int]) -> torch.Tensor:
+        """Cosine score of each (enrol_rows[k], test_rows[k]) pair of `embeddings` [N,E] (AS-normalised
+        against `cohort` [N,S], each row's cosines with the training speakers, when score_norm is asnorm)."""
+        embeddings = F.normalize(embeddings.float(), dim=-1)
         scores = (embeddings[enrol_rows] * embeddings[test_rows]).sum(-1)
         if self.options["score_norm"] == "asnorm":
-            scores = as_norm(scores, torch.stack([r[3] for r in records]), enrol_rows, test_rows,
-                             self.options["cohort_top"])
-        return verification_metrics(scores.numpy(), [t.label for t in trials])
+            scores = as_norm(scores, cohort.float(), enrol_rows, test_rows, self.options["cohort_top"])
+        return scores
 
     def state(self) -> dict[str, Any]:
-        return {"name": self.name, "options": dict(self.options), "speakers": list(self.speakers)}
+        state = {"name": self.name, "options": dict(self.options), "speakers": list(self.speakers)}
+        if self.threshold is not None:  # absent before dev was scored (task.json is written before training)
+            state["threshold"] = self.threshold
+        return state
 
     @classmethod
     def _from_state(cls, state: dict[str, Any]) -> "VerifyTask":
@@ -288,4 +305,9 @@ class VerifyTask(Task):
             raise ConfigError("verify task state: 'speakers' must be a list of at least 2 speakers; the run "
                               "folder's task.json is damaged")
         task.speakers = [str(s) for s in speakers]
+        threshold = state.get("threshold")
+        if threshold is not None and (not isinstance(threshold, (int, float)) or not math.isfinite(threshold)):
+            raise ConfigError(f"verify task state: 'threshold' must be a finite number or absent, got {threshold!r}; "
+                              "the model's config.json is damaged")
+        task.threshold = None if threshold is None else float(threshold)
         return task
