@@ -5,6 +5,7 @@ writer that survives a kill.
     model.predict("clip.wav")                      # [Classification(id, path, duration, label, probabilities)]
     model.predict(["a.wav", "recordings/", "test.csv", torch.randn(16000)])
     predict_to_file(model, ["recordings/"], "predictions.jsonl")   # what `speechfuse predict` runs
+    model.verify("a.wav", "b.wav")                 # a verification model: Verification(score, decision)
 
 Inputs are batched by duration with the training sampler (data/batching.py). A bad input (missing,
 unreadable, empty, NaN, too long for an upstream) becomes a `Failure` with the reason; `predict` raises
@@ -57,6 +58,30 @@ class Transcription(Prediction):
 class Classification(Prediction):
     label: str = ""
     probabilities: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(eq=False)  # a tensor field: dataclass equality would compare it elementwise
+class SpeakerEmbedding(Prediction):
+    """A verification model's utterance embedding: the x-vector, L2-normalised ([E] float32), so the cosine
+    score of two utterances is the dot product of their embeddings."""
+    embedding: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "path": self.path, "duration": self.duration, "embedding": self.embedding.tolist()}
+
+
+@dataclass
+class Verification:
+    """One trial: the score of `test` against `enrol` (ids: the path, or waveform-N for a tensor) and the
+    decision `score >= threshold` at the model's dev EER threshold (None when the model has none)."""
+    enrol: str
+    test: str
+    score: float
+    threshold: Optional[float]
+    decision: Optional[bool]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -255,6 +280,9 @@ def _run(model: "FusedModel", clips: list[tuple[_Item, torch.Tensor]]) -> list[P
         labels = task.predict(out, out_lengths)
         return [Classification(**c, label=label, probabilities=dict(zip(task.labels, row.tolist())))
                 for c, label, row in zip(common, labels, probs)]
+    if task.name == "verify":
+        embeddings = torch.nn.functional.normalize(out.float(), dim=-1).cpu()
+        return [SpeakerEmbedding(**c, embedding=e.clone()) for c, e in zip(common, embeddings)]
     raise ConfigError(f"predict: task {task.name!r} has no prediction type")
 
 
@@ -287,6 +315,68 @@ def _listing(failures: list[Failure]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# verification trials
+# ---------------------------------------------------------------------------------------------
+def verify(model: "FusedModel", a: Any, b: Any = None, batch_seconds: float = 60.0,
+           sample_rate: Optional[int] = None) -> Union[Verification, list[Verification]]:
+    """Score trials with a verification model. verify(a, b) with one clip each (a file path or an [S]
+    waveform) returns one Verification; verify([a1, a2], [b1, b2]) or verify([(a1, b1), (a2, b2)]) returns
+    one per pair, in order. Each distinct file is embedded once. Bad inputs raise AudioError listing them."""
+    if model.task.name != "verify":
+        raise ConfigError(f"verify: this model's task is {model.task.name!r}, which predicts but does not "
+                          "score trials; verify() needs a speaker verification model (task: verify), use "
+                          "predict() for this one")
+    single = b is not None and _is_clip(a) and _is_clip(b)
+    if single:
+        pairs = [(a, b)]
+    elif b is None:
+        pairs = list(a) if isinstance(a, (list, tuple)) else []
+        if not pairs or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs):
+            raise ConfigError("verify: give two clips, two lists of clips of the same length, or one list of "
+                              "(enrol, test) pairs")
+    else:
+        if not isinstance(a, (list, tuple)) or not isinstance(b, (list, tuple)) or len(a) != len(b):
+            raise ConfigError(f"verify: the enrol and test lists must be lists of the same length, got "
+                              f"{len(a) if isinstance(a, (list, tuple)) else type(a).__name__} and "
+                              f"{len(b) if isinstance(b, (list, tuple)) else type(b).__name__}")
+        pairs = list(zip(a, b))
+    clips: list[Any] = []
+    slot: dict[str, int] = {}  # a file path -> its row in `clips` (waveforms always get their own)
+
+    def row_of(clip: Any) -> int:
+        if not _is_clip(clip):
+            raise ConfigError(f"verify: each side of a trial is one clip (an audio file path or an [S] waveform), "
+                              f"got {clip!r:.80}")
+        if isinstance(clip, (str, os.PathLike)):
+            key = str(clip)
+            if key not in slot:
+                slot[key] = len(clips)
+                clips.append(clip)
+            return slot[key]
+        clips.append(clip)
+        return len(clips) - 1
+
+    rows = [(row_of(x), row_of(y)) for x, y in pairs]
+    embedded = predict(model, clips, batch_seconds, progress=None, sample_rate=sample_rate)
+    embeddings = torch.stack([r.embedding for r in embedded])
+    cohort = embeddings @ torch.nn.functional.normalize(model.head.speakers.detach().float().cpu(), dim=-1).T
+    scores = model.task.trial_scores(embeddings, cohort, [e for e, _ in rows], [t for _, t in rows]).tolist()
+    threshold = model.task.threshold
+    results = [Verification(embedded[e].id, embedded[t].id, score, threshold,
+                            None if threshold is None else score >= threshold)
+               for (e, t), score in zip(rows, scores)]
+    return results[0] if single else results
+
+
+def _is_clip(x: Any) -> bool:
+    """One clip: an audio file path (not a folder or manifest) or a 1-D waveform."""
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        return x.ndim == 1
+    return isinstance(x, (str, os.PathLike)) and not Path(x).is_dir() and \
+        Path(x).suffix.lower() not in MANIFEST_SUFFIXES
+
+
+# ---------------------------------------------------------------------------------------------
 # streaming to a file (the CLI)
 # ---------------------------------------------------------------------------------------------
 def check_output_path(path: str | os.PathLike) -> None:
@@ -303,6 +393,8 @@ class _Output:
         self.path, self.csv = path, path.suffix.lower() == ".csv"
         labels = list(getattr(model.task, "labels", []) or [])
         self.columns = ["id", "path", "duration", "prediction", "error"] + [f"prob_{lab}" for lab in labels]
+        if model.task.name == "verify":  # the embedding, one column per dimension
+            self.columns += [f"emb_{i}" for i in range(model.task.options["embed_dim"])]
         self.done = self._recover()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(path, "a", encoding="utf-8", newline="")
@@ -348,6 +440,8 @@ class _Output:
         row.update(duration=result.duration, prediction=prediction_text(result.to_dict()))
         if isinstance(result, Classification):
             row.update({f"prob_{k}": v for k, v in result.probabilities.items()})
+        if isinstance(result, SpeakerEmbedding):
+            row.update({f"emb_{i}": v for i, v in enumerate(result.embedding.tolist())})
         return row
 
     def write(self, results: list[Result]) -> None:
@@ -363,7 +457,10 @@ class _Output:
 
 
 def prediction_text(row: dict[str, Any]) -> Optional[str]:
-    """The predicted text or label of an output row (None for a failure)."""
+    """The predicted text or label of an output row (None for a failure, and for an embedding: it has no
+    per-file reference to score against; verification is scored over trials by `speechfuse evaluate`)."""
+    if row.get("embedding") is not None or row.get("emb_0") not in (None, ""):
+        return None
     for key in ("prediction", "text", "label"):
         if row.get(key) not in (None, ""):
             return str(row[key])
@@ -410,5 +507,5 @@ def predict_to_file(model: "FusedModel", inputs: Any, out: str | os.PathLike, ba
     return summary
 
 
-__all__ = ["predict", "predict_to_file", "iter_predictions", "collect_inputs", "Prediction", "Transcription",
-           "Classification", "Failure"]
+__all__ = ["predict", "predict_to_file", "verify", "iter_predictions", "collect_inputs", "Prediction",
+           "Transcription", "Classification", "SpeakerEmbedding", "Verification", "Failure"]

@@ -3,6 +3,7 @@
     import speechfuse as sf
     model = sf.load_model("runs/speaker")          # a run folder (its model/) or a saved model folder
     model.predict(["a.wav", "b.wav"])               # see speechfuse.inference
+    model.verify("a.wav", "b.wav")                  # verification models: score and decision
     model.save_pretrained("speaker-model")
 
 A model folder (what `save_pretrained` writes, and every training run writes as RUN_DIR/model/):
@@ -99,7 +100,7 @@ class FusedModel(nn.Module):
     """Audio in, task output out: `frontend` (upstreams -> aligner -> interface) then `head`.
 
     forward(wavs [B,S], wav_lengths [B]) -> (out, out_lengths): CTC logits [B,T,V] for asr, class logits
-    [B,C] for classify. `fuse_hidden(states)` runs the part after the upstreams (what `export` exports).
+    [B,C] for classify, (embeddings [B,E], cosines with the training speakers [B,S]) for verify. `fuse_hidden(states)` runs the part after the upstreams (what `export` exports).
     The attribute names match the training module's, so a training checkpoint's state_dict loads as is.
     """
 
@@ -140,6 +141,12 @@ class FusedModel(nn.Module):
         from .inference import predict
 
         return predict(self, inputs, **options)
+
+    def verify(self, a: Any, b: Any = None, **options: Any) -> Any:
+        """Trial scores and decisions of a verification model; see speechfuse.inference.verify."""
+        from .inference import verify
+
+        return verify(self, a, b, **options)
 
     # -- saving ------------------------------------------------------------------------------------
     def frozen_keys(self) -> set[str]:
@@ -303,6 +310,12 @@ def model_readme(config: dict[str, Any]) -> str:
     upstreams = ", ".join(f"`{u['spec']}`" + (" (fine-tuned)" if u.get("trainable") else "") for u in ups)
     if task["name"] == "asr":
         what = f"character CTC speech recognition ({len(task.get('vocab', []))} symbols)"
+    elif task["name"] == "verify":
+        threshold = task.get("threshold")
+        what = (f"speaker verification (cosine scores of {task.get('options', {}).get('embed_dim')}-dim embeddings, "
+                f"trained on {len(task.get('speakers', []))} speakers; "
+                + (f"decision threshold {threshold:.4f}, the dev EER point)" if threshold is not None
+                   else "no decision threshold)"))
     else:
         what = f"utterance classification of `{config.get('target')}` into {len(task.get('labels', []))} classes"
     lines = [f"# speechfuse model: {what}", "",
