@@ -118,3 +118,49 @@ def test_every_interface_exports(models, tmp_path):
                                                providers=["CPUExecutionProvider"])
         onnx_out = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)})[0]
         assert float(np.abs(onnx_out - expected.numpy()).max()) < 1e-5, name
+
+
+def test_a_verification_model_exports_its_normalised_embedding(models, tmp_path, capsys):
+    """hubert + whisper verify model: the export returns the L2-normalised embedding predict() gives and the
+    cosines with the training speakers; TorchScript and ONNX against eager on real clips, batches of 4 and 1."""
+    import onnxruntime
+    import torch.nn.functional as F
+
+    import speechfuse as sf
+    from speechfuse.cli import main
+    from speechfuse.export import graph_inputs
+    from speechfuse.model import FusedModel, build_task
+
+    root, manifests = models
+    specs = [{"spec": f"hf:{root / 'hubert'}"}, {"spec": f"hf:{root / 'whisper'}"}]
+    cfg = config_from_dict(run_config(manifests, specs, task="verify", downstream={
+        "channels": [16, 16], "kernel_sizes": [3, 1], "dilations": [2, 1], "embed_dim": 8}))
+    torch.manual_seed(0)
+    FusedModel.from_config(cfg, build_task(cfg).fit(load_manifest(manifests["train"]))).save_pretrained(root / "verify")
+    model = sf.load_model(root / "verify")
+    for fmt, name in (("onnx", "v.onnx"), ("torchscript", "v.pt")):
+        assert main(["export", str(root / "verify"), "--format", fmt, "--out", str(tmp_path / name)]) == 0
+    capsys.readouterr()
+    sidecar = json.loads((tmp_path / "v.onnx.json").read_text())
+    assert sidecar["outputs"] == ["embedding", "speaker_cosines"] and sidecar["task"] == model.task.state()
+    scripted = torch.jit.load(str(tmp_path / "v.pt"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "v.onnx"), providers=["CPUExecutionProvider"])
+    worst = {"torchscript": 0.0, "onnx": 0.0}
+    for states in batches(manifests, model):
+        with torch.no_grad():
+            raw, cosines = model.fuse_hidden(states)
+            inputs = graph_inputs(states)
+            ts_emb, ts_cos = scripted(*inputs)
+        expected = F.normalize(raw, dim=-1)
+        onnx_emb, onnx_cos = session.run(None, {n: t.numpy() for n, t in zip(sidecar["inputs"], inputs)})
+        assert ts_emb.shape == expected.shape and onnx_emb.shape == tuple(expected.shape)
+        assert onnx_cos.shape == tuple(cosines.shape) == (len(expected), len(model.task.speakers))
+        worst["torchscript"] = max(worst["torchscript"], float((ts_emb - expected).abs().max()),
+                                   float((ts_cos - cosines).abs().max()))
+        worst["onnx"] = max(worst["onnx"], float(np.abs(onnx_emb - expected.numpy()).max()),
+                            float(np.abs(onnx_cos - cosines.numpy()).max()))
+    # the last batch is the first test clip alone: the exported embedding is the one predict() returns for it
+    predicted = model.predict(load_manifest(manifests["test"])[0].path)[0].embedding
+    assert float((ts_emb[0] - predicted).abs().max()) < 1e-5
+    print("verify max abs difference vs eager:", worst)
+    assert worst["torchscript"] < 1e-5 and worst["onnx"] < 1e-5, worst

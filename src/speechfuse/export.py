@@ -5,7 +5,9 @@
 
 The exported graph takes, per upstream m in the model's order, `hidden_m` [L_m, B, T_m, D_m] float32 (every
 layer, as `Upstream.forward` returns it in HiddenStates.hidden) and `lengths_m` [B] int64 (valid frames), and
-returns `out` (CTC logits [B, T, V] for asr, class logits [B, C] for classify) and `out_lengths` [B]. Batch size
+returns `out` (CTC logits [B, T, V] for asr, class logits [B, C] for classify) and `out_lengths` [B]; a
+verification model returns `embedding` [B, E] (L2-normalised, as `predict` gives it: the cosine score of two
+clips is the dot product) and `speaker_cosines` [B, S] (with the training speakers, AS-norm's cohort). Batch size
 and frame counts are dynamic. The upstreams themselves stay in PyTorch (their own exports are the upstream
 projects' business); `export_fusion` writes a JSON sidecar (FILE.json) with the input order, the upstream specs
 and fingerprints, and the task state (vocabulary or labels) to decode `out`.
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, SpeechfuseError
@@ -45,11 +48,19 @@ class FusionGraph(nn.Module):
         super().__init__()
         self.aligner, self.interface, self.head = model.frontend.aligner, model.frontend.interface, model.head
         self.layouts = [(up.frame_rate, up.name) for up in model.frontend.upstreams]
+        self.normalize_embedding = model.task.name == "verify"
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         states = [HiddenStates(inputs[2 * m], inputs[2 * m + 1], rate, name)
                   for m, (rate, name) in enumerate(self.layouts)]
-        return self.head(*self.interface(self.aligner(states)))
+        out, second = self.head(*self.interface(self.aligner(states)))
+        if self.normalize_embedding:
+            out = F.normalize(out, dim=-1)
+        return out, second
+
+
+def output_names(model: "FusedModel") -> list[str]:
+    return ["embedding", "speaker_cosines"] if model.task.name == "verify" else ["out", "out_lengths"]
 
 
 def input_names(model: "FusedModel") -> list[str]:
@@ -102,7 +113,7 @@ def export_fusion(model: "FusedModel", out: str | os.PathLike, format: str = "to
         else:
             _export_onnx(model, graph, example, image)
     write_atomic(out, image.getvalue())
-    sidecar = {"format": format, "inputs": input_names(model), "outputs": ["out", "out_lengths"],
+    sidecar = {"format": format, "inputs": input_names(model), "outputs": output_names(model),
                "upstreams": model.config_dict()["upstreams"], "task": model.task.state(),
                "sample_rate": model.sample_rate}
     write_atomic(Path(f"{out}.json"), json.dumps(sidecar, indent=2) + "\n")
@@ -121,10 +132,11 @@ def _export_onnx(model: "FusedModel", graph: FusionGraph, example: tuple[torch.T
     for m in range(len(model.frontend.upstreams)):
         dynamic[f"hidden_{m}"] = {1: "batch", 2: f"frames_{m}"}
         dynamic[f"lengths_{m}"] = {0: "batch"}
-    dynamic["out"] = {0: "batch", 1: "frames"} if model.task.name == "asr" else {0: "batch"}
-    dynamic["out_lengths"] = {0: "batch"}
-    torch.onnx.export(graph, example, image, input_names=names, output_names=["out", "out_lengths"],
+    out, second = output_names(model)
+    dynamic[out] = {0: "batch", 1: "frames"} if model.task.name == "asr" else {0: "batch"}
+    dynamic[second] = {0: "batch"}
+    torch.onnx.export(graph, example, image, input_names=names, output_names=[out, second],
                       dynamic_axes=dynamic, dynamo=False, opset_version=17)
 
 
-__all__ = ["export_fusion", "FusionGraph", "graph_inputs", "example_states", "FORMATS"]
+__all__ = ["export_fusion", "FusionGraph", "graph_inputs", "example_states", "output_names", "FORMATS"]
