@@ -1,6 +1,6 @@
 """`task: verify` end to end through the CLI on real FSDD speech: run folder contents, best checkpoint by
 dev EER (lower is better), evaluate, a given trial list; and a run on the bundled Whisper encoder whose
-test EER is far from chance."""
+test EER is far from chance, and whose saved model's verify() separates same- from different-speaker pairs."""
 from __future__ import annotations
 
 import csv
@@ -102,3 +102,26 @@ def test_fsdd_verification_eer_is_far_from_chance(tmp_path, capsys):
     # chance is 0.5; the same run stopped after 1 step scored EER 0.44 (minDCF 1.0) when this bound was set
     assert test["eer"] < 0.15
     assert test["min_dcf_0.05"] < 1.0
+
+    # the saved model scores trials: per speaker, its same-speaker pairs (its 4 test clips, different digits)
+    # score higher on average than its pairs with each other speaker's clips
+    import speechfuse as sf
+
+    model = sf.load_model(tmp_path / "runs" / "verify")
+    rec = tmp_path / "recordings"
+    clip = {(spk, d): str(rec / f"{d}_{spk}_0.flac") for spk in SPEAKERS for d in range(4)}
+    same = [(clip[s, a], clip[s, b]) for s in SPEAKERS for a in range(4) for b in range(a + 1, 4)]
+    other = [(clip[s, a], clip[t, a]) for s in SPEAKERS for t in SPEAKERS if s < t for a in range(4)]
+    trials = model.verify(same + other)
+    score = {(t.enrol, t.test): t.score for t in trials}
+    speaker_of = {path: spk for (spk, _), path in clip.items()}
+    for spk in SPEAKERS:
+        mine = [score[p] for p in same if speaker_of[p[0]] == spk]
+        for rival in SPEAKERS:
+            if rival != spk:
+                theirs = [score[p] for p in other if {speaker_of[p[0]], speaker_of[p[1]]} == {spk, rival}]
+                assert sum(mine) / len(mine) > sum(theirs) / len(theirs), (spk, rival)
+    # decisions at the dev EER threshold: most test trials are decided right (chance: half)
+    right = sum(t.decision == (speaker_of[t.enrol] == speaker_of[t.test]) for t in trials)
+    print(f"verify() on {len(trials)} test trials at dev threshold {model.task.threshold:.3f}: {right} right")
+    assert right / len(trials) > 0.75
