@@ -120,3 +120,31 @@ def test_verify_is_refused_for_other_tasks_and_bad_arguments(run, tmp_path):
         model.verify([(clips[0], root / "run")])  # a folder is not one clip
     with pytest.raises(ConfigError, match="pairs"):
         model.verify(clips)
+
+
+def test_verify_applies_as_norm_like_dev_scoring(run):
+    """With score_norm asnorm, verify() normalises against the cosines the head gives (its training
+    speakers' vectors), the cohort that scoring dev used."""
+    import speechfuse as sf
+    from speechfuse.data import read_audio
+    from speechfuse.tasks.verify import as_norm
+
+    root, manifests = run
+    model = sf.load_model(root / "run")
+    model.task.options["score_norm"], model.task.options["cohort_top"] = "asnorm", 2
+    clips = [u.path for u in load_manifest(manifests["test"])][:4]
+    pairs = [(clips[0], clips[1]), (clips[2], clips[3]), (clips[0], clips[3])]
+    cohort, unit = [], []
+    with torch.no_grad():
+        for path in clips:  # one clip at a time through the whole model: the head's own cosines
+            wav = read_audio(path, model.sample_rate)
+            embedding, cosines = model(wav[None], torch.tensor([wav.numel()]))
+            unit.append(torch.nn.functional.normalize(embedding[0], dim=-1))
+            cohort.append(cosines[0])
+    unit, cohort = torch.stack(unit), torch.stack(cohort)
+    e, t = [clips.index(a) for a, _ in pairs], [clips.index(b) for _, b in pairs]
+    expected = as_norm((unit[e] * unit[t]).sum(-1), cohort, e, t, 2)
+    got = [trial.score for trial in model.verify(pairs)]
+    assert got == pytest.approx(expected.tolist(), abs=1e-4)
+    raw = (unit[e] * unit[t]).sum(-1)
+    assert not torch.allclose(torch.tensor(got), raw, atol=1e-3)  # normalised, not the raw cosines
