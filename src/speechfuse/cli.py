@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="write a corpus's manifests (and trials / folds) by its official protocol",
                        description="Write train/dev/test manifests for a corpus on disk, following its protocol: "
                                    "iemocap (five leave-one-session-out folds, 4 classes), voxceleb1 "
-                                   "(identification by iden_split.txt, verification by veri_test2.txt), fsdd, "
+                                   "(identification by iden_split.txt, verification by veri_test2.txt), mlsuperb "
+                                   "(multilingual and monolingual, 10 min and 1 h training sets), fsdd, "
                                    "librispeech (one manifest per split folder). Prints the files written as JSON.")
     p.add_argument("corpus", choices=CORPORA, help="which corpus")
     p.add_argument("root", help="the corpus folder as released (e.g. IEMOCAP_full_release)")

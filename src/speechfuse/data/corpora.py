@@ -3,6 +3,8 @@
     iemocap_manifests(root, out)    -> OUT/fold{1..5}/{train,dev,test}.csv
     voxceleb1_manifests(root, out)  -> OUT/identification/{train,dev,test}.csv,
                                        OUT/verification/{train,dev,test}.csv + {dev,test}_trials.txt
+    mlsuperb_manifests(root, out)   -> OUT/multilingual_{10min,1h}/{train,dev,test}.csv,
+                                       OUT/monolingual_{10min,1h}/<pair>/{train,dev,test}.csv
     prepare(corpus, root, out)      -> the above, or FSDD / LibriSpeech (speechfuse prepare CORPUS ROOT --out DIR)
 
 IEMOCAP (IEMOCAP_full_release): `SessionN/dialog/EmoEvaluation/<dialog>.txt` label files, whose summary
@@ -19,6 +21,22 @@ ROOT (or ROOT/meta): `iden_split.txt` (`SET PATH`, 1 train, 2 dev, 3 test) for i
 are those relative paths, so the trial names are manifest ids. Verification: test = every utterance the
 trial list names; train = the utterances of every other speaker, less `dev_speakers` speakers (seeded)
 held out as dev, scored on trials generated from them (as many target trials as the test list has).
+
+ML-SUPERB: the released folder (ROOT) holds `<DATASET>/<LANG>/` folders (DATASET: ALFFA, commonvoice, fleurs,
+mls, voxpopuli, ...; LANG: an ISO 639-3 code such as eng), each with `wav/<UTT>.wav` and the transcript files
+`transcript_10min_train.txt`, `transcript_1h_train.txt`, `transcript_10min_dev.txt`, `transcript_10min_test.txt`,
+one utterance a line: `UTT<whitespace>FIELD<whitespace>TRANSCRIPT`. Source of the layout: ESPnet's recipe
+egs2/ml_superb/asr1 (local/data_prep.py for the multilingual setting, local/single_lang_data_prep.py for the
+monolingual one; lhotse's recipes/ml_superb.py reads the same files). Followed from those scripts: dev and test
+are always the 10-minute files (for both training durations); training utterances over 20 s are dropped
+(data_prep.py: "the default setting in ml-superb benchmark"); the monolingual setting trains on one (language,
+dataset) pair, with dev from that dataset and test from every dataset of the language (MLSUPERB_MONOLINGUAL,
+ESPnet's SINGLE_LANG list, e.g. eng1 = eng from mls). The transcripts are written as released; ESPnet removes
+`[...]` tags and punctuation and upper-cases at preparation time, here the task's `punctuation` / `case` options
+do that. Not confirmed (no copy of the corpus here): what the middle FIELD holds (both scripts ignore it), and
+the exact folder names of every dataset in the release. Not implemented: ESPnet keeps only five hand-picked
+training utterances for 20 reserved few-shot languages (RESERVE_LANG / FEW_SHOT_SELECTED_DATA in data_prep.py);
+here those languages train on all their rows, so their CERs are not comparable to ML-SUPERB's few-shot numbers.
 """
 from __future__ import annotations
 
@@ -38,7 +56,17 @@ _IEMOCAP_TURN = re.compile(r"^Ses0([1-5])[FM]_\S*_([FM])\d+$")
 
 VOX_WAV_DIRS = ("wav", "dev/wav", "test/wav", "vox1_dev_wav/wav", "vox1_test_wav/wav")
 VOX_SPLITS = {"1": "train", "2": "dev", "3": "test"}
-CORPORA = ("fsdd", "iemocap", "librispeech", "voxceleb1")
+CORPORA = ("fsdd", "iemocap", "librispeech", "mlsuperb", "voxceleb1")
+
+MLSUPERB_DURATIONS = ("10min", "1h")
+MLSUPERB_MAX_TRAIN_SECONDS = 20.0  # ESPnet data_prep.py drops longer training utterances
+# ESPnet local/single_lang_data_prep.py: monolingual pair name -> (language, dataset folder it trains on)
+MLSUPERB_MONOLINGUAL = {
+    "eng1": ("eng", "mls"), "eng2": ("eng", "nchlt"), "eng3": ("eng", "voxpopuli"), "fra1": ("fra", "voxforge"),
+    "fra2": ("fra", "voxpopuli"), "deu1": ("deu", "swc"), "deu2": ("deu", "voxpopuli"), "rus": ("rus", "M-AILABS"),
+    "swa": ("swa", "ALFFA"), "swe": ("swe", "NST"), "jpn": ("jpn", "commonvoice"), "cmn": ("cmn", "fleurs"),
+    "xty": ("xty", "mexico-el"),
+}
 
 
 class CorpusError(ConfigError):
@@ -210,6 +238,73 @@ def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int
     return result
 
 
+# -- ML-SUPERB ---------------------------------------------------------------------------------------
+
+def read_mlsuperb_transcript(path: Path) -> list[tuple[str, str, int]]:
+    """(utterance id, transcript, line) of every line of one ML-SUPERB transcript file."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            fields = line.strip().split(maxsplit=2)
+            if len(fields) != 3:
+                raise CorpusError(f"ML-SUPERB transcript {path} line {line_no}: expected 'UTT FIELD TRANSCRIPT' "
+                                  f"(three whitespace-separated parts), got {line.strip()[:120]!r}")
+            rows.append((fields[0], fields[2], line_no))
+    return rows
+
+
+def _mlsuperb_split(folder: Path, file_name: str, max_seconds: float | None) -> list[Utterance]:
+    path = folder / file_name
+    if not path.is_file():
+        raise CorpusError(f"ML-SUPERB: {path} not found; every <DATASET>/<LANG> folder holds the "
+                          f"transcript_{{10min,1h}}_train.txt, transcript_10min_dev.txt and _test.txt files")
+    utts = []
+    for utt_id, text, line_no in read_mlsuperb_transcript(path):
+        wav = folder / "wav" / f"{utt_id}.wav"
+        if not wav.is_file():
+            raise CorpusError(f"ML-SUPERB transcript {path} line {line_no}: {wav} not found; the wav folder is "
+                              "incomplete")
+        duration = audio_info(wav)[3]
+        if max_seconds is None or duration <= max_seconds:
+            utts.append(Utterance(id=utt_id, path=str(wav.resolve()), duration=duration, text=text,
+                                  language=folder.name, extra={"dataset": folder.parent.name}))
+    return utts
+
+
+def mlsuperb_manifests(root: str | Path, out_dir: str | Path) -> dict[str, dict]:
+    """Multilingual and monolingual manifests for the 10-minute and 1-hour training sets (see module doc):
+    {"multilingual_10min": {split: csv}, ..., "monolingual_10min": {pair: {split: csv}}, ...}.
+    Monolingual pairs whose language or dataset folder is absent from ROOT are left out."""
+    root, out_dir = Path(root), Path(out_dir)
+    folders = sorted(p for p in root.glob("*/*") if p.is_dir() and (p / "wav").is_dir())
+    if not folders:
+        raise CorpusError(f"ML-SUPERB: no <DATASET>/<LANG>/wav folders under {root}; ROOT must be the released "
+                          "folder holding e.g. fleurs/eng/wav and fleurs/eng/transcript_10min_train.txt")
+    dev = {f: _mlsuperb_split(f, "transcript_10min_dev.txt", None) for f in folders}
+    test = {f: _mlsuperb_split(f, "transcript_10min_test.txt", None) for f in folders}
+    result: dict[str, dict] = {}
+    for duration in MLSUPERB_DURATIONS:
+        train = {f: _mlsuperb_split(f, f"transcript_{duration}_train.txt", MLSUPERB_MAX_TRAIN_SECONDS)
+                 for f in folders}
+        multi = out_dir / f"multilingual_{duration}"
+        result[f"multilingual_{duration}"] = {
+            name: write_manifest([u for f in folders for u in part[f]], multi / f"{name}.csv")
+            for name, part in (("train", train), ("dev", dev), ("test", test))}
+        mono = {}
+        for pair, (language, dataset) in MLSUPERB_MONOLINGUAL.items():
+            chosen = root / dataset / language
+            if chosen not in train:
+                continue
+            same_language = [f for f in folders if f.name == language]
+            splits = {"train": train[chosen], "dev": dev[chosen], "test": [u for f in same_language for u in test[f]]}
+            mono[pair] = {name: write_manifest(part, out_dir / f"monolingual_{duration}" / pair / f"{name}.csv")
+                          for name, part in splits.items()}
+        result[f"monolingual_{duration}"] = mono
+    return result
+
+
 # -- one entry point for the CLI ---------------------------------------------------------------------
 
 def _librispeech(root: Path, out_dir: Path) -> dict[str, Path]:
@@ -231,6 +326,7 @@ def prepare(corpus: str, root: str | Path, out_dir: str | Path) -> dict:
     makers = {
         "iemocap": lambda: iemocap_manifests(root, out_dir),
         "voxceleb1": lambda: voxceleb1_manifests(root, out_dir),
+        "mlsuperb": lambda: mlsuperb_manifests(root, out_dir),
         "fsdd": lambda: fsdd_manifests(root / "recordings" if (root / "recordings").is_dir() else root, out_dir),
         "librispeech": lambda: _librispeech(root, out_dir),
     }
