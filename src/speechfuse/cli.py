@@ -1,4 +1,4 @@
-"""The `speechfuse` command line: train, evaluate, extract, sweep, predict, export, prepare, demo.
+"""The `speechfuse` command line: train, evaluate, extract, sweep, predict, export, prepare, table, demo.
 
     speechfuse train configs/fsdd_speaker.yaml --set train.max_steps=200 --out runs/speaker
     speechfuse evaluate runs/speaker --split test
@@ -9,6 +9,7 @@
     speechfuse export runs/speaker --format onnx --out fusion.onnx
     speechfuse demo --quick
     speechfuse prepare voxceleb1 /data/VoxCeleb1 --out data/voxceleb1
+    speechfuse table runs/ls runs/mlsuperb_mono runs/mlsuperb_multi runs/vox1 runs/iemocap --out table.md
 
 Errors in the input (config, manifests, audio) print one clean message and exit with code 2. Ctrl-C exits
 with code 130; during `train` it first saves a checkpoint to resume from.
@@ -128,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", help="the corpus folder as released (e.g. IEMOCAP_full_release)")
     p.add_argument("--out", required=True, help="folder for the manifests")
 
+    p = sub.add_parser("table", help="merge finished sweeps into the paper's table",
+                       description="Merge finished sweeps into one table in the paper's layout: rows upstream set x "
+                                   "interface, columns LibriSpeech WER, ML-SUPERB mono CER, multi CER, VoxCeleb1 EER, "
+                                   "IEMOCAP accuracy (%, test split). Each run's column follows its task; IEMOCAP "
+                                   "folds and ML-SUPERB monolingual languages are averaged. Writes OUT and OUT with "
+                                   ".csv (full precision, counts); prints the rows as JSON.")
+    p.add_argument("sweeps", nargs="+", metavar="SWEEP_DIR", help="folders written by `speechfuse sweep`")
+    p.add_argument("--out", required=True, help="Markdown table, e.g. table.md")
+
     p = sub.add_parser("demo", help="the bundled FSDD demo (no downloads)",
                        description="Train the bundled upstreams on the bundled FSDD subset and write a report.")
     p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
@@ -235,6 +245,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from .data.corpora import prepare
 
         print(json.dumps(prepare(args.corpus, args.root, args.out), indent=2, default=str))
+        return 0
+    if args.command == "table":
+        from .table import paper_table
+
+        print(json.dumps(paper_table(args.sweeps, args.out), indent=2, ensure_ascii=False))
         return 0
     if args.command == "demo":
         from .demo import run_demo

@@ -1,0 +1,146 @@
+"""The paper's table from finished sweeps (`speechfuse table SWEEP_DIR... --out table.md`).
+
+    rows = paper_table(["runs/ls", "runs/mlsuperb_mono", "runs/vox1", "runs/iemocap"], "table.md")
+
+Rows: upstream set x interface (the `upstreams` and `interface` columns of each sweep's results.csv).
+Columns (values in %, test split of each run's best checkpoint):
+
+    LibriSpeech WER      task asr               test_wer
+    ML-SUPERB mono CER   task multilingual_asr  test_cer_macro, runs whose test split holds one language
+    ML-SUPERB multi CER  task multilingual_asr  test_cer_macro, runs whose test split holds several
+    VoxCeleb1 EER        task verify            test_eer
+    IEMOCAP accuracy     task classify          test_accuracy
+
+The column of a run is decided by the `task` of its own config.yaml (SWEEP/runs/<run>/config.yaml) and, for
+multilingual ASR, by how many per-language CERs (`test_cer_<lang>`) its metrics hold. Averaging: runs that
+share an upstream set, interface and column are grouped by their data (the config's data.train and
+data.languages: one IEMOCAP fold, one ML-SUPERB monolingual language); seeds of one data are averaged first,
+then the data are averaged with equal weight. So the IEMOCAP cell is the mean accuracy over folds and the
+mono cell the mean CER over languages (ML-SUPERB's monolingual score), whatever the seeds per fold.
+A cell averaged over fewer data than the most any row of its column has is marked `(n/N)`.
+Next to table.md, table.csv keeps the full-precision values and the data / run counts of every cell.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+from .errors import ConfigError
+from .report import write_table
+from .runfolder import write_atomic
+from .sweep import RESULTS_CSV
+
+COLUMNS = ("LibriSpeech WER", "ML-SUPERB mono CER", "ML-SUPERB multi CER", "VoxCeleb1 EER", "IEMOCAP accuracy")
+METRIC = {"LibriSpeech WER": "test_wer", "ML-SUPERB mono CER": "test_cer_macro",
+          "ML-SUPERB multi CER": "test_cer_macro", "VoxCeleb1 EER": "test_eer", "IEMOCAP accuracy": "test_accuracy"}
+TASK_COLUMN = {"asr": "LibriSpeech WER", "verify": "VoxCeleb1 EER", "classify": "IEMOCAP accuracy"}
+
+
+class TableError(ConfigError):
+    """A sweep folder cannot be read into the paper's table."""
+
+
+def _run_config(sweep: Path, run: str, where: str) -> dict:
+    path = sweep / "runs" / run / "config.yaml"
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise TableError(f"{where}: cannot read the run's config {path} ({err}); the table needs each run's "
+                         "config.yaml to know its task") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("task"), str):
+        raise TableError(f"{where}: {path} has no `task`")
+    return cfg
+
+
+def column_of(task: str, metrics: dict[str, str], where: str) -> str:
+    """The paper column of one run, from its task and (multilingual ASR) how many languages it was tested on."""
+    if task == "multilingual_asr":
+        languages = [k for k in metrics if k.startswith("test_cer_") and k != "test_cer_macro" and metrics[k] != ""]
+        return "ML-SUPERB mono CER" if len(languages) == 1 else "ML-SUPERB multi CER"
+    if task not in TASK_COLUMN:
+        raise TableError(f"{where}: task {task!r} has no column in the paper's table (asr, multilingual_asr, "
+                         "verify, classify)")
+    return TASK_COLUMN[task]
+
+
+def read_sweep(sweep: str | Path) -> list[dict]:
+    """One record per run of a finished sweep: upstreams, interface, column, data (the averaging unit), value."""
+    sweep = Path(sweep)
+    path = sweep / RESULTS_CSV
+    if not path.is_file():
+        raise TableError(f"table: {path} not found; give folders written by `speechfuse sweep`")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise TableError(f"table: {path} has no runs yet")
+    records = []
+    for line_no, row in enumerate(rows, start=2):  # line 1 is the header
+        where = f"{path} line {line_no}"
+        missing = [k for k in ("run", "upstreams", "interface") if not row.get(k)]
+        if missing:
+            raise TableError(f"{where}: no {', '.join(missing)} column value; is this a speechfuse sweep's results.csv?")
+        cfg = _run_config(sweep, row["run"], where)
+        column = column_of(cfg["task"], row, where)
+        metric = METRIC[column]
+        try:
+            value = float(row[metric])
+        except (KeyError, TypeError, ValueError):
+            raise TableError(f"{where}: run {row['run']!r} has no {metric} (task {cfg['task']}); the table uses "
+                             "each run's test metrics, so its config needs a data.test manifest") from None
+        data = cfg.get("data") or {}
+        languages = data.get("languages")
+        records.append({"upstreams": row["upstreams"], "interface": row["interface"], "column": column,
+                        "data": f"{data.get('train')}" + (f" {sorted(languages)}" if languages else ""),
+                        "value": value, "source": where})
+    return records
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def merge(records: list[dict]) -> list[dict]:
+    """Cells: {upstreams, interface, column, value, data, runs}, seeds averaged within a data, then data."""
+    cells: dict[tuple, dict[str, list[float]]] = {}
+    for r in records:
+        cells.setdefault((r["upstreams"], r["interface"], r["column"]), {}).setdefault(r["data"], []).append(r["value"])
+    return [{"upstreams": u, "interface": i, "column": c, "value": _mean(_mean(v) for v in by_data.values()),
+             "data": len(by_data), "runs": sum(len(v) for v in by_data.values())}
+            for (u, i, c), by_data in cells.items()]
+
+
+def paper_table(sweeps: Iterable[str | Path], out: str | Path) -> list[dict]:
+    """Write the paper's table (Markdown at `out`, numbers at `out` with .csv) and return its display rows."""
+    sweeps = list(sweeps)
+    if not sweeps:
+        raise TableError("table: give at least one sweep folder")
+    cells = merge([r for s in sweeps for r in read_sweep(s)])
+    most = {c: max((x["data"] for x in cells if x["column"] == c), default=0) for c in COLUMNS}
+    display: dict[tuple, dict] = {}
+    for cell in cells:
+        row = display.setdefault((cell["upstreams"], cell["interface"]),
+                                 {"upstreams": cell["upstreams"], "interface": cell["interface"],
+                                  **{c: "–" for c in COLUMNS}})
+        text = f"{100 * cell['value']:.2f}"
+        if cell["data"] < most[cell["column"]]:
+            text += f" ({cell['data']}/{most[cell['column']]})"
+        row[cell["column"]] = text
+    out = Path(out)
+    header = [f"{c} (%)" for c in COLUMNS]
+    rows = [{"upstreams": r["upstreams"], "interface": r["interface"], **{h: r[c] for h, c in zip(header, COLUMNS)}}
+            for r in display.values()]
+    write_table(rows, out, None, columns=["upstreams", "interface", *header])
+    note = ("\nTest split, best checkpoint by dev. Mono CER: mean over ML-SUPERB monolingual languages; IEMOCAP: "
+            "mean over folds; seeds are averaged within each language / fold first. (n/N): averaged over n of the "
+            f"N folds or languages other rows have. Sweeps: {', '.join(str(s) for s in sweeps)}.\n")
+    write_atomic(out, out.read_text(encoding="utf-8") + note)
+    write_table(sorted(cells, key=lambda c: (c["upstreams"], c["interface"], COLUMNS.index(c["column"]))),
+                None, out.with_suffix(".csv"), columns=["upstreams", "interface", "column", "value", "data", "runs"])
+    return rows
+
+
+__all__ = ["paper_table", "read_sweep", "merge", "column_of", "COLUMNS", "TableError"]

@@ -1,0 +1,112 @@
+"""`speechfuse table`: finished sweeps (written by the real sweep code with a stand-in trainer) merged into the
+paper's table; IEMOCAP folds and ML-SUPERB mono languages averaged with seeds averaged first."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from speechfuse.cli import main
+from speechfuse.config import config_from_dict, config_to_yaml
+from speechfuse.sweep import run_sweep
+from speechfuse.table import TableError, paper_table
+
+A, AB = ["whisper-tiny.en"], ["whisper-tiny.en", "resemblyzer"]
+TARGET = {"asr": "text", "multilingual_asr": "text", "verify": "speaker", "classify": "label"}
+
+
+def base(task: str):
+    return config_from_dict({"task": task, "data": {"train": "train.csv", "dev": "dev.csv", "test": "test.csv",
+                                                    "target": TARGET[task]},
+                             "upstreams": [{"spec": "whisper-tiny.en"}], "interface": {"name": "hconv"}},
+                            ".", "test")
+
+
+def sweep(tmp_path: Path, name: str, task: str, grid: dict, metrics_of, seeds=None) -> Path:
+    """Run the real sweep with a trainer that writes config.yaml (as `train` does) and returns `metrics_of(cfg)`."""
+    def fake_train(cfg, run_dir):
+        (Path(run_dir) / "config.yaml").write_text(config_to_yaml(cfg))
+        return {"dev": {}, "test": metrics_of(cfg)}
+
+    out = tmp_path / name
+    run_sweep(base(task), grid, out, seeds=seeds, train_fn=fake_train, progress=False, plots=False)
+    return out
+
+
+def folds(tmp_path: Path, names: list[str]) -> list[str]:
+    for n in names:
+        (tmp_path / n).mkdir(parents=True, exist_ok=True)
+        for split in ("train", "dev", "test"):
+            (tmp_path / n / f"{split}.csv").write_text("id,path\n")
+    return [str(tmp_path / n) for n in names]
+
+
+def key(cfg) -> tuple[int, str]:
+    return len(cfg.upstreams), cfg.interface.name
+
+
+def test_table_merges_sweeps_into_the_paper_layout(tmp_path):
+    wer = {(1, "weighted_sum"): 0.08, (1, "hconv"): 0.07, (2, "weighted_sum"): 0.06, (2, "hconv"): 0.05}
+    ls = sweep(tmp_path, "ls", "asr", {"upstreams": [A, AB], "interface.name": ["weighted_sum", "hconv"]},
+               lambda cfg: {"wer": wer[key(cfg)]})
+    # IEMOCAP: folds 1-2 with two seeds in one sweep, fold 3 with one seed in another (AB, hconv only)
+    acc = {("fold1", 0): 0.60, ("fold1", 1): 0.62, ("fold2", 0): 0.70, ("fold2", 1): 0.70, ("fold3", 0): 0.50}
+
+    def accuracy(cfg):
+        return {"accuracy": acc[(Path(cfg.data.train).parent.name, cfg.train.seed)]}
+
+    er12 = sweep(tmp_path, "er12", "classify", {"upstreams": [AB], "data": folds(tmp_path, ["fold1", "fold2"])},
+                 accuracy, seeds=[0, 1])
+    er3 = sweep(tmp_path, "er3", "classify", {"upstreams": [AB], "data": folds(tmp_path, ["fold3"])}, accuracy)
+    mono_cer = {"eng1": 0.20, "cmn": 0.40}
+    mono = sweep(tmp_path, "mono", "multilingual_asr", {"upstreams": [AB], "data": folds(tmp_path, ["eng1", "cmn"])},
+                 lambda cfg: {"cer_macro": mono_cer[Path(cfg.data.train).parent.name],
+                              f"cer_{Path(cfg.data.train).parent.name}": 0.0})
+    multi = sweep(tmp_path, "multi", "multilingual_asr", {"upstreams": [AB]},
+                  lambda cfg: {"cer_macro": 0.30, "cer_eng": 0.2, "cer_cmn": 0.4})
+    vox = sweep(tmp_path, "vox", "verify", {"upstreams": [A, AB]}, lambda cfg: {"eer": 0.04 / len(cfg.upstreams)})
+
+    out = tmp_path / "table.md"
+    assert main(["table", str(ls), str(er12), str(er3), str(mono), str(multi), str(vox), "--out", str(out)]) == 0
+    with open(out.with_suffix(".csv"), newline="") as f:
+        cells = {(r["upstreams"], r["interface"], r["column"]): r for r in csv.DictReader(f)}
+    ab = "whisper-tiny.en+resemblyzer"
+    assert float(cells[(ab, "hconv", "IEMOCAP accuracy")]["value"]) == pytest.approx((0.61 + 0.70 + 0.50) / 3)
+    assert cells[(ab, "hconv", "IEMOCAP accuracy")]["data"] == "3" and cells[(ab, "hconv", "IEMOCAP accuracy")]["runs"] == "5"
+    assert float(cells[(ab, "hconv", "ML-SUPERB mono CER")]["value"]) == pytest.approx(0.30)
+    assert float(cells[(ab, "hconv", "ML-SUPERB multi CER")]["value"]) == pytest.approx(0.30)
+    assert float(cells[("whisper-tiny.en", "weighted_sum", "LibriSpeech WER")]["value"]) == pytest.approx(0.08)
+    assert float(cells[("whisper-tiny.en", "hconv", "VoxCeleb1 EER")]["value"]) == pytest.approx(0.04)
+
+    lines = out.read_text().splitlines()
+    assert lines[0] == ("| upstreams | interface | LibriSpeech WER (%) | ML-SUPERB mono CER (%) | ML-SUPERB multi CER (%) "
+                        "| VoxCeleb1 EER (%) | IEMOCAP accuracy (%) |")
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): [c.strip() for c in line.strip("|").split("|")[2:]]
+            for line in lines[2:6]}
+    assert rows[(ab, "hconv")] == ["5.00", "30.00", "30.00", "2.00", "60.33"]
+    assert rows[("whisper-tiny.en", "weighted_sum")] == ["8.00", "–", "–", "–", "–"]
+    assert rows[("whisper-tiny.en", "hconv")] == ["7.00", "–", "–", "4.00", "–"]
+
+
+def test_table_marks_cells_with_fewer_folds(tmp_path):
+    acc = {"fold1": 0.5, "fold2": 0.7}
+    full = sweep(tmp_path, "full", "classify", {"interface.name": ["hconv"], "data": folds(tmp_path, ["fold1", "fold2"])},
+                 lambda cfg: {"accuracy": acc[Path(cfg.data.train).parent.name]})
+    part = sweep(tmp_path, "part", "classify", {"interface.name": ["weighted_sum"], "data": folds(tmp_path, ["fold1"])},
+                 lambda cfg: {"accuracy": acc[Path(cfg.data.train).parent.name]})
+    rows = paper_table([full, part], tmp_path / "t.md")
+    by_interface = {r["interface"]: r["IEMOCAP accuracy (%)"] for r in rows}
+    assert by_interface == {"hconv": "60.00", "weighted_sum": "50.00 (1/2)"}
+
+
+def test_table_errors_name_the_file(tmp_path, capsys):
+    assert main(["table", str(tmp_path / "nothing"), "--out", str(tmp_path / "t.md")]) == 2
+    assert "results.csv not found" in capsys.readouterr().err
+    vox = sweep(tmp_path, "vox", "verify", {"interface.name": ["hconv"]}, lambda cfg: {"accuracy": 0.9})
+    with pytest.raises(TableError, match=r"results.csv line 2: run 'hconv' has no test_eer"):
+        paper_table([vox], tmp_path / "t.md")
+    (vox / "runs" / "hconv" / "config.yaml").unlink()
+    with pytest.raises(TableError, match=r"line 2: cannot read the run's config .*config.yaml"):
+        paper_table([vox], tmp_path / "t.md")
