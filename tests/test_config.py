@@ -150,3 +150,19 @@ def test_head_options_are_checked_again_when_the_task_changes(cfg_file):
     cfg = load_config(cfg_file, ["downstream.hidden_dim=16"])
     with pytest.raises(ConfigError, match="unknown key 'downstream.hidden_dim'"):
         config_from_dict({**cfg.model_dump(), "task": "asr"})
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "paper").glob("*.yaml")), ids=lambda p: p.name)
+def test_paper_configs_are_valid(path):
+    """configs/paper: each loads, validates (head options typed per task) and builds its task's options."""
+    cfg = load_config(path)
+    assert cfg.task in ("asr", "multilingual_asr", "verify", "classify")
+    get_task(cfg.task, **cfg.downstream)  # the head options are accepted by the task itself
+    assert cfg.data.test is not None  # the paper's table reads test metrics
+    assert cfg.data.train.startswith(str(path.parent / "data"))  # `speechfuse prepare ... --out configs/paper/data/...`
+
+
+def test_paper_configs_cover_every_table_column():
+    tasks = {p.stem: load_config(p).task for p in (REPO / "configs" / "paper").glob("*.yaml")}
+    assert tasks == {"librispeech_asr": "asr", "mlsuperb_mono": "multilingual_asr", "mlsuperb_multi": "multilingual_asr",
+                     "voxceleb1_sv": "verify", "iemocap_er": "classify"}
