@@ -33,8 +33,9 @@ are always the 10-minute files (for both training durations); training utterance
 dataset) pair, with dev from that dataset and test from every dataset of the language (MLSUPERB_MONOLINGUAL,
 ESPnet's SINGLE_LANG list, e.g. eng1 = eng from mls). The transcripts are written as released; ESPnet removes
 `[...]` tags and punctuation and upper-cases at preparation time, here the task's `punctuation` / `case` options
-do that. Not confirmed (no copy of the corpus here): what the middle FIELD holds (both scripts ignore it), and
-the exact folder names of every dataset in the release. Not implemented: ESPnet keeps only five hand-picked
+do that. Not confirmed (no copy of the corpus here): what the middle FIELD holds (both scripts ignore it; one
+third-party converter writes `A`, another a duration in seconds), and the exact folder names of every
+dataset in the release. Not implemented: ESPnet keeps only five hand-picked
 training utterances for 20 reserved few-shot languages (RESERVE_LANG / FEW_SHOT_SELECTED_DATA in data_prep.py);
 here those languages train on all their rows, so their CERs are not comparable to ML-SUPERB's few-shot numbers.
 """
