@@ -31,7 +31,7 @@ def make_folder(root: Path, dataset: str, lang: str, prefix: str, rows: dict[str
 def make_mlsuperb(root: Path) -> None:
     make_folder(root, "mls", "eng", "mls", {
         "train10": [("000001", "hello world", 1.0), ("000002", "far too long", 21.0)],  # > 20 s: dropped
-        "train1h": [("000001", "hello world", 1.0), ("000003", "a second one", 1.0), ("000004", "third", 0.5)],
+        "train1h": [("000001", "hello world", 1.0), ("000003", "a [noise] second one [laughter]", 1.0), ("000004", "third", 0.5)],
         "dev": [("000010", "dev line", 0.5)], "test": [("000020", "test line", 0.5)]})
     make_folder(root, "fleurs", "eng", "fleurs", {
         "train10": [("000001", "fleurs english", 0.5)], "train1h": [("000001", "fleurs english", 0.5)],
@@ -48,7 +48,10 @@ def ids(path) -> list[str]:
 def test_mlsuperb_multilingual_and_monolingual(tmp_path):
     root = tmp_path / "ml_superb"
     make_mlsuperb(root)
-    out = mlsuperb_manifests(root, tmp_path / "out")
+    test_file = root / "mls" / "eng" / "transcript_10min_test.txt"  # a line of tags only: left out, with a warning
+    test_file.write_text(test_file.read_text() + "mls_eng_000021\tA\t[noise]\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"transcript_10min_test.txt: 1 line\(s\) hold only \[...\] tags .*\[2\]"):
+        out = mlsuperb_manifests(root, tmp_path / "out")
     assert sorted(out) == ["monolingual_10min", "monolingual_1h", "multilingual_10min", "multilingual_1h"]
 
     multi = {split: load_manifest(p) for split, p in out["multilingual_10min"].items()}
@@ -67,6 +70,7 @@ def test_mlsuperb_multilingual_and_monolingual(tmp_path):
     assert sorted(out["monolingual_10min"]) == ["cmn", "eng1"]
     eng1 = out["monolingual_1h"]["eng1"]
     assert ids(eng1["train"]) == ["mls_eng_000001", "mls_eng_000003", "mls_eng_000004"]
+    assert {u.id: u.text for u in load_manifest(eng1["train"])}["mls_eng_000003"] == "a second one"  # tags removed
     assert ids(eng1["dev"]) == ["mls_eng_000010"]  # dev from the training dataset only
     assert ids(eng1["test"]) == ["fleurs_eng_000020", "mls_eng_000020"]  # test from every dataset of the language
     assert {u.language for u in load_manifest(eng1["test"])} == {"eng"}

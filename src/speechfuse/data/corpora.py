@@ -31,9 +31,10 @@ monolingual one; lhotse's recipes/ml_superb.py reads the same files). Followed f
 are always the 10-minute files (for both training durations); training utterances over 20 s are dropped
 (data_prep.py: "the default setting in ml-superb benchmark"); the monolingual setting trains on one (language,
 dataset) pair, with dev from that dataset and test from every dataset of the language (MLSUPERB_MONOLINGUAL,
-ESPnet's SINGLE_LANG list, e.g. eng1 = eng from mls). The transcripts are written as released; ESPnet removes
-`[...]` tags and punctuation and upper-cases at preparation time, here the task's `punctuation` / `case` options
-do that. Not confirmed (no copy of the corpus here): what the middle FIELD holds (both scripts ignore it; one
+ESPnet's SINGLE_LANG list, e.g. eng1 = eng from mls). ESPnet removes `[...]` tags (noise and
+event marks) and punctuation and upper-cases at preparation time; here the tags are removed when the manifest
+is written (each `[...]` on its own: ESPnet's greedy pattern also drops the words between two tags of one line)
+and the task's `punctuation` / `case` options do the rest. Not confirmed (no copy of the corpus here): what the middle FIELD holds (both scripts ignore it; one
 third-party converter writes `A`, another a duration in seconds), and the exact folder names of every
 dataset in the release. Not implemented: ESPnet keeps only five hand-picked
 training utterances for 20 reserved few-shot languages (RESERVE_LANG / FEW_SHOT_SELECTED_DATA in data_prep.py);
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
 from pathlib import Path
 from ..errors import ConfigError
 from .audio import audio_info
@@ -53,6 +55,7 @@ IEMOCAP_SESSIONS = (1, 2, 3, 4, 5)
 IEMOCAP_CLASSES = {"neu": "neu", "hap": "hap", "exc": "hap", "sad": "sad", "ang": "ang"}
 IEMOCAP_DEV_RATIO = 0.2  # SUPERB emotion config: valid_ratio 0.2
 _IEMOCAP_LINE = re.compile(r"^\[\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*\]\s+(\S+)\s+(\w+)\s+\[[^\]]*\]\s*$")
+_MLSUPERB_TAG = re.compile(r"\[[^\]]*\]")
 _IEMOCAP_TURN = re.compile(r"^Ses0([1-5])[FM]_\S*_([FM])\d+$")
 
 VOX_WAV_DIRS = ("wav", "dev/wav", "test/wav", "vox1_dev_wav/wav", "vox1_test_wav/wav")
@@ -252,7 +255,7 @@ def read_mlsuperb_transcript(path: Path) -> list[tuple[str, str, int]]:
             if len(fields) != 3:
                 raise CorpusError(f"ML-SUPERB transcript {path} line {line_no}: expected 'UTT FIELD TRANSCRIPT' "
                                   f"(three whitespace-separated parts), got {line.strip()[:120]!r}")
-            rows.append((fields[0], fields[2], line_no))
+            rows.append((fields[0], " ".join(_MLSUPERB_TAG.sub(" ", fields[2]).split()), line_no))
     return rows
 
 
@@ -261,8 +264,11 @@ def _mlsuperb_split(folder: Path, file_name: str, max_seconds: float | None) -> 
     if not path.is_file():
         raise CorpusError(f"ML-SUPERB: {path} not found; every <DATASET>/<LANG> folder holds the "
                           f"transcript_{{10min,1h}}_train.txt, transcript_10min_dev.txt and _test.txt files")
-    utts = []
+    utts, empty = [], []
     for utt_id, text, line_no in read_mlsuperb_transcript(path):
+        if not text:  # only tags: no characters to recognise (a CTC target must not be empty)
+            empty.append(line_no)
+            continue
         wav = folder / "wav" / f"{utt_id}.wav"
         if not wav.is_file():
             raise CorpusError(f"ML-SUPERB transcript {path} line {line_no}: {wav} not found; the wav folder is "
@@ -271,6 +277,9 @@ def _mlsuperb_split(folder: Path, file_name: str, max_seconds: float | None) -> 
         if max_seconds is None or duration <= max_seconds:
             utts.append(Utterance(id=utt_id, path=str(wav.resolve()), duration=duration, text=text,
                                   language=folder.name, extra={"dataset": folder.parent.name}))
+    if empty:
+        warnings.warn(f"ML-SUPERB transcript {path}: {len(empty)} line(s) hold only [...] tags and are left out "
+                      f"(lines {empty[:10]})", stacklevel=2)
     return utts
 
 
