@@ -104,6 +104,8 @@ def test_table_marks_cells_with_fewer_folds(tmp_path):
 def test_table_errors_name_the_file(tmp_path, capsys):
     assert main(["table", str(tmp_path / "nothing"), "--out", str(tmp_path / "t.md")]) == 2
     assert "results.csv not found" in capsys.readouterr().err
+    assert main(["table", str(tmp_path), "--out", str(tmp_path / "t.csv")]) == 2
+    assert "give e.g. table.md" in capsys.readouterr().err
     vox = sweep(tmp_path, "vox", "verify", {"interface.name": ["hconv"]}, lambda cfg: {"accuracy": 0.9})
     with pytest.raises(TableError, match=r"results.csv line 2: run 'hconv' has no test_eer"):
         paper_table([vox], tmp_path / "t.md")

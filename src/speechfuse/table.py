@@ -115,9 +115,12 @@ def merge(records: list[dict]) -> list[dict]:
 
 def paper_table(sweeps: Iterable[str | Path], out: str | Path) -> list[dict]:
     """Write the paper's table (Markdown at `out`, numbers at `out` with .csv) and return its display rows."""
-    sweeps = list(sweeps)
+    sweeps, out = list(sweeps), Path(out)
     if not sweeps:
         raise TableError("table: give at least one sweep folder")
+    if out.suffix.lower() == ".csv":
+        raise TableError(f"table: --out {out} is the Markdown table; its numbers go to the .csv beside it, so give "
+                         "e.g. table.md")
     cells = merge([r for s in sweeps for r in read_sweep(s)])
     most = {c: max((x["data"] for x in cells if x["column"] == c), default=0) for c in COLUMNS}
     display: dict[tuple, dict] = {}
@@ -129,7 +132,6 @@ def paper_table(sweeps: Iterable[str | Path], out: str | Path) -> list[dict]:
         if cell["data"] < most[cell["column"]]:
             text += f" ({cell['data']}/{most[cell['column']]})"
         row[cell["column"]] = text
-    out = Path(out)
     header = [f"{c} (%)" for c in COLUMNS]
     rows = [{"upstreams": r["upstreams"], "interface": r["interface"], **{h: r[c] for h, c in zip(header, COLUMNS)}}
             for r in display.values()]
