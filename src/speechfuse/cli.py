@@ -1,7 +1,8 @@
-"""The `speechfuse` command line: train, evaluate, extract, sweep, predict, export, prepare, table, demo.
+"""The `speechfuse` command line: train, evaluate, compare, extract, sweep, predict, export, prepare, table, demo.
 
     speechfuse train configs/fsdd_speaker.yaml --set train.max_steps=200 --out runs/speaker
     speechfuse evaluate runs/speaker --split test
+    speechfuse compare runs/sweep/runs/a runs/sweep/runs/b --split test
     speechfuse extract configs/fsdd_speaker.yaml --out runs/speaker
     speechfuse sweep configs/fsdd_speaker.yaml --grid interface.name=weighted_sum,hconv \\
         --grid upstreams=whisper-tiny.en+resemblyzer,resemblyzer --out runs/sweep
@@ -61,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run folder written by `speechfuse train`")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="which manifest (default test)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+    p = sub.add_parser("compare", help="paired bootstrap: is run A better than run B on the same utterances?",
+                       description="Compare two finished runs on the same utterances (matched by id, from each "
+                                   "run's utterances_<split>.jsonl): prints A minus B in the task's per-utterance "
+                                   "metric (WER, pooled CER or accuracy) with its 95 %% bootstrap interval and a "
+                                   "two-sided p-value, as JSON with a one-line summary.")
+    p.add_argument("run_a", help="a run folder (its utterances_<split>.jsonl and task.json)")
+    p.add_argument("run_b", help="the run folder to compare it with")
+    p.add_argument("--split", default="test", choices=["dev", "test"], help="which split (default test)")
 
     p = sub.add_parser("extract", help="fill the feature cache ahead of training",
                        description="Run every upstream of the config over the train/dev/test manifests and store "
@@ -208,6 +218,12 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from .train import evaluate
 
         print(json.dumps(evaluate(args.run_dir, split=args.split, device=args.device), indent=2))
+        return 0
+    if args.command == "compare":
+        from .compare import compare_runs, describe
+
+        result = compare_runs(args.run_a, args.run_b, split=args.split)
+        print(json.dumps({"summary": describe(result, args.run_a, args.run_b), **result}, indent=2))
         return 0
     if args.command == "extract":
         return _extract(args)

@@ -26,24 +26,40 @@ from .errors import ConfigError
 from .learner import FusionTask, restore_frozen
 from .runfolder import BEST, CKPT_DIR, EXT, LAST, write_atomic
 from .tasks import Task, check_targets_known
+from .utterances import metric_ci, write_utterances
 
 
 @torch.no_grad()
 def score(model: FusionTask, loader: DataLoader, split: str = "test", run_dir: Optional[Path] = None
           ) -> dict[str, float]:
-    """The task's metrics of `split` over every batch of `loader` (eval mode, on the model's device);
-    `run_dir`, when given, is where the task may write what it scored with (verify: generated trials)."""
+    """The task's metrics of `split` over every batch of `loader` (eval mode, on the model's device).
+
+    `run_dir`, when given, is where the task may write what it scored with (verify: generated trials) and
+    where the per-utterance results go (utterances_<split>.jsonl, for tasks with an `utterance_metric`); on
+    the test split the metrics then gain `<utterance_metric>_ci_low` / `_ci_high`, a bootstrap 95 % interval."""
     was_training = model.training
     model.eval()
     records: list = []
+    ids: list[str] = []
     try:
         for batch in loader:
             batch = model.transfer_batch_to_device(batch, model.device, 0)
             out, out_lengths = model(batch)
             records += model.task.collect(out, out_lengths, batch.utts)
+            ids += [u.id for u in batch.utts]
     finally:
         model.train(was_training)
-    return {k: float(v) for k, v in model.task.evaluate(records, split, run_dir).items()}
+    metrics = {k: float(v) for k, v in model.task.evaluate(records, split, run_dir).items()}
+    task = model.task
+    if run_dir is not None and task.utterance_metric is not None:
+        # tasks with an utterance_metric keep the default (prediction, reference) records
+        predictions, references = [p for p, _ in records], [r for _, r in records]
+        errors, totals = task.utterance_errors(predictions, references)
+        write_utterances(run_dir, split, ids, predictions, references, errors, totals)
+        if split == "test":
+            low, high = metric_ci(errors, totals, task.higher_is_better)
+            metrics[f"{task.utterance_metric}_ci_low"], metrics[f"{task.utterance_metric}_ci_high"] = low, high
+    return metrics
 
 
 def load_weights(model: FusionTask, path: Path) -> None:

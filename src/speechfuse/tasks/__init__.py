@@ -8,6 +8,7 @@
     task.metrics(preds, task.references(utts))
     records = task.collect(*head(feats, lens), utts)   # per batch; then, over a whole split:
     task.evaluate(records, "dev", run_dir)             # default: metrics(predictions, references)
+    task.utterance_errors(predictions, references)     # per-utterance (errors, totals) of utterance_metric
     Task.from_state(task.state())     # JSON round trip for a run folder
 
 Each task declares its head options as a pydantic model (`Task.Options`, see `task_options(name)`); the
@@ -41,6 +42,9 @@ class Task:
     target_field: str
     main_metric: str
     higher_is_better: bool
+    # the metric that per-utterance (errors, totals) reproduce as sum(errors) / sum(totals) (or 1 minus it,
+    # when higher is better); None: the task's metric is not a sum over utterances (verify: EER over trials)
+    utterance_metric: str | None = None
     Options: type[TaskOptions] = TaskOptions
 
     def __init__(self, **options: Any) -> None:
@@ -88,6 +92,12 @@ class Task:
         """Metrics of a split from every record `collect` returned for it. `run_dir`, when given, is where
         a task may write what it scored with (verify: generated trial lists)."""
         return self.metrics([p for p, _ in records], [r for _, r in records])
+
+    def utterance_errors(self, predictions: list[str], references: list[str]) -> tuple[list[int], list[int]]:
+        """Per utterance: errors and totals of `utterance_metric` (here: 1 when the prediction differs from
+        the reference, out of 1)."""
+        self._check_pairs(predictions, references)
+        return [int(str(p) != str(r)) for p, r in zip(predictions, references)], [1] * len(references)
 
     def references(self, utts: list[Utterance]) -> list[str]:
         """The reference strings `metrics` compares predictions with, one per utterance."""

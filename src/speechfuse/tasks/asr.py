@@ -34,6 +34,16 @@ from . import Task, TaskOptions, register_task
 BLANK, UNK = "<blank>", "<unk>"
 
 
+def edit_counts(refs: list[str], hyps: list[str], process: Any) -> tuple[list[int], list[int]]:
+    """(errors, reference tokens) per sentence, from jiwer's `process_words` or `process_characters`."""
+    errors, totals = [], []
+    for ref, hyp in zip(refs, hyps):
+        out = process(ref, hyp)
+        errors.append(out.substitutions + out.deletions + out.insertions)
+        totals.append(out.hits + out.substitutions + out.deletions)
+    return errors, totals
+
+
 def normalize_text(text: str, case: str = "lower", punctuation: str = "keep") -> str:
     """NFC, lower-case cased letters (case="lower"), strip Unicode punctuation (punctuation="strip"),
     collapse whitespace (see the module docstring)."""
@@ -104,6 +114,7 @@ class AsrTask(Task):
     target_field = "text"
     main_metric = "wer"
     higher_is_better = False
+    utterance_metric = "wer"
     Options = AsrOptions
 
     def __init__(self, **options: Any) -> None:
@@ -191,6 +202,13 @@ class AsrTask(Task):
                               "for them, remove those utterances from the evaluation set")
         hyps = [self.normalize(p) for p in predictions]
         return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
+
+    def utterance_errors(self, predictions: list[str], references: list[str]) -> tuple[list[int], list[int]]:
+        """Word edit errors (substitutions + deletions + insertions) and reference words per utterance: their
+        sums are jiwer's corpus WER numerator and denominator (it aligns each sentence on its own)."""
+        self._check_pairs(predictions, references)
+        return edit_counts([self.normalize(r) for r in references], [self.normalize(p) for p in predictions],
+                           jiwer.process_words)
 
     def state(self) -> dict[str, Any]:
         return {"name": self.name, "options": dict(self.options), "vocab": list(self.vocab)}

@@ -70,6 +70,7 @@ class ClassifyTask(Task):
     target_field = "label"
     main_metric = "accuracy"
     higher_is_better = True
+    utterance_metric = "accuracy"  # 1 - sum(errors)/sum(totals), the default 0/1 errors
     Options = ClassifyOptions
 
     def __init__(self, **options: Any) -> None:

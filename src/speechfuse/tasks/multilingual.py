@@ -31,7 +31,7 @@ import torch
 from ..data.manifest import Utterance
 from ..errors import ConfigError
 from . import register_task
-from .asr import AsrOptions, AsrTask
+from .asr import AsrOptions, AsrTask, edit_counts
 
 NO_SPACE_LANGUAGES = ["zh", "zho", "cmn", "yue", "ja", "jpn", "th", "tha", "lo", "lao", "km", "khm", "my", "mya"]
 
@@ -71,6 +71,8 @@ class MultilingualAsrTask(AsrTask):
     name = "multilingual_asr"
     main_metric = "cer_macro"
     higher_is_better = False
+    # the pooled CER over all rows: a macro average over languages is not a sum over utterances
+    utterance_metric = "cer"
     Options = MultilingualAsrOptions
 
     def __init__(self, **options: Any) -> None:
@@ -184,6 +186,12 @@ class MultilingualAsrTask(AsrTask):
         if self.options["language_token"]:
             out["lid_accuracy"] = sum(pred == lang for (pred, _), lang in zip(split, languages)) / len(languages)
         return out
+
+    def utterance_errors(self, predictions: list[str], references: list[str]) -> tuple[list[int], list[int]]:
+        """Character edit errors and reference characters per utterance (the language token is not scored)."""
+        self._check_pairs(predictions, references)
+        return edit_counts([self.normalize(r) for r in references],
+                           [self.normalize(self.split_language(p)[1]) for p in predictions], jiwer.process_characters)
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), "languages": list(self.languages)}

@@ -1,0 +1,142 @@
+"""Per-utterance results (utterances_<split>.jsonl), the test metric's bootstrap interval, and
+`speechfuse compare` (a paired bootstrap over the same utterances)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import save_tiny_model
+from speechfuse.cli import main
+from speechfuse.compare import compare_runs
+from speechfuse.config import config_from_dict
+from speechfuse.data.manifest import Utterance
+from speechfuse.errors import ConfigError
+from speechfuse.tasks import get_task
+from speechfuse.utterances import metric_ci, read_utterances, utterances_path, write_utterances
+from test_train import make_fsdd, tiny_config
+
+REFS = ["the cat sat", "on the mat", "a b c d", "hello", "one two three four five"]
+HYPS = ["the cat sat down", "on mat", "", "hullo world", "one two tree four five"]
+
+
+@pytest.mark.parametrize("name", ["asr", "classify"])
+def test_per_utterance_counts_sum_to_the_reported_metric(name):
+    task = get_task(name)
+    if name == "classify":
+        task.fit([Utterance(f"u{i}", "/x.wav", label=label) for i, label in enumerate("ab")])
+        refs, hyps = ["a", "b", "a", "a", "b"], ["a", "a", "a", "b", "b"]
+    else:
+        refs, hyps = REFS, HYPS
+    errors, totals = task.utterance_errors(hyps, refs)
+    ratio = sum(errors) / sum(totals)
+    reported = task.metrics(hyps, refs)[task.utterance_metric]
+    assert (1 - ratio if task.higher_is_better else ratio) == reported
+    if name == "asr":  # hand-counted: +1 insertion, 1 deletion, 4 deletions, 1 sub + 1 ins, 1 sub
+        assert errors == [1, 1, 4, 2, 1] and totals == [3, 3, 4, 1, 5]
+
+
+def test_multilingual_counts_are_the_pooled_cer():
+    task = get_task("multilingual_asr")
+    languages = ["en", "en", "fr", "fr", "zh"]
+    refs, hyps = REFS[:4] + ["你好世界"], HYPS[:4] + ["你好"]
+    errors, totals = task.utterance_errors(hyps, refs)
+    assert sum(errors) / sum(totals) == task.metrics(hyps, refs, languages=languages)["cer"]
+    assert get_task("verify").utterance_metric is None  # EER is over trials, not a sum over utterances
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny classify run on real FSDD clips (trained for 3 steps)."""
+    from speechfuse.train import train
+
+    root = tmp_path_factory.mktemp("compare")
+    manifests = make_fsdd(root)
+    upstream = save_tiny_model("hubert", root / "hubert")
+    run = root / "run"
+    metrics = train(config_from_dict(tiny_config(manifests, upstream, max_steps=3)), run)
+    return run, metrics, manifests
+
+
+def test_training_writes_per_utterance_results_that_reproduce_the_metrics(trained):
+    run, metrics, manifests = trained
+    test_ids = [line.split(",")[0] for line in manifests["test"].read_text().splitlines()[1:]]
+    for split in ("dev", "test"):
+        rows = read_utterances(utterances_path(run, split))
+        errors, totals = [r["errors"] for r in rows], [r["totals"] for r in rows]
+        assert 1 - sum(errors) / sum(totals) == metrics[split]["accuracy"]
+        assert all((r["prediction"] != r["reference"]) == bool(r["errors"]) for r in rows)
+    rows = read_utterances(utterances_path(run, "test"))
+    assert sorted(r["id"] for r in rows) == sorted(test_ids)
+    low, high = metrics["test"]["accuracy_ci_low"], metrics["test"]["accuracy_ci_high"]
+    assert [low, high] == list(metric_ci([r["errors"] for r in rows], [r["totals"] for r in rows], True))
+    assert low <= metrics["test"]["accuracy"] <= high
+    assert "accuracy_ci_low" not in metrics["dev"]
+    assert json.loads((run / "metrics.json").read_text())["test"] == metrics["test"]
+
+
+def test_evaluate_rewrites_the_file_and_a_run_equals_itself(trained, capsys):
+    run, metrics, _ = trained
+    before = utterances_path(run, "test").read_text()
+    utterances_path(run, "test").unlink()
+    assert main(["evaluate", str(run), "--split", "test"]) == 0
+    printed = json.loads(capsys.readouterr().out)["test"]
+    assert utterances_path(run, "test").read_text() == before
+    assert printed == metrics["test"]
+    assert main(["compare", str(run), str(run)]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert same["difference"] == 0 and same["p_value"] == 1 and same["metric"] == "accuracy"
+
+
+# -- compare on constructed run folders ----------------------------------------------------------------------
+
+def make_run(folder, task: str, errors: list[int], totals: list[int] | None = None, ids=None):
+    folder.mkdir(parents=True)
+    (folder / "task.json").write_text(json.dumps({"name": task}))
+    totals = totals or [1] * len(errors)
+    ids = ids or [f"u{i}" for i in range(len(errors))]
+    write_utterances(folder, "test", ids, ["p"] * len(ids), [f"ref {i}" for i in ids], errors, totals)
+    return folder
+
+
+def test_compare_finds_the_run_that_errs_on_a_superset(tmp_path):
+    a_wrong, b_wrong = set(range(20)), set(range(60))  # B errs wherever A does, and on 40 more
+    a = make_run(tmp_path / "a", "classify", [int(i in a_wrong) for i in range(200)])
+    b = make_run(tmp_path / "b", "classify", [int(i in b_wrong) for i in range(200)])
+    result = compare_runs(a, b)
+    assert result["a"] == pytest.approx(0.9) and result["b"] == pytest.approx(0.7)
+    assert result["difference"] == pytest.approx(0.2)
+    assert 0 < result["low"] <= 0.2 <= result["high"] and result["p_value"] < 0.01
+    back = compare_runs(b, a)
+    assert back["difference"] == pytest.approx(-0.2) and back["low"] == pytest.approx(-result["high"])
+
+
+def test_compare_asr_weighs_utterances_by_their_words(tmp_path):
+    totals = [10] * 50 + [1] * 50
+    # B adds one error on each of the 50 one-word utterances: 50 more errors over 550 words
+    a = make_run(tmp_path / "a", "asr", [1] * 50 + [0] * 50, totals)
+    b = make_run(tmp_path / "b", "asr", [1] * 50 + [1] * 50, totals)
+    result = compare_runs(a, b)
+    assert result["metric"] == "wer" and result["difference"] == pytest.approx(-50 / 550)
+    assert result["low"] <= result["difference"] <= result["high"] < 0 and result["p_value"] < 0.01
+
+
+def test_compare_refuses_different_utterances(tmp_path, capsys):
+    a = make_run(tmp_path / "a", "classify", [0, 1, 0], ids=["x", "y", "z"])
+    b = make_run(tmp_path / "b", "classify", [0, 1, 0], ids=["x", "y", "w"])
+    with pytest.raises(ConfigError, match=r"1 only in .*a.*'z'.*1 only in .*b.*'w'"):
+        compare_runs(a, b)
+    assert main(["compare", str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "different test utterances" in err
+    c = make_run(tmp_path / "c", "classify", [0, 1, 0], ids=["x", "y", "z"])
+    (c / "utterances_test.jsonl").write_text(
+        (c / "utterances_test.jsonl").read_text().replace('"ref z"', '"other"'))
+    with pytest.raises(ConfigError, match="different references.*'z'"):
+        compare_runs(a, c)
+    with pytest.raises(ConfigError, match="utterances_dev.jsonl not found.*evaluate"):
+        compare_runs(a, c, split="dev")
+    v = make_run(tmp_path / "v", "classify", [0, 1, 0])
+    (v / "task.json").write_text(json.dumps({"name": "verify"}))
+    with pytest.raises(ConfigError, match="no per-utterance metric"):
+        compare_runs(v, a)
