@@ -140,3 +140,15 @@ def test_compare_refuses_different_utterances(tmp_path, capsys):
     (v / "task.json").write_text(json.dumps({"name": "verify"}))
     with pytest.raises(ConfigError, match="no per-utterance metric"):
         compare_runs(v, a)
+
+
+def test_each_test_set_has_its_own_best(tmp_path):
+    from speechfuse.compare import rank_against_best
+
+    fold1 = {k: make_run(tmp_path / k, "asr", errors, [5] * 100, ids=[f"f1_{i}" for i in range(100)])
+             for k, errors in (("good", [0] * 100), ("bad", [3] * 100))}
+    fold2 = make_run(tmp_path / "other", "asr", [4] * 100, [5] * 100, ids=[f"f2_{i}" for i in range(100)])
+    marks = rank_against_best({"good": [fold1["good"]], "bad": [fold1["bad"]], "other": [fold2]})
+    assert {k: m["tied_with_best"] for k, m in marks.items()} == {"good": "best", "bad": "no", "other": "best"}
+    assert marks["bad"]["ci_low"] == marks["bad"]["ci_high"] == pytest.approx(0.6)  # every utterance at 3/5
+    assert rank_against_best({"x": [tmp_path / "missing"]}) == {}  # no per-utterance results: no marks

@@ -285,3 +285,54 @@ def test_a_data_folder_value_is_one_fold(tmp_path):
     (tmp_path / "fold2" / "dev.csv").unlink()
     with pytest.raises(ConfigError, match="dev.csv not found"):
         combo_config(cfg, {"data": str(tmp_path / "fold2")}, None)
+
+
+class UtteranceTrainer(FakeTrainer):
+    """Also writes what the runner writes for per-utterance results: task.json and utterances_test.jsonl.
+    Over 200 test utterances a run errs on the first WRONG[run] of them (seed 1 on one more), so every run
+    errs on a superset of the best run's utterances."""
+
+    WRONG = {"a__weighted_sum": 20, "a__hconv": 22, "a+b__weighted_sum": 60, "a+b__hconv": 80}
+
+    def __call__(self, cfg, run_dir):
+        from speechfuse.utterances import write_utterances
+
+        metrics = super().__call__(cfg, run_dir)
+        wrong = self.WRONG[run_dir.name.split("__seed")[0]] + cfg["train"].get("seed", 0)
+        errors = [int(i < wrong) for i in range(200)]
+        (run_dir / "task.json").write_text(json.dumps({"name": "classify"}))
+        write_utterances(run_dir, "test", [f"u{i}" for i in range(200)], ["p"] * 200, ["r"] * 200, errors, [1] * 200)
+        metrics["test"]["accuracy"] = 1 - wrong / 200
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+
+GRID = {"upstreams": [["a"], ["a", "b"]], "interface.name": ["weighted_sum", "hconv"]}
+
+
+def test_sweep_marks_rows_not_distinguishable_from_the_best(tmp_path):
+    run_sweep(BASE, GRID, tmp_path, train_fn=UtteranceTrainer(), progress=False, plots=False)
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    # 2 extra errors in 200 utterances are within the noise; 40 and 60 are not
+    assert {k: r["tied_with_best"] for k, r in rows.items()} == {
+        "a__weighted_sum": "best", "a__hconv": "yes", "a+b__weighted_sum": "no", "a+b__hconv": "no"}
+    assert rows["a__weighted_sum"]["vs_best_p"] == "" and float(rows["a__hconv"]["vs_best_p"]) >= 0.05
+    assert float(rows["a+b__weighted_sum"]["vs_best_p"]) < 0.05
+    assert "tied_with_best" in (tmp_path / "results.md").read_text()
+
+
+def test_sweep_over_seeds_pools_the_seeds_per_utterance(tmp_path):
+    from speechfuse.utterances import metric_ci
+
+    run_sweep(BASE, GRID, tmp_path, seeds=[0, 1], train_fn=UtteranceTrainer(), progress=False, plots=False)
+    with open(tmp_path / "summary.csv", newline="") as f:
+        rows = {r["config"]: r for r in csv.DictReader(f)}
+    assert [rows[k]["tied_with_best"] for k in ("a__weighted_sum", "a__hconv", "a+b__weighted_sum")] == ["best", "yes", "no"]
+    # pooled: per utterance, errors and totals summed over seeds 0 (20 wrong) and 1 (21 wrong)
+    pooled = [2] * 20 + [1] + [0] * 179
+    low, high = metric_ci(pooled, [2] * 200, higher_is_better=True)
+    assert float(rows["a__weighted_sum"]["test_accuracy_ci_low"]) == low
+    assert float(rows["a__weighted_sum"]["test_accuracy_ci_high"]) == high
+    assert low < float(rows["a__weighted_sum"]["test_accuracy_mean"]) < high
+    assert f"[{low:.4f}, {high:.4f}]" in (tmp_path / "results.md").read_text()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .stats import paired_bootstrap
-from .utterances import N_RESAMPLES, SEED, read_utterances, utterances_path
+from .utterances import N_RESAMPLES, SEED, metric_ci, read_utterances, utterances_path
 
 
 def run_metric(run_dir: str | os.PathLike) -> tuple[str, bool]:
@@ -87,6 +87,50 @@ def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, split: str 
             "higher_is_better": higher}
 
 
+def pooled_errors(run_dirs: list[Path], split: str = "test") -> dict[str, tuple[float, float]]:
+    """id -> (errors, totals) summed over the runs (the seeds of one configuration, scored on the same
+    utterances): their ratio is the mean of the runs' error rates, and resampling stays over utterances."""
+    pooled: dict[str, tuple[float, float]] = {}
+    for run_dir in run_dirs:
+        path = utterances_path(run_dir, split)
+        rows = _by_id(read_utterances(path), path)
+        if pooled and rows.keys() != pooled.keys():
+            raise ConfigError(f"{path}: scored on other utterances than {run_dirs[0]}; the seeds of one "
+                              "configuration must share their test set")
+        for i, row in rows.items():
+            errors, totals = pooled.get(i, (0, 0))
+            pooled[i] = (errors + row["errors"], totals + row["totals"])
+    return pooled
+
+
+def rank_against_best(groups: dict[str, list[Path]], split: str = "test", alpha: float = 0.05) -> dict[str, dict]:
+    """Per group (a sweep row: one run, or one configuration's seeds, pooled by `pooled_errors`): its pooled
+    bootstrap interval (`ci_low`, `ci_high`), and `vs_best_p`, the paired bootstrap p-value against the best
+    group scored on the same utterances (None for the best itself); `tied_with_best` is "best", "yes"
+    (p >= alpha: not distinguishable) or "no". {} when a run lacks per-utterance results (or its task has none)."""
+    try:
+        metric, higher = run_metric(next(iter(groups.values()))[0])
+        pooled = {key: pooled_errors(dirs, split) for key, dirs in groups.items()}
+    except (ConfigError, StopIteration):
+        return {}
+    by_set: dict[frozenset, list[str]] = {}
+    for key, rows in pooled.items():  # a `data` grid gives each fold its own test set and its own best
+        by_set.setdefault(frozenset(rows), []).append(key)
+    out: dict[str, dict] = {}
+    for ids, keys in by_set.items():
+        order = list(pooled[keys[0]])  # the first run's file order, so a run's interval is the one it reported
+        totals = [pooled[keys[0]][i][1] for i in order]
+        errors = {k: [pooled[k][i][0] for i in order] for k in keys}
+        best = min(keys, key=lambda k: sum(errors[k]))  # the lowest error rate: also the highest accuracy
+        for key in keys:
+            low, high = metric_ci(errors[key], totals, higher)
+            p = None if key == best else paired_bootstrap(errors[key], errors[best], totals, n_resamples=N_RESAMPLES,
+                                                          seed=SEED)["p_value"]
+            tied = "best" if p is None else ("yes" if p >= alpha else "no")
+            out[key] = {"metric": metric, "ci_low": low, "ci_high": high, "vs_best_p": p, "tied_with_best": tied}
+    return out
+
+
 def describe(result: dict, run_a: str, run_b: str) -> str:
     """One line: `wer: A 0.1200 - B 0.1500 = -0.0300 (95 % CI [-0.0500, -0.0100], p = 0.002, 300 test utterances)`."""
     return (f"{result['metric']}: {run_a} {result['a']:.4f} - {run_b} {result['b']:.4f} = {result['difference']:+.4f} "
@@ -94,4 +138,4 @@ def describe(result: dict, run_a: str, run_b: str) -> str:
             f"{result['utterances']} {result['split']} utterances)")
 
 
-__all__ = ["compare_runs", "paired_utterances", "run_metric", "describe"]
+__all__ = ["compare_runs", "paired_utterances", "run_metric", "pooled_errors", "rank_against_best", "describe"]

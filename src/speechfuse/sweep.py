@@ -18,6 +18,10 @@
 - With `seeds=[0, 1, 2]` every combination trains once per seed (`train.seed`; run folders end in
   `__seed=S`). results.csv keeps one row per run (a `config` and a `seed` column); results.md and
   summary.csv give one row per configuration with the mean and sample std of every metric over its seeds.
+- Runs with per-utterance results (utterances_test.jsonl: asr, multilingual_asr, classify) get a bootstrap 95 %
+  interval of the test metric (`test_<metric>_ci_low/_high`; over seeds, from the per-utterance errors summed
+  over the seeds) and `vs_best_p` / `tied_with_best`: a paired bootstrap against the best row scored on the
+  same test utterances; "yes" when p >= 0.05, i.e. not distinguishable from the best (speechfuse.compare).
 """
 from __future__ import annotations
 
@@ -246,7 +250,8 @@ def summarise_seeds(rows: list[dict]) -> tuple[list[dict], list[dict]]:
         keep = {k: v for k, v in first.items() if k not in ("run", "config", "seed") and not _is_metric(k, v)}
         number_row = {"config": config, **keep, "seeds": len(members)}
         display_row = dict(number_row)
-        metrics = [k for k, v in first.items() if _is_metric(k, v)]
+        # a per-seed interval is not averaged: the sweep gives each configuration a pooled one (_write_results)
+        metrics = [k for k, v in first.items() if _is_metric(k, v) and "_ci_" not in k]
         for key in metrics:
             mean, std = mean_std([m[key] for m in members if _is_metric(key, m.get(key))])
             number_row[f"{key}_mean"], number_row[f"{key}_std"] = mean, std
@@ -256,14 +261,37 @@ def summarise_seeds(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return numbers, display
 
 
+def _marks(mark: dict | None, pooled_ci: bool, display: bool) -> dict:
+    """The columns rank_against_best adds to one table row (none when the runs have no per-utterance results)."""
+    if not mark:
+        return {}
+    out: dict[str, Any] = {}
+    name = f"test_{mark['metric']}_ci"
+    if pooled_ci and display:
+        out[name] = f"[{mark['ci_low']:.4f}, {mark['ci_high']:.4f}]"
+    elif pooled_ci:
+        out[f"{name}_low"], out[f"{name}_high"] = mark["ci_low"], mark["ci_high"]
+    out["vs_best_p"] = mark["vs_best_p"]
+    out["tied_with_best"] = mark["tied_with_best"]
+    return out
+
+
 def _write_results(rows: list[dict], out_dir: Path, seeds: Sequence[int] | None) -> None:
+    from .compare import rank_against_best
+
     if not seeds:
-        write_table(rows, out_dir / RESULTS_MD, out_dir / RESULTS_CSV)
+        marks = rank_against_best({r["run"]: [out_dir / "runs" / r["run"]] for r in rows})
+        write_table([{**r, **_marks(marks.get(r["run"]), False, False)} for r in rows], out_dir / RESULTS_MD,
+                    out_dir / RESULTS_CSV)
         return
     numbers, display = summarise_seeds(rows)
+    groups: dict[str, list[Path]] = {}
+    for r in rows:
+        groups.setdefault(r["config"], []).append(out_dir / "runs" / r["run"])
+    marks = rank_against_best(groups)  # per configuration: its seeds' per-utterance errors pooled
     write_table(rows, None, out_dir / RESULTS_CSV)
-    write_table(numbers, None, out_dir / SUMMARY_CSV)
-    write_table(display, out_dir / RESULTS_MD, None)
+    write_table([{**n, **_marks(marks.get(n["config"]), True, False)} for n in numbers], None, out_dir / SUMMARY_CSV)
+    write_table([{**d, **_marks(marks.get(d["config"]), True, True)} for d in display], out_dir / RESULTS_MD, None)
 
 
 def _describe(run_dir: Path) -> dict | None:
