@@ -35,7 +35,7 @@ def test_console_script_help():
     assert out.returncode == 0 and "train" in out.stdout and "evaluate" in out.stdout
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "extract", "sweep", "prepare", "demo"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "compare", "extract", "sweep", "prepare", "demo"])
 def test_help_of_every_subcommand(command, capsys):
     with pytest.raises(SystemExit) as done:
         main([command, "--help"])
