@@ -75,6 +75,20 @@ def test_training_writes_per_utterance_results_that_reproduce_the_metrics(traine
     assert json.loads((run / "metrics.json").read_text())["test"] == metrics["test"]
 
 
+def test_an_asr_run_saves_word_counts_that_reproduce_its_wer(trained, tmp_path):
+    from speechfuse.train import train
+
+    _, _, manifests = trained
+    cfg = tiny_config(manifests, save_tiny_model("hubert", tmp_path / "hubert"), max_steps=2)
+    cfg.update(task="asr", downstream={"proj_dim": 0, "hidden_size": 8, "num_layers": 1})
+    cfg["data"]["target"] = "text"
+    metrics = train(config_from_dict(cfg), tmp_path / "asr")
+    rows = read_utterances(utterances_path(tmp_path / "asr", "test"))
+    errors, totals = [r["errors"] for r in rows], [r["totals"] for r in rows]
+    assert sum(errors) / sum(totals) == metrics["test"]["wer"] and all(t == 1 for t in totals)  # one digit word
+    assert [metrics["test"]["wer_ci_low"], metrics["test"]["wer_ci_high"]] == list(metric_ci(errors, totals, False))
+
+
 def test_evaluate_rewrites_the_file_and_a_run_equals_itself(trained, capsys):
     run, metrics, _ = trained
     before = utterances_path(run, "test").read_text()
