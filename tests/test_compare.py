@@ -68,10 +68,10 @@ def test_training_writes_per_utterance_results_that_reproduce_the_metrics(traine
         assert all((r["prediction"] != r["reference"]) == bool(r["errors"]) for r in rows)
     rows = read_utterances(utterances_path(run, "test"))
     assert sorted(r["id"] for r in rows) == sorted(test_ids)
-    low, high = metrics["test"]["accuracy_ci_low"], metrics["test"]["accuracy_ci_high"]
+    low, high = metrics["test"]["ci_low_accuracy"], metrics["test"]["ci_high_accuracy"]
     assert [low, high] == list(metric_ci([r["errors"] for r in rows], [r["totals"] for r in rows], True))
     assert low <= metrics["test"]["accuracy"] <= high
-    assert "accuracy_ci_low" not in metrics["dev"]
+    assert "ci_low_accuracy" not in metrics["dev"]
     assert json.loads((run / "metrics.json").read_text())["test"] == metrics["test"]
 
 
@@ -86,7 +86,7 @@ def test_an_asr_run_saves_word_counts_that_reproduce_its_wer(trained, tmp_path):
     rows = read_utterances(utterances_path(tmp_path / "asr", "test"))
     errors, totals = [r["errors"] for r in rows], [r["totals"] for r in rows]
     assert sum(errors) / sum(totals) == metrics["test"]["wer"] and all(t == 1 for t in totals)  # one digit word
-    assert [metrics["test"]["wer_ci_low"], metrics["test"]["wer_ci_high"]] == list(metric_ci(errors, totals, False))
+    assert [metrics["test"]["ci_low_wer"], metrics["test"]["ci_high_wer"]] == list(metric_ci(errors, totals, False))
 
 
 def test_evaluate_rewrites_the_file_and_a_run_equals_itself(trained, capsys):

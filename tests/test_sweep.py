@@ -332,7 +332,7 @@ def test_sweep_over_seeds_pools_the_seeds_per_utterance(tmp_path):
     # pooled: per utterance, errors and totals summed over seeds 0 (20 wrong) and 1 (21 wrong)
     pooled = [2] * 20 + [1] + [0] * 179
     low, high = metric_ci(pooled, [2] * 200, higher_is_better=True)
-    assert float(rows["a__weighted_sum"]["test_accuracy_ci_low"]) == low
-    assert float(rows["a__weighted_sum"]["test_accuracy_ci_high"]) == high
+    assert float(rows["a__weighted_sum"]["test_ci_low_accuracy"]) == low
+    assert float(rows["a__weighted_sum"]["test_ci_high_accuracy"]) == high
     assert low < float(rows["a__weighted_sum"]["test_accuracy_mean"]) < high
     assert f"[{low:.4f}, {high:.4f}]" in (tmp_path / "results.md").read_text()

@@ -36,7 +36,8 @@ def score(model: FusionTask, loader: DataLoader, split: str = "test", run_dir: O
 
     `run_dir`, when given, is where the task may write what it scored with (verify: generated trials) and
     where the per-utterance results go (utterances_<split>.jsonl, for tasks with an `utterance_metric`); on
-    the test split the metrics then gain `<utterance_metric>_ci_low` / `_ci_high`, a bootstrap 95 % interval."""
+    the test split the metrics then gain `ci_low_<utterance_metric>` / `ci_high_...`, a bootstrap 95 % interval
+    (prefixed, so `<metric>_<suffix>` names such as multilingual's `cer_<language>` stay unambiguous)."""
     was_training = model.training
     model.eval()
     records: list = []
@@ -58,7 +59,7 @@ def score(model: FusionTask, loader: DataLoader, split: str = "test", run_dir: O
         write_utterances(run_dir, split, ids, predictions, references, errors, totals)
         if split == "test":
             low, high = metric_ci(errors, totals, task.higher_is_better)
-            metrics[f"{task.utterance_metric}_ci_low"], metrics[f"{task.utterance_metric}_ci_high"] = low, high
+            metrics[f"ci_low_{task.utterance_metric}"], metrics[f"ci_high_{task.utterance_metric}"] = low, high
     return metrics
 
 

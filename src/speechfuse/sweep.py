@@ -19,7 +19,7 @@
   `__seed=S`). results.csv keeps one row per run (a `config` and a `seed` column); results.md and
   summary.csv give one row per configuration with the mean and sample std of every metric over its seeds.
 - Runs with per-utterance results (utterances_test.jsonl: asr, multilingual_asr, classify) get a bootstrap 95 %
-  interval of the test metric (`test_<metric>_ci_low/_high`; over seeds, from the per-utterance errors summed
+  interval of the test metric (`test_ci_low_<metric>` / `test_ci_high_<metric>`; over seeds, from the per-utterance errors summed
   over the seeds) and `vs_best_p` / `tied_with_best`: a paired bootstrap against the best row scored on the
   same test utterances; "yes" when p >= 0.05, i.e. not distinguishable from the best (speechfuse.compare).
 """
@@ -238,6 +238,10 @@ def _is_metric(key: str, value: Any) -> bool:
     return key.startswith(("dev_", "test_")) and isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_interval(key: str) -> bool:
+    return key.split("_", 1)[-1].startswith(("ci_low_", "ci_high_"))
+
+
 def summarise_seeds(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """Per-seed rows -> (numbers, display): one row per `config` with `seeds` (how many) and, for every
     metric, `<metric>_mean` / `<metric>_std` (numbers) or `<metric>` as "mean ± std" (display)."""
@@ -251,7 +255,7 @@ def summarise_seeds(rows: list[dict]) -> tuple[list[dict], list[dict]]:
         number_row = {"config": config, **keep, "seeds": len(members)}
         display_row = dict(number_row)
         # a per-seed interval is not averaged: the sweep gives each configuration a pooled one (_write_results)
-        metrics = [k for k, v in first.items() if _is_metric(k, v) and "_ci_" not in k]
+        metrics = [k for k, v in first.items() if _is_metric(k, v) and not _is_interval(k)]
         for key in metrics:
             mean, std = mean_std([m[key] for m in members if _is_metric(key, m.get(key))])
             number_row[f"{key}_mean"], number_row[f"{key}_std"] = mean, std
@@ -266,11 +270,11 @@ def _marks(mark: dict | None, pooled_ci: bool, display: bool) -> dict:
     if not mark:
         return {}
     out: dict[str, Any] = {}
-    name = f"test_{mark['metric']}_ci"
+    metric = mark["metric"]
     if pooled_ci and display:
-        out[name] = f"[{mark['ci_low']:.4f}, {mark['ci_high']:.4f}]"
+        out[f"test_ci_{metric}"] = f"[{mark['ci_low']:.4f}, {mark['ci_high']:.4f}]"
     elif pooled_ci:
-        out[f"{name}_low"], out[f"{name}_high"] = mark["ci_low"], mark["ci_high"]
+        out[f"test_ci_low_{metric}"], out[f"test_ci_high_{metric}"] = mark["ci_low"], mark["ci_high"]
     out["vs_best_p"] = mark["vs_best_p"]
     out["tied_with_best"] = mark["tied_with_best"]
     return out
