@@ -310,8 +310,8 @@ class SpeechEmbeddingUpstream(Upstream):
       1-8  the 96-channel conv outputs (SPEECH_EMBEDDING_BLOCKS), averaged over time and frequency;
       9    the final 96-d embedding.
     `max_layers=k` keeps the first k. With k = 1 the embedding model is never run; for k >= 2 only
-    the outputs needed are requested from onnxruntime (whether it then skips the later convs is up
-    to onnxruntime and not measured here).
+    the outputs needed are requested from onnxruntime, which still takes the full model's time
+    (benchmarks/truncate_cost.py): the outputs are exact, the compute is not saved.
     Long clips run `window_seconds` of audio at a time (None: the whole clip at once), exactly: each
     frame depends only on its own 12512 samples, except for the 80 dB floor below the clip's maximum,
     which is applied again over the whole clip once all mel windows are computed (max(x, m - 80)
