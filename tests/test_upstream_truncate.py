@@ -19,7 +19,7 @@ from speechfuse.cache import FeatureCache
 from speechfuse.errors import ConfigError, UpstreamError
 from speechfuse.upstream import load_upstream
 from speechfuse.upstream.bundled import SPEECH_EMBEDDING_BLOCKS
-from conftest import FAMILIES, FSDD
+from conftest import FAMILIES, FSDD, save_tiny_model
 
 
 def fsdd_batch(*names: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,9 +38,12 @@ def batch():
     return fsdd_batch("3_george_0", "7_jackson_1")  # two lengths, so padding and masks are exercised
 
 
-def three_layer_model(tiny_model_dir, family: str) -> str:
+def save_tiny(folder, family: str) -> str:
+    """A tiny random model of `family` with 3 layers (4 hidden states)."""
     layers = {"encoder_layers": 3} if family == "whisper" else {"num_hidden_layers": 3}
-    return "hf:" + tiny_model_dir(family, **layers)
+    return save_tiny_model(family, folder / family, **layers)
+
+
 
 
 class LayerCalls:
@@ -64,8 +67,8 @@ CASES = [(family, {}) for family in FAMILIES] + [("whisper", {"whisper_mode": "p
 
 
 @pytest.mark.parametrize("family,options", CASES, ids=[f + "".join(o.values()) for f, o in CASES])
-def test_truncated_hf_upstream_is_exactly_the_first_k_layers(tiny_model_dir, batch, family, options):
-    spec = three_layer_model(tiny_model_dir, family)
+def test_truncated_hf_upstream_is_exactly_the_first_k_layers(tmp_path, batch, family, options):
+    spec = "hf:" + save_tiny(tmp_path, family)
     full_upstream = load_upstream(spec, **options)
     full = full_upstream(*batch)
     assert full.hidden.shape[0] == full_upstream.num_layers == 4
@@ -86,15 +89,15 @@ def test_truncated_hf_upstream_is_exactly_the_first_k_layers(tiny_model_dir, bat
         assert torch.equal(truncated.lengths, full.lengths)
 
 
-def test_keeping_every_layer_is_the_full_upstream(tiny_model_dir):
-    spec = three_layer_model(tiny_model_dir, "wav2vec2")
+def test_keeping_every_layer_is_the_full_upstream(tmp_path):
+    spec = "hf:" + save_tiny(tmp_path, "wav2vec2")
     full, same = load_upstream(spec), load_upstream(spec, max_layers=4)
     assert same.identity() == full.identity()
     assert "max_layers" not in same.options()
 
 
-def test_cache_key_and_identity_follow_max_layers(tiny_model_dir, tmp_path):
-    spec = three_layer_model(tiny_model_dir, "hubert")
+def test_cache_key_and_identity_follow_max_layers(tmp_path):
+    spec = "hf:" + save_tiny(tmp_path, "hubert")
     cache = FeatureCache(tmp_path / "cache")
     upstreams = [load_upstream(spec, max_layers=k) for k in (1, 2, 3)] + [load_upstream(spec)]
     assert [u.options().get("max_layers") for u in upstreams] == [1, 2, 3, None]
@@ -104,16 +107,16 @@ def test_cache_key_and_identity_follow_max_layers(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("bad", [0, 5, -1, True, 1.5, "2"])
-def test_max_layers_out_of_range_is_a_clear_error(tiny_model_dir, bad):
-    spec = three_layer_model(tiny_model_dir, "wavlm")
+def test_max_layers_out_of_range_is_a_clear_error(tmp_path, bad):
+    spec = "hf:" + save_tiny(tmp_path, "wavlm")
     with pytest.raises(ConfigError, match=r"max_layers must be a whole number from 1 to 4 .*got"):
         load_upstream(spec, max_layers=bad)
 
 
-def test_config_options_carry_max_layers(tiny_model_dir):
+def test_config_options_carry_max_layers(tmp_path):
     from speechfuse.model import build_frontend_from
 
-    spec = three_layer_model(tiny_model_dir, "data2vec-audio")
+    spec = "hf:" + save_tiny(tmp_path, "data2vec-audio")
     frontend = build_frontend_from([{"spec": spec, "options": {"max_layers": 2}}], align={},
                                    interface={"name": "weighted_sum"})
     assert frontend.upstreams[0].num_layers == 2
@@ -178,3 +181,35 @@ def test_speech_embedding_truncated(batch):
         wanted = (SPEECH_EMBEDDING_BLOCKS + [upstream.emb_session.session.get_outputs()[0].name])[:k - 1]
         assert all(requested == wanted for requested in upstream.emb_session.requested)
         assert np.array_equal(truncated.hidden.numpy(), full.hidden[:k].numpy())
+
+
+def test_fused_model_with_truncated_upstreams_round_trips(tmp_path):
+    """A saved model records max_layers with its upstreams and rebuilds them truncated: a fine-tuned
+    truncated upstream's stored weights fit the rebuilt one, and the reload predicts exactly."""
+    import json
+
+    from speechfuse.config import config_from_dict
+    from speechfuse.data import load_manifest
+    from speechfuse.model import FusedModel, build_task
+    from test_model import make_corpus, real_batch, run_config
+
+    manifests = make_corpus(tmp_path / "corpus", takes=range(6))
+    hubert = "hf:" + save_tiny(tmp_path, "hubert")
+    whisper = "hf:" + save_tiny(tmp_path, "whisper")
+    cfg = config_from_dict(run_config(manifests, [{"spec": hubert, "options": {"max_layers": 2, "trainable": True}},
+                                                  {"spec": whisper, "options": {"max_layers": 3}}]))
+    task = build_task(cfg).fit(load_manifest(manifests["train"]))
+    torch.manual_seed(0)
+    model = FusedModel.from_config(cfg, task).eval()
+    assert [u.num_layers for u in model.frontend.upstreams] == [2, 3]
+    with torch.no_grad():  # the fine-tuned upstream now differs from its checkpoint folder
+        next(model.frontend.upstreams[0].parameters()).add_(0.05)
+    model.save_pretrained(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert [u["identity"]["options"].get("max_layers") for u in saved["upstreams"]] == [2, 3]
+    loaded = FusedModel.from_pretrained(tmp_path / "m")
+    wavs, lengths = real_batch(manifests["test"])
+    with torch.no_grad():
+        expected, _ = model(wavs, lengths)
+        got, _ = loaded(wavs, lengths)
+    assert torch.equal(got, expected)
