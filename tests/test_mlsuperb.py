@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from speechfuse.cli import main
-from speechfuse.data.corpora import CorpusError, mlsuperb_manifests
+from speechfuse.data.corpora import MLSUPERB_FEW_SHOT, CorpusError, mlsuperb_manifests
 from speechfuse.data.manifest import load_manifest
 
 SPLIT_FILES = {"train10": "transcript_10min_train.txt", "train1h": "transcript_1h_train.txt",
@@ -102,3 +102,33 @@ def test_prepare_mlsuperb_cli(tmp_path, capsys):
     written = json.loads(capsys.readouterr().out)
     assert Path(written["monolingual_10min"]["eng1"]["train"]).is_file()
     assert Path(written["multilingual_1h"]["test"]).is_file()
+
+
+def test_few_shot_languages_keep_only_espnets_five_training_rows(tmp_path):
+    """ESPnet data_prep.py: a reserved language (here bos) trains on its five listed utterances only."""
+    root = tmp_path / "ml_superb"
+    make_mlsuperb(root)
+    listed = [u.split("_")[-1] for u in MLSUPERB_FEW_SHOT["bos"]]  # 000067, 000078, 000080, 000088, 000090
+    extra = ["000001", "000068", "000100"]  # not on ESPnet's list: dropped, although they come first in the file
+    train = [(utt, f"bosanski {utt}", 0.5) for utt in sorted(extra + listed)]
+    make_folder(root, "fleurs", "bos", "fleurs", {"train10": train, "train1h": train,
+                                                  "dev": [("000010", "dev", 0.5)], "test": [("000020", "test", 0.5)]})
+    out = mlsuperb_manifests(root, tmp_path / "out")
+    for duration in ("10min", "1h"):
+        rows = load_manifest(out[f"multilingual_{duration}"]["train"])
+        assert sorted(u.id for u in rows if u.language == "bos") == sorted(MLSUPERB_FEW_SHOT["bos"])
+        assert len([u for u in rows if u.language != "bos"]) == (3 if duration == "10min" else 5)  # unchanged
+        assert [u.id for u in load_manifest(out[f"multilingual_{duration}"]["dev"]) if u.language == "bos"] == \
+            ["fleurs_bos_000010"]  # dev and test keep every row of a few-shot language
+
+    # the list is a parameter: {} keeps every row; another list restricts another language, warning on absent ids
+    out = mlsuperb_manifests(root, tmp_path / "all", few_shot={})
+    assert len([u for u in load_manifest(out["multilingual_10min"]["train"]) if u.language == "bos"]) == 8
+    with pytest.warns(UserWarning, match=r"few-shot language 'eng' keeps 1 of its 2 .*\['mls_eng_000002'\]"):
+        out = mlsuperb_manifests(root, tmp_path / "eng", few_shot={"eng": ("mls_eng_000001", "mls_eng_000002")})
+    assert ids(out["multilingual_10min"]["train"]) == ["fleurs_bos_000001", "fleurs_bos_000067", "fleurs_bos_000068",
+                                                      "fleurs_bos_000078", "fleurs_bos_000080", "fleurs_bos_000088",
+                                                      "fleurs_bos_000090", "fleurs_bos_000100", "fleurs_cmn_000001",
+                                                      "mls_eng_000001"]
+    assert ids(out["monolingual_10min"]["eng1"]["train"]) == ["mls_eng_000001"]  # monolingual is never restricted
+    assert len(ids(out["monolingual_1h"]["eng1"]["train"])) == 3

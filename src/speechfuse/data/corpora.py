@@ -36,9 +36,12 @@ event marks) and punctuation and upper-cases at preparation time; here the tags 
 is written (each `[...]` on its own: ESPnet's greedy pattern also drops the words between two tags of one line)
 and the task's `punctuation` / `case` options do the rest. Not confirmed (no copy of the corpus here): what the middle FIELD holds (both scripts ignore it; one
 third-party converter writes `A`, another a duration in seconds), and the exact folder names of every
-dataset in the release. Not implemented: ESPnet keeps only five hand-picked
-training utterances for 20 reserved few-shot languages (RESERVE_LANG / FEW_SHOT_SELECTED_DATA in data_prep.py);
-here those languages train on all their rows, so their CERs are not comparable to ML-SUPERB's few-shot numbers.
+dataset in the release.
+Few-shot languages (multilingual setting only): ESPnet's data_prep.py reserves 20 languages (RESERVE_LANG) and
+keeps, of their training rows, only the five hand-picked utterance ids listed per language in
+FEW_SHOT_SELECTED_DATA, for both training durations; their dev and test rows are kept whole. MLSUPERB_FEW_SHOT
+copies that list; `mlsuperb_manifests(..., few_shot=...)` takes another (or `{}` for none). A listed id that is
+not in the training file (or is over 20 s) is reported with a warning. The monolingual pairs are not reserved.
 """
 from __future__ import annotations
 
@@ -70,6 +73,34 @@ MLSUPERB_MONOLINGUAL = {
     "fra2": ("fra", "voxpopuli"), "deu1": ("deu", "swc"), "deu2": ("deu", "voxpopuli"), "rus": ("rus", "M-AILABS"),
     "swa": ("swa", "ALFFA"), "swe": ("swe", "NST"), "jpn": ("jpn", "commonvoice"), "cmn": ("cmn", "fleurs"),
     "xty": ("xty", "mexico-el"),
+}
+# ESPnet egs2/ml_superb/asr1/local/data_prep.py, RESERVE_LANG and FEW_SHOT_SELECTED_DATA: the few-shot languages
+# of the multilingual setting and the only training utterances each keeps (ids as in the transcript files).
+MLSUPERB_FEW_SHOT: dict[str, tuple[str, ...]] = {
+    lang: tuple(f"{prefix}_{lang}_{num}" for prefix, num in (entry.split(":") for entry in ids.split()))
+    for lang, ids in {
+        "lit": "cv:000026 cv:000105 fleurs:000097 mls:000040 voxpopuli:001707",
+        "dan": "NST:000007 NST:000072 cv:000158 fleurs:000058 fleurs:000071",
+        "tur": "cv:000095 cv:000101 fleurs:000060 fleurs:000069 fleurs:000095",
+        "srp": "cv:000078 cv:000145 fleurs:000068 fleurs:000093 fleurs:000105",
+        "vie": "cv:000105 cv:000128 fleurs:000067 fleurs:000068 fleurs:000077",
+        "kaz": "cv:000080 cv:000097 cv:000111 fleurs:000036 fleurs:000066",
+        "zul": "fleurs:000049 fleurs:000057 nchlt:000027 nchlt:000090 nchlt:000104",
+        "tsn": "googlei18n-tts:000026 googlei18n-tts:000044 googlei18n-tts:000108 nchlt:000001 nchlt:000032",
+        "epo": "cv:000006 cv:000039 cv:000063 cv:000066 cv:000076",
+        "frr": "cv:000023 cv:000086 cv:000095 cv:000102 cv:000104",
+        "tok": "cv:000004 cv:000011 cv:000030 cv:000084 cv:000101",
+        "umb": "fleurs:000028 fleurs:000029 fleurs:000033 fleurs:000040 fleurs:000047",
+        "bos": "fleurs:000067 fleurs:000078 fleurs:000080 fleurs:000088 fleurs:000090",
+        "ful": "fleurs:000055 fleurs:000059 fleurs:000067 fleurs:000076 fleurs:000081",
+        "ceb": "fleurs:000054 fleurs:000064 fleurs:000069 fleurs:000071 fleurs:000080",
+        "luo": "fleurs:000056 fleurs:000062 fleurs:000067 fleurs:000073 fleurs:000077",
+        "kea": "fleurs:000052 fleurs:000070 fleurs:000078 fleurs:000083 fleurs:000085",
+        "sun": "googlei18n-asr:000001 googlei18n-asr:000007 googlei18n-asr:000041 googlei18n-asr:000099 "
+               "googlei18n-asr:000106",
+        "tso": "nchlt:000035 nchlt:000040 nchlt:000089 nchlt:000104 nchlt:000125",
+        "tos": "mexico-el:000006 mexico-el:000122 mexico-el:000152 mexico-el:000496 mexico-el:000563",
+    }.items()
 }
 
 
@@ -283,11 +314,30 @@ def _mlsuperb_split(folder: Path, file_name: str, max_seconds: float | None) -> 
     return utts
 
 
-def mlsuperb_manifests(root: str | Path, out_dir: str | Path) -> dict[str, dict]:
+def few_shot_rows(train: list[Utterance], few_shot: dict[str, tuple[str, ...]], source: str) -> list[Utterance]:
+    """`train` less the rows of a few-shot language whose id is not on that language's list (warns about
+    listed ids that are not among the rows)."""
+    kept = [u for u in train if u.language not in few_shot or u.id in few_shot[u.language]]
+    present = {u.id for u in kept}
+    for lang in sorted({u.language for u in train} & set(few_shot)):
+        absent = [i for i in few_shot[lang] if i not in present]
+        if absent:
+            warnings.warn(f"ML-SUPERB {source}: few-shot language {lang!r} keeps {len(few_shot[lang]) - len(absent)} "
+                          f"of its {len(few_shot[lang])} listed training utterances; not among the training rows "
+                          f"(absent or over {MLSUPERB_MAX_TRAIN_SECONDS:g} s): {absent}", stacklevel=3)
+    return kept
+
+
+def mlsuperb_manifests(root: str | Path, out_dir: str | Path,
+                       few_shot: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict]:
     """Multilingual and monolingual manifests for the 10-minute and 1-hour training sets (see module doc):
     {"multilingual_10min": {split: csv}, ..., "monolingual_10min": {pair: {split: csv}}, ...}.
-    Monolingual pairs whose language or dataset folder is absent from ROOT are left out."""
+    Monolingual pairs whose language or dataset folder is absent from ROOT are left out. `few_shot`
+    (language -> the training ids it keeps in the multilingual sets): MLSUPERB_FEW_SHOT when None."""
     root, out_dir = Path(root), Path(out_dir)
+    few_shot = MLSUPERB_FEW_SHOT if few_shot is None else few_shot
+    if not isinstance(few_shot, dict) or not all(isinstance(v, (list, tuple)) for v in few_shot.values()):
+        raise ConfigError("mlsuperb_manifests: few_shot must map a language code to a list of training utterance ids")
     folders = sorted(p for p in root.glob("*/*") if p.is_dir() and (p / "wav").is_dir())
     if not folders:
         raise CorpusError(f"ML-SUPERB: no <DATASET>/<LANG>/wav folders under {root}; ROOT must be the released "
@@ -299,9 +349,11 @@ def mlsuperb_manifests(root: str | Path, out_dir: str | Path) -> dict[str, dict]
         train = {f: _mlsuperb_split(f, f"transcript_{duration}_train.txt", MLSUPERB_MAX_TRAIN_SECONDS)
                  for f in folders}
         multi = out_dir / f"multilingual_{duration}"
-        result[f"multilingual_{duration}"] = {
-            name: write_manifest([u for f in folders for u in part[f]], multi / f"{name}.csv")
-            for name, part in (("train", train), ("dev", dev), ("test", test))}
+        rows = {name: [u for f in folders for u in part[f]] for name, part in (("train", train), ("dev", dev),
+                                                                                ("test", test))}
+        rows["train"] = few_shot_rows(rows["train"], few_shot, f"multilingual_{duration}")
+        result[f"multilingual_{duration}"] = {name: write_manifest(part, multi / f"{name}.csv")
+                                              for name, part in rows.items()}
         mono = {}
         for pair, (language, dataset) in MLSUPERB_MONOLINGUAL.items():
             chosen = root / dataset / language
