@@ -138,6 +138,9 @@ def test_quoted_number_head_option_is_read_as_its_type(cfg_file):
      "unknown key 'downstream.hidden_dims'; valid keys here: hidden_dim, dropout"),
     ("asr", "downstream.bidirectional=perhaps", "key 'downstream.bidirectional' must be true or false"),
     ("asr", "downstream.hidden_dim=8", "valid keys here: proj_dim, hidden_size, num_layers, bidirectional, dropout"),
+    ("asr", "downstream.head=gru", "key 'downstream.head': Input should be 'bilstm' or 'transformer'"),
+    ("multilingual_asr", "downstream.attention_heads=0",
+     "key 'downstream.attention_heads': Input should be greater than or equal to 1"),
 ])
 def test_head_options_are_typed_per_task(cfg_file, task, override, expected):
     with pytest.raises(ConfigError) as err:
@@ -166,3 +169,17 @@ def test_paper_configs_cover_every_table_column():
     tasks = {p.stem: load_config(p).task for p in (REPO / "configs" / "paper").glob("*.yaml")}
     assert tasks == {"librispeech_asr": "asr", "mlsuperb_mono": "multilingual_asr", "mlsuperb_multi": "multilingual_asr",
                      "voxceleb1_sv": "verify", "iemocap_er": "classify"}
+
+
+@pytest.mark.parametrize("name", ["mlsuperb_mono.yaml", "mlsuperb_multi.yaml"])
+def test_mlsuperb_paper_configs_build_espnets_transformer_ctc_head(name):
+    """ESPnet train_asr_s3prl_10min.yaml: linear 80, conv2d2, 2 pre-norm blocks of 256 dims, 8 heads, 1024 FF."""
+    from speechfuse.data import Utterance
+    from speechfuse.tasks.asr import TransformerCtcHead
+
+    cfg = load_config(REPO / "configs" / "paper" / name)
+    head = get_task(cfg.task, **cfg.downstream).fit([Utterance("u", "a.wav", text="ab", language="eng")]).build_head(768)
+    assert isinstance(head, TransformerCtcHead) and head.proj.out_features == 80 and head.subsample == "conv2d2"
+    block = head.blocks.layers[0]
+    assert (len(head.blocks.layers), block.self_attn.embed_dim, block.self_attn.num_heads) == (2, 256, 8)
+    assert (block.linear1.out_features, block.dropout.p, block.norm_first) == (1024, 0.1, True)

@@ -115,6 +115,78 @@ def task_field(name: str) -> str:
     return "text" if name == "asr" else "label"
 
 
+SMALL_TRANSFORMER = dict(head="transformer", proj_dim=12, attention_dim=8, attention_heads=2, ff_dim=16,
+                         transformer_layers=2, dropout=0.0)
+
+
+def test_transformer_head_defaults_follow_ml_superb():
+    """ESPnet egs2/ml_superb/asr1 conf/tuning/train_asr_s3prl_10min.yaml: 2 blocks, 256 dims, 8 heads, 1024 FF."""
+    task = get_task("multilingual_asr", head="transformer", proj_dim=80).fit(
+        [Utterance("u1", "a.wav", text="ab", language="eng")])
+    head = task.build_head(768)
+    assert (head.proj.in_features, head.proj.out_features) == (768, 80)
+    assert (head.conv[0].out_channels, head.conv[0].stride, head.conv[2].stride) == (256, (2, 2), (1, 1))
+    assert head.embed.in_features == 256 * 37  # 80 features -> (80 - 1) // 2 - 2 after the two convolutions
+    assert len(head.blocks.layers) == 2 and head.blocks.layers[0].norm_first
+    block = head.blocks.layers[0]
+    assert (block.self_attn.embed_dim, block.self_attn.num_heads, block.linear1.out_features) == (256, 8, 1024)
+    assert block.dropout.p == 0.2  # the task's dropout default (0.2, SUPERB's); the paper config sets 0.1
+
+
+@pytest.mark.parametrize("subsample,frames,expected", [("conv2d2", (15, 24), (5, 9)), ("none", (7, 12), (7, 12))])
+def test_transformer_head_ignores_padded_frames(subsample, frames, expected):
+    torch.manual_seed(0)
+    task = get_task("asr", **SMALL_TRANSFORMER, subsample=subsample).fit(utts_with("text", ["one", "two"]))
+    head = task.build_head(6).eval()
+    short, long = frames
+    alone = torch.randn(1, short, 6)
+    padded = torch.cat([alone, 100 * torch.randn(1, long - short, 6)], dim=1)
+    batch = torch.cat([padded, torch.randn(1, long, 6)])
+    out_alone, alone_lengths = head(alone, torch.tensor([short]))
+    out_batch, out_lengths = head(batch, torch.tensor([short, long]))
+    assert out_lengths.tolist() == list(expected) and alone_lengths.tolist() == [expected[0]]
+    assert out_batch.shape == (2, expected[1], len(task.vocab))
+    torch.testing.assert_close(out_batch[0, :expected[0]], out_alone[0], atol=1e-5, rtol=1e-5)
+    if subsample == "conv2d2":  # (T - 1) // 2 - 2 output frames: fewer than 7 input frames leave none
+        with pytest.raises(ShapeError, match=r"at least 7 frames per utterance, got lengths \[15, 6\]"):
+            head(batch[:, :15], torch.tensor([15, 6]))
+
+
+def test_transformer_head_overfits_a_tiny_batch_and_round_trips():
+    torch.manual_seed(0)
+    utts = utts_with("text", ["one two", "three", "nine"])
+    task = get_task("asr", **SMALL_TRANSFORMER, subsample="none").fit(utts)
+    head = task.build_head(12)
+    features, lengths = torch.randn(3, 30, 12), torch.tensor([30, 24, 18])
+    targets = task.encode(utts)
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
+    losses = []
+    for _ in range(150):
+        loss = task.loss(*head(features, lengths), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+    rebuilt = Task.from_state(json.loads(json.dumps(task.state())))
+    twin = rebuilt.build_head(12).eval()
+    twin.load_state_dict(head.state_dict())
+    head.eval()
+    assert rebuilt.predict(*twin(features, lengths)) == task.predict(*head(features, lengths))
+
+
+def test_transformer_options_are_typed_and_checked():
+    with pytest.raises(ConfigError, match=r"task 'asr': key 'head': Input should be 'bilstm' or 'transformer'"):
+        get_task("asr", head="conformer")
+    with pytest.raises(ConfigError, match=r"attention_dim \(10\) must be a multiple of attention_heads \(4\)"):
+        get_task("asr", head="transformer", attention_dim=10, attention_heads=4)
+    with pytest.raises(ConfigError, match=r"key 'transformer_layers': Input should be greater than or equal to 1"):
+        get_task("multilingual_asr", head="transformer", transformer_layers=0)
+    assert get_task("asr", head="transformer", attention_dim="64", ff_dim="128").options["attention_dim"] == 64
+    with pytest.raises(ConfigError, match="at least 7 input features"):
+        get_task("asr", **(SMALL_TRANSFORMER | {"proj_dim": 6})).fit(utts_with("text", ["a"])).build_head(4)
+
+
 def test_ctc_loss_refuses_too_few_frames():
     task = get_task("asr", **SMALL_ASR).fit(utts_with("text", ["hello"]))
     head = task.build_head(4)
@@ -204,7 +276,9 @@ def test_head_options_are_typed_by_each_task():
 
     assert list(task_options("classify").model_fields) == ["hidden_dim", "dropout"]
     assert list(task_options("asr").model_fields) == ["proj_dim", "hidden_size", "num_layers", "bidirectional",
-                                                      "dropout", "case", "punctuation"]
+                                                      "dropout", "case", "punctuation", "head", "subsample",
+                                                      "attention_dim", "attention_heads", "ff_dim",
+                                                      "transformer_layers"]
     assert get_task("classify", hidden_dim="128").options == {"hidden_dim": 128, "dropout": 0.0}
     with pytest.raises(ConfigError, match=r"task 'classify': key 'hidden_dim' must be an integer, got 'wide'"):
         get_task("classify", hidden_dim="wide")

@@ -1,4 +1,5 @@
-"""Character CTC ASR (the SUPERB ASR recipe: projection, BiLSTM, linear to characters).
+"""Character CTC ASR (the SUPERB ASR recipe: projection, BiLSTM, linear to characters; or, with
+`head: transformer`, ML-SUPERB's ESPnet encoder: projection, conv2d2 subsampling, pre-norm Transformer blocks).
 
 Vocabulary: index 0 is the CTC blank, index 1 `<unk>`, then every character (Unicode code point) of the
 normalised training texts in sorted order, in any script; the word separator is the plain space " ".
@@ -16,6 +17,7 @@ WER and CER are fractions (0.25 = 25 %), computed with jiwer over the corpus.
 """
 from __future__ import annotations
 
+import math
 import unicodedata
 import warnings
 from typing import Any, Literal, Optional
@@ -24,7 +26,7 @@ import jiwer
 import torch
 import torch.nn.functional as F
 from torch import nn
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..data.manifest import Utterance
@@ -89,6 +91,71 @@ class AsrHead(nn.Module):
         return self.out(self.dropout(x)), lengths
 
 
+def sinusoid_positions(frames: int, dim: int, device: torch.device) -> torch.Tensor:
+    """[frames, dim] absolute sinusoidal position encoding (sin on even, cos on odd channels)."""
+    position = torch.arange(frames, device=device, dtype=torch.float32)[:, None]
+    rate = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(frames, dim, device=device)
+    table[:, 0::2] = torch.sin(position * rate)
+    table[:, 1::2] = torch.cos(position * rate[: dim // 2])
+    return table
+
+
+class TransformerCtcHead(nn.Module):
+    """ML-SUPERB's ESPnet CTC encoder: features [B,T,D], lengths [B] -> logits [B,T',V], lengths [B].
+
+    Linear projection (ESPnet's `preencoder: linear`), then `subsample: conv2d2` (two 3x3 convolutions over
+    (time, feature), the first with stride 2: T' = (T - 1) // 2 - 2, as ESPnet's Conv2dSubsampling2) or a
+    linear layer (`none`, T' = T), scaled by sqrt(attention_dim) plus sinusoidal positions, then pre-norm
+    Transformer blocks whose self-attention masks padded frames, a final LayerNorm and a linear layer to the
+    vocabulary. A valid output frame depends on valid input frames only."""
+
+    def __init__(self, input_dim: int, vocab_size: int, proj_dim: int | None = 80, subsample: str = "conv2d2",
+                 attention_dim: int = 256, attention_heads: int = 8, ff_dim: int = 1024, transformer_layers: int = 2,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.proj = nn.Linear(input_dim, proj_dim) if proj_dim else nn.Identity()
+        in_dim = proj_dim or input_dim
+        self.subsample = subsample
+        if subsample == "conv2d2":
+            self.conv = nn.Sequential(nn.Conv2d(1, attention_dim, 3, stride=(2, 2)), nn.ReLU(),
+                                      nn.Conv2d(attention_dim, attention_dim, 3, stride=(1, 1)), nn.ReLU())
+            conv_features = ((in_dim - 1) // 2 - 2)
+            if conv_features < 1:
+                raise ConfigError(f"transformer head: subsample conv2d2 needs at least 7 input features, got "
+                                  f"{in_dim}; raise downstream.proj_dim")
+            self.embed = nn.Linear(attention_dim * conv_features, attention_dim)
+        else:
+            self.embed = nn.Linear(in_dim, attention_dim)
+        self.position_dropout = nn.Dropout(dropout)
+        block = nn.TransformerEncoderLayer(attention_dim, attention_heads, ff_dim, dropout, batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, transformer_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(attention_dim)
+        self.out = nn.Linear(attention_dim, vocab_size)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.div(lengths - 1, 2, rounding_mode="floor") - 2 if self.subsample == "conv2d2" else lengths
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if features.dim() != 3:
+            raise ShapeError(f"TransformerCtcHead: features must be [B,T,D], got shape {tuple(features.shape)}")
+        check_lengths(lengths, features.shape[0], features.shape[1], "TransformerCtcHead")
+        out_lengths = self.output_lengths(lengths)
+        if int(out_lengths.min()) < 1:
+            raise ShapeError(f"TransformerCtcHead: conv2d2 subsampling needs at least 7 frames per utterance, got "
+                             f"lengths {lengths.tolist()}; use subsample: none or a higher frame rate")
+        x = self.proj(features)
+        if self.subsample == "conv2d2":
+            x = self.conv(x.unsqueeze(1))  # [B, C, T', F']
+            x = x.transpose(1, 2).flatten(2)  # [B, T', C*F']
+        x = self.embed(x)
+        x = x * math.sqrt(x.shape[-1]) + sinusoid_positions(x.shape[1], x.shape[-1], x.device).to(x.dtype)
+        padded = torch.arange(x.shape[1], device=x.device)[None, :] >= out_lengths.to(x.device)[:, None]
+        x = self.blocks(self.position_dropout(x), src_key_padding_mask=padded)
+        return self.out(self.norm(x)), out_lengths
+
+
 class AsrOptions(TaskOptions):
     """The head's options (the config's `downstream` section); defaults follow SUPERB's ASR head."""
 
@@ -103,9 +170,27 @@ class AsrOptions(TaskOptions):
     """lower: lower-case the letters that have case (other scripts are untouched); keep: keep case."""
     punctuation: Literal["keep", "strip"] = "keep"
     """keep: punctuation characters are vocabulary entries; strip: delete Unicode category P* characters."""
+    head: Literal["bilstm", "transformer"] = "bilstm"
+    """bilstm: SUPERB's head (hidden_size, num_layers, bidirectional); transformer: ML-SUPERB's ESPnet encoder
+    (subsample, attention_dim, attention_heads, ff_dim, transformer_layers). Both use proj_dim and dropout."""
+    subsample: Literal["conv2d2", "none"] = "conv2d2"
+    """transformer: conv2d2 halves the frame rate (ESPnet input_layer conv2d2); none keeps it."""
+    attention_dim: int = Field(256, ge=1)
+    attention_heads: int = Field(8, ge=1)
+    ff_dim: int = Field(1024, ge=1)
+    transformer_layers: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_attention_dim(self) -> "AsrOptions":
+        if self.head == "transformer" and self.attention_dim % self.attention_heads:
+            raise ValueError(f"attention_dim ({self.attention_dim}) must be a multiple of attention_heads "
+                             f"({self.attention_heads})")
+        return self
 
 
 HEAD_OPTIONS = ("proj_dim", "hidden_size", "num_layers", "bidirectional", "dropout")
+TRANSFORMER_OPTIONS = ("proj_dim", "subsample", "attention_dim", "attention_heads", "ff_dim", "transformer_layers",
+                       "dropout")
 
 
 @register_task("asr")
@@ -154,8 +239,10 @@ class AsrTask(Task):
             targets[row, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
         return targets, lengths
 
-    def build_head(self, input_dim: int) -> AsrHead:
+    def build_head(self, input_dim: int) -> nn.Module:
         self._require_fitted("build_head")
+        if self.options["head"] == "transformer":
+            return TransformerCtcHead(input_dim, len(self.vocab), **{k: self.options[k] for k in TRANSFORMER_OPTIONS})
         return AsrHead(input_dim, len(self.vocab), **{k: self.options[k] for k in HEAD_OPTIONS})
 
     def loss(self, out: torch.Tensor, out_lengths: torch.Tensor,
