@@ -173,13 +173,13 @@ def test_paper_configs_cover_every_table_column():
 
 @pytest.mark.parametrize("name", ["mlsuperb_mono.yaml", "mlsuperb_multi.yaml"])
 def test_mlsuperb_paper_configs_build_espnets_transformer_ctc_head(name):
-    """ESPnet train_asr_s3prl_10min.yaml: linear 80, conv2d2, 2 pre-norm blocks of 256 dims, 8 heads, 1024 FF."""
+    """ESPnet train_asr_s3prl_10min.yaml: linear 80, conv2d2, 2 blocks of 256 dims, 8 heads, 1024 FF, dropout 0.1."""
     from speechfuse.data import Utterance
     from speechfuse.tasks.asr import TransformerCtcHead
 
     cfg = load_config(REPO / "configs" / "paper" / name)
     head = get_task(cfg.task, **cfg.downstream).fit([Utterance("u", "a.wav", text="ab", language="eng")]).build_head(768)
     assert isinstance(head, TransformerCtcHead) and head.proj.out_features == 80 and head.subsample == "conv2d2"
-    block = head.blocks.layers[0]
-    assert (len(head.blocks.layers), block.self_attn.embed_dim, block.self_attn.num_heads) == (2, 256, 8)
-    assert (block.linear1.out_features, block.dropout.p, block.norm_first) == (1024, 0.1, True)
+    block = head.blocks[0]
+    assert (len(head.blocks), block.qkv.in_features, block.heads) == (2, 256, 8)
+    assert (block.ff[0].out_features, block.dropout.p) == (1024, 0.1)

@@ -18,8 +18,8 @@ from speechfuse.extract import load_audio_batch
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A classifier over hubert (800 Hz, 3 layers) + whisper (50 Hz, 4 layers): time and layer resampling; an ASR
-    model over hubert (32 wide) + wav2vec2 (48 wide) under hconv: a projection and a packed BiLSTM head. Both
-    saved as model folders."""
+    model over hubert (32 wide) + wav2vec2 (48 wide) under hconv: a projection and a packed BiLSTM head; the
+    same ASR model with the Transformer CTC head (conv2d2 subsampling, masked attention). All saved as model folders."""
     from speechfuse.model import FusedModel, build_task
 
     root = tmp_path_factory.mktemp("export")
@@ -29,14 +29,17 @@ def models(tmp_path_factory):
     whisper = save_tiny_model("whisper", root / "whisper", encoder_layers=3)
     wide = save_tiny_model("wav2vec2", root / "w2v", hidden_size=48, num_hidden_layers=3)
     utts = load_manifest(manifests["train"])
-    specs = {"classify": ([hubert, whisper], "weighted_sum", {"hidden_dim": 16}),
-             "asr": ([hubert, wide], "hconv", {"proj_dim": 16, "hidden_size": 16, "num_layers": 1,
-                                               "bidirectional": True})}
-    for task, (ups, interface, head) in specs.items():
+    specs = {"classify": ("classify", [hubert, whisper], "weighted_sum", {"hidden_dim": 16}),
+             "asr": ("asr", [hubert, wide], "hconv", {"proj_dim": 16, "hidden_size": 16, "num_layers": 1,
+                                                      "bidirectional": True}),
+             "asr_transformer": ("asr", [hubert, wide], "hconv", {"head": "transformer", "proj_dim": 16,
+                                                                  "attention_dim": 8, "attention_heads": 2,
+                                                                  "ff_dim": 16, "transformer_layers": 1})}
+    for folder, (task, ups, interface, head) in specs.items():
         cfg = config_from_dict(run_config(manifests, [{"spec": f"hf:{u}"} for u in ups], task=task,
                                           interface=interface, downstream=head))
         torch.manual_seed(0)
-        FusedModel.from_config(cfg, build_task(cfg).fit(utts)).save_pretrained(root / task)
+        FusedModel.from_config(cfg, build_task(cfg).fit(utts)).save_pretrained(root / folder)
     return root, manifests
 
 
@@ -49,7 +52,7 @@ def batches(manifests, model):
             yield model.frontend.extract(wavs, lengths)
 
 
-@pytest.mark.parametrize("task", ["classify", "asr"])
+@pytest.mark.parametrize("task", ["classify", "asr", "asr_transformer"])
 def test_exports_match_the_eager_model(models, tmp_path, task, capsys):
     import onnxruntime
 

@@ -127,9 +127,9 @@ def test_transformer_head_defaults_follow_ml_superb():
     assert (head.proj.in_features, head.proj.out_features) == (768, 80)
     assert (head.conv[0].out_channels, head.conv[0].stride, head.conv[2].stride) == (256, (2, 2), (1, 1))
     assert head.embed.in_features == 256 * 37  # 80 features -> (80 - 1) // 2 - 2 after the two convolutions
-    assert len(head.blocks.layers) == 2 and head.blocks.layers[0].norm_first
-    block = head.blocks.layers[0]
-    assert (block.self_attn.embed_dim, block.self_attn.num_heads, block.linear1.out_features) == (256, 8, 1024)
+    assert len(head.blocks) == 2
+    block = head.blocks[0]
+    assert (block.qkv.in_features, block.heads, block.ff[0].out_features) == (256, 8, 1024)
     assert block.dropout.p == 0.2  # the task's dropout default (0.2, SUPERB's); the paper config sets 0.1
 
 

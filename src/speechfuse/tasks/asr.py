@@ -101,6 +101,28 @@ def sinusoid_positions(frames: int, dim: int, device: torch.device) -> torch.Ten
     return table
 
 
+class PreNormBlock(nn.Module):
+    """One pre-norm Transformer block (ESPnet normalize_before: true): x + attention(LayerNorm(x)), then
+    x + feed-forward(LayerNorm(x)). Attention ignores the keys where `padded` [B,T] is True. Written out rather
+    than nn.MultiheadAttention, whose traced reshapes fix the batch size in an ONNX export."""
+
+    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.attention_norm, self.ff_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.attention_out = nn.Linear(dim, dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(ff_dim, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, padded: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(self.attention_norm(x)).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # [B, heads, T, T]
+        weights = self.dropout(scores.masked_fill(padded[:, None, None, :], float("-inf")).softmax(-1))
+        x = x + self.dropout(self.attention_out((weights @ v).transpose(1, 2).flatten(2)))
+        return x + self.dropout(self.ff(self.ff_norm(x)))
+
+
 class TransformerCtcHead(nn.Module):
     """ML-SUPERB's ESPnet CTC encoder: features [B,T,D], lengths [B] -> logits [B,T',V], lengths [B].
 
@@ -128,9 +150,8 @@ class TransformerCtcHead(nn.Module):
         else:
             self.embed = nn.Linear(in_dim, attention_dim)
         self.position_dropout = nn.Dropout(dropout)
-        block = nn.TransformerEncoderLayer(attention_dim, attention_heads, ff_dim, dropout, batch_first=True,
-                                           norm_first=True)
-        self.blocks = nn.TransformerEncoder(block, transformer_layers, enable_nested_tensor=False)
+        self.blocks = nn.ModuleList(PreNormBlock(attention_dim, attention_heads, ff_dim, dropout)
+                                    for _ in range(transformer_layers))
         self.norm = nn.LayerNorm(attention_dim)
         self.out = nn.Linear(attention_dim, vocab_size)
 
@@ -152,7 +173,9 @@ class TransformerCtcHead(nn.Module):
         x = self.embed(x)
         x = x * math.sqrt(x.shape[-1]) + sinusoid_positions(x.shape[1], x.shape[-1], x.device).to(x.dtype)
         padded = torch.arange(x.shape[1], device=x.device)[None, :] >= out_lengths.to(x.device)[:, None]
-        x = self.blocks(self.position_dropout(x), src_key_padding_mask=padded)
+        x = self.position_dropout(x)
+        for block in self.blocks:
+            x = block(x, padded)
         return self.out(self.norm(x)), out_lengths
 
 
