@@ -26,7 +26,7 @@ import jiwer
 import torch
 import torch.nn.functional as F
 from torch import nn
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..data.manifest import Utterance
@@ -183,7 +183,7 @@ class AsrOptions(TaskOptions):
     """The head's options (the config's `downstream` section); defaults follow SUPERB's ASR head."""
 
     proj_dim: Optional[int] = Field(1024, ge=0)
-    """Linear projection before the LSTM; 0 or null: none."""
+    """Linear projection before the LSTM (or the Transformer's subsampling); 0 or null: none."""
     hidden_size: int = Field(1024, ge=1)
     num_layers: int = Field(2, ge=0)
     """LSTM layers; 0: a linear head on the (projected) features."""
@@ -203,12 +203,13 @@ class AsrOptions(TaskOptions):
     ff_dim: int = Field(1024, ge=1)
     transformer_layers: int = Field(2, ge=1)
 
-    @model_validator(mode="after")
-    def _heads_divide_attention_dim(self) -> "AsrOptions":
-        if self.head == "transformer" and self.attention_dim % self.attention_heads:
-            raise ValueError(f"attention_dim ({self.attention_dim}) must be a multiple of attention_heads "
-                             f"({self.attention_heads})")
-        return self
+    @field_validator("attention_heads")
+    @classmethod
+    def _heads_divide_attention_dim(cls, heads: int, info: ValidationInfo) -> int:
+        dim = info.data.get("attention_dim")
+        if info.data.get("head") == "transformer" and dim and dim % heads:
+            raise ValueError(f"attention_dim ({dim}) must be a multiple of attention_heads ({heads})")
+        return heads
 
 
 HEAD_OPTIONS = ("proj_dim", "hidden_size", "num_layers", "bidirectional", "dropout")
