@@ -1,4 +1,5 @@
-"""The `speechfuse` command line: train, evaluate, compare, extract, sweep, predict, export, prepare, table, demo.
+"""The `speechfuse` command line: train, evaluate, compare, extract, sweep, predict, verify, export, prepare, table,
+demo.
 
     speechfuse train configs/fsdd_speaker.yaml --set train.max_steps=200 --out runs/speaker
     speechfuse evaluate runs/speaker --split test
@@ -7,6 +8,8 @@
     speechfuse sweep configs/fsdd_speaker.yaml --grid interface.name=weighted_sum,hconv \\
         --grid upstreams=whisper-tiny.en+resemblyzer,resemblyzer --out runs/sweep
     speechfuse predict runs/speaker recordings/ test.csv --out predictions.jsonl
+    speechfuse verify runs/vox1 enrol.wav test.wav
+    speechfuse verify runs/vox1 --trials veri_test2.txt --root wav/ --out scores.jsonl
     speechfuse export runs/speaker --format onnx --out fusion.onnx
     speechfuse demo --quick
     speechfuse prepare voxceleb1 /data/VoxCeleb1 --out data/voxceleb1
@@ -115,6 +118,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-changed-upstreams", action="store_true",
                    help="load even if an upstream's weights differ from those the model was trained with")
 
+    p = sub.add_parser("verify", help="score speaker verification trials with a trained model",
+                       description="Score trials with a verification model (a run folder or a model folder). With "
+                                   "two clips A B it prints the trial's score, threshold and decision as JSON. With "
+                                   "--trials it scores a trial list: 'LABEL ENROL TEST' lines (VoxCeleb1's "
+                                   "veri_test2.txt, label 1 = same speaker) or 'ENROL TEST' lines without labels, "
+                                   "paths relative to --root (default: the list's folder). One row per trial is "
+                                   "appended to OUT chunk by chunk, so a killed run loses nothing written and a "
+                                   "rerun skips the trials already in OUT; a trial with a missing or unreadable file "
+                                   "is written with its error. Prints a JSON summary, with EER, minDCF and the "
+                                   "accuracy of the decisions at the model's threshold when the list has labels.")
+    p.add_argument("model", help="a run folder (uses its model/) or a model folder")
+    p.add_argument("clips", nargs="*", metavar="CLIP", help="two audio files, A (enrol) and B (test)")
+    p.add_argument("--trials", help="a trial list to score instead of A B")
+    p.add_argument("--root", help="folder the trial list's paths are relative to (default: the list's folder)")
+    p.add_argument("--out", help="scores file for --trials: .jsonl or .csv")
+    p.add_argument("--batch-seconds", type=float, default=60.0,
+                   help="seconds of new audio embedded per chunk of trials (default 60)")
+    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
+    p.add_argument("--allow-changed-upstreams", action="store_true",
+                   help="load even if an upstream's weights differ from those the model was trained with")
+
     p = sub.add_parser("export", help="export the part after the upstreams as TorchScript or ONNX",
                        description="Export aligner + interface + head of a trained model (a run folder or a model "
                                    "folder) as one graph over the upstreams' hidden states, with dynamic batch and "
@@ -203,6 +227,35 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    import torch
+
+    from .inference import check_output_path
+    from .model import load_model
+    from .verify_trials import require_verification_model, verify_to_file
+
+    if args.trials is None and len(args.clips) != 2:
+        raise SpeechfuseError(f"give two clips (A B) or --trials FILE, got {len(args.clips)} clip(s)")
+    if args.trials is not None:
+        if args.clips:
+            raise SpeechfuseError(f"give two clips (A B) or --trials FILE, not both (clips: {' '.join(args.clips)})")
+        if args.out is None:
+            raise SpeechfuseError("--trials needs --out scores.jsonl (or .csv)")
+        check_output_path(args.out, "verify")  # before the model loads
+    elif args.out is not None or args.root is not None:
+        raise SpeechfuseError("--out and --root go with --trials; one pair A B prints its score")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.model, device=device, allow_changed_upstreams=args.allow_changed_upstreams)
+    require_verification_model(model, args.model)
+    if args.trials is None:
+        result = model.verify(args.clips[0], args.clips[1], batch_seconds=args.batch_seconds)
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(json.dumps(verify_to_file(model, args.trials, args.out, root=args.root,
+                                        batch_seconds=args.batch_seconds), indent=2))
+    return 0
+
+
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "train":
         from .config import load_config
@@ -249,6 +302,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         model = load_model(args.model, device=device, allow_changed_upstreams=args.allow_changed_upstreams)
         print(json.dumps(predict_to_file(model, args.inputs, args.out, batch_seconds=args.batch_seconds), indent=2))
         return 0
+    if args.command == "verify":
+        return _verify(args)
     if args.command == "export":
         from .export import export_fusion
         from .model import load_model

@@ -379,27 +379,35 @@ def _is_clip(x: Any) -> bool:
 # ---------------------------------------------------------------------------------------------
 # streaming to a file (the CLI)
 # ---------------------------------------------------------------------------------------------
-def check_output_path(path: str | os.PathLike) -> None:
+def check_output_path(path: str | os.PathLike, command: str = "predict") -> None:
     if Path(path).suffix.lower() not in OUTPUT_FORMATS:
-        raise ConfigError(f"predict --out {path}: the file must end in .jsonl or .csv")
+        raise ConfigError(f"{command} --out {path}: the file must end in .jsonl or .csv")
 
 
 class _Output:
     """predictions.jsonl or .csv, appended one flushed, fsynced batch at a time. Reopening after a kill drops
-    a torn last line and reports which ids are already there."""
+    a torn last line and reports which ids are already there (`key`: a row's id; a subclass may write other rows)."""
+    command = "predict"
 
     def __init__(self, path: Path, model: "FusedModel") -> None:
-        check_output_path(path)
+        check_output_path(path, self.command)
         self.path, self.csv = path, path.suffix.lower() == ".csv"
-        labels = list(getattr(model.task, "labels", []) or [])
-        self.columns = ["id", "path", "duration", "prediction", "error"] + [f"prob_{lab}" for lab in labels]
-        if model.task.name == "verify":  # the embedding, one column per dimension
-            self.columns += [f"emb_{i}" for i in range(model.task.options["embed_dim"])]
+        self.columns = self._columns(model)
         self.done = self._recover()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(path, "a", encoding="utf-8", newline="")
         if self.csv and self.file.tell() == 0:
             self.file.write(self._csv_line(dict(zip(self.columns, self.columns))))
+
+    def _columns(self, model: "FusedModel") -> list[str]:
+        labels = list(getattr(model.task, "labels", []) or [])
+        columns = ["id", "path", "duration", "prediction", "error"] + [f"prob_{lab}" for lab in labels]
+        if model.task.name == "verify":  # the embedding, one column per dimension
+            columns += [f"emb_{i}" for i in range(model.task.options["embed_dim"])]
+        return columns
+
+    def key(self, row: dict[str, Any]) -> str:
+        return row["id"]
 
     def _recover(self) -> dict[str, dict[str, Any]]:
         if not self.path.is_file():
@@ -414,7 +422,7 @@ class _Output:
         if self.csv:
             rows = list(csv.DictReader(io.StringIO(text)))
             if rows and list(rows[0].keys()) != self.columns:
-                raise ConfigError(f"predict --out {self.path}: it holds columns {list(rows[0].keys())} of another "
+                raise ConfigError(f"{self.command} --out {self.path}: it holds columns {list(rows[0].keys())} of another "
                                   "model; write to a new file")
         else:
             rows = []
@@ -422,9 +430,9 @@ class _Output:
                 try:
                     rows.append(json.loads(line))
                 except ValueError as err:
-                    raise ConfigError(f"predict --out {self.path}: line {n} is not JSON ({err}); it is not a "
+                    raise ConfigError(f"{self.command} --out {self.path}: line {n} is not JSON ({err}); it is not a "
                                       "predictions file, write to a new one") from err
-        return {row["id"]: row for row in rows}
+        return {self.key(row): row for row in rows}
 
     def _csv_line(self, row: dict[str, Any]) -> str:
         buffer = io.StringIO()
@@ -448,7 +456,7 @@ class _Output:
         for result in results:
             row = self._row(result)
             self.file.write(self._csv_line(row) if self.csv else json.dumps(row) + "\n")
-            self.done[result.id] = result.to_dict()
+            self.done[self.key(result.to_dict())] = result.to_dict()
         self.file.flush()
         os.fsync(self.file.fileno())
 

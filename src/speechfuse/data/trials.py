@@ -5,7 +5,9 @@ A trial list is a text file, one trial per line, label first (the VoxCeleb1 `ver
     1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav
     0 id10270/x6uYqmx31kE/00001.wav id10300/ize_eiCFEg0/00003.wav
 
-1 = target (same speaker), 0 = non-target. The two names are utterance ids of the manifest being scored.
+1 = target (same speaker), 0 = non-target. The two names are utterance ids of the manifest being scored
+(for `speechfuse verify`: audio paths). `read_trials(path, unlabelled=True)` also reads `ENROL TEST` lines
+without a label (label None), for trials to score whose truth is unknown; one file is all one or the other.
 
 `generate_trials(utts)` makes a list when a corpus has none, reproducibly for a given seed:
 - target trials: every pair of two different utterances of one speaker, or, when `max_targets` is
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from math import comb
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 from ..errors import ConfigError
 from .manifest import Utterance
@@ -35,31 +37,41 @@ class TrialError(ConfigError):
 
 @dataclass(frozen=True)
 class Trial:
-    label: int  # 1 target, 0 non-target
+    label: Optional[int]  # 1 target, 0 non-target, None: unknown (an `ENROL TEST` line)
     enrol: str
     test: str
     line: int = 0  # 1-based line in the file it was read from (0: generated)
 
 
-def read_trials(path: str | Path) -> list[Trial]:
-    """Trials of a `LABEL ENROL TEST` file; blank lines are skipped. Errors name the file and line."""
+def read_trials(path: str | Path, unlabelled: bool = False) -> list[Trial]:
+    """Trials of a `LABEL ENROL TEST` file (or, with unlabelled=True, of an `ENROL TEST` file: label None);
+    blank lines are skipped. Errors name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise TrialError(f"trial list not found: {path}")
+    example = "'1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav'"
     trials = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             fields = line.split()
             if not fields:
                 continue
+            if unlabelled and len(fields) == 2:
+                fields = [None] + fields
             if len(fields) != 3:
-                raise TrialError(f"trial list {path} line {line_no}: expected 3 fields 'LABEL ENROL TEST' "
-                                 f"(e.g. '1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav'), "
+                form = "3 fields 'LABEL ENROL TEST' or 2 fields 'ENROL TEST'" if unlabelled else \
+                    "3 fields 'LABEL ENROL TEST'"
+                raise TrialError(f"trial list {path} line {line_no}: expected {form} (e.g. {example}), "
                                  f"got {len(fields)}: {line.strip()[:120]!r}")
-            if fields[0] not in ("0", "1"):
+            if fields[0] not in ("0", "1", None):
                 raise TrialError(f"trial list {path} line {line_no}: the label must be 1 (target) or 0 "
                                  f"(non-target), got {fields[0]!r}")
-            trials.append(Trial(int(fields[0]), fields[1], fields[2], line_no))
+            trial = Trial(None if fields[0] is None else int(fields[0]), fields[1], fields[2], line_no)
+            if trials and (trials[0].label is None) != (trial.label is None):
+                raise TrialError(f"trial list {path} line {line_no}: mixes lines with a label and lines without "
+                                 f"(line {trials[0].line} {'has none' if trials[0].label is None else 'has one'}); "
+                                 "give every line a label, or none")
+            trials.append(trial)
     if not trials:
         raise TrialError(f"trial list {path} has no trials")
     return trials
