@@ -40,6 +40,21 @@ def test_malformed_line_names_file_and_line(tmp_path, bad, needle):
     assert str(path) in str(err.value) and needle in str(err.value)
 
 
+def test_unlabelled_lines_only_when_asked_and_never_mixed(tmp_path):
+    path = tmp_path / "pairs.txt"
+    path.write_text("a.wav b.wav\n\na.wav c.wav\n")
+    assert [(t.label, t.enrol, t.test, t.line) for t in read_trials(path, unlabelled=True)] == [
+        (None, "a.wav", "b.wav", 1), (None, "a.wav", "c.wav", 3)]
+    with pytest.raises(TrialError, match="line 1: expected 3 fields 'LABEL ENROL TEST'"):
+        read_trials(path)
+    path.write_text("1 a.wav b.wav\na.wav c.wav\n")
+    with pytest.raises(TrialError, match="line 2: mixes lines with a label and lines without"):
+        read_trials(path, unlabelled=True)
+    with pytest.raises(TrialError, match="line 1: expected 3 fields 'LABEL ENROL TEST' or 2 fields"):
+        path.write_text("a.wav\n")
+        read_trials(path, unlabelled=True)
+
+
 def test_unknown_utterance_names_the_line(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("1 a b\n0 a zzz\n")

@@ -1,10 +1,12 @@
 """A trained verification model as a product, on real FSDD clips: typed embeddings from predict, exact
 save/load round trip (embeddings and the dev EER threshold), verify() trials and decisions, the predict
-CLI's jsonl/csv rows, and clear errors."""
+CLI's jsonl/csv rows, `speechfuse verify` (one pair, trial lists with failures, resume, metrics), and clear
+errors."""
 from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,3 +150,151 @@ def test_verify_applies_as_norm_like_dev_scoring(run):
     assert got == pytest.approx(expected.tolist(), abs=1e-4)
     raw = (unit[e] * unit[t]).sum(-1)
     assert not torch.allclose(torch.tensor(got), raw, atol=1e-3)  # normalised, not the raw cosines
+
+
+# ---------------------------------------------------------------------------------------------
+# speechfuse verify: one pair, and trial lists streamed to a file
+# ---------------------------------------------------------------------------------------------
+def _speaker(path) -> str:
+    return Path(path).name.split("_")[1]  # FSDD files are {digit}_{speaker}_{take}.flac
+
+
+def _trial_list(clips, missing: str, broken: str) -> tuple[list[tuple[str, str, int]], str]:
+    """Every pair of the clips (names relative to their folder), labelled by speaker, with `missing` as the
+    test side of the third trial and `broken` as the enrol side of the fifth; and the file's text."""
+    names = [Path(c).name for c in clips]
+    trials = [(a, b, int(_speaker(a) == _speaker(b))) for i, a in enumerate(names) for b in names[i + 1:]]
+    trials.insert(2, (names[0], missing, 1))
+    trials.insert(4, (broken, names[1], 0))
+    return trials, "".join(f"{y} {a} {b}\n" for a, b, y in trials)
+
+
+def _rows(path):
+    if path.suffix == ".csv":
+        with open(path, newline="") as f:
+            return [{**r, "score": float(r["score"]) if r["score"] else None} for r in csv.DictReader(f)]
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_verify_cli_one_pair_equals_model_verify(run, capsys):
+    import speechfuse as sf
+
+    root, manifests = run
+    clips = [u.path for u in load_manifest(manifests["test"])]
+    expected = sf.load_model(root / "run").verify(clips[0], clips[3])
+    capsys.readouterr()
+    assert main(["verify", str(root / "run"), clips[0], clips[3]]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == expected.to_dict()
+    assert printed["decision"] == (printed["score"] >= printed["threshold"])
+
+
+def test_verify_cli_trial_list_lists_a_missing_file_and_scores_the_rest(run, tmp_path, capsys):
+    import speechfuse as sf
+    from speechfuse.metrics.verification import equal_error_rate, min_dcf
+
+    root, manifests = run
+    clips = [u.path for u in load_manifest(manifests["test"])]
+    model = sf.load_model(root / "run")
+    broken = tmp_path / "broken.flac"  # an absolute name: --root does not apply to it
+    broken.write_bytes(b"not audio at all" * 64)
+    trials, text = _trial_list(clips, missing="gone.flac", broken=str(broken))
+    (tmp_path / "veri.txt").write_text(text)
+    good = [(a, b, y) for a, b, y in trials if b != "gone.flac" and a != str(broken)]
+    recordings = str(root / "recordings")
+    expected = model.verify([(f"{recordings}/{a}", f"{recordings}/{b}") for a, b, _ in good])
+    for suffix in ("jsonl", "csv"):
+        out = tmp_path / f"scores.{suffix}"
+        capsys.readouterr()
+        assert main(["verify", str(root / "run"), "--trials", str(tmp_path / "veri.txt"), "--root", recordings,
+                     "--out", str(out), "--batch-seconds", "2"]) == 0  # several chunks
+        summary = json.loads(capsys.readouterr().out)
+        rows = _rows(out)
+        assert [(r["enrol"], r["test"]) for r in rows] == [(a, b) for a, b, _ in trials]
+        missing, unreadable = rows[2], rows[4]
+        assert missing["score"] is None and missing["error"].startswith("test") and "gone.flac" in missing["error"]
+        assert unreadable["score"] is None and unreadable["error"].startswith("enrol")
+        assert str(broken) in unreadable["error"]
+        scored = [r for r in rows if r["score"] is not None]
+        assert all(r["error"] in (None, "") for r in scored)
+        assert [r["score"] for r in scored] == pytest.approx([t.score for t in expected], abs=1e-5)
+        assert summary["scored"] == len(good) and summary["failed"] == 2 and summary["skipped"] == 0
+        # the printed metrics are those of the written scores
+        scores, labels = [r["score"] for r in scored], [y for _, _, y in good]
+        assert summary["metrics"]["eer"] == pytest.approx(equal_error_rate(scores, labels), abs=1e-12)
+        assert summary["metrics"]["min_dcf_0.01"] == pytest.approx(min_dcf(scores, labels, 0.01), abs=1e-12)
+        decisions = [s >= model.task.threshold for s in scores]
+        assert summary["metrics"]["accuracy"] == pytest.approx(
+            sum(d == bool(y) for d, y in zip(decisions, labels)) / len(labels))
+        if suffix == "jsonl":
+            assert [r["decision"] for r in scored] == decisions and all(r["label"] in (0, 1) for r in rows)
+
+
+def test_verify_cli_rerun_after_a_partial_output_writes_no_duplicates(run, tmp_path, capsys):
+    root, manifests = run
+    clips = [u.path for u in load_manifest(manifests["test"])]
+    trials, text = _trial_list(clips, missing="gone.flac", broken=str(tmp_path / "gone-too.wav"))
+    (tmp_path / "veri.txt").write_text(text)
+    args = ["verify", str(root / "run"), "--trials", str(tmp_path / "veri.txt"), "--root", str(root / "recordings")]
+    assert main(args + ["--out", str(tmp_path / "full.jsonl")]) == 0
+    full = (tmp_path / "full.jsonl").read_text().splitlines()
+    # what a kill leaves: 5 whole rows and half of the sixth
+    (tmp_path / "part.jsonl").write_text("\n".join(full[:5]) + "\n" + full[5][: len(full[5]) // 2])
+    capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "part.jsonl")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["skipped"] == 5 and summary["scored"] + summary["failed"] == len(trials) - 5
+    rows, reference = _rows(tmp_path / "part.jsonl"), [json.loads(line) for line in full]
+    assert len({(r["enrol"], r["test"]) for r in rows}) == len(rows) == len(trials)
+    assert sorted((r["enrol"], r["test"]) for r in rows) == sorted((r["enrol"], r["test"]) for r in reference)
+    by_pair = {(r["enrol"], r["test"]): r["score"] for r in reference}
+    for row in rows:
+        assert row["score"] == pytest.approx(by_pair[row["enrol"], row["test"]], abs=1e-5)
+    # a third run has nothing left to do
+    assert main(args + ["--out", str(tmp_path / "part.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == len(trials)
+    assert len(_rows(tmp_path / "part.jsonl")) == len(trials)
+
+
+def test_verify_cli_unlabelled_list_relative_to_its_folder(run, tmp_path, capsys):
+    import shutil
+
+    root, manifests = run
+    clips = [u.path for u in load_manifest(manifests["test"])][:3]
+    (tmp_path / "lists" / "wav").mkdir(parents=True)
+    for c in clips:
+        shutil.copy(c, tmp_path / "lists" / "wav")
+    names = [f"wav/{Path(c).name}" for c in clips]
+    (tmp_path / "lists" / "pairs.txt").write_text(f"{names[0]} {names[1]}\n{names[0]} {names[2]}\n")
+    capsys.readouterr()
+    assert main(["verify", str(root / "run"), "--trials", str(tmp_path / "lists" / "pairs.txt"),
+                 "--out", str(tmp_path / "s.jsonl")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["scored"] == 2 and "metrics" not in summary  # no labels, no EER
+    rows = _rows(tmp_path / "s.jsonl")
+    assert [r["label"] for r in rows] == [None, None] and all(r["error"] is None for r in rows)
+
+
+def test_verify_cli_errors_are_one_line(run, tmp_path, capsys):
+    from speechfuse.config import config_from_dict
+    from speechfuse.model import FusedModel, build_task
+    from test_model import run_config
+
+    root, manifests = run
+    clips = [u.path for u in load_manifest(manifests["test"])]
+    cfg = config_from_dict(run_config(manifests, [{"spec": f"hf:{root / 'hubert'}"}], task="classify"))
+    classifier = FusedModel.from_config(cfg, build_task(cfg).fit(load_manifest(manifests["train"])))
+    folder = classifier.save_pretrained(tmp_path / "digits")
+    for argv, needle in [
+        (["verify", str(folder), clips[0], clips[1]], "is a 'classify' model; verify needs a speaker verification"),
+        (["verify", str(root / "run"), clips[0]], "give two clips (A B) or --trials FILE, got 1"),
+        (["verify", str(root / "run"), "--trials", "t.txt"], "--trials needs --out"),
+        (["verify", str(root / "run"), "--trials", "t.txt", "--out", "s.txt"], "must end in .jsonl or .csv"),
+        (["verify", str(root / "run"), "--trials", str(tmp_path / "none.txt"), "--out", str(tmp_path / "s.csv")],
+         "trial list not found"),
+    ]:
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err  # (transformers may draw its weight-loading bar above)
+        assert "Traceback" not in err and needle in err.splitlines()[-1], err
+        assert err.splitlines()[-1].startswith("speechfuse verify: error: "), err
