@@ -212,8 +212,8 @@ def test_verify_cli_trial_list_lists_a_missing_file_and_scores_the_rest(run, tmp
         rows = _rows(out)
         assert [(r["enrol"], r["test"]) for r in rows] == [(a, b) for a, b, _ in trials]
         missing, unreadable = rows[2], rows[4]
-        assert missing["score"] is None and missing["error"].startswith("test") and "gone.flac" in missing["error"]
-        assert unreadable["score"] is None and unreadable["error"].startswith("enrol")
+        assert missing["score"] is None and missing["error"].startswith("test: audio file not found") and "gone.flac" in missing["error"]
+        assert unreadable["score"] is None and unreadable["error"].startswith("enrol: cannot read")
         assert str(broken) in unreadable["error"]
         scored = [r for r in rows if r["score"] is not None]
         assert all(r["error"] in (None, "") for r in scored)

@@ -456,7 +456,8 @@ class _Output:
         for result in results:
             row = self._row(result)
             self.file.write(self._csv_line(row) if self.csv else json.dumps(row) + "\n")
-            self.done[self.key(result.to_dict())] = result.to_dict()
+            as_dict = result.to_dict()
+            self.done[self.key(as_dict)] = as_dict
         self.file.flush()
         os.fsync(self.file.fileno())
 

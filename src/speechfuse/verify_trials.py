@@ -169,6 +169,10 @@ def _headers(model: "FusedModel", names: list[str], base: Path) -> tuple[dict[st
     errors: dict[str, str] = {}
     for name in names:
         path = base / name
+        if not path.exists():
+            errors[name] = (f"audio file not found: {path} (relative names resolve against --root, default the "
+                            "trial list's folder)")
+            continue
         if path.is_dir() or path.suffix.lower() not in AUDIO_SUFFIXES:
             errors[name] = f"{path} is not an audio file ({', '.join(AUDIO_SUFFIXES)})"
             continue
@@ -181,7 +185,7 @@ def _headers(model: "FusedModel", names: list[str], base: Path) -> tuple[dict[st
 
 
 def _trial_error(trial: Trial, errors: dict[str, str]) -> Optional[str]:
-    bad = [f"{side} {errors[name]}" for side, name in (("enrol", trial.enrol), ("test", trial.test)) if name in errors]
+    bad = [f"{side}: {errors[name]}" for side, name in (("enrol", trial.enrol), ("test", trial.test)) if name in errors]
     return "; ".join(bad) or None
 
 
