@@ -288,6 +288,9 @@ def test_verify_cli_errors_are_one_line(run, tmp_path, capsys):
     for argv, needle in [
         (["verify", str(folder), clips[0], clips[1]], "is a 'classify' model; verify needs a speaker verification"),
         (["verify", str(root / "run"), clips[0]], "give two clips (A B) or --trials FILE, got 1"),
+        (["verify", str(root / "run"), clips[0], str(tmp_path / "gone.wav")],
+         f"B (test): audio file not found: {tmp_path / 'gone.wav'}"),
+        (["verify", str(root / "run"), str(root / "recordings"), clips[0]], "A (enrol): "),
         (["verify", str(root / "run"), "--trials", "t.txt"], "--trials needs --out"),
         (["verify", str(root / "run"), "--trials", "t.txt", "--out", "s.txt"], "must end in .jsonl or .csv"),
         (["verify", str(root / "run"), "--trials", str(tmp_path / "none.txt"), "--out", str(tmp_path / "s.csv")],

@@ -232,7 +232,7 @@ def _verify(args: argparse.Namespace) -> int:
 
     from .inference import check_output_path
     from .model import load_model
-    from .verify_trials import require_verification_model, verify_to_file
+    from .verify_trials import require_verification_model, verify_pair, verify_to_file
 
     if args.trials is None and len(args.clips) != 2:
         raise SpeechfuseError(f"give two clips (A B) or --trials FILE, got {len(args.clips)} clip(s)")
@@ -248,7 +248,7 @@ def _verify(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=device, allow_changed_upstreams=args.allow_changed_upstreams)
     require_verification_model(model, args.model)
     if args.trials is None:
-        result = model.verify(args.clips[0], args.clips[1], batch_seconds=args.batch_seconds)
+        result = verify_pair(model, args.clips[0], args.clips[1], batch_seconds=args.batch_seconds)
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(json.dumps(verify_to_file(model, args.trials, args.out, root=args.root,

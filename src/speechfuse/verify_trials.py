@@ -21,12 +21,14 @@ import torch
 
 from .data.adapters import AUDIO_SUFFIXES
 from .data.trials import Trial, read_trials
-from .errors import ConfigError
-from .inference import Failure, _Item, _Output, collect_inputs, iter_predictions
+from .errors import AudioError, ConfigError
+from .inference import Failure, Verification, _Item, _Output, collect_inputs, iter_predictions
 from .metrics.verification import verification_metrics
 
 if TYPE_CHECKING:
     from .model import FusedModel
+
+ROOT_HINT = " (relative names resolve against --root, default the trial list's folder)"
 
 
 @dataclass
@@ -56,6 +58,16 @@ class _TrialOutput(_Output):
 
     def _row(self, result: TrialScore) -> dict[str, Any]:  # type: ignore[override]
         return result.to_dict()
+
+
+def verify_pair(model: "FusedModel", enrol: str, test: str, batch_seconds: float = 60.0) -> Verification:
+    """model.verify(enrol, test) for two files, with a one-line error naming the side that cannot be read."""
+    require_verification_model(model, "the model")
+    items, errors = _headers(model, [enrol, test], Path.cwd(), hint="")
+    for side, name in (("A (enrol)", enrol), ("B (test)", test)):
+        if name in errors:
+            raise AudioError(f"{side}: {errors[name]}")
+    return model.verify(enrol, test, batch_seconds=batch_seconds)
 
 
 def require_verification_model(model: "FusedModel", source: str) -> None:
@@ -163,15 +175,15 @@ def _score_chunks(model: "FusedModel", trials: list[Trial], base: Path, batch_se
             bar.close()
 
 
-def _headers(model: "FusedModel", names: list[str], base: Path) -> tuple[dict[str, _Item], dict[str, str]]:
+def _headers(model: "FusedModel", names: list[str], base: Path, hint: str = ROOT_HINT
+              ) -> tuple[dict[str, _Item], dict[str, str]]:
     """Each name's item (its header read), or the error that makes it unusable."""
     items: dict[str, _Item] = {}
     errors: dict[str, str] = {}
     for name in names:
         path = base / name
         if not path.exists():
-            errors[name] = (f"audio file not found: {path} (relative names resolve against --root, default the "
-                            "trial list's folder)")
+            errors[name] = f"audio file not found: {path}{hint}"
             continue
         if path.is_dir() or path.suffix.lower() not in AUDIO_SUFFIXES:
             errors[name] = f"{path} is not an audio file ({', '.join(AUDIO_SUFFIXES)})"
