@@ -22,5 +22,6 @@ run benchmarks/sweep_cache.py --device "$DEVICE"
 run benchmarks/manifest_check.py
 run benchmarks/checkpoint_integrity.py
 run benchmarks/predict_throughput.py --device "$DEVICE"
+run benchmarks/verify_throughput.py --device "$DEVICE"
 run benchmarks/cache_integrity.py --device "$DEVICE"
 run benchmarks/truncate_cost.py --device "$DEVICE"
