@@ -47,6 +47,10 @@ class TrialScore:
         return asdict(self)
 
 
+def _pair(enrol: str, test: str) -> str:
+    return f"{enrol} {test}"  # unambiguous: names hold no whitespace, the list is split on it
+
+
 class _TrialOutput(_Output):
     command = "verify"
 
@@ -54,7 +58,7 @@ class _TrialOutput(_Output):
         return ["enrol", "test", "label", "score", "threshold", "decision", "error"]
 
     def key(self, row: dict[str, Any]) -> str:
-        return f"{row['enrol']} {row['test']}"  # names hold no whitespace: the list is split on it
+        return _pair(row["enrol"], row["test"])
 
     def _row(self, result: TrialScore) -> dict[str, Any]:  # type: ignore[override]
         return result.to_dict()
@@ -63,7 +67,7 @@ class _TrialOutput(_Output):
 def verify_pair(model: "FusedModel", enrol: str, test: str, batch_seconds: float = 60.0) -> Verification:
     """model.verify(enrol, test) for two files, with a one-line error naming the side that cannot be read."""
     require_verification_model(model, "the model")
-    items, errors = _headers(model, [enrol, test], Path.cwd(), hint="")
+    _, errors = _headers(model, [enrol, test], Path.cwd(), hint="")
     for side, name in (("A (enrol)", enrol), ("B (test)", test)):
         if name in errors:
             raise AudioError(f"{side}: {errors[name]}")
@@ -93,7 +97,7 @@ def verify_to_file(model: "FusedModel", trials_path: str | os.PathLike, out: str
     seen = set(output.done)
     todo: list[Trial] = []
     for trial in trials:
-        key = output.key(asdict(trial))
+        key = _pair(trial.enrol, trial.test)
         if key not in seen:  # already written by an earlier run, or listed twice
             seen.add(key)
             todo.append(trial)
@@ -205,7 +209,7 @@ def _metrics(trials: list[Trial], done: dict[str, dict[str, Any]], threshold: Op
     """EER, minDCF and decision accuracy over the list's trials that have a score in the output."""
     scored = []
     for t in trials:
-        row = done.get(f"{t.enrol} {t.test}")
+        row = done.get(_pair(t.enrol, t.test))
         if row is not None and row.get("score") not in (None, ""):  # csv rows hold strings, "" for None
             scored.append((float(row["score"]), t.label))
     if len({label for _, label in scored}) < 2:
