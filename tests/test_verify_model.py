@@ -183,7 +183,7 @@ def test_verify_cli_one_pair_equals_model_verify(run, capsys):
     clips = [u.path for u in load_manifest(manifests["test"])]
     expected = sf.load_model(root / "run").verify(clips[0], clips[3])
     capsys.readouterr()
-    assert main(["verify", str(root / "run"), clips[0], clips[3]]) == 0
+    assert main(["verify", str(root / "run"), clips[0], clips[3], "--device", "cpu"]) == 0  # as the model above
     printed = json.loads(capsys.readouterr().out)
     assert printed == expected.to_dict()
     assert printed["decision"] == (printed["score"] >= printed["threshold"])
@@ -207,7 +207,7 @@ def test_verify_cli_trial_list_lists_a_missing_file_and_scores_the_rest(run, tmp
         out = tmp_path / f"scores.{suffix}"
         capsys.readouterr()
         assert main(["verify", str(root / "run"), "--trials", str(tmp_path / "veri.txt"), "--root", recordings,
-                     "--out", str(out), "--batch-seconds", "2"]) == 0  # several chunks
+                     "--out", str(out), "--batch-seconds", "2", "--device", "cpu"]) == 0  # several chunks
         summary = json.loads(capsys.readouterr().out)
         rows = _rows(out)
         assert [(r["enrol"], r["test"]) for r in rows] == [(a, b) for a, b, _ in trials]
@@ -235,7 +235,8 @@ def test_verify_cli_rerun_after_a_partial_output_writes_no_duplicates(run, tmp_p
     clips = [u.path for u in load_manifest(manifests["test"])]
     trials, text = _trial_list(clips, missing="gone.flac", broken=str(tmp_path / "gone-too.wav"))
     (tmp_path / "veri.txt").write_text(text)
-    args = ["verify", str(root / "run"), "--trials", str(tmp_path / "veri.txt"), "--root", str(root / "recordings")]
+    args = ["verify", str(root / "run"), "--trials", str(tmp_path / "veri.txt"), "--root", str(root / "recordings"),
+            "--device", "cpu"]
     assert main(args + ["--out", str(tmp_path / "full.jsonl")]) == 0
     full = (tmp_path / "full.jsonl").read_text().splitlines()
     # what a kill leaves: 5 whole rows and half of the sixth
