@@ -251,6 +251,11 @@ def test_verify_cli_rerun_after_a_partial_output_writes_no_duplicates(run, tmp_p
     by_pair = {(r["enrol"], r["test"]): r["score"] for r in reference}
     for row in rows:
         assert row["score"] == pytest.approx(by_pair[row["enrol"], row["test"]], abs=1e-5)
+    # a predictions file is not a scores file: refused, and left as it was
+    (tmp_path / "p.jsonl").write_text('{"id": "a.wav", "path": "a.wav", "error": "x"}\n')
+    assert main(args + ["--out", str(tmp_path / "p.jsonl")]) == 2
+    assert "its rows lack 'enrol'" in capsys.readouterr().err
+    assert (tmp_path / "p.jsonl").read_text() == '{"id": "a.wav", "path": "a.wav", "error": "x"}\n'
     # a third run has nothing left to do
     assert main(args + ["--out", str(tmp_path / "part.jsonl")]) == 0
     assert json.loads(capsys.readouterr().out)["skipped"] == len(trials)

@@ -432,7 +432,11 @@ class _Output:
                 except ValueError as err:
                     raise ConfigError(f"{self.command} --out {self.path}: line {n} is not JSON ({err}); it is not a "
                                       "predictions file, write to a new one") from err
-        return {self.key(row): row for row in rows}
+        try:
+            return {self.key(row): row for row in rows}
+        except (KeyError, TypeError) as err:  # e.g. a `verify` scores file given to `predict`, or the reverse
+            raise ConfigError(f"{self.command} --out {self.path}: its rows lack {err}; it was written by another "
+                              f"command, write to a new file") from err
 
     def _csv_line(self, row: dict[str, Any]) -> str:
         buffer = io.StringIO()
