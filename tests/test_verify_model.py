@@ -262,7 +262,7 @@ def test_verify_cli_rerun_after_a_partial_output_writes_no_duplicates(run, tmp_p
     assert len(_rows(tmp_path / "part.jsonl")) == len(trials)
 
 
-def test_verify_cli_unlabelled_list_relative_to_its_folder(run, tmp_path, capsys):
+def test_verify_cli_unlabelled_list_relative_to_its_folder_repeats_scored_once(run, tmp_path, capsys):
     import shutil
 
     root, manifests = run
@@ -271,12 +271,13 @@ def test_verify_cli_unlabelled_list_relative_to_its_folder(run, tmp_path, capsys
     for c in clips:
         shutil.copy(c, tmp_path / "lists" / "wav")
     names = [f"wav/{Path(c).name}" for c in clips]
-    (tmp_path / "lists" / "pairs.txt").write_text(f"{names[0]} {names[1]}\n{names[0]} {names[2]}\n")
+    # the third line repeats the first: scored once
+    (tmp_path / "lists" / "pairs.txt").write_text(f"{names[0]} {names[1]}\n{names[0]} {names[2]}\n{names[0]} {names[1]}\n")
     capsys.readouterr()
     assert main(["verify", str(root / "run"), "--trials", str(tmp_path / "lists" / "pairs.txt"),
                  "--out", str(tmp_path / "s.jsonl")]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["scored"] == 2 and "metrics" not in summary  # no labels, no EER
+    assert summary["scored"] == 2 and summary["skipped"] == 1 and "metrics" not in summary  # no labels, no EER
     rows = _rows(tmp_path / "s.jsonl")
     assert [r["label"] for r in rows] == [None, None] and all(r["error"] is None for r in rows)
 
