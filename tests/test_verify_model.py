@@ -212,7 +212,8 @@ def test_verify_cli_trial_list_lists_a_missing_file_and_scores_the_rest(run, tmp
         rows = _rows(out)
         assert [(r["enrol"], r["test"]) for r in rows] == [(a, b) for a, b, _ in trials]
         missing, unreadable = rows[2], rows[4]
-        assert missing["score"] is None and missing["error"].startswith("test: audio file not found") and "gone.flac" in missing["error"]
+        assert missing["score"] is None and missing["error"].startswith("test: audio file not found")
+        assert "gone.flac" in missing["error"]
         assert unreadable["score"] is None and unreadable["error"].startswith("enrol: cannot read")
         assert str(broken) in unreadable["error"]
         scored = [r for r in rows if r["score"] is not None]
@@ -272,7 +273,8 @@ def test_verify_cli_unlabelled_list_relative_to_its_folder_repeats_scored_once(r
         shutil.copy(c, tmp_path / "lists" / "wav")
     names = [f"wav/{Path(c).name}" for c in clips]
     # the third line repeats the first: scored once
-    (tmp_path / "lists" / "pairs.txt").write_text(f"{names[0]} {names[1]}\n{names[0]} {names[2]}\n{names[0]} {names[1]}\n")
+    lines = [f"{names[0]} {names[1]}", f"{names[0]} {names[2]}", f"{names[0]} {names[1]}"]
+    (tmp_path / "lists" / "pairs.txt").write_text("\n".join(lines) + "\n")
     capsys.readouterr()
     assert main(["verify", str(root / "run"), "--trials", str(tmp_path / "lists" / "pairs.txt"),
                  "--out", str(tmp_path / "s.jsonl")]) == 0

@@ -125,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "veri_test2.txt, label 1 = same speaker) or 'ENROL TEST' lines without labels, "
                                    "paths relative to --root (default: the list's folder). One row per trial is "
                                    "appended to OUT chunk by chunk, so a killed run loses nothing written and a "
-                                   "rerun skips the trials already in OUT; a trial with a missing or unreadable file "
-                                   "is written with its error. Prints a JSON summary, with EER, minDCF and the "
+                                   "rerun skips the trials already in OUT; a trial with a missing or unreadable "
+                                   "file is written with its error. Prints a JSON summary, with EER, minDCF and the "
                                    "accuracy of the decisions at the model's threshold when the list has labels.")
     p.add_argument("model", help="a run folder (uses its model/) or a model folder")
     p.add_argument("clips", nargs="*", metavar="CLIP", help="two audio files, A (enrol) and B (test)")

@@ -422,8 +422,8 @@ class _Output:
         if self.csv:
             rows = list(csv.DictReader(io.StringIO(text)))
             if rows and list(rows[0].keys()) != self.columns:
-                raise ConfigError(f"{self.command} --out {self.path}: it holds columns {list(rows[0].keys())} of another "
-                                  "model; write to a new file")
+                raise ConfigError(f"{self.command} --out {self.path}: it holds columns {list(rows[0].keys())} of "
+                                  "another model; write to a new file")
         else:
             rows = []
             for n, line in enumerate(text.splitlines(), start=1):
