@@ -255,7 +255,7 @@ def test_verify_cli_rerun_after_a_partial_output_writes_no_duplicates(run, tmp_p
     # a predictions file is not a scores file: refused, and left as it was
     (tmp_path / "p.jsonl").write_text('{"id": "a.wav", "path": "a.wav", "error": "x"}\n')
     assert main(args + ["--out", str(tmp_path / "p.jsonl")]) == 2
-    assert "its rows lack 'enrol'" in capsys.readouterr().err
+    assert "its rows are not `speechfuse verify` rows (KeyError('enrol'))" in capsys.readouterr().err
     assert (tmp_path / "p.jsonl").read_text() == '{"id": "a.wav", "path": "a.wav", "error": "x"}\n'
     # a third run has nothing left to do
     assert main(args + ["--out", str(tmp_path / "part.jsonl")]) == 0
@@ -272,16 +272,17 @@ def test_verify_cli_unlabelled_list_relative_to_its_folder_repeats_scored_once(r
     for c in clips:
         shutil.copy(c, tmp_path / "lists" / "wav")
     names = [f"wav/{Path(c).name}" for c in clips]
-    # the third line repeats the first: scored once
-    lines = [f"{names[0]} {names[1]}", f"{names[0]} {names[2]}", f"{names[0]} {names[1]}"]
+    # the third line repeats the first: scored once; the fourth names the same file another way: its own trial
+    lines = [f"{names[0]} {names[1]}", f"{names[0]} {names[2]}", f"{names[0]} {names[1]}", f"./{names[0]} {names[1]}"]
     (tmp_path / "lists" / "pairs.txt").write_text("\n".join(lines) + "\n")
     capsys.readouterr()
     assert main(["verify", str(root / "run"), "--trials", str(tmp_path / "lists" / "pairs.txt"),
                  "--out", str(tmp_path / "s.jsonl")]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["scored"] == 2 and summary["skipped"] == 1 and "metrics" not in summary  # no labels, no EER
+    assert summary["scored"] == 3 and summary["skipped"] == 1 and "metrics" not in summary  # no labels, no EER
     rows = _rows(tmp_path / "s.jsonl")
-    assert [r["label"] for r in rows] == [None, None] and all(r["error"] is None for r in rows)
+    assert [r["label"] for r in rows] == [None] * 3 and all(r["error"] is None for r in rows)
+    assert rows[2]["score"] == pytest.approx(rows[0]["score"], abs=1e-6)
 
 
 def test_verify_cli_errors_are_one_line(run, tmp_path, capsys):

@@ -435,8 +435,8 @@ class _Output:
         try:
             return {self.key(row): row for row in rows}
         except (KeyError, TypeError) as err:  # e.g. a `verify` scores file given to `predict`, or the reverse
-            raise ConfigError(f"{self.command} --out {self.path}: its rows lack {err}; it was written by another "
-                              f"command, write to a new file") from err
+            raise ConfigError(f"{self.command} --out {self.path}: its rows are not `speechfuse {self.command}` rows "
+                              f"({err!r}); write to a new file") from err
 
     def _csv_line(self, row: dict[str, Any]) -> str:
         buffer = io.StringIO()

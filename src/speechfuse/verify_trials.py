@@ -134,14 +134,13 @@ def _score_chunks(model: "FusedModel", trials: list[Trial], base: Path, batch_se
     planned: set[str] = set()
 
     def flush() -> list[TrialScore]:
-        by_id = {item.id: name for name, item in items.items()}
         for batch in iter_predictions(model, fresh, batch_seconds, progress=False):
-            for result in batch:
+            for result in batch:  # ids are the trial list's names (see _headers)
                 if isinstance(result, Failure):
-                    errors[by_id[result.id]] = result.error
+                    errors[result.id] = result.error
                 else:
-                    embedded[by_id[result.id]] = result.embedding
-                    cohort[by_id[result.id]] = result.embedding @ speakers.T
+                    embedded[result.id] = result.embedding
+                    cohort[result.id] = result.embedding @ speakers.T
         rows = [TrialScore(t.enrol, t.test, t.label, error=_trial_error(t, errors)) for t in chunk]
         good = [row for row in rows if row.error is None]
         if good:
@@ -196,6 +195,7 @@ def _headers(model: "FusedModel", names: list[str], base: Path, hint: str = ROOT
         if isinstance(entry, Failure):
             errors[name] = entry.error
         else:
+            entry.id = name  # not the path: two names may be one file ('a.wav', './a.wav')
             items[name] = entry
     return items, errors
 
