@@ -311,3 +311,23 @@ def test_verify_cli_errors_are_one_line(run, tmp_path, capsys):
         err = capsys.readouterr().err  # (transformers may draw its weight-loading bar above)
         assert "Traceback" not in err and needle in err.splitlines()[-1], err
         assert err.splitlines()[-1].startswith("speechfuse verify: error: "), err
+
+
+def test_verify_to_file_applies_as_norm_like_verify(run, tmp_path):
+    """With score_norm asnorm the streamed scores are verify()'s AS-normalised ones."""
+    import speechfuse as sf
+    from speechfuse.verify_trials import verify_to_file
+
+    root, manifests = run
+    model = sf.load_model(root / "run")
+    model.task.options["score_norm"], model.task.options["cohort_top"] = "asnorm", 2
+    clips = [u.path for u in load_manifest(manifests["test"])]
+    pairs = [(a, b) for i, a in enumerate(clips) for b in clips[i + 1:]]
+    (tmp_path / "t.txt").write_text("".join(f"{a} {b}\n" for a, b in pairs))  # absolute paths
+    summary = verify_to_file(model, tmp_path / "t.txt", tmp_path / "s.jsonl", batch_seconds=2, progress=False)
+    assert summary["scored"] == len(pairs)
+    expected = [t.score for t in model.verify(pairs)]
+    assert [r["score"] for r in _rows(tmp_path / "s.jsonl")] == pytest.approx(expected, abs=1e-4)
+    model.task.options["score_norm"] = "none"
+    raw = [t.score for t in model.verify(pairs)]
+    assert not expected == pytest.approx(raw, abs=1e-3)  # normalised, not the raw cosines

@@ -122,8 +122,11 @@ def _score_chunks(model: "FusedModel", trials: list[Trial], base: Path, batch_se
     names = list(dict.fromkeys(name for t in trials for name in (t.enrol, t.test)))
     items, errors = _headers(model, names, base)
     embedded: dict[str, torch.Tensor] = {}  # name -> L2-normalised embedding
-    cohort: dict[str, torch.Tensor] = {}  # name -> its cosines with the training speakers (AS-norm's cohort)
+    # name -> its highest cosines with the training speakers: all that as_norm reads of the cohort (none without it)
+    cohort: dict[str, torch.Tensor] = {}
     speakers = torch.nn.functional.normalize(model.head.speakers.detach().float().cpu(), dim=-1)
+    options = model.task.options
+    top = min(options["cohort_top"], speakers.shape[0]) if options["score_norm"] == "asnorm" else 0
     bar = None
     if progress if progress is not None else len(trials) > 50:
         from tqdm import tqdm
@@ -140,7 +143,7 @@ def _score_chunks(model: "FusedModel", trials: list[Trial], base: Path, batch_se
                     errors[result.id] = result.error
                 else:
                     embedded[result.id] = result.embedding
-                    cohort[result.id] = result.embedding @ speakers.T
+                    cohort[result.id] = (result.embedding @ speakers.T).topk(top).values
         rows = [TrialScore(t.enrol, t.test, t.label, error=_trial_error(t, errors)) for t in chunk]
         good = [row for row in rows if row.error is None]
         if good:
