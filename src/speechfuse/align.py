@@ -192,6 +192,9 @@ class Aligner(nn.Module):
         num_out is a 0-dim tensor (so a trace keeps it dynamic)."""
         if rate == self._frame_rate and self.length == "min":
             return hidden[:, :, :num_out]  # "min": num_out <= this model's longest length <= T
+        if rate == self._frame_rate and not torch.jit.is_tracing() and int(num_out) <= hidden.shape[2]:
+            # eager, same rate: a slice, not a gather (frames past each utterance's end are zeroed by forward)
+            return hidden[:, :, :int(num_out)]
         device = hidden.device
         pos = _time_positions(num_out, rate, self._frame_rate, device)[None, :]  # [1,T']
         last = (lengths.to(device).clamp(min=1) - 1).to(torch.float64)[:, None]  # [B,1]
