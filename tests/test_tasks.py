@@ -15,6 +15,19 @@ SMALL_ASR = dict(proj_dim=16, hidden_size=16, num_layers=1, dropout=0.0)
 
 
 
+
+def train_head(task, head, features, lengths, targets, lr: float, steps: int) -> list[float]:
+    """Adam on one fixed batch; the loss after every step."""
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = task.loss(*head(features, lengths), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
 def utts_with(field: str, values: list[str]) -> list[Utterance]:
     return [Utterance(f"u{i}", f"/nowhere/u{i}.wav", **{field: v}) for i, v in enumerate(values)]
 
@@ -73,14 +86,7 @@ def test_asr_head_overfits_a_tiny_batch_and_decodes_it():
     features = torch.randn(3, 30, 12)
     lengths = torch.tensor([30, 24, 18])
     targets = task.encode(utts)
-    optimizer = torch.optim.Adam(head.parameters(), lr=0.02)
-    losses = []
-    for _ in range(120):
-        loss = task.loss(*head(features, lengths), targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_head(task, head, features, lengths, targets, lr=0.02, steps=120)
     assert losses[-1] < 0.1 * losses[0]
     head.eval()
     predictions = task.predict(*head(features, lengths))
@@ -159,14 +165,7 @@ def test_transformer_head_overfits_a_tiny_batch_and_round_trips():
     head = task.build_head(12)
     features, lengths = torch.randn(3, 30, 12), torch.tensor([30, 24, 18])
     targets = task.encode(utts)
-    optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
-    losses = []
-    for _ in range(150):
-        loss = task.loss(*head(features, lengths), targets)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_head(task, head, features, lengths, targets, lr=0.01, steps=150)
     assert losses[-1] < 0.1 * losses[0]
     rebuilt = Task.from_state(json.loads(json.dumps(task.state())))
     twin = rebuilt.build_head(12).eval()
