@@ -42,6 +42,26 @@ def test_expand_grid_and_names():
         expand_grid({"upstreams": ["a"]})
 
 
+def test_a_list_of_grids_is_the_union_of_their_combinations(tmp_path):
+    grids = [{"upstreams": [["a"], ["a", "b"]], "interface.name": ["ws", "hconv"]},
+             {"upstreams": [["a", "b"]], "interface.name": ["chconv"]}]
+    assert [run_name(c) for c in expand_grid(grids)] == ["a__ws", "a__hconv", "a+b__ws", "a+b__hconv", "a+b__chconv"]
+    with pytest.raises(ConfigError, match="empty list of grids"):
+        expand_grid([])
+    trainer = FakeTrainer()
+    run_sweep(BASE, [{"interface.name": ["weighted_sum"]}, {"interface.name": ["hconv"], "train.lr": [0.1]}], tmp_path,
+              train_fn=trainer, progress=False, plots=False)
+    assert trainer.calls == ["weighted_sum", "hconv__lr=0.1"]
+    with open(tmp_path / "results.csv", newline="") as f:
+        assert [r["run"] for r in csv.DictReader(f)] == ["weighted_sum", "hconv__lr=0.1"]
+    with pytest.raises(ConfigError, match="duplicate run names"):
+        run_sweep(BASE, [{"interface.name": ["ws"]}, {"interface.name": ["ws"]}], tmp_path / "dup",
+                  train_fn=FakeTrainer(), progress=False)
+    with pytest.raises(ConfigError, match="both grid and select keys"):
+        run_sweep(BASE, [{"interface.name": ["ws"]}, {"train.lr": [0.1]}], tmp_path / "sel",
+                  select={"train.lr": [0.1, 0.2]}, train_fn=FakeTrainer(), progress=False)
+
+
 def test_combo_config_keeps_options_and_sets_cache():
     out = combo_config(BASE, {"upstreams": ["a", "b"], "interface.name": "hconv", "train.lr": 0.1}, "/c")
     assert out["upstreams"] == [{"spec": "a", "options": {"x": 1}}, {"spec": "b"}]

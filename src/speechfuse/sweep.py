@@ -75,8 +75,13 @@ def parse_grid(items: Iterable[str]) -> dict[str, list]:
     return grid
 
 
-def expand_grid(grid: dict[str, list]) -> list[dict[str, Any]]:
-    """Every combination, in the grid's key order (the last key varies fastest)."""
+def expand_grid(grid: dict[str, list] | list[dict[str, list]]) -> list[dict[str, Any]]:
+    """Every combination, in the grid's key order (the last key varies fastest). A list of grids gives the
+    union of their combinations, in order (e.g. single models x two interfaces, then pairs x three)."""
+    if isinstance(grid, (list, tuple)):
+        if not grid:
+            raise ConfigError("sweep grid: an empty list of grids; give at least one grid dict")
+        return [combo for one in grid for combo in expand_grid(one)]
     if not isinstance(grid, dict):
         raise ConfigError(f"sweep grid must be a dict of key -> list of values, got {type(grid).__name__}")
     for key, values in grid.items():
@@ -317,26 +322,29 @@ def _selection_metric(cfg: Any) -> tuple[str, bool]:
     return cls.main_metric, cls.higher_is_better
 
 
-def _plan(grid: dict[str, list], select: dict[str, list] | None, seeds: Sequence[int] | None) -> list[dict]:
+def _plan(grid: dict[str, list] | list[dict[str, list]], select: dict[str, list] | None,
+          seeds: Sequence[int] | None) -> list[dict]:
     """Per configuration: its candidates (combos to compare on dev, first seed) and its final combos."""
-    for key, what in ((SEED_KEY, "seeds"),):
-        if seeds and key in grid:
-            raise ConfigError(f"sweep: give the {what} either as --seeds or as a {key} grid key, not both")
-    overlap = sorted(set(select or {}) & set(grid))
+    combos = expand_grid(grid)
+    keys = {k for combo in combos for k in combo}
+    if seeds and SEED_KEY in keys:
+        raise ConfigError(f"sweep: give the seeds either as --seeds or as a {SEED_KEY} grid key, not both")
+    overlap = sorted(set(select or {}) & keys)
     if overlap:
         raise ConfigError(f"sweep: {overlap} are both grid and select keys; a key is either compared or chosen")
     seeded = [{SEED_KEY: int(s)} for s in seeds] if seeds else [{}]
     plan = []
-    for combo in expand_grid(grid):
+    for combo in combos:
         candidates = [{**combo, **c, **seeded[0]} for c in expand_grid(select)] if select else []
         plan.append({"combo": combo, "candidates": candidates, "seeded": seeded})
     return plan
 
 
-def run_sweep(cfg: Any, grid: dict[str, list], out_dir, *, seeds: Sequence[int] | None = None,
+def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, *, seeds: Sequence[int] | None = None,
               select: dict[str, list] | None = None, train_fn: Callable | None = None, progress: bool = True,
               plots: bool = True, on_run: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train every combination of `grid` over `cfg`; return one result row per run (see module doc).
+    """Train every combination of `grid` (a dict, or a list of dicts: their union) over `cfg`; return one
+    result row per run (see module doc).
 
     seeds: train each combination once per seed and summarise mean ± std (None: the config's own seed).
     select: keys -> candidate values chosen on dev, the same rule for every configuration: each candidate
