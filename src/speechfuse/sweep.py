@@ -352,7 +352,8 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
         choice (the first seed's run is the candidate's, reused). Every candidate is listed in selection.md/csv.
     train_fn: defaults to `speechfuse.train.train` (cfg, run_dir) -> {"dev": {...}, "test": {...}}.
     plots: gather `out_dir/plots/<run>.png` (the run's layers.png, else drawn from its interface.json).
-    on_run: called with each finished row (the demo uses it for its own progress line).
+    on_run: called with the name of every run as it finishes or is found finished, candidates included (the
+        demo's progress line).
     """
     if train_fn is None:
         from .train import train as train_fn
@@ -382,6 +383,13 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
 
     counted: set[str] = set()  # runs already on the bar (the chosen candidate's run is reused for its seed)
 
+    def _advance(name: str) -> None:
+        counted.add(name)
+        if bar is not None:
+            bar.update(1)
+        if on_run is not None:
+            on_run(name)
+
     def run(combo: dict) -> tuple[str, Any, Path, dict]:
         name = run_name(combo)
         run_cfg = combo_config(cfg, combo, cache_dir)
@@ -393,9 +401,8 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
             metrics = _read_json(metrics_path)
             if not metrics:
                 raise ConfigError(f"sweep: {metrics_path} is unreadable; delete it to re-run {name}")
-            if bar is not None and name not in counted:
-                bar.update(1)
-                counted.add(name)
+            if name not in counted:
+                _advance(name)
             return name, run_cfg, run_dir, metrics
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -407,9 +414,7 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
             raise
         if not metrics_path.exists():  # the runner normally writes it; make resume work regardless
             write_atomic(metrics_path, json.dumps(metrics, indent=2))
-        if bar is not None:
-            bar.update(1)
-            counted.add(name)
+        _advance(name)
         return name, run_cfg, run_dir, metrics
 
     rows: list[dict] = []
@@ -450,8 +455,6 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
                     elif desc is not None:
                         plot_importance(desc, png, title=name)
                 _write_results(rows, out_dir, seeds)
-                if on_run is not None:
-                    on_run(row)
     finally:
         if bar is not None:
             bar.close()
