@@ -19,6 +19,7 @@ run benchmarks/long_clip_memory.py --device "$DEVICE"
 run benchmarks/bundled_load.py
 run benchmarks/interface_cost.py --device "$DEVICE"
 run benchmarks/sweep_cache.py --device "$DEVICE"
+run benchmarks/sweep_jobs.py
 run benchmarks/manifest_check.py
 run benchmarks/checkpoint_integrity.py
 run benchmarks/predict_throughput.py --device "$DEVICE"

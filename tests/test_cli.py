@@ -108,8 +108,8 @@ def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
     _, cfg, _ = setup
     seen = {}
 
-    def fake_run_sweep(config, grid, out_dir, seeds=None, select=None):
-        seen.update(config=config, grid=grid, out=out_dir, seeds=seeds, select=select)
+    def fake_run_sweep(config, grid, out_dir, seeds=None, select=None, jobs=1):
+        seen.update(config=config, grid=grid, out=out_dir, seeds=seeds, select=select, jobs=jobs)
         return []
 
     monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
@@ -117,10 +117,10 @@ def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
                  "--grid", "upstreams=whisper-tiny.en+resemblyzer,resemblyzer", "--out", str(tmp_path)]) == 0
     assert seen["grid"] == {"interface.name": ["weighted_sum", "hconv", "chconv"],
                             "upstreams": [["whisper-tiny.en", "resemblyzer"], ["resemblyzer"]]}
-    assert seen["seeds"] is None and seen["select"] is None
+    assert seen["seeds"] is None and seen["select"] is None and seen["jobs"] == 1
     assert main(["sweep", str(cfg), "--grid", "interface.name=hconv", "--seeds", "0,1",
-                 "--select", "train.interface_lr=1e-4,1e-3", "--out", str(tmp_path)]) == 0
-    assert seen["seeds"] == [0, 1] and seen["select"] == {"train.interface_lr": [1e-4, 1e-3]}
+                 "--select", "train.interface_lr=1e-4,1e-3", "--jobs", "2", "--out", str(tmp_path)]) == 0
+    assert seen["seeds"] == [0, 1] and seen["select"] == {"train.interface_lr": [1e-4, 1e-3]} and seen["jobs"] == 2
     assert seen["config"].task == "classify" and seen["out"] == str(tmp_path)
 
 
@@ -128,7 +128,7 @@ def test_demo_subcommand_calls_run_demo(tmp_path, monkeypatch, capsys):
     import speechfuse.demo as demo
 
     calls = []
-    monkeypatch.setattr(demo, "run_demo", lambda out, quick=False: calls.append((out, quick)) or Path(out) / "x.md")
+    monkeypatch.setattr(demo, "run_demo", lambda out, quick=False, jobs=None: calls.append((out, quick)) or Path(out) / "x.md")
     assert main(["demo", "--out", str(tmp_path), "--quick"]) == 0
     assert calls == [(str(tmp_path), True)] and capsys.readouterr().out.strip() == str(tmp_path / "x.md")
 

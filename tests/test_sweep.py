@@ -348,3 +348,28 @@ def test_sweep_over_seeds_pools_the_seeds_per_utterance(tmp_path):
     assert float(rows["a__weighted_sum"]["test_ci_high_accuracy"]) == high
     assert low < float(rows["a__weighted_sum"]["test_accuracy_mean"]) < high
     assert f"[{low:.4f}, {high:.4f}]" in (tmp_path / "results.md").read_text()
+
+
+def test_parallel_jobs_train_the_same_runs_and_make_the_same_choices(tmp_path):
+    base = {**BASE, "task": {"name": "classify"}}
+    grid = {"interface.name": ["weighted_sum", "hconv"]}
+    select = {"train.interface_lr": [1e-4, 3e-4, 1e-3]}
+    serial = run_sweep(base, grid, tmp_path / "serial", seeds=[0, 1], select=select, train_fn=LrTrainer(),
+                       progress=False, plots=False)
+    seen: list[str] = []
+    parallel = run_sweep(base, grid, tmp_path / "parallel", seeds=[0, 1], select=select, train_fn=LrTrainer(),
+                         progress=False, plots=False, jobs=2, on_run=seen.append)
+    assert parallel == serial
+    assert sorted(seen) == sorted(p.name for p in (tmp_path / "serial" / "runs").iterdir())  # every run, once
+    for name in ("selection.csv", "results.csv", "summary.csv"):
+        assert (tmp_path / "parallel" / name).read_text() == (tmp_path / "serial" / name).read_text()
+    with pytest.raises(ConfigError, match="jobs"):
+        run_sweep(base, grid, tmp_path / "x", train_fn=LrTrainer(), progress=False, jobs=0)
+
+
+def test_a_failed_parallel_run_is_named_and_finished_runs_are_kept(tmp_path):
+    with pytest.raises(RuntimeError, match="boom") as err:
+        run_sweep(BASE, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, train_fn=FakeTrainer(fail_on="hconv"),
+                  progress=False, plots=False, jobs=2)
+    assert any("'hconv'" in note for note in getattr(err.value, "__notes__", []))
+    assert (tmp_path / "runs" / "weighted_sum" / "metrics.json").is_file()

@@ -478,7 +478,7 @@ class CacheEntry:
             if not _try_lock(handle):
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
-                _log(f"feature cache {self.folder}: waiting for {holder}, which is extracting into it (rank {rank})")
+                _log(f"feature cache {self.folder}: waiting for {holder}, which is checking or extracting into it (rank {rank})")
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             handle.seek(0)
             handle.truncate()

@@ -29,7 +29,7 @@ a 2-layer BiLSTM of 1024, is far too big for that):
 
 Each task is one `run_sweep` (a list of two grids: the single models, then the pair), and every run shares
 one feature cache (`out_dir/cache`), so each upstream runs once over the clips and the runs train heads
-only. The demo resumes: run it again with the same out_dir and finished runs are not trained again.
+only. Runs train `jobs` at a time in worker processes (default: one per CPU core, at most 4). The demo resumes: run it again with the same out_dir and finished runs are not trained again.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ import contextlib
 import csv
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -67,6 +68,7 @@ BATCH_SECONDS = 6.0
 LR = 5e-3
 INTERFACE_LR_GRID = [1e-4, 1e-3, 1e-2]
 SEEDS = (0, 1)
+MAX_JOBS = 4
 # quick (tests): a tiny clip subset, a few steps, one single model and the pair, a two-point grid
 QUICK_STEPS = {"asr": 6, "speaker": 6}
 QUICK_SINGLES = [["whisper-tiny.en"]]
@@ -266,9 +268,16 @@ def _quiet():
             tf_logging.enable_progress_bar()
 
 
-def run_demo(out_dir, quick: bool = False) -> Path:
+def default_jobs() -> int:
+    """Runs trained at once: one per CPU core, at most MAX_JOBS (each worker holds the upstreams' code and a
+    run's tensors, about 1 GB)."""
+    return max(1, min(MAX_JOBS, os.cpu_count() or 1))
+
+
+def run_demo(out_dir, quick: bool = False, jobs: int | None = None) -> Path:
     """Run the demo into `out_dir`; print the combined table and where everything went; return the
-    path of demo_results.md. `quick=True`: a few clips, steps and combinations (for tests)."""
+    path of demo_results.md. `quick=True`: a few clips, steps and combinations (for tests).
+    jobs: runs trained at once in worker processes (default: default_jobs())."""
     from tqdm.auto import tqdm
 
     from .sweep import expand_grid, run_sweep
@@ -281,9 +290,11 @@ def run_demo(out_dir, quick: bool = False) -> Path:
     manifests = write_demo_manifests(out_dir, quick)
     cache_dir = out_dir / "cache"
     grids, settings = demo_grids(quick), protocol(quick)
+    jobs = default_jobs() if jobs is None else jobs
     per_task = len(expand_grid(grids)) * (len(settings["interface_lr"]) + len(settings["seeds"]) - 1)
     print(f"Protocol for every row: interface lr chosen on dev from {settings['interface_lr']}, then seeds "
-          f"{list(settings['seeds'])}; steps {settings['steps']}; {per_task * len(TASKS)} runs.", flush=True)
+          f"{list(settings['seeds'])}; steps {settings['steps']}; {per_task * len(TASKS)} runs, {jobs} at a time.",
+          flush=True)
     summaries: dict[str, list[dict]] = {}
     bar = tqdm(total=per_task * len(TASKS), desc="demo runs", unit="run", dynamic_ncols=True, file=sys.stdout)
     try:
@@ -293,7 +304,7 @@ def run_demo(out_dir, quick: bool = False) -> Path:
                 cfg = demo_config(task_key, manifests, cache_dir, quick)
                 run_sweep(cfg, grids, out_dir / task_key, seeds=settings["seeds"],
                           select={"train.interface_lr": settings["interface_lr"]}, progress=False,
-                          on_run=lambda name: bar.update(1))
+                          on_run=lambda name: bar.update(1), jobs=jobs)
                 summaries[task_key] = _read_summary(out_dir / task_key)
     finally:
         bar.close()

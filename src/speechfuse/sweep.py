@@ -13,6 +13,11 @@
   was cut off mid-way from its checkpoint.
 - Every run shares one feature cache: `out_dir/cache` when the config says `cache: auto`, the config's
   own folder when it names one, none when it says `off`.
+- `jobs=N` (`--jobs N`) trains N runs at once, each in its own process with 1/N of this process's torch
+  threads: every configuration's candidates (or runs) first, then the seeds at the chosen values. The
+  caches are filled here first, with every thread. On a CPU, small heads use 2 threads poorly, so 2 jobs
+  of 1 thread train more runs per second than 1 job of 2 (benchmarks/sweep_jobs.py). A run's numbers can
+  differ from a `jobs=1` run's in the last digits (a different thread count sums in a different order).
 - `out_dir/results.md` and `out_dir/results.csv` are rewritten after every run, so a crash keeps the
   finished rows. Rows: run, upstreams, interface, interface_params, the grid values, dev_* and test_*.
 - With `seeds=[0, 1, 2]` every combination trains once per seed (`train.seed`; run folders end in
@@ -28,9 +33,12 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 import math
 import re
 import shutil
+import warnings
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -310,6 +318,113 @@ def _describe(run_dir: Path) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# parallel runs
+# ---------------------------------------------------------------------------------------------
+_QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+
+
+def _output_settings() -> dict:
+    """This process's logging levels, warning filters and transformers' progress-bar switch, for the workers to
+    copy (the demo silences all three)."""
+    from transformers.utils import logging as tf_logging
+
+    return {"levels": {name: logging.getLogger(name).level for name in _QUIET_LOGGERS},
+            "filters": list(warnings.filters), "bars": tf_logging.is_progress_bar_enabled()}
+
+
+def _worker_setup(threads: int, settings: dict) -> None:
+    import lightning.pytorch  # noqa: F401  (it sets its loggers' levels on import: set ours after)
+    import torch
+
+    torch.set_num_threads(threads)
+    for name, level in settings["levels"].items():
+        logging.getLogger(name).setLevel(level)
+    warnings.filters[:] = settings["filters"]
+    if not settings["bars"]:
+        from transformers.utils import logging as tf_logging
+
+        tf_logging.disable_progress_bar()
+
+
+def _train_in_worker(train_fn: Callable, run_cfg: Any, run_dir: Path) -> dict:
+    return train_fn(run_cfg, run_dir)
+
+
+class _Pool:
+    """Trains combinations `jobs` at a time in worker processes (spawned on first use, kept for the sweep)."""
+
+    def __init__(self, jobs: int, run_of: Callable[[dict], tuple[str, Any, Path]], train_fn: Callable,
+                 finished: Callable[[str, Path, dict | None], None]) -> None:
+        self.jobs, self.run_of, self.train_fn, self.finished = jobs, run_of, train_fn, finished
+        self.pool: ProcessPoolExecutor | None = None
+
+    def train(self, combos: list[dict]) -> None:
+        pending: dict[str, tuple[Any, Path]] = {}
+        for combo in combos:
+            name, run_cfg, run_dir = self.run_of(combo)
+            if (run_dir / "metrics.json").exists():
+                self.finished(name, run_dir, None)
+            else:
+                pending.setdefault(name, (run_cfg, run_dir))
+        if not pending:
+            return
+        if self.pool is None:
+            import multiprocessing
+
+            import torch
+
+            threads = max(1, torch.get_num_threads() // self.jobs)
+            self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_worker_setup, initargs=(threads, _output_settings()))
+        futures: dict[Future, tuple[str, Path]] = {}
+        for name, (run_cfg, run_dir) in pending.items():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            futures[self.pool.submit(_train_in_worker, self.train_fn, run_cfg, run_dir)] = (name, run_dir)
+        waiting = set(futures)
+        while waiting:
+            done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+            for future in done:
+                name, run_dir = futures[future]
+                try:
+                    metrics = future.result()
+                except BaseException as exc:
+                    for other in waiting:  # runs not started yet are dropped; running ones finish and are kept
+                        other.cancel()
+                    if hasattr(exc, "add_note"):
+                        exc.add_note(f"speechfuse sweep: run {name!r} in {run_dir} failed")
+                    raise
+                self.finished(name, run_dir, metrics)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+
+def _prefill_caches(cfg: Any, combos: list[dict], cache_dir: str | None, out_dir: Path) -> None:
+    """Fill the caches of every frozen upstream the combinations use, here, before the workers start (one
+    `fill_config_caches` per distinct data section, over the union of its upstreams)."""
+    if cache_dir is None:
+        return
+    from .extract import fill_config_caches
+
+    groups: dict[str, dict] = {}
+    for combo in combos:
+        data = _config_dict(combo_config(cfg, combo, cache_dir))
+        ups = data.get("upstreams") or []
+        if any((u.get("options") or {}).get("trainable") for u in ups if isinstance(u, dict)):
+            continue  # trainable upstreams are not cached
+        group = groups.setdefault(json.dumps(data.get("data"), sort_keys=True, default=str), {**data, "upstreams": []})
+        for up in ups:
+            if up not in group["upstreams"]:
+                group["upstreams"].append(up)
+    for data in groups.values():
+        group_cfg = _rebuild(cfg, data, "(sweep cache fill)")
+        progress = (data.get("train") or {}).get("progress_bar", True)
+        fill_config_caches(group_cfg, out_dir / "cache_fill", progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------
 # the sweep
 # ---------------------------------------------------------------------------------------------
 def _selection_metric(cfg: Any) -> tuple[str, bool]:
@@ -342,7 +457,7 @@ def _plan(grid: dict[str, list] | list[dict[str, list]], select: dict[str, list]
 
 def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, *, seeds: Sequence[int] | None = None,
               select: dict[str, list] | None = None, train_fn: Callable | None = None, progress: bool = True,
-              plots: bool = True, on_run: Callable[[dict], None] | None = None) -> list[dict]:
+              plots: bool = True, on_run: Callable[[str], None] | None = None, jobs: int = 1) -> list[dict]:
     """Train every combination of `grid` (a dict, or a list of dicts: their union) over `cfg`; return one
     result row per run (see module doc).
 
@@ -350,11 +465,16 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     select: keys -> candidate values chosen on dev, the same rule for every configuration: each candidate
         trains on the first seed, the best dev main metric wins (lowest for WER), then the seeds run at that
         choice (the first seed's run is the candidate's, reused). Every candidate is listed in selection.md/csv.
-    train_fn: defaults to `speechfuse.train.train` (cfg, run_dir) -> {"dev": {...}, "test": {...}}.
+    train_fn: defaults to `speechfuse.train.train` (cfg, run_dir) -> {"dev": {...}, "test": {...}}; with jobs > 1
+        it must be picklable (a module-level function or an instance of a module-level class).
+    jobs: runs trained at once in worker processes (see module doc); 1 trains them here, one after another.
     plots: gather `out_dir/plots/<run>.png` (the run's layers.png, else drawn from its interface.json).
     on_run: called with the name of every run as it finishes or is found finished, candidates included (the
         demo's progress line).
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"sweep: jobs must be a whole number >= 1, got {jobs!r}")
+    own_trainer = train_fn is None
     if train_fn is None:
         from .train import train as train_fn
     out_dir = Path(out_dir)
@@ -390,10 +510,12 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
         if on_run is not None:
             on_run(name)
 
-    def run(combo: dict) -> tuple[str, Any, Path, dict]:
+    def run_of(combo: dict) -> tuple[str, Any, Path]:
         name = run_name(combo)
-        run_cfg = combo_config(cfg, combo, cache_dir)
-        run_dir = out_dir / "runs" / name
+        return name, combo_config(cfg, combo, cache_dir), out_dir / "runs" / name
+
+    def run(combo: dict) -> tuple[str, Any, Path, dict]:
+        name, run_cfg, run_dir = run_of(combo)
         metrics_path = run_dir / "metrics.json"
         if bar is not None:
             bar.set_postfix_str(name)
@@ -417,22 +539,47 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
         _advance(name)
         return name, run_cfg, run_dir, metrics
 
+    def choose(p: dict, metrics_of: Callable[[dict], tuple[str, dict]]) -> tuple[dict, dict, list]:
+        """The candidate with the best dev metric (the first of equals): (best, chosen values, scored)."""
+        scored = []
+        for cand in p["candidates"]:
+            name, metrics = metrics_of(cand)
+            value = (metrics.get("dev") or {}).get(metric)
+            if not isinstance(value, (int, float)) or math.isnan(value):
+                raise ConfigError(f"sweep: run {name!r} has no dev {metric!r} to select on; "
+                                  f"its metrics.json holds {sorted(metrics.get('dev') or {})}")
+            scored.append((cand, float(value)))
+        best = (max if higher_is_better else min)(scored, key=lambda cv: cv[1])[0]
+        return best, {k: best[k] for k in select}, scored
+
+    def run_and_read(combo: dict) -> tuple[str, dict]:
+        name, _, _, metrics = run(combo)
+        return name, metrics
+
+    def finished_elsewhere(name: str, run_dir: Path, metrics: dict | None) -> None:
+        if metrics is not None and not (run_dir / "metrics.json").exists():
+            write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        if name not in counted:
+            _advance(name)
+
     rows: list[dict] = []
     choices: list[dict] = []
+    pool = _Pool(jobs, run_of, train_fn, finished_elsewhere) if jobs > 1 else None
     try:
+        if pool is not None:  # train every run in the workers first; the loop below then finds them finished
+            if own_trainer:
+                _prefill_caches(cfg, every, cache_dir, out_dir)
+            pool.train([c for p in plan for c in (p["candidates"] or [{**p["combo"], **s} for s in p["seeded"]])])
+            if select:
+                def read(cand: dict) -> tuple[str, dict]:
+                    name, _, run_dir = run_of(cand)
+                    return name, _read_json(run_dir / "metrics.json")
+
+                pool.train([{**p["combo"], **choose(p, read)[1], **s} for p in plan for s in p["seeded"]])
         for p in plan:
             chosen: dict = {}
             if p["candidates"]:
-                scored = []
-                for cand in p["candidates"]:
-                    name, _, _, metrics = run(cand)
-                    value = (metrics.get("dev") or {}).get(metric)
-                    if not isinstance(value, (int, float)) or math.isnan(value):
-                        raise ConfigError(f"sweep: run {name!r} has no dev {metric!r} to select on; "
-                                          f"its metrics.json holds {sorted(metrics.get('dev') or {})}")
-                    scored.append((cand, float(value)))
-                best = (max if higher_is_better else min)(scored, key=lambda cv: cv[1])[0]
-                chosen = {k: best[k] for k in select}
+                best, chosen, scored = choose(p, run_and_read)
                 config = run_name(p["combo"])
                 for cand, value in scored:
                     choices.append({"config": config, **{k: _short(cand[k]) for k in select},
@@ -456,6 +603,8 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
                         plot_importance(desc, png, title=name)
                 _write_results(rows, out_dir, seeds)
     finally:
+        if pool is not None:
+            pool.close()
         if bar is not None:
             bar.close()
     return rows

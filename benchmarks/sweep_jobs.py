@@ -1,0 +1,69 @@
+"""Runs per second of a sweep trained one run at a time (all threads) vs `jobs` runs at once (threads split).
+
+The demo's digit-ASR setting (its config, head and 50 Hz alignment) on real FSDD speech with the bundled
+upstreams: {weighted_sum, hconv} x seeds {0, 1} over whisper-tiny.en, `--steps` steps each. The feature
+cache is filled first, untimed, so both sweeps train heads only; each sweep writes into a fresh folder.
+Worker start-up (spawning processes, importing torch) is inside the jobs > 1 time.
+Prints the wall time of each, their ratio, and each run's dev WER (the two should agree closely: a
+different thread count may change the last digits of a sum).
+
+    python benchmarks/sweep_jobs.py [--jobs 2] [--steps 150] [--upstreams whisper-tiny.en]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_machine_info, print_table  # noqa: E402
+
+import torch  # noqa: E402
+
+from speechfuse.demo import _quiet, demo_config, write_demo_manifests  # noqa: E402
+from speechfuse.extract import fill_config_caches  # noqa: E402
+from speechfuse.sweep import combo_config, run_sweep  # noqa: E402
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--upstreams", default="whisper-tiny.en")
+    args = ap.parse_args(argv)
+    ups = args.upstreams.split("+")
+    grid = {"upstreams": [ups], "interface.name": ["weighted_sum", "hconv"]}
+    seeds = [0, 1]
+
+    print(f"# sweep_jobs: digit ASR (demo settings) on real FSDD, {ups} x {grid['interface.name']} x seeds {seeds}, "
+          f"{args.steps} steps per run; 1 job of {torch.get_num_threads()} threads vs {args.jobs} jobs")
+    print_machine_info("cpu")
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        root = Path(tmp)
+        manifests = write_demo_manifests(root)
+        cfg = demo_config("asr", manifests, root / "cache")
+        cfg = combo_config(cfg, {"train.max_steps": args.steps, "train.val_every_steps": args.steps,
+                                 "upstreams": ups}, str(root / "cache"))
+        fill_config_caches(cfg, root / "fill", progress=False)
+        walls, rows = {}, {}
+        for jobs in (1, args.jobs):
+            start = time.perf_counter()
+            rows[jobs] = run_sweep(cfg, grid, root / f"jobs{jobs}", seeds=seeds, progress=False, plots=False,
+                                   jobs=jobs)
+            walls[jobs] = time.perf_counter() - start
+            print(f"  jobs={jobs}: {walls[jobs]:.1f} s", file=sys.stderr, flush=True)
+
+    runs = len(rows[1])
+    print("\n| jobs | threads per run | wall s | runs | runs per minute |\n|---|---|---|---|---|")
+    for jobs in (1, args.jobs):
+        threads = max(1, torch.get_num_threads() // jobs)
+        print(f"| {jobs} | {threads} | {walls[jobs]:.1f} | {runs} | {60 * runs / walls[jobs]:.2f} |")
+    print(f"\njobs=1 / jobs={args.jobs} wall-time ratio: {walls[1] / walls[args.jobs]:.2f}x\n")
+    print_table([(a["run"], a.get("dev_wer"), b.get("dev_wer")) for a, b in zip(rows[1], rows[args.jobs])],
+                ["run", "dev WER (jobs=1)", f"dev WER (jobs={args.jobs})"])
+
+
+if __name__ == "__main__":
+    main()
