@@ -71,6 +71,18 @@ class Upstream(nn.Module):
     def num_frames(self, num_samples: int) -> int:
         raise NotImplementedError
 
+    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
+        """[B] valid samples -> [B] valid frames (int64). Families whose num_frames is integer arithmetic
+        override this with the same arithmetic on tensors, so that a trace keeps it dynamic
+        (speechfuse.export_whole: one trace for every input length)."""
+        return torch.tensor([self.num_frames(int(n)) for n in sample_lengths.tolist()], dtype=torch.long,
+                            device=sample_lengths.device)
+
+    def export_blocker(self) -> str | None:
+        """Why the whole model cannot be traced through this upstream (None: it can; speechfuse.export
+        then checks the trace against eager at two input lengths)."""
+        return None
+
     def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
         """[B,S] float32, [B] int64 on the CPU -> [L,B,T,D]. S >= min_samples is guaranteed."""
         raise NotImplementedError
@@ -96,7 +108,9 @@ class Upstream(nn.Module):
 
     def items_per_window(self, per_second: float, total: int) -> int:
         """How many frames (at `per_second`) one window_seconds holds; all `total` when windowing is off."""
-        if self.window_seconds is None:
+        if self.window_seconds is None or torch.jit.is_tracing():
+            # a trace records one pass over the whole clip: windows stitch exactly, and a window count
+            # taken from the traced input's length would be frozen into the graph
             return max(1, total)
         return max(1, int(self.window_seconds * per_second))
 
@@ -181,7 +195,7 @@ class Upstream(nn.Module):
             wavs = nn.functional.pad(wavs, (0, self.min_samples - wavs.shape[1]))
         # short clips are zero-padded up to min_samples; the valid-sample count follows
         model_lengths = wav_lengths.clamp(min=self.min_samples)
-        lengths = torch.tensor([self.num_frames(int(n)) for n in model_lengths.tolist()], dtype=torch.long)
+        lengths = self.frame_lengths(model_lengths)
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
             hidden = self._hidden(wavs, model_lengths)
         expected_t = self.num_frames(wavs.shape[1])

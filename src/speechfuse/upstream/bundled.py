@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import UpstreamError
 from . import register_upstream
 from .base import Upstream, as_float_waveform, positive_seconds
+from .whisper_features import power_spectrogram
 
 # Audio per window when resemblyzer / speech-embedding run a long clip (option window_seconds): the
 # windows stitch exactly, so this bounds peak memory without changing the features.
@@ -154,10 +155,14 @@ class ResemblyzerUpstream(Upstream):
     def num_frames(self, num_samples: int) -> int:
         return 1 + num_samples // self.hop
 
+    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
+        return self.num_frames(sample_lengths.long())
+
     def volume_gain(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
         """[B,1] gain to -30 dBFS over each clip's valid samples: increase only, 1 for all-zero clips."""
-        energy = torch.stack([torch.dot(wav[:n], wav[:n]) for wav, n in zip(wavs, wav_lengths.tolist())])
-        rms = (energy / wav_lengths.to(wavs.device)).sqrt()
+        wav_lengths = wav_lengths.to(wavs.device)
+        valid = wavs * (torch.arange(wavs.shape[1], device=wavs.device)[None, :] < wav_lengths[:, None])
+        rms = ((valid * valid).sum(dim=1) / wav_lengths).sqrt()
         gain = (10.0 ** (self.target_dbfs / 20.0)) / rms.clamp(min=1e-12)
         # an all-zero clip's gain would be infinite
         return torch.where((gain > 1.0) & (rms > 0), gain, torch.ones_like(gain))[:, None]
@@ -181,9 +186,8 @@ class ResemblyzerUpstream(Upstream):
             piece = nn.functional.pad(piece, (max(0, -first), max(0, end - num_samples)))
             if gain is not None:
                 piece = piece * gain
-            spec = torch.stft(piece, self.n_fft, self.hop, self.n_fft, window=self.window, center=False,
-                              return_complex=True)
-            mels.append(torch.einsum("bft,fm->btm", spec.abs().square(), self.mel_filters))
+            power = power_spectrogram(piece, self.n_fft, self.hop, self.window, center=False)
+            mels.append(torch.einsum("bft,fm->btm", power, self.mel_filters))
         return torch.cat(mels, dim=1) if len(mels) > 1 else mels[0]
 
     def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
@@ -199,7 +203,7 @@ class ResemblyzerUpstream(Upstream):
                 hidden[k, :, start:start + step] = y
         # The LSTM is causal: padding after a clip's end never reaches its valid frames, so batching
         # does not change them; the frames past each end are zeroed.
-        lengths = torch.tensor([self.num_frames(int(n)) for n in wav_lengths.tolist()], device=x.device)
+        lengths = self.frame_lengths(wav_lengths).to(x.device)
         valid = torch.arange(total, device=x.device)[None, :] < lengths[:, None]
         return hidden.masked_fill_(~valid[None, :, :, None], 0.0)
 
@@ -365,6 +369,10 @@ class SpeechEmbeddingUpstream(Upstream):
 
     def fingerprint(self) -> str:
         return self._fingerprint
+
+    def export_blocker(self) -> str | None:
+        return ("it runs on onnxruntime over numpy arrays, outside PyTorch, so a trace cannot record it (the graph "
+                "would hold the example's features as constants)")
 
     def num_mel_frames(self, num_samples: int) -> int:
         return (num_samples - self.mel_window) // self.mel_hop + 1

@@ -70,6 +70,14 @@ def conv_output_length(num_samples: int, kernels: tuple[int, ...], strides: tupl
     return n
 
 
+def conv_output_lengths(num_samples: torch.Tensor, kernels: tuple[int, ...], strides: tuple[int, ...]) -> torch.Tensor:
+    """conv_output_length elementwise on an integer tensor."""
+    n = num_samples.long()
+    for kernel, stride in zip(kernels, strides):
+        n = torch.where(n >= kernel, (n - kernel) // stride + 1, torch.zeros_like(n))
+    return n
+
+
 def receptive_field(kernels: tuple[int, ...], strides: tuple[int, ...]) -> int:
     """Smallest input length that yields one frame from an unpadded conv stack."""
     field, jump = kernels[0], strides[0]
@@ -197,6 +205,9 @@ class HFSSLUpstream(Upstream):
     def num_frames(self, num_samples: int) -> int:
         return conv_output_length(int(num_samples), self.kernels, self.strides)
 
+    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
+        return conv_output_lengths(sample_lengths, self.kernels, self.strides)
+
     def options(self) -> dict[str, Any]:
         return {**super().options(), "do_normalize": self.do_normalize, "attention_mask": self.use_attention_mask}
 
@@ -208,11 +219,12 @@ class HFSSLUpstream(Upstream):
         sample_mask = valid_sample_mask(wavs, wav_lengths)
         inputs = normalize_valid(wavs, wav_lengths) if self.do_normalize else wavs * sample_mask
         attention_mask = sample_mask.long() if self.use_attention_mask else None
-        frame_lengths = torch.tensor([self.num_frames(int(n)) for n in wav_lengths.tolist()], device=wavs.device)
+        frame_lengths = self.frame_lengths(wav_lengths).to(wavs.device)
         pos_convs = self.model.encoder.pos_conv_embed
         masked = isinstance(pos_convs, _MaskedPositionalConvs)
         if masked:
-            frames = torch.arange(self.num_frames(wavs.shape[1]), device=wavs.device)
+            width = torch.full_like(wav_lengths[:1], wavs.shape[1])
+            frames = torch.arange(self.frame_lengths(width)[0], device=wavs.device)
             pos_convs.valid_frames = frames[None, :] < frame_lengths[:, None]
         try:
             out = self.model(inputs, attention_mask=attention_mask, output_hidden_states=True)
@@ -295,21 +307,31 @@ class HFWhisperUpstream(Upstream):
     def options(self) -> dict[str, Any]:
         return {**super().options(), "whisper_mode": self.whisper_mode}
 
-    def _mel_frames(self, num_samples: int) -> int:
-        return -(-num_samples // self.hop_length)
+    def _mel_frames(self, num_samples: int | torch.Tensor) -> int | torch.Tensor:
+        # not -(-n // hop): ONNX's integer division truncates towards zero, which is no floor for negatives
+        return (num_samples + self.hop_length - 1) // self.hop_length
 
-    def num_frames(self, num_samples: int) -> int:
-        num_samples = int(num_samples)
+    def _encoder_frames(self, num_samples: int | torch.Tensor) -> int | torch.Tensor:
+        """Frames after the two convs: integer arithmetic, on ints or elementwise on tensors."""
+        frames = self._mel_frames(num_samples)
+        for conv in (self.encoder.conv1, self.encoder.conv2):
+            frames = (frames + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+        return frames
+
+    def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
+        return self._encoder_frames(sample_lengths.long())
+
+    def num_frames(self, num_samples: int | torch.Tensor) -> int | torch.Tensor:
+        """Also takes a 0-dim tensor (a traced length), and then returns one."""
+        if not isinstance(num_samples, torch.Tensor):
+            num_samples = int(num_samples)
         if num_samples > self.context_samples:
             raise AudioError(
                 f"{self.name}: a clip of {num_samples} samples ({num_samples / self.sample_rate:.2f} s) is longer "
                 f"than Whisper's {self.context_samples / self.sample_rate:.0f} s window; split long recordings into "
                 "segments of at most 30 s before extraction"
             )
-        frames = self._mel_frames(num_samples)
-        for conv in (self.encoder.conv1, self.encoder.conv2):
-            frames = (frames + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
-        return frames
+        return self._encoder_frames(num_samples)
 
     def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
         num_out = self.num_frames(wavs.shape[1])  # also rejects > 30 s
@@ -321,8 +343,7 @@ class HFWhisperUpstream(Upstream):
             hidden = stack_hidden_states(out)[:, :, :num_out]
         else:
             hidden = self._encode_trimmed(self._trimmed_mel(wavs, wav_lengths), wav_lengths)
-        frame_lengths = torch.tensor([self.num_frames(int(n)) for n in wav_lengths.tolist()], device=wavs.device)
-        return _zero_padded_frames(hidden, frame_lengths)
+        return _zero_padded_frames(hidden, self.frame_lengths(wav_lengths))
 
     def _trimmed_mel(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
         """[B, mels, M] with M even; row b is zero past its own even mel length (as if run alone)."""
@@ -331,12 +352,13 @@ class HFWhisperUpstream(Upstream):
         # Pad with zeros as the 30 s window does, so the last kept frames see the same silence (not
         # a reflection of the clip); the two extra frames hold any audio tail, so the per-utterance
         # max (the -8 floor) is taken over the same content as in pad30.
-        width = min(mel_frames * self.hop_length + self.n_fft, self.context_samples)
+        width = mel_frames * self.hop_length + self.n_fft
+        width = width.clamp(max=self.context_samples) if torch.is_tensor(width) else min(width, self.context_samples)
         padded = nn.functional.pad(wavs, (0, width - wavs.shape[1]))
         mel = log_mel_spectrogram(padded, self.mel_filters, self.n_fft, self.hop_length, max_frames=mel_frames + 2)
         mel = mel[:, :, :mel_frames]
-        own_frames = torch.tensor([self._mel_frames(int(n)) for n in wav_lengths.tolist()], device=wavs.device)
-        own_frames += own_frames % 2
+        own_frames = self._mel_frames(wav_lengths.to(wavs.device))
+        own_frames = own_frames + own_frames % 2
         keep = torch.arange(mel_frames, device=wavs.device)[None, :] < own_frames[:, None]
         return mel * keep[:, None, :]
 
@@ -348,10 +370,11 @@ class HFWhisperUpstream(Upstream):
         x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
         x = x + enc.embed_positions.weight[: x.shape[1]]
         x = nn.functional.dropout(x, p=enc.dropout, training=self.training)
-        frame_list = [self.num_frames(int(n)) for n in wav_lengths.tolist()]
+        frame_lengths = self.frame_lengths(wav_lengths)
         mask = None  # no padding frames: exactly transformers' unmasked attention
-        if min(frame_list) < x.shape[1]:
-            frame_lengths = torch.tensor(frame_list, device=x.device)
+        # a trace always takes the mask: it must serve batches with padding too
+        if torch.jit.is_tracing() or bool((frame_lengths < x.shape[1]).any()):
+            frame_lengths = frame_lengths.to(x.device)
             valid_keys = torch.arange(x.shape[1], device=x.device)[None, :] < frame_lengths[:, None]  # [B,T]
             mask = torch.zeros(valid_keys.shape, dtype=x.dtype, device=x.device)
             mask = mask.masked_fill(~valid_keys, torch.finfo(x.dtype).min)[:, None, None, :]  # [B,1,1,T]

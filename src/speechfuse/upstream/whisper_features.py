@@ -51,6 +51,23 @@ def mel_filterbank(
     return filters.float()
 
 
+def power_spectrogram(wavs: torch.Tensor, n_fft: int, hop_length: int, window: torch.Tensor,
+                      center: bool = True) -> torch.Tensor:
+    """[B, S] -> [B, n_fft // 2 + 1, frames] |STFT|^2 (centred frames with reflect padding when `center`).
+
+    Under an ONNX export the STFT is taken with real output (ONNX has no complex tensors; its STFT op
+    returns real and imaginary parts side by side), the same transform."""
+    if torch.onnx.is_in_onnx_export():
+        import warnings
+
+        with warnings.catch_warnings():  # return_complex=False is deprecated in eager PyTorch, not in ONNX
+            warnings.simplefilter("ignore")
+            parts = torch.stft(wavs, n_fft, hop_length, n_fft, window=window, center=center, return_complex=False)
+        return parts.square().sum(dim=-1)
+    stft = torch.stft(wavs, n_fft, hop_length, n_fft, window=window, center=center, return_complex=True)
+    return stft.abs() ** 2
+
+
 def log_mel_spectrogram(
     wavs: torch.Tensor,
     filters: torch.Tensor,
@@ -66,8 +83,7 @@ def log_mel_spectrogram(
     if wavs.dim() != 2:
         raise ValueError(f"log_mel_spectrogram expects [B,S] waveforms, got shape {tuple(wavs.shape)}")
     window = torch.hann_window(n_fft, device=wavs.device, dtype=torch.float32)
-    stft = torch.stft(wavs.float(), n_fft, hop_length, window=window, return_complex=True)
-    power = (stft[..., :-1].abs() ** 2).contiguous()  # [B, F, frames]
+    power = power_spectrogram(wavs.float(), n_fft, hop_length, window)[..., :-1].contiguous()  # [B, F, frames]
     if max_frames is not None:
         power = power[..., :max_frames]
     mel = filters.to(device=wavs.device, dtype=torch.float32).T @ power
