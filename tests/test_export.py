@@ -1,4 +1,4 @@
-"""Export of aligner + interface + head: TorchScript and ONNX (onnxruntime) against the eager model on real FSDD
+"""Export of aligner + interface + head, and of the whole model: TorchScript and ONNX (onnxruntime) against the eager model on real FSDD
 clips, at batch sizes other than the traced one."""
 from __future__ import annotations
 
@@ -167,3 +167,106 @@ def test_a_verification_model_exports_its_normalised_embedding(models, tmp_path,
     assert float((ts_emb[0] - predicted).abs().max()) < 1e-5
     print("verify max abs difference vs eager:", worst)
     assert worst["torchscript"] < 1e-5 and worst["onnx"] < 1e-5, worst
+
+
+def real_batches(manifests, model):
+    """Real FSDD clips of different lengths, none of them the traced noise: three alone, then a padded batch of 4."""
+    utts = load_manifest(manifests["test"]) + load_manifest(manifests["dev"])
+    for group in ([utts[0]], [utts[2]], [utts[5]], utts[1:5]):
+        yield load_audio_batch(group, model.sample_rate)
+
+
+@pytest.fixture(scope="module")
+def whole_asr_model(models):
+    """An ASR model over whisper (50 Hz, log-mel STFT in the graph) + wav2vec2 (800 Hz, 48 wide: a projection),
+    hconv, BiLSTM CTC head."""
+    from speechfuse.model import FusedModel, build_task
+
+    root, manifests = models
+    specs = [{"spec": f"hf:{root / 'whisper'}"}, {"spec": f"hf:{root / 'w2v'}"}]
+    cfg = config_from_dict(run_config(manifests, specs, task="asr", interface="hconv", downstream={
+        "proj_dim": 16, "hidden_size": 16, "num_layers": 1, "bidirectional": True}))
+    torch.manual_seed(0)
+    FusedModel.from_config(cfg, build_task(cfg).fit(load_manifest(manifests["train"]))).save_pretrained(root / "whole")
+    return root / "whole"
+
+
+def test_whole_model_exports_match_the_eager_model(models, whole_asr_model, tmp_path, capsys):
+    """`export --whole`, waveforms in, CTC logits per frame out: TorchScript and ONNX against eager on real clips
+    of other lengths than the trace, alone and padded."""
+    import onnxruntime
+
+    import speechfuse as sf
+    from speechfuse.cli import main
+
+    _, manifests = models
+    model = sf.load_model(whole_asr_model)
+    for fmt, name in (("onnx", "m.onnx"), ("torchscript", "m.pt")):
+        assert main(["export", str(whole_asr_model), "--whole", "--format", fmt, "--out", str(tmp_path / name)]) == 0
+    printed = json.loads(capsys.readouterr().out.split("\n}\n")[-2] + "\n}")
+    sidecar = json.loads((tmp_path / "m.onnx.json").read_text())
+    assert sidecar["whole"] and sidecar["inputs"] == ["wavs", "wav_lengths"] and sidecar["task"] == model.task.state()
+    assert printed["checked"]["max_abs_diff"] == json.loads((tmp_path / "m.pt.json").read_text())["checked"]["max_abs_diff"]
+    scripted = torch.jit.load(str(tmp_path / "m.pt"))
+    one_thread = onnxruntime.SessionOptions()
+    one_thread.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), one_thread, providers=["CPUExecutionProvider"])
+    worst = {"torchscript": 0.0, "onnx": 0.0}
+    lengths_seen = set()
+    for wavs, lengths in real_batches(manifests, model):
+        lengths_seen.update(lengths.tolist())
+        with torch.no_grad():
+            expected, expected_lengths = model(wavs, lengths)
+            ts_out, ts_lengths = scripted(wavs, lengths)
+        onnx_out, onnx_lengths = session.run(None, {"wavs": wavs.numpy(), "wav_lengths": lengths.numpy()})
+        assert ts_out.shape == expected.shape and onnx_out.shape == tuple(expected.shape)
+        assert torch.equal(ts_lengths, expected_lengths) and np.array_equal(onnx_lengths, expected_lengths.numpy())
+        worst["torchscript"] = max(worst["torchscript"], float((ts_out - expected).abs().max()))
+        worst["onnx"] = max(worst["onnx"], float(np.abs(onnx_out - expected.numpy()).max()))
+        assert model.task.predict(torch.from_numpy(onnx_out), expected_lengths) == \
+            model.task.predict(expected, expected_lengths)
+    assert len(lengths_seen) >= 4  # the graph served several lengths, none traced
+    print("whole model, max abs difference vs eager:", worst)
+    assert worst["torchscript"] < 1e-5 and worst["onnx"] < 1e-5, worst
+
+
+@pytest.fixture(scope="module")
+def speech_embedding_model(models):
+    from speechfuse.model import FusedModel, build_task
+
+    root, manifests = models
+    cfg = config_from_dict(run_config(manifests, [{"spec": "speech-embedding"}]))
+    torch.manual_seed(0)
+    FusedModel.from_config(cfg, build_task(cfg).fit(load_manifest(manifests["train"]))).save_pretrained(root / "se")
+    return root / "se"
+
+
+def test_whole_export_refuses_an_upstream_that_does_not_trace(speech_embedding_model, tmp_path, capsys):
+    from speechfuse.cli import main
+
+    out = tmp_path / "se.onnx"
+    assert main(["export", str(speech_embedding_model), "--whole", "--format", "onnx", "--out", str(out)]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "speech-embedding cannot be exported" in message
+    assert "onnxruntime" in message and "without --whole" in message
+    assert not out.exists()
+    # the export of the part after the upstreams still works for it
+    assert main(["export", str(speech_embedding_model), "--format", "onnx", "--out", str(out)]) == 0
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_a_trace_that_does_not_generalise_is_refused_and_not_written(speech_embedding_model, tmp_path, monkeypatch,
+                                                                     fmt):
+    """Without its blocker, speech-embedding traces (onnxruntime's outputs become constants of the example's
+    shape): the check on other lengths must catch it."""
+    import speechfuse as sf
+    from speechfuse.export import ExportError, export_whole
+    from speechfuse.upstream.bundled import SpeechEmbeddingUpstream
+
+    monkeypatch.setattr(SpeechEmbeddingUpstream, "export_blocker", lambda self: None)
+    model = sf.load_model(speech_embedding_model)
+    out = tmp_path / f"se.{fmt}"
+    with pytest.raises(ExportError, match="does not generalise") as err:
+        export_whole(model, out, format=fmt)
+    assert "nothing was written" in str(err.value)
+    assert not out.exists() and not (tmp_path / f"se.{fmt}.json").exists()

@@ -11,6 +11,7 @@ demo.
     speechfuse verify runs/vox1 enrol.wav test.wav
     speechfuse verify runs/vox1 --trials veri_test2.txt --root wav/ --out scores.jsonl
     speechfuse export runs/speaker --format onnx --out fusion.onnx
+    speechfuse export runs/speaker --whole --format onnx --out speaker.onnx
     speechfuse demo --quick
     speechfuse prepare voxceleb1 /data/VoxCeleb1 --out data/voxceleb1
     speechfuse table runs/ls runs/mlsuperb_mono runs/mlsuperb_multi runs/vox1 runs/iemocap --out table.md
@@ -142,15 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-changed-upstreams", action="store_true",
                    help="load even if an upstream's weights differ from those the model was trained with")
 
-    p = sub.add_parser("export", help="export the part after the upstreams as TorchScript or ONNX",
+    p = sub.add_parser("export", help="export a trained model (after the upstreams, or --whole) as TorchScript or ONNX",
                        description="Export aligner + interface + head of a trained model (a run folder or a model "
                                    "folder) as one graph over the upstreams' hidden states, with dynamic batch and "
                                    "time; writes OUT and OUT.json (inputs, upstream fingerprints, vocabulary or "
-                                   "labels). The upstreams stay in PyTorch.")
+                                   "labels). The upstreams stay in PyTorch. With --whole: the whole model, "
+                                   "waveforms in (wavs [B,S] zero-padded, wav_lengths [B]), for upstreams that "
+                                   "trace (transformers models, whisper-tiny.en, resemblyzer; not speech-embedding); "
+                                   "the written graph is first checked against the eager model on two inputs it was "
+                                   "not traced on, and refused if it differs.")
     p.add_argument("model", help="a run folder (uses its model/) or a model folder")
     p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"],
                    help="torchscript (default) or onnx (needs the onnx package: pip install 'speechfuse[export]')")
     p.add_argument("--out", required=True, help="output file, e.g. fusion.pt or fusion.onnx")
+    p.add_argument("--whole", action="store_true",
+                   help="export the whole model, audio in (dynamic batch and length; the input checks of the "
+                        "upstreams are not in the graph: keep clips within OUT.json's min_samples / max_samples)")
     p.add_argument("--allow-changed-upstreams", action="store_true",
                    help="load even if an upstream's weights differ from those the model was trained with")
 
@@ -296,12 +304,15 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "verify":
         return _verify(args)
     if args.command == "export":
-        from .export import export_fusion
+        from .export import export_fusion, export_whole
         from .model import load_model
 
         model = load_model(args.model, allow_changed_upstreams=args.allow_changed_upstreams)
-        path = export_fusion(model, args.out, format=args.format)
-        print(json.dumps({"out": str(path), "sidecar": f"{path}.json", "format": args.format}, indent=2))
+        path = (export_whole if args.whole else export_fusion)(model, args.out, format=args.format)
+        summary = {"out": str(path), "sidecar": f"{path}.json", "format": args.format, "whole": args.whole}
+        if args.whole:
+            summary["checked"] = json.loads(Path(f"{path}.json").read_text(encoding="utf-8"))["checked"]
+        print(json.dumps(summary, indent=2))
         return 0
     if args.command == "prepare":
         from .data.corpora import prepare
