@@ -24,5 +24,6 @@ run benchmarks/manifest_check.py
 run benchmarks/checkpoint_integrity.py
 run benchmarks/predict_throughput.py --device "$DEVICE"
 run benchmarks/verify_throughput.py --device "$DEVICE"
+run benchmarks/export_whole.py
 run benchmarks/cache_integrity.py --device "$DEVICE"
 run benchmarks/truncate_cost.py --device "$DEVICE"
