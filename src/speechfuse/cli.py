@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--whole", action="store_true",
                    help="export the whole model, audio in (dynamic batch and length; the input checks of the "
                         "upstreams are not in the graph: keep clips within OUT.json's min_samples / max_samples)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="--whole: largest max abs difference to the eager model accepted, relative to the output's "
+                        "scale (at least 1; default 1e-4)")
     p.add_argument("--allow-changed-upstreams", action="store_true",
                    help="load even if an upstream's weights differ from those the model was trained with")
 
@@ -308,7 +311,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from .model import load_model
 
         model = load_model(args.model, allow_changed_upstreams=args.allow_changed_upstreams)
-        path = (export_whole if args.whole else export_fusion)(model, args.out, format=args.format)
+        if args.whole:
+            options = {} if args.tolerance is None else {"tolerance": args.tolerance}
+            path = export_whole(model, args.out, format=args.format, **options)
+        else:
+            path = export_fusion(model, args.out, format=args.format)
         summary = {"out": str(path), "sidecar": f"{path}.json", "format": args.format, "whole": args.whole}
         if args.whole:
             summary["checked"] = json.loads(Path(f"{path}.json").read_text(encoding="utf-8"))["checked"]

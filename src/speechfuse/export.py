@@ -107,12 +107,18 @@ def graph_inputs(states: Sequence[HiddenStates]) -> tuple[torch.Tensor, ...]:
     return tuple(t for s in states for t in (s.hidden.float(), s.lengths.long()))
 
 
-def noise_batch(model: "FusedModel", seconds: Sequence[float], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A zero-padded batch of noise clips, each within every upstream's min_samples and max_samples."""
+def sample_limits(model: "FusedModel") -> tuple[int, Optional[int]]:
+    """(shortest, longest) clip in samples that every upstream takes as it is (longest None: no limit)."""
     ups = model.frontend.upstreams
-    shortest = max(up.min_samples for up in ups)
-    longest = min([up.max_samples for up in ups if up.max_samples is not None] or [10 ** 12])
-    lengths = torch.tensor([min(max(int(model.sample_rate * s), shortest), longest) for s in seconds])
+    return (max(up.min_samples for up in ups),
+            min((up.max_samples for up in ups if up.max_samples is not None), default=None))
+
+
+def noise_batch(model: "FusedModel", seconds: Sequence[float], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A zero-padded batch of noise clips, each within sample_limits."""
+    shortest, longest = sample_limits(model)
+    sizes = [max(int(model.sample_rate * s), shortest) for s in seconds]
+    lengths = torch.tensor([min(n, longest) if longest else n for n in sizes])
     gen = torch.Generator().manual_seed(seed)
     wavs = torch.randn(len(seconds), int(lengths.max()), generator=gen) * 0.1
     wavs = wavs * (torch.arange(wavs.shape[1])[None, :] < lengths[:, None])
@@ -161,6 +167,8 @@ def export_whole(model: "FusedModel", out: str | os.PathLike, format: str = "tor
     eager model on two inputs other than the traced one (see the module doc); returns the path."""
     if format not in FORMATS:
         raise ConfigError(f"export: format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if not tolerance >= 0:
+        raise ConfigError(f"export --whole: tolerance must be a number >= 0, got {tolerance!r}")
     for up in model.frontend.upstreams:
         why = up.export_blocker()
         if why:
@@ -185,11 +193,9 @@ def export_whole(model: "FusedModel", out: str | os.PathLike, format: str = "tor
     report = _check_against_eager(graph, image, format, names, checks, tolerance)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, image)
-    ups = model.frontend.upstreams
-    sidecar = {**_sidecar(model, format, names), "whole": True,
-               "min_samples": max(up.min_samples for up in ups),
-               "max_samples": min([up.max_samples for up in ups if up.max_samples is not None], default=None),
-               "checked": report}
+    shortest, longest = sample_limits(model)
+    sidecar = {**_sidecar(model, format, names), "whole": True, "min_samples": shortest, "max_samples": longest,
+               "checked": {**report, "tolerance": tolerance}}
     write_atomic(Path(f"{out}.json"), json.dumps(sidecar, indent=2) + "\n")
     return out
 
