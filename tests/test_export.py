@@ -270,3 +270,29 @@ def test_a_trace_that_does_not_generalise_is_refused_and_not_written(speech_embe
         export_whole(model, out, format=fmt)
     assert "nothing was written" in str(err.value)
     assert not out.exists() and not (tmp_path / f"se.{fmt}.json").exists()
+
+
+def test_every_traceable_family_exports_whole_in_one_model(models, tmp_path):
+    """hubert, wavlm, data2vec-audio, whisper in pad30 mode and the bundled resemblyzer fused in one classifier
+    (800, 100 and 50 Hz): the ONNX export passes its own check against eager, and matches eager on a real clip."""
+    import onnxruntime
+
+    from speechfuse.export import export_whole
+    from speechfuse.model import FusedModel, build_task
+
+    root, manifests = models
+    specs = [{"spec": f"hf:{root / 'hubert'}"}, {"spec": f"hf:{save_tiny_model('wavlm', tmp_path / 'wavlm')}"},
+             {"spec": f"hf:{save_tiny_model('data2vec-audio', tmp_path / 'd2v')}"},
+             {"spec": f"hf:{root / 'whisper'}", "options": {"whisper_mode": "pad30"}}, {"spec": "resemblyzer"}]
+    cfg = config_from_dict(run_config(manifests, specs))
+    torch.manual_seed(0)
+    model = FusedModel.from_config(cfg, build_task(cfg).fit(load_manifest(manifests["train"]))).eval()
+    path = export_whole(model, tmp_path / "all.onnx", format="onnx")
+    checked = json.loads((tmp_path / "all.onnx.json").read_text())["checked"]
+    assert len(checked["max_abs_diff"]) == 2 and max(checked["max_abs_diff"]) < 1e-5, checked
+    wavs, lengths = next(real_batches(manifests, model))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected, _ = model(wavs, lengths)
+    got = session.run(None, {"wavs": wavs.numpy(), "wav_lengths": lengths.numpy()})[0]
+    assert float(np.abs(got - expected.numpy()).max()) < 1e-5
