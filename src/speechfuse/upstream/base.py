@@ -74,7 +74,7 @@ class Upstream(nn.Module):
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
         """[B] valid samples -> [B] valid frames (int64). Families whose num_frames is integer arithmetic
         override this with the same arithmetic on tensors, so that a trace keeps it dynamic
-        (speechfuse.export_whole: one trace for every input length)."""
+        (speechfuse.export.export_whole: one trace for every input length)."""
         return torch.tensor([self.num_frames(int(n)) for n in sample_lengths.tolist()], dtype=torch.long,
                             device=sample_lengths.device)
 
