@@ -95,6 +95,26 @@ class InterfaceConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class SpecAugConfig(_Strict):
+    """`train.specaug`: SpecAugment on the fused features while training (speechfuse.augment). Defaults are
+    s3prl's ASR downstream config (downstream/asr/config.yaml: num_time_mask 2, time_mask_width_range [0, 40],
+    num_freq_mask 4, freq_mask_width_range [0, 50]); its time warp is not implemented."""
+
+    time_masks: int = Field(2, ge=0)
+    time_width: float = Field(40, gt=0)
+    """Time masks are 0..W-1 frames wide; W below 1 is a fraction of each utterance's valid frames."""
+    feature_masks: int = Field(4, ge=0)
+    feature_width: float = Field(50, gt=0)
+    """Feature masks are 0..W-1 channels wide; W below 1 is a fraction of the feature dimension."""
+
+    @field_validator("time_width", "feature_width")
+    @classmethod
+    def _frames_or_fraction(cls, v: float) -> float:
+        if v >= 1 and v != int(v):
+            raise ValueError(f"must be a whole number of frames/channels (>= 1) or a fraction below 1, got {v}")
+        return int(v) if v >= 1 else v
+
+
 class TrainConfig(_Strict):
     max_steps: int = Field(1000, gt=0)
     max_epochs: Optional[int] = Field(None, gt=0)
@@ -124,6 +144,8 @@ class TrainConfig(_Strict):
     """A NaN/inf training loss: stop the run with an error naming the step, or skip that batch (no update)."""
     allow_changed_data: bool = False
     """Resume even though a manifest's contents changed since the run started (default: refuse)."""
+    specaug: Optional[SpecAugConfig] = None
+    """SpecAugment time and feature masks on the fused features in training steps (null: off)."""
 
 
 class CacheConfig(_Strict):

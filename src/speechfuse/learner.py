@@ -30,6 +30,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from .augment import SpecAugment
 from .checkpoint import SafetensorsCheckpointIO
 from .config import Config
 from .data.loader import EpochPosition, FusionBatch
@@ -56,6 +57,9 @@ class FusionTask(pl.LightningModule):
         self.cfg, self.task = cfg, task
         self.frontend = frontend if frontend is not None else build_frontend(cfg)
         self.head = task.build_head(self.frontend.output_dim)
+        # training-only masks on the fused features (train.specaug); no weights, so checkpoints are unchanged
+        aug = cfg.train.specaug
+        self.specaug = SpecAugment(**aug.model_dump()) if aug is not None else None
         self.position = EpochPosition()
         self._rng_to_restore: Optional[dict] = None
         self._dev: list = []  # Task.collect records of the dev set
@@ -67,6 +71,8 @@ class FusionTask(pl.LightningModule):
             feats, lengths = self.frontend.fuse(batch.states)
         else:
             feats, lengths = self.frontend(batch.wavs, batch.wav_lengths)
+        if self.specaug is not None and self.training:
+            feats = self.specaug(feats, lengths)
         return self.head(feats, lengths)
 
     def transfer_batch_to_device(self, batch: FusionBatch, device: torch.device, dataloader_idx: int) -> FusionBatch:

@@ -1,0 +1,98 @@
+"""SpecAugment on the fused features: training-only time masks and feature (channel) masks.
+
+SpecAugment (Park et al., Interspeech 2019) zeroes random bands of a feature sequence. s3prl applies it to
+the upstream representation right before the downstream head, in training steps only (its runner's
+`training_step`: `features, _ = self.specaug(features)` after the featurizer); ESPnet (and so ML-SUPERB)
+applies it to the frontend's features before the encoder, in training only. speechfuse does the same: the
+interface's output `features [B,T,D]` is masked before the task head, while training (`train.specaug`; the
+runner's FusionTask applies it when it is in train mode, so dev/test scoring, `predict` and exported models
+never see it).
+
+    aug = SpecAugment(time_masks=2, time_width=40, feature_masks=4, feature_width=50)
+    aug.train(); masked = aug(features, lengths)
+
+Per utterance (its own valid frames `lengths[b]`, never the padding):
+  time masks     `time_masks` bands of frames, each w frames wide with w uniform over 0..W-1, placed
+                 uniformly inside the valid frames (w is capped at the utterance's length); W is
+                 `time_width` frames, or, when below 1, that fraction of the utterance's valid frames
+                 (rounded down, as ESPnet's `time_mask_width_ratio_range` does for the batch's length);
+  feature masks  `feature_masks` bands of feature channels, same width rule over D (a fraction of D when
+                 below 1), zeroed on the utterance's valid frames.
+Masked values are 0 (s3prl's and ESPnet's `replace_with_zero`). Widths 0..W-1 are what s3prl's and ESPnet's
+`torch.randint(0, W)` draw for `mask_width_range: [0, W]`. Not implemented: their time warp.
+
+Randomness comes from torch's global CPU generator (one draw per batch), whose state every checkpoint saves
+and a resume restores, so a resumed run masks exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .errors import ShapeError
+
+
+def band_widths(limit: float, sizes: torch.Tensor) -> torch.Tensor:
+    """[B] exclusive upper bound W of the band widths: `limit` frames/channels, or that fraction of `sizes`."""
+    if limit < 1:
+        return torch.floor(limit * sizes.double()).long()
+    return torch.full_like(sizes, int(limit))
+
+
+def draw_bands(count: int, limit: float, sizes: torch.Tensor, generator: Optional[torch.Generator] = None
+               ) -> torch.Tensor:
+    """[B, count, 2] (start, end) bands with 0 <= start <= end <= sizes[b] and end - start uniform over
+    0..W-1 (W from `band_widths`, capped at sizes[b] + 1 so a band never leaves the valid range)."""
+    sizes = sizes.long().cpu()
+    batch = sizes.shape[0]
+    upper = torch.minimum(band_widths(limit, sizes).clamp_min(1), sizes + 1)  # widths 0..upper-1
+    u_width, u_start = torch.rand(2, batch, count, generator=generator, dtype=torch.float64)
+    width = torch.floor(u_width * upper[:, None]).long()
+    start = torch.floor(u_start * (sizes[:, None] - width + 1)).long()
+    return torch.stack([start, start + width], dim=-1)
+
+
+def band_mask(bands: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, count, 2] bands -> [B, size] bool, True inside any band."""
+    positions = torch.arange(size)[None, None, :]
+    inside = (positions >= bands[..., :1]) & (positions < bands[..., 1:])
+    return inside.any(dim=1)
+
+
+class SpecAugment(nn.Module):
+    """Zeroes random time and feature bands of `features [B,T,D]` on the valid frames, in train mode only."""
+
+    def __init__(self, time_masks: int = 2, time_width: float = 40, feature_masks: int = 4,
+                 feature_width: float = 50) -> None:
+        super().__init__()
+        self.time_masks, self.time_width = time_masks, time_width
+        self.feature_masks, self.feature_width = feature_masks, feature_width
+
+    def extra_repr(self) -> str:
+        return (f"time_masks={self.time_masks}, time_width={self.time_width}, "
+                f"feature_masks={self.feature_masks}, feature_width={self.feature_width}")
+
+    def masks(self, lengths: torch.Tensor, frames: int, dims: int, generator: Optional[torch.Generator] = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bands one call draws: time [B, time_masks, 2] and feature [B, feature_masks, 2]."""
+        lengths = lengths.long().cpu().clamp(max=frames)
+        time = draw_bands(self.time_masks, self.time_width, lengths, generator)
+        feature = draw_bands(self.feature_masks, self.feature_width, torch.full_like(lengths, dims), generator)
+        return time, feature
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        if not self.training:
+            return features
+        if features.dim() != 3:
+            raise ShapeError(f"SpecAugment: features must be [B,T,D], got shape {tuple(features.shape)}")
+        batch, frames, dims = features.shape
+        time, feature = self.masks(lengths, frames, dims, generator)
+        valid = torch.arange(frames)[None, :] < lengths.long().cpu()[:, None]  # [B,T]
+        masked = (band_mask(time, frames)[:, :, None] | band_mask(feature, dims)[:, None, :]) & valid[:, :, None]
+        return features.masked_fill(masked.to(features.device), 0.0)
+
+
+__all__ = ["SpecAugment", "draw_bands", "band_mask", "band_widths"]

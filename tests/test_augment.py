@@ -1,0 +1,135 @@
+"""SpecAugment on the fused features (train.specaug): mask counts and widths, valid frames only, the eval
+path untouched, exact resume with masks drawn from the checkpointed RNG."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import save_tiny_model
+from speechfuse.augment import SpecAugment, band_mask, draw_bands
+from speechfuse.checkpoint import load_checkpoint_file
+from speechfuse.config import config_from_dict
+from speechfuse.errors import ConfigError
+from test_train import KILLED_RUN, make_fsdd, tiny_config
+
+
+def test_bands_keep_the_configured_count_and_widths_inside_the_valid_frames():
+    gen = torch.Generator().manual_seed(0)
+    sizes = torch.tensor([0, 1, 3, 17, 40, 200, 1000])
+    seen_widths = set()
+    for _ in range(200):
+        bands = draw_bands(5, 12, sizes, gen)
+        assert bands.shape == (7, 5, 2)
+        start, end = bands[..., 0], bands[..., 1]
+        assert bool((start >= 0).all()) and bool((end <= sizes[:, None]).all())
+        width = end - start
+        assert bool((width >= 0).all()) and bool((width <= 11).all())  # 0..W-1, as randint(0, W)
+        seen_widths |= set(width[-1].tolist())
+    assert seen_widths == set(range(12))  # every width 0..11 occurs on a long utterance, 12 never
+    # a fraction: W = floor(0.1 * valid frames) per utterance
+    for _ in range(100):
+        width = draw_bands(3, 0.1, sizes, gen).diff(dim=-1)[..., 0]
+        assert bool((width <= torch.floor(0.1 * sizes.double()).long().clamp_min(1)[:, None] - 1).all())
+
+
+def test_masks_zero_only_valid_frames_and_bands():
+    aug = SpecAugment(time_masks=2, time_width=6, feature_masks=3, feature_width=4).train()
+    feats = torch.randn(3, 20, 16) + 5  # no zeros by chance
+    lengths = torch.tensor([20, 9, 1])
+    feats[1, 9:] = 7.0  # padding holds a recognisable value
+    feats[2, 1:] = 7.0
+    torch.manual_seed(3)
+    time, feature = aug.masks(lengths, 20, 16)
+    torch.manual_seed(3)
+    out = aug(feats, lengths)
+    expected = (band_mask(time, 20)[:, :, None] | band_mask(feature, 16)[:, None, :])
+    expected &= (torch.arange(20)[None, :] < lengths[:, None])[:, :, None]
+    assert torch.equal(out == 0, expected)
+    assert torch.equal(out[~expected], feats[~expected])  # everything else unchanged, padding included
+    assert bool(expected.any())  # something was masked
+    assert time.shape == (3, 2, 2) and feature.shape == (3, 3, 2)
+
+
+def test_eval_mode_and_no_config_leave_features_untouched():
+    aug = SpecAugment().eval()
+    feats = torch.randn(2, 50, 8)
+    assert aug(feats, torch.tensor([50, 30])) is feats
+
+
+def test_width_options_are_frames_or_fractions(tmp_path):
+    from speechfuse.config import SpecAugConfig
+
+    assert SpecAugConfig().model_dump() == {"time_masks": 2, "time_width": 40, "feature_masks": 4,
+                                            "feature_width": 50}  # s3prl's ASR config
+    assert SpecAugConfig(time_width=0.05).time_width == 0.05
+    with pytest.raises(ValueError, match="whole number"):
+        SpecAugConfig(time_width=2.5)
+    with pytest.raises(ValueError):
+        SpecAugConfig(feature_masks=-1)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    return make_fsdd(root), save_tiny_model("hubert", root / "hubert")
+
+
+def test_training_module_masks_in_train_mode_only(corpus):
+    """The same weights with and without train.specaug: identical outputs in eval mode (what dev/test scoring
+    runs), different ones in train mode."""
+    from speechfuse.data import load_manifest
+    from speechfuse.data.dataset import AudioDataset, collate_audio
+    from speechfuse.data.loader import FusionBatch
+    from speechfuse.learner import FusionTask
+    from speechfuse.tasks import get_task
+
+    manifests, upstream = corpus
+    task = get_task("classify", hidden_dim=8)
+    task.fit(load_manifest(manifests["train"]))
+    plain_cfg = tiny_config(manifests, upstream)
+    aug_cfg = tiny_config(manifests, upstream, specaug={"time_masks": 3, "time_width": 5, "feature_width": 8})
+    torch.manual_seed(0)
+    plain = FusionTask(config_from_dict(plain_cfg), task)
+    augmented = FusionTask(config_from_dict(aug_cfg), task)
+    augmented.load_state_dict(plain.state_dict())
+    audio = collate_audio([AudioDataset(load_manifest(manifests["dev"]), 16000)[i] for i in range(4)])
+    batch = FusionBatch(audio.utts, None, wavs=audio.wavs, wav_lengths=audio.wav_lengths)
+    plain.eval(), augmented.eval()
+    assert torch.equal(plain(batch)[0], augmented(batch)[0])
+    plain.train(), augmented.train()
+    plain.head.eval(), augmented.head.eval()  # no dropout: only the masks differ
+    assert not torch.equal(plain(batch)[0], augmented(batch)[0])
+
+
+def test_killed_run_with_specaug_resumes_to_the_same_weights(corpus, tmp_path):
+    import yaml
+
+    from speechfuse.train import train
+
+    manifests, upstream = corpus
+    data = tiny_config(manifests, upstream, max_steps=4, val_every_steps=2,
+                       specaug={"time_masks": 2, "time_width": 4, "feature_masks": 2, "feature_width": 8})
+    cfg = config_from_dict(data)
+    full = train(cfg, tmp_path / "full")
+    weights = lambda run: load_checkpoint_file(run / "checkpoints" / "last.safetensors")["state_dict"]  # noqa: E731
+    wf = weights(tmp_path / "full")
+
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(KILLED_RUN), str(tmp_path / "cfg.yaml"), str(tmp_path / "killed"),
+                           "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    resumed = train(cfg, tmp_path / "killed")
+    for split in full:
+        assert resumed[split] == pytest.approx(full[split], abs=1e-6)
+    wr = weights(tmp_path / "killed")
+    for k in wf:
+        torch.testing.assert_close(wr[k], wf[k], rtol=1e-5, atol=1e-6, msg=k)
+    # and the masks may not change on resume
+    data["train"]["specaug"]["time_masks"] = 3
+    with pytest.raises(ConfigError, match="specaug"):
+        train(config_from_dict(data), tmp_path / "killed")
