@@ -125,15 +125,15 @@ def test_verify_is_refused_for_other_tasks_and_bad_arguments(run, tmp_path):
 
 
 def test_verify_applies_as_norm_like_dev_scoring(run):
-    """With score_norm asnorm, verify() normalises against the cosines the head gives (its training
-    speakers' vectors), the cohort that scoring dev used."""
+    """With score_norm asnorm and cohort class_vectors, verify() normalises against the cosines the head
+    gives (its training speakers' vectors), the cohort that scoring dev used."""
     import speechfuse as sf
     from speechfuse.data import read_audio
     from speechfuse.tasks.verify import as_norm
 
     root, manifests = run
     model = sf.load_model(root / "run")
-    model.task.options["score_norm"], model.task.options["cohort_top"] = "asnorm", 2
+    model.task.options.update(score_norm="asnorm", cohort="class_vectors", cohort_top=2)
     clips = [u.path for u in load_manifest(manifests["test"])][:4]
     pairs = [(clips[0], clips[1]), (clips[2], clips[3]), (clips[0], clips[3])]
     cohort, unit = [], []
@@ -313,21 +313,27 @@ def test_verify_cli_errors_are_one_line(run, tmp_path, capsys):
         assert err.splitlines()[-1].startswith("speechfuse verify: error: "), err
 
 
-def test_verify_to_file_applies_as_norm_like_verify(run, tmp_path):
-    """With score_norm asnorm the streamed scores are verify()'s AS-normalised ones."""
+@pytest.mark.parametrize("cohort", ["class_vectors", "utterances"])
+def test_verify_to_file_applies_as_norm_like_verify(run, tmp_path, cohort):
+    """With score_norm asnorm the streamed scores are verify()'s AS-normalised ones, for either cohort kind."""
     import speechfuse as sf
     from speechfuse.verify_trials import verify_to_file
 
     root, manifests = run
     model = sf.load_model(root / "run")
-    model.task.options["score_norm"], model.task.options["cohort_top"] = "asnorm", 2
+    model.task.options.update(score_norm="asnorm", cohort=cohort, cohort_top=2)
+    if cohort == "utterances":  # the training clips' embeddings as the cohort, all of them as the top
+        train = [r.embedding for r in model.predict([u.path for u in load_manifest(manifests["train"])])]
+        model.task.cohort = torch.stack(train)
+        model.task.options["cohort_top"] = len(train)  # (the top 2 of near-twins: a tiny std amplifies noise)
     clips = [u.path for u in load_manifest(manifests["test"])]
     pairs = [(a, b) for i, a in enumerate(clips) for b in clips[i + 1:]]
     (tmp_path / "t.txt").write_text("".join(f"{a} {b}\n" for a, b in pairs))  # absolute paths
     summary = verify_to_file(model, tmp_path / "t.txt", tmp_path / "s.jsonl", batch_seconds=2, progress=False)
     assert summary["scored"] == len(pairs)
     expected = [t.score for t in model.verify(pairs)]
-    assert [r["score"] for r in _rows(tmp_path / "s.jsonl")] == pytest.approx(expected, abs=1e-4)
+    # (the two embed in different batches: float noise of ~1e-6, divided by the cohort's small std)
+    assert [r["score"] for r in _rows(tmp_path / "s.jsonl")] == pytest.approx(expected, abs=1e-3)
     model.task.options["score_norm"] = "none"
     raw = [t.score for t in model.verify(pairs)]
     assert not expected == pytest.approx(raw, abs=1e-3)  # normalised, not the raw cosines

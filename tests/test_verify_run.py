@@ -119,3 +119,66 @@ def test_fsdd_verification_eer_is_far_from_chance(tmp_path, capsys):
     right = sum(t.decision == (speaker_of[t.enrol] == speaker_of[t.test]) for t in trials)
     print(f"verify() on {len(trials)} test trials at dev threshold {model.task.threshold:.3f}: {right} right")
     assert right / len(trials) > 0.75
+
+
+def test_asnorm_cohort_of_training_embeddings_is_saved_and_shared_by_evaluate_and_verify(tmp_path, capsys):
+    """score_norm asnorm with the default cohort (training speakers' mean embeddings): the runner embeds the
+    training set with the best checkpoint, stores the cohort in that checkpoint and in model.safetensors, and
+    `evaluate`, model.verify and `speechfuse verify` normalise against it."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    import speechfuse as sf
+    from speechfuse.checkpoint import load_checkpoint_file
+    from speechfuse.data import load_manifest
+    from speechfuse.verify_trials import verify_to_file
+
+    manifests = fsdd(tmp_path, digits=(0, 1), speakers=SPEAKERS[:3], takes=range(6), dev_takes=[4], test_takes=[5])
+    upstream = save_tiny_model("hubert", tmp_path / "hubert")
+    data = verify_config(manifests, f"hf:{upstream}", max_steps=4, val_every_steps=2)
+    data["downstream"].update(score_norm="asnorm", cohort_top=3)
+    data["cache"] = "off"  # evaluate and verify then both embed the audio itself
+    (tmp_path / "v.yaml").write_text(yaml.safe_dump(data))
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "v.yaml"), "--out", str(run)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+
+    stored = load_checkpoint_file(run / "checkpoints" / "best.safetensors")["speechfuse"]["task_tensors"]["cohort"]
+    assert stored.shape == (3, 64)  # one mean embedding per training speaker
+    torch.testing.assert_close(stored.norm(dim=-1), torch.ones(3))
+    assert torch.equal(load_file(str(run / "model" / "model.safetensors"))["task.cohort"], stored)
+    assert "task_tensors" not in load_checkpoint_file(run / "checkpoints" / "last.safetensors")["speechfuse"] \
+        or (run / "checkpoints" / "best.safetensors").samefile(run / "checkpoints" / "last.safetensors")
+
+    assert main(["evaluate", str(run), "--split", "test"]) == 0
+    assert json.loads(capsys.readouterr().out)["test"] == pytest.approx(metrics["test"])
+
+    # the saved model: the same cohort, verify() = the AS-norm formula over its embeddings, by hand
+    model = sf.load_model(run)
+    assert torch.equal(model.task.cohort, stored)
+    path = {u.id: str(u.path) for u in load_manifest(manifests["test"])}
+    trials = read_trials(run / "trials_test.txt")
+    pairs = [(path[t.enrol], path[t.test]) for t in trials]
+    scores = [v.score for v in model.verify(pairs)]
+    clips = list(dict.fromkeys(c for pair in pairs for c in pair))  # verify()'s own order: the same batch
+    unit = torch.stack([r.embedding for r in model.predict(clips)]).double().numpy()
+    cos = unit @ stored.double().numpy().T
+    top = -np.sort(-cos, axis=1)[:, :3]
+    mean, std = top.mean(1), top.std(1)
+    e, t = [clips.index(a) for a, _ in pairs], [clips.index(b) for _, b in pairs]
+    raw = (unit[e] * unit[t]).sum(1)
+    by_hand = ((raw - mean[e]) / std[e] + (raw - mean[t]) / std[t]) / 2
+    # this barely trained model's cosines are all ~0.999 and a side's cohort std ~1e-4, so float32 rounding
+    # (6e-8) of the cosines moves a normalised score by up to ~1e-3 of its size; raw cosines would be ~0.999
+    np.testing.assert_allclose(scores, by_hand, rtol=3e-3, atol=1e-3)
+
+    # save / load round trip: identical scores
+    again = sf.load_model(model.save_pretrained(tmp_path / "copy"))
+    assert [v.score for v in again.verify(pairs)] == scores
+
+    # `speechfuse verify` over the run's own test trials gives evaluate's EER
+    (tmp_path / "trials.txt").write_text("".join(f"{t.label} {path[t.enrol]} {path[t.test]}\n" for t in trials))
+    summary = verify_to_file(model, tmp_path / "trials.txt", tmp_path / "scores.jsonl", progress=False)
+    assert summary["metrics"]["eer"] == pytest.approx(metrics["test"]["eer"], abs=1e-9)
+    assert summary["metrics"]["min_dcf_0.05"] == pytest.approx(metrics["test"]["min_dcf_0.05"], abs=1e-9)

@@ -146,7 +146,7 @@ def test_evaluate_with_as_norm_scores_normalised_cosines():
     from speechfuse.metrics import verification_metrics
     from speechfuse.tasks.verify import as_norm
 
-    task = fitted(score_norm="asnorm", cohort_top=2)
+    task = fitted(score_norm="asnorm", cohort="class_vectors", cohort_top=2)
     rng = np.random.default_rng(1)
     emb, cohort = torch.tensor(rng.normal(size=(6, 4))), torch.tensor(rng.uniform(-1, 1, size=(6, 3)))
     utts = [Utterance(id=f"u{i}", path="", speaker=s) for i, s in enumerate("aabbcc")]
@@ -159,6 +159,74 @@ def test_evaluate_with_as_norm_scores_normalised_cosines():
     expected = verification_metrics(as_norm(raw, cohort.float(), e, t_, 2).numpy(), [t.label for t in trials])
     assert task.evaluate(recs, "dev") == pytest.approx(expected)
     assert fitted().evaluate(recs, "dev") == pytest.approx(verification_metrics(raw.numpy(), [t.label for t in trials]))
+
+
+def _as_norm_by_hand(unit: np.ndarray, cohort: np.ndarray, enrol, test, top: int) -> np.ndarray:
+    """AS-norm1 written out: each side's mean and (population) std of its `top` highest cohort cosines."""
+    cos = unit @ (cohort / np.linalg.norm(cohort, axis=1, keepdims=True)).T
+    best = -np.sort(-cos, axis=1)[:, :top]
+    mean, std = best.mean(1), best.std(1)
+    raw = (unit[enrol] * unit[test]).sum(1)
+    return ((raw - mean[enrol]) / std[enrol] + (raw - mean[test]) / std[test]) / 2
+
+
+@pytest.mark.parametrize("kind", ["utterances", "speaker_means"])
+def test_embedding_cohort_scores_equal_a_hand_computation(kind):
+    rng = np.random.default_rng(2)
+    emb, train = rng.normal(size=(5, 6)), rng.normal(size=(9, 6))
+    speakers = [f"s{i % 4}" for i in range(9)]
+    task = fitted(score_norm="asnorm", cohort=kind, cohort_top=3)
+    assert task.needs_cohort
+    task.fit_scoring([(f"c{i}", speakers[i], torch.tensor(train[i]), None) for i in range(9)])
+    unit_train = train / np.linalg.norm(train, axis=1, keepdims=True)
+    if kind == "utterances":
+        cohort = unit_train
+    else:  # the mean of each speaker's unit embeddings, speakers in sorted order
+        cohort = np.stack([unit_train[[i for i in range(9) if speakers[i] == s]].mean(0) for s in sorted(set(speakers))])
+    assert task.cohort.shape == cohort.shape
+    enrol, test = [0, 1, 2, 3], [4, 4, 0, 1]
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    got = task.trial_scores(torch.tensor(emb), task.cohort_scores(torch.tensor(emb)), enrol, test)
+    np.testing.assert_allclose(got.numpy(), _as_norm_by_hand(unit, cohort, enrol, test, 3), rtol=1e-5, atol=1e-6)
+
+
+def test_embedding_cohort_missing_is_raw_in_training_and_an_error_elsewhere():
+    from speechfuse.metrics import verification_metrics
+
+    task = fitted(score_norm="asnorm", cohort_top=2)  # default cohort: speaker_means
+    rng = np.random.default_rng(3)
+    emb = torch.tensor(rng.normal(size=(6, 4)))
+    recs = task.collect(emb, torch.zeros(6, 3), [Utterance(id=f"u{i}", path="", speaker=s) for i, s in enumerate("aabbcc")])
+    trials = task.trials_for("dev", recs)
+    unit = F.normalize(emb.float(), dim=-1)
+    raw = [float(unit[int(t.enrol[1:])] @ unit[int(t.test[1:])]) for t in trials]
+    # while training (no cohort yet) dev is scored on raw cosines
+    assert task.evaluate(recs, "dev") == pytest.approx(verification_metrics(raw, [t.label for t in trials]))
+    with pytest.raises(ConfigError, match="cohort"):
+        task.cohort_scores(emb)  # verify() and `speechfuse verify` refuse
+    with pytest.raises(ConfigError, match="model.safetensors has no AS-norm cohort"):
+        task.load_tensors({}, "model.safetensors")  # so does loading a model or run without one
+    with pytest.raises(ConfigError, match="damaged"):
+        task.load_tensors({"cohort": torch.zeros(3, 5)}, "x")  # embed_dim is 6
+    task.load_tensors({"cohort": F.normalize(torch.randn(3, 6), dim=-1)}, "x")
+    assert task.tensors()["cohort"].shape == (3, 6)
+    plain = fitted()
+    assert plain.scoring_utterances([Utterance(id="u", path="", speaker="a")]) == [] and plain.tensors() == {}
+
+
+def test_cohort_utterances_are_a_seeded_sample_spread_over_speakers():
+    utts = [Utterance(id=f"{s}{i}", path="", speaker=s) for s, n in (("a", 6), ("b", 1), ("c", 4)) for i in range(n)]
+    task = fitted(score_norm="asnorm", cohort_size=6)
+    chosen = task.scoring_utterances(utts)
+    assert len(chosen) == 6 and len({u.id for u in chosen}) == 6
+    counts = {s: sum(u.speaker == s for u in chosen) for s in "abc"}
+    assert counts == {"a": 3, "b": 1, "c": 2}  # speakers taken in turn, in sorted order
+    assert [u.id for u in task.scoring_utterances(list(reversed(utts)))] == [u.id for u in chosen]  # seeded
+    others = {tuple(u.id for u in fitted(score_norm="asnorm", cohort_size=6, trial_seed=k).scoring_utterances(utts))
+              for k in range(1, 6)}
+    assert len(others | {tuple(u.id for u in chosen)}) > 1  # the seed picks the sample
+    assert len(fitted(score_norm="asnorm", cohort_size=None).scoring_utterances(utts)) == len(utts)
+    assert fitted(score_norm="asnorm", cohort="class_vectors").scoring_utterances(utts) == []
 
 
 def test_trial_paths_in_a_config_resolve_against_its_folder(tmp_path):

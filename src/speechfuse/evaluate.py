@@ -3,6 +3,7 @@
     model, cfg = load_run("runs/speaker")            # FusionTask + the run's Config (best checkpoint)
     evaluate("runs/speaker", split="test")           # {"test": {...}}: what `speechfuse evaluate` prints
     score(model, loader, split, run_dir)             # the task's metrics over a loader's batches
+    save_task_tensors(checkpoint, task.tensors())    # the runner, after fit_scoring (verify's AS-norm cohort)
 
 For predictions on new recordings use the run's model folder instead: sf.load_model(RUN_DIR).predict(...)
 (speechfuse.model, speechfuse.inference).
@@ -18,7 +19,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint_file
+from .checkpoint import load_checkpoint_file, save_checkpoint_file
 from .config import Config, config_from_dict
 from .data.loader import SPLITS, FusionData, load_splits, resolve_cache_dir
 from .data.manifest import clip_limit
@@ -27,6 +28,8 @@ from .learner import FusionTask, restore_frozen
 from .runfolder import BEST, CKPT_DIR, EXT, LAST, write_atomic
 from .tasks import Task, check_targets_known
 from .utterances import metric_ci, write_utterances
+
+TASK_TENSORS = "task_tensors"  # the checkpoint's speechfuse section: what save_task_tensors stored
 
 
 @torch.no_grad()
@@ -38,18 +41,7 @@ def score(model: FusionTask, loader: DataLoader, split: str = "test", run_dir: O
     where the per-utterance results go (utterances_<split>.jsonl, for tasks with an `utterance_metric`); on
     the test split the metrics then gain `ci_low_<utterance_metric>` / `ci_high_...`, a bootstrap 95 % interval
     (prefixed, so `<metric>_<suffix>` names such as multilingual's `cer_<language>` stay unambiguous)."""
-    was_training = model.training
-    model.eval()
-    records: list = []
-    ids: list[str] = []
-    try:
-        for batch in loader:
-            batch = model.transfer_batch_to_device(batch, model.device, 0)
-            out, out_lengths = model(batch)
-            records += model.task.collect(out, out_lengths, batch.utts)
-            ids += [u.id for u in batch.utts]
-    finally:
-        model.train(was_training)
+    records, ids = collect_records(model, loader)
     metrics = {k: float(v) for k, v in model.task.evaluate(records, split, run_dir).items()}
     task = model.task
     if run_dir is not None and task.utterance_metric is not None:
@@ -63,10 +55,38 @@ def score(model: FusionTask, loader: DataLoader, split: str = "test", run_dir: O
     return metrics
 
 
-def load_weights(model: FusionTask, path: Path) -> None:
+@torch.no_grad()
+def collect_records(model: FusionTask, loader: DataLoader) -> tuple[list, list[str]]:
+    """The task's `collect` records of every batch of `loader` (eval mode), and the utterance ids."""
+    was_training = model.training
+    model.eval()
+    records: list = []
+    ids: list[str] = []
+    try:
+        for batch in loader:
+            batch = model.transfer_batch_to_device(batch, model.device, 0)
+            out, out_lengths = model(batch)
+            records += model.task.collect(out, out_lengths, batch.utts)
+            ids += [u.id for u in batch.utts]
+    finally:
+        model.train(was_training)
+    return records, ids
+
+
+def load_weights(model: FusionTask, path: Path) -> dict:
+    """Load a checkpoint's weights into `model`; returns the checkpoint."""
     checkpoint = load_checkpoint_file(path)
     restore_frozen(model, checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
+    return checkpoint
+
+
+def save_task_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Store the task's fitted tensors (verify: the AS-norm cohort) in the checkpoint they were fitted with,
+    so `load_run` gets them back with its weights. Checkpoints written during training hold none."""
+    checkpoint = load_checkpoint_file(path)
+    checkpoint.setdefault("speechfuse", {})[TASK_TENSORS] = dict(tensors)
+    save_checkpoint_file(checkpoint, path)
 
 
 def write_interface_report(model: FusionTask, loader: DataLoader, run_dir: Path, importance: bool = True) -> dict:
@@ -104,7 +124,8 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = BEST) -> tuple[Fusion
     path = run_dir / CKPT_DIR / f"{checkpoint}{EXT}"
     if not path.is_file():
         path = run_dir / CKPT_DIR / f"{LAST}{EXT}"
-    load_weights(model, path)
+    checkpoint = load_weights(model, path)
+    model.task.load_tensors(checkpoint.get("speechfuse", {}).get(TASK_TENSORS, {}), str(path))
     return model, cfg
 
 
@@ -127,4 +148,4 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", device: str | None
     return {split: score(model, data.loader(split), split, run_dir)}
 
 
-__all__ = ["score", "load_weights", "write_interface_report", "load_run", "evaluate"]
+__all__ = ["score", "collect_records", "save_task_tensors", "load_weights", "write_interface_report", "load_run", "evaluate"]

@@ -10,7 +10,7 @@ The exported graph takes, per upstream m in the model's order, `hidden_m` [L_m, 
 layer, as `Upstream.forward` returns it in HiddenStates.hidden) and `lengths_m` [B] int64 (valid frames), and
 returns `out` (CTC logits [B, T, V] for asr, class logits [B, C] for classify) and `out_lengths` [B]; a
 verification model returns `embedding` [B, E] (L2-normalised, as `predict` gives it: the cosine score of two
-clips is the dot product) and `speaker_cosines` [B, S] (with the training speakers, AS-norm's cohort). Batch size
+clips is the dot product) and `speaker_cosines` [B, S] (with the training speakers' class vectors). Batch size
 and frame counts are dynamic. The upstreams themselves stay in PyTorch (their own exports are the upstream
 projects' business); `export_fusion` writes a JSON sidecar (FILE.json) with the input order, the upstream specs
 and fingerprints, and the task state (vocabulary or labels) to decode `out`.

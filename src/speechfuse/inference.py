@@ -359,7 +359,7 @@ def verify(model: "FusedModel", a: Any, b: Any = None, batch_seconds: float = 60
     rows = [(row_of(x), row_of(y)) for x, y in pairs]
     embedded = predict(model, clips, batch_seconds, progress=None, sample_rate=sample_rate)
     embeddings = torch.stack([r.embedding for r in embedded])
-    cohort = embeddings @ torch.nn.functional.normalize(model.head.speakers.detach().float().cpu(), dim=-1).T
+    cohort = model.task.cohort_scores(embeddings, model.head.speakers.cpu())  # None without AS-norm
     scores = model.task.trial_scores(embeddings, cohort, [e for e, _ in rows], [t for _, t in rows]).tolist()
     threshold = model.task.threshold
     results = [Verification(embedded[e].id, embedded[t].id, score, threshold,

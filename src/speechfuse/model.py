@@ -11,8 +11,9 @@ A model folder (what `save_pretrained` writes, and every training run writes as 
                        identity (output-changing options, weight fingerprint); align and interface options; the
                        manifest field the targets came from; the SHA-256 of model.safetensors; training summary
     model.safetensors  only the trained weights: interface, aligner projections, head, and upstreams only where
-                       they were trained. Frozen upstream weights are loaded from their spec and checked
-                       against the saved fingerprint.
+                       they were trained (plus `task.*`: the task's fitted tensors, verify's AS-norm cohort).
+                       Frozen upstream weights are loaded from their spec and checked against the saved
+                       fingerprint.
     README.md          what the model is, how it was trained, its metrics
 
 No pickle anywhere: safetensors + JSON.
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 MODEL_FORMAT = "speechfuse-model-v1"
 CONFIG_FILE, WEIGHTS_FILE, README_FILE = "config.json", "model.safetensors", "README.md"
 RUN_MODEL_DIR = "model"
+TASK_PREFIX = "task."  # model.safetensors keys of the task's tensors (Task.tensors(): verify's AS-norm cohort)
 
 
 class ModelFileError(SpeechfuseError):
@@ -179,7 +181,8 @@ class FusedModel(nn.Module):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.trained_state_dict().items()}
+            state = {**self.trained_state_dict(), **{f"{TASK_PREFIX}{k}": v for k, v in self.task.tensors().items()}}
+            tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
             write_atomic(tmp / WEIGHTS_FILE, save(tensors, metadata={"format": "pt", "speechfuse": MODEL_FORMAT}))
             config = {**self.config_dict(), "weights_sha256": _sha256(tmp / WEIGHTS_FILE)}
             write_atomic(tmp / CONFIG_FILE, json.dumps(config, indent=2, default=float) + "\n")
@@ -225,6 +228,8 @@ class FusedModel(nn.Module):
             state = load_file(str(path))
         except Exception as err:
             raise ModelFileError(f"cannot read {path}: {err}; save the model again") from err
+        task_tensors = {k[len(TASK_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(TASK_PREFIX)}
+        self.task.load_tensors(task_tensors, str(path))
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = sorted(set(missing) - self.frozen_keys())
         if missing or unexpected:

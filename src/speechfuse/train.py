@@ -41,7 +41,8 @@ from .config import Config, config_to_yaml
 from .data.loader import SPLITS, FusionData, load_splits, resolve_cache_dir
 from .data.manifest import clip_limit
 from .errors import SpeechfuseError
-from .evaluate import evaluate, load_run, load_weights, score, write_interface_report
+from .evaluate import (collect_records, evaluate, load_run, load_weights, save_task_tensors, score,
+                       write_interface_report)
 from .learner import FusionTask, StopOnInterrupt, TrainingInterrupted, checkpoint_bytes, make_trainer
 from .model import build_frontend, build_task, save_run_model
 from .runfolder import (BEST, CKPT_DIR, EXT, LAST, LOGS_DIR, RunLock, check_data_unchanged, check_free_space,
@@ -127,6 +128,11 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
         best = last
     load_weights(model, best)
     model.to(trainer.strategy.root_device)
+    scoring = task.scoring_utterances(splits["train"])  # verify: the AS-norm cohort of training embeddings
+    if scoring:
+        task.fit_scoring(collect_records(model, data.utterance_loader(scoring))[0])
+        if is_zero:
+            save_task_tensors(best, task.tensors())
     metrics = {"dev": score(model, data.val_dataloader(), "dev", run_dir if is_zero else None)}
     if "test" in splits:
         metrics["test"] = score(model, data.test_dataloader(), "test", run_dir if is_zero else None)

@@ -122,11 +122,10 @@ def _score_chunks(model: "FusedModel", trials: list[Trial], base: Path, batch_se
     names = list(dict.fromkeys(name for t in trials for name in (t.enrol, t.test)))
     items, errors = _headers(model, names, base)
     embedded: dict[str, torch.Tensor] = {}  # name -> L2-normalised embedding
-    # name -> its highest cosines with the training speakers: all that as_norm reads of the cohort (none without it)
+    # name -> its highest cosines with the AS-norm cohort: all that as_norm reads of it (none without AS-norm)
     cohort: dict[str, torch.Tensor] = {}
-    speakers = torch.nn.functional.normalize(model.head.speakers.detach().float().cpu(), dim=-1)
-    options = model.task.options
-    top = min(options["cohort_top"], speakers.shape[0]) if options["score_norm"] == "asnorm" else 0
+    speakers = model.head.speakers.cpu()
+    normalise = model.task.options["score_norm"] == "asnorm"
     bar = None
     if progress if progress is not None else len(trials) > 50:
         from tqdm import tqdm
@@ -143,14 +142,16 @@ def _score_chunks(model: "FusedModel", trials: list[Trial], base: Path, batch_se
                     errors[result.id] = result.error
                 else:
                     embedded[result.id] = result.embedding
-                    cohort[result.id] = (result.embedding @ speakers.T).topk(top).values
+                    if normalise:
+                        scores = model.task.cohort_scores(result.embedding[None], speakers)[0]
+                        cohort[result.id] = scores.topk(min(model.task.options["cohort_top"], len(scores))).values
         rows = [TrialScore(t.enrol, t.test, t.label, error=_trial_error(t, errors)) for t in chunk]
         good = [row for row in rows if row.error is None]
         if good:
             order = list(dict.fromkeys(name for row in good for name in (row.enrol, row.test)))
             index = {name: i for i, name in enumerate(order)}
             scores = model.task.trial_scores(torch.stack([embedded[n] for n in order]),
-                                             torch.stack([cohort[n] for n in order]),
+                                             torch.stack([cohort[n] for n in order]) if normalise else None,
                                              [index[r.enrol] for r in good], [index[r.test] for r in good])
             threshold = model.task.threshold
             for row, score in zip(good, scores.tolist()):

@@ -257,7 +257,11 @@ class FusionData(pl.LightningDataModule):
         return entries
 
     def loader(self, split: str, train: bool = False) -> DataLoader:
-        utts = self.splits[split]
+        return self.utterance_loader(self.splits[split], train)
+
+    def utterance_loader(self, utts: list[Utterance], train: bool = False) -> DataLoader:
+        """Batches of `utts` (of the splits given, so cached when the splits are: the runner embeds the
+        verify task's cohort of training utterances through this)."""
         seed = self.cfg.train.seed
         sampler = DurationBatchSampler([u.duration for u in utts], self.cfg.train.batch_seconds, shuffle=train,
                                        seed=seed)

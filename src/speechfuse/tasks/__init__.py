@@ -10,6 +10,8 @@
     task.evaluate(records, "dev", run_dir)             # default: metrics(predictions, references)
     task.utterance_errors(predictions, references)     # per-utterance (errors, totals) of utterance_metric
     Task.from_state(task.state())     # JSON round trip for a run folder
+    task.fit_scoring(records of task.scoring_utterances(train_utts))   # after training (verify: AS-norm cohort)
+    task.tensors() / task.load_tensors(tensors, source)                # safetensors beside the weights
 
 Each task declares its head options as a pydantic model (`Task.Options`, see `task_options(name)`); the
 config's `downstream` section is validated against it, so a wrong key or type names the key.
@@ -98,6 +100,25 @@ class Task:
         the reference, out of 1)."""
         self._check_pairs(predictions, references)
         return [int(str(p) != str(r)) for p, r in zip(predictions, references)], [1] * len(references)
+
+    # -- scoring state fitted after training, with the best checkpoint (verify: the AS-norm cohort) ----
+    def scoring_utterances(self, train_utts: list[Utterance]) -> list[Utterance]:
+        """Training utterances the runner scores with the best checkpoint after training and hands to
+        `fit_scoring` as `collect` records (none by default)."""
+        return []
+
+    def fit_scoring(self, records: list[Any]) -> None:
+        """Fit what scoring needs from the `collect` records of `scoring_utterances` (nothing by default)."""
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Fitted state too large for JSON, saved as safetensors with the weights (checkpoint and model
+        folder); none by default."""
+        return {}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
+        """Take back what `tensors` saved; `source` (the file) names it in errors."""
+        if tensors:
+            raise ConfigError(f"{source}: task {self.name!r} stores no tensors, found {sorted(tensors)}")
 
     def references(self, utts: list[Utterance]) -> list[str]:
         """The reference strings `metrics` compares predictions with, one per utterance."""

@@ -39,10 +39,23 @@ the manifest's ids. A split
 without one is scored on trials generated from its own utterances and speakers (every target pair, or
 `max_target_trials` of them, plus as many non-target pairs, seeded by `trial_seed`), written to
 RUN_DIR/trials_<split>.txt when the runner scores the split.
-Score normalisation (`score_norm: asnorm`, off by default): adaptive symmetric s-norm. Its cohort is the
-training speakers' class vectors of the margin softmax (one per training speaker, the direction the loss
-pulls that speaker's embeddings toward), not individual training embeddings: they come with every
-utterance's forward pass, so no extra pass over the training set is needed.
+Score normalisation (`score_norm: asnorm`, off by default): adaptive symmetric s-norm (AS-norm1 of
+Matejka et al. 2017): each side's score is standardised by the mean and std of its `cohort_top` (default
+200) highest cosines with a cohort. The cohort (`cohort`):
+  speaker_means  (default) one vector per training speaker: the mean of that speaker's L2-normalised
+                 training embeddings, re-normalised. WeSpeaker's VoxCeleb recipe does this (the speaker-mean
+                 x-vectors of the training set, vox2_dev, top 300);
+  utterances     the training utterances' own embeddings (SpeechBrain's VoxCeleb recipe: train-set
+                 utterance embeddings, top 20000 of a large cohort);
+  class_vectors  the margin softmax's learned class vectors, one per training speaker (no extra pass).
+For the two embedding cohorts, at most `cohort_size` training utterances (default 10000; null: all) are
+embedded: a sample seeded by `trial_seed`, spread evenly over the training speakers. They are embedded once,
+by the runner, with the best checkpoint after training (`scoring_utterances` / `fit_scoring`), and the
+cohort [C, E] is saved with that checkpoint and in the model folder's model.safetensors (`task.cohort`), so
+`evaluate`, `FusedModel.verify` and `speechfuse verify` all normalise against the same cohort. While training,
+an embedding cohort does not exist yet: dev scoring (and so the choice of the best checkpoint) uses raw
+cosines; the final dev and test scores, and the dev threshold, are normalised. With `class_vectors` every
+dev scoring is normalised.
 Metrics: eer (the main metric, lower is better), min_dcf_0.01, min_dcf_0.05 (C_miss = C_fa = 1), fractions.
 
 Decision threshold: every scoring of the dev split records the score at its EER (`eer_threshold`) as
@@ -53,6 +66,7 @@ carries that checkpoint's dev EER threshold, on the same (normalised, with asnor
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Sequence
 
@@ -94,9 +108,13 @@ class VerifyOptions(TaskOptions):
     max_target_trials: Optional[int] = Field(None, ge=1)
     trial_seed: int = 0
     score_norm: Literal["none", "asnorm"] = "none"
-    """asnorm: adaptive symmetric normalisation against the training speakers' class vectors."""
+    """asnorm: adaptive symmetric normalisation against `cohort`."""
+    cohort: Literal["speaker_means", "utterances", "class_vectors"] = "speaker_means"
+    """AS-norm's cohort: training speakers' mean embeddings, training utterance embeddings, or class vectors."""
+    cohort_size: Optional[int] = Field(10000, ge=1)
+    """Training utterances embedded for an embedding cohort (seeded, spread over speakers); null: all."""
     cohort_top: int = Field(200, ge=2)
-    """AS-norm's adaptive cohort: the this-many highest cohort scores of each side (capped at the speakers)."""
+    """AS-norm's adaptive cohort: the this-many highest cohort scores of each side (capped at the cohort)."""
 
     @model_validator(mode="after")
     def _same_layer_count(self) -> "VerifyOptions":
@@ -200,6 +218,7 @@ class VerifyTask(Task):
         super().__init__(**options)
         self.speakers: list[str] = []
         self.threshold: Optional[float] = None  # the dev EER threshold, set by evaluate(..., "dev")
+        self.cohort: Optional[torch.Tensor] = None  # [C,E] L2-normalised embedding cohort (fit_scoring)
         self._trials: dict[tuple, list] = {}  # (split, utterance ids) -> trials, made once and kept
 
     @property
@@ -274,22 +293,103 @@ class VerifyTask(Task):
         if run_dir is not None and not self.options.get(f"{split}_trials"):
             write_trials(trials, Path(run_dir) / f"trials_{split}.txt")
         index = {r[0]: i for i, r in enumerate(records)}
-        scores = self.trial_scores(torch.stack([r[2] for r in records]), torch.stack([r[3] for r in records]),
-                                   [index[t.enrol] for t in trials], [index[t.test] for t in trials]).numpy()
+        embeddings = torch.stack([r[2] for r in records])
+        if self.options["cohort"] == "class_vectors" and self.options["score_norm"] == "asnorm":
+            cohort = torch.stack([r[3] for r in records])  # the head's cosines with the class vectors
+        else:  # None while training with an embedding cohort: raw cosines (see the module doc)
+            cohort = self.cohort_scores(embeddings, required=False)
+        scores = self.trial_scores(embeddings, cohort, [index[t.enrol] for t in trials],
+                                   [index[t.test] for t in trials]).numpy()
         labels = [t.label for t in trials]
         if split == "dev":
             self.threshold = eer_threshold(scores, labels)
         return verification_metrics(scores, labels)
 
-    def trial_scores(self, embeddings: torch.Tensor, cohort: torch.Tensor, enrol_rows: list[int],
+    def trial_scores(self, embeddings: torch.Tensor, cohort: Optional[torch.Tensor], enrol_rows: list[int],
                      test_rows: list[int]) -> torch.Tensor:
-        """Cosine score of each (enrol_rows[k], test_rows[k]) pair of `embeddings` [N,E] (AS-normalised
-        against `cohort` [N,S], each row's cosines with the training speakers, when score_norm is asnorm)."""
+        """Cosine score of each (enrol_rows[k], test_rows[k]) pair of `embeddings` [N,E], AS-normalised
+        against `cohort` [N,C] (each row's scores with the cohort: `cohort_scores`) unless it is None."""
         embeddings = F.normalize(embeddings.float(), dim=-1)
         scores = (embeddings[enrol_rows] * embeddings[test_rows]).sum(-1)
-        if self.options["score_norm"] == "asnorm":
+        if cohort is not None:
             scores = as_norm(scores, cohort.float(), enrol_rows, test_rows, self.options["cohort_top"])
         return scores
+
+    def cohort_scores(self, embeddings: torch.Tensor, class_vectors: Optional[torch.Tensor] = None,
+                      required: bool = True) -> Optional[torch.Tensor]:
+        """[N,C] cosines of `embeddings` [N,E] with the AS-norm cohort (`class_vectors` [S,E], the head's
+        `speakers`, for cohort class_vectors); None without score normalisation. An embedding cohort not
+        built yet is an error, or None (raw scores) with required=False: what dev scoring does in training."""
+        if self.options["score_norm"] != "asnorm":
+            return None
+        unit = F.normalize(embeddings.float(), dim=-1)
+        if self.options["cohort"] == "class_vectors":
+            if class_vectors is None:
+                raise ConfigError("verify task: cohort class_vectors needs the head's speaker vectors")
+            return unit @ F.normalize(class_vectors.detach().float().to(unit.device), dim=-1).T
+        if self.cohort is None:
+            if required:
+                raise ConfigError(f"verify task: score_norm asnorm with cohort {self.options['cohort']} needs the "
+                                  "cohort of training embeddings, which is built when training finishes; this model "
+                                  "has none. Finish its run (`speechfuse train` on the same folder), or set "
+                                  "downstream.cohort: class_vectors")
+            return None
+        return unit @ self.cohort.to(unit.device).T
+
+    # -- the embedding cohort: chosen from the training set, embedded with the best checkpoint ----------
+    @property
+    def needs_cohort(self) -> bool:
+        """AS-norm against training embeddings (speaker_means / utterances), built after training."""
+        return self.options["score_norm"] == "asnorm" and self.options["cohort"] != "class_vectors"
+
+    def scoring_utterances(self, train_utts: list[Utterance]) -> list[Utterance]:
+        """The training utterances whose embeddings make the AS-norm cohort (none without an embedding
+        cohort): at most `cohort_size`, a `trial_seed`-seeded sample taking speakers in turn."""
+        if not self.needs_cohort:
+            return []
+        rng = random.Random(self.options["trial_seed"])
+        by_speaker: dict[str, list[Utterance]] = {}
+        for u in sorted(train_utts, key=lambda u: u.id):
+            by_speaker.setdefault(self._target_of(u), []).append(u)
+        queues = []
+        for speaker in sorted(by_speaker):
+            rng.shuffle(by_speaker[speaker])
+            queues.append(by_speaker[speaker])
+        size = self.options["cohort_size"] or len(train_utts)
+        chosen: list[Utterance] = []
+        depth = 0
+        while len(chosen) < size and any(depth < len(q) for q in queues):
+            chosen += [q[depth] for q in queues if depth < len(q)][: size - len(chosen)]
+            depth += 1
+        return sorted(chosen, key=lambda u: u.id)
+
+    def fit_scoring(self, records: list[Any]) -> None:
+        """The cohort from `collect` records of `scoring_utterances`: speaker means or the utterances."""
+        if not records:
+            return
+        unit = F.normalize(torch.stack([r[2] for r in records]).float(), dim=-1)
+        if self.options["cohort"] == "speaker_means":
+            speakers = sorted({str(r[1]) for r in records})
+            rows = {s: [i for i, r in enumerate(records) if str(r[1]) == s] for s in speakers}
+            unit = F.normalize(torch.stack([unit[rows[s]].mean(0) for s in speakers]), dim=-1)
+        self.cohort = unit.contiguous()
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {} if self.cohort is None else {"cohort": self.cohort}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor], source: str) -> None:
+        unknown = sorted(set(tensors) - {"cohort"})
+        cohort = tensors.get("cohort")
+        if unknown or (cohort is not None and (cohort.dim() != 2 or cohort.shape[1] != self.options["embed_dim"]
+                                               or not bool(torch.isfinite(cohort).all()))):
+            raise ConfigError(f"{source}: the verify task's saved tensors are damaged (unknown {unknown}, cohort "
+                              f"{None if cohort is None else tuple(cohort.shape)}; expected [C, "
+                              f"{self.options['embed_dim']}]); save the model again from its run folder")
+        self.cohort = None if cohort is None else cohort.float()
+        if self.needs_cohort and self.cohort is None:
+            raise ConfigError(f"{source} has no AS-norm cohort (downstream.cohort: {self.options['cohort']}): it is "
+                              "built from the training set when training finishes. Finish the run (`speechfuse "
+                              "train` on the same folder again), or set downstream.cohort: class_vectors")
 
     def state(self) -> dict[str, Any]:
         state = {"name": self.name, "options": dict(self.options), "speakers": list(self.speakers)}
