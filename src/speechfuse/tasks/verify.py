@@ -45,8 +45,8 @@ Matejka et al. 2017): each side's score is standardised by the mean and std of i
   speaker_means  (default) one vector per training speaker: the mean of that speaker's L2-normalised
                  training embeddings, re-normalised. WeSpeaker's VoxCeleb recipe does this (the speaker-mean
                  x-vectors of the training set, vox2_dev, top 300);
-  utterances     the training utterances' own embeddings (SpeechBrain's VoxCeleb recipe: train-set
-                 utterance embeddings, top 20000 of a large cohort);
+  utterances     the training utterances' own embeddings (what SpeechBrain's VoxCeleb cosine-scoring
+                 recipe normalises against);
   class_vectors  the margin softmax's learned class vectors, one per training speaker (no extra pass).
 For the two embedding cohorts, at most `cohort_size` training utterances (default 10000; null: all) are
 embedded: a sample seeded by `trial_seed`, spread evenly over the training speakers. They are embedded once,
