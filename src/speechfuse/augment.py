@@ -90,9 +90,11 @@ class SpecAugment(nn.Module):
             raise ShapeError(f"SpecAugment: features must be [B,T,D], got shape {tuple(features.shape)}")
         batch, frames, dims = features.shape
         time, feature = self.masks(lengths, frames, dims, generator)
-        valid = torch.arange(frames)[None, :] < lengths.long().cpu()[:, None]  # [B,T]
-        masked = (band_mask(time, frames)[:, :, None] | band_mask(feature, dims)[:, None, :]) & valid[:, :, None]
-        return features.masked_fill(masked.to(features.device), 0.0)
+        device = features.device  # only the small [B,T] / [B,D] masks move; the [B,T,D] one is built there
+        valid = (torch.arange(frames)[None, :] < lengths.long().cpu()[:, None]).to(device)
+        in_time, in_feature = band_mask(time, frames).to(device), band_mask(feature, dims).to(device)
+        masked = (in_time[:, :, None] | in_feature[:, None, :]) & valid[:, :, None]
+        return features.masked_fill(masked, 0.0)
 
 
 __all__ = ["SpecAugment", "draw_bands", "band_mask", "band_widths"]
