@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import save_tiny_model
-from speechfuse.augment import SpecAugment, band_mask, draw_bands
+from speechfuse.augment import SpecAugment, band_mask, draw_bands, time_warp
 from speechfuse.checkpoint import load_checkpoint_file
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
@@ -52,6 +52,36 @@ def test_masks_zero_only_valid_frames_and_bands():
     assert torch.equal(out[~expected], feats[~expected])  # everything else unchanged, padding included
     assert bool(expected.any())  # something was masked
     assert time.shape == (3, 2, 2) and feature.shape == (3, 3, 2)
+
+
+def test_time_warp_moves_one_centre_frame_and_keeps_length_and_padding():
+    # a linear ramp in time: bicubic resizing of each side keeps it monotone, so the warped utterance is still
+    # increasing, starts and ends near the same values, and frame c' now holds what frame c held before
+    n, window = 40, 5
+    ramp = torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 3)
+    feats = torch.full((2, 50, 3), 7.0)
+    feats[0, :n] = ramp
+    feats[1, :8] = ramp[:8]  # 8 <= 2 * window: left as it is
+    gen = torch.Generator().manual_seed(0)
+    moved = 0
+    for _ in range(20):
+        state = gen.get_state()
+        out = time_warp(feats, torch.tensor([n, 8]), window, gen)
+        gen_copy = torch.Generator().set_state(state)
+        centre = int(torch.randint(window, n - window, (1,), generator=gen_copy))
+        warped = int(torch.randint(centre - window, centre + window, (1,), generator=gen_copy)) + 1
+        assert window <= centre < n - window and centre - window < warped <= centre + window
+        assert torch.equal(out[:, n:], feats[:, n:]) and torch.equal(out[0, n:], feats[0, n:])  # padding kept
+        assert torch.equal(out[1], feats[1])
+        assert bool((out[0, 1:n, 0] - out[0, :n - 1, 0] > -1e-4).all())  # still increasing
+        # the right side, resized from [centre, n) to [warped, n), starts at the old centre frame's value
+        assert out[0, warped, 0].item() == pytest.approx(centre + (n - centre) / (n - warped) * 0.5 - 0.5, abs=0.6)
+        moved += warped != centre
+    assert moved > 0
+    aug = SpecAugment(time_masks=0, feature_masks=0, time_warp=window).train()
+    torch.manual_seed(1)
+    assert not torch.equal(aug(feats, torch.tensor([n, 8])), feats)  # this seed moves the centre
+    assert torch.equal(aug.eval()(feats, torch.tensor([n, 8])), feats)
 
 
 def test_eval_mode_and_no_config_leave_features_untouched():

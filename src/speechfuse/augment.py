@@ -18,8 +18,13 @@ Per utterance (its own valid frames `lengths[b]`, never the padding):
                  (rounded down, as ESPnet's `time_mask_width_ratio_range` does for the batch's length);
   feature masks  `feature_masks` bands of feature channels, same width rule over D (a fraction of D when
                  below 1), zeroed on the utterance's valid frames.
+  time warp      (`time_warp` = window w > 0, before the masks, as s3prl and ESPnet do) a centre c uniform
+                 over w..n-w-1 and a new position c' uniform over c-w+1..c+w; frames [0, c) are resized to
+                 c' frames and [c, n) to n-c' frames (bicubic along time, as ESPnet's `time_warp`), so the
+                 utterance keeps its n valid frames. Utterances with n <= 2w frames are left unwarped.
 Masked values are 0 (s3prl's and ESPnet's `replace_with_zero`). Widths 0..W-1 are what s3prl's and ESPnet's
-`torch.randint(0, W)` draw for `mask_width_range: [0, W]`. Not implemented: their time warp.
+`torch.randint(0, W)` draw for `mask_width_range: [0, W]`. ESPnet draws the warp once per batch over the
+padded length; speechfuse draws it per utterance over its valid frames, like the masks.
 
 Randomness comes from torch's global CPU generator (one draw per batch), whose state every checkpoint saves
 and a resume restores, so a resumed run masks exactly as an uninterrupted one.
@@ -61,18 +66,37 @@ def band_mask(bands: torch.Tensor, size: int) -> torch.Tensor:
     return inside.any(dim=1)
 
 
+def time_warp(features: torch.Tensor, lengths: torch.Tensor, window: int,
+              generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Warp each utterance's valid frames around a random centre (see the module doc); padding unchanged."""
+    out = features.clone()
+    for b, n in enumerate(lengths.long().cpu().tolist()):
+        if n <= 2 * window:
+            continue
+        centre = int(torch.randint(window, n - window, (1,), generator=generator))
+        warped = int(torch.randint(centre - window, centre + window, (1,), generator=generator)) + 1
+        x = features[b, :n][None, None]  # [1, 1, n, D]
+        dims = x.shape[-1]
+        left = nn.functional.interpolate(x[:, :, :centre], size=(warped, dims), mode="bicubic", align_corners=False)
+        right = nn.functional.interpolate(x[:, :, centre:], size=(n - warped, dims), mode="bicubic",
+                                          align_corners=False)
+        out[b, :n] = torch.cat([left, right], dim=2)[0, 0]
+    return out
+
+
 class SpecAugment(nn.Module):
     """Zeroes random time and feature bands of `features [B,T,D]` on the valid frames, in train mode only."""
 
     def __init__(self, time_masks: int = 2, time_width: float = 40, feature_masks: int = 4,
-                 feature_width: float = 50) -> None:
+                 feature_width: float = 50, time_warp: int = 0) -> None:
         super().__init__()
         self.time_masks, self.time_width = time_masks, time_width
         self.feature_masks, self.feature_width = feature_masks, feature_width
+        self.time_warp = time_warp
 
     def extra_repr(self) -> str:
         return (f"time_masks={self.time_masks}, time_width={self.time_width}, "
-                f"feature_masks={self.feature_masks}, feature_width={self.feature_width}")
+                f"feature_masks={self.feature_masks}, feature_width={self.feature_width}, time_warp={self.time_warp}")
 
     def masks(self, lengths: torch.Tensor, frames: int, dims: int, generator: Optional[torch.Generator] = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,6 +113,8 @@ class SpecAugment(nn.Module):
         if features.dim() != 3:
             raise ShapeError(f"SpecAugment: features must be [B,T,D], got shape {tuple(features.shape)}")
         batch, frames, dims = features.shape
+        if self.time_warp > 0:
+            features = time_warp(features, lengths.clamp(max=frames), self.time_warp, generator)
         time, feature = self.masks(lengths, frames, dims, generator)
         device = features.device  # only the small [B,T] / [B,D] masks move; the [B,T,D] one is built there
         valid = (torch.arange(frames)[None, :] < lengths.long().cpu()[:, None]).to(device)
@@ -97,4 +123,4 @@ class SpecAugment(nn.Module):
         return features.masked_fill(masked, 0.0)
 
 
-__all__ = ["SpecAugment", "draw_bands", "band_mask", "band_widths"]
+__all__ = ["SpecAugment", "draw_bands", "band_mask", "band_widths", "time_warp"]

@@ -98,7 +98,8 @@ class InterfaceConfig(BaseModel):
 class SpecAugConfig(_Strict):
     """`train.specaug`: SpecAugment on the fused features while training (speechfuse.augment). Defaults are
     s3prl's ASR downstream config (downstream/asr/config.yaml: num_time_mask 2, time_mask_width_range [0, 40],
-    num_freq_mask 4, freq_mask_width_range [0, 50]); its time warp is not implemented."""
+    num_freq_mask 4, freq_mask_width_range [0, 50]), but for its time warp (time_warp_window 5), off unless
+    `time_warp` is set (the paper configs set it)."""
 
     time_masks: int = Field(2, ge=0)
     time_width: float = Field(40, gt=0)
@@ -106,6 +107,8 @@ class SpecAugConfig(_Strict):
     feature_masks: int = Field(4, ge=0)
     feature_width: float = Field(50, gt=0)
     """Feature masks are 0..W-1 channels wide; W below 1 is a fraction of the feature dimension."""
+    time_warp: int = Field(0, ge=0)
+    """Time-warp window in frames (0: no warp); s3prl's and ESPnet's is 5."""
 
     @field_validator("time_width", "feature_width")
     @classmethod
