@@ -94,7 +94,7 @@ def test_width_options_are_frames_or_fractions(tmp_path):
     from speechfuse.config import SpecAugConfig
 
     assert SpecAugConfig().model_dump() == {"time_masks": 2, "time_width": 40, "feature_masks": 4,
-                                            "feature_width": 50}  # s3prl's ASR config
+                                            "feature_width": 50, "time_warp": 0}  # s3prl's ASR masks, no warp
     assert SpecAugConfig(time_width=0.05).time_width == 0.05
     with pytest.raises(ValueError, match="whole number"):
         SpecAugConfig(time_width=2.5)
