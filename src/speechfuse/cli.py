@@ -1,5 +1,5 @@
-"""The `speechfuse` command line: train, evaluate, compare, extract, sweep, predict, verify, export, prepare, table,
-demo.
+"""The `speechfuse` command line: train, evaluate, compare, extract, sweep, predict, verify, export, prune, prepare,
+table, demo.
 
     speechfuse train configs/fsdd_speaker.yaml --set train.max_steps=200 --out runs/speaker
     speechfuse evaluate runs/speaker --split test
@@ -12,6 +12,7 @@ demo.
     speechfuse verify runs/vox1 --trials veri_test2.txt --root wav/ --out scores.jsonl
     speechfuse export runs/speaker --format onnx --out fusion.onnx
     speechfuse export runs/speaker --whole --format onnx --out speaker.onnx
+    speechfuse prune runs/speaker --budgets 0.25,0.5,0.75
     speechfuse demo --quick
     speechfuse prepare voxceleb1 /data/VoxCeleb1 --out data/voxceleb1
     speechfuse table runs/ls runs/mlsuperb_mono runs/mlsuperb_multi runs/vox1 runs/iemocap --out table.md
@@ -165,6 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-changed-upstreams", action="store_true",
                    help="load even if an upstream's weights differ from those the model was trained with")
 
+    p = sub.add_parser("prune", help="keep the layers worth their upstream cost, retrain, report metric vs cost",
+                       description="Prune a finished run to budgets of upstream inference cost: per-(model, layer) "
+                                   "importance (drop-one-layer task-loss increase on dev), the cost of running each "
+                                   "upstream to each depth (FLOPs counted, seconds measured on the first --clips dev "
+                                   "clips), the depths with the most importance within budget x the full cost (a "
+                                   "model with no kept layer is not run), each retrained from the feature cache into "
+                                   "RUN/prune/budget=B/. Writes RUN/prune/results.md, results.csv and pareto.png; "
+                                   "prints the rows as JSON.")
+    p.add_argument("run_dir", help="a finished run folder written by `speechfuse train`")
+    budgets = p.add_mutually_exclusive_group(required=True)
+    budgets.add_argument("--budget", type=float, help="one budget, a fraction of the full upstream cost in (0, 1]")
+    budgets.add_argument("--budgets", metavar="B1,B2", help="several budgets, e.g. 0.25,0.5,0.75")
+    p.add_argument("--cost", default="flops", choices=["flops", "seconds"],
+                   help="the cost the budget limits: counted FLOPs (default; reproducible) or measured seconds "
+                        "(needed for models that run outside torch, such as speech-embedding)")
+    p.add_argument("--clips", type=int, default=8, help="dev clips in the reference batch the costs are measured on")
+    p.add_argument("--repeat", type=int, default=5, help="timed forward passes per (model, depth); the median counts")
+
     from .data.corpora import CORPORA
 
     p = sub.add_parser("prepare", help="write a corpus's manifests (and trials / folds) by its official protocol",
@@ -205,6 +224,13 @@ def _seeds(text: str | None) -> list[int] | None:
     if not seeds or len(set(seeds)) != len(seeds):
         raise SpeechfuseError(f"--seeds {text!r}: give distinct integers, e.g. 0,1,2")
     return seeds
+
+
+def _floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise SpeechfuseError(f"{option} {text!r}: expected numbers separated by commas, e.g. 0.25,0.5") from None
 
 
 def _extract(args: argparse.Namespace) -> int:
@@ -320,6 +346,13 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.whole:
             summary["checked"] = json.loads(Path(f"{path}.json").read_text(encoding="utf-8"))["checked"]
         print(json.dumps(summary, indent=2))
+        return 0
+    if args.command == "prune":
+        from .prune import prune_run
+
+        budgets = [args.budget] if args.budget is not None else _floats(args.budgets, "--budgets")
+        print(json.dumps(prune_run(args.run_dir, budgets, cost=args.cost, clips=args.clips, repeat=args.repeat),
+                         indent=2))
         return 0
     if args.command == "prepare":
         from .data.corpora import prepare

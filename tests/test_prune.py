@@ -1,0 +1,185 @@
+"""Pruning a fused model: the selection rule on hand-made matrices (against brute force), FLOPs of recurrent
+layers, and `prune_run` end to end on two tiny random upstreams over real FSDD clips: a skipped upstream is
+never run by the pruned run's training nor by its saved model, which saves, loads and predicts."""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import save_tiny_model
+from speechfuse.errors import ConfigError
+from speechfuse.prune import PruneError, check_budget, choose_depths, count_flops, recurrent_flops
+
+# two models: A has layers worth 0.1, 0, 0.5 at depth costs 1, 2, 3; B worth 0.3, 0.2 at costs 2, 4 (full: 7)
+SCORES = [[0.1, 0.0, 0.5], [0.3, 0.2]]
+COSTS = [[0, 1, 2, 3], [0, 2, 4]]
+
+
+@pytest.mark.parametrize("budget, depths", [
+    (1.0, [3, 2]),   # everything fits
+    (0.5, [3, 0]),   # 3.5 of 7: A in full (0.6) beats A:1 + B:1 (0.4, cost 3); B is skipped
+    (0.3, [0, 1]),   # 2.1 of 7: B's first layer (0.3) beats A to depth 2 (0.1) at the same cost
+])
+def test_choose_depths_keeps_the_most_importance_within_the_budget(budget, depths):
+    assert choose_depths(SCORES, COSTS, budget) == depths
+    assert sum(c[k] for c, k in zip(COSTS, depths)) <= budget * 7
+
+
+def test_choose_depths_prefers_the_cheaper_of_equal_importance_and_ignores_harmful_layers():
+    # the top layer adds nothing (0) or hurts (negative, counted as 0): running it only costs
+    assert choose_depths([[0.5, 0.0]], [[0, 1, 2]], 1.0) == [1]
+    assert choose_depths([[0.5, -0.2, 0.1]], [[0, 1, 2, 3]], 1.0) == [3]
+    assert choose_depths([[0.5, -0.2, 0.0]], [[0, 1, 2, 3]], 1.0) == [1]
+
+
+def test_choose_depths_is_the_exact_optimum():
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(1, 3)
+        scores = [[rng.choice([0.0, rng.random()]) for _ in range(rng.randint(1, 4))] for _ in range(n)]
+        costs = [[0.0] + sorted(rng.uniform(0.1, 5) for _ in row) for row in scores]
+        budget = rng.uniform(0.05, 1.0)
+        limit = budget * sum(c[-1] for c in costs)
+        best = max(((sum(sum(max(v, 0) for v in row[:k]) for row, k in zip(scores, ks)),
+                     -sum(c[k] for c, k in zip(costs, ks)), ks)
+                    for ks in itertools.product(*(range(len(c)) for c in costs))
+                    if sum(c[k] for c, k in zip(costs, ks)) <= limit), key=lambda t: (t[0], t[1]))
+        if best[0] <= 0:
+            with pytest.raises(PruneError, match="budget"):
+                choose_depths(scores, costs, budget)
+            continue
+        got = choose_depths(scores, costs, budget)
+        value = sum(sum(max(v, 0) for v in row[:k]) for row, k in zip(scores, got))
+        cost = sum(c[k] for c, k in zip(costs, got))
+        assert cost <= limit * (1 + 1e-9)
+        assert value == pytest.approx(best[0]) and cost == pytest.approx(-best[1])
+
+
+def test_a_budget_below_every_layer_or_outside_0_1_is_refused():
+    with pytest.raises(PruneError, match="budget 0.1 keeps no layer"):
+        choose_depths(SCORES, COSTS, 0.1)  # 0.7 of 7: the cheapest layer costs 1
+    for bad in (0, -0.5, 1.5, "half", True, float("nan")):
+        with pytest.raises(ConfigError, match=r"\(0, 1\]"):
+            check_budget(bad)
+
+
+def test_recurrent_layers_count_their_weight_matmuls():
+    class Lstm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(40, 16, num_layers=2, batch_first=True)
+
+        def forward(self, wavs, lengths):
+            return self.lstm(wavs.view(wavs.shape[0], -1, 40))[0]
+
+    wavs = torch.randn(3, 400)  # 3 clips x 10 frames x 40
+    expected = 2 * 3 * 10 * (4 * 16 * 40 + 4 * 16 * 16 + 4 * 16 * 16 + 4 * 16 * 16)  # W_ih, W_hh of 2 layers
+    assert count_flops(Lstm(), wavs, torch.tensor([400, 400, 400])) == expected
+    # aten.lstm's argument layout (weights in a list; hidden states 3-D, biases 1-D are not matmuls)
+    assert recurrent_flops(torch.Size([3, 10, 40]), [torch.Size([1, 3, 16])] * 2,
+                           [torch.Size([64, 40]), torch.Size([64, 16]), torch.Size([64])], True) == 2 * 30 * 64 * 56
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end on tiny upstreams and real clips
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fused_run(tmp_path_factory):
+    """A finished 2-upstream run (tiny random wav2vec2 + hubert, speaker-independent digits 0/1)."""
+    from test_model import make_corpus, run_config
+
+    from speechfuse.config import config_from_dict
+    from speechfuse.train import train
+
+    root = tmp_path_factory.mktemp("prune")
+    manifests = make_corpus(root)
+    a, b = save_tiny_model("wav2vec2", root / "a"), save_tiny_model("hubert", root / "b", seed=1)
+    data = run_config(manifests, [{"spec": f"hf:{a}"}, {"spec": f"hf:{b}"}], interface="weighted_sum")
+    data["cache"] = str(root / "cache")
+    train(config_from_dict(data), root / "runs" / "full")
+    return root / "runs" / "full", manifests
+
+
+def _spy(monkeypatch, cls) -> list:
+    calls = []
+    forward = cls.forward
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "forward", counted)
+    return calls
+
+
+def test_pruned_model_never_runs_a_skipped_upstream_and_saves_loads_predicts(fused_run, monkeypatch, tmp_path):
+    import transformers as tf
+
+    import speechfuse as sf
+    from speechfuse.data import load_manifest
+    from speechfuse.prune import measure, prune_run
+    from test_model import real_batch
+
+    run, manifests = fused_run
+    measured = measure(run, clips=4, repeat=1)
+    assert [len(row) for row in measured["importance"]] == [3, 3]  # CNN output + 2 layers each
+    for flops in measured["flops"]:  # deeper costs more, every depth counted
+        assert flops[0] == 0 and all(x < y for x, y in zip(flops, flops[1:]))
+    # make B worthless, so that any budget skips it (the importance file is what prune reads back)
+    measured["importance"][1] = [0.0, 0.0, 0.0]
+    (run / "prune" / "measurements.json").write_text(json.dumps(measured))
+
+    calls_a, calls_b = _spy(monkeypatch, tf.Wav2Vec2Model), _spy(monkeypatch, tf.HubertModel)
+    rows = prune_run(run, [0.5], clips=4, repeat=1)
+    assert calls_b == []  # nor did training the pruned run (A was read from the cache or extracted)
+    full, pruned = rows
+    assert full["budget"] == "full" and full["flops_fraction"] == 1.0
+    depth_a = int(pruned["kept"].split()[0].split(":")[1].split("/")[0])
+    assert pruned["kept"].endswith(":0/3") and depth_a >= 1
+    assert pruned["flops_fraction"] == pytest.approx(measured["flops"][0][depth_a] / sum(f[-1] for f in measured["flops"]))
+    assert pruned["flops_fraction"] <= 0.5
+    for name in ("results.md", "results.csv", "pareto.png"):
+        assert (run / "prune" / name).is_file()
+
+    folder = run / "prune" / "budget=0.5"
+    config = json.loads((folder / "model" / "config.json").read_text())
+    assert len(config["upstreams"]) == 1 and config["upstreams"][0]["spec"].endswith("/a")
+    assert config["upstreams"][0]["options"].get("max_layers", 3) == depth_a
+    calls_a.clear()
+    model = sf.load_model(folder)
+    wavs, lengths = real_batch(manifests["test"], count=4)
+    with torch.no_grad():
+        out = model(wavs, lengths)[0]
+    predictions = model.predict([load_manifest(manifests["test"])[0].path])
+    assert calls_b == [] and calls_a  # loading and predicting ran A only (the spies do see calls)
+    assert len(predictions) == 1 and predictions[0].label in ("0", "1")
+    model.save_pretrained(tmp_path / "copy")
+    with torch.no_grad():
+        assert torch.equal(sf.load_model(tmp_path / "copy")(wavs, lengths)[0], out)
+
+    # a second prune reuses the measurements and the finished run: nothing is trained again
+    monkeypatch.setattr("speechfuse.train.train", lambda *a, **k: pytest.fail("trained again"))
+    assert prune_run(run, [0.5], clips=4, repeat=1) == rows
+    with pytest.raises(PruneError, match="clips=4"):
+        prune_run(run, [0.5], clips=8, repeat=1)
+
+
+def test_prune_cli_errors_are_one_line(tmp_path, capsys):
+    from speechfuse.cli import main
+
+    assert main(["prune", str(tmp_path / "nope"), "--budget", "0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "run folder not found" in err and "\n" not in err
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.yaml").write_text("task: classify\n")
+    assert main(["prune", str(tmp_path / "half"), "--budget", "0.5"]) == 2
+    assert "not a finished speechfuse run (task.json is missing)" in capsys.readouterr().err
+    assert main(["prune", str(tmp_path / "half"), "--budgets", "0.5,2"]) == 2
+    assert "(0, 1]" in capsys.readouterr().err
+    assert main(["prune", str(tmp_path / "half"), "--budgets", "0.5,x"]) == 2
+    assert "expected numbers" in capsys.readouterr().err
