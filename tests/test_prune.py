@@ -121,6 +121,7 @@ def test_pruned_model_never_runs_a_skipped_upstream_and_saves_loads_predicts(fus
     import transformers as tf
 
     import speechfuse as sf
+    from speechfuse.cache import FeatureCache
     from speechfuse.data import load_manifest
     from speechfuse.prune import measure, prune_run
     from test_model import real_batch
@@ -130,29 +131,40 @@ def test_pruned_model_never_runs_a_skipped_upstream_and_saves_loads_predicts(fus
     assert [len(row) for row in measured["importance"]] == [3, 3]  # CNN output + 2 layers each
     for flops in measured["flops"]:  # deeper costs more, every depth counted
         assert flops[0] == 0 and all(x < y for x, y in zip(flops, flops[1:]))
-    # make B worthless, so that any budget skips it (the importance file is what prune reads back)
-    measured["importance"][1] = [0.0, 0.0, 0.0]
+    # hand-set importance (prune reads it back from the file): only A's first hidden state matters, B not at all
+    measured["importance"] = [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
     (run / "prune" / "measurements.json").write_text(json.dumps(measured))
 
     calls_a, calls_b = _spy(monkeypatch, tf.Wav2Vec2Model), _spy(monkeypatch, tf.HubertModel)
     rows = prune_run(run, [0.5], clips=4, repeat=1)
-    assert calls_b == []  # nor did training the pruned run (A was read from the cache or extracted)
+    # training the pruned run ran no upstream: A's depth-1 entry was sliced from the full run's cache
+    assert calls_a == [] and calls_b == []
     full, pruned = rows
     assert full["budget"] == "full" and full["flops_fraction"] == 1.0
-    depth_a = int(pruned["kept"].split()[0].split(":")[1].split("/")[0])
-    assert pruned["kept"].endswith(":0/3") and depth_a >= 1
-    assert pruned["flops_fraction"] == pytest.approx(measured["flops"][0][depth_a] / sum(f[-1] for f in measured["flops"]))
-    assert pruned["flops_fraction"] <= 0.5
+    assert pruned["kept"] == "a:1/3 b:0/3"  # the cheapest depth holding all the importance; B skipped
+    assert pruned["flops_fraction"] == pytest.approx(measured["flops"][0][1] / sum(f[-1] for f in measured["flops"]))
     for name in ("results.md", "results.csv", "pareto.png"):
         assert (run / "prune" / name).is_file()
+
+    # the sliced entry holds the full entry's first hidden state exactly, i.e. what A at depth 1 computes
+    a_spec = json.loads((run / "prune" / "budget=0.5" / "model" / "config.json").read_text())["upstreams"][0]["spec"]
+    truncated = sf.load_upstream(a_spec, max_layers=1)
+    test = load_manifest(manifests["test"])[:4]
+    cache = FeatureCache(run.parent.parent / "cache")
+    cached = cache.entry(truncated).read(test)
+    assert torch.equal(cached.hidden, cache.entry(sf.load_upstream(a_spec)).read(test).hidden[:1])
+    wavs, lengths = real_batch(manifests["test"], count=4)
+    with torch.no_grad():
+        fresh = truncated(wavs, lengths)  # another batch composition than the cache's, stored as float16
+    assert torch.equal(cached.lengths, fresh.lengths)
+    assert torch.allclose(cached.hidden, fresh.hidden[:, :, :cached.hidden.shape[2]], atol=2e-3, rtol=1e-2)
 
     folder = run / "prune" / "budget=0.5"
     config = json.loads((folder / "model" / "config.json").read_text())
     assert len(config["upstreams"]) == 1 and config["upstreams"][0]["spec"].endswith("/a")
-    assert config["upstreams"][0]["options"].get("max_layers", 3) == depth_a
+    assert config["upstreams"][0]["options"]["max_layers"] == 1
     calls_a.clear()
     model = sf.load_model(folder)
-    wavs, lengths = real_batch(manifests["test"], count=4)
     with torch.no_grad():
         out = model(wavs, lengths)[0]
     predictions = model.predict([load_manifest(manifests["test"])[0].path])

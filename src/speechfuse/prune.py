@@ -29,8 +29,9 @@ From a finished run folder RUN (config.yaml, checkpoints, metrics.json):
    cost.
 4. Each budget's configuration (the run's config with each kept upstream at `max_layers: k`, skipped
    upstreams removed, everything else the same: interface, aligner options, head, steps, seed) is trained
-   from scratch into RUN/prune/budget=<b>/ by speechfuse.train, reading the run's feature cache folder (the
-   truncated upstreams are cache entries of their own, extracted once). Each is an ordinary run folder whose
+   from scratch into RUN/prune/budget=<b>/ by speechfuse.train, reading the run's feature cache folder. A
+   truncated upstream is a cache entry of its own, filled by slicing the full upstream's cached states
+   (`seed_truncated_cache`: the first k hidden states are equal bit for bit), so no upstream runs again. Each is an ordinary run folder whose
    model/ saves, loads and predicts like any other; a skipped upstream is not part of it at all.
 5. RUN/prune/results.md and results.csv (budget, kept depth per model, FLOPs and seconds fractions, dev / test
    main metric, difference to the full model) and pareto.png (test metric against each cost fraction).
@@ -270,11 +271,54 @@ def pruned_config(cfg, depths: Sequence[int], full_depths: Sequence[int], cache_
     return config_from_dict(data, source="(pruned config)")
 
 
+def seed_truncated_cache(cfg, depths: Sequence[int], full_depths: Sequence[int], cache_dir: Path | None,
+                         utts: Sequence[Any]) -> int:
+    """Fill the cache entries of the truncated upstreams (0 < depth < full) from the full upstreams' entries.
+
+    An upstream run to depth k returns the full model's first k hidden states bit for bit (tests/
+    test_upstream_truncate.py), so slicing the cached states stores exactly what extracting them again would;
+    the pruned runs then train without running any upstream. Utterances the full entry lacks are left to the
+    ordinary extraction. Returns how many (utterance, upstream) results were copied."""
+    from .cache import FeatureCache, utterance_key
+    from .extract import _store, duration_batches, resolve_amp
+    from .hidden import HiddenStates
+    from .upstream import load_upstream
+
+    if cache_dir is None:
+        return 0
+    cache = FeatureCache.from_config(cache_dir, cfg.cache)
+    # the autocast the training run will extract under, which is part of the entries' keys
+    device = torch.device("cuda" if cfg.train.accelerator != "cpu" and torch.cuda.is_available() else "cpu")
+    autocast = resolve_amp("auto", device)
+    storage = {"float16": torch.float16, "bfloat16": torch.bfloat16}[cache.dtype]
+    copied = 0
+    for u, k, full in zip(cfg.upstreams, depths, full_depths):
+        if not 0 < k < full:
+            continue
+        source = cache.entry(load_upstream(u.spec, **u.options), autocast=autocast)
+        target = cache.entry(load_upstream(u.spec, **{**u.options, "max_layers": k}), autocast=autocast)
+        with target.writing(0):
+            todo = target.missing(utts)
+            absent = {id(x) for x in source.missing(todo)}
+            todo = [x for x in todo if id(x) not in absent]
+            writer = target.writer(0, cache.shard_bytes, cache.shard_seconds)
+            try:
+                for batch in duration_batches([x.duration for x in todo], cfg.train.batch_seconds):
+                    chunk = [todo[i] for i in batch]
+                    states = source.read(chunk)
+                    _store(writer, target, HiddenStates(states.hidden[:k], states.lengths, states.frame_rate, states.name),
+                           [utterance_key(x, cache.audio_key) for x in chunk], None, storage)
+            finally:
+                writer.finalise()
+        copied += len(todo)
+    return copied
+
+
 def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = "flops", clips: int = 8,
               repeat: int = 5) -> list[dict[str, Any]]:
     """Measure, select, retrain and report (see the module docstring); returns the table's rows, full model first."""
     from .config import config_from_dict
-    from .data.loader import resolve_cache_dir
+    from .data.loader import load_splits, resolve_cache_dir
     from .report import write_table
     from .tasks import Task
     from .train import train
@@ -300,6 +344,7 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
     metric = task.main_metric
     cache_dir = resolve_cache_dir(cfg, run_dir)
     full_depths = [len(row) for row in measured["importance"]]
+    utts = [u for split in load_splits(cfg, run_dir / PRUNE_DIR, task.target_field).values() for u in split]
     rows = [_row("full", full_depths, full_depths, measured, metric,
                  json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")), run_dir.name)]
     trained: dict[tuple[int, ...], tuple[dict, str]] = {}
@@ -308,8 +353,11 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
         if tuple(depths) not in trained:  # two budgets that keep the same layers share one run
             folder = run_dir / PRUNE_DIR / f"budget={budget:g}"
             done = folder / "metrics.json"
-            metrics = json.loads(done.read_text(encoding="utf-8")) if done.is_file() else \
-                train(pruned_config(cfg, depths, full_depths, cache_dir), folder)
+            if done.is_file():
+                metrics = json.loads(done.read_text(encoding="utf-8"))
+            else:
+                seed_truncated_cache(cfg, depths, full_depths, cache_dir, utts)
+                metrics = train(pruned_config(cfg, depths, full_depths, cache_dir), folder)
             trained[tuple(depths)] = (metrics, f"{PRUNE_DIR}/{folder.name}")
         metrics, where = trained[tuple(depths)]
         rows.append(_row(f"{budget:g}", depths, full_depths, measured, metric, metrics, where))
@@ -377,5 +425,5 @@ def plot_pareto(rows: Sequence[dict[str, Any]], png_path: Path, metric: str, hig
     return png_path
 
 
-__all__ = ["prune_run", "choose_depths", "check_budget", "measure", "measure_costs", "layer_scores", "count_flops",
+__all__ = ["prune_run", "choose_depths", "seed_truncated_cache", "check_budget", "measure", "measure_costs", "layer_scores", "count_flops",
            "recurrent_flops", "pruned_config", "plot_pareto", "PruneError"]
