@@ -29,7 +29,13 @@ def main() -> None:
     parser.add_argument("--budgets", default="0.25,0.5,0.75")
     parser.add_argument("--tasks", default="asr,speaker")
     parser.add_argument("--interface", default="weighted_sum")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: these small models lose more to thread hand-offs than they "
+                             "gain on a shared 2-core machine)")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     from speechfuse.config import config_from_dict, config_to_dict
     from speechfuse.demo import _quiet, demo_config, write_demo_manifests
