@@ -3,8 +3,8 @@ of upstream FLOPs; is the metric within 1 % absolute of the full fused model at 
 
 Each task trains the full fused model with the demo's settings (speechfuse.demo.demo_config: bundled FSDD, takes
 10-24 train / 5-9 dev / 0-4 test, the demo's heads, learning rates and steps, one seed), then runs
-`speechfuse.prune.prune_run` on it (importance on dev, costs on 8 dev clips, each budget retrained the same way)
-and prints the Pareto table and the verdict. Re-running with the same --out resumes (finished runs are reused).
+`speechfuse.prune.prune_run` on it once per importance measure (loss, feature; on dev), costs on 8 dev clips,
+each budget retrained the same way, and prints the Pareto table and the verdict. Re-running with the same --out resumes (finished runs are reused).
 
     python benchmarks/prune_fsdd.py --out /tmp/prune_fsdd [--budgets 0.25,0.5,0.75] [--tasks asr,speaker]
 """
@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="0.25,0.5,0.75")
     parser.add_argument("--tasks", default="asr,speaker")
     parser.add_argument("--interface", default="weighted_sum")
+    parser.add_argument("--importance", default="loss,feature", help="the importance measures to select by")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: these small models lose more to thread hand-offs than they "
                              "gain on a shared 2-core machine)")
@@ -57,10 +58,12 @@ def main() -> None:
         cfg = config_from_dict(data, source=f"(prune_fsdd {task_key})")
         run = out / task_key / "full"
         start = time.perf_counter()
+        rows = []
         with _quiet():
             if not (run / "metrics.json").is_file():
                 train(cfg, run)
-            rows = prune_run(run, budgets)
+            for importance in args.importance.split(","):
+                rows += prune_run(run, budgets, importance=importance)[0 if not rows else 1:]
         print(f"\n## {task_key}: {' + '.join(UPSTREAMS)}, {args.interface} ({time.perf_counter() - start:.0f} s)\n")
         print(markdown_table(rows))
         task = Task.from_state(json.loads((run / "task.json").read_text()))
@@ -69,8 +72,9 @@ def main() -> None:
         ok = [r for r in rows[1:] if r["flops_fraction"] <= 0.5 and sign * (full - r[metric]) <= GOAL]
         cheapest = min(ok, key=lambda r: r["flops_fraction"]) if ok else None
         verdicts.append(f"{task_key}: full {metric} {full:.4f}; " + (
-            f"goal met at budget {cheapest['budget']} ({cheapest['kept']}, {cheapest['flops_fraction']:.3f} of the "
-            f"FLOPs, {cheapest['seconds_fraction']:.3f} of the seconds): {metric} {cheapest[metric]:.4f}"
+            f"goal met at budget {cheapest['budget']}, importance {cheapest['importance']} ({cheapest['kept']}, "
+            f"{cheapest['flops_fraction']:.3f} of the FLOPs, {cheapest['seconds_fraction']:.3f} of the seconds): "
+            f"{metric} {cheapest[metric]:.4f}"
             if cheapest else "goal NOT met: no pruned model at <= 0.5 of the FLOPs is worse than the full model by "
                              f"{GOAL} or less"))
     print("\n" + "\n".join(verdicts))

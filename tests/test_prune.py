@@ -128,11 +128,13 @@ def test_pruned_model_never_runs_a_skipped_upstream_and_saves_loads_predicts(fus
 
     run, manifests = fused_run
     measured = measure(run, clips=4, repeat=1)
-    assert [len(row) for row in measured["importance"]] == [3, 3]  # CNN output + 2 layers each
+    for kind in ("loss", "feature"):
+        assert [len(row) for row in measured["importance"][kind]] == [3, 3]  # CNN output + 2 layers each
+    assert all(v >= 0 for row in measured["importance"]["feature"] for v in row)
     for flops in measured["flops"]:  # deeper costs more, every depth counted
         assert flops[0] == 0 and all(x < y for x, y in zip(flops, flops[1:]))
     # hand-set importance (prune reads it back from the file): only A's first hidden state matters, B not at all
-    measured["importance"] = [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    measured["importance"]["loss"] = [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
     (run / "prune" / "measurements.json").write_text(json.dumps(measured))
 
     calls_a, calls_b = _spy(monkeypatch, tf.Wav2Vec2Model), _spy(monkeypatch, tf.HubertModel)

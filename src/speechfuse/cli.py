@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost", default="flops", choices=["flops", "seconds"],
                    help="the cost the budget limits: counted FLOPs (default; reproducible) or measured seconds "
                         "(needed for models that run outside torch, such as speech-embedding)")
+    p.add_argument("--importance", default="loss", choices=["loss", "feature"],
+                   help="drop-one-layer importance as the increase of the task loss (default) or as the relative "
+                        "change of the fused features")
     p.add_argument("--clips", type=int, default=8, help="dev clips in the reference batch the costs are measured on")
     p.add_argument("--repeat", type=int, default=5, help="timed forward passes per (model, depth); the median counts")
 
@@ -351,7 +354,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from .prune import prune_run
 
         budgets = [args.budget] if args.budget is not None else _floats(args.budgets, "--budgets")
-        print(json.dumps(prune_run(args.run_dir, budgets, cost=args.cost, clips=args.clips, repeat=args.repeat),
+        print(json.dumps(prune_run(args.run_dir, budgets, cost=args.cost, importance=args.importance,
+                                   clips=args.clips, repeat=args.repeat),
                          indent=2))
         return 0
     if args.command == "prepare":

@@ -6,9 +6,10 @@
 From a finished run folder RUN (config.yaml, checkpoints, metrics.json):
 
 1. Importance of every (upstream, layer): the drop-one-layer ablation of speechfuse.importance applied to the
-   run's best model, scored as the increase of the task's own loss (the trained head included) when that
-   upstream layer is replaced by zeros, averaged over every utterance of the dev split. Negative increases
-   count as 0. This is used rather than the interface's learned layer weights (`describe()["layer_matrix"]`)
+   run's best model with that upstream layer replaced by zeros, averaged over every utterance of the dev split,
+   in one of two measures (`importance`): "loss" (default), the increase of the task's own loss (the trained
+   head included); or "feature", the relative change of the fused features. Negative increases count as 0.
+   This is used rather than the interface's learned layer weights (`describe()["layer_matrix"]`)
    because those live in the aligned space (after the aligner interpolated each model to a common layer
    count), exist only for some interfaces (none for hconv / chconv), and do not say how much the task needs
    a layer; the ablation works on the upstreams' own layers for every interface.
@@ -56,6 +57,7 @@ from .runfolder import write_atomic
 PRUNE_DIR = "prune"
 MEASUREMENTS = "measurements.json"
 COSTS = ("flops", "seconds")
+IMPORTANCES = ("loss", "feature")
 
 
 class PruneError(SpeechfuseError):
@@ -172,13 +174,15 @@ def measure_costs(upstreams: Sequence[dict[str, Any]], wavs: torch.Tensor, wav_l
     return {"flops": flops, "seconds": seconds}
 
 
-def layer_scores(model, loader) -> list[list[float]]:
-    """Mean task-loss increase per utterance when one upstream layer is zeroed, [N][L_m], over `loader`'s batches
-    (a FusionTask and its dev loader; speechfuse.importance.layer_importance with the head's loss)."""
+def layer_scores(model, loader) -> dict[str, list[list[float]]]:
+    """Drop-one-layer importance of every upstream layer, [N][L_m], averaged per utterance over `loader`'s batches
+    (a FusionTask and its dev loader; speechfuse.importance.layer_importance), in both measures:
+    "loss": the increase of the task's loss (the trained head included) when the layer is zeroed;
+    "feature": the relative change of the fused features, ||f' - f|| / ||f|| (what interface.json reports)."""
     from .importance import layer_importance
 
     model.eval()
-    total: list[list[float]] | None = None
+    totals: dict[str, list[list[float]]] = {}
     count = 0
     for batch in loader:
         batch = model.transfer_batch_to_device(batch, model.device, 0)
@@ -187,14 +191,15 @@ def layer_scores(model, loader) -> list[list[float]]:
         def loss(feats: torch.Tensor, lengths: torch.Tensor, targets=batch.targets) -> torch.Tensor:
             return model.task.loss(*model.head(feats, lengths), targets)
 
-        result = layer_importance(model.frontend, states, loss_fn=loss, store=False)["importance"]
         n = len(batch.utts)
-        total = [[n * v for v in row] for row in result] if total is None else \
-            [[t + n * v for t, v in zip(trow, row)] for trow, row in zip(total, result)]
+        for kind, loss_fn in (("loss", loss), ("feature", None)):
+            result = layer_importance(model.frontend, states, loss_fn=loss_fn, store=False)["importance"]
+            total = totals.setdefault(kind, [[0.0] * len(row) for row in result])
+            totals[kind] = [[t + n * v for t, v in zip(trow, row)] for trow, row in zip(total, result)]
         count += n
-    if total is None:
+    if not count:
         raise PruneError("the run's dev split is empty; importance needs dev utterances")
-    return [[v / count for v in row] for row in total]
+    return {kind: [[v / count for v in row] for row in total] for kind, total in totals.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,9 +319,11 @@ def seed_truncated_cache(cfg, depths: Sequence[int], full_depths: Sequence[int],
     return copied
 
 
-def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = "flops", clips: int = 8,
-              repeat: int = 5) -> list[dict[str, Any]]:
-    """Measure, select, retrain and report (see the module docstring); returns the table's rows, full model first."""
+def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = "flops", importance: str = "loss",
+              clips: int = 8, repeat: int = 5) -> list[dict[str, Any]]:
+    """Measure, select, retrain and report (see the module docstring); returns the table's rows, full model first.
+    With importance="feature" the run folders and the report's files are named with ",importance=feature" /
+    "_feature", so both selections can sit side by side."""
     from .config import config_from_dict
     from .data.loader import load_splits, resolve_cache_dir
     from .report import write_table
@@ -329,6 +336,8 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
         raise ConfigError("prune: give at least one budget, e.g. --budget 0.5")
     if cost not in COSTS:
         raise ConfigError(f"prune: cost must be one of {', '.join(COSTS)}, got {cost!r}")
+    if importance not in IMPORTANCES:
+        raise ConfigError(f"prune: importance must be one of {', '.join(IMPORTANCES)}, got {importance!r}")
     if clips < 1 or repeat < 1:
         raise ConfigError(f"prune: clips and repeat must be at least 1, got {clips} and {repeat}")
     run_dir = finished_run(run_dir)
@@ -343,15 +352,17 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
     task = Task.from_state(json.loads((run_dir / "task.json").read_text(encoding="utf-8")))
     metric = task.main_metric
     cache_dir = resolve_cache_dir(cfg, run_dir)
-    full_depths = [len(row) for row in measured["importance"]]
+    scores = measured["importance"][importance]
+    full_depths = [len(row) for row in scores]
     utts = [u for split in load_splits(cfg, run_dir / PRUNE_DIR, task.target_field).values() for u in split]
-    rows = [_row("full", full_depths, full_depths, measured, metric,
+    rows = [_row("full", "", full_depths, full_depths, measured, metric,
                  json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")), run_dir.name)]
     trained: dict[tuple[int, ...], tuple[dict, str]] = {}
     for budget in budgets:
-        depths = choose_depths(measured["importance"], measured[cost], budget)
+        depths = choose_depths(scores, measured[cost], budget)
         if tuple(depths) not in trained:  # two budgets that keep the same layers share one run
-            folder = run_dir / PRUNE_DIR / f"budget={budget:g}"
+            folder = run_dir / PRUNE_DIR / (f"budget={budget:g}" + ("" if importance == "loss" else
+                                                                    f",importance={importance}"))
             done = folder / "metrics.json"
             if done.is_file():
                 metrics = json.loads(done.read_text(encoding="utf-8"))
@@ -360,18 +371,18 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
                 metrics = train(pruned_config(cfg, depths, full_depths, cache_dir), folder)
             trained[tuple(depths)] = (metrics, f"{PRUNE_DIR}/{folder.name}")
         metrics, where = trained[tuple(depths)]
-        rows.append(_row(f"{budget:g}", depths, full_depths, measured, metric, metrics, where))
+        rows.append(_row(f"{budget:g}", importance, depths, full_depths, measured, metric, metrics, where))
     for row in rows:
         row[f"test_{metric}_minus_full"] = _minus(row.get(f"test_{metric}"), rows[0].get(f"test_{metric}"))
-    out = run_dir / PRUNE_DIR
-    write_table(rows, out / "results.md", out / "results.csv")
-    plot_pareto(rows, out / "pareto.png", metric, task.higher_is_better, title=" + ".join(measured["models"]))
+    out, suffix = run_dir / PRUNE_DIR, "" if importance == "loss" else f"_{importance}"
+    write_table(rows, out / f"results{suffix}.md", out / f"results{suffix}.csv")
+    plot_pareto(rows, out / f"pareto{suffix}.png", metric, task.higher_is_better, title=" + ".join(measured["models"]))
     return rows
 
 
-def _row(budget: str, depths: Sequence[int], full: Sequence[int], measured: dict, metric: str, metrics: dict,
-         run: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"budget": budget, "kept": " ".join(f"{name}:{k}/{n}" for name, k, n in
+def _row(budget: str, importance: str, depths: Sequence[int], full: Sequence[int], measured: dict, metric: str,
+         metrics: dict, run: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"budget": budget, "importance": importance, "kept": " ".join(f"{name}:{k}/{n}" for name, k, n in
                                                               zip(measured["models"], depths, full))}
     for cost in COSTS:
         whole = sum(c[-1] for c in measured[cost])
