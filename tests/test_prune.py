@@ -117,7 +117,8 @@ def _spy(monkeypatch, cls) -> list:
     return calls
 
 
-def test_pruned_model_never_runs_a_skipped_upstream_and_saves_loads_predicts(fused_run, monkeypatch, tmp_path):
+def test_pruned_model_never_runs_a_skipped_upstream_and_saves_loads_predicts(fused_run, monkeypatch, tmp_path,
+                                                                              capsys):
     import transformers as tf
 
     import speechfuse as sf
@@ -176,9 +177,18 @@ def test_pruned_model_never_runs_a_skipped_upstream_and_saves_loads_predicts(fus
     with torch.no_grad():
         assert torch.equal(sf.load_model(tmp_path / "copy")(wavs, lengths)[0], out)
 
-    # a second prune reuses the measurements and the finished run: nothing is trained again
+    # a second prune (through the CLI) reuses the measurements and the finished run: nothing is trained again
+    from speechfuse.cli import main
+
     monkeypatch.setattr("speechfuse.train.train", lambda *a, **k: pytest.fail("trained again"))
-    assert prune_run(run, [0.5], clips=4, repeat=1) == rows
+    capsys.readouterr()
+    assert main(["prune", str(run), "--budget", "0.5", "--clips", "4", "--repeat", "1"]) == 0
+    assert json.loads(capsys.readouterr().out) == rows
+    # a finished budget folder holding other layers than the selection (here: changed importance) is refused
+    measured["importance"]["loss"] = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+    (run / "prune" / "measurements.json").write_text(json.dumps(measured))
+    with pytest.raises(PruneError, match="budget=0.5 was trained with other upstream layers"):
+        prune_run(run, [0.5], clips=4, repeat=1)
     with pytest.raises(PruneError, match="clips=4"):
         prune_run(run, [0.5], clips=8, repeat=1)
 

@@ -322,11 +322,12 @@ def seed_truncated_cache(cfg, depths: Sequence[int], full_depths: Sequence[int],
 def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = "flops", importance: str = "loss",
               clips: int = 8, repeat: int = 5) -> list[dict[str, Any]]:
     """Measure, select, retrain and report (see the module docstring); returns the table's rows, full model first.
-    With importance="feature" the run folders and the report's files are named with ",importance=feature" /
-    "_feature", so both selections can sit side by side."""
+    A non-default cost or importance is part of the run folders' and the report files' names
+    (budget=0.5,cost=seconds,importance=feature/, results_seconds_feature.md)."""
     from .config import config_from_dict
     from .data.loader import load_splits, resolve_cache_dir
     from .report import write_table
+    from .runfolder import check_same_config
     from .tasks import Task
     from .train import train
     import yaml
@@ -353,6 +354,9 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
     metric = task.main_metric
     cache_dir = resolve_cache_dir(cfg, run_dir)
     scores = measured["importance"][importance]
+    # the non-default choices name the run folders and report files, so that several selections sit side by side
+    choices = [f"{key}={value}" for key, value, default in (("cost", cost, "flops"), ("importance", importance, "loss"))
+               if value != default]
     full_depths = [len(row) for row in scores]
     utts = [u for split in load_splits(cfg, run_dir / PRUNE_DIR, task.target_field).values() for u in split]
     rows = [_row("full", "", full_depths, full_depths, measured, metric,
@@ -361,20 +365,25 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
     for budget in budgets:
         depths = choose_depths(scores, measured[cost], budget)
         if tuple(depths) not in trained:  # two budgets that keep the same layers share one run
-            folder = run_dir / PRUNE_DIR / (f"budget={budget:g}" + ("" if importance == "loss" else
-                                                                    f",importance={importance}"))
+            folder = run_dir / PRUNE_DIR / f"budget={budget:g}{''.join(',' + c for c in choices)}"
+            pruned = pruned_config(cfg, depths, full_depths, cache_dir)
+            try:
+                check_same_config(pruned, folder)
+            except ConfigError as err:
+                raise PruneError(f"{folder} was trained with other upstream layers than budget {budget:g} selects now "
+                                 f"({err}); delete it to train it again") from None
             done = folder / "metrics.json"
             if done.is_file():
                 metrics = json.loads(done.read_text(encoding="utf-8"))
             else:
                 seed_truncated_cache(cfg, depths, full_depths, cache_dir, utts)
-                metrics = train(pruned_config(cfg, depths, full_depths, cache_dir), folder)
+                metrics = train(pruned, folder)
             trained[tuple(depths)] = (metrics, f"{PRUNE_DIR}/{folder.name}")
         metrics, where = trained[tuple(depths)]
         rows.append(_row(f"{budget:g}", importance, depths, full_depths, measured, metric, metrics, where))
     for row in rows:
         row[f"test_{metric}_minus_full"] = _minus(row.get(f"test_{metric}"), rows[0].get(f"test_{metric}"))
-    out, suffix = run_dir / PRUNE_DIR, "" if importance == "loss" else f"_{importance}"
+    out, suffix = run_dir / PRUNE_DIR, "".join("_" + c.split("=")[1] for c in choices)
     write_table(rows, out / f"results{suffix}.md", out / f"results{suffix}.csv")
     plot_pareto(rows, out / f"pareto{suffix}.png", metric, task.higher_is_better, title=" + ".join(measured["models"]))
     return rows
