@@ -207,3 +207,20 @@ def test_prune_cli_errors_are_one_line(tmp_path, capsys):
     assert "(0, 1]" in capsys.readouterr().err
     assert main(["prune", str(tmp_path / "half"), "--budgets", "0.5,x"]) == 2
     assert "expected numbers" in capsys.readouterr().err
+
+
+def test_a_run_with_a_fine_tuned_upstream_is_refused(tmp_path):
+    import yaml
+
+    from speechfuse.prune import prune_run
+
+    run = tmp_path / "tuned"
+    run.mkdir()
+    config = {"task": "classify", "data": {"train": "train.csv", "dev": "dev.csv"},
+              "upstreams": [{"spec": "resemblyzer", "options": {"trainable": True}}]}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "task.json").write_text("{}")
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(PruneError, match=r"\['resemblyzer'\] were fine-tuned"):
+        prune_run(run, [0.5])
+

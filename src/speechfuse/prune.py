@@ -232,10 +232,6 @@ def measure(run_dir: Path, clips: int = 8, repeat: int = 5) -> dict[str, Any]:
                              "again with those, or delete the file to measure again")
         return stored
     model, cfg = load_run(run_dir)
-    trained = [u.spec for u in cfg.upstreams if u.options.get("trainable")]
-    if trained:
-        raise PruneError(f"{run_dir}: upstream(s) {trained} were fine-tuned; pruning retrains from frozen upstreams "
-                         "(and their feature cache) only")
     prune_dir = run_dir / PRUNE_DIR
     prune_dir.mkdir(parents=True, exist_ok=True)
     dev = load_splits(cfg, prune_dir, model.task.target_field, which=("dev",),
@@ -342,14 +338,18 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
     if clips < 1 or repeat < 1:
         raise ConfigError(f"prune: clips and repeat must be at least 1, got {clips} and {repeat}")
     run_dir = finished_run(run_dir)
+    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")), run_dir,
+                           str(run_dir / "config.yaml"))
+    tuned = [u.spec for u in cfg.upstreams if u.options.get("trainable")]
+    if tuned:
+        raise PruneError(f"{run_dir}: upstream(s) {tuned} were fine-tuned; pruning retrains from frozen upstreams "
+                         "(and their feature cache) only")
     measured = measure(run_dir, clips, repeat)
     if cost == "flops":
         uncounted = [m for m, row in zip(measured["models"], measured["flops"]) if row[-1] == 0]
         if uncounted:
             raise PruneError(f"no FLOPs could be counted for {uncounted} (it runs outside torch); prune with "
                              "--cost seconds")
-    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")), run_dir,
-                           str(run_dir / "config.yaml"))
     task = Task.from_state(json.loads((run_dir / "task.json").read_text(encoding="utf-8")))
     metric = task.main_metric
     cache_dir = resolve_cache_dir(cfg, run_dir)
