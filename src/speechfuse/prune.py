@@ -27,13 +27,15 @@ From a finished run folder RUN (config.yaml, checkpoints, metrics.json):
    picks FLOPs or seconds); ties go to the cheaper choice. Found exactly by merging per-model
    (cost, importance) Pareto frontiers, not greedily. Every layer below a kept model's depth is kept and fed
    to the interface: running the model to depth k computes them anyway, so dropping them saves no upstream
-   cost.
+   cost. Drop-one scores are summed as if they added up; they rank layers, they do not predict the retrained
+   metric, which is why every budget is retrained and reported.
 4. Each budget's configuration (the run's config with each kept upstream at `max_layers: k`, skipped
    upstreams removed, everything else the same: interface, aligner options, head, steps, seed) is trained
    from scratch into RUN/prune/budget=<b>/ by speechfuse.train, reading the run's feature cache folder. A
    truncated upstream is a cache entry of its own, filled by slicing the full upstream's cached states
-   (`seed_truncated_cache`: the first k hidden states are equal bit for bit), so no upstream runs again. Each is an ordinary run folder whose
-   model/ saves, loads and predicts like any other; a skipped upstream is not part of it at all.
+   (`seed_truncated_cache`: the first k hidden states are equal bit for bit), so no upstream runs again.
+   Each is an ordinary run folder whose model/ saves, loads and predicts like any other; a skipped upstream
+   is not part of it at all.
 5. RUN/prune/results.md and results.csv (budget, kept depth per model, FLOPs and seconds fractions, dev / test
    main metric, difference to the full model) and pareto.png (test metric against each cost fraction).
    RUN/prune/measurements.json keeps the importance and costs; a second `prune` of the same run reuses them
