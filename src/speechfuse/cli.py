@@ -1,5 +1,5 @@
-"""The `speechfuse` command line: train, evaluate, compare, extract, sweep, predict, verify, export, prune, prepare,
-table, demo.
+"""The `speechfuse` command line: train, evaluate, compare, extract, sweep, study, predict, verify, export, prune,
+prepare, table, demo.
 
     speechfuse train configs/fsdd_speaker.yaml --set train.max_steps=200 --out runs/speaker
     speechfuse evaluate runs/speaker --split test
@@ -16,6 +16,7 @@ table, demo.
     speechfuse demo --quick
     speechfuse prepare voxceleb1 /data/VoxCeleb1 --out data/voxceleb1
     speechfuse table runs/ls runs/mlsuperb_mono runs/mlsuperb_multi runs/vox1 runs/iemocap --out table.md
+    speechfuse study scaling configs/fsdd_speaker.yaml --depths whisper-tiny.en=3,4,5 --out runs/scaling
 
 Errors in the input (config, manifests, audio) print one clean message and exit with code 2. Ctrl-C exits
 with code 130; during `train` it first saves a checkpoint to resume from.
@@ -107,6 +108,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train N runs at once, each in its own process with 1/N of the threads (default 1); on a "
                         "CPU, 2 jobs of 1 thread train small heads faster than 1 job of 2")
     p.add_argument("--out", required=True, help="sweep folder")
+
+    p = sub.add_parser("study", help="paper-style studies over many sweeps (scaling)",
+                       description="Studies made of several sweeps; `speechfuse study scaling CONFIG --out DIR`.")
+    studies = p.add_subparsers(dest="study", metavar="STUDY")
+    p = studies.add_parser("scaling", help="metric vs number and size of the fused models",
+                           description="Train every non-empty subset of the config's upstreams under each interface "
+                                       "(and, with --sizes / --depths, one model at several sizes), each over the "
+                                       "seeds, through `speechfuse sweep`; write OUT/scaling.md, OUT/scaling.csv and "
+                                       "OUT/scaling.png (metric vs number of models and vs upstream parameters, one "
+                                       "line per interface, error bars = std over seeds).")
+    _add_config(p)
+    p.add_argument("--interfaces", default="weighted_sum,hconv", metavar="I1,I2",
+                   help="interfaces to compare (default weighted_sum,hconv)")
+    p.add_argument("--seeds", default="0,1", metavar="S1,S2", help="seeds per configuration (default 0,1)")
+    p.add_argument("--sizes", action="append", default=[], metavar="FAMILY=SPEC1,SPEC2",
+                   help="real models of one family at several sizes, each trained alone, e.g. "
+                        "whisper=hf:openai/whisper-tiny,hf:openai/whisper-base (repeatable)")
+    p.add_argument("--depths", action="append", default=[], metavar="UPSTREAM=K1,K2",
+                   help="the offline stand-in for size: UPSTREAM cut to its first K hidden states (max_layers=K), "
+                        "e.g. whisper-tiny.en=3,4,5; labelled 'depth-truncated stand-in, not a real smaller model' "
+                        "(repeatable)")
+    p.add_argument("--select", action="append", default=[], metavar="KEY=V1,V2",
+                   help="candidates chosen on dev for every configuration, as for `speechfuse sweep` (repeatable)")
+    p.add_argument("--out", required=True, help="study folder")
 
     p = sub.add_parser("predict", help="predict with a trained model, streaming to a file",
                        description="Run a trained model (a run folder or a model folder) over audio files, folders "
@@ -287,6 +312,24 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    if args.study != "scaling":
+        raise SpeechfuseError("name the study to run: speechfuse study scaling CONFIG --out DIR")
+    from .config import load_config
+    from .study import parse_depths, parse_sizes, scaling_study
+    from .sweep import parse_grid
+
+    interfaces = [i.strip() for i in args.interfaces.split(",") if i.strip()]
+    depths, sizes = parse_depths(args.depths), parse_sizes(args.sizes)  # before the config: cheap checks first
+    cfg = load_config(args.config, args.overrides)
+    rows = scaling_study(cfg, args.out, interfaces=interfaces, seeds=_seeds(args.seeds), sizes=sizes, depths=depths,
+                         select=parse_grid(args.select) if args.select else None)
+    out = Path(args.out)
+    print((out / "scaling.md").read_text(encoding="utf-8"))
+    print(f"{len(rows)} rows; table {out / 'scaling.md'} and {out / 'scaling.csv'}, figure {out / 'scaling.png'}")
+    return 0
+
+
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "train":
         from .config import load_config
@@ -322,6 +365,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                          select=parse_grid(args.select) if args.select else None, jobs=args.jobs)
         print(json.dumps(rows, indent=2, default=str))
         return 0
+    if args.command == "study":
+        return _study(args)
     if args.command == "predict":
         import torch
 

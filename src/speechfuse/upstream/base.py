@@ -91,6 +91,15 @@ class Upstream(nn.Module):
         """Options that change the outputs (part of the feature-cache key). Subclasses extend this dict."""
         return {} if self.max_layers is None else {"max_layers": self.max_layers}
 
+    def num_parameters(self) -> int:
+        """The weights this upstream computes its hidden states with (the scaling study's model size).
+
+        A truncated upstream (max_layers=k) holds only the layers below its k-th hidden state, so this is
+        the count of the first k. Fixed front ends (mel filter banks) are buffers and not counted.
+        Subclasses leave out weights that no hidden state uses, or count weights held outside torch.
+        """
+        return sum(p.numel() for p in self.parameters())
+
     def layers_to_keep(self, max_layers: Any) -> int:
         """Check the `max_layers` option against the full model and record it; returns the hidden states to keep.
 

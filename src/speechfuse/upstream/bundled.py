@@ -152,6 +152,10 @@ class ResemblyzerUpstream(Upstream):
     def options(self) -> dict[str, Any]:
         return {**super().options(), "normalize_volume": self.normalize_volume}
 
+    def num_parameters(self) -> int:
+        """The kept LSTM layers; the final Linear serves embed() only, never a hidden state."""
+        return sum(p.numel() for p in self.lstm.parameters())
+
     def num_frames(self, num_samples: int) -> int:
         return 1 + num_samples // self.hop
 
@@ -299,6 +303,86 @@ def _with_extra_outputs(model_bytes: bytes, names: list[str]) -> bytes:
     return model_bytes + field(7, graph)
 
 
+def _protobuf_fields(buf: bytes):
+    """(field number, value) of one serialised protobuf message: bytes for length-delimited fields, int for
+    varints; fixed-width fields are skipped (none of those read below is one)."""
+    pos = 0
+
+    def varint() -> int:
+        nonlocal pos
+        value = shift = 0
+        while True:
+            byte = buf[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    while pos < len(buf):
+        tag = varint()
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            yield number, varint()
+        elif wire == 2:
+            size = varint()
+            yield number, buf[pos:pos + size]
+            pos += size
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise UpstreamError(f"unsupported protobuf wire type {wire} in an ONNX model")
+
+
+ONNX_FLOAT_TYPES = {1, 10, 11, 16}  # TensorProto data types FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def onnx_weights_feeding(model_bytes: bytes, outputs: list[str]) -> int:
+    """Elements of the float initializers of an ONNX model that `outputs` depend on, read from the
+    protobuf without the `onnx` package: ModelProto.graph (7) -> GraphProto.node (1: NodeProto input 1,
+    output 2) and initializer (5: TensorProto dims 1, data_type 2, name 8). Integer initializers (shapes)
+    are not weights."""
+    graph = b"".join(value for number, value in _protobuf_fields(model_bytes) if number == 7)
+    producers: dict[str, list[str]] = {}
+    sizes: dict[str, int] = {}
+    for number, value in _protobuf_fields(graph):
+        if number == 1:
+            fields = list(_protobuf_fields(value))
+            inputs = [v.decode() for n, v in fields if n == 1]
+            for n, v in fields:
+                if n == 2:
+                    producers[v.decode()] = inputs
+        elif number == 5:
+            dims, data_type, name = [], 0, ""
+            for n, v in _protobuf_fields(value):
+                if n == 1:  # repeated int64: packed (bytes) or one varint per element
+                    dims += _packed_varints(v) if isinstance(v, bytes) else [v]
+                elif n == 2:
+                    data_type = v
+                elif n == 8:
+                    name = v.decode()
+            if data_type in ONNX_FLOAT_TYPES:
+                sizes[name] = int(np.prod(dims)) if dims else 1
+    seen, todo = set(), list(outputs)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += producers.get(name, [])
+    return sum(size for name, size in sizes.items() if name in seen)
+
+
+def _packed_varints(buf: bytes) -> list[int]:
+    values, value, shift = [], 0, 0
+    for byte in buf:
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            values.append(value)
+            value = shift = 0
+    return values
+
+
 class SpeechEmbeddingUpstream(Upstream):
     """Google speech_embedding (Lin et al. 2020) as shipped by openwakeword 0.5.1, on onnxruntime.
 
@@ -355,6 +439,7 @@ class SpeechEmbeddingUpstream(Upstream):
         mel_path = package_file("openwakeword", "resources/models/melspectrogram.onnx", SPEECH_EMBEDDING_HINT)
         emb_path = package_file("openwakeword", "resources/models/embedding_model.onnx", SPEECH_EMBEDDING_HINT)
         self._fingerprint = _file_digest(mel_path, emb_path)
+        self._emb_path = emb_path
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = num_threads or torch.get_num_threads()
         providers = ["CPUExecutionProvider"]
@@ -373,6 +458,12 @@ class SpeechEmbeddingUpstream(Upstream):
     def export_blocker(self) -> str | None:
         return ("it runs on onnxruntime over numpy arrays, outside PyTorch, so a trace cannot record it (the graph "
                 "would hold the example's features as constants)")
+
+    def num_parameters(self) -> int:
+        """Weights of embedding_model.onnx that the kept hidden states are computed from: its float
+        initializers reachable backwards from the outputs requested (none for max_layers=1, whose only
+        state is the pooled mel). melspectrogram.onnx is a fixed front end (STFT and mel filters), not counted."""
+        return onnx_weights_feeding(self._emb_path.read_bytes(), self.emb_outputs)
 
     def num_mel_frames(self, num_samples: int) -> int:
         return (num_samples - self.mel_window) // self.mel_hop + 1
