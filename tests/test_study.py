@@ -52,7 +52,10 @@ class FakeTrainer:
         ups = cfg.upstreams
         depth = ups[0].options.get("max_layers") if len(ups) == 1 else None
         value = accuracy(len(ups), cfg.interface.name, depth, cfg.train.seed)
-        metrics = {"dev": {"accuracy": value}, "test": {"accuracy": value, "macro_f1": value / 2}}
+        # on dev, weighted_sum does best at interface lr 1e-2 and hconv at 1e-3 (what --select should pick)
+        best_lr = 1e-2 if cfg.interface.name == "weighted_sum" else 1e-3
+        dev = value + (0.05 if cfg.train.interface_lr == best_lr else 0.0)
+        metrics = {"dev": {"accuracy": dev}, "test": {"accuracy": value, "macro_f1": value / 2}}
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
         return metrics
 
@@ -97,10 +100,10 @@ def test_study_rows_counts_table_and_figure(tmp_path, tiny):
     trainer.root = tmp_path / "study"
     numbers = scaling_study(cfg, tmp_path / "study", interfaces=["weighted_sum", "hconv"], seeds=SEEDS,
                             sizes={"hubert": [tiny["a2"], tiny["a"]]}, depths={tiny["a"]: [3, 4]},
-                            train_fn=trainer, progress=False)
+                            select={"train.interface_lr": [1e-3, 1e-2]}, train_fn=trainer, progress=False)
     out = tmp_path / "study"
-    # 3 subsets + 2 sizes + 2 depths, x 2 interfaces, each over 3 seeds
-    assert len(numbers) == 14 and len(trainer.calls) == 14 * len(SEEDS)
+    # 3 subsets + 2 sizes + 2 depths, x 2 interfaces; each: 2 candidates on seed 0, then seeds 1 and 2
+    assert len(numbers) == 14 and len(trainer.calls) == 14 * 4
     models = [r for r in numbers if r["axis"] == "models"]
     assert sorted((r["upstreams"].count("+") + 1, r["models"]) for r in models) == [(1, 1)] * 4 + [(2, 2)] * 2
     params = {s: load_upstream(tiny[s]).num_parameters() for s in ("a", "b", "a2")}
@@ -118,6 +121,7 @@ def test_study_rows_counts_table_and_figure(tmp_path, tiny):
         assert float(row["test_accuracy_std"]) == pytest.approx(statistics.stdev(values))
         assert float(row["test_macro_f1_mean"]) == pytest.approx(statistics.mean(values) / 2)
         assert row["seeds"] == "3"
+        assert row["train.interface_lr"] == ("0.01" if row["interface"] == "weighted_sum" else "0.001")
         assert (row["note"] == DEPTH_NOTE) == (row["axis"] == "depth")
         if row["axis"] == "depth":
             assert row["upstreams"] == tiny["a"] and depth in (3, 4)
@@ -125,6 +129,7 @@ def test_study_rows_counts_table_and_figure(tmp_path, tiny):
     assert truncated_count(tiny["a"], 3) < truncated_count(tiny["a"], 4) == params["a"]
 
     md = (out / "scaling.md").read_text()
+    assert "| train.interface_lr (chosen on dev) |" in md
     assert md.count(DEPTH_NOTE) >= 5  # four depth rows and the note under the table
     one = [statistics.mean(accuracy(2, "hconv", None, s) for s in SEEDS),
            statistics.stdev(accuracy(2, "hconv", None, s) for s in SEEDS)]

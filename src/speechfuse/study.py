@@ -217,18 +217,20 @@ def scaling_study(cfg, out_dir, interfaces: Sequence[str] = ("weighted_sum", "hc
                              "note": DEPTH_NOTE if s.axis == "depth" else "",
                              **{k: v for k, v in row.items() if k not in ("config", "upstreams", "interface")}})
         numbers, display = summarise_seeds(per_seed)
-        write_study_outputs(numbers, display, out_dir, metric, higher_is_better, seeds)
+        write_study_outputs(numbers, display, out_dir, metric, higher_is_better, seeds, list(select or {}))
     return numbers
 
 
 def write_study_outputs(numbers: list[dict], display: list[dict], out_dir: Path, metric: str,
-                        higher_is_better: bool, seeds: Sequence[int]) -> None:
-    """scaling.csv (numbers), scaling.md (the metric split's columns as mean ± std) and scaling.png."""
+                        higher_is_better: bool, seeds: Sequence[int], selected: Sequence[str] = ()) -> None:
+    """scaling.csv (numbers), scaling.md (the metric split's columns as mean ± std, and the values chosen on
+    dev for the `selected` keys) and scaling.png."""
     split = metric.split("_", 1)[0]
     metric_columns = [k for k in display[0] if k.startswith(f"{split}_") and isinstance(display[0][k], str)]
     md_rows = [{"axis": d["axis"], "upstreams": d["upstreams"],
                 "layers": d["layers"] if d["layers"] is not None else "all", "interface": d["interface"],
                 "models": d["models"], "upstream params": d["upstream_params"], "seeds": d["seeds"],
+                **{f"{k} (chosen on dev)": d.get(k) for k in selected},
                 **{k: d.get(k) for k in metric_columns}, "note": d["note"]} for d in display]
     write_table(numbers, None, out_dir / TABLE_CSV)
     direction = "higher" if higher_is_better else "lower"
