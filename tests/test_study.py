@@ -11,6 +11,7 @@ import csv
 import json
 import statistics
 
+import numpy as np
 import pytest
 
 from speechfuse.cli import main
@@ -200,3 +201,19 @@ def test_cli_real_training_end_to_end(tmp_path, tiny):
         assert 0.0 <= float(r["test_accuracy_mean"]) <= 1.0
     assert int(rows[3]["upstream_params"]) == truncated_count(tiny["a"], 2)
     assert list((tmp_path / "study" / "cache").iterdir())  # one feature cache for every series
+
+
+def test_bundled_parameter_counts_follow_the_kept_layers():
+    resemblyzer = load_upstream("resemblyzer")
+    for k in (1, 2, 3):  # the LSTM layers kept; the final Linear only serves embed()
+        expected = sum(p.numel() for layer in resemblyzer.lstm[:k] for p in layer.parameters())
+        assert load_upstream("resemblyzer", max_layers=k).num_parameters() == expected
+    counts = [load_upstream("speech-embedding", max_layers=k).num_parameters() for k in (1, 2, 5, 10)]
+    assert counts[0] == 0  # layer 0 is the pooled mel: the embedding network never runs
+    assert counts == sorted(counts) and len(set(counts)) == 4
+    onnx = pytest.importorskip("onnx")  # an independent parser for the full count (`speechfuse[export]`)
+    from speechfuse.upstream.bundled import SPEECH_EMBEDDING_HINT, package_file
+
+    graph = onnx.load(str(package_file("openwakeword", "resources/models/embedding_model.onnx",
+                                       SPEECH_EMBEDDING_HINT))).graph
+    assert counts[-1] == sum(int(np.prod(t.dims)) for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT)

@@ -191,8 +191,8 @@ def scaling_study(cfg, out_dir, interfaces: Sequence[str] = ("weighted_sum", "hc
     interfaces = list(dict.fromkeys(interfaces))
     unknown = [i for i in interfaces if i not in list_interfaces()]
     if not interfaces or unknown:
-        raise ConfigError(f"scaling study: unknown interface(s) {unknown or interfaces}; "
-                          f"known: {', '.join(list_interfaces())}")
+        what = f"unknown interface(s) {', '.join(unknown)}" if unknown else "no interface given"
+        raise ConfigError(f"scaling study: {what}; choose from {', '.join(list_interfaces())}")
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ConfigError("scaling study: give at least one seed (two or more for error bars)")
