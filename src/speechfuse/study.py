@@ -263,7 +263,7 @@ def plot_scaling(numbers: list[dict], metric: str, png_path, higher_is_better: b
 
     interfaces = list(dict.fromkeys(r["interface"] for r in numbers))
     colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(interfaces)}
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 6))
     for i, name in enumerate(interfaces):
         colour = colours[name]
         subsets = [r for r in numbers if r["axis"] == "models" and r["interface"] == name]
@@ -297,8 +297,8 @@ def plot_scaling(numbers: list[dict], metric: str, png_path, higher_is_better: b
     for ax in (left, right):
         ax.set_ylabel(f"{metric} ({best} is better; bars: std over seeds)")
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="best")
+        if ax.get_legend_handles_labels()[0]:  # below the plot, so it never hides a point
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     left.set_title("metric vs number of models", fontsize=10)
     right.set_title("metric vs upstream parameters", fontsize=10)
     fig.suptitle("speechfuse scaling study", fontsize=11)
