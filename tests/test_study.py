@@ -180,8 +180,19 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "--depths 'whisper-tiny.en': expected UPSTREAM=K1" in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_real_training_end_to_end(tmp_path, tiny):
+def test_cli_real_training_end_to_end(tmp_path, tiny, monkeypatch):
+    import speechfuse.prune
     from test_model import make_corpus
+
+    seeded = []  # the depth's cache entry is sliced from the full upstream's, cached by the subsets series
+    real_seed = speechfuse.prune.seed_truncated_cache
+
+    def spy(cfg, depths, *rest):
+        copied = real_seed(cfg, depths, *rest)
+        seeded.append((depths, copied))
+        return copied
+
+    monkeypatch.setattr(speechfuse.prune, "seed_truncated_cache", spy)
 
     manifests = make_corpus(tmp_path / "corpus", takes=range(6))
     config = tmp_path / "cfg.yaml"
@@ -201,6 +212,7 @@ def test_cli_real_training_end_to_end(tmp_path, tiny):
         assert 0.0 <= float(r["test_accuracy_mean"]) <= 1.0
     assert int(rows[3]["upstream_params"]) == truncated_count(tiny["a"], 2)
     assert list((tmp_path / "study" / "cache").iterdir())  # one feature cache for every series
+    assert seeded == [([2], 24)]  # every utterance of the 3 splits (2 digits x 2 speakers x 6 takes)
 
 
 def test_bundled_parameter_counts_follow_the_kept_layers():

@@ -12,8 +12,8 @@ Three axes; each row is one (upstreams, interface) over the seeds:
 - depth:  `depths` {spec: [k, ...]}: the upstream cut to its first k hidden states (option max_layers=k),
           one sweep per k in OUT/depth-<spec>/k<k>/ (run names follow the spec, so two depths cannot share
           a sweep). A stand-in for model size where only one size is at hand, labelled DEPTH_NOTE in the
-          table and the figure. The cache keys a truncated upstream apart from the full one, so each depth
-          extracts its own features once (running only its first k layers).
+          table and the figure. A depth's cache entry is filled by slicing the full upstream's cached states
+          where those exist (speechfuse.prune.seed_truncated_cache); the rest runs only the first k layers.
 Each row counts its upstream parameters: Upstream.num_parameters() summed over the row's upstreams (a
 truncated upstream holds only its first k layers). Every (upstreams, interface) is built once before
 anything trains, so a combination that cannot be built fails first, with nothing lost.
@@ -135,9 +135,15 @@ def _where(s: Series, upstreams: list[dict], interface: str | None = None) -> st
     return f"scaling study, {what}{f' with interface {interface}' if interface else ''}"
 
 
-def check_and_count(cfg, series: list[Series], interfaces: Sequence[str]) -> dict[str, int]:
+def _full(entry: dict) -> dict:
+    """The entry without its max_layers option: the full upstream a depth is cut from."""
+    return {**entry, "options": {k: v for k, v in entry["options"].items() if k != "max_layers"}}
+
+
+def check_and_count(cfg, series: list[Series], interfaces: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
     """Load every upstream once, count its parameters and build every (upstreams, interface) of the study
-    (ConfigError naming the combination when one cannot be built). Returns {entry key: parameters}."""
+    (ConfigError naming the combination when one cannot be built). Returns ({entry key: parameters},
+    {depth spec: hidden states of the full upstream})."""
     from .frontend import FusionFrontend
     from .upstream import load_upstream
 
@@ -163,7 +169,25 @@ def check_and_count(cfg, series: list[Series], interfaces: Sequence[str]) -> dic
                 except (ConfigError, TypeError) as err:
                     hint = "; drop that depth or interface" if s.axis == "depth" else ""
                     raise ConfigError(f"{_where(s, ups, name)}: {err}{hint}") from err
-    return params
+    full_layers = {s.label: load_upstream(s.label, **_full(s.upstream_sets[0][0])["options"]).num_layers
+                   for s in series if s.axis == "depth"}
+    return params, full_layers
+
+
+def seed_depth_cache(cfg, s: Series, full_layers: int, out_dir: Path) -> int:
+    """Fill a depth's cache entry by slicing the full upstream's cached states (prune.seed_truncated_cache:
+    the first k hidden states are equal bit for bit), so the truncated upstream runs only on utterances the
+    full one has not cached. Returns how many utterances were copied."""
+    from .data.loader import load_splits, resolve_cache_dir
+    from .model import build_task
+    from .prune import seed_truncated_cache
+
+    cache_dir = resolve_cache_dir(cfg, out_dir / s.folder)
+    if cache_dir is None or s.depth >= full_layers:
+        return 0
+    one = combo_config(cfg, {"upstreams": [_full(s.upstream_sets[0][0])]}, None)
+    utts = [u for split in load_splits(one, out_dir / s.folder, build_task(one).target_field).values() for u in split]
+    return seed_truncated_cache(one, [s.depth], [full_layers], cache_dir, utts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,12 +224,14 @@ def scaling_study(cfg, out_dir, interfaces: Sequence[str] = ("weighted_sum", "hc
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = combo_config(cfg, {}, shared_cache_dir(cfg, out_dir))  # one cache for every series
     series = plan_series(cfg, sizes, depths)
-    params = check_and_count(cfg, series, interfaces)
+    params, full_layers = check_and_count(cfg, series, interfaces)
     metric, higher_is_better = main_metric(cfg)
 
     per_seed: list[dict] = []
     numbers: list[dict] = []
     for s in series:
+        if s.axis == "depth" and train_fn is None:  # a stand-in trainer reads no features
+            seed_depth_cache(cfg, s, full_layers[s.label], out_dir)
         rows = run_sweep(cfg, {"upstreams": s.upstream_sets, "interface.name": interfaces}, out_dir / s.folder,
                          seeds=seeds, select=select, train_fn=train_fn, progress=progress)
         sets = {"+".join(u["spec"] for u in ups): ups for ups in s.upstream_sets}
