@@ -125,6 +125,11 @@ class TrainConfig(_Strict):
     """Seconds of (padded) audio in one *global* batch; under DDP each rank gets a share of every batch."""
     lr: float = Field(1e-3, gt=0)
     interface_lr: float = Field(1e-2, gt=0)
+    interface_lr_scaling: Literal["none", "fan_in"] = "none"
+    """fan_in: each nn.Linear / nn.Conv1d of the interface and aligner (weight and bias) trains at
+    interface_lr / sqrt(fan_in), fan_in = the weight's inputs x kernel width (the bound of torch's default
+    init), so Adam moves every weight matrix by the same share of its initial scale; other interface
+    parameters (weighted_sum's layer logits, ...) keep interface_lr. Off by default (see docs/plateau.md)."""
     upstream_lr: Optional[float] = Field(None, gt=0)
     """For upstreams with options {trainable: true}; default: lr."""
     weight_decay: float = Field(0.0, ge=0)

@@ -122,9 +122,8 @@ class FusionTask(pl.LightningModule):
     def configure_optimizers(self):
         t = self.cfg.train
         groups = [
-            {"name": "interface", "lr": t.interface_lr,
-             "params": [p for m in (self.frontend.interface, self.frontend.aligner) for p in m.parameters()
-                        if p.requires_grad]},
+            *interface_param_groups([self.frontend.interface, self.frontend.aligner], t.interface_lr,
+                                    t.interface_lr_scaling),
             {"name": "head", "lr": t.lr, "params": [p for p in self.head.parameters() if p.requires_grad]},
             {"name": "upstreams", "lr": t.upstream_lr or t.lr,
              "params": [p for p in self.frontend.upstreams.parameters() if p.requires_grad]},
@@ -186,6 +185,34 @@ class FusionTask(pl.LightningModule):
             self._rng_to_restore = {k: (v[rank] if rank < v.shape[0] else v[0]).clone()  # own storage
                                     for k, v in extra["rng"].items()}
             self.position.skip_epoch, self.position.skip = int(extra["epoch"]), int(extra["seen"])
+
+
+def interface_param_groups(modules: list[torch.nn.Module], lr: float, scaling: str = "none") -> list[dict]:
+    """The optimizer groups of the interface and aligner (train.interface_lr_scaling).
+
+    none: one group at `lr`. fan_in: each nn.Linear / Conv1d's weight and bias at lr / sqrt(fan_in), one group
+    per fan_in (`interface/fan_in=N`); the other parameters in the `interface` group at `lr`. Adam moves each
+    weight by about its lr per step, whatever the gradient's size, while torch initialises these weights within
+    +-1/sqrt(fan_in): at one lr for all, a wide conv's weights move by their own size in a step or two.
+    """
+    if scaling not in ("none", "fan_in"):
+        raise ConfigError(f"train.interface_lr_scaling must be none or fan_in, got {scaling!r}")
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    if scaling == "none":
+        return [{"name": "interface", "lr": lr, "params": params}]
+    fan_ins: dict[int, int] = {}  # id(parameter) -> fan_in of the layer it belongs to
+    for m in modules:
+        for layer in m.modules():
+            if isinstance(layer, (torch.nn.Linear, torch.nn.Conv1d)):
+                fan_in = layer.weight[0].numel()
+                fan_ins.update((id(p), fan_in) for p in layer.parameters(recurse=False))
+    by_fan_in: dict[int, list] = {}
+    plain = []
+    for p in params:
+        (by_fan_in.setdefault(fan_ins[id(p)], []) if id(p) in fan_ins else plain).append(p)
+    groups = [{"name": "interface", "lr": lr, "params": plain}] if plain else []
+    return groups + [{"name": f"interface/fan_in={n}", "lr": lr / n ** 0.5, "params": ps}
+                     for n, ps in sorted(by_fan_in.items())]
 
 
 def restore_frozen(model: FusionTask, checkpoint: dict) -> None:
@@ -346,5 +373,5 @@ def _trainer(t, run_dir, devices, strategy, callbacks, loggers) -> pl.Trainer:
     )
 
 
-__all__ = ["FusionTask", "restore_frozen", "checkpoint_bytes", "make_trainer", "StopOnInterrupt",
+__all__ = ["FusionTask", "interface_param_groups", "restore_frozen", "checkpoint_bytes", "make_trainer", "StopOnInterrupt",
            "NonFiniteLossError", "TrainingInterrupted"]
