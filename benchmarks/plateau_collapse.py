@@ -21,7 +21,8 @@ Settings (every run: the demo's heads, aligner, 6 s batches, cache; only the key
 - demo: the demo's hand-tuned values (train.lr 5e-3, layer_norm on, interface lr 1e-2 for weighted_sum,
   3e-4 for the conv interfaces, 1e-4 for conv interfaces over pairs under asr);
 - uniform: the demo's values but one interface lr, 1e-2, for every interface;
-- X+fanin: setting X plus `train.interface_lr_scaling=fan_in`.
+- X+fanin: setting X plus `train.interface_lr_scaling=fan_in`; X+kaiming: plus `interface.init=kaiming`
+  (conv interfaces); X+clip: train.grad_clip 1; X+warmup: 50 warmup steps; X+ilr3e-3: interface_lr 3e-3.
 
     PYTHONPATH=src python benchmarks/plateau_collapse.py --threads 1            # the full measurement
     PYTHONPATH=src python benchmarks/plateau_collapse.py --seeds 0 --settings default --tasks asr
@@ -57,8 +58,8 @@ PLATEAU_NONBLANK = 0.5
 
 def setting_overrides(setting: str, task: str, interface: str, pair: bool) -> dict:
     """The config keys a setting sets (the rest: the demo's heads, aligner, 6 s batches)."""
-    base, _, fix = setting.partition("+")
-    if fix not in ("", "fanin"):
+    base, *fixes = setting.split("+")
+    if not all(f in ("fanin", "kaiming", "clip", "warmup") or f.startswith("ilr") for f in fixes):
         raise SystemExit(f"unknown setting {setting!r}: a base (default, demo, uniform), optionally +fanin")
     if base == "default":
         over = {"train.lr": 1e-3, "train.interface_lr": 1e-2, "interface": {"name": interface}}
@@ -73,8 +74,17 @@ def setting_overrides(setting: str, task: str, interface: str, pair: bool) -> di
                 "interface": {"name": interface, **demo.DEMO_INTERFACE_OPTIONS}}
     else:
         raise SystemExit(f"unknown setting {setting!r}: a base (default, demo, uniform), optionally +fanin")
-    if fix:
+    if "fanin" in fixes:
         over["train.interface_lr_scaling"] = "fan_in"
+    if "kaiming" in fixes and interface in demo.CONV_INTERFACES:
+        over["interface"]["init"] = "kaiming"
+    if "clip" in fixes:
+        over["train.grad_clip"] = 1.0
+    if "warmup" in fixes:
+        over["train.warmup_steps"] = 50
+    for f in fixes:
+        if f.startswith("ilr"):  # ilr3e-3: that train.interface_lr
+            over["train.interface_lr"] = float(f[3:])
     return over
 
 
