@@ -1,5 +1,4 @@
-"""The options against the conv interfaces' plateau (docs/plateau.md): train.interface_lr_scaling and
-the conv interfaces' init."""
+"""train.interface_lr_scaling: the interface's optimizer groups (docs/plateau.md)."""
 from __future__ import annotations
 
 import math
@@ -81,29 +80,3 @@ def test_unknown_scaling_is_a_config_error():
     with pytest.raises(ConfigError, match="none or fan_in"):
         interface_param_groups(_pair_modules("hconv"), LR, "sqrt")
 
-
-@pytest.mark.parametrize("name", ["hconv", "chconv"])
-def test_default_init_is_torchs_conv_init_unchanged(name):
-    """init=default draws exactly what the interface drew before the option existed: torch's Conv1d init."""
-    torch.manual_seed(3)
-    built = build_interface(name, 9, 12, num_models=2)
-    torch.manual_seed(3)
-    first = torch.nn.Conv1d(24 if name == "chconv" else 12, 12, 5, stride=3, padding=2)
-    second = torch.nn.Conv1d(12, 12 // 1, 5, stride=3, padding=2)  # 9 layers: 9 -> 3 -> 1
-    for conv, ref in zip(built.hconv.transforms[::2], (first, second)):
-        assert torch.equal(conv.weight, ref.weight) and torch.equal(conv.bias, ref.bias)
-
-
-def test_kaiming_init_draws_he_weights_and_zero_biases():
-    torch.manual_seed(0)
-    interface = build_interface("chconv", 5, 256, num_models=2, init="kaiming")
-    conv = interface.hconv.transforms[0]  # 2 x 256 channels -> 256 // 2, kernel 5
-    fan_in = 2 * 256 * 5
-    assert float(conv.weight.detach().std()) == pytest.approx(math.sqrt(2 / fan_in), rel=0.02)
-    assert float(conv.weight.detach().mean()) == pytest.approx(0.0, abs=0.05 * math.sqrt(2 / fan_in))
-    assert not conv.bias.any()
-    torch.manual_seed(0)
-    default = build_interface("chconv", 5, 256, num_models=2)
-    assert float(default.hconv.transforms[0].weight.detach().std()) == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.02)
-    with pytest.raises(ConfigError, match="unknown init 'he'"):
-        build_interface("hconv", 5, 16, init="he")

@@ -31,7 +31,7 @@ class HConvStack(nn.Module):
     reference implementation, so its state dict loads into this one.
     """
 
-    def __init__(self, in_channels: int, channels: int, num_layers: int, owner: str, init: str = "default") -> None:
+    def __init__(self, in_channels: int, channels: int, num_layers: int, owner: str) -> None:
         super().__init__()
         self.layer_sizes = hconv_layer_sizes(num_layers)
         if not self.layer_sizes:
@@ -47,12 +47,6 @@ class HConvStack(nn.Module):
                                              channels // final if last else channels,
                                              KERNEL, stride=STRIDE, padding=PADDING))
             self.transforms.append(nn.ReLU())
-        if init == "kaiming":  # He et al. 2015: weights N(0, 2 / fan_in), zero bias, for convs followed by a ReLU
-            for conv in self.transforms[::2]:
-                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-                nn.init.zeros_(conv.bias)
-        elif init != "default":
-            raise ConfigError(f"{owner}: unknown init {init!r}; valid: default, kaiming")
         self.flat_dim = (channels // final) * final
 
     def forward(self, stack: torch.Tensor) -> torch.Tensor:
@@ -66,7 +60,7 @@ class HConv(Interface):
     """HConv; N models are summed elementwise first (same parameter count as one model)."""
 
     name = "hconv"
-    OPTIONS = {"layer_norm": False, "init": "default"}
+    OPTIONS = {"layer_norm": False}
 
     def __init__(self, num_layers: int, hidden_size: int, num_models: int = 1, output_dim: int | None = None,
                  **options: Any) -> None:
@@ -76,8 +70,7 @@ class HConv(Interface):
         self.projection = output_projection(self.hconv.flat_dim, self.output_dim)
 
     def _build_stack(self) -> HConvStack:
-        return HConvStack(self.hidden_size, self.hidden_size, self.num_layers, f"interface '{self.name}'",
-                          self.options["init"])
+        return HConvStack(self.hidden_size, self.hidden_size, self.num_layers, f"interface '{self.name}'")
 
     def _merge(self, stack: torch.Tensor) -> torch.Tensor:
         return stack.sum(dim=0)
@@ -100,7 +93,7 @@ class ConcatHConv(HConv):
     """
 
     name = "chconv"
-    OPTIONS = {"layer_norm": False, "projection": "first_conv", "init": "default"}
+    OPTIONS = {"layer_norm": False, "projection": "first_conv"}
     _PROJECTIONS = ("first_conv", "per_layer_linear")
 
     def _build_stack(self) -> HConvStack:
@@ -110,8 +103,7 @@ class ConcatHConv(HConv):
         wide = self.num_models * self.hidden_size
         self.layer_projection = nn.Linear(wide, self.hidden_size) if where == "per_layer_linear" else None
         in_channels = wide if where == "first_conv" else self.hidden_size
-        return HConvStack(in_channels, self.hidden_size, self.num_layers, f"interface '{self.name}'",
-                          self.options["init"])
+        return HConvStack(in_channels, self.hidden_size, self.num_layers, f"interface '{self.name}'")
 
     def _merge(self, stack: torch.Tensor) -> torch.Tensor:
         merged = torch.cat(list(stack), dim=-1)  # [L,B,T,N*D]
