@@ -18,8 +18,8 @@ Definitions in the table:
 
 Settings (every run: the demo's heads, aligner, 6 s batches, cache; only the keys below differ):
 - default: the config defaults (train.lr 1e-3, train.interface_lr 1e-2, no interface options);
-- demo: the demo's hand-tuned values (train.lr 5e-3, layer_norm on, interface lr 1e-2 for weighted_sum,
-  3e-4 for the conv interfaces, 1e-4 for conv interfaces over pairs under asr);
+- demo: the demo's former hand-tuned values (train.lr 5e-3, layer_norm on, interface lr 1e-2 for
+  weighted_sum, 3e-4 for the conv interfaces, 1e-4 for conv interfaces over pairs under asr);
 - uniform: the demo's values but one interface lr, 1e-2, for every interface;
 - X+fanin: setting X plus `train.interface_lr_scaling=fan_in`; X+clip: plus train.grad_clip 1;
   X+warmup: plus 50 warmup steps; X+ilr3e-3: interface_lr 3e-3 (any number).
@@ -51,6 +51,9 @@ from speechfuse.sweep import combo_config  # noqa: E402
 from speechfuse.train import train  # noqa: E402
 from speechfuse.utterances import read_utterances, utterances_path  # noqa: E402
 
+# the demo's hand-tuned interface learning rates before it chose them on dev (speechfuse 0f733d0, demo.py)
+HANDTUNED_INTERFACE_LR = {"weighted_sum": 1e-2, "hconv": 3e-4, "chconv": 3e-4}
+HANDTUNED_PAIR_CONV_ASR_LR = 1e-4
 TASK_KEYS = {"asr": "asr", "speaker": "speaker", "digit": "speaker"}  # digit: the speaker config, target label
 COLLAPSE_SHARE = 0.9
 PLATEAU_NONBLANK = 0.5
@@ -67,9 +70,8 @@ def setting_overrides(setting: str, task: str, interface: str, pair: bool) -> di
         over = {"train.lr": demo.LR, "train.interface_lr": 1e-2,
                 "interface": {"name": interface, **demo.DEMO_INTERFACE_OPTIONS}}
     elif base == "demo":
-        lr = demo.INTERFACE_LR[interface]
-        if task == "asr" and pair and interface in demo.CONV_INTERFACES:
-            lr = demo.PAIR_CONV_ASR_OVERRIDES["train.interface_lr"]
+        lr = HANDTUNED_PAIR_CONV_ASR_LR if task == "asr" and pair and interface != "weighted_sum" \
+            else HANDTUNED_INTERFACE_LR[interface]
         over = {"train.lr": demo.LR, "train.interface_lr": lr,
                 "interface": {"name": interface, **demo.DEMO_INTERFACE_OPTIONS}}
     else:
