@@ -193,22 +193,22 @@ def summarise(results: list[dict]) -> None:
         if task == "asr":
             exits = [r["exit_step"] if r["entered"] is not None else 0 for r in rs]
             outcome = f"left at {_fmt_list(exits)} (never: {exits.count(None)}/{len(rs)})"
-            metric = statistics.mean(r["test"]["wer"] for r in rs)
-            mname = "WER"
+            values, mname = [r["test"]["wer"] for r in rs], "WER"
         else:
             shares = [r["top_share"] for r in rs]
             outcome = f"collapsed {sum(s >= COLLAPSE_SHARE for s in shares)}/{len(rs)} (top share {_fmt_list(shares)})"
-            metric = statistics.mean(r["test"]["accuracy"] for r in rs)
-            mname = "acc"
+            values, mname = [r["test"]["accuracy"] for r in rs], "acc"
         dead = [_at(t, "dead", s) for t in tr for s in (1, 10, 10**9)]
         dead_txt = "-" if dead[0] is None else "/".join(
             f"{statistics.mean(dead[i::3]):.2f}" for i in range(3))
         upd1 = statistics.mean(_at(t, "upd", 1) for t in tr)
         upd_late = statistics.mean(statistics.mean(r["upd"] for r in t[-20:]) for t in tr)
         std = "/".join(f"{statistics.mean(_at(t, 'feat_std', s) for t in tr):.3g}" for s in (1, 10**9))
-        rows.append([ups, setting, task, iface, outcome, f"{mname} {metric:.3f}", dead_txt, f"{upd1:.3g}",
+        spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+        metric = f"{mname} {statistics.mean(values):.3f}{spread} ({_fmt_list(values)})"
+        rows.append([ups, setting, task, iface, outcome, metric, dead_txt, f"{upd1:.3g}",
                      f"{upd_late:.3g}", std])
-    print_table(rows, ["upstreams", "setting", "task", "interface", "outcome per seed", "test (mean)",
+    print_table(rows, ["upstreams", "setting", "task", "interface", "outcome per seed", "test: mean ± std (per seed)",
                        "dead ReLU units step 1/10/end", "upd/w step 1", "upd/w last 20", "feat std step 1/end"])
 
 
