@@ -108,8 +108,8 @@ def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
     _, cfg, _ = setup
     seen = {}
 
-    def fake_run_sweep(config, grid, out_dir, seeds=None, select=None, jobs=1):
-        seen.update(config=config, grid=grid, out=out_dir, seeds=seeds, select=select, jobs=jobs)
+    def fake_run_sweep(config, grid, out_dir, seeds=None, select=None, jobs=1, threads=None):
+        seen.update(config=config, grid=grid, out=out_dir, seeds=seeds, select=select, jobs=jobs, threads=threads)
         return []
 
     monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
@@ -119,8 +119,9 @@ def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
                             "upstreams": [["whisper-tiny.en", "resemblyzer"], ["resemblyzer"]]}
     assert seen["seeds"] is None and seen["select"] is None and seen["jobs"] == 1
     assert main(["sweep", str(cfg), "--grid", "interface.name=hconv", "--seeds", "0,1",
-                 "--select", "train.interface_lr=1e-4,1e-3", "--jobs", "2", "--out", str(tmp_path)]) == 0
+                 "--select", "train.interface_lr=1e-4,1e-3", "--jobs", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
     assert seen["seeds"] == [0, 1] and seen["select"] == {"train.interface_lr": [1e-4, 1e-3]} and seen["jobs"] == 2
+    assert seen["threads"] == 1
     assert seen["config"].task == "classify" and seen["out"] == str(tmp_path)
 
 

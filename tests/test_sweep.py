@@ -373,3 +373,29 @@ def test_a_failed_parallel_run_is_named_and_finished_runs_are_kept(tmp_path):
                   progress=False, plots=False, jobs=2)
     assert any("'hconv'" in note for note in getattr(err.value, "__notes__", []))
     assert (tmp_path / "runs" / "weighted_sum" / "metrics.json").is_file()
+
+
+class ThreadTrainer(FakeTrainer):
+    """Records the torch threads the run trained with, as its dev metric."""
+
+    def __call__(self, cfg, run_dir):
+        import torch
+
+        metrics = super().__call__(cfg, run_dir)
+        metrics["dev"] = {"threads": torch.get_num_threads()}
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+
+def test_threads_per_run_are_fixed_serial_and_parallel(tmp_path):
+    import torch
+
+    grid = {"interface.name": ["weighted_sum", "hconv"]}
+    before = torch.get_num_threads()
+    for jobs in (1, 2):
+        rows = run_sweep(BASE, grid, tmp_path / f"jobs{jobs}", train_fn=ThreadTrainer(), progress=False, plots=False,
+                         jobs=jobs, threads=2)  # the test session runs on 1 thread (conftest)
+        assert [r["dev_threads"] for r in rows] == [2, 2]
+        assert torch.get_num_threads() == before  # the sweep gives its own threads back
+    with pytest.raises(ConfigError, match="threads"):
+        run_sweep(BASE, grid, tmp_path / "x", train_fn=ThreadTrainer(), progress=False, threads=0)

@@ -106,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "over the seeds, results.csv one row per run")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="train N runs at once, each in its own process with 1/N of the threads (default 1); on a "
-                        "CPU, 2 jobs of 1 thread train small heads faster than 1 job of 2")
+                        "CPU, 2 jobs of 1 thread can train small heads faster than 1 job of 2")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads per run (default: the threads divided by --jobs); fix it for numbers "
+                        "that do not depend on the machine's core count")
     p.add_argument("--out", required=True, help="sweep folder")
 
     p = sub.add_parser("study", help="paper-style studies over many sweeps (scaling)",
@@ -362,7 +365,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raise SpeechfuseError("sweep: give at least one --grid KEY=V1,V2")
         cfg = load_config(args.config, args.overrides)
         rows = run_sweep(cfg, parse_grid(args.grid), args.out, seeds=_seeds(args.seeds),
-                         select=parse_grid(args.select) if args.select else None, jobs=args.jobs)
+                         select=parse_grid(args.select) if args.select else None, jobs=args.jobs,
+                         threads=args.threads)
         print(json.dumps(rows, indent=2, default=str))
         return 0
     if args.command == "study":

@@ -32,7 +32,8 @@ a 2-layer BiLSTM of 1024, is far too big for that):
 
 Each task is one `run_sweep` (a list of two grids: the single models, then the pair), and every run shares
 one feature cache (`out_dir/cache`), so each upstream runs once over the clips and the runs train heads
-only. Runs train `jobs` at a time in worker processes (default: one per CPU core, at most 4). The demo resumes: run it again with the same out_dir and finished runs are not trained again.
+only. Runs train `jobs` at a time in worker processes (default: one per CPU core, at most 4), each with one
+torch thread on any machine (a different thread count sums in a different order, which training amplifies). The demo resumes: run it again with the same out_dir and finished runs are not trained again.
 """
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ LR = 5e-3
 INTERFACE_LR_GRID = [3e-3, 1e-2, 3e-2]
 SEEDS = (0, 1)
 MAX_JOBS = 4
+THREADS_PER_RUN = 1  # the same on every machine, so the table does not depend on the core count
 # quick (tests): a tiny clip subset, a few steps, one single model and the pair, a two-point grid
 QUICK_STEPS = {"asr": 6, "speaker": 6}
 QUICK_SINGLES = [["whisper-tiny.en"]]
@@ -311,7 +313,7 @@ def run_demo(out_dir, quick: bool = False, jobs: int | None = None) -> Path:
                 cfg = demo_config(task_key, manifests, cache_dir, quick)
                 run_sweep(cfg, grids, out_dir / task_key, seeds=settings["seeds"],
                           select={"train.interface_lr": settings["interface_lr"]}, progress=False,
-                          on_run=lambda name: bar.update(1), jobs=jobs)
+                          on_run=lambda name: bar.update(1), jobs=jobs, threads=THREADS_PER_RUN)
                 summaries[task_key] = _read_summary(out_dir / task_key)
     finally:
         bar.close()

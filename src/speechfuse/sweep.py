@@ -16,8 +16,9 @@
 - `jobs=N` (`--jobs N`) trains N runs at once, each in its own process with 1/N of this process's torch
   threads: every configuration's candidates (or runs) first, then the seeds at the chosen values. The
   caches are filled here first, with every thread. On a CPU, small heads use 2 threads poorly, so 2 jobs
-  of 1 thread train more runs per second than 1 job of 2 (benchmarks/sweep_jobs.py). A run's numbers can
-  differ from a `jobs=1` run's in the last digits (a different thread count sums in a different order).
+  of 1 thread can train more runs per second than 1 job of 2 (benchmarks/sweep_jobs.py). A different
+  thread count sums in a different order, and training amplifies that: `threads=` fixes the threads per run
+  (the demo uses 1), so the numbers do not depend on the core count.
 - `out_dir/results.md` and `out_dir/results.csv` are rewritten after every run, so a crash keeps the
   finished rows. Rows: run, upstreams, interface, interface_params, the grid values, dev_* and test_*.
 - With `seeds=[0, 1, 2]` every combination trains once per seed (`train.seed`; run folders end in
@@ -353,9 +354,9 @@ def _train_in_worker(train_fn: Callable, run_cfg: Any, run_dir: Path) -> dict:
 class _Pool:
     """Trains combinations `jobs` at a time in worker processes (spawned on first use, kept for the sweep)."""
 
-    def __init__(self, jobs: int, run_of: Callable[[dict], tuple[str, Any, Path]], train_fn: Callable,
+    def __init__(self, jobs: int, threads: int, run_of: Callable[[dict], tuple[str, Any, Path]], train_fn: Callable,
                  finished: Callable[[str, Path, dict | None], None]) -> None:
-        self.jobs, self.run_of, self.train_fn, self.finished = jobs, run_of, train_fn, finished
+        self.jobs, self.threads, self.run_of, self.train_fn, self.finished = jobs, threads, run_of, train_fn, finished
         self.pool: ProcessPoolExecutor | None = None
 
     def train(self, combos: list[dict]) -> None:
@@ -371,11 +372,8 @@ class _Pool:
         if self.pool is None:
             import multiprocessing
 
-            import torch
-
-            threads = max(1, torch.get_num_threads() // self.jobs)
             self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_worker_setup, initargs=(threads, _output_settings()))
+                                            initializer=_worker_setup, initargs=(self.threads, _output_settings()))
         futures: dict[Future, tuple[str, Path]] = {}
         for name, (run_cfg, run_dir) in pending.items():
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -457,7 +455,8 @@ def _plan(grid: dict[str, list] | list[dict[str, list]], select: dict[str, list]
 
 def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, *, seeds: Sequence[int] | None = None,
               select: dict[str, list] | None = None, train_fn: Callable | None = None, progress: bool = True,
-              plots: bool = True, on_run: Callable[[str], None] | None = None, jobs: int = 1) -> list[dict]:
+              plots: bool = True, on_run: Callable[[str], None] | None = None, jobs: int = 1,
+              threads: int | None = None) -> list[dict]:
     """Train every combination of `grid` (a dict, or a list of dicts: their union) over `cfg`; return one
     result row per run (see module doc).
 
@@ -468,6 +467,9 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     train_fn: defaults to `speechfuse.train.train` (cfg, run_dir) -> {"dev": {...}, "test": {...}}; with jobs > 1
         it must be picklable (a module-level function or an instance of a module-level class).
     jobs: runs trained at once in worker processes (see module doc); 1 trains them here, one after another.
+    threads: torch threads per run (default: this process's threads / jobs). Fix it (the demo uses 1) for
+        numbers that do not depend on the machine's core count: training amplifies the different summation
+        order of another thread count well beyond the last digit.
     plots: gather `out_dir/plots/<run>.png` (the run's layers.png, else drawn from its interface.json).
     on_run: called with the name of every run as it finishes or is found finished, candidates included (the
         demo's progress line).
@@ -564,7 +566,15 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
 
     rows: list[dict] = []
     choices: list[dict] = []
-    pool = _Pool(jobs, run_of, train_fn, finished_elsewhere) if jobs > 1 else None
+    import torch
+
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"sweep: threads must be a whole number >= 1, got {threads!r}")
+    per_run = threads or max(1, torch.get_num_threads() // jobs)
+    pool = _Pool(jobs, per_run, run_of, train_fn, finished_elsewhere) if jobs > 1 else None
+    own_threads = torch.get_num_threads()
+    if pool is None and threads is not None:
+        torch.set_num_threads(threads)
     try:
         if pool is not None:  # train every run in the workers first; the loop below then finds them finished
             if own_trainer:
@@ -603,6 +613,7 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
                         plot_importance(desc, png, title=name)
                 _write_results(rows, out_dir, seeds)
     finally:
+        torch.set_num_threads(own_threads)
         if pool is not None:
             pool.close()
         if bar is not None:
