@@ -12,7 +12,7 @@ collating the cached batches (the `--steps` training batches of one run, through
 If a run takes R seconds and its batches F of them, K models stepped on each batch would take at best
 F + K (R - F) instead of K R: that upper bound is printed for K = 3 (the demo's learning-rate grid).
 
-    python benchmarks/sweep_jobs.py [--jobs 2] [--steps 150] [--upstreams whisper-tiny.en]
+    python benchmarks/sweep_jobs.py [--jobs 2] [--steps 150] [--upstreams whisper-tiny.en] [--seeds 0,1]
 """
 from __future__ import annotations
 
@@ -39,10 +39,11 @@ def main(argv=None) -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--upstreams", default="whisper-tiny.en")
+    ap.add_argument("--seeds", default="0,1")
     args = ap.parse_args(argv)
     ups = args.upstreams.split("+")
     grid = {"upstreams": [ups], "interface.name": ["weighted_sum", "hconv"]}
-    seeds = [0, 1]
+    seeds = [int(s) for s in args.seeds.split(",")]
 
     print(f"# sweep_jobs: digit ASR (demo settings) on real FSDD, {ups} x {grid['interface.name']} x seeds {seeds}, "
           f"{args.steps} steps per run; 1 job of {torch.get_num_threads()} threads vs {args.jobs} jobs")
