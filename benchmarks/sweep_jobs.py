@@ -41,6 +41,8 @@ def main(argv=None) -> None:
     ap.add_argument("--upstreams", default="whisper-tiny.en")
     ap.add_argument("--seeds", default="0,1")
     args = ap.parse_args(argv)
+    if args.jobs < 2:
+        ap.error("--jobs: compare 1 job with 2 or more")
     ups = args.upstreams.split("+")
     grid = {"upstreams": [ups], "interface.name": ["weighted_sum", "hconv"]}
     seeds = [int(s) for s in args.seeds.split(",")]
