@@ -16,6 +16,27 @@ FSDD = Path(__file__).resolve().parents[1] / "src" / "speechfuse" / "assets" / "
 LIBRIVOX = Path(__file__).resolve().parent / "data" / "librivox"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_speechfuse_home(tmp_path_factory):
+    """The tests never write into the real ~/.cache/speechfuse: module fixtures get one home for the session..."""
+    before = os.environ.get("SPEECHFUSE_HOME")
+    os.environ["SPEECHFUSE_HOME"] = str(tmp_path_factory.mktemp("session_speechfuse_home"))
+    yield
+    if before is None:
+        os.environ.pop("SPEECHFUSE_HOME", None)
+    else:
+        os.environ["SPEECHFUSE_HOME"] = before
+
+
+@pytest.fixture(autouse=True)
+def speechfuse_home(tmp_path_factory, monkeypatch) -> Path:
+    """...and every test its own (so no test finds features another one cached): the `cache: auto` folder is
+    speechfuse_home / "cache"."""
+    home = tmp_path_factory.mktemp("speechfuse_home")
+    monkeypatch.setenv("SPEECHFUSE_HOME", str(home))
+    return home
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Every model in the suite is small: on a shared CPU, intra-op thread hand-offs cost more than the

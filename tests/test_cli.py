@@ -81,13 +81,13 @@ def test_evaluate_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert "not a finished speechfuse run folder" in capsys.readouterr().err
 
 
-def test_extract_fills_the_cache_then_train_reads_it(setup, tmp_path, capsys, monkeypatch):
+def test_extract_fills_the_cache_then_train_reads_it(setup, tmp_path, capsys, monkeypatch, speechfuse_home):
     _, cfg, _ = setup
     out = tmp_path / "runs" / "a"
     assert main(["extract", str(cfg), "--set", "cache=auto", "--out", str(out), "--device", "cpu"]) == 0
     captured = capsys.readouterr()
     report = json.loads(captured.out)
-    assert Path(report["cache"]) == tmp_path / "runs" / "cache" and report["utterances"] == 24
+    assert Path(report["cache"]) == speechfuse_home / "cache" and report["utterances"] == 24  # auto: the user's cache
     assert "s of audio per second" in captured.err  # throughput line of fill_caches
     assert main(["extract", str(cfg), "--set", "cache=off", "--out", str(out)]) == 2
     assert "cache is 'off'" in capsys.readouterr().err

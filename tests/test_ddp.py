@@ -55,7 +55,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert all(float(s["step"]) == 5 for s in moved[0]["state"].values())
 
 
-def test_ddp_ranks_extract_their_own_cache_shards(tmp_path):
+def test_ddp_ranks_extract_their_own_cache_shards(tmp_path, speechfuse_home):
     manifests = make_fsdd(tmp_path / "data", digits=(0, 1), speakers=("george",), takes=range(6))
     upstream = save_tiny_model("hubert", tmp_path / "hubert")
     data = tiny_config(manifests, upstream, max_steps=2, val_every_steps=2, accelerator="cpu")
@@ -67,7 +67,7 @@ def test_ddp_ranks_extract_their_own_cache_shards(tmp_path):
          "-m", "speechfuse.cli", "train", str(cfg_path), "--out", str(tmp_path / "runs" / "ddp")],
         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    [entry] = list((tmp_path / "runs" / "cache").iterdir())
+    [entry] = list((speechfuse_home / "cache").iterdir())
     shards = sorted(p.name for p in entry.glob("shard-*.bin"))
     # 12 utterances: each rank extracted its 6 (utts[rank::2]) into its own shard, then both read all 12
     assert {name.split("-")[1] for name in shards} == {"0", "1"}, shards

@@ -180,7 +180,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "--depths 'whisper-tiny.en': expected UPSTREAM=K1" in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_real_training_end_to_end(tmp_path, tiny, monkeypatch):
+def test_cli_real_training_end_to_end(tmp_path, tiny, monkeypatch, speechfuse_home):
     import speechfuse.prune
     from test_model import make_corpus
 
@@ -211,7 +211,7 @@ def test_cli_real_training_end_to_end(tmp_path, tiny, monkeypatch):
     for r in rows:
         assert 0.0 <= float(r["test_accuracy_mean"]) <= 1.0
     assert int(rows[3]["upstream_params"]) == truncated_count(tiny["a"], 2)
-    assert list((tmp_path / "study" / "cache").iterdir())  # one feature cache for every series
+    assert list((speechfuse_home / "cache").iterdir())  # one feature cache for every series: the user's
     assert seeded == [([2], 24)]  # every utterance of the 3 splits (2 digits x 2 speakers x 6 takes)
 
 

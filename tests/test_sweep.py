@@ -97,7 +97,7 @@ def test_sweep_writes_table_and_resumes(tmp_path):
     trainer = FakeTrainer()
     rows = run_sweep(BASE, grid, tmp_path, train_fn=trainer, progress=False)
     assert trainer.calls == ["a__weighted_sum", "a__hconv", "a+b__weighted_sum", "a+b__hconv"]
-    assert trainer.cache == str((tmp_path / "cache").resolve())
+    assert trainer.cache == "auto"  # resolved by the runner, as `train` resolves it (the user's cache)
     assert [r["interface_params"] for r in rows] == [3, 1000, 6, 2000]
     assert rows[2]["upstreams"] == "a+b" and rows[2]["interface"] == "weighted_sum"
     assert rows[3]["dev_accuracy"] == pytest.approx(0.7) and rows[3]["test_macro_f1"] == 0.3
@@ -159,7 +159,7 @@ def test_combo_config_on_a_real_config(tmp_path):
         combo_config(cfg, {"train.nope": 1}, None)
 
 
-def test_real_sweep_end_to_end_resumes(tmp_path):
+def test_real_sweep_end_to_end_resumes(tmp_path, speechfuse_home):
     """The real runner on real bundled upstreams and real FSDD clips (a few clips, 2 steps per run)."""
     from speechfuse.config import config_from_dict
     from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests
@@ -188,8 +188,8 @@ def test_real_sweep_end_to_end_resumes(tmp_path):
     rows = run_sweep(cfg, grid, tmp_path / "sweep", train_fn=counting_train, progress=False)
     assert calls == ["speech-embedding__weighted_sum", "speech-embedding__hconv",
                      "speech-embedding+resemblyzer__weighted_sum", "speech-embedding+resemblyzer__hconv"]
-    # one shared cache: one entry per upstream, under out_dir/cache
-    entries = sorted(p.name.split("-")[0] for p in (tmp_path / "sweep" / "cache").iterdir() if p.is_dir())
+    # one shared cache: one entry per upstream, in the user's cache ($SPEECHFUSE_HOME/cache)
+    entries = sorted(p.name.split("-")[0] for p in (speechfuse_home / "cache").iterdir() if p.is_dir())
     assert entries == ["resemblyzer", "speech"]
     for r in rows:
         assert 0.0 <= r["test_accuracy"] <= 1.0 and 0.0 <= r["dev_macro_f1"] <= 1.0

@@ -249,7 +249,7 @@ def test_bad_rows_fail_before_training_listing_every_row(corpus, tmp_path):
 
 # -- feature cache -----------------------------------------------------------------------------------------------
 
-def test_cached_run_never_runs_the_upstream(corpus, tmp_path, monkeypatch):
+def test_cached_run_never_runs_the_upstream(corpus, tmp_path, monkeypatch, speechfuse_home):
     from speechfuse.train import train
     from speechfuse.upstream.base import Upstream
 
@@ -257,7 +257,7 @@ def test_cached_run_never_runs_the_upstream(corpus, tmp_path, monkeypatch):
     data = tiny_config(manifests, upstream, max_steps=3)
     data["cache"] = "auto"
     first = train(config_from_dict(data), tmp_path / "runs" / "a")
-    entries = list((tmp_path / "runs" / "cache").iterdir())  # auto = RUN_DIR/../cache
+    entries = list((speechfuse_home / "cache").iterdir())  # auto = $SPEECHFUSE_HOME/cache
     assert len(entries) == 1 and (entries[0] / "meta.json").is_file()
 
     def boom(*args, **kwargs):
@@ -289,7 +289,7 @@ def test_missing_speaker_target_is_reported_by_row(corpus, tmp_path):
     assert (tmp_path / "run" / "skipped_train.csv").read_text().splitlines()[1].startswith("3,")
 
 
-def test_optimizer_groups_and_trainable_upstreams_skip_the_cache(corpus, tmp_path):
+def test_optimizer_groups_and_trainable_upstreams_skip_the_cache(corpus, tmp_path, speechfuse_home):
     from speechfuse.tasks import get_task
     from speechfuse.learner import FusionTask
     from speechfuse.train import train
@@ -311,7 +311,7 @@ def test_optimizer_groups_and_trainable_upstreams_skip_the_cache(corpus, tmp_pat
     assert [(g["name"], g["lr"]) for g in groups][-1] == ("upstreams", 1e-5)
     before = {k: v.clone() for k, v in trainable.frontend.upstreams.state_dict().items()}
     train(config_from_dict(data), tmp_path / "runs" / "ft")
-    assert not (tmp_path / "runs" / "cache").exists()  # a trainable upstream is never cached
+    assert not (speechfuse_home / "cache").exists()  # a trainable upstream is never cached
     saved = _weights(tmp_path / "runs" / "ft")
     changed = [k for k, v in before.items() if not torch.equal(saved[f"frontend.upstreams.{k}"], v)]
     assert changed  # the fine-tuned upstream weights are in the checkpoint and moved

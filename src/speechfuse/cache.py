@@ -59,7 +59,7 @@ from .data.audio import audio_info
 from .data.manifest import span_duration
 from .errors import ConfigError, SpeechfuseError
 from .hidden import HiddenStates
-from .runfolder import write_atomic
+from .io import write_atomic
 
 FORMAT_VERSION = 1
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -29,7 +29,8 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from .errors import SpeechfuseError
-from .runfolder import BEST, CKPT_DIR, EXT, LAST, write_atomic
+from .io import write_atomic
+from .runfolder import BEST, CKPT_DIR, EXT, LAST
 
 FORMAT = "speechfuse-checkpoint-v1"
 _META_KEY = "speechfuse"

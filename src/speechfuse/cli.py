@@ -273,7 +273,7 @@ def _extract(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else _default_out(args.config)
-    if resolve_cache_dir(cfg, out) is None:
+    if resolve_cache_dir(cfg) is None:
         raise SpeechfuseError(f"{args.config}: cache is 'off'; set cache to auto or a folder to extract features")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

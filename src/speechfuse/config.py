@@ -160,8 +160,8 @@ class CacheConfig(_Strict):
     """The feature cache (used only when every upstream is frozen). `cache: <word>` is short for `cache: {dir: <word>}`."""
 
     dir: str = "auto"
-    """auto: a cache shared by the runs of one parent folder (RUN_DIR/../cache, or $SPEECHFUSE_HOME/cache
-    when that is set); off: always run the upstreams; anything else: that folder."""
+    """auto: the user's cache, $SPEECHFUSE_HOME/cache (default ~/.cache/speechfuse/cache), shared by every
+    train, sweep and extract; off: always run the upstreams; anything else: that folder."""
     key: Literal["stat", "sample", "content"] = "sample"
     """What tells an audio file is unchanged: stat = path + size + mtime; sample = stat + the first and last
     64 KiB of the file (catches `cp -p` / `rsync -t` rewrites); content = a hash of all its bytes."""

@@ -51,7 +51,7 @@ from typing import Any
 
 from .data.adapters import bundled_fsdd_dir, fsdd_manifests
 from .report import markdown_table, save_figure, write_table
-from .runfolder import write_atomic
+from .io import write_atomic
 
 SINGLES = [["whisper-tiny.en"], ["resemblyzer"]]
 PAIRS = [["whisper-tiny.en", "resemblyzer"]]

@@ -143,7 +143,7 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", device: str | None
     check_targets_known(model.task, splits, {split: getattr(cfg.data, split)})
     frozen = all(not u.trainable for u in model.frontend.upstreams)
     data = FusionData(cfg, model.task, {split: splits[split]}, model.frontend,
-                      resolve_cache_dir(cfg, run_dir) if frozen else None)
+                      resolve_cache_dir(cfg) if frozen else None)
     data.setup("test")
     return {split: score(model, data.loader(split), split, run_dir)}
 

@@ -47,7 +47,7 @@ from torch import nn
 
 from .errors import ConfigError, SpeechfuseError
 from .hidden import HiddenStates
-from .runfolder import write_atomic
+from .io import write_atomic
 
 if TYPE_CHECKING:
     from .model import FusedModel

@@ -160,7 +160,7 @@ def fill_config_caches(cfg, out_dir, *, device="cpu", batch_seconds: float | Non
     from .upstream import load_upstream
 
     out_dir = Path(out_dir)
-    cache_dir = resolve_cache_dir(cfg, out_dir)
+    cache_dir = resolve_cache_dir(cfg)
     if cache_dir is None:
         raise ConfigError("cache is 'off'; set cache to auto or a folder to extract features")
     task = build_task(cfg)

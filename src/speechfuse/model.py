@@ -34,7 +34,7 @@ from torch import nn
 from .errors import ConfigError, SpeechfuseError, UpstreamError
 from .frontend import FusionFrontend
 from .hidden import HiddenStates
-from .runfolder import write_atomic
+from .io import write_atomic
 from .tasks import Task, get_task
 
 if TYPE_CHECKING:

@@ -54,7 +54,7 @@ from typing import Any, Sequence
 import torch
 
 from .errors import ConfigError, SpeechfuseError
-from .runfolder import write_atomic
+from .io import write_atomic
 
 PRUNE_DIR = "prune"
 MEASUREMENTS = "measurements.json"
@@ -238,7 +238,7 @@ def measure(run_dir: Path, clips: int = 8, repeat: int = 5) -> dict[str, Any]:
     prune_dir.mkdir(parents=True, exist_ok=True)
     dev = load_splits(cfg, prune_dir, model.task.target_field, which=("dev",),
                       max_clip=clip_limit(model.frontend.upstreams))["dev"]
-    data = FusionData(cfg, model.task, {"dev": dev}, model.frontend, resolve_cache_dir(cfg, run_dir))
+    data = FusionData(cfg, model.task, {"dev": dev}, model.frontend, resolve_cache_dir(cfg))
     data.setup("validate")
     with torch.no_grad():
         scores = layer_scores(model, data.loader("dev"))
@@ -354,7 +354,7 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
                              "--cost seconds")
     task = Task.from_state(json.loads((run_dir / "task.json").read_text(encoding="utf-8")))
     metric = task.main_metric
-    cache_dir = resolve_cache_dir(cfg, run_dir)
+    cache_dir = resolve_cache_dir(cfg)
     scores = measured["importance"][importance]
     # the non-default choices name the run folders and report files, so that several selections sit side by side
     choices = [f"{key}={value}" for key, value, default in (("cost", cost, "flops"), ("importance", importance, "loss"))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import SpeechfuseError
-from .runfolder import write_atomic
+from .io import write_atomic
 
 # ---------------------------------------------------------------------------------------------
 # tables

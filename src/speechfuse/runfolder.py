@@ -1,209 +1,213 @@
-"""Where a run lives: the run folder's layout, its one atomic writer, its lock, its data fingerprints and the
-checks that a resumed run is the same run.
+"""Where a run lives: the one place that knows a run folder's file names and how to read a finished run, its
+lock, its data fingerprints and the checks that a resumed run is the same run.
 
 A run folder holds:
     config.yaml       the resolved config            task.json       the fitted task (vocabulary / labels)
-    fingerprint.json  sha256 of the config and of each manifest's contents (checked on resume)
+    fingerprint.json  sha256 of the config and of each manifest's contents (checked on resume and by evaluate)
     train.lock        while a `train` runs in the folder: its pid, host and start time
     checkpoints/      last.safetensors, best.safetensors (safetensors + JSON, see speechfuse.checkpoint)
-    metrics.json      {"dev": {...}, "test": {...}} of the best checkpoint (chosen by the dev main metric)
+    metrics.json      {"dev": {...}, "test": {...}} of the best checkpoint, written last: the run is finished
     interface.json    {"interface", "num_parameters", "describe", "importance"}   layers.png  weights/importance
+    utterances_<split>.jsonl  per-utterance results (speechfuse.utterances)
     logs/             CSV (logs/csv/metrics.csv) and TensorBoard (logs/tensorboard) logs
     model/            the best checkpoint as a model folder: sf.load_model(RUN_DIR) (see speechfuse.model)
+    eval/             what `evaluate` reads and writes besides the run's own files (evaluate --manifest)
     skipped_<split>.csv  the manifest rows dropped with train.skip_bad_rows
 
-    write_atomic(run_dir / "metrics.json", text)        # temp file, fsync, rename: never a torn file
+    run = RunFolder(run_dir)
+    run.metrics_path, run.checkpoint("best"), run.utterances("test"), run.model_dir      # the file names
+    run.is_finished; run.require_finished("evaluate")    # ConfigError naming the missing file
+    run.read_config(); run.read_task(); run.read_metrics(); run.read_interface()
     with RunLock(run_dir):                              # one `train` per folder at a time
-        check_writable(run_dir, run_dir / CKPT_DIR)     # before any work, not after the first steps
         check_data_unchanged(run_dir, manifests, allow_changed=False)   # on resume
         record_fingerprint(run_dir, config_text, manifests)
         check_same_config(cfg, run_dir); check_same_task(task, run_dir)   # on resume
 
-The lock is an flock on RUN_DIR/train.lock, which also names its holder (pid, host, start time). The
-kernel drops it when the holder dies, so a lock left by a killed run is taken over; where the file
-system has no flock, a lock whose pid is dead on this host is taken over instead.
+Files are written through speechfuse.io (write_atomic: temp file, fsync, rename). The lock is a filelock on
+RUN_DIR/train.lock, which also names its holder (pid, host, start time); the kernel drops it when the holder
+dies, so a lock left by a killed run is taken over.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import shutil
-import socket
-import tempfile
-import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional
 
 import yaml
 
 from .config import Config, config_from_dict, config_to_dict
 from .errors import ConfigError, SpeechfuseError
+from .io import (HolderLock, RunFolderError, check_free_space, check_writable, describe_holder, disk_full,
+                 write_atomic)
+from .tasks import Task
 
-if TYPE_CHECKING:
-    from .tasks import Task
-
+CONFIG = "config.yaml"
+TASK = "task.json"
+METRICS = "metrics.json"
+FINGERPRINT = "fingerprint.json"
+INTERFACE = "interface.json"
+LAYERS_PNG = "layers.png"
+MODEL_DIR = "model"
+EVAL_DIR = "eval"
 CKPT_DIR = "checkpoints"
 LAST = "last"  # checkpoints/last.safetensors, checkpoints/best.safetensors
 BEST = "best"
 EXT = ".safetensors"
 LOGS_DIR = "logs"
 LOCK = "train.lock"
-FINGERPRINT = "fingerprint.json"
 
 
-class RunFolderError(SpeechfuseError):
-    """The run folder cannot be used: in use by another run, not writable, or its disk is full."""
+class RunFolder:
+    """One run folder: its file names, and reading what a run wrote. Every reader raises a ConfigError naming
+    the file and what to do; nothing here trains or writes but `write_metrics` / `write_config` / `write_task`."""
 
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
 
-# ---------------------------------------------------------------------------------------------
-# writing
-# ---------------------------------------------------------------------------------------------
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the whole new one, never a part:
-    a temp file in the same folder, fsync, rename. A full disk is a RunFolderError naming the file,
-    and the old file is kept. Every file speechfuse writes goes through here; its mode is what open()
-    would give (0o666 less the umask), so a shared cache or run folder follows the user's umask."""
-    path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # -- file names ------------------------------------------------------------------------------
+    config_path = property(lambda self: self.path / CONFIG)
+    task_path = property(lambda self: self.path / TASK)
+    metrics_path = property(lambda self: self.path / METRICS)
+    fingerprint_path = property(lambda self: self.path / FINGERPRINT)
+    interface_path = property(lambda self: self.path / INTERFACE)
+    layers_png = property(lambda self: self.path / LAYERS_PNG)
+    model_dir = property(lambda self: self.path / MODEL_DIR)
+    eval_dir = property(lambda self: self.path / EVAL_DIR)
+    checkpoints_dir = property(lambda self: self.path / CKPT_DIR)
+    logs_dir = property(lambda self: self.path / LOGS_DIR)
+
+    def checkpoint(self, name: str = BEST) -> Path:
+        """checkpoints/<name>.safetensors (name: best or last)."""
+        return self.path / CKPT_DIR / f"{name}{EXT}"
+
+    def utterances(self, split: str) -> Path:
+        """utterances_<split>.jsonl: the per-utterance results of a split (speechfuse.utterances)."""
+        return self.path / f"utterances_{split}.jsonl"
+
+    def skipped(self, split: str) -> Path:
+        return self.path / f"skipped_{split}.csv"
+
+    # -- state ----------------------------------------------------------------------------------
+    @property
+    def is_finished(self) -> bool:
+        """metrics.json is written last, by a run that finished (train, or a sweep's runner)."""
+        return self.metrics_path.is_file()
+
+    def require_finished(self, command: str) -> "RunFolder":
+        """A ConfigError naming what is missing unless this is a finished run folder; returns self."""
+        if not self.path.is_dir():
+            raise ConfigError(f"{command}: run folder not found: {self.path}; give a folder written by "
+                              "`speechfuse train`")
+        for path in (self.config_path, self.task_path, self.metrics_path):
+            if not path.is_file():
+                raise ConfigError(f"{command}: {self.path} is not a finished speechfuse run ({path.name} is missing); "
+                                  "train it to the end first (run the same `speechfuse train` again to resume)")
+        return self
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _read_text(self, path: Path) -> str:
         try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise RunFolderError(f"disk full while writing {path} ({err.strerror}); the previous version of the "
-                                 "file is kept. Free some space and run the same command again.") from err
-        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise RunFolderError(f"cannot write {path} ({err.strerror}); make its folder writable or use "
-                                 "another folder.") from err
-        raise
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path} is missing; {self.path} is not a finished speechfuse run folder") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read {path} ({err}); restore it or train the run again") from None
 
-
-def check_writable(*folders: Path) -> None:
-    """A RunFolderError, before any work, when a folder (or, if it does not exist yet, the folder it would be
-    created in) cannot be written: a probe file is created and removed (permissions alone do not say it:
-    root ignores them, a read-only mount does not)."""
-    for folder in folders:
-        target = folder
-        while not target.exists() and target.parent != target:
-            target = target.parent
+    def _read_json(self, path: Path) -> Any:
         try:
-            fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=target)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as err:
-            raise RunFolderError(f"cannot write into {target} ({err.strerror or err}); nothing was trained. Make it "
-                                 "writable, or train into another folder (--out).") from err
+            return json.loads(self._read_text(path))
+        except ValueError as err:
+            raise ConfigError(f"{path} is not valid JSON ({err}); restore it or train the run again") from None
+
+    def read_config_dict(self) -> dict:
+        """config.yaml as written (a plain dict, not validated)."""
+        try:
+            data = yaml.safe_load(self._read_text(self.config_path))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{self.config_path} is not valid YAML ({err}); restore it or train the run "
+                              "again") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{self.config_path} holds no config mapping; restore it or train the run again")
+        return data
+
+    def read_config(self) -> Config:
+        """The run's resolved Config (relative paths resolve against the run folder)."""
+        return config_from_dict(self.read_config_dict(), self.path, str(self.config_path))
+
+    def task_name(self) -> str:
+        state = self._read_json(self.task_path)
+        if not isinstance(state, dict) or not isinstance(state.get("name"), str):
+            raise ConfigError(f"{self.task_path} names no task; restore it or train the run again")
+        return state["name"]
+
+    def read_task(self) -> Task:
+        """The fitted task (labels / vocabulary) the run's checkpoints were trained for."""
+        self.task_name()
+        return Task.from_state(self._read_json(self.task_path))
+
+    def read_metrics(self) -> dict:
+        """metrics.json: {"dev": {...}, "test": {...}}."""
+        metrics = self._read_json(self.metrics_path)
+        if not isinstance(metrics, dict):
+            raise ConfigError(f"{self.metrics_path} holds no metrics; delete it and run `speechfuse evaluate` or "
+                              "train again")
+        return metrics
+
+    def read_interface(self) -> dict:
+        """interface.json, or {} when the run wrote none (or it is unreadable): it only adds columns."""
+        try:
+            info = json.loads(self.interface_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    def read_fingerprint(self) -> Optional[dict]:
+        """fingerprint.json's {split: {"path", "sha256"}} of the manifests, or None for a run from before
+        fingerprints were recorded."""
+        if not self.fingerprint_path.is_file():
+            return None
+        manifests = self._read_json(self.fingerprint_path)
+        manifests = manifests.get("manifests") if isinstance(manifests, dict) else None
+        if not isinstance(manifests, dict):
+            raise ConfigError(f"{self.fingerprint_path} holds no manifest fingerprints; restore it, or train into a "
+                              "new folder (--out)")
+        return manifests
+
+    def changed_manifests(self, manifests: dict[str, str]) -> list[str]:
+        """`data.<split> (<path>)` for each manifest whose contents differ from the run's fingerprint (none when
+        the run has no fingerprint.json)."""
+        before = self.read_fingerprint()
+        if before is None:
+            return []
+        return [f"data.{split} ({manifest})" for split, manifest in manifests.items()
+                if not isinstance(before.get(split), dict) or before[split].get("sha256") != file_sha256(manifest)]
+
+    # -- writing ----------------------------------------------------------------------------------
+    def write_config(self, config_text: str) -> None:
+        write_atomic(self.config_path, config_text)
+
+    def write_task(self, task: Task) -> None:
+        write_atomic(self.task_path, json.dumps(task.state(), indent=2))
+
+    def write_metrics(self, metrics: dict) -> None:
+        """Last: a run folder with metrics.json is finished."""
+        write_atomic(self.metrics_path, json.dumps(metrics, indent=2))
 
 
-def check_free_space(folder: Path, need_bytes: int, what: str) -> None:
-    """RunFolderError when the disk holding `folder` has less than `need_bytes` free."""
-    free = shutil.disk_usage(folder).free
-    if free < need_bytes:
-        raise RunFolderError(f"only {free / 2**20:.1f} MiB free on the disk of {folder}, but {what} need about "
-                             f"{need_bytes / 2**20:.1f} MiB; free some space or train into a folder on another "
-                             "disk (--out). Nothing was trained.")
-
-
-def disk_full(err: BaseException, where: Path) -> Optional[RunFolderError]:
-    """The clear error for an OSError ENOSPC raised by some writer (a logger, say) inside `where`."""
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return RunFolderError(f"disk full while writing into {where} ({err}); the last checkpoint is kept. Free "
-                              "some space and run the same command again to resume.")
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# the lock
-# ---------------------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-class RunLock:
+class RunLock(HolderLock):
     """Holds RUN_DIR/train.lock while a run trains; a second holder gets a RunFolderError naming the first."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
-        self.path = Path(run_dir) / LOCK
-        self._fd: Optional[int] = None
-
-    def __enter__(self) -> "RunLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def acquire(self) -> None:
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as err:
-                raise RunFolderError(f"cannot create the lock file {self.path} ({err.strerror}); make the run "
-                                     "folder writable, or train into another folder (--out)") from err
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise RunFolderError(self._busy_message(self._holder())) from None
-            except OSError:  # no flock on this file system: judge the holder by its pid
-                holder = self._holder()
-                if holder and holder.get("host") == socket.gethostname() and _pid_alive(int(holder.get("pid", 0))) \
-                        and int(holder.get("pid", 0)) != os.getpid():
-                    os.close(fd)
-                    raise RunFolderError(self._busy_message(holder)) from None
-            # the file may have been unlinked by its previous holder between our open and flock
-            if os.path.exists(self.path) and os.fstat(fd).st_ino == os.stat(self.path).st_ino:
-                break
-            os.close(fd)
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())}
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(info).encode("utf-8"))
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            self.path.unlink(missing_ok=True)  # still holding the flock: nobody reads a half-released lock
-        finally:
-            os.close(self._fd)
-            self._fd = None
-
-    def _holder(self) -> Optional[dict]:
-        try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-
-    def _busy_message(self, holder: Optional[dict]) -> str:
-        who = (f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
-               if holder else "a process that is still starting")
-        return (f"run folder {self.path.parent} is in use by another `speechfuse train` ({who}; lock file "
-                f"{self.path}). Wait for it to finish or stop it, or train into another folder (--out).")
+        path = Path(run_dir) / LOCK
+        super().__init__(path, busy=lambda holder: (
+            f"run folder {path.parent} is in use by another `speechfuse train` ({describe_holder(holder)}; lock "
+            f"file {path}). Wait for it to finish or stop it, or train into another folder (--out)."))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,29 +229,18 @@ def fingerprint(config_text: str, manifests: dict[str, str]) -> dict:
 
 
 def record_fingerprint(run_dir: Path, config_text: str, manifests: dict[str, str]) -> None:
-    write_atomic(run_dir / FINGERPRINT, json.dumps(fingerprint(config_text, manifests), indent=2))
+    write_atomic(RunFolder(run_dir).fingerprint_path, json.dumps(fingerprint(config_text, manifests), indent=2))
 
 
 def check_data_unchanged(run_dir: Path, manifests: dict[str, str], allow_changed: bool = False) -> None:
     """On resume: a manifest whose contents differ from when the run started is a ConfigError naming it
     (a warning with allow_changed). Run folders from before fingerprints were recorded are not checked."""
-    path = run_dir / FINGERPRINT
-    if not path.is_file():
-        return
-    try:
-        before = json.loads(path.read_text(encoding="utf-8"))["manifests"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"cannot resume {run_dir}: {path} is unreadable ({err}); restore it, or train into a "
-                          "new folder (--out)") from err
-    changed = []
-    for split, manifest in manifests.items():
-        old = before.get(split)
-        if old is None or old.get("sha256") != file_sha256(manifest):
-            changed.append(f"data.{split} ({manifest})")
+    run = RunFolder(run_dir)
+    changed = run.changed_manifests(manifests)
     if not changed:
         return
     what = (f"the contents of {', '.join(changed)} changed since run folder {run_dir} started training "
-            f"(fingerprints in {path})")
+            f"(fingerprints in {run.fingerprint_path})")
     if allow_changed:
         warnings.warn(f"{what}; resuming on the new data because train.allow_changed_data is set. The best "
                       "checkpoint so far was chosen on the old dev data.", stacklevel=2)
@@ -268,8 +261,9 @@ RESUME_MAY_CHANGE = {"max_steps", "max_epochs", "val_every_steps", "progress_bar
 
 def check_same_config(cfg: Config, run_dir: Path) -> None:
     """Resuming (a last checkpoint exists) with a config that computes something else is an error."""
-    path = run_dir / "config.yaml"
-    if not (run_dir / CKPT_DIR / f"{LAST}{EXT}").is_file() or not path.is_file():
+    run = RunFolder(run_dir)
+    path = run.config_path
+    if not run.checkpoint(LAST).is_file() or not path.is_file():
         return
 
     def essential(c: Config) -> dict:
@@ -279,8 +273,8 @@ def check_same_config(cfg: Config, run_dir: Path) -> None:
         return d
 
     try:
-        old = config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), run_dir, str(path))
-    except (SpeechfuseError, yaml.YAMLError) as err:
+        old = run.read_config()
+    except SpeechfuseError as err:
         raise ConfigError(f"cannot resume {run_dir}: its config.yaml is unreadable ({err}); train into a new "
                           "folder (--out)") from err
     new, before = essential(cfg), essential(old)
@@ -297,14 +291,16 @@ def check_same_config(cfg: Config, run_dir: Path) -> None:
 
 def check_same_task(task: Task, run_dir: Path) -> None:
     """On resume, the task fitted now (labels / vocabulary) must be the one the checkpoints were trained for."""
-    path = run_dir / "task.json"
+    path = RunFolder(run_dir).task_path
     if path.is_file() and json.loads(path.read_text(encoding="utf-8")) != json.loads(json.dumps(task.state())):
         raise ConfigError(f"cannot resume {run_dir}: the training data now gives the task other labels / another "
                           f"vocabulary than {path}, which its checkpoints were trained for; train into a new folder "
                           "(--out)")
 
 
-__all__ = ["write_atomic", "check_writable", "check_free_space", "disk_full", "RunLock", "RunFolderError",
-           "file_sha256", "fingerprint", "record_fingerprint", "check_data_unchanged", "CKPT_DIR", "LOGS_DIR",
-           "LOCK", "FINGERPRINT", "LAST", "BEST", "EXT", "RESUME_MAY_CHANGE", "check_same_config",
-           "check_same_task"]
+__all__ = ["RunFolder", "RunLock", "RunFolderError", "file_sha256", "fingerprint", "record_fingerprint",
+           "check_data_unchanged", "check_same_config", "check_same_task", "RESUME_MAY_CHANGE", "CONFIG", "TASK",
+           "METRICS", "FINGERPRINT", "INTERFACE", "LAYERS_PNG", "MODEL_DIR", "EVAL_DIR", "CKPT_DIR", "LOGS_DIR",
+           "LOCK", "LAST", "BEST", "EXT",
+           # speechfuse.io's, for existing callers
+           "write_atomic", "check_writable", "check_free_space", "disk_full"]

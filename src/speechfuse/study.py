@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .errors import ConfigError
 from .report import markdown_table, save_figure, write_table
-from .runfolder import write_atomic
-from .sweep import combo_config, run_sweep, shared_cache_dir, summarise_seeds
+from .io import write_atomic
+from .sweep import combo_config, run_sweep, summarise_seeds
 
 DEPTH_NOTE = "depth-truncated stand-in, not a real smaller model"
 TABLE_MD, TABLE_CSV, FIGURE = "scaling.md", "scaling.csv", "scaling.png"
@@ -182,7 +182,7 @@ def seed_depth_cache(cfg, s: Series, full_layers: int, out_dir: Path) -> int:
     from .model import build_task
     from .prune import seed_truncated_cache
 
-    cache_dir = resolve_cache_dir(cfg, out_dir / s.folder)
+    cache_dir = resolve_cache_dir(cfg)
     if cache_dir is None or s.depth >= full_layers:
         return 0
     one = combo_config(cfg, {"upstreams": [_full(s.upstream_sets[0][0])]}, None)
@@ -222,7 +222,6 @@ def scaling_study(cfg, out_dir, interfaces: Sequence[str] = ("weighted_sum", "hc
         raise ConfigError("scaling study: give at least one seed (two or more for error bars)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = combo_config(cfg, {}, shared_cache_dir(cfg, out_dir))  # one cache for every series
     series = plan_series(cfg, sizes, depths)
     params, full_layers = check_and_count(cfg, series, interfaces)
     metric, higher_is_better = main_metric(cfg)

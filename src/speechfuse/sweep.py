@@ -11,8 +11,9 @@
 - Each combination trains in `out_dir/runs/<readable name>` through `speechfuse.train.train`.
 - A run whose `metrics.json` exists is not trained again (resume); `train()` itself resumes a run that
   was cut off mid-way from its checkpoint.
-- Every run shares one feature cache: `out_dir/cache` when the config says `cache: auto`, the config's
-  own folder when it names one, none when it says `off`.
+- Every run uses the config's feature cache as `train` does (`cache: auto`: the user's cache,
+  $SPEECHFUSE_HOME/cache, see speechfuse.data.loader.resolve_cache_dir), so a sweep and a `train` on the same
+  config extract the features once.
 - `jobs=N` (`--jobs N`) trains N runs at once, each in its own process with 1/N of this process's torch
   threads: every configuration's candidates (or runs) first, then the seeds at the chosen values. The
   caches are filled here first, with every thread. On a CPU, small heads use 2 threads poorly, so 2 jobs
@@ -46,7 +47,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .config import parse_value, set_dotted
 from .errors import ConfigError
 from .report import plot_importance, write_table
-from .runfolder import write_atomic
+from .io import write_atomic
 from .stats import mean_std
 
 RESULTS_MD = "results.md"
@@ -194,18 +195,6 @@ def combo_config(cfg: Any, combo: dict[str, Any], cache_dir: str | None) -> Any:
         else:
             data["cache"] = cache_dir
     return _rebuild(cfg, data, f"(sweep combination {combo})")
-
-
-def shared_cache_dir(cfg: Any, out_dir: Path) -> str | None:
-    """`out_dir/cache` for cache=auto, the config's folder if it names one, None (keep 'off') for off."""
-    value = _config_dict(cfg).get("cache", "auto")
-    if isinstance(value, dict):
-        value = value.get("dir", "auto")
-    if value in (None, "auto"):
-        return str((out_dir / "cache").resolve())
-    if value == "off":
-        return None
-    return str(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,16 +388,17 @@ class _Pool:
             self.pool = None
 
 
-def _prefill_caches(cfg: Any, combos: list[dict], cache_dir: str | None, out_dir: Path) -> None:
+def _prefill_caches(cfg: Any, combos: list[dict], out_dir: Path) -> None:
     """Fill the caches of every frozen upstream the combinations use, here, before the workers start (one
     `fill_config_caches` per distinct data section, over the union of its upstreams)."""
-    if cache_dir is None:
-        return
+    from .data.loader import resolve_cache_dir
     from .extract import fill_config_caches
 
+    if resolve_cache_dir(cfg) is None:
+        return
     groups: dict[str, dict] = {}
     for combo in combos:
-        data = _config_dict(combo_config(cfg, combo, cache_dir))
+        data = _config_dict(combo_config(cfg, combo, None))
         ups = data.get("upstreams") or []
         if any((u.get("options") or {}).get("trainable") for u in ups if isinstance(u, dict)):
             continue  # trainable upstreams are not cached
@@ -483,13 +473,12 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = _plan(grid, select, seeds)
     metric, higher_is_better = _selection_metric(cfg) if select else (None, True)
-    cache_dir = shared_cache_dir(cfg, out_dir)
     # validate every run the sweep may need up front, and refuse grids whose run names collide
     every = [c for p in plan for c in p["candidates"]]
     every += [{**p["combo"], **cand, **s} for p in plan for cand in ([{}] if not select else expand_grid(select))
               for s in p["seeded"]]
     for c in every:
-        combo_config(cfg, c, cache_dir)
+        combo_config(cfg, c, None)
     finals = [{**p["combo"], **s} for p in plan for s in p["seeded"]]
     final_names = [run_name(c) for c in finals]
     if len(set(final_names)) != len(final_names):
@@ -514,7 +503,7 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
 
     def run_of(combo: dict) -> tuple[str, Any, Path]:
         name = run_name(combo)
-        return name, combo_config(cfg, combo, cache_dir), out_dir / "runs" / name
+        return name, combo_config(cfg, combo, None), out_dir / "runs" / name
 
     def run(combo: dict) -> tuple[str, Any, Path, dict]:
         name, run_cfg, run_dir = run_of(combo)
@@ -578,7 +567,7 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     try:
         if pool is not None:  # train every run in the workers first; the loop below then finds them finished
             if own_trainer:
-                _prefill_caches(cfg, every, cache_dir, out_dir)
+                _prefill_caches(cfg, every, out_dir)
             pool.train([c for p in plan for c in (p["candidates"] or [{**p["combo"], **s} for s in p["seeded"]])])
             if select:
                 def read(cand: dict) -> tuple[str, dict]:

@@ -30,7 +30,7 @@ import yaml
 
 from .errors import ConfigError
 from .report import write_table
-from .runfolder import write_atomic
+from .io import write_atomic
 from .sweep import RESULTS_CSV
 
 COLUMNS = ("LibriSpeech WER", "ML-SUPERB mono CER", "ML-SUPERB multi CER", "VoxCeleb1 EER", "IEMOCAP accuracy")

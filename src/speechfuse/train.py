@@ -3,7 +3,7 @@
     what the model is         speechfuse.model      (FusedModel, build_frontend, build_task)
     how it learns             speechfuse.learner    (FusionTask, the callbacks, make_trainer)
     what it reads             speechfuse.data.loader (load_splits, FusionData, the feature cache wiring)
-    where a run lives         speechfuse.runfolder  (layout, lock, fingerprints, resume checks, write_atomic)
+    where a run lives         speechfuse.runfolder  (RunFolder: file names and readers; lock, fingerprints, resume checks)
     how a run is measured     speechfuse.evaluate   (score, evaluate, load_run)
 
     from speechfuse.config import load_config
@@ -27,7 +27,6 @@ Behaviour worth knowing:
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from contextlib import nullcontext
@@ -45,9 +44,9 @@ from .evaluate import (collect_records, evaluate, load_run, load_weights, save_t
                        write_interface_report)
 from .learner import FusionTask, StopOnInterrupt, TrainingInterrupted, checkpoint_bytes, make_trainer
 from .model import build_frontend, build_task, save_run_model
-from .runfolder import (BEST, CKPT_DIR, EXT, LAST, LOGS_DIR, RunLock, check_data_unchanged, check_free_space,
-                        check_same_config, check_same_task, check_writable, disk_full, record_fingerprint,
-                        write_atomic)
+from .io import check_free_space, check_writable, disk_full
+from .runfolder import (BEST, LAST, RunFolder, RunLock, check_data_unchanged, check_same_config, check_same_task,
+                        record_fingerprint)
 from .tasks import check_targets_known
 
 
@@ -62,7 +61,8 @@ def train(cfg: Config, out_dir: str | os.PathLike, callbacks: list | None = None
 
 
 def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
-    check_writable(run_dir, run_dir / CKPT_DIR, run_dir / LOGS_DIR)
+    run = RunFolder(run_dir)
+    check_writable(run_dir, run.checkpoints_dir, run.logs_dir)
     check_same_config(cfg, run_dir)
     resume = resume_checkpoint(run_dir)
     manifests = {split: path for split in SPLITS if (path := getattr(cfg.data, split)) is not None}
@@ -79,8 +79,8 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
     is_zero = rank_zero_only.rank == 0
     if is_zero:
         config_text = config_to_yaml(cfg)
-        write_atomic(run_dir / "config.yaml", config_text)  # other ranks may be reading it
-        write_atomic(run_dir / "task.json", json.dumps(task.state(), indent=2))
+        run.write_config(config_text)  # other ranks may be reading it
+        run.write_task(task)
         record_fingerprint(run_dir, config_text, manifests)
 
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)  # same initial weights on every rank
@@ -89,11 +89,11 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
         check_free_space(run_dir, 3 * checkpoint_bytes(model) + 2**20, "three checkpoints (last, best, one being "
                          "written)")
     frozen = all(not u.trainable for u in model.frontend.upstreams)
-    cache_dir = resolve_cache_dir(cfg, run_dir) if frozen else None
+    cache_dir = resolve_cache_dir(cfg) if frozen else None
     data = FusionData(cfg, task, splits, model.frontend, cache_dir, model.position)
     stopper = StopOnInterrupt()
     trainer = make_trainer(cfg, run_dir, task, [*(callbacks or []), stopper])
-    last = run_dir / CKPT_DIR / f"{LAST}{EXT}"
+    last = run.checkpoint(LAST)
     stopper.install()
     try:
         with warnings.catch_warnings():
@@ -123,7 +123,7 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
                               "from its last checkpoint")
 
     best = Path(trainer.checkpoint_callback.best_model_path or "") if trainer.checkpoint_callback else None
-    best = best if best and best.is_file() else run_dir / CKPT_DIR / f"{BEST}{EXT}"
+    best = best if best and best.is_file() else run.checkpoint(BEST)
     if not best.is_file():
         best = last
     load_weights(model, best)
@@ -140,7 +140,7 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
         write_interface_report(model, data.val_dataloader(), run_dir, cfg.train.importance)
         save_run_model(cfg, task, model.frontend, model.head, run_dir, metrics, best.stem)  # RUN_DIR/model/
         # last: a sweep treats a run folder with metrics.json as finished
-        write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        run.write_metrics(metrics)
     return metrics
 
 

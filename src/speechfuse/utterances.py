@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ConfigError
-from .runfolder import write_atomic
+from .io import write_atomic
 from .stats import bootstrap_ci
 
 N_RESAMPLES = 1000  # bootstrap resamples of every reported interval

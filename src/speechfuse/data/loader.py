@@ -1,7 +1,7 @@
 """What the runner reads: a config's splits as validated utterances, batched into FusionBatches.
 
     splits = load_splits(cfg, run_dir, task.target_field, max_clip=clip_limit(frontend.upstreams))
-    data = FusionData(cfg, task, splits, frontend, resolve_cache_dir(cfg, run_dir), position)
+    data = FusionData(cfg, task, splits, frontend, resolve_cache_dir(cfg), position)
     trainer.fit(model, datamodule=data)
 
 - Batches: `train.batch_seconds` is the GLOBAL batch. Under DDP (torchrun or train.devices > 1) every rank
@@ -12,14 +12,13 @@
 - Resume inside an epoch: an EpochPosition, saved in the checkpoint by the LightningModule, makes the train
   sampler skip the batches already trained on.
 - Feature cache: used when every upstream is frozen and `cache` is not `off`. `cache: auto` means
-  $SPEECHFUSE_HOME/cache when SPEECHFUSE_HOME is set, else RUN_DIR/../cache (shared by the runs of one
-  parent folder, as a sweep does). Each DDP rank extracts its own shard, then all ranks wait and read all.
+  $SPEECHFUSE_HOME/cache (default ~/.cache/speechfuse/cache), one cache shared by every train, sweep and
+  extract of this user (resolve_cache_dir is the one place that decides). Each DDP rank extracts its own shard, then all ranks wait and read all.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..cache import FeatureCache
+from ..io import speechfuse_home
 from ..config import Config
 from ..errors import ConfigError, SpeechfuseError
 from ..extract import fill_caches
@@ -212,12 +212,13 @@ class _SplitBatches(Sampler):
                 yield [(batch[0], len(batch), False)]
 
 
-def resolve_cache_dir(cfg: Config, run_dir: Path) -> Optional[Path]:
+def resolve_cache_dir(cfg: Config) -> Optional[Path]:
+    """The one place that decides the feature cache folder: None for `cache: off`, speechfuse_home()/cache
+    for `auto` (shared by every train, sweep, extract and evaluate of this user), else the folder named."""
     if cfg.cache.dir == "off":
         return None
     if cfg.cache.dir == "auto":
-        home = os.environ.get("SPEECHFUSE_HOME")
-        return Path(home) / "cache" if home else run_dir.resolve().parent / "cache"
+        return speechfuse_home() / "cache"
     return Path(cfg.cache.dir)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import AudioError, ConfigError
-from ..runfolder import write_atomic
+from ..io import write_atomic
 from .audio import audio_info, probe_audio, span_frames
 
 KNOWN_FIELDS = ("id", "path", "duration", "text", "label", "speaker", "language", "start", "end")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import UpstreamError
+from ..io import speechfuse_home
 
 # CTranslate2 dtype ids -> numpy dtypes; bf16 (5) has no numpy dtype and is read as raw uint16 bits
 _DTYPES: dict[int, np.dtype] = {
@@ -168,11 +169,6 @@ def whisper_encoder_from_ct2(model_bin: str | os.PathLike):
             f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})"
         )
     return encoder.eval()
-
-
-def speechfuse_home() -> Path:
-    """$SPEECHFUSE_HOME, or ~/.cache/speechfuse."""
-    return Path(os.environ.get("SPEECHFUSE_HOME") or Path.home() / ".cache" / "speechfuse")
 
 
 def converted_whisper_folder(model_bin: str | os.PathLike, name: str) -> Path:
