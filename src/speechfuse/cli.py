@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run folder written by `speechfuse train`")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="which manifest (default test)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--manifest", default=None,
+                   help="score these rows instead of the run's data.<split> (refused when that manifest changed "
+                        "since training); per-utterance results go to RUN/eval/<split>-<sha>/, not the run's files")
 
     p = sub.add_parser("compare", help="paired bootstrap: is run A better than run B on the same utterances?",
                        description="Compare two finished runs on the same utterances (matched by id, from each "
@@ -347,7 +350,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "evaluate":
         from .train import evaluate
 
-        print(json.dumps(evaluate(args.run_dir, split=args.split, device=args.device), indent=2))
+        metrics = evaluate(args.run_dir, split=args.split, device=args.device, manifest=args.manifest)
+        print(json.dumps(metrics, indent=2))
         return 0
     if args.command == "compare":
         from .compare import compare_runs, describe

@@ -2,6 +2,7 @@
 
     model, cfg = load_run("runs/speaker")            # FusionTask + the run's Config (best checkpoint)
     evaluate("runs/speaker", split="test")           # {"test": {...}}: what `speechfuse evaluate` prints
+    evaluate("runs/speaker", manifest="new_test.csv") # other rows: results in runs/speaker/eval/test-<sha>/
     score(model, loader, split, run_dir)             # the task's metrics over a loader's batches
     save_task_tensors(checkpoint, task.tensors())    # the runner, after fit_scoring (verify's AS-norm cohort)
 
@@ -12,21 +13,22 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
 from .checkpoint import load_checkpoint_file, save_checkpoint_file
-from .config import Config, config_from_dict
+from .config import Config
 from .data.loader import SPLITS, FusionData, load_splits, resolve_cache_dir
 from .data.manifest import clip_limit
 from .errors import ConfigError
+from .io import write_atomic
 from .learner import FusionTask, restore_frozen
-from .runfolder import BEST, CKPT_DIR, EXT, LAST, write_atomic
-from .tasks import Task, check_targets_known
+from .runfolder import BEST, LAST, RunFolder, file_sha256
+from .tasks import check_targets_known
 from .utterances import metric_ci, write_utterances
 
 TASK_TENSORS = "task_tensors"  # the checkpoint's speechfuse section: what save_task_tensors stored
@@ -100,52 +102,74 @@ def write_interface_report(model: FusionTask, loader: DataLoader, run_dir: Path,
         states = batch.states if batch.states is not None else model.frontend.extract(batch.wavs, batch.wav_lengths)
         info["importance"] = layer_importance(model.frontend, states)
     info["describe"] = interface.describe()
-    write_atomic(run_dir / "interface.json", json.dumps(info, indent=2, default=float))
+    run = RunFolder(run_dir)
+    write_atomic(run.interface_path, json.dumps(info, indent=2, default=float))
     try:
         from .report import plot_importance
     except ImportError:
         plot_importance = None
     if plot_importance is not None:
-        plot_importance(info["describe"], run_dir / "layers.png",
+        plot_importance(info["describe"], run.layers_png,
                         title=f"{model.cfg.interface.name}: " + "+".join(u.spec for u in model.cfg.upstreams))
     return info
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = BEST) -> tuple[FusionTask, Config]:
-    """Rebuild the trained model of a run folder from config.yaml + task.json + a checkpoint."""
-    run_dir = Path(run_dir)
-    for name in ("config.yaml", "task.json"):
-        if not (run_dir / name).is_file():
-            raise ConfigError(f"{run_dir} is not a finished speechfuse run folder: {name} is missing")
-    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")), run_dir,
-                           str(run_dir / "config.yaml"))
-    task = Task.from_state(json.loads((run_dir / "task.json").read_text(encoding="utf-8")))
+    """Rebuild the trained model of a run folder from config.yaml + task.json + a checkpoint (`last` when the
+    run has no `best` yet)."""
+    run = RunFolder(run_dir)
+    cfg, task = run.read_config(), run.read_task()
     model = FusionTask(cfg, task)
-    path = run_dir / CKPT_DIR / f"{checkpoint}{EXT}"
+    path = run.checkpoint(checkpoint)
     if not path.is_file():
-        path = run_dir / CKPT_DIR / f"{LAST}{EXT}"
+        path = run.checkpoint(LAST)
     checkpoint = load_weights(model, path)
     model.task.load_tensors(checkpoint.get("speechfuse", {}).get(TASK_TENSORS, {}), str(path))
     return model, cfg
 
 
-def evaluate(run_dir: str | os.PathLike, split: str = "test", device: str | None = None) -> dict:
-    """Metrics of the run's best checkpoint on `split` (train | dev | test)."""
+def evaluate(run_dir: str | os.PathLike, split: str = "test", device: str | None = None,
+             manifest: str | os.PathLike | None = None) -> dict:
+    """Metrics of the run's best checkpoint on `split` (train | dev | test).
+
+    The run's own data.<split> must still hold the rows it was trained / scored with (fingerprint.json, as on
+    resume): a changed manifest is a ConfigError, not new numbers under the old run's name, and the run's
+    utterances_<split>.jsonl is left as it was. To score other rows, pass `manifest` (CLI: --manifest): its
+    per-utterance results go to RUN/eval/<split>-<sha256 of the manifest, 12 hex>/, never to the run's own files,
+    and a line on stderr says where."""
     if split not in SPLITS:
         raise ConfigError(f"evaluate: split must be one of {', '.join(SPLITS)}, got {split!r}")
-    run_dir = Path(run_dir)
-    model, cfg = load_run(run_dir)
-    if getattr(cfg.data, split) is None:
-        raise ConfigError(f"evaluate: the run's config has no data.{split} manifest")
+    run = RunFolder(run_dir)
+    model, cfg = load_run(run.path)
+    if manifest is None:
+        if getattr(cfg.data, split) is None:
+            raise ConfigError(f"evaluate: the run's config has no data.{split} manifest; give one with --manifest")
+        changed = run.changed_manifests({split: getattr(cfg.data, split)})
+        if changed:
+            raise ConfigError(f"evaluate: the contents of {changed[0]} changed since {run.path} was trained "
+                              f"(fingerprints in {run.fingerprint_path}), so its scores would not be this run's. "
+                              f"Restore the old manifest, or score the new rows with --manifest "
+                              f"{getattr(cfg.data, split)} (results go to {run.eval_dir}/, the run's own files are "
+                              "kept).")
+        out_dir = run.path
+    else:
+        manifest = Path(manifest).resolve()
+        if not manifest.is_file():
+            raise ConfigError(f"evaluate --manifest: {manifest} not found; give a manifest CSV of the rows to score")
+        setattr(cfg.data, split, str(manifest))
+        out_dir = run.eval_dir / f"{split}-{file_sha256(manifest)[:12]}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        print(f"speechfuse evaluate: scoring {run.path} on {manifest} (not the rows it was trained / scored with); "
+              f"per-utterance results in {out_dir}, the run's own files are kept", file=sys.stderr, flush=True)
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    splits = load_splits(cfg, run_dir / "eval", model.task.target_field, which=(split,),
-                         max_clip=clip_limit(model.frontend.upstreams))
+    splits = load_splits(cfg, out_dir if manifest is not None else run.eval_dir, model.task.target_field,
+                         which=(split,), max_clip=clip_limit(model.frontend.upstreams))
     check_targets_known(model.task, splits, {split: getattr(cfg.data, split)})
     frozen = all(not u.trainable for u in model.frontend.upstreams)
     data = FusionData(cfg, model.task, {split: splits[split]}, model.frontend,
                       resolve_cache_dir(cfg) if frozen else None)
     data.setup("test")
-    return {split: score(model, data.loader(split), split, run_dir)}
+    return {split: score(model, data.loader(split), split, out_dir)}
 
 
 __all__ = ["score", "collect_records", "save_task_tensors", "load_weights", "write_interface_report", "load_run", "evaluate"]

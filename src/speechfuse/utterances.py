@@ -18,6 +18,7 @@ from typing import Sequence
 
 from .errors import ConfigError
 from .io import write_atomic
+from .runfolder import RunFolder
 from .stats import bootstrap_ci
 
 N_RESAMPLES = 1000  # bootstrap resamples of every reported interval
@@ -26,7 +27,7 @@ FIELDS = ("id", "reference", "prediction", "errors", "totals")
 
 
 def utterances_path(run_dir: str | os.PathLike, split: str) -> Path:
-    return Path(run_dir) / f"utterances_{split}.jsonl"
+    return RunFolder(run_dir).utterances(split)
 
 
 def write_utterances(run_dir: str | os.PathLike, split: str, ids: Sequence[str], predictions: Sequence[str],
