@@ -698,9 +698,9 @@ def test_disk_full_during_extraction_is_a_clear_error_keeping_finalised_shards(t
 
 
 def test_disk_full_while_writing_a_shard_index_is_the_same_clear_error(tmp_path, utts, monkeypatch):
-    """Shard indexes go through runfolder.write_atomic, which turns ENOSPC into its own error: extraction still
+    """Shard indexes go through speechfuse.io.write_atomic, which turns ENOSPC into its own error: extraction still
     says the disk is full, keeps the shards finalised before, and a rerun extracts only the rest."""
-    import speechfuse.runfolder as runfolder
+    import speechfuse.io as sf_io
 
     real_write_atomic, indexes = cache_mod.write_atomic, []
 
@@ -712,7 +712,7 @@ def test_disk_full_while_writing_a_shard_index_is_the_same_clear_error(tmp_path,
             indexes.append(Path(path).name)
             if len(indexes) == 2:
                 with monkeypatch.context() as full:
-                    full.setattr(runfolder.os, "fsync", no_space)
+                    full.setattr(sf_io.os, "fsync", no_space)
                     return real_write_atomic(path, data)
         return real_write_atomic(path, data)
 
@@ -721,7 +721,7 @@ def test_disk_full_while_writing_a_shard_index_is_the_same_clear_error(tmp_path,
     cache = FeatureCache(tmp_path / "cache", shard_bytes=3000)
     with pytest.raises(CacheError, match="disk is full .*ENOSPC.* is kept") as err:
         fill_cache(up, utts, cache, batch_seconds=2.0, progress=False)
-    assert isinstance(err.value.__cause__, runfolder.RunFolderError)
+    assert isinstance(err.value.__cause__, sf_io.RunFolderError)
     entry = cache.entry(up)
     first = json.loads((entry.folder / indexes[0]).read_text())["entries"]
     assert len(entry.missing(utts)) == len(utts) - len(first) > 0  # the first shard is kept, the second is not

@@ -332,12 +332,12 @@ def test_write_atomic_files_get_the_mode_open_would_give(tmp_path, umask):
 def test_low_disk_space_stops_before_training(corpus, tmp_path, monkeypatch):
     import collections
 
-    import speechfuse.runfolder as runfolder
+    import speechfuse.io as sf_io
     from speechfuse.train import train
 
     _, manifests, upstream = corpus
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(runfolder.shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**19, 2**19))
+    monkeypatch.setattr(sf_io.shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**19, 2**19))
     with pytest.raises(RunFolderError, match=r"only 0\.5 MiB free on the disk of .*three checkpoints"):
         train(config_from_dict(tiny_config(manifests, upstream, max_steps=2)), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
