@@ -10,11 +10,11 @@ percentile interval and a two-sided p-value (speechfuse.stats.paired_bootstrap).
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from .errors import ConfigError
+from .runfolder import RunFolder
 from .stats import paired_bootstrap
 from .utterances import N_RESAMPLES, SEED, metric_ci, read_utterances, utterances_path
 
@@ -23,11 +23,7 @@ def run_metric(run_dir: str | os.PathLike) -> tuple[str, bool]:
     """(utterance_metric, higher_is_better) of the task a run folder was trained for."""
     from .tasks import TASKS
 
-    path = Path(run_dir) / "task.json"
-    try:
-        name = json.loads(path.read_text(encoding="utf-8"))["name"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ConfigError(f"{path}: missing or unreadable; {run_dir} is not a finished speechfuse run folder") from None
+    name = RunFolder(run_dir).task_name()
     cls = TASKS.get(name)
     if cls.utterance_metric is None:
         raise ConfigError(f"{run_dir}: task {name!r} has no per-utterance metric ({cls.main_metric} is not a sum over "

@@ -55,6 +55,7 @@ import torch
 
 from .errors import ConfigError, SpeechfuseError
 from .io import write_atomic
+from .runfolder import RunFolder, check_same_config
 
 PRUNE_DIR = "prune"
 MEASUREMENTS = "measurements.json"
@@ -207,15 +208,11 @@ def layer_scores(model, loader) -> dict[str, list[list[float]]]:
 # ---------------------------------------------------------------------------------------------
 # the run folder
 # ---------------------------------------------------------------------------------------------
-def finished_run(run_dir: str | os.PathLike) -> Path:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise PruneError(f"run folder not found: {run_dir}; give a folder written by `speechfuse train`")
-    for name in ("config.yaml", "task.json", "metrics.json"):
-        if not (run_dir / name).is_file():
-            raise PruneError(f"{run_dir} is not a finished speechfuse run ({name} is missing); train it to the end "
-                             "first, then prune it")
-    return run_dir
+def finished_run(run_dir: str | os.PathLike) -> RunFolder:
+    try:
+        return RunFolder(run_dir).require_finished("prune")
+    except ConfigError as err:
+        raise PruneError(str(err)) from None
 
 
 def measure(run_dir: Path, clips: int = 8, repeat: int = 5) -> dict[str, Any]:
@@ -322,13 +319,9 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
     """Measure, select, retrain and report (see the module docstring); returns the table's rows, full model first.
     A non-default cost or importance is part of the run folders' and the report files' names
     (budget=0.5,cost=seconds,importance=feature/, results_seconds_feature.md)."""
-    from .config import config_from_dict
     from .data.loader import load_splits, resolve_cache_dir
     from .report import write_table
-    from .runfolder import check_same_config
-    from .tasks import Task
     from .train import train
-    import yaml
 
     budgets = [check_budget(b) for b in budgets]
     if not budgets:
@@ -339,9 +332,9 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
         raise ConfigError(f"prune: importance must be one of {', '.join(IMPORTANCES)}, got {importance!r}")
     if clips < 1 or repeat < 1:
         raise ConfigError(f"prune: clips and repeat must be at least 1, got {clips} and {repeat}")
-    run_dir = finished_run(run_dir)
-    cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")), run_dir,
-                           str(run_dir / "config.yaml"))
+    run = finished_run(run_dir)
+    run_dir = run.path
+    cfg = run.read_config()
     tuned = [u.spec for u in cfg.upstreams if u.options.get("trainable")]
     if tuned:
         raise PruneError(f"{run_dir}: upstream(s) {tuned} were fine-tuned; pruning retrains from frozen upstreams "
@@ -352,7 +345,7 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
         if uncounted:
             raise PruneError(f"no FLOPs could be counted for {uncounted} (it runs outside torch); prune with "
                              "--cost seconds")
-    task = Task.from_state(json.loads((run_dir / "task.json").read_text(encoding="utf-8")))
+    task = run.read_task()
     metric = task.main_metric
     cache_dir = resolve_cache_dir(cfg)
     scores = measured["importance"][importance]
@@ -362,7 +355,7 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
     full_depths = [len(row) for row in scores]
     utts = [u for split in load_splits(cfg, run_dir / PRUNE_DIR, task.target_field).values() for u in split]
     rows = [_row("full", "", full_depths, full_depths, measured, metric,
-                 json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")), run_dir.name)]
+                 run.read_metrics(), run_dir.name)]
     trained: dict[tuple[int, ...], tuple[dict, str]] = {}
     for budget in budgets:
         depths = choose_depths(scores, measured[cost], budget)
@@ -374,9 +367,9 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
             except ConfigError as err:
                 raise PruneError(f"{folder} was trained with other upstream layers than budget {budget:g} selects now "
                                  f"({err}); delete it to train it again") from None
-            done = folder / "metrics.json"
-            if done.is_file():
-                metrics = json.loads(done.read_text(encoding="utf-8"))
+            done = RunFolder(folder)
+            if done.is_finished:
+                metrics = done.read_metrics()
             else:
                 seed_truncated_cache(cfg, depths, full_depths, cache_dir, utts)
                 metrics = train(pruned, folder)
