@@ -123,8 +123,8 @@ def test_sweep_writes_table_and_resumes(tmp_path):
 
 def test_sweep_crash_keeps_finished_rows_then_resumes(tmp_path):
     grid = {"interface.name": ["weighted_sum", "hconv"]}
-    with pytest.raises(RuntimeError, match="boom"):
-        run_sweep(BASE, grid, tmp_path, train_fn=FakeTrainer(fail_on="hconv"), progress=False)
+    with pytest.raises(RuntimeError, match="boom"):  # --fail-fast; the default goes on (test_runs.py)
+        run_sweep(BASE, grid, tmp_path, train_fn=FakeTrainer(fail_on="hconv"), progress=False, keep_going=False)
     with open(tmp_path / "results.csv", newline="") as f:
         assert [t["run"] for t in csv.DictReader(f)] == ["weighted_sum"]
     trainer = FakeTrainer()
@@ -370,7 +370,7 @@ def test_parallel_jobs_train_the_same_runs_and_make_the_same_choices(tmp_path):
 def test_a_failed_parallel_run_is_named_and_finished_runs_are_kept(tmp_path):
     with pytest.raises(RuntimeError, match="boom") as err:
         run_sweep(BASE, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, train_fn=FakeTrainer(fail_on="hconv"),
-                  progress=False, plots=False, jobs=2)
+                  progress=False, plots=False, jobs=2, keep_going=False)
     assert any("'hconv'" in note for note in getattr(err.value, "__notes__", []))
     assert (tmp_path / "runs" / "weighted_sum" / "metrics.json").is_file()
 

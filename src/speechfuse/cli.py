@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="train every combination of a grid, one results table",
                        description="Train one run per grid combination into OUT/runs/<name>, sharing one feature "
-                                   "cache, and write OUT/results.md and OUT/results.csv.")
+                                   "cache, and write OUT/results.md and OUT/results.csv. Finished runs of an earlier "
+                                   "grid in OUT keep their rows; a failed run does not stop the others.")
     _add_config(p)
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="a config key and its values, e.g. interface.name=weighted_sum,hconv; for upstreams "
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch threads per run (default: the threads divided by --jobs); fix it for numbers "
                         "that do not depend on the machine's core count")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop at the first run that fails (default: the other runs go on, each failure is named "
+                        "with its combination and RUN/error.txt, and the command exits 2 at the end)")
     p.add_argument("--out", required=True, help="sweep folder")
 
     p = sub.add_parser("study", help="paper-style studies over many sweeps (scaling)",
@@ -363,14 +367,18 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _extract(args)
     if args.command == "sweep":
         from .config import load_config
-        from .sweep import parse_grid, run_sweep
+        from .sweep import SweepFailed, parse_grid, run_sweep
 
         if not args.grid:
             raise SpeechfuseError("sweep: give at least one --grid KEY=V1,V2")
         cfg = load_config(args.config, args.overrides)
-        rows = run_sweep(cfg, parse_grid(args.grid), args.out, seeds=_seeds(args.seeds),
-                         select=parse_grid(args.select) if args.select else None, jobs=args.jobs,
-                         threads=args.threads)
+        try:
+            rows = run_sweep(cfg, parse_grid(args.grid), args.out, seeds=_seeds(args.seeds),
+                             select=parse_grid(args.select) if args.select else None, jobs=args.jobs,
+                             threads=args.threads, keep_going=not args.fail_fast)
+        except SweepFailed as err:  # the finished rows are still results: stdout, then the error
+            print(json.dumps(err.rows, indent=2, default=str))
+            raise
         print(json.dumps(rows, indent=2, default=str))
         return 0
     if args.command == "study":

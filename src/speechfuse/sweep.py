@@ -39,21 +39,35 @@ import logging
 import math
 import re
 import shutil
+import sys
+import traceback
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from .config import parse_value, set_dotted
-from .errors import ConfigError
+from .errors import ConfigError, SpeechfuseError
 from .report import plot_importance, write_table
 from .io import write_atomic
+from .runfolder import RunFolder
 from .stats import mean_std
 
 RESULTS_MD = "results.md"
 RESULTS_CSV = "results.csv"
 SUMMARY_CSV = "summary.csv"
 SEED_KEY = "train.seed"
+ERROR_FILE = "error.txt"  # RUN/error.txt: the traceback of a run that failed (removed when it finishes)
+_MARKS = ("vs_best_p", "tied_with_best")  # recomputed over every row each time the tables are written
+
+
+class SweepFailed(SpeechfuseError):
+    """Some runs of a sweep failed (the others ran and are in the tables): `rows` the finished rows, `failed` the
+    failed run names."""
+
+    def __init__(self, message: str, rows: list[dict], failed: list[str]) -> None:
+        super().__init__(message)
+        self.rows, self.failed = rows, failed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,16 +214,49 @@ def combo_config(cfg: Any, combo: dict[str, Any], cache_dir: str | None) -> Any:
 # ---------------------------------------------------------------------------------------------
 # rows
 # ---------------------------------------------------------------------------------------------
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
+def _describe_combo(combo: dict) -> str:
+    """`upstreams=a+b, interface.name=hconv, train.seed=0`: a combination as the grid gives it."""
+    return ", ".join(f"{key}={_short(value)}" for key, value in combo.items()) or "the base config"
+
+
+def _cell(text: str) -> Any:
+    """A results.csv cell back as the number it was written from (write_table keeps floats as repr)."""
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _earlier_rows(out_dir: Path, planned: set[str], seeded: bool) -> list[dict]:
+    """The rows of out_dir/results.csv whose runs this grid does not plan and that are finished: a rerun with
+    another grid keeps them in the tables (a run whose folder was deleted drops out)."""
+    from .report import read_csv_table
+
+    path = out_dir / RESULTS_CSV
+    if not path.is_file():
+        return []
+    kept = []
+    for row in read_csv_table(path):
+        name = row.get("run")
+        if not name or name in planned or not RunFolder(out_dir / "runs" / name).is_finished:
+            continue
+        row = {k: (v if k in ("run", "config") else _cell(v)) for k, v in row.items() if k not in _MARKS}
+        if seeded and not row.get("config"):  # from a sweep without seeds: a configuration of its own
+            row = {"config": name, "seed": None, **row}
+        kept.append(row)
+    if kept:
+        print(f"speechfuse sweep: {len(kept)} finished run(s) of an earlier grid keep their rows in {path}: "
+              + ", ".join(r["run"] for r in kept), file=sys.stderr, flush=True)
+    return kept
 
 
 def interface_params(run_dir: Path) -> int | None:
     """Trainable interface parameters as recorded by the runner in `interface.json`."""
-    value = _read_json(run_dir / "interface.json").get("num_parameters")
+    value = RunFolder(run_dir).read_interface().get("num_parameters")
     return value if isinstance(value, int) else None
 
 
@@ -302,7 +349,7 @@ def _write_results(rows: list[dict], out_dir: Path, seeds: Sequence[int] | None)
 
 
 def _describe(run_dir: Path) -> dict | None:
-    info = _read_json(run_dir / "interface.json")
+    info = RunFolder(run_dir).read_interface()
     desc = info.get("describe", info if info else None)
     return desc if isinstance(desc, dict) else None
 
@@ -344,18 +391,20 @@ class _Pool:
     """Trains combinations `jobs` at a time in worker processes (spawned on first use, kept for the sweep)."""
 
     def __init__(self, jobs: int, threads: int, run_of: Callable[[dict], tuple[str, Any, Path]], train_fn: Callable,
-                 finished: Callable[[str, Path, dict | None], None]) -> None:
+                 finished: Callable[[str, Path, dict | None], None],
+                 failed: Callable[[dict, str, Path, Exception], None] | None) -> None:
         self.jobs, self.threads, self.run_of, self.train_fn, self.finished = jobs, threads, run_of, train_fn, finished
+        self.failed = failed  # None: the first failure stops the sweep
         self.pool: ProcessPoolExecutor | None = None
 
     def train(self, combos: list[dict]) -> None:
-        pending: dict[str, tuple[Any, Path]] = {}
+        pending: dict[str, tuple[Any, Path, dict]] = {}
         for combo in combos:
             name, run_cfg, run_dir = self.run_of(combo)
-            if (run_dir / "metrics.json").exists():
+            if RunFolder(run_dir).is_finished:
                 self.finished(name, run_dir, None)
             else:
-                pending.setdefault(name, (run_cfg, run_dir))
+                pending.setdefault(name, (run_cfg, run_dir, combo))
         if not pending:
             return
         if self.pool is None:
@@ -363,24 +412,34 @@ class _Pool:
 
             self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_worker_setup, initargs=(self.threads, _output_settings()))
-        futures: dict[Future, tuple[str, Path]] = {}
-        for name, (run_cfg, run_dir) in pending.items():
+        futures: dict[Future, tuple[str, Path, dict]] = {}
+        for name, (run_cfg, run_dir, combo) in pending.items():
             run_dir.mkdir(parents=True, exist_ok=True)
-            futures[self.pool.submit(_train_in_worker, self.train_fn, run_cfg, run_dir)] = (name, run_dir)
+            futures[self.pool.submit(_train_in_worker, self.train_fn, run_cfg, run_dir)] = (name, run_dir, combo)
         waiting = set(futures)
         while waiting:
             done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
             for future in done:
-                name, run_dir = futures[future]
+                name, run_dir, combo = futures[future]
                 try:
                     metrics = future.result()
+                except Exception as exc:
+                    if self.failed is None:
+                        self._stop(waiting, exc, name, run_dir)
+                        raise
+                    self.failed(combo, name, run_dir, exc)
+                    continue
                 except BaseException as exc:
-                    for other in waiting:  # runs not started yet are dropped; running ones finish and are kept
-                        other.cancel()
-                    if hasattr(exc, "add_note"):
-                        exc.add_note(f"speechfuse sweep: run {name!r} in {run_dir} failed")
+                    self._stop(waiting, exc, name, run_dir)
                     raise
                 self.finished(name, run_dir, metrics)
+
+    @staticmethod
+    def _stop(waiting: set, exc: BaseException, name: str, run_dir: Path) -> None:
+        for other in waiting:  # runs not started yet are dropped; running ones finish and are kept
+            other.cancel()
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"speechfuse sweep: run {name!r} in {run_dir} failed")
 
     def close(self) -> None:
         if self.pool is not None:
@@ -446,7 +505,7 @@ def _plan(grid: dict[str, list] | list[dict[str, list]], select: dict[str, list]
 def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, *, seeds: Sequence[int] | None = None,
               select: dict[str, list] | None = None, train_fn: Callable | None = None, progress: bool = True,
               plots: bool = True, on_run: Callable[[str], None] | None = None, jobs: int = 1,
-              threads: int | None = None) -> list[dict]:
+              threads: int | None = None, keep_going: bool = True) -> list[dict]:
     """Train every combination of `grid` (a dict, or a list of dicts: their union) over `cfg`; return one
     result row per run (see module doc).
 
@@ -463,6 +522,10 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     plots: gather `out_dir/plots/<run>.png` (the run's layers.png, else drawn from its interface.json).
     on_run: called with the name of every run as it finishes or is found finished, candidates included (the
         demo's progress line).
+    keep_going: a run that fails is named on stderr (its traceback in RUN/error.txt) and the other runs go on;
+        at the end a SweepFailed lists every failed run with its combination, after the tables were written.
+        False (CLI: --fail-fast): the first failure stops the sweep.
+    Finished runs of an earlier grid in the same folder keep their rows in results.md/csv (see module doc).
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"sweep: jobs must be a whole number >= 1, got {jobs!r}")
@@ -485,6 +548,8 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
         dupes = sorted({n for n in final_names if final_names.count(n) > 1})
         raise ConfigError(f"sweep grid gives duplicate run names {dupes}; make the grid values distinct")
 
+    kept = _earlier_rows(out_dir, set(final_names), bool(seeds))
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -505,51 +570,76 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
         name = run_name(combo)
         return name, combo_config(cfg, combo, None), out_dir / "runs" / name
 
-    def run(combo: dict) -> tuple[str, Any, Path, dict]:
+    failures: dict[str, str] = {}  # run name -> what failed, in the order they failed
+
+    def failed(combo: dict, name: str, run_dir: Path, exc: Exception) -> None:
+        log = run_dir / ERROR_FILE
+        try:
+            write_atomic(log, "".join(traceback.format_exception(exc)))
+        except (OSError, SpeechfuseError):  # the run folder itself may be what failed
+            log = None
+        what = (f"run {name!r} ({_describe_combo(combo)}) in {run_dir} failed: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}" + (f" (traceback in {log})" if log else ""))
+        failures[name] = what
+        print(f"speechfuse sweep: {what}; the other runs go on", file=sys.stderr, flush=True)
+
+    def run(combo: dict) -> tuple[str, Any, Path, dict | None]:
+        """Train (or find finished) one run; metrics None when it failed and the sweep keeps going."""
         name, run_cfg, run_dir = run_of(combo)
-        metrics_path = run_dir / "metrics.json"
+        run_folder = RunFolder(run_dir)
         if bar is not None:
             bar.set_postfix_str(name)
-        if metrics_path.exists():
-            metrics = _read_json(metrics_path)
-            if not metrics:
-                raise ConfigError(f"sweep: {metrics_path} is unreadable; delete it to re-run {name}")
+        if run_folder.is_finished:
+            metrics = run_folder.read_metrics()
             if name not in counted:
                 _advance(name)
             return name, run_cfg, run_dir, metrics
+        if name in failures:  # failed in a worker: not trained again here
+            return name, run_cfg, run_dir, None
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
             metrics = train_fn(run_cfg, run_dir)
         except Exception as exc:
-            if hasattr(exc, "add_note"):
-                exc.add_note(f"speechfuse sweep: run {name!r} in {run_dir} failed; "
-                             f"finished rows are in {out_dir / RESULTS_CSV}")
-            raise
-        if not metrics_path.exists():  # the runner normally writes it; make resume work regardless
-            write_atomic(metrics_path, json.dumps(metrics, indent=2))
+            if not keep_going:
+                if hasattr(exc, "add_note"):
+                    exc.add_note(f"speechfuse sweep: run {name!r} in {run_dir} failed; "
+                                 f"finished rows are in {out_dir / RESULTS_CSV}")
+                raise
+            failed(combo, name, run_dir, exc)
+            return name, run_cfg, run_dir, None
+        if not run_folder.is_finished:  # the runner normally writes it; make resume work regardless
+            run_folder.write_metrics(metrics)
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)  # from an earlier try
         _advance(name)
         return name, run_cfg, run_dir, metrics
 
-    def choose(p: dict, metrics_of: Callable[[dict], tuple[str, dict]]) -> tuple[dict, dict, list]:
-        """The candidate with the best dev metric (the first of equals): (best, chosen values, scored)."""
+    def choose(p: dict, metrics_of: Callable[[dict], tuple[str, dict | None]]) -> tuple[dict, dict, list] | None:
+        """The candidate with the best dev metric (the first of equals): (best, chosen values, scored); None when
+        every candidate failed."""
         scored = []
         for cand in p["candidates"]:
             name, metrics = metrics_of(cand)
+            if metrics is None:
+                continue
             value = (metrics.get("dev") or {}).get(metric)
             if not isinstance(value, (int, float)) or math.isnan(value):
                 raise ConfigError(f"sweep: run {name!r} has no dev {metric!r} to select on; "
                                   f"its metrics.json holds {sorted(metrics.get('dev') or {})}")
             scored.append((cand, float(value)))
+        if not scored:
+            return None
         best = (max if higher_is_better else min)(scored, key=lambda cv: cv[1])[0]
         return best, {k: best[k] for k in select}, scored
 
-    def run_and_read(combo: dict) -> tuple[str, dict]:
+    def run_and_read(combo: dict) -> tuple[str, dict | None]:
         name, _, _, metrics = run(combo)
         return name, metrics
 
     def finished_elsewhere(name: str, run_dir: Path, metrics: dict | None) -> None:
-        if metrics is not None and not (run_dir / "metrics.json").exists():
-            write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        run_folder = RunFolder(run_dir)
+        if metrics is not None and not run_folder.is_finished:
+            run_folder.write_metrics(metrics)
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)
         if name not in counted:
             _advance(name)
 
@@ -560,7 +650,8 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"sweep: threads must be a whole number >= 1, got {threads!r}")
     per_run = threads or max(1, torch.get_num_threads() // jobs)
-    pool = _Pool(jobs, per_run, run_of, train_fn, finished_elsewhere) if jobs > 1 else None
+    pool = _Pool(jobs, per_run, run_of, train_fn, finished_elsewhere, failed if keep_going else None) \
+        if jobs > 1 else None
     own_threads = torch.get_num_threads()
     if pool is None and threads is not None:
         torch.set_num_threads(threads)
@@ -570,15 +661,20 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
                 _prefill_caches(cfg, every, out_dir)
             pool.train([c for p in plan for c in (p["candidates"] or [{**p["combo"], **s} for s in p["seeded"]])])
             if select:
-                def read(cand: dict) -> tuple[str, dict]:
+                def read(cand: dict) -> tuple[str, dict | None]:
                     name, _, run_dir = run_of(cand)
-                    return name, _read_json(run_dir / "metrics.json")
+                    run_folder = RunFolder(run_dir)
+                    return name, run_folder.read_metrics() if run_folder.is_finished else None
 
-                pool.train([{**p["combo"], **choose(p, read)[1], **s} for p in plan for s in p["seeded"]])
+                chosen_of = [(p, choose(p, read)) for p in plan]
+                pool.train([{**p["combo"], **c[1], **s} for p, c in chosen_of if c is not None for s in p["seeded"]])
         for p in plan:
             chosen: dict = {}
             if p["candidates"]:
-                best, chosen, scored = choose(p, run_and_read)
+                choice = choose(p, run_and_read)
+                if choice is None:
+                    continue  # every candidate failed: named in `failures`
+                best, chosen, scored = choice
                 config = run_name(p["combo"])
                 for cand, value in scored:
                     choices.append({"config": config, **{k: _short(cand[k]) for k in select},
@@ -587,6 +683,8 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
             for seed in p["seeded"]:
                 combo = {**p["combo"], **chosen, **seed}
                 name, run_cfg, run_dir, metrics = run(combo)
+                if metrics is None:
+                    continue
                 row = result_row(name, combo, run_cfg, run_dir, metrics)
                 if seeds:
                     row = {"config": run_name({k: v for k, v in combo.items() if k != SEED_KEY}),
@@ -595,20 +693,24 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
                 if plots:  # the runner draws layers.png; draw it here only for runs that lack one
                     png = out_dir / "plots" / f"{name}.png"
                     desc = _describe(run_dir)
-                    if (run_dir / "layers.png").is_file():
+                    if RunFolder(run_dir).layers_png.is_file():
                         png.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(run_dir / "layers.png", png)
+                        shutil.copyfile(RunFolder(run_dir).layers_png, png)
                     elif desc is not None:
                         plot_importance(desc, png, title=name)
-                _write_results(rows, out_dir, seeds)
+                _write_results(rows + kept, out_dir, seeds)
     finally:
         torch.set_num_threads(own_threads)
         if pool is not None:
             pool.close()
         if bar is not None:
             bar.close()
+    if failures:
+        raise SweepFailed(f"sweep: {len(failures)} run(s) failed"
+                          + (f" (the finished rows are in {out_dir / RESULTS_MD})" if rows else "") + ": "
+                          + "; ".join(failures.values()), rows, list(failures))
     return rows
 
 
-__all__ = ["run_sweep", "parse_grid", "expand_grid", "run_name", "combo_config", "summarise_seeds", "RESULTS_MD",
-           "RESULTS_CSV", "SUMMARY_CSV"]
+__all__ = ["run_sweep", "parse_grid", "expand_grid", "run_name", "combo_config", "summarise_seeds", "SweepFailed",
+           "RESULTS_MD", "RESULTS_CSV", "SUMMARY_CSV", "ERROR_FILE"]

@@ -26,11 +26,10 @@ import csv
 from pathlib import Path
 from typing import Iterable
 
-import yaml
-
 from .errors import ConfigError
 from .report import write_table
 from .io import write_atomic
+from .runfolder import RunFolder
 from .sweep import RESULTS_CSV
 
 COLUMNS = ("LibriSpeech WER", "ML-SUPERB mono CER", "ML-SUPERB multi CER", "VoxCeleb1 EER", "IEMOCAP accuracy")
@@ -44,11 +43,12 @@ class TableError(ConfigError):
 
 
 def _run_config(sweep: Path, run: str, where: str) -> dict:
-    path = sweep / "runs" / run / "config.yaml"
+    run_folder = RunFolder(sweep / "runs" / run)
+    path = run_folder.config_path
     try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise TableError(f"{where}: cannot read the run's config {path} ({err}); the table needs each run's "
+        cfg = run_folder.read_config_dict()
+    except ConfigError as err:
+        raise TableError(f"{where}: cannot read the run's config ({err}); the table needs each run's "
                          "config.yaml to know its task") from None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("task"), str):
         raise TableError(f"{where}: {path} has no `task`")
