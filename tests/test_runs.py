@@ -108,3 +108,129 @@ def test_evaluate_refuses_a_changed_manifest_and_scores_new_rows_elsewhere(train
     assert main(["evaluate", str(run), "--split", "test"]) == 0  # restored: the run's own data again
     assert json.loads(capsys.readouterr().out)["test"]["accuracy"] == json.loads(
         (run / "metrics.json").read_text())["test"]["accuracy"]
+
+
+# -- one feature cache for train and sweep ----------------------------------------------------------------------
+
+def test_a_train_and_a_sweep_on_one_config_extract_once(trained, tmp_path, monkeypatch, speechfuse_home):
+    """Row: `train` cached into OUT/../cache and `sweep` into OUT/cache, so the same features were extracted twice.
+    Both now use the user's cache ($SPEECHFUSE_HOME/cache): the sweep's run never runs the upstream."""
+    from speechfuse.sweep import run_sweep
+    from speechfuse.train import train
+    from speechfuse.upstream.base import Upstream
+
+    run_dir, manifests, _ = trained
+    data = RunFolder(run_dir).read_config_dict()
+    data["cache"] = "auto"
+    calls = []
+    real_forward = Upstream.forward
+
+    def counting_forward(self, *args, **kwargs):
+        calls.append(len(args[0]))
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Upstream, "forward", counting_forward)
+    train(config_from_dict(data), tmp_path / "train" / "run")
+    extracted = sum(calls)
+    assert extracted >= 12  # every utterance of the three splits went through the upstream once
+    assert [p.name for p in (speechfuse_home / "cache").iterdir()]
+    rows = run_sweep(config_from_dict(data), {"interface.name": ["hconv"]}, tmp_path / "sweep", progress=False,
+                     plots=False)
+    assert sum(calls) == extracted  # the sweep read every feature from the cache train filled
+    assert rows[0]["run"] == "hconv" and 0.0 <= rows[0]["test_accuracy"] <= 1.0
+
+
+# -- a sweep folder keeps every finished run ----------------------------------------------------------------------
+
+def _runs(path: Path) -> list[str]:
+    with path.open(newline="") as f:
+        return [row["run"] for row in csv.DictReader(f)]
+
+
+def test_a_rerun_with_another_grid_keeps_the_finished_rows(tmp_path, capsys):
+    """Row: a sweep rerun into its folder with a different grid rewrote results.md / results.csv with only the
+    new rows."""
+    from speechfuse.sweep import run_sweep
+    from test_sweep import BASE, FakeTrainer
+
+    run_sweep(BASE, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, train_fn=FakeTrainer(), progress=False,
+              plots=False)
+    before = {row["run"]: row for row in csv.DictReader((tmp_path / "results.csv").open(newline=""))}
+    again = FakeTrainer()
+    rows = run_sweep(BASE, {"interface.name": ["hconv"], "train.lr": [0.1]}, tmp_path, train_fn=again,
+                     progress=False, plots=False)
+    assert again.calls == ["hconv__lr=0.1"] and [r["run"] for r in rows] == ["hconv__lr=0.1"]
+    assert _runs(tmp_path / "results.csv") == ["hconv__lr=0.1", "weighted_sum", "hconv"]
+    after = {row["run"]: row for row in csv.DictReader((tmp_path / "results.csv").open(newline=""))}
+    for name in ("weighted_sum", "hconv"):  # the kept rows hold the numbers they had
+        assert after[name]["test_accuracy"] == before[name]["test_accuracy"]
+        assert after[name]["interface_params"] == before[name]["interface_params"]
+    assert "| weighted_sum | a | weighted_sum | 3 |" in (tmp_path / "results.md").read_text()
+    assert "2 finished run(s) of an earlier grid keep their rows" in capsys.readouterr().err
+
+    shutil.rmtree(tmp_path / "runs" / "weighted_sum")  # a run folder deleted on purpose drops out
+    run_sweep(BASE, {"interface.name": ["hconv"], "train.lr": [0.2]}, tmp_path, train_fn=FakeTrainer(),
+              progress=False, plots=False)
+    assert _runs(tmp_path / "results.csv") == ["hconv__lr=0.2", "hconv__lr=0.1", "hconv"]
+
+
+def test_a_failed_run_does_not_stop_the_others(tmp_path, capsys):
+    """Row: a failing sweep combination named neither the run nor the file, and stopped the sweep."""
+    from speechfuse.sweep import ERROR_FILE, SweepFailed, run_sweep
+    from test_sweep import BASE, FakeTrainer
+
+    grid = {"interface.name": ["weighted_sum", "hconv"]}
+    with pytest.raises(SweepFailed) as err:
+        run_sweep(BASE, grid, tmp_path, train_fn=FakeTrainer(fail_on="weighted_sum"), progress=False, plots=False)
+    log = tmp_path / "runs" / "weighted_sum" / ERROR_FILE
+    assert str(err.value).startswith(f"sweep: 1 run(s) failed (the finished rows are in {tmp_path / 'results.md'})")
+    assert (f"run 'weighted_sum' (interface.name=weighted_sum) in {tmp_path / 'runs' / 'weighted_sum'} failed: "
+            f"RuntimeError: boom (traceback in {log})") in str(err.value)
+    assert err.value.failed == ["weighted_sum"] and [r["run"] for r in err.value.rows] == ["hconv"]
+    assert "RuntimeError: boom" in log.read_text() and "the other runs go on" in capsys.readouterr().err
+    assert _runs(tmp_path / "results.csv") == ["hconv"]
+
+    fixed = FakeTrainer()
+    rows = run_sweep(BASE, grid, tmp_path, train_fn=fixed, progress=False, plots=False)
+    assert fixed.calls == ["weighted_sum"] and [r["run"] for r in rows] == ["weighted_sum", "hconv"]
+    assert not log.exists()
+
+
+def test_a_failed_parallel_run_does_not_stop_the_others(tmp_path):
+    from speechfuse.sweep import SweepFailed, run_sweep
+    from test_sweep import BASE, FakeTrainer
+
+    grid = {"interface.name": ["weighted_sum", "hconv"], "train.lr": [0.1, 0.2]}
+    with pytest.raises(SweepFailed, match=r"sweep: 2 run\(s\) failed .*run 'weighted_sum__lr=0.1' \(interface.name="
+                                          r"weighted_sum, train.lr=0.1\)"):
+        run_sweep(BASE, grid, tmp_path, train_fn=FakeTrainer(fail_on="weighted_sum"), progress=False, plots=False,
+                  jobs=2)
+    assert _runs(tmp_path / "results.csv") == ["hconv__lr=0.1", "hconv__lr=0.2"]
+
+
+def test_sweep_cli_names_the_failed_run_its_combination_and_the_file(trained, tmp_path, capsys):
+    """A fold whose manifest lists a missing clip: the other fold trains, the command exits 2 naming both the run,
+    its combination and the manifest row."""
+    run_dir, manifests, _ = trained
+    data = RunFolder(run_dir).read_config_dict()
+    folds = {}
+    for fold in ("good", "bad"):
+        folds[fold] = tmp_path / fold
+        folds[fold].mkdir()
+        for split in ("train", "dev", "test"):
+            shutil.copy(manifests[split], folds[fold] / f"{split}.csv")
+    lines = (folds["bad"] / "train.csv").read_text().splitlines()
+    lines[1] = lines[1].replace(".flac", "_missing.flac", 1)
+    (folds["bad"] / "train.csv").write_text("\n".join(lines) + "\n")
+    config = tmp_path / "sweep.yaml"
+    config.write_text(json.dumps(data))
+    code = main(["sweep", str(config), "--grid", f"data={folds['good']},{folds['bad']}", "--out",
+                 str(tmp_path / "sweep")])
+    captured = capsys.readouterr()
+    assert code == 2
+    [row] = json.loads(captured.out)  # the finished run is still a result
+    assert row["data"] == str(folds["good"])
+    err = captured.err.strip().splitlines()[-1]
+    assert err.startswith("speechfuse sweep: error: sweep: 1 run(s) failed")
+    assert f"(data={folds['bad']})" in err and str(folds["bad"] / "train.csv") in err
+

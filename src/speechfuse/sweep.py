@@ -578,8 +578,9 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
             write_atomic(log, "".join(traceback.format_exception(exc)))
         except (OSError, SpeechfuseError):  # the run folder itself may be what failed
             log = None
-        what = (f"run {name!r} ({_describe_combo(combo)}) in {run_dir} failed: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}" + (f" (traceback in {log})" if log else ""))
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # one line
+        what = (f"run {name!r} ({_describe_combo(combo)}) in {run_dir} failed: {type(exc).__name__}: {message}"
+                + (f" (traceback in {log})" if log else ""))
         failures[name] = what
         print(f"speechfuse sweep: {what}; the other runs go on", file=sys.stderr, flush=True)
 
