@@ -20,13 +20,13 @@ what is missing.
 A mismatch drops the damaged utterances from their shard's index, so they are extracted again, never used.
 
 Crash safety: a shard's bytes are written to `shard-*.bin.partial`, fsynced, renamed to `.bin`, and only
-then is its index written (runfolder.write_atomic: tmp file, fsync, rename). A shard without an index, a leftover `.partial`, or a
-`.bin` whose size disagrees with its index is torn: readers ignore it and the next extraction by that rank
+then is its index written (speechfuse.io.write_atomic: tmp file, fsync, rename). A shard without an index, a
+leftover `.partial`, or a `.bin` whose size disagrees with its index is torn: readers ignore it and the next extraction by that rank
 deletes it and extracts its utterances again. A shard is finalised every `shard_bytes` (64 MiB) or
 `shard_seconds` (30 s), so a kill loses at most that much work (plus the batch in flight).
 
-Writers: one extraction per (entry, rank) at a time; a second process waits on `extract-<rank>.lock`, then
-extracts only what the first did not.
+Writers: one extraction per (entry, rank) at a time; a second process waits on `extract-<rank>.lock` (a
+speechfuse.io.HolderLock), then extracts only what the first did not.
 
 This module only stores and reads; extraction (which writes into it) is speechfuse.extract.
 """
@@ -50,16 +50,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-try:  # POSIX advisory locks: a live writer's unfinished shard is never taken for a torn one
-    import fcntl
-except ImportError:  # pragma: no cover - not on Linux/macOS
-    fcntl = None
-
 from .data.audio import audio_info
 from .data.manifest import span_duration
 from .errors import ConfigError, SpeechfuseError
 from .hidden import HiddenStates
-from .io import write_atomic
+from .io import HolderLock, RunFolderError, describe_holder, try_lock_open_file, write_atomic
 
 FORMAT_VERSION = 1
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -200,17 +195,6 @@ def _write_all(handle, data: memoryview) -> None:
         data = data[handle.write(data):]
 
 
-def _try_lock(handle) -> bool:
-    """Exclusive non-blocking lock on an open file; False when another open file holds it."""
-    if fcntl is None:
-        return True
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-
-
 class _ShardWriter:
     """Appends utterance arrays to one shard file of a rank; finalises it (index written last) every
     `shard_bytes` or `shard_seconds`, so a kill loses at most the unfinished shard and RAM never holds
@@ -235,7 +219,7 @@ class _ShardWriter:
                 self.handle = open(self._path(".bin.partial"), "xb", buffering=0)
             except FileExistsError:  # another process of the same rank claimed it first
                 continue
-            _try_lock(self.handle)
+            try_lock_open_file(self.handle)  # a live writer's unfinished shard is never taken for a torn one
         self.entries, self.offset = {}, 0
         self.opened_at = time.monotonic()
 
@@ -468,27 +452,19 @@ class CacheEntry:
     def writing(self, rank: int = 0):
         """Hold the writer lock of (this entry, rank): a second process waits, saying for whom, until the
         first is done (a killed holder releases it). Lets two `extract`s share the work, not double it."""
-        path = self.folder / f"extract-{rank}.lock"
+        lock = HolderLock(self.folder / f"extract-{rank}.lock", busy=describe_holder, wait=True,
+                          on_wait=lambda holder: _log(f"feature cache {self.folder}: waiting for "
+                                                      f"{describe_holder(holder)}, which is checking or extracting "
+                                                      f"into it (rank {rank})"))
         try:
-            handle = open(path, "a+")
-        except OSError:  # a read-only cache: nothing can be written, so there is nothing to coordinate
+            lock.acquire()
+        except RunFolderError:  # a read-only cache: nothing can be written, so there is nothing to coordinate
             yield
             return
-        with handle:
-            if not _try_lock(handle):
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                _log(f"feature cache {self.folder}: waiting for {holder}, which is checking or extracting into it (rank {rank})")
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-            handle.flush()
-            try:
-                yield
-            finally:
-                if fcntl is not None:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            lock.release()
 
     def clean_torn(self, rank: int | None = None) -> list[Path]:
         """Delete torn shard files (of `rank` only, when given: another rank may be writing its own)."""
@@ -501,7 +477,7 @@ class CacheEntry:
             if path.name.endswith((".partial", ".bin")):
                 try:
                     with open(path, "rb") as handle:
-                        if not _try_lock(handle):
+                        if not try_lock_open_file(handle):
                             continue  # a live writer (this or another process) still owns it
                 except FileNotFoundError:
                     continue

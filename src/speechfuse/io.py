@@ -6,6 +6,7 @@ A bottom-level module: it imports nothing of speechfuse but its errors, so every
     check_writable(folder); check_free_space(folder, need_bytes, "three checkpoints")
     with HolderLock(folder / "train.lock", busy=lambda holder: f"... {holder} ..."):
         ...                                        # one holder at a time; a second one gets RunFolderError(busy)
+    try_lock_open_file(handle)                     # flock on a data file itself (the cache's unfinished shard)
 
 The lock is a `filelock` lock (flock on POSIX, LockFileEx on Windows): the kernel drops it when its holder dies,
 so a lock left by a killed process is taken over. While held, the lock file names its holder (pid, host, start
@@ -24,6 +25,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import filelock
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Linux/macOS
+    fcntl = None
 
 from .errors import SpeechfuseError
 
@@ -156,6 +162,18 @@ class HolderLock:
         return holder if isinstance(holder, dict) else None
 
 
+def try_lock_open_file(handle) -> bool:
+    """An exclusive non-blocking flock on an open data file (the cache's unfinished shard: the lock follows the file
+    through its rename); False when another open file holds it, True where there is no flock."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
 def _name_holder(fd: int) -> None:
     info = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())}
@@ -171,5 +189,5 @@ def describe_holder(holder: Optional[dict]) -> str:
     return f"pid {holder.get('pid')} on host {holder.get('host')}, started {holder.get('started')}"
 
 
-__all__ = ["speechfuse_home", "RunFolderError", "write_atomic", "check_writable", "check_free_space", "disk_full", "HolderLock",
-           "describe_holder"]
+__all__ = ["speechfuse_home", "RunFolderError", "write_atomic", "check_writable", "check_free_space", "disk_full",
+           "HolderLock", "describe_holder", "try_lock_open_file"]

@@ -35,6 +35,7 @@ from .errors import ConfigError, SpeechfuseError, UpstreamError
 from .frontend import FusionFrontend
 from .hidden import HiddenStates
 from .io import write_atomic
+from .runfolder import MODEL_DIR as RUN_MODEL_DIR  # RUN_DIR/model/: the run folder's layout is speechfuse.runfolder's
 from .tasks import Task, get_task
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 MODEL_FORMAT = "speechfuse-model-v1"
 CONFIG_FILE, WEIGHTS_FILE, README_FILE = "config.json", "model.safetensors", "README.md"
-RUN_MODEL_DIR = "model"
 TASK_PREFIX = "task."  # model.safetensors keys of the task's tensors (Task.tensors(): verify's AS-norm cohort)
 
 
