@@ -63,6 +63,21 @@ def test_run_folder_errors_name_the_file(tmp_path):
     assert run.read_interface() == {}  # optional: only adds columns
 
 
+def test_only_runfolder_spells_the_run_folder_file_names():
+    """The run folder's file names are RunFolder's: no other module builds them from string literals."""
+    import re
+
+    import speechfuse
+
+    names = re.compile(r"""["'](config\.yaml|task\.json|metrics\.json|fingerprint\.json|interface\.json|layers\.png|"""
+                       r"""train\.lock|checkpoints)["']|["'](utterances|skipped)_[{'"]""")
+    src = Path(speechfuse.__file__).parent
+    found = [f"{path.relative_to(src)}:{n}" for path in sorted(src.rglob("*.py")) if path.name != "runfolder.py"
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if names.search(line) and not line.lstrip().startswith("#")]
+    assert found == []
+
+
 # -- evaluate checks the run's data fingerprints ----------------------------------------------------------------
 
 def _relabel_first_row(manifest: Path) -> tuple[str, str]:

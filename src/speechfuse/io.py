@@ -4,7 +4,7 @@ A bottom-level module: it imports nothing of speechfuse but its errors, so every
 
     write_atomic(path, text)                       # temp file, fsync, rename: never a torn file
     check_writable(folder); check_free_space(folder, need_bytes, "three checkpoints")
-    with HolderLock(folder / "train.lock", busy=lambda holder: f"... {holder} ..."):
+    with HolderLock(lock_path, busy=lambda holder: f"... {describe_holder(holder)} ..."):
         ...                                        # one holder at a time; a second one gets RunFolderError(busy)
     try_lock_open_file(handle)                     # flock on a data file itself (the cache's unfinished shard)
 

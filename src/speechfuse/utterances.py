@@ -48,7 +48,7 @@ def read_utterances(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} not found: per-utterance results are written when a run finishes training "
-                          f"(or by `speechfuse evaluate RUN --split {path.stem.removeprefix('utterances_')}`)")
+                          f"(or by `speechfuse evaluate RUN --split {path.stem.partition('_')[2]}`)")
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         try:

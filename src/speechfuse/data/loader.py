@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..cache import FeatureCache
 from ..io import speechfuse_home
+from ..runfolder import RunFolder
 from ..config import Config
 from ..errors import ConfigError, SpeechfuseError
 from ..extract import fill_caches
@@ -58,7 +59,7 @@ def load_splits(cfg: Config, run_dir: Path, task_field: str, which: tuple[str, .
         path = getattr(cfg.data, split)
         if path is None:
             continue
-        skipped = run_dir / f"skipped_{split}.csv"
+        skipped = RunFolder(run_dir).skipped(split)
         if skipped.is_file():
             skipped.unlink()  # from an earlier attempt
         check = source if source in ("text", "label") else None
