@@ -320,7 +320,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def set_dotted(data: dict, parts: list[str], value: Any, where: str) -> None:
-    """data['a']['b'] = value for parts ['a', 'b'], creating missing sections."""
+    """`data['a']['b'] = value` for parts `['a', 'b']`, creating missing sections."""
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
