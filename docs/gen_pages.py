@@ -3,7 +3,6 @@
 - reference/config.md and reference/cli.md from speechfuse.reference;
 - one API page per module of the speechfuse package (mkdocstrings renders its docstrings), listed in the
   nav under "API reference" in package order, so a module added, moved or renamed needs no edit here;
-- benchmarks.md from benchmarks/README.md (the measurements live beside their scripts);
 - failure_modes.md: a placeholder only while docs/failure_modes.md does not exist yet.
 """
 from __future__ import annotations
@@ -40,16 +39,10 @@ def on_config(config):
     return config
 
 
-def _benchmarks_page() -> str:
-    text = (REPO / "benchmarks" / "README.md").read_text(encoding="utf-8")
-    return ("<!-- generated from benchmarks/README.md by docs/gen_pages.py: edit that file -->\n\n" + text)
-
-
 def on_files(files: Files, config) -> Files:
     from speechfuse.reference import cli_reference, config_reference
 
-    pages = {"reference/config.md": config_reference(), "reference/cli.md": cli_reference(),
-             "benchmarks.md": _benchmarks_page()}
+    pages = {"reference/config.md": config_reference(), "reference/cli.md": cli_reference()}
     for name in api_modules():
         pages[f"api/{name}.md"] = f"# `{name}`\n\n::: {name}\n"
     if files.get_file_from_path("failure_modes.md") is None:

@@ -99,3 +99,21 @@ def test_cli_reference_prints_help_as_argparse_does():
     page = cli_reference(parser)
     assert "| `--steps` `STEPS` | `3` | at most 3 steps (100 % of them) |" in page
     assert "## `tool run`" in page and "Run it." in page
+
+
+def test_docs_hook_gives_every_module_an_api_page_in_the_nav():
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gen_pages", repo / "docs" / "gen_pages.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    modules = hook.api_modules()
+    sources = [p for p in (repo / "src" / "speechfuse").rglob("*.py") if not p.name.startswith("_")]
+    assert len(modules) >= len(sources)  # every public module, plus each package
+    assert {"speechfuse", "speechfuse.config", "speechfuse.tasks", "speechfuse.tasks.asr"} <= set(modules)
+    nav = [{"Home": "index.md"}, {"Reference": [{"CLI reference": "reference/cli.md"}, {"API reference": []}]}]
+    hook.on_config({"nav": nav})
+    pages = nav[1]["Reference"][1]["API reference"]
+    assert pages == [{name: f"api/{name}.md"} for name in modules]
