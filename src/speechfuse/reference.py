@@ -88,7 +88,8 @@ def _constraints(field: FieldInfo) -> str:
         for attr, word in words.items():
             value = getattr(meta, attr, None)
             if value is not None:
-                out.append(f"{word} {value}" + (" items" if "length" in attr else ""))
+                unit = (" item" if value == 1 else " items") if "length" in attr else ""
+                out.append(f"{word} {value}{unit}")
     return ", ".join(out)
 
 
@@ -118,8 +119,8 @@ def model_rows(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, 
     docs = attribute_docstrings(model)
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
-        doc = field.description or docs.get(name, "")
         nested = _nested_model(field.annotation)
+        doc = field.description or docs.get(name, "") or (_first_line(nested) if nested is not None else "")
         kind = type_name(field.annotation)
         limits = _constraints(field)
         default = field_default(field)
@@ -172,6 +173,9 @@ def rows_table(rows: list[tuple[str, str, str, str]]) -> str:
 
 
 def _first_line(obj: Any) -> str:
+    """The first paragraph of `obj`'s own docstring, on one line."""
+    if isinstance(obj, type) and not vars(obj).get("__doc__"):  # not a docstring inherited from a base
+        return ""
     doc = inspect.getdoc(obj) or ""
     return doc.split("\n\n")[0].replace("\n", " ")
 
@@ -210,8 +214,8 @@ def config_reference() -> str:
         out += [f"### `{spec}`", ""]
         desc = _first_line(entry)
         out += [desc, ""] if desc else []
-        out += [rows_table(rows) if rows else "Options are not declared in its signature; see *Upstreams* "
-                "and *Bundled models*.", ""]
+        out += [rows_table(rows) if rows else "Its loader does not declare its options; see "
+                "[Upstreams](../concepts/upstreams.md#options) and [Bundled models](../bundled_models.md).", ""]
 
     out += ["## Interface options (`interface.<option>`)", "",
             "`interface.name` picks the interface; its options sit beside the name "
