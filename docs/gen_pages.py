@@ -29,13 +29,27 @@ def api_modules() -> list[str]:
     return sorted(names, key=lambda n: n.split("."))
 
 
+def api_nav(modules: list[str]) -> list:
+    """Nav entries: a package is a section holding its own page first, then its modules."""
+    nav: list = []
+    sections: dict[str, list] = {}
+    for name in modules:
+        parent = name.rpartition(".")[0]
+        entry = {name: f"api/{name}.md"}
+        if any(m.startswith(name + ".") for m in modules) and parent:  # a subpackage
+            sections[name] = [entry]
+            (sections.get(parent, nav)).append({name: sections[name]})
+        else:
+            sections.get(parent, nav).append(entry)
+    return nav
+
+
 def on_config(config):
     for item in config["nav"] or []:
         if isinstance(item, dict) and "Reference" in item:
-            section = item["Reference"]
-            for entry in section:
+            for entry in item["Reference"]:
                 if isinstance(entry, dict) and API_SECTION in entry:
-                    entry[API_SECTION] = [{name: f"api/{name}.md"} for name in api_modules()]
+                    entry[API_SECTION] = api_nav(api_modules())
     return config
 
 

@@ -115,5 +115,13 @@ def test_docs_hook_gives_every_module_an_api_page_in_the_nav():
     assert {"speechfuse", "speechfuse.config", "speechfuse.tasks", "speechfuse.tasks.asr"} <= set(modules)
     nav = [{"Home": "index.md"}, {"Reference": [{"CLI reference": "reference/cli.md"}, {"API reference": []}]}]
     hook.on_config({"nav": nav})
-    pages = nav[1]["Reference"][1]["API reference"]
-    assert pages == [{name: f"api/{name}.md"} for name in modules]
+    pages, stack = [], list(nav[1]["Reference"][1]["API reference"])
+    while stack:  # flatten the package sections
+        ((title, target),) = stack.pop(0).items()
+        if isinstance(target, list):
+            stack = target + stack
+        else:
+            pages.append((title, target))
+    assert pages == [(name, f"api/{name}.md") for name in modules]
+    assert any("speechfuse.data" in entry  # a subpackage is a section and isinstance(entry["speechfuse.data"], list)
+               for entry in nav[1]["Reference"][1]["API reference"])
