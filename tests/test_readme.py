@@ -48,3 +48,18 @@ def test_readme_relative_links_resolve():
     assert relative, "README links to no docs page"
     missing = [link for link in relative if not (REPO / link).exists()]
     assert not missing, missing
+
+
+def test_no_file_points_outside_the_repository_to_shared():
+    # a fresh clone has nothing beside it; the needle is split so this file does not match itself
+    needles = ("../" + "shared", "/work/" + "shared")
+    folders = ["src", "docs", "tests", "scripts", "benchmarks", "configs", ".ci"]
+    files = [p for folder in folders for p in (REPO / folder).rglob("*") if p.is_file()]
+    files += [p for p in REPO.iterdir() if p.is_file()]
+    offenders = []
+    for path in files:
+        if path.suffix in (".flac", ".wav", ".png", ".pyc", ".bin", ".safetensors"):
+            continue
+        text = path.read_bytes().decode("utf-8", "ignore")
+        offenders += [f"{path.relative_to(REPO)}: {n}" for n in needles if n in text]
+    assert len(files) > 100 and not offenders, offenders
