@@ -166,6 +166,30 @@ def test_predict_cli_writes_a_prediction_per_clip_and_scores_references(trained,
             assert "lid_accuracy" in summaries["jsonl"]["metrics"]
 
 
+@pytest.mark.parametrize("language_token", [True, False])
+def test_multilingual_records_carry_the_language_only_with_a_language_token(language_token):
+    from speechfuse.data.manifest import Utterance
+    from speechfuse.predictions import LanguageTranscription, Transcription
+    from speechfuse.tasks import get_task
+
+    task = get_task("multilingual_asr", language_token=language_token).fit(
+        [Utterance("a", "a.wav", text="hi", language="en"), Utterance("b", "b.wav", text="ha", language="de")])
+    spelled = (["[en]"] if language_token else []) + ["h", "<blank>", "i"]
+    out = torch.full((1, len(spelled), len(task.vocab)), -10.0)
+    for frame, symbol in enumerate(spelled):
+        out[0, frame, task.vocab.index(symbol)] = 10.0
+    (record,) = task.predictions(out, torch.tensor([len(spelled)]), [{"id": "x", "path": None, "duration": 1.0}])
+    if language_token:
+        assert isinstance(record, LanguageTranscription) and (record.text, record.language) == ("hi", "en")
+        assert task.prediction_columns() == ["language"]
+        assert record.csv_cells() == {"prediction": "hi", "language": "en"}
+    else:
+        assert type(record) is Transcription and record.text == "hi" and task.prediction_columns() == []
+    # what predict --out writes is scored as the task's own prediction string, language token included
+    assert task.scored_prediction(record.to_dict()) == task.predict(out, torch.tensor([len(spelled)]))[0]
+    assert task.scored_prediction({"id": "x", "error": "unreadable"}) is None
+
+
 def test_a_task_without_a_prediction_type_is_refused_in_one_line(trained, tmp_path, capsys, monkeypatch):
     from speechfuse.tasks.classify import ClassifyTask
 

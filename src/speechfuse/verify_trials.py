@@ -6,9 +6,9 @@ The trial list is `LABEL ENROL TEST` lines (VoxCeleb1's veri_test2.txt) or `ENRO
 (data/trials.py); ENROL and TEST are audio paths, relative to `root` (default: the trial file's folder).
 Trials go in file order, a chunk at a time: the files a chunk needs that are not embedded yet (about
 `batch_seconds` of audio) are embedded, each file once per run, then the chunk's rows are appended, flushed
-and fsynced. A rerun skips the (enrol, test) pairs already in the file. A pair on two lines is one trial: written,
-scored and counted in the metrics once (listed with two different labels, the list is refused naming both lines). A trial with a missing or unreadable
-side is written with its `error` and the run goes on.
+and fsynced. A rerun skips the (enrol, test) pairs already in the file. A pair on two lines is one trial:
+written, scored and counted in the metrics once (listed with two different labels, the list is refused,
+naming both lines). A trial with a missing or unreadable side is written with its `error` and the run goes on.
 """
 from __future__ import annotations
 
