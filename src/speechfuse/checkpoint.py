@@ -3,7 +3,7 @@
 Lightning builds a nested checkpoint dict (model state_dict, optimizer and scheduler states, loop
 progress, callback states). `SafetensorsCheckpointIO` stores every tensor in it as a safetensors tensor
 and the rest of the structure (dicts, lists, tuples, ints, floats, strings, bools, None) as JSON in the
-safetensors header, in ONE file written atomically (speechfuse.runfolder.write_atomic: a kill never leaves a
+safetensors header, in ONE file written atomically (speechfuse.io.write_atomic: a kill never leaves a
 torn checkpoint). Anything else (an arbitrary object) raises CheckpointError naming its key: nothing is ever
 pickled, and loading never unpickles.
 

@@ -86,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "their hidden states in the feature cache that `speechfuse train` reads "
                                    "(config key `cache`). Under torchrun each rank extracts its own share.")
     _add_config(p)
-    p.add_argument("--out", help="the run folder the cache belongs to; `cache: auto` puts it in OUT/../cache "
-                                 "(default: runs/<config name>)")
+    p.add_argument("--out", help="where the manifest checks write skipped_<split>.csv (default: runs/<config "
+                                 "name>); `cache: auto` is the user's cache, $SPEECHFUSE_HOME/cache")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
     p.add_argument("--batch-seconds", type=float, default=None,
                    help="seconds of audio per extraction batch (default: the config's train.batch_seconds)")

@@ -261,7 +261,7 @@ def _fill_locked(upstreams, mine, cache: FeatureCache, entries, selections, batc
                 writer.finalise()
             except Exception:
                 writer.abandon()
-        # a shard's index is written by runfolder.write_atomic, which reports a full disk as its own error
+        # a shard's index is written by io.write_atomic, which reports a full disk as its own error
         oserror = err if isinstance(err, OSError) else err.__cause__
         if isinstance(oserror, OSError) and oserror.errno in DISK_FULL:
             raise _disk_full(oserror, upstreams, mine, cache, entries, selections) from err

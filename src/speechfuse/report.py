@@ -70,7 +70,7 @@ def write_table(rows: Sequence[dict], md_path, csv_path, columns: Iterable[str] 
 
     Columns are `columns` if given, else every key in first-seen order. Missing cells are blank.
     CSV cells keep full precision (floats as repr); Markdown rounds for reading. Returns the columns.
-    Both files are written atomically (runfolder.write_atomic), so a crash never leaves half a table.
+    Both files are written atomically (io.write_atomic), so a crash never leaves half a table.
     """
     rows = list(rows)
     for i, row in enumerate(rows):

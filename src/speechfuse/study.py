@@ -4,7 +4,7 @@
                          depths={"whisper-tiny.en": [3, 4, 5]})
 
 Every run trains through speechfuse.sweep.run_sweep (seeds, `select`, resume and per-sweep results as
-there), all on one feature cache (OUT/cache, unless the config names its own folder or says `off`).
+there), all on the config's feature cache (`auto`: the user's, $SPEECHFUSE_HOME/cache; see resolve_cache_dir).
 Three axes; each row is one (upstreams, interface) over the seeds:
 - models: every non-empty subset of the config's upstreams (1, 2, ... N models), in OUT/models/;
 - size:   `sizes` {family: [spec, ...]}: each spec alone (real models of one family at several sizes,
