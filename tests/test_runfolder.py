@@ -201,7 +201,8 @@ def test_resume_refuses_a_manifest_edited_in_place(corpus, tmp_path):
 HOLD_LOCK = """
 import sys, time
 from speechfuse.runfolder import RunLock
-RunLock(sys.argv[1]).acquire()
+lock = RunLock(sys.argv[1])  # held while referenced (a filelock is released when collected)
+lock.acquire()
 print("locked", flush=True)
 time.sleep(600)
 """

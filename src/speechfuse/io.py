@@ -113,7 +113,7 @@ class HolderLock:
     """An exclusive lock on `path` whose file names its holder while held. `busy(holder)` is the message a
     second process gets (holder: the first one's {"pid", "host", "started"}, or None while it is starting);
     with `wait`, the second process waits instead (after calling `on_wait(holder)`). The file is removed on
-    release."""
+    release; keep a reference while holding it (a lock that is garbage-collected is released)."""
 
     def __init__(self, path: str | os.PathLike, busy: Callable[[Optional[dict]], str], wait: bool = False,
                  on_wait: Callable[[Optional[dict]], None] | None = None) -> None:
