@@ -191,13 +191,13 @@ def test_a_rerun_with_another_grid_keeps_the_finished_rows(tmp_path, capsys):
 
 def test_a_failed_run_does_not_stop_the_others(tmp_path, capsys):
     """Row: a failing sweep combination named neither the run nor the file, and stopped the sweep."""
-    from speechfuse.sweep import ERROR_FILE, SweepFailed, run_sweep
+    from speechfuse.sweep import SweepFailed, run_sweep
     from test_sweep import BASE, FakeTrainer
 
     grid = {"interface.name": ["weighted_sum", "hconv"]}
     with pytest.raises(SweepFailed) as err:
         run_sweep(BASE, grid, tmp_path, train_fn=FakeTrainer(fail_on="weighted_sum"), progress=False, plots=False)
-    log = tmp_path / "runs" / "weighted_sum" / ERROR_FILE
+    log = RunFolder(tmp_path / "runs" / "weighted_sum").error_path
     assert str(err.value).startswith(f"sweep: 1 run(s) failed (the finished rows are in {tmp_path / 'results.md'})")
     assert (f"run 'weighted_sum' (interface.name=weighted_sum) in {tmp_path / 'runs' / 'weighted_sum'} failed: "
             f"RuntimeError: boom (traceback in {log})") in str(err.value)

@@ -21,8 +21,8 @@ A mismatch drops the damaged utterances from their shard's index, so they are ex
 
 Crash safety: a shard's bytes are written to `shard-*.bin.partial`, fsynced, renamed to `.bin`, and only
 then is its index written (speechfuse.io.write_atomic: tmp file, fsync, rename). A shard without an index, a
-leftover `.partial`, or a `.bin` whose size disagrees with its index is torn: readers ignore it and the next extraction by that rank
-deletes it and extracts its utterances again. A shard is finalised every `shard_bytes` (64 MiB) or
+leftover `.partial`, or a `.bin` whose size disagrees with its index is torn: readers ignore it and the next
+extraction by that rank deletes it and extracts its utterances again. A shard is finalised every `shard_bytes` (64 MiB) or
 `shard_seconds` (30 s), so a kill loses at most that much work (plus the batch in flight).
 
 Writers: one extraction per (entry, rank) at a time; a second process waits on `extract-<rank>.lock` (a

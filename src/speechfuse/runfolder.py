@@ -13,6 +13,7 @@ A run folder holds:
     model/            the best checkpoint as a model folder: sf.load_model(RUN_DIR) (see speechfuse.model)
     eval/             what `evaluate` reads and writes besides the run's own files (evaluate --manifest)
     skipped_<split>.csv  the manifest rows dropped with train.skip_bad_rows
+    error.txt         in a sweep: the traceback of the run's failed attempt (removed once it finishes)
 
     run = RunFolder(run_dir)
     run.metrics_path, run.checkpoint("best"), run.utterances("test"), run.model_dir      # the file names
@@ -58,6 +59,7 @@ BEST = "best"
 EXT = ".safetensors"
 LOGS_DIR = "logs"
 LOCK = "train.lock"
+ERROR = "error.txt"  # the traceback of a sweep's run that failed (removed once it finishes)
 
 
 class RunFolder:
@@ -79,6 +81,7 @@ class RunFolder:
     layers_png = property(lambda self: self.path / LAYERS_PNG)
     model_dir = property(lambda self: self.path / MODEL_DIR)
     eval_dir = property(lambda self: self.path / EVAL_DIR)
+    error_path = property(lambda self: self.path / ERROR)
     checkpoints_dir = property(lambda self: self.path / CKPT_DIR)
     logs_dir = property(lambda self: self.path / LOGS_DIR)
 
@@ -301,6 +304,6 @@ def check_same_task(task: Task, run_dir: Path) -> None:
 __all__ = ["RunFolder", "RunLock", "RunFolderError", "file_sha256", "fingerprint", "record_fingerprint",
            "check_data_unchanged", "check_same_config", "check_same_task", "RESUME_MAY_CHANGE", "CONFIG", "TASK",
            "METRICS", "FINGERPRINT", "INTERFACE", "LAYERS_PNG", "MODEL_DIR", "EVAL_DIR", "CKPT_DIR", "LOGS_DIR",
-           "LOCK", "LAST", "BEST", "EXT",
+           "LOCK", "ERROR", "LAST", "BEST", "EXT",
            # speechfuse.io's, for existing callers
            "write_atomic", "check_writable", "check_free_space", "disk_full"]

@@ -57,7 +57,6 @@ RESULTS_MD = "results.md"
 RESULTS_CSV = "results.csv"
 SUMMARY_CSV = "summary.csv"
 SEED_KEY = "train.seed"
-ERROR_FILE = "error.txt"  # RUN/error.txt: the traceback of a run that failed (removed when it finishes)
 _MARKS = ("vs_best_p", "tied_with_best")  # recomputed over every row each time the tables are written
 
 
@@ -447,9 +446,10 @@ class _Pool:
             self.pool = None
 
 
-def _prefill_caches(cfg: Any, combos: list[dict], out_dir: Path) -> None:
+def _prefill_caches(cfg: Any, combos: list[dict], out_dir: Path, keep_going: bool) -> None:
     """Fill the caches of every frozen upstream the combinations use, here, before the workers start (one
-    `fill_config_caches` per distinct data section, over the union of its upstreams)."""
+    `fill_config_caches` per distinct data section, over the union of its upstreams). With keep_going, a data
+    section that cannot be read is left to its runs, which then fail one by one and are named."""
     from .data.loader import resolve_cache_dir
     from .extract import fill_config_caches
 
@@ -468,7 +468,14 @@ def _prefill_caches(cfg: Any, combos: list[dict], out_dir: Path) -> None:
     for data in groups.values():
         group_cfg = _rebuild(cfg, data, "(sweep cache fill)")
         progress = (data.get("train") or {}).get("progress_bar", True)
-        fill_config_caches(group_cfg, out_dir / "cache_fill", progress=progress)
+        try:
+            fill_config_caches(group_cfg, out_dir / "cache_fill", progress=progress)
+        except Exception as exc:
+            if not keep_going:
+                raise
+            train_manifest = (data.get("data") or {}).get("train")
+            print(f"speechfuse sweep: the feature cache for data.train {train_manifest} was not filled "
+                  f"({type(exc).__name__}); its runs will say why", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,7 +580,7 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     failures: dict[str, str] = {}  # run name -> what failed, in the order they failed
 
     def failed(combo: dict, name: str, run_dir: Path, exc: Exception) -> None:
-        log = run_dir / ERROR_FILE
+        log = RunFolder(run_dir).error_path
         try:
             write_atomic(log, "".join(traceback.format_exception(exc)))
         except (OSError, SpeechfuseError):  # the run folder itself may be what failed
@@ -610,7 +617,7 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
             return name, run_cfg, run_dir, None
         if not run_folder.is_finished:  # the runner normally writes it; make resume work regardless
             run_folder.write_metrics(metrics)
-        (run_dir / ERROR_FILE).unlink(missing_ok=True)  # from an earlier try
+        run_folder.error_path.unlink(missing_ok=True)  # from an earlier try
         _advance(name)
         return name, run_cfg, run_dir, metrics
 
@@ -640,7 +647,7 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
         run_folder = RunFolder(run_dir)
         if metrics is not None and not run_folder.is_finished:
             run_folder.write_metrics(metrics)
-        (run_dir / ERROR_FILE).unlink(missing_ok=True)
+        run_folder.error_path.unlink(missing_ok=True)
         if name not in counted:
             _advance(name)
 
@@ -659,7 +666,7 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     try:
         if pool is not None:  # train every run in the workers first; the loop below then finds them finished
             if own_trainer:
-                _prefill_caches(cfg, every, out_dir)
+                _prefill_caches(cfg, every, out_dir, keep_going)
             pool.train([c for p in plan for c in (p["candidates"] or [{**p["combo"], **s} for s in p["seeded"]])])
             if select:
                 def read(cand: dict) -> tuple[str, dict | None]:
@@ -714,4 +721,4 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
 
 
 __all__ = ["run_sweep", "parse_grid", "expand_grid", "run_name", "combo_config", "summarise_seeds", "SweepFailed",
-           "RESULTS_MD", "RESULTS_CSV", "SUMMARY_CSV", "ERROR_FILE"]
+           "RESULTS_MD", "RESULTS_CSV", "SUMMARY_CSV"]
