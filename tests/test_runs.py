@@ -189,6 +189,22 @@ def test_a_rerun_with_another_grid_keeps_the_finished_rows(tmp_path, capsys):
     assert _runs(tmp_path / "results.csv") == ["hconv__lr=0.2", "hconv__lr=0.1", "hconv"]
 
 
+def test_a_rerun_with_seeds_keeps_the_earlier_configurations(tmp_path):
+    from speechfuse.sweep import run_sweep
+    from test_sweep import BASE, FakeTrainer
+
+    run_sweep(BASE, {"interface.name": ["weighted_sum"]}, tmp_path, seeds=[0, 1], train_fn=FakeTrainer(),
+              progress=False, plots=False)
+    run_sweep(BASE, {"interface.name": ["hconv"]}, tmp_path, seeds=[0, 1], train_fn=FakeTrainer(), progress=False,
+              plots=False)
+    assert _runs(tmp_path / "results.csv") == ["hconv__seed=0", "hconv__seed=1", "weighted_sum__seed=0",
+                                               "weighted_sum__seed=1"]
+    with (tmp_path / "summary.csv").open(newline="") as f:
+        summary = {row["config"]: row for row in csv.DictReader(f)}
+    assert sorted(summary) == ["hconv", "weighted_sum"] and summary["weighted_sum"]["seeds"] == "2"
+    assert float(summary["weighted_sum"]["test_accuracy_mean"]) == pytest.approx(0.5)
+
+
 def test_a_failed_run_does_not_stop_the_others(tmp_path, capsys):
     """Row: a failing sweep combination named neither the run nor the file, and stopped the sweep."""
     from speechfuse.sweep import SweepFailed, run_sweep
