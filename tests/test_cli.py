@@ -108,8 +108,9 @@ def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
     _, cfg, _ = setup
     seen = {}
 
-    def fake_run_sweep(config, grid, out_dir, seeds=None, select=None, jobs=1, threads=None):
-        seen.update(config=config, grid=grid, out=out_dir, seeds=seeds, select=select, jobs=jobs, threads=threads)
+    def fake_run_sweep(config, grid, out_dir, seeds=None, select=None, jobs=1, threads=None, keep_going=True):
+        seen.update(config=config, grid=grid, out=out_dir, seeds=seeds, select=select, jobs=jobs, threads=threads,
+                    keep_going=keep_going)
         return []
 
     monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
@@ -117,9 +118,10 @@ def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
                  "--grid", "upstreams=whisper-tiny.en+resemblyzer,resemblyzer", "--out", str(tmp_path)]) == 0
     assert seen["grid"] == {"interface.name": ["weighted_sum", "hconv", "chconv"],
                             "upstreams": [["whisper-tiny.en", "resemblyzer"], ["resemblyzer"]]}
-    assert seen["seeds"] is None and seen["select"] is None and seen["jobs"] == 1
-    assert main(["sweep", str(cfg), "--grid", "interface.name=hconv", "--seeds", "0,1",
+    assert seen["seeds"] is None and seen["select"] is None and seen["jobs"] == 1 and seen["keep_going"]
+    assert main(["sweep", str(cfg), "--grid", "interface.name=hconv", "--seeds", "0,1", "--fail-fast",
                  "--select", "train.interface_lr=1e-4,1e-3", "--jobs", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert seen["keep_going"] is False
     assert seen["seeds"] == [0, 1] and seen["select"] == {"train.interface_lr": [1e-4, 1e-3]} and seen["jobs"] == 2
     assert seen["threads"] == 1
     assert seen["config"].task == "classify" and seen["out"] == str(tmp_path)
