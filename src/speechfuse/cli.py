@@ -18,8 +18,9 @@ prepare, table, demo.
     speechfuse table runs/ls runs/mlsuperb_mono runs/mlsuperb_multi runs/vox1 runs/iemocap --out table.md
     speechfuse study scaling configs/fsdd_speaker.yaml --depths whisper-tiny.en=3,4,5 --out runs/scaling
 
-Errors in the input (config, manifests, audio) print one clean message and exit with code 2. Ctrl-C exits
-with code 130; during `train` it first saves a checkpoint to resume from.
+Errors in the input (config, manifests, audio) print one clean message and exit with code 2. Ctrl-C, SIGTERM
+and SIGUSR1 exit with 128 + the signal (130, 143, 138) and say how to resume; during `train` (and each run of
+a `sweep`) they first finish the step and save a checkpoint to resume from.
 """
 from __future__ import annotations
 
@@ -426,17 +427,33 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 1
 
 
+# what an interrupted command keeps, and how to go on (train's TrainingInterrupted says it itself)
+RESUME_HINTS = {
+    "sweep": "finished runs are kept and an interrupted run resumes from its last checkpoint: run the same "
+             "command again to go on",
+    "extract": "the features stored so far are kept: run the same command again to extract the rest",
+    "predict": "the rows already written to --out are kept: run the same command again to predict the rest",
+    "verify": "the rows already written to --out are kept: run the same command again to score the rest",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .interrupt import stop_signals
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return _run(args, parser)
+        with stop_signals():  # SIGTERM and SIGUSR1 stop as Ctrl-C does (speechfuse.interrupt)
+            return _run(args, parser)
     except SpeechfuseError as err:
         print(f"speechfuse {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # train's TrainingInterrupted says what was saved
-        print(f"speechfuse {args.command}: interrupted" + (f": {err}" if str(err) else ""), file=sys.stderr)
-        return 130
+        message = str(err)
+        if not getattr(err, "says_how_to_resume", False) and args.command in RESUME_HINTS:
+            message = "; ".join(m for m in (message, RESUME_HINTS[args.command]) if m)
+        print(f"speechfuse {args.command}: interrupted" + (f": {message}" if message else ""), file=sys.stderr)
+        return getattr(err, "exit_code", 130)
 
 
 if __name__ == "__main__":

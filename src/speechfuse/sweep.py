@@ -36,8 +36,10 @@ import itertools
 import json
 import logging
 import math
+import os
 import re
 import shutil
+import signal
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -380,7 +382,11 @@ class _Pool:
             futures[self.pool.submit(_train_in_worker, self.train_fn, run_cfg, run_dir)] = (name, run_dir)
         waiting = set(futures)
         while waiting:
-            done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+            try:
+                done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt as stop:  # close() then waits for the runs to save their checkpoints
+                self.forward_signal(getattr(stop, "signum", signal.SIGINT))
+                raise
             for future in done:
                 name, run_dir = futures[future]
                 try:
@@ -392,6 +398,17 @@ class _Pool:
                         exc.add_note(f"speechfuse sweep: run {name!r} in {run_dir} failed")
                     raise
                 self.finished(name, run_dir, metrics)
+
+    def forward_signal(self, signum: int) -> None:
+        """A SIGTERM / SIGUSR1 sent to this process only (Ctrl-C reaches the whole process group): pass it on,
+        so each running run saves its checkpoint and stops."""
+        if self.pool is None or signum == signal.SIGINT:
+            return
+        for pid in list(getattr(self.pool, "_processes", None) or {}):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
 
     def close(self) -> None:
         if self.pool is not None:
