@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
     p.add_argument("--allow-changed-upstreams", action="store_true",
                    help="load even if an upstream's weights differ from those the model was trained with")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="load a model folder whose config.json and weights do not match their saved digest (or "
+                        "have none), with a warning")
 
     p = sub.add_parser("verify", help="score speaker verification trials with a trained model",
                        description="Score trials with a verification model (a run folder or a model folder). With "
@@ -172,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
     p.add_argument("--allow-changed-upstreams", action="store_true",
                    help="load even if an upstream's weights differ from those the model was trained with")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="load a model folder whose config.json and weights do not match their saved digest (or "
+                        "have none), with a warning")
 
     p = sub.add_parser("export", help="export a trained model (after the upstreams, or --whole) as TorchScript or ONNX",
                        description="Export aligner + interface + head of a trained model (a run folder or a model "
@@ -194,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "scale (at least 1; default 1e-4)")
     p.add_argument("--allow-changed-upstreams", action="store_true",
                    help="load even if an upstream's weights differ from those the model was trained with")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="load a model folder whose config.json and weights do not match their saved digest (or "
+                        "have none), with a warning")
 
     p = sub.add_parser("prune", help="keep the layers worth their upstream cost, retrain, report metric vs cost",
                        description="Prune a finished run to budgets of upstream inference cost: per-(model, layer) "
@@ -305,7 +314,8 @@ def _verify(args: argparse.Namespace) -> int:
     elif args.out is not None or args.root is not None:
         raise SpeechfuseError("--out and --root go with --trials; one pair A B prints its score")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model, device=device, allow_changed_upstreams=args.allow_changed_upstreams)
+    model = load_model(args.model, device=device, allow_changed_upstreams=args.allow_changed_upstreams,
+                       trust_unverified=args.allow_unverified)
     require_verification_model(model, args.model)
     if args.trials is None:
         result = verify_pair(model, args.clips[0], args.clips[1], batch_seconds=args.batch_seconds)
@@ -380,7 +390,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         check_output_path(args.out)  # before the model loads
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_model(args.model, device=device, allow_changed_upstreams=args.allow_changed_upstreams)
+        model = load_model(args.model, device=device, allow_changed_upstreams=args.allow_changed_upstreams,
+                           trust_unverified=args.allow_unverified)
         print(json.dumps(predict_to_file(model, args.inputs, args.out, batch_seconds=args.batch_seconds), indent=2))
         return 0
     if args.command == "verify":
@@ -389,7 +400,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from .export import export_fusion, export_whole
         from .model import load_model
 
-        model = load_model(args.model, allow_changed_upstreams=args.allow_changed_upstreams)
+        model = load_model(args.model, allow_changed_upstreams=args.allow_changed_upstreams,
+                           trust_unverified=args.allow_unverified)
         if args.whole:
             options = {} if args.tolerance is None else {"tolerance": args.tolerance}
             path = export_whole(model, args.out, format=args.format, **options)

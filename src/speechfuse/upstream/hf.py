@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -441,6 +442,12 @@ def _load_weights(model_class: type, folder: Path, spec: str) -> nn.Module:
         model, info = model_class.from_pretrained(
             folder, local_files_only=True, output_loading_info=True, dtype=torch.float32, trust_remote_code=False
         )
+    except pickle.UnpicklingError as exc:  # torch's weights_only loader refused objects other than tensors
+        pickles = ", ".join(sorted(p.name for p in folder.glob("*.bin"))) or "a pickle file"
+        raise UpstreamError(f"{spec}: {folder} holds its weights as a pickle ({pickles}) with objects other than "
+                            "tensors, which speechfuse does not unpickle (unpickling can run code); convert it to "
+                            "model.safetensors where you trust the file (transformers: save_pretrained) and load "
+                            "that folder") from exc
     except (OSError, ValueError, RuntimeError) as exc:
         raise UpstreamError(f"{spec}: transformers could not load {model_class.__name__} weights from {folder}: "
                             f"{exc}") from exc
