@@ -18,7 +18,9 @@ prepare, table, demo.
     speechfuse table runs/ls runs/mlsuperb_mono runs/mlsuperb_multi runs/vox1 runs/iemocap --out table.md
     speechfuse study scaling configs/fsdd_speaker.yaml --depths whisper-tiny.en=3,4,5 --out runs/scaling
 
-Errors in the input (config, manifests, audio) print one clean message and exit with code 2. Ctrl-C, SIGTERM
+Errors in the input (config, manifests, audio) print one clean message and exit with code 2. `predict` exits 0
+when every input has a prediction, 1 when some failed and 3 when all failed (the count on stderr, each reason in
+--out). Ctrl-C, SIGTERM
 and SIGUSR1 exit with 128 + the signal (130, 143, 138) and say how to resume; during `train` (and each run of
 a `sweep`) they first finish the step and save a checkpoint to resume from.
 """
@@ -142,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and manifests. Results are appended to OUT batch by batch, so a killed run loses "
                                    "nothing written and a rerun skips the inputs already in OUT. Bad inputs are "
                                    "listed in OUT with the reason. Prints a JSON summary, with metrics when a "
-                                   "manifest holds references.")
+                                   "manifest holds references. Exit code: 0 every input predicted, 1 some failed, "
+                                   "3 all failed, 2 a usage or input error (bad --out, model, manifest). A second "
+                                   "predict into the same OUT at once is refused (OUT.lock).")
     p.add_argument("model", help="a run folder (uses its model/) or a model folder")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="audio file, folder of audio files, or manifest (.csv/.jsonl)")
@@ -296,6 +300,16 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_exit_code(summary: dict) -> int:
+    """0: every input has a prediction in --out; 1: some inputs failed; 3: every input failed."""
+    failed, total = summary["failed_inputs"], summary["inputs"]
+    if not failed:
+        return 0
+    print(f"speechfuse predict: {failed} of {total} input(s) failed; their rows in {summary['out']} give the reason",
+          file=sys.stderr)
+    return 3 if failed == total else 1
+
+
 def _verify(args: argparse.Namespace) -> int:
     import torch
 
@@ -392,8 +406,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = load_model(args.model, device=device, allow_changed_upstreams=args.allow_changed_upstreams,
                            trust_unverified=args.allow_unverified)
-        print(json.dumps(predict_to_file(model, args.inputs, args.out, batch_seconds=args.batch_seconds), indent=2))
-        return 0
+        summary = predict_to_file(model, args.inputs, args.out, batch_seconds=args.batch_seconds)
+        print(json.dumps(summary, indent=2))
+        return _predict_exit_code(summary)
     if args.command == "verify":
         return _verify(args)
     if args.command == "export":
