@@ -52,6 +52,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .audio import audio_info
 from .manifest import Utterance, write_manifest
+from .textfile import open_text
 from .trials import generate_trials, read_trials, write_trials
 
 IEMOCAP_SESSIONS = (1, 2, 3, 4, 5)
@@ -218,7 +219,7 @@ def _raise_missing(missing: list[str], roots: list[Path]) -> None:
 def read_iden_split(path: Path) -> list[tuple[str, str, int]]:
     """(split, relative wav path, line) of every line of iden_split.txt."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path, "VoxCeleb1 split file") as f:
         for line_no, line in enumerate(f, start=1):
             fields = line.split()
             if not fields:
@@ -278,7 +279,7 @@ def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int
 def read_mlsuperb_transcript(path: Path) -> list[tuple[str, str, int]]:
     """(utterance id, transcript, line) of every line of one ML-SUPERB transcript file."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path, "ML-SUPERB transcript") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
