@@ -221,3 +221,46 @@ def test_ddp_ranks_stop_at_the_same_step_when_one_rank_gets_sigterm(tmp_path):
     assert len(steps) == 2 and steps[0] == steps[1], log[-4000:]  # one message per rank, the same step
     assert load_checkpoint_file(_last(run))["global_step"] == int(steps[0]) >= 2
     assert not (run / "metrics.json").exists()
+
+
+class WaitForStop:
+    """A stand-in for train() in a sweep worker: waits for a stop signal, records which, stops like train."""
+
+    def __call__(self, cfg, run_dir):
+        import time
+
+        from speechfuse.interrupt import Interrupted, stop_signals
+
+        got: list[int] = []
+        with stop_signals(lambda signum, frame: got.append(signum)):
+            (run_dir / "started").write_text("")
+            deadline = time.monotonic() + 120  # a bound on waiting, not an assertion on speed
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.05)
+        (run_dir / "stopped").write_text(str(got[0] if got else 0))
+        raise Interrupted("stopped", got[0] if got else 0)
+
+
+def test_sweep_jobs_pass_sigterm_on_to_their_running_runs(tmp_path):
+    """`sweep --jobs 2` gets SIGTERM (sent to its own process only, as `kill` does): both running runs receive
+    it, so each saves and stops, and the sweep raises Interrupted once they have."""
+    import threading
+
+    from speechfuse.interrupt import Interrupted, stop_signals
+    from speechfuse.sweep import run_sweep
+    from test_sweep import BASE
+
+    runs = [tmp_path / "runs" / name for name in ("weighted_sum", "hconv")]
+
+    def send_when_started():
+        deadline = time.monotonic() + 120
+        while not all((r / "started").is_file() for r in runs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=send_when_started, daemon=True).start()
+    with stop_signals(), pytest.raises(Interrupted) as stop:
+        run_sweep(BASE, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, train_fn=WaitForStop(),
+                  progress=False, plots=False, jobs=2)
+    assert stop.value.signum == signal.SIGTERM
+    assert [(r / "stopped").read_text() for r in runs] == [str(int(signal.SIGTERM))] * 2
