@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -90,6 +91,7 @@ def verify_to_file(model: "FusedModel", trials_path: str | os.PathLike, out: str
     output = _TrialOutput(Path(out), model)  # first: a bad --out fails before the list is read
     try:
         trials = read_trials(trials_path, unlabelled=True)
+        repeated = repeated_trials(trials, trials_path)
     except BaseException:
         output.close()
         raise
@@ -111,6 +113,8 @@ def verify_to_file(model: "FusedModel", trials_path: str | os.PathLike, out: str
         output.close()
     summary: dict[str, Any] = {"out": str(out), "trials": len(trials), **counts,
                                "threshold": model.task.threshold}
+    if repeated:
+        summary["repeated"] = repeated
     if trials[0].label is not None:
         summary.update(_metrics(trials, output.done, model.task.threshold))
     return summary
@@ -209,10 +213,28 @@ def _trial_error(trial: Trial, errors: dict[str, str]) -> Optional[str]:
     return "; ".join(bad) or None
 
 
-def _metrics(trials: list[Trial], done: dict[str, dict[str, Any]], threshold: Optional[float]) -> dict[str, Any]:
-    """EER, minDCF and decision accuracy over the list's trials that have a score in the output."""
-    scored = []
+def repeated_trials(trials: list[Trial], path: str | os.PathLike) -> dict[str, list[int]]:
+    """`enrol test` -> its lines, for pairs listed more than once (scored and counted once, with a warning); the
+    same pair with two labels is a ConfigError naming the lines."""
+    lines: dict[str, list[Trial]] = {}
     for t in trials:
+        lines.setdefault(_pair(t.enrol, t.test), []).append(t)
+    repeated = {key: [t.line for t in ts] for key, ts in lines.items() if len(ts) > 1}
+    for key, ts in lines.items():
+        if len({t.label for t in ts}) > 1:
+            raise ConfigError(f"trial list {path}: the pair {key!r} is on lines {[t.line for t in ts]} with different "
+                              "labels; fix the list")
+    if repeated:
+        listed = "; ".join(f"{key!r} (lines {', '.join(map(str, where))})" for key, where in list(repeated.items())[:5])
+        warnings.warn(f"trial list {path}: {len(repeated)} pair(s) listed more than once, scored and counted once: "
+                      f"{listed}", stacklevel=3)
+    return repeated
+
+
+def _metrics(trials: list[Trial], done: dict[str, dict[str, Any]], threshold: Optional[float]) -> dict[str, Any]:
+    """EER, minDCF and decision accuracy over the list's distinct trials that have a score in the output."""
+    scored = []
+    for t in {_pair(t.enrol, t.test): t for t in trials}.values():  # a pair listed twice counts once
         row = done.get(_pair(t.enrol, t.test))
         if row is not None and row.get("score") not in (None, ""):  # csv rows hold strings, "" for None
             scored.append((float(row["score"]), t.label))
