@@ -180,23 +180,3 @@ def test_a_full_disk_is_one_line_and_keeps_the_rows_written(setup, tmp_path, mon
     assert main(command) == 0
     assert sorted(r["id"] for r in _rows(out)) == sorted(map(str, clips))
 
-
-def test_a_trial_pair_listed_twice_is_named_and_counted_once(tmp_path):
-    """Old: `verify --trials` skipped the repeated pair in its output but counted it twice in EER/minDCF."""
-    from speechfuse.data.trials import read_trials
-    from speechfuse.verify_trials import _metrics, repeated_trials
-
-    lines = ["1 a.wav b.wav", "0 a.wav c.wav", "1 d.wav e.wav", "0 d.wav f.wav", "0 a.wav c.wav"]
-    path = tmp_path / "trials.txt"
-    path.write_text("\n".join(lines) + "\n")
-    trials = read_trials(path, unlabelled=True)
-    # scores in the output file: the non-target a-c outscores the target d-e, so counting a-c twice moves the EER
-    done = {f"{t.enrol} {t.test}": {"score": s} for t, s in zip(trials, [0.9, 0.7, 0.5, 0.1])}
-    with pytest.warns(UserWarning, match=r"1 pair\(s\) listed more than once, scored and counted once: "
-                                         r"'a.wav c.wav' \(lines 2, 5\)"):
-        assert repeated_trials(trials, path) == {"a.wav c.wav": [2, 5]}
-    once = _metrics(trials[:4], done, threshold=0.6)
-    assert _metrics(trials, done, threshold=0.6) == once and once["metrics_trials"] == 4
-    path.write_text("\n".join(lines[:4] + ["1 a.wav c.wav"]) + "\n")
-    with pytest.raises(ConfigError, match=r"the pair 'a.wav c.wav' is on lines \[2, 5\] with different labels"):
-        repeated_trials(read_trials(path, unlabelled=True), path)

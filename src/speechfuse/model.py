@@ -193,7 +193,7 @@ class FusedModel(nn.Module):
             config = json.loads(json.dumps({**self.config_dict(), "weights_sha256": weights_sha256}, default=float))
             config[DIGEST_KEY] = model_digest(config, weights_sha256)
             write_atomic(tmp / CONFIG_FILE, json.dumps(config, indent=2, default=float) + "\n")
-            write_atomic(tmp / README_FILE, model_readme(config))
+            write_atomic(tmp / README_FILE, model_readme(config, self.task))
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             if folder.exists():
                 os.replace(folder, old)
@@ -385,20 +385,10 @@ def save_run_model(cfg: "Config", task: Task, frontend: FusionFrontend, head: nn
     return model.save_pretrained(Path(run_dir) / RUN_MODEL_DIR)
 
 
-def model_readme(config: dict[str, Any]) -> str:
-    task = config["task"]
+def model_readme(config: dict[str, Any], task: Task) -> str:
     ups = config["upstreams"]
     upstreams = ", ".join(f"`{u['spec']}`" + (" (fine-tuned)" if u.get("trainable") else "") for u in ups)
-    if task["name"] == "asr":
-        what = f"character CTC speech recognition ({len(task.get('vocab', []))} symbols)"
-    elif task["name"] == "verify":
-        threshold = task.get("threshold")
-        what = (f"speaker verification (cosine scores of {task.get('options', {}).get('embed_dim')}-dim embeddings, "
-                f"trained on {len(task.get('speakers', []))} speakers; "
-                + (f"decision threshold {threshold:.4f}, the dev EER point)" if threshold is not None
-                   else "no decision threshold)"))
-    else:
-        what = f"utterance classification of `{config.get('target')}` into {len(task.get('labels', []))} classes"
+    what = task.describe(config.get("target"))
     lines = [f"# speechfuse model: {what}", "",
              f"Upstreams: {upstreams}, fused by the `{config['interface']['name']}` interface, "
              f"input {config['sample_rate']} Hz audio.", ""]
@@ -412,16 +402,25 @@ def model_readme(config: dict[str, Any]) -> str:
                   "dev checkpoint.", ""]
     metrics = training.get("metrics")
     if metrics:
-        lines += ["| split | " + " | ".join(sorted(next(iter(metrics.values())))) + " |",
-                  "|---|" + "---|" * len(next(iter(metrics.values())))]
-        lines += [f"| {split} | " + " | ".join(f"{v:.4f}" for _, v in sorted(m.items())) + " |"
-                  for split, m in metrics.items()]
-        lines.append("")
+        lines += metrics_table(metrics, task.main_metric) + [""]
     lines += ["```python", "import speechfuse as sf", "model = sf.load_model(\"path/to/this/folder\")",
               "print(model.predict(\"clip.wav\"))", "```", "",
               "`model.safetensors` holds only the trained weights; the frozen upstreams load from their specs and "
               "must match the weight fingerprints in `config.json`.", ""]
     return "\n".join(lines)
+
+
+def metrics_table(metrics: dict[str, dict[str, Any]], first: str) -> list[str]:
+    """Markdown lines of a {split: {metric: value}} table: one header (every metric of any split, `first`
+    then the rest sorted) and one row per split, each cell under its own metric's name ("–": not measured)."""
+    names = sorted({name for values in metrics.values() for name in values}, key=lambda n: (n != first, n))
+
+    def cell(value: Any) -> str:
+        return "–" if value is None else f"{value:.4f}" if isinstance(value, (int, float)) else str(value)
+
+    return (["| split | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)] +
+            [f"| {split} | " + " | ".join(cell(values.get(n)) for n in names) + " |"
+             for split, values in metrics.items()])
 
 
 def _absolute_spec(spec: str) -> str:

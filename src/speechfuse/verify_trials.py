@@ -6,14 +6,14 @@ The trial list is `LABEL ENROL TEST` lines (VoxCeleb1's veri_test2.txt) or `ENRO
 (data/trials.py); ENROL and TEST are audio paths, relative to `root` (default: the trial file's folder).
 Trials go in file order, a chunk at a time: the files a chunk needs that are not embedded yet (about
 `batch_seconds` of audio) are embedded, each file once per run, then the chunk's rows are appended, flushed
-and fsynced. A rerun skips the (enrol, test) pairs already in the file. A trial with a missing or unreadable
-side is written with its `error` and the run goes on.
+and fsynced. A rerun skips the (enrol, test) pairs already in the file. A pair on two lines is one trial:
+written, scored and counted in the metrics once (listed with two different labels, the list is refused,
+naming both lines). A trial with a missing or unreadable side is written with its `error` and the run goes on.
 """
 from __future__ import annotations
 
 import os
 import sys
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 
 from .data.adapters import AUDIO_SUFFIXES
-from .data.trials import Trial, read_trials
+from .data.trials import Trial, read_trials, unique_trials
 from .errors import AudioError, ConfigError
 from .inference import Failure, Verification, _Item, _Output, collect_inputs, iter_predictions
 from .metrics.verification import verification_metrics
@@ -76,7 +76,7 @@ def verify_pair(model: "FusedModel", enrol: str, test: str, batch_seconds: float
 
 
 def require_verification_model(model: "FusedModel", source: str) -> None:
-    if model.task.name != "verify":
+    if not model.task.scores_trials:
         raise ConfigError(f"{source} is a {model.task.name!r} model; verify needs a speaker verification model "
                           f"(trained with task: verify). Use `speechfuse predict` for this one")
 
@@ -91,19 +91,17 @@ def verify_to_file(model: "FusedModel", trials_path: str | os.PathLike, out: str
     output = _TrialOutput(Path(out), model)  # first: a bad --out fails before the list is read
     try:
         trials = read_trials(trials_path, unlabelled=True)
-        repeated = repeated_trials(trials, trials_path)
+        unique = unique_trials(trials, str(trials_path))  # a repeated line is one trial, in the metrics too
     except BaseException:
         output.close()
         raise
     base = Path(root) if root is not None else Path(trials_path).parent
     seen = set(output.done)
     todo: list[Trial] = []
-    for trial in trials:
-        key = _pair(trial.enrol, trial.test)
-        if key not in seen:  # already written by an earlier run, or listed twice
-            seen.add(key)
+    for trial in unique:
+        if _pair(trial.enrol, trial.test) not in seen:  # not written by an earlier run
             todo.append(trial)
-    counts = {"scored": 0, "failed": 0, "skipped": len(trials) - len(todo)}
+    counts = {"scored": 0, "failed": 0, "skipped": len(trials) - len(todo)}  # repeated lines, earlier runs
     try:
         for rows in _score_chunks(model, todo, base, batch_seconds, progress):
             output.write(rows)
@@ -113,10 +111,8 @@ def verify_to_file(model: "FusedModel", trials_path: str | os.PathLike, out: str
         output.close()
     summary: dict[str, Any] = {"out": str(out), "trials": len(trials), **counts,
                                "threshold": model.task.threshold}
-    if repeated:
-        summary["repeated"] = repeated
     if trials[0].label is not None:
-        summary.update(_metrics(trials, output.done, model.task.threshold))
+        summary.update(_metrics(unique, output.done, model.task.threshold))
     return summary
 
 
@@ -213,28 +209,10 @@ def _trial_error(trial: Trial, errors: dict[str, str]) -> Optional[str]:
     return "; ".join(bad) or None
 
 
-def repeated_trials(trials: list[Trial], path: str | os.PathLike) -> dict[str, list[int]]:
-    """`enrol test` -> its lines, for pairs listed more than once (scored and counted once, with a warning); the
-    same pair with two labels is a ConfigError naming the lines."""
-    lines: dict[str, list[Trial]] = {}
-    for t in trials:
-        lines.setdefault(_pair(t.enrol, t.test), []).append(t)
-    repeated = {key: [t.line for t in ts] for key, ts in lines.items() if len(ts) > 1}
-    for key, ts in lines.items():
-        if len({t.label for t in ts}) > 1:
-            raise ConfigError(f"trial list {path}: the pair {key!r} is on lines {[t.line for t in ts]} with different "
-                              "labels; fix the list")
-    if repeated:
-        listed = "; ".join(f"{key!r} (lines {', '.join(map(str, where))})" for key, where in list(repeated.items())[:5])
-        warnings.warn(f"trial list {path}: {len(repeated)} pair(s) listed more than once, scored and counted once: "
-                      f"{listed}", stacklevel=3)
-    return repeated
-
-
 def _metrics(trials: list[Trial], done: dict[str, dict[str, Any]], threshold: Optional[float]) -> dict[str, Any]:
-    """EER, minDCF and decision accuracy over the list's distinct trials that have a score in the output."""
+    """EER, minDCF and decision accuracy over the list's trials that have a score in the output."""
     scored = []
-    for t in {_pair(t.enrol, t.test): t for t in trials}.values():  # a pair listed twice counts once
+    for t in trials:
         row = done.get(_pair(t.enrol, t.test))
         if row is not None and row.get("score") not in (None, ""):  # csv rows hold strings, "" for None
             scored.append((float(row["score"]), t.label))
