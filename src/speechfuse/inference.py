@@ -291,7 +291,7 @@ def predict(model: "FusedModel", inputs: Any, batch_seconds: float = 60.0, progr
     (checked from the headers before anything runs) unless skip_bad=True, which returns them as Failures."""
     model.task.require_predictions("predict")
     entries = collect_inputs(inputs, model.sample_rate, model.target, sample_rate)
-    items, _ = _split(entries)
+    items, failures = _split(entries)
     if failures and not skip_bad:
         raise AudioError(_listing(failures))
     results: list[Result] = list(failures)
