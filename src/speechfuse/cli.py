@@ -20,9 +20,8 @@ prepare, table, demo.
 
 Errors in the input (config, manifests, audio) print one clean message and exit with code 2. `predict` exits 0
 when every input has a prediction, 1 when some failed and 3 when all failed (the count on stderr, each reason in
---out). Ctrl-C, SIGTERM
-and SIGUSR1 exit with 128 + the signal (130, 143, 138) and say how to resume; during `train` (and each run of
-a `sweep`) they first finish the step and save a checkpoint to resume from.
+--out). Ctrl-C, SIGTERM and SIGUSR1 exit with 128 + the signal (130, 143, 138) and say how to resume; during
+`train` (and each run of a `sweep`) they first finish the step and save a checkpoint to resume from.
 """
 from __future__ import annotations
 

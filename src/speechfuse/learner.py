@@ -306,7 +306,8 @@ class StopOnInterrupt(Callback):
         self.signum = self.signum or signum
         if not (first and self.in_loop):
             raise Interrupted(f"{signal_name(signum)} received", signum)
-        print(f"\nspeechfuse: {signal_name(signum)}: saving a checkpoint after this step (Ctrl-C again to stop at "
+        again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+        print(f"\nspeechfuse: {signal_name(signum)}: saving a checkpoint after this step ({again} again to stop at "
               "once)", file=sys.stderr, flush=True)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
