@@ -319,7 +319,7 @@ def _listing(failures: list[Failure]) -> str:
 def verify(model: "FusedModel", a: Any, b: Any = None, batch_seconds: float = 60.0,
            sample_rate: Optional[int] = None) -> Union[Verification, list[Verification]]:
     """Score trials with a verification model. verify(a, b) with one clip each (a file path or an [S]
-    waveform) returns one Verification; verify([a1, a2], [b1, b2]) or verify([(a1, b1), (a2, b2)]) returns
+    waveform, which needs `sample_rate`) returns one Verification; verify([a1, a2], [b1, b2]) or verify([(a1, b1), (a2, b2)]) returns
     one per pair, in order. Each distinct file is embedded once. Bad inputs raise AudioError listing them."""
     if not model.task.scores_trials:
         raise ConfigError(f"verify: this model's task is {model.task.name!r}, which predicts but does not "
