@@ -455,6 +455,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 # what an interrupted command keeps, and how to go on (train's TrainingInterrupted says it itself)
 RESUME_HINTS = {
+    "train": "run the same command again to resume from the last checkpoint, if any",
     "sweep": "finished runs are kept and an interrupted run resumes from its last checkpoint: run the same "
              "command again to go on",
     "extract": "the features stored so far are kept: run the same command again to extract the rest",
