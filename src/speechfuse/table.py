@@ -1,24 +1,30 @@
 """The paper's table from finished sweeps (`speechfuse table SWEEP_DIR... --out table.md`).
 
-    rows = paper_table(["runs/ls", "runs/mlsuperb_mono", "runs/vox1", "runs/iemocap"], "table.md")
+    rows = paper_table(["runs/ls", "runs/mlsuperb_mono", "runs/mlsuperb_multi", "runs/vox1", "runs/iemocap"], "table.md")
 
 Rows: upstream set x interface (the `upstreams` and `interface` columns of each sweep's results.csv).
-Columns (values in %, test split of each run's best checkpoint):
+Columns (values in %, test split of each run's best checkpoint), each computed as its source does:
 
-    LibriSpeech WER      task asr               test_wer
-    ML-SUPERB mono CER   task multilingual_asr  test_cer_macro, runs whose test split holds one language
-    ML-SUPERB multi CER  task multilingual_asr  test_cer_macro, runs whose test split holds several
-    VoxCeleb1 EER        task verify            test_eer
-    IEMOCAP accuracy     task classify          test_accuracy
+    LibriSpeech WER         task asr               test_wer
+    ML-SUPERB mono CER      task multilingual_asr  runs whose test split holds one language: that language's
+                            test_cer_<lang> (test_wer_<lang> for a run trained on word tokens, as ESPnet
+                            trains and scores cmn and jpn); ESPnet's mono_superb_score.py: the datasets of a
+                            language averaged first (eng1-3, fra1-2, deu1-2), then the languages
+    ML-SUPERB multi CER     task multilingual_asr  runs whose test split holds several languages: test_cer_normal,
+                            the CER pooled over the utterances (sclite) of every language not in the run's
+                            downstream.few_shot_languages (test_cer, all of them, when it lists none)
+    ML-SUPERB few-shot CER  the same runs: test_cer_few_shot, pooled over the few-shot languages' utterances
+    VoxCeleb1 EER           task verify            test_eer
+    IEMOCAP accuracy        task classify          test_accuracy, mean over folds
 
 The column of a run is decided by the `task` of its own config.yaml (SWEEP/runs/<run>/config.yaml) and, for
 multilingual ASR, by how many per-language CERs (`test_cer_<lang>`) its metrics hold. Averaging: runs that
 share an upstream set, interface and column are grouped by their data (the config's data.train and
-data.languages: one IEMOCAP fold, one ML-SUPERB monolingual language); seeds of one data are averaged first,
-then the data are averaged with equal weight. So the IEMOCAP cell is the mean accuracy over folds and the
-mono cell the mean CER over languages (ML-SUPERB's monolingual score), whatever the seeds per fold.
-A cell averaged over fewer data than the most any row of its column has is marked `(n/N)`.
-Next to table.md, table.csv keeps the full-precision values and the data / run counts of every cell.
+data.languages: one IEMOCAP fold, one ML-SUPERB monolingual dataset); seeds of one data are averaged first,
+then the data of one group (a monolingual language; otherwise each data is its own group), then the groups
+with equal weight. A cell averaged over fewer data than the most any row of its column has is marked `(n/N)`.
+Below the table, a line per column states the rule it used. Next to table.md, table.csv keeps the
+full-precision values and the data / run counts of every cell.
 """
 from __future__ import annotations
 
@@ -33,10 +39,24 @@ from .report import write_table
 from .runfolder import write_atomic
 from .sweep import RESULTS_CSV
 
-COLUMNS = ("LibriSpeech WER", "ML-SUPERB mono CER", "ML-SUPERB multi CER", "VoxCeleb1 EER", "IEMOCAP accuracy")
-METRIC = {"LibriSpeech WER": "test_wer", "ML-SUPERB mono CER": "test_cer_macro",
-          "ML-SUPERB multi CER": "test_cer_macro", "VoxCeleb1 EER": "test_eer", "IEMOCAP accuracy": "test_accuracy"}
+COLUMNS = ("LibriSpeech WER", "ML-SUPERB mono CER", "ML-SUPERB multi CER", "ML-SUPERB few-shot CER", "VoxCeleb1 EER",
+           "IEMOCAP accuracy")
 TASK_COLUMN = {"asr": "LibriSpeech WER", "verify": "VoxCeleb1 EER", "classify": "IEMOCAP accuracy"}
+TASK_METRIC = {"asr": "test_wer", "verify": "test_eer", "classify": "test_accuracy"}
+SUBSET_CERS = ("test_cer_macro", "test_cer_normal", "test_cer_few_shot")  # test_cer_<x> keys that are no language
+RULES = {
+    "LibriSpeech WER": "test WER (word edits / reference words over the utterances), mean over seeds",
+    "ML-SUPERB mono CER": "per run its language's pooled test CER (WER for runs trained on word tokens: cmn, jpn "
+                          "in ESPnet); mean over seeds, then over the datasets of a language, then over the "
+                          "languages (ESPnet mono_superb_score.py)",
+    "ML-SUPERB multi CER": "test CER pooled over the utterances of the normal languages (sclite, as ESPnet's "
+                           "few-shot split scores them; all languages when a run lists no few_shot_languages), "
+                           "mean over seeds",
+    "ML-SUPERB few-shot CER": "test CER pooled over the utterances of the run's downstream.few_shot_languages, "
+                              "mean over seeds",
+    "VoxCeleb1 EER": "test EER over the trial list, mean over seeds",
+    "IEMOCAP accuracy": "test accuracy, mean over seeds, then over folds",
+}
 
 
 class TableError(ConfigError):
@@ -55,19 +75,60 @@ def _run_config(sweep: Path, run: str, where: str) -> dict:
     return cfg
 
 
+def _languages(metrics: dict[str, str]) -> list[str]:
+    return [k[len("test_cer_"):] for k in metrics
+            if k.startswith("test_cer_") and k not in SUBSET_CERS and metrics[k] not in ("", None)]
+
+
 def column_of(task: str, metrics: dict[str, str], where: str) -> str:
-    """The paper column of one run, from its task and (multilingual ASR) how many languages it was tested on."""
+    """The paper column of one run (for multilingual ASR tested on several languages: the normal-language column),
+    from its task and, multilingual ASR, how many languages it was tested on."""
     if task == "multilingual_asr":
-        languages = [k for k in metrics if k.startswith("test_cer_") and k != "test_cer_macro" and metrics[k] != ""]
-        return "ML-SUPERB mono CER" if len(languages) == 1 else "ML-SUPERB multi CER"
+        return "ML-SUPERB mono CER" if len(_languages(metrics)) == 1 else "ML-SUPERB multi CER"
     if task not in TASK_COLUMN:
         raise TableError(f"{where}: task {task!r} has no column in the paper's table (asr, multilingual_asr, "
                          "verify, classify)")
     return TASK_COLUMN[task]
 
 
+def _number(row: dict[str, str], metric: str) -> float | None:
+    try:
+        return float(row[metric])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def run_values(cfg: dict, row: dict[str, str], where: str) -> list[tuple[str, str, str, float]]:
+    """(column, metric, group, value) of one run: what it adds to the table. The group is the unit averaged
+    before the columns' last mean: a monolingual ML-SUPERB run's language; "" for the other columns."""
+    task = cfg["task"]
+    column = column_of(task, row, where)
+    if column == "ML-SUPERB mono CER":
+        language = _languages(row)[0]
+        word = ((cfg.get("downstream") or {}).get("token_type") == "word")
+        wanted = [(column, f"test_{'wer' if word else 'cer'}_{language}", language)]
+    elif column == "ML-SUPERB multi CER":
+        few_shot = (cfg.get("downstream") or {}).get("few_shot_languages") or []
+        wanted = [(column, "test_cer_normal" if few_shot else "test_cer", "")]
+        if few_shot:
+            wanted.append(("ML-SUPERB few-shot CER", "test_cer_few_shot", ""))
+        # a test split holding only one of the two subsets fills one column
+        wanted = [w for w in wanted if _number(row, w[1]) is not None] or wanted[:1]
+    else:
+        wanted = [(column, TASK_METRIC[task], "")]
+    out = []
+    for col, metric, group in wanted:
+        value = _number(row, metric)
+        if value is None:
+            raise TableError(f"{where}: run {row['run']!r} has no {metric} (task {task}); the table uses each run's "
+                             "test metrics, so its config needs a data.test manifest (and a finished evaluation)")
+        out.append((col, metric, group, value))
+    return out
+
+
 def read_sweep(sweep: str | Path) -> list[dict]:
-    """One record per run of a finished sweep: upstreams, interface, column, data (the averaging unit), value."""
+    """One record per run and column of a finished sweep: upstreams, interface, column, metric, group, data
+    (the averaging unit), value."""
     sweep = Path(sweep)
     path = sweep / RESULTS_CSV
     if not path.is_file():
@@ -83,18 +144,12 @@ def read_sweep(sweep: str | Path) -> list[dict]:
         if missing:
             raise TableError(f"{where}: no {', '.join(missing)} column value; is this a speechfuse sweep's results.csv?")
         cfg = _run_config(sweep, row["run"], where)
-        column = column_of(cfg["task"], row, where)
-        metric = METRIC[column]
-        try:
-            value = float(row[metric])
-        except (KeyError, TypeError, ValueError):
-            raise TableError(f"{where}: run {row['run']!r} has no {metric} (task {cfg['task']}); the table uses "
-                             "each run's test metrics, so its config needs a data.test manifest") from None
         data = cfg.get("data") or {}
         languages = data.get("languages")
-        records.append({"upstreams": row["upstreams"], "interface": row["interface"], "column": column,
-                        "data": f"{data.get('train')}" + (f" {sorted(languages)}" if languages else ""),
-                        "value": value, "source": where})
+        unit = f"{data.get('train')}" + (f" {sorted(languages)}" if languages else "")
+        for column, metric, group, value in run_values(cfg, row, where):
+            records.append({"upstreams": row["upstreams"], "interface": row["interface"], "column": column,
+                            "metric": metric, "group": group, "data": unit, "value": value, "source": where})
     return records
 
 
@@ -104,13 +159,17 @@ def _mean(values: Iterable[float]) -> float:
 
 
 def merge(records: list[dict]) -> list[dict]:
-    """Cells: {upstreams, interface, column, value, data, runs}, seeds averaged within a data, then data."""
-    cells: dict[tuple, dict[str, list[float]]] = {}
+    """Cells: {upstreams, interface, column, value, data, runs}: seeds averaged within a data, then the data of a
+    group (a monolingual language), then the groups."""
+    cells: dict[tuple, dict[str, dict[str, list[float]]]] = {}
     for r in records:
-        cells.setdefault((r["upstreams"], r["interface"], r["column"]), {}).setdefault(r["data"], []).append(r["value"])
-    return [{"upstreams": u, "interface": i, "column": c, "value": _mean(_mean(v) for v in by_data.values()),
-             "data": len(by_data), "runs": sum(len(v) for v in by_data.values())}
-            for (u, i, c), by_data in cells.items()]
+        groups = cells.setdefault((r["upstreams"], r["interface"], r["column"]), {})
+        groups.setdefault(r["group"] or r["data"], {}).setdefault(r["data"], []).append(r["value"])
+    return [{"upstreams": u, "interface": i, "column": c,
+             "value": _mean(_mean(_mean(v) for v in by_data.values()) for by_data in groups.values()),
+             "data": sum(len(by_data) for by_data in groups.values()),
+             "runs": sum(len(v) for by_data in groups.values() for v in by_data.values())}
+            for (u, i, c), groups in cells.items()]
 
 
 def paper_table(sweeps: Iterable[str | Path], out: str | Path) -> list[dict]:
@@ -136,13 +195,14 @@ def paper_table(sweeps: Iterable[str | Path], out: str | Path) -> list[dict]:
     rows = [{"upstreams": r["upstreams"], "interface": r["interface"], **{h: r[c] for h, c in zip(header, COLUMNS)}}
             for r in display.values()]
     write_table(rows, out, None, columns=["upstreams", "interface", *header])
-    note = ("\nTest split, best checkpoint by dev. Mono CER: mean over ML-SUPERB monolingual languages; IEMOCAP: "
-            "mean over folds; seeds are averaged within each language / fold first. (n/N): averaged over n of the "
-            f"N folds or languages other rows have. Sweeps: {', '.join(str(s) for s in sweeps)}.\n")
+    used = [c for c in COLUMNS if any(x["column"] == c for x in cells)]
+    note = ("\nTest split, best checkpoint by dev. (n/N): averaged over n of the N folds or datasets other rows "
+            f"have. Sweeps: {', '.join(str(s) for s in sweeps)}.\n\nRules:\n"
+            + "".join(f"- {c}: {RULES[c]}\n" for c in used))
     write_atomic(out, out.read_text(encoding="utf-8") + note)
     write_table(sorted(cells, key=lambda c: (c["upstreams"], c["interface"], COLUMNS.index(c["column"]))),
                 None, out.with_suffix(".csv"), columns=["upstreams", "interface", "column", "value", "data", "runs"])
     return rows
 
 
-__all__ = ["paper_table", "read_sweep", "merge", "column_of", "COLUMNS", "TableError"]
+__all__ = ["paper_table", "read_sweep", "merge", "column_of", "run_values", "COLUMNS", "RULES", "TableError"]
