@@ -135,6 +135,9 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     grad_clip: Optional[float] = Field(None, gt=0)
+    average_best: Optional[int] = Field(None, ge=1)
+    """Report the mean of the N checkpoints with the lowest dev loss (ESPnet's valid.loss.ave) instead of the
+    one with the best dev main metric (speechfuse.average); null: off."""
     seed: int = 0
     val_every_steps: int = Field(100, gt=0)
     """Validate on the dev set, and save the `last` and `best` checkpoints, every this many steps."""
