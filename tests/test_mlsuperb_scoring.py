@@ -71,3 +71,20 @@ def test_ctc_batch_normalisation_is_the_sum_over_the_batch_divided_by_its_size()
     espnet = get_task("asr", ctc_normalize="batch")
     espnet.vocab = task.vocab
     assert espnet.loss(out, lengths, targets).item() == pytest.approx(per_utt.sum().item() / 2, rel=1e-5)
+
+
+def test_the_mlsuperb_configs_score_and_train_as_espnet():
+    from pathlib import Path
+
+    from speechfuse.config import load_config
+    from speechfuse.data.corpora import MLSUPERB_FEW_SHOT
+
+    paper = Path(__file__).resolve().parents[1] / "configs" / "paper"
+    multi, mono = load_config(paper / "mlsuperb_multi.yaml"), load_config(paper / "mlsuperb_mono.yaml")
+    # the languages scored as few-shot are the ones whose training rows `prepare mlsuperb` restricts
+    assert sorted(multi.downstream["few_shot_languages"]) == sorted(MLSUPERB_FEW_SHOT)
+    assert "few_shot_languages" not in mono.downstream
+    for cfg in (multi, mono):
+        task = get_task(cfg.task, **cfg.downstream)
+        assert (task.options["normalize"], task.options["ctc_normalize"]) == ("utterance_mvn", "batch")
+        assert (cfg.train.grad_clip, cfg.train.average_best) == (5.0, 5)
