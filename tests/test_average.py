@@ -58,3 +58,33 @@ def test_a_run_with_average_best_reports_the_mean_of_its_lowest_dev_losses(tmp_p
     head = [k for k in average if k.startswith("head.") and torch.is_floating_point(average[k])]
     assert head and all(torch.equal(saved[k], average[k]) for k in head if k in saved)
     assert any(k in saved for k in head)
+
+
+def test_a_killed_run_resumes_to_the_same_average(tmp_path):
+    """The kept top checkpoints survive a SIGKILL: the resumed run averages the same ones as an uninterrupted run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from speechfuse.train import train
+
+    manifests = make_fsdd(tmp_path)
+    upstream = save_tiny_model("hubert", tmp_path / "hubert")
+    data = tiny_config(manifests, upstream, max_steps=6, val_every_steps=2, average_best=2)
+    full = train(config_from_dict(data), tmp_path / "full")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
+    script = Path(__file__).parent / "killed_run.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "cfg.yaml"), str(tmp_path / "killed"), "4"],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    resumed = train(config_from_dict(data), tmp_path / "killed")
+    assert resumed["test"] == pytest.approx(full["test"], abs=1e-6)
+    names = [sorted(p.name for p in (tmp_path / run / "checkpoints" / "top").iterdir()) for run in ("full", "killed")]
+    assert names[0] == names[1] and len(names[0]) == 2
+    a = load_checkpoint_file(tmp_path / "full" / "checkpoints" / "average.safetensors")["state_dict"]
+    b = load_checkpoint_file(tmp_path / "killed" / "checkpoints" / "average.safetensors")["state_dict"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)

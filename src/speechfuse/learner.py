@@ -148,7 +148,13 @@ class FusionTask(pl.LightningModule):
         out, out_lengths = self(batch)
         self._dev += self.task.collect(out, out_lengths, batch.utts)
         if self.cfg.train.average_best:
-            self._dev_loss[0] += float(self.task.loss(out, out_lengths, batch.targets)) * len(batch.utts)
+            try:
+                loss = float(self.task.loss(out, out_lengths, batch.targets))
+            except ConfigError as err:  # e.g. verify: dev speakers are not training classes
+                raise ConfigError(f"train.average_best ranks checkpoints by the dev loss, which task "
+                                  f"{self.task.name!r} cannot compute on this dev set ({err}); set train.average_best: "
+                                  "null") from None
+            self._dev_loss[0] += loss * len(batch.utts)
             self._dev_loss[1] += len(batch.utts)
 
     def on_validation_epoch_end(self) -> None:
@@ -353,10 +359,10 @@ def make_trainer(cfg: Config, run_dir: Path, task: Task, extra_callbacks: list |
         _ValidateAtEnd(),
         *(extra_callbacks or []),
     ]
-    if t.average_best:  # the N lowest dev losses, for speechfuse.average
-        callbacks.append(_Checkpoint(dirpath=ckpt_dir / TOP_DIR, filename="{step}", monitor=DEV_LOSS, mode="min",
-                                     save_top_k=t.average_best, save_on_train_epoch_end=False,
-                                     enable_version_counter=False))
+    if t.average_best:  # the N lowest dev losses (speechfuse.average); before `last`, which then saves its state
+        callbacks.insert(1, _Checkpoint(dirpath=ckpt_dir / TOP_DIR, filename="{step}", monitor=DEV_LOSS, mode="min",
+                                        save_top_k=t.average_best, save_on_train_epoch_end=False,
+                                        enable_version_counter=False))
     if t.progress_bar:
         from lightning.pytorch.callbacks import TQDMProgressBar
 
