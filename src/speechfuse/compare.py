@@ -100,14 +100,12 @@ def pooled_errors(run_dirs: list[Path], split: str = "test") -> dict[str, tuple[
 def _per_seed(runs: Mapping[Any, Path], split: str) -> dict[Any, dict[str, tuple[float, float]]]:
     """seed -> {id: (errors, totals)} of one configuration's runs, which must share their test utterances."""
     out: dict[Any, dict[str, tuple[float, float]]] = {}
-    first = None
     for seed, run_dir in runs.items():
         path = utterances_path(run_dir, split)
         rows = {i: (row["errors"], row["totals"]) for i, row in _by_id(read_utterances(path), path).items()}
         if out and rows.keys() != next(iter(out.values())).keys():
-            raise ConfigError(f"{path}: scored on other utterances than {first}; the seeds of one "
-                              "configuration must share their test set")
-        first = first or run_dir
+            raise ConfigError(f"{path}: scored on other utterances than {next(iter(runs.values()))}; the seeds of "
+                              "one configuration must share their test set")
         out[seed] = rows
     return out
 
