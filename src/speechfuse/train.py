@@ -41,6 +41,7 @@ from .config import Config, config_to_yaml
 from .data.loader import SPLITS, FusionData, load_splits, resolve_cache_dir
 from .data.manifest import clip_limit
 from .errors import SpeechfuseError
+from .average import averaged_best
 from .evaluate import (collect_records, evaluate, load_run, load_weights, save_task_tensors, score,
                        write_interface_report)
 from .learner import FusionTask, StopOnInterrupt, TrainingInterrupted, checkpoint_bytes, make_trainer
@@ -126,6 +127,8 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
     best = best if best and best.is_file() else run_dir / CKPT_DIR / f"{BEST}{EXT}"
     if not best.is_file():
         best = last
+    if cfg.train.average_best:
+        best = averaged_best(trainer, run_dir, write=is_zero) or best
     load_weights(model, best)
     model.to(trainer.strategy.root_device)
     scoring = task.scoring_utterances(splits["train"])  # verify: the AS-norm cohort of training embeddings
