@@ -144,6 +144,9 @@ class TrainConfig(_Strict):
     warmup_steps: int = Field(0, ge=0)
     """Linear learning-rate warmup over this many steps (0: none)."""
     grad_clip: Optional[float] = Field(None, gt=0)
+    average_best: Optional[int] = Field(None, ge=1)
+    """Report the mean of the N checkpoints with the lowest dev loss (ESPnet's valid.loss.ave) instead of the
+    one with the best dev main metric (speechfuse.average); null: off."""
     seed: int = 0
     """Seeds the initial weights and the batch order: the same seed gives the same result on a CPU."""
     val_every_steps: int = Field(100, gt=0)

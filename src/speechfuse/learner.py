@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from .augment import SpecAugment
+from .average import DEV_LOSS, TOP_DIR
 from .checkpoint import SafetensorsCheckpointIO
 from .config import Config
 from .data.loader import EpochPosition, FusionBatch
@@ -65,6 +66,7 @@ class FusionTask(pl.LightningModule):
         self.position = EpochPosition()
         self._rng_to_restore: Optional[dict] = None
         self._dev: list = []  # Task.collect records of the dev set
+        self._dev_loss = [0.0, 0]
         self.dev_metrics: dict[str, float] = {}
 
     # -- forward ------------------------------------------------------------------------------
@@ -142,13 +144,25 @@ class FusionTask(pl.LightningModule):
     # -- dev evaluation -----------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._dev = []
+        self._dev_loss = [0.0, 0]  # summed per-batch loss x batch size, utterances (train.average_best only)
 
     def validation_step(self, batch: FusionBatch, batch_idx: int) -> None:
         out, out_lengths = self(batch)
         self._dev += self.task.collect(out, out_lengths, batch.utts)
+        if self.cfg.train.average_best:
+            try:
+                loss = float(self.task.loss(out, out_lengths, batch.targets))
+            except ConfigError as err:  # e.g. verify: dev speakers are not training classes
+                raise ConfigError(f"train.average_best ranks checkpoints by the dev loss, which task "
+                                  f"{self.task.name!r} cannot compute on this dev set ({err}); set train.average_best: "
+                                  "null") from None
+            self._dev_loss[0] += loss * len(batch.utts)
+            self._dev_loss[1] += len(batch.utts)
 
     def on_validation_epoch_end(self) -> None:
         self.dev_metrics = self.task.evaluate(self._dev, "dev")
+        if self._dev_loss[1]:
+            self.log(DEV_LOSS, self._dev_loss[0] / self._dev_loss[1], rank_zero_only=False)
         for name, value in self.dev_metrics.items():
             # every rank scores the whole dev set, so the values agree without syncing
             self.log(f"dev/{name}", float(value), prog_bar=name == self.task.main_metric, rank_zero_only=False)
@@ -358,6 +372,10 @@ def make_trainer(cfg: Config, run_dir: Path, task: Task, extra_callbacks: list |
         _ValidateAtEnd(),
         *(extra_callbacks or []),
     ]
+    if t.average_best:  # the N lowest dev losses (speechfuse.average); before `last`, which then saves its state
+        callbacks.insert(1, _Checkpoint(dirpath=ckpt_dir / TOP_DIR, filename="{step}", monitor=DEV_LOSS, mode="min",
+                                        save_top_k=t.average_best, save_on_train_epoch_end=False,
+                                        enable_version_counter=False))
     if t.progress_bar:
         from lightning.pytorch.callbacks import TQDMProgressBar
 

@@ -43,6 +43,7 @@ from .config import Config, config_to_yaml
 from .data.loader import SPLITS, FusionData, load_splits, resolve_cache_dir
 from .data.manifest import clip_limit
 from .errors import SpeechfuseError
+from .average import averaged_best
 from .interrupt import signal_name
 from .evaluate import (collect_records, evaluate, load_run, load_weights, save_task_tensors, score,
                        write_interface_report)
@@ -134,6 +135,8 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
     best = best if best and best.is_file() else run_dir / CKPT_DIR / f"{BEST}{EXT}"
     if not best.is_file():
         best = last
+    if cfg.train.average_best:
+        best = averaged_best(trainer, run_dir, write=is_zero) or best
     load_weights(model, best)
     model.to(trainer.strategy.root_device)
     scoring = task.scoring_utterances(splits["train"])  # verify: the AS-norm cohort of training embeddings

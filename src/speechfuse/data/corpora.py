@@ -28,13 +28,15 @@ mls, voxpopuli, ...; LANG: an ISO 639-3 code such as eng), each with `wav/<UTT>.
 one utterance a line: `UTT<whitespace>FIELD<whitespace>TRANSCRIPT`. Source of the layout: ESPnet's recipe
 egs2/ml_superb/asr1 (local/data_prep.py for the multilingual setting, local/single_lang_data_prep.py for the
 monolingual one; lhotse's recipes/ml_superb.py reads the same files). Followed from those scripts: dev and test
-are always the 10-minute files (for both training durations); training utterances over 20 s are dropped
-(data_prep.py: "the default setting in ml-superb benchmark"); the monolingual setting trains on one (language,
-dataset) pair, with dev from that dataset and test from every dataset of the language (MLSUPERB_MONOLINGUAL,
-ESPnet's SINGLE_LANG list, e.g. eng1 = eng from mls). ESPnet removes `[...]` tags (noise and
-event marks) and punctuation and upper-cases at preparation time; here the tags are removed when the manifest
-is written (each `[...]` on its own: ESPnet's greedy pattern also drops the words between two tags of one line)
-and the task's `punctuation` / `case` options do the rest. Not confirmed (no copy of the corpus here): what the middle FIELD holds (both scripts ignore it; one
+are always the 10-minute files (for both training durations). Multilingual (data_prep.py): training utterances
+over 20 s are dropped ("the default setting in ml-superb benchmark"), and `[...]` tags (noise and event marks)
+removed when the manifest is written (each `[...]` on its own: ESPnet's greedy pattern also drops the words
+between two tags of one line). Monolingual (single_lang_data_prep.py): one (language, dataset) pair, with dev
+from that dataset and test from every dataset of the language (MLSUPERB_MONOLINGUAL, ESPnet's SINGLE_LANG list,
+e.g. eng1 = eng from mls); every training utterance is kept (no 20 s limit) and the text is written as it is:
+that script only deletes punctuation, so the words inside `[...]` stay (the task's `punctuation: strip` drops
+the brackets). ESPnet also removes punctuation and upper-cases at preparation time; here the task's
+`punctuation` / `case` options do that. Not confirmed (no copy of the corpus here): what the middle FIELD holds (both scripts ignore it; one
 third-party converter writes `A`, another a duration in seconds), and the exact folder names of every
 dataset in the release.
 Few-shot languages (multilingual setting only): ESPnet's data_prep.py reserves 20 languages (RESERVE_LANG) and
@@ -297,8 +299,9 @@ def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int
 
 # -- ML-SUPERB ---------------------------------------------------------------------------------------
 
-def read_mlsuperb_transcript(path: Path) -> list[tuple[str, str, int]]:
-    """(utterance id, transcript, line) of every line of one ML-SUPERB transcript file."""
+def read_mlsuperb_transcript(path: Path, keep_tags: bool = False) -> list[tuple[str, str, int]]:
+    """(utterance id, transcript, line) of every line of one ML-SUPERB transcript file; each `[...]` tag removed,
+    or (keep_tags) kept as written, for the task's punctuation option to drop the brackets only."""
     rows = []
     with open_text(path, "ML-SUPERB transcript") as f:
         for line_no, line in enumerate(f, start=1):
@@ -308,17 +311,19 @@ def read_mlsuperb_transcript(path: Path) -> list[tuple[str, str, int]]:
             if len(fields) != 3:
                 raise CorpusError(f"ML-SUPERB transcript {path} line {line_no}: expected 'UTT FIELD TRANSCRIPT' "
                                   f"(three whitespace-separated parts), got {line.strip()[:120]!r}")
-            rows.append((fields[0], " ".join(_MLSUPERB_TAG.sub(" ", fields[2]).split()), line_no))
+            text = fields[2] if keep_tags else _MLSUPERB_TAG.sub(" ", fields[2])
+            rows.append((fields[0], " ".join(text.split()), line_no))
     return rows
 
 
-def _mlsuperb_split(folder: Path, file_name: str, max_seconds: float | None) -> list[Utterance]:
+def _mlsuperb_split(folder: Path, file_name: str, max_seconds: float | None, keep_tags: bool = False
+                    ) -> list[Utterance]:
     path = folder / file_name
     if not path.is_file():
         raise CorpusError(f"ML-SUPERB: {path} not found; every <DATASET>/<LANG> folder holds the "
                           f"transcript_{{10min,1h}}_train.txt, transcript_10min_dev.txt and _test.txt files")
     utts, empty = [], []
-    for utt_id, text, line_no in read_mlsuperb_transcript(path):
+    for utt_id, text, line_no in read_mlsuperb_transcript(path, keep_tags):
         if not text:  # only tags: no characters to recognise (a CTC target must not be empty)
             empty.append(line_no)
             continue
@@ -381,8 +386,12 @@ def mlsuperb_manifests(root: str | Path, out_dir: str | Path,
             chosen = root / dataset / language
             if chosen not in train:
                 continue
+            # single_lang_data_prep.py: every training row (no 20 s limit), words inside [...] kept
             same_language = [f for f in folders if f.name == language]
-            splits = {"train": train[chosen], "dev": dev[chosen], "test": [u for f in same_language for u in test[f]]}
+            splits = {"train": _mlsuperb_split(chosen, f"transcript_{duration}_train.txt", None, keep_tags=True),
+                      "dev": _mlsuperb_split(chosen, "transcript_10min_dev.txt", None, keep_tags=True),
+                      "test": [u for f in same_language
+                               for u in _mlsuperb_split(f, "transcript_10min_test.txt", None, keep_tags=True)]}
             mono[pair] = {name: write_manifest(part, out_dir / f"monolingual_{duration}" / pair / f"{name}.csv")
                           for name, part in splits.items()}
         result[f"monolingual_{duration}"] = mono
