@@ -154,6 +154,9 @@ class TrainConfig(_Strict):
     """Resume even though a manifest's contents changed since the run started (default: refuse)."""
     specaug: Optional[SpecAugConfig] = None
     """SpecAugment time and feature masks on the fused features in training steps (null: off)."""
+    crop_seconds: Optional[float] = Field(None, gt=0)
+    """Training batches see a random span of at most this many seconds of each longer clip (s3prl's SV
+    recipe crops to 8 s); dev, test and predict always see the whole clip. null: whole clips."""
 
 
 class CacheConfig(_Strict):
