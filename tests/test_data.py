@@ -634,3 +634,25 @@ def test_predict_inputs_from_a_segment_manifest_keep_their_span(tmp_path):
     assert isinstance(item, _Item) and (item.start, item.end) == (0.1, 0.3)
     assert item.duration == pytest.approx(0.2)
     assert failure.id == "bad" and "span" in failure.error
+
+
+def test_s3prl_buckets_reproduce_the_halving_rule_by_hand():
+    """s3prl downstream/asr/dataset.py: longest first, buckets of N, a full bucket whose longest clip is over
+    HALF_BATCHSIZE_TIME split in two, the last partial bucket kept whole when it has more than one clip."""
+    from speechfuse.data.batching import DurationBatchSampler, s3prl_buckets
+
+    durations = [5.0, 1.0, 4.0, 2.0, 3.0, 0.1, 0.05]  # longest first: 0, 2, 4, 3, 1, 5, 6
+    assert s3prl_buckets(durations, 2, 0.125) == [[0], [2], [4], [3], [1], [5]]  # [6] alone is dropped
+    assert s3prl_buckets(durations, 4, 0.125) == [[0, 2], [4, 3], [1, 5, 6]]
+    assert s3prl_buckets([0.1] * 8, 4, 0.125) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # no clip over: not halved
+    # LibriSpeech-like: every full bucket of 32 halved, so updates are on 16 utterances
+    rng = random.Random(0)
+    libri = [rng.uniform(1.0, 35.0) for _ in range(70)]
+    sizes = [len(b) for b in s3prl_buckets(libri, 32, 0.125)]
+    assert sizes == [16, 16, 16, 16, 6]
+    sampler = DurationBatchSampler(libri, 400.0, shuffle=True, seed=0, bucket_utterances=32)
+    first = sampler.global_batches()
+    sampler.set_epoch(1)
+    second = sampler.global_batches()
+    assert sorted(map(sorted, first)) == sorted(map(sorted, second)) and first != second  # same buckets, new order
+    assert len(sampler) == 5

@@ -305,7 +305,9 @@ class FusionData(pl.LightningDataModule):
         seed = self.cfg.train.seed
         crop = self.cfg.train.crop_seconds if train else None
         durations = [u.duration if crop is None else min(u.duration, crop) for u in utts]
-        sampler = DurationBatchSampler(durations, self.cfg.train.batch_seconds, shuffle=train, seed=seed)
+        buckets = self.cfg.train.bucket_utterances if train else None
+        sampler = DurationBatchSampler(durations, self.cfg.train.batch_seconds, shuffle=train, seed=seed,
+                                       bucket_utterances=buckets, half_over_seconds=self.cfg.train.half_batch_over_seconds)
         world, rank = (self.world_size, self.rank) if train else (1, 0)
         batches = _SplitBatches(sampler, world, rank, self.position if train else None)
         dataset = _Items(utts, self.frontend.sample_rate, read_audio=self.entries is None)
