@@ -159,3 +159,25 @@ def test_three_minute_clip_trains_cropped_evaluates_and_predicts(tmp_path):
     model = sf.load_model(tmp_path / "run")
     (prediction,) = model.predict([long_test])
     assert prediction.label in ("0", "1") and abs(sum(prediction.probabilities.values()) - 1) < 1e-5
+
+
+def test_bundled_whisper_tiny_en_runs_a_35_second_clip_in_30_second_windows():
+    """The real whisper-tiny.en (CTranslate2 weights converted to transformers): 35 s of speech, over its
+    30 s window, gives the whole clip's 1,750 frames, finite, its first 25 s equal to the first window alone."""
+    from speechfuse.data.adapters import bundled_fsdd_dir
+
+    upstream = sf.load_upstream("whisper-tiny.en")
+    files = sorted((bundled_fsdd_dir() / "recordings").glob("*.flac"))
+    pieces, total = [], 0
+    while total < 35 * 8000:
+        wav, _ = soundfile.read(files[len(pieces) % len(files)], dtype="float32")
+        pieces.append(wav)
+        total += len(wav)
+    clip = torch.from_numpy(np.repeat(np.concatenate(pieces)[:35 * 8000], 2))  # 8 -> 16 kHz, enough for a count
+    out = upstream(clip[None], torch.tensor([len(clip)]))
+    assert out.hidden.shape[2] == out.lengths.item() == 1750 and torch.isfinite(out.hidden).all()
+    windows = upstream.long_clip_windows(len(clip))
+    assert [(w.start, w.end) for w in windows] == [(0, 480000), (80000, 560000)]
+    first = upstream(clip[None, :480000], torch.tensor([480000])).hidden
+    keep = windows[0].keep  # 30 s less the 5 s seam: 1,250 frames
+    assert keep == 1250 and torch.equal(out.hidden[:, :, :keep], first[:, :, :keep])
