@@ -80,6 +80,16 @@ def test_long_clip_gives_exact_frames_and_short_rows_are_unchanged(family, folde
     assert torch.equal(limited(*inside).hidden, unlimited(*inside).hidden)
 
 
+@pytest.mark.parametrize("family", ["hubert", "whisper"])
+def test_a_limit_other_than_the_default_is_part_of_the_cache_key(family, folders):
+    """Long clips' features depend on the window size, so a non-default max_seconds changes the cache key;
+    the default leaves the key as it was before windows existed."""
+    default = sf.load_upstream("hf:" + folders[family])
+    assert "max_samples" not in default.options()
+    assert sf.load_upstream("hf:" + folders[family], max_seconds=1).options()["max_samples"] == 16000
+    assert sf.load_upstream("hf:" + folders[family], max_seconds=1).identity() != default.identity()
+
+
 @pytest.mark.parametrize("family", ["hubert", "data2vec-audio"])
 def test_ssl_windows_stay_close_to_one_pass(family, folders):
     """Windows see less attention context than one pass over the whole clip; with the seams discarded

@@ -120,9 +120,21 @@ class Upstream(nn.Module):
         """[1,s] window of `_long_clip_input`'s output -> [L,1,t,D]. Default: `_hidden`."""
         return self._hidden(wav, length)
 
+    def default_max_samples(self) -> int | None:
+        """The family's own single-pass limit (max_samples without a max_seconds option)."""
+        return None
+
     def options(self) -> dict[str, Any]:
-        """Options that change the outputs (part of the feature-cache key). Subclasses extend this dict."""
-        return {} if self.max_layers is None else {"max_layers": self.max_layers}
+        """Options that change the outputs (part of the feature-cache key). Subclasses extend this dict.
+        A single-pass limit other than the family's default changes the windows a long clip runs in, so it is
+        part of the key (the default is left out: the key of an upstream with no options stays as it was)."""
+        out = {} if self.max_layers is None else {"max_layers": self.max_layers}
+        if self.max_samples is not None and self.window_samples(1) is not None:
+            if self.max_samples != self.default_max_samples():
+                out["max_samples"] = self.max_samples
+            if self.seam_seconds != Upstream.seam_seconds:
+                out["seam_seconds"] = self.seam_seconds
+        return out
 
     def num_parameters(self) -> int:
         """The weights this upstream computes its hidden states with (the scaling study's model size).

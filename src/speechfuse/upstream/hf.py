@@ -219,6 +219,9 @@ class HFSSLUpstream(Upstream):
     def window_samples(self, frames: int) -> int:
         return (frames - 1) * math.prod(self.strides) + self.min_samples
 
+    def default_max_samples(self) -> int:
+        return round(SSL_MAX_SECONDS * self.sample_rate)
+
     def _long_clip_input(self, wav: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         return normalize_valid(wav, length) if self.do_normalize else wav
 
@@ -346,6 +349,9 @@ class HFWhisperUpstream(Upstream):
 
     def window_samples(self, frames: int) -> int:
         return frames * self.hop_length * math.prod(self.conv_strides)
+
+    def default_max_samples(self) -> int:
+        return self.context_samples
 
     def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
         if wavs.shape[1] > self.context_samples:  # forward runs longer clips in windows (_hidden_long)
