@@ -54,6 +54,14 @@ def test_windows_tile_the_clip_within_the_limit(family, folders):
         assert kept == upstream.num_frames(num_samples)
 
 
+def test_a_limit_shorter_than_one_frame_is_a_clear_error(folders):
+    from speechfuse.errors import ConfigError
+
+    tiny = sf.load_upstream("hf:" + folders["hubert"], max_seconds=0.001)  # 16 samples, under the 40-sample field
+    with pytest.raises(ConfigError, match="max_seconds=0.001 s is too short for one frame"):
+        tiny(noise(1000, 4)[None], torch.tensor([1000]))
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_long_clip_gives_exact_frames_and_short_rows_are_unchanged(family, folders):
     """A batch of a long clip (over max_seconds = 1 s) and a short one: the whole clip's frame count and

@@ -177,8 +177,11 @@ class Upstream(nn.Module):
     def window_frames(self) -> int:
         """Frames in one long-clip window: the most whose window_samples fit in max_samples."""
         frames = self.num_frames(self.max_samples)
-        while frames > 1 and self.window_samples(frames) > self.max_samples:
+        while frames > 0 and self.window_samples(frames) > self.max_samples:
             frames -= 1
+        if frames < 1:
+            raise ConfigError(f"{self.name}: max_seconds={self.max_samples / self.sample_rate:g} s is too short for "
+                              "one frame, so long clips cannot run in windows; raise max_seconds")
         return frames
 
     def long_clip_windows(self, num_samples: int) -> list[ClipWindow]:
