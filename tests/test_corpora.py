@@ -197,6 +197,14 @@ def test_prepare_cli(tmp_path, capsys):
     assert main(["prepare", "iemocap", str(tmp_path / "iemocap"), "--out", str(tmp_path / "er")]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert Path(printed["fold5"]["test"]).is_file()
+    make_voxceleb1(tmp_path / "vox1")
+    assert main(["prepare", "voxceleb1", str(tmp_path / "vox1"), "--out", str(tmp_path / "sv"),
+                 "--trials", "veri_test2", "--dev-speakers", "2"]) == 0
+    printed = json.loads(capsys.readouterr().out)["verification"]
+    assert len(read_trials(printed["test_trials"])) == 4 and len({u.speaker for u in load_manifest(printed["dev"])}) == 2
+    assert main(["prepare", "iemocap", str(tmp_path / "iemocap"), "--out", str(tmp_path / "er2"),
+                 "--trials", "veri_test2"]) == 2
+    assert "prepare iemocap: takes no options" in capsys.readouterr().err
     assert main(["prepare", "voxceleb1", str(tmp_path / "nothing"), "--out", str(tmp_path / "sv")]) == 2
     err = capsys.readouterr().err
     assert "folder not found" in err and "Traceback" not in err

@@ -151,7 +151,8 @@ def three_minute_clip(path, digit: int) -> str:
 
 def test_three_minute_clip_trains_cropped_evaluates_and_predicts(tmp_path):
     """A windowed HF SSL model (10 s limit) and Whisper (its 30 s window) fused: a 3-minute clip in the
-    training set (cropped to 2 s), in the test set (scored whole) and predicted whole."""
+    training set (cropped to 2 s, from the feature cache), in the test set (scored whole) and predicted whole
+    (upstreams run directly)."""
     from speechfuse.config import config_from_dict
     from speechfuse.data import load_manifest, write_manifest
     from speechfuse.evaluate import evaluate
@@ -168,8 +169,9 @@ def test_three_minute_clip_trains_cropped_evaluates_and_predicts(tmp_path):
     hubert = save_tiny_model("hubert", tmp_path / "hubert", conv_kernel=(10, 8, 8), conv_stride=(5, 8, 8))  # 50 Hz
     whisper = save_tiny_model("whisper", tmp_path / "whisper")
     upstreams = [{"spec": f"hf:{hubert}", "options": {"max_seconds": 10}}, {"spec": f"hf:{whisper}"}]
-    cfg = config_from_dict(run_config(manifests, upstreams, max_steps=4, crop_seconds=2.0, batch_seconds=4.0))
-    metrics = train(cfg, tmp_path / "run")
+    config = run_config(manifests, upstreams, max_steps=4, crop_seconds=2.0, batch_seconds=4.0)
+    config["cache"] = str(tmp_path / "cache")  # whole clips extracted (in windows), training crops the cached states
+    metrics = train(config_from_dict(config), tmp_path / "run")
     again = evaluate(tmp_path / "run", split="test")["test"]  # the long clip scored whole, as in training's test
     assert set(again) == set(metrics["test"])
     for key, value in metrics["test"].items():
