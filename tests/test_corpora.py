@@ -160,8 +160,8 @@ def test_voxceleb1_defaults_are_superbs_trials_speakers_and_test_chosen_checkpoi
     test = load_manifest(ver["test"])
     assert len(test) == 7  # the distinct names of the five trials
     assert len({u.speaker for u in load_manifest(ver["train"])}) == 6
-    assert [u.id for u in load_manifest(ver["dev"])] == [u.id for u in test]
-    assert Path(ver["dev_trials"]).read_text() == Path(ver["test_trials"]).read_text()
+    assert ver["dev"] == ver["test"] and ver["dev_trials"] == ver["test_trials"]  # no dev set: chosen on test
+    assert not (tmp_path / "out" / "verification" / "dev.csv").exists()
     cleaned = voxceleb1_manifests(tmp_path / "vox1", tmp_path / "clean", trials="veri_test2")["verification"]
     assert len(read_trials(cleaned["test_trials"])) == 4 and len(load_manifest(cleaned["test"])) == 6
     with pytest.raises(CorpusError, match="trials must be one of voxceleb1_test_v2, veri_test2"):

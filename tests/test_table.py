@@ -112,3 +112,23 @@ def test_table_errors_name_the_file(tmp_path, capsys):
     (vox / "runs" / "hconv" / "config.yaml").unlink()
     with pytest.raises(TableError, match=r"line 2: cannot read the run's config .*config.yaml"):
         paper_table([vox], tmp_path / "t.md")
+
+
+def test_table_marks_cells_whose_checkpoint_was_chosen_on_test(tmp_path):
+    """SUPERB's VoxCeleb1 rule (dev = test: the best test EER over checkpoints) is labelled in the cell and the note;
+    a run with a held-out dev is not."""
+    on_test = config_from_dict({"task": "verify", "data": {"train": "train.csv", "dev": "test.csv", "test": "test.csv",
+                                                            "target": "speaker"},
+                                "upstreams": [{"spec": "whisper-tiny.en"}], "interface": {"name": "hconv"}}, ".", "test")
+
+    def fake_train(cfg, run_dir):
+        (Path(run_dir) / "config.yaml").write_text(config_to_yaml(cfg))
+        return {"dev": {}, "test": {"eer": 0.05}}
+
+    superb = tmp_path / "superb"
+    run_sweep(on_test, {"upstreams": [A]}, superb, train_fn=fake_train, progress=False, plots=False)
+    held_out = sweep(tmp_path, "held", "verify", {"upstreams": [AB]}, lambda cfg: {"eer": 0.04})
+    rows = paper_table([superb, held_out], tmp_path / "t.md")
+    cells = {r["upstreams"]: r["VoxCeleb1 EER (%)"] for r in rows}
+    assert cells == {"whisper-tiny.en": "5.00 †", "whisper-tiny.en+resemblyzer": "4.00"}
+    assert "†: checkpoint chosen on test" in (tmp_path / "t.md").read_text()

@@ -17,7 +17,8 @@ share an upstream set, interface and column are grouped by their data (the confi
 data.languages: one IEMOCAP fold, one ML-SUPERB monolingual language); seeds of one data are averaged first,
 then the data are averaged with equal weight. So the IEMOCAP cell is the mean accuracy over folds and the
 mono cell the mean CER over languages (ML-SUPERB's monolingual score), whatever the seeds per fold.
-A cell averaged over fewer data than the most any row of its column has is marked `(n/N)`.
+A cell averaged over fewer data than the most any row of its column has is marked `(n/N)`; a cell with a run
+whose dev split is its test split (SUPERB's VoxCeleb1 rule: the best test score over checkpoints) is marked †.
 Next to table.md, table.csv keeps the full-precision values and the data / run counts of every cell.
 """
 from __future__ import annotations
@@ -94,7 +95,8 @@ def read_sweep(sweep: str | Path) -> list[dict]:
         languages = data.get("languages")
         records.append({"upstreams": row["upstreams"], "interface": row["interface"], "column": column,
                         "data": f"{data.get('train')}" + (f" {sorted(languages)}" if languages else ""),
-                        "value": value, "source": where})
+                        "value": value, "source": where,
+                        "chosen_on_test": bool(data.get("test")) and data.get("dev") == data.get("test")})
     return records
 
 
@@ -121,7 +123,9 @@ def paper_table(sweeps: Iterable[str | Path], out: str | Path) -> list[dict]:
     if out.suffix.lower() == ".csv":
         raise TableError(f"table: --out {out} is the Markdown table; its numbers go to the .csv beside it, so give "
                          "e.g. table.md")
-    cells = merge([r for s in sweeps for r in read_sweep(s)])
+    records = [r for s in sweeps for r in read_sweep(s)]
+    cells = merge(records)
+    on_test = {(r["upstreams"], r["interface"], r["column"]) for r in records if r["chosen_on_test"]}
     most = {c: max((x["data"] for x in cells if x["column"] == c), default=0) for c in COLUMNS}
     display: dict[tuple, dict] = {}
     for cell in cells:
@@ -131,6 +135,8 @@ def paper_table(sweeps: Iterable[str | Path], out: str | Path) -> list[dict]:
         text = f"{100 * cell['value']:.2f}"
         if cell["data"] < most[cell["column"]]:
             text += f" ({cell['data']}/{most[cell['column']]})"
+        if (cell["upstreams"], cell["interface"], cell["column"]) in on_test:
+            text += " †"
         row[cell["column"]] = text
     header = [f"{c} (%)" for c in COLUMNS]
     rows = [{"upstreams": r["upstreams"], "interface": r["interface"], **{h: r[c] for h, c in zip(header, COLUMNS)}}
@@ -139,6 +145,9 @@ def paper_table(sweeps: Iterable[str | Path], out: str | Path) -> list[dict]:
     note = ("\nTest split, best checkpoint by dev. Mono CER: mean over ML-SUPERB monolingual languages; IEMOCAP: "
             "mean over folds; seeds are averaged within each language / fold first. (n/N): averaged over n of the "
             f"N folds or languages other rows have. Sweeps: {', '.join(str(s) for s in sweeps)}.\n")
+    if on_test:
+        note += ("†: checkpoint chosen on test (the run's dev split is its test split), SUPERB's VoxCeleb1 rule: the "
+                 "best test score over the checkpoints, not a held-out estimate.\n")
     write_atomic(out, out.read_text(encoding="utf-8") + note)
     write_table(sorted(cells, key=lambda c: (c["upstreams"], c["interface"], COLUMNS.index(c["column"]))),
                 None, out.with_suffix(".csv"), columns=["upstreams", "interface", "column", "value", "data", "runs"])

@@ -242,8 +242,9 @@ def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int
 
     SUPERB's setting by default (s3prl sv_voxceleb1): the trial list `voxceleb1_test_v2.txt` (37,720 trials;
     trials="veri_test2" for the cleaned list, 37,611), training on every speaker outside it (1,211) and no
-    held-out speakers, so dev is the test set: checkpoints are chosen on test, as SUPERB reports the best test
-    EER over its checkpoints (`dev_speakers=N` holds N training speakers out as a real dev set instead).
+    held-out speakers: no dev files are written and "dev" / "dev_trials" are the test files, so a config that
+    names them chooses checkpoints on test, as SUPERB reports the best test EER over its checkpoints
+    (`dev_speakers=N` holds N training speakers out as a real dev set, dev.csv + dev_trials.txt, instead).
     sox_effects: the verification audio gets s3prl's sox chain and training clips not over 2 s after it are
     left out (speechfuse.data.sox_chain, written under OUT/verification/audio)."""
     if trials not in VOX_TRIAL_LISTS:
@@ -286,16 +287,15 @@ def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int
         train = apply_s3prl_chain(train, ver / "audio", min_seconds=2.0)
         dev = apply_s3prl_chain(dev, ver / "audio")
         test = apply_s3prl_chain(test, ver / "audio")
-    test_trials = write_trials(trial_list, ver / "test_trials.txt")
+    files = {"train": write_manifest(train, ver / "train.csv"), "test": write_manifest(test, ver / "test.csv"),
+             "test_trials": write_trials(trial_list, ver / "test_trials.txt")}
     if dev_speakers:
-        dev_trials = write_trials(generate_trials(dev, "speaker", max_targets=sum(t.label for t in trial_list),
-                                                  seed=seed), ver / "dev_trials.txt")
-    else:
-        dev, dev_trials = test, write_trials(trial_list, ver / "dev_trials.txt")  # chosen on test, as SUPERB
-    result["verification"] = {
-        "train": write_manifest(train, ver / "train.csv"), "dev": write_manifest(dev, ver / "dev.csv"),
-        "test": write_manifest(test, ver / "test.csv"), "dev_trials": dev_trials, "test_trials": test_trials,
-    }
+        files["dev"] = write_manifest(dev, ver / "dev.csv")
+        files["dev_trials"] = write_trials(generate_trials(dev, "speaker", max_targets=sum(t.label for t in trial_list),
+                                                           seed=seed), ver / "dev_trials.txt")
+    else:  # no dev set: a config scores "dev" on the test files, so checkpoints are chosen on test, as SUPERB does
+        files["dev"], files["dev_trials"] = files["test"], files["test_trials"]
+    result["verification"] = files
     return result
 
 
