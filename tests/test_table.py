@@ -190,3 +190,25 @@ def test_multi_columns_are_pooled_normal_and_few_shot_cers(tmp_path):
     run_sweep(multi_base, {"interface.name": ["hconv"], "data": folds(tmp_path, ["ml"], "mlsuperb")}, out, train_fn=fake_train, progress=False, plots=False)
     rows = paper_table([out], tmp_path / "t.md")
     assert rows[0]["ML-SUPERB multi CER (%)"] == "13.80" and rows[0]["ML-SUPERB few-shot CER (%)"] == "50.00"
+
+
+def test_table_marks_cells_whose_checkpoint_was_chosen_on_test(tmp_path):
+    """SUPERB's VoxCeleb1 rule (dev = test: the best test EER over checkpoints) is labelled in the cell and the note;
+    a run with a held-out dev is not."""
+    (vox,) = folds(tmp_path, ["vox"], "voxceleb1")
+    on_test = config_from_dict({"task": "verify", "data": {"train": f"{vox}/train.csv", "dev": f"{vox}/test.csv",
+                                                            "test": f"{vox}/test.csv", "target": "speaker"},
+                                "upstreams": [{"spec": "whisper-tiny.en"}], "interface": {"name": "hconv"}}, ".", "test")
+
+    def fake_train(cfg, run_dir):
+        (Path(run_dir) / "config.yaml").write_text(config_to_yaml(cfg))
+        return {"dev": {}, "test": {"eer": 0.05}}
+
+    superb = tmp_path / "superb"
+    run_sweep(on_test, {"upstreams": [A]}, superb, train_fn=fake_train, progress=False, plots=False)
+    held_out = sweep(tmp_path, "held", "verify", {"upstreams": [AB], "data": folds(tmp_path, ["vox1"], "voxceleb1")},
+                     lambda cfg: {"eer": 0.04})
+    rows = paper_table([superb, held_out], tmp_path / "t.md")
+    cells = {r["upstreams"]: r["VoxCeleb1 EER (%)"] for r in rows}
+    assert cells == {"whisper-tiny.en": "5.00 †", "whisper-tiny.en+resemblyzer": "4.00"}
+    assert "†: checkpoint chosen on test" in (tmp_path / "t.md").read_text()

@@ -233,12 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="write a corpus's manifests (and trials / folds) by its official protocol",
                        description="Write train/dev/test manifests for a corpus on disk, following its protocol: "
                                    "iemocap (five leave-one-session-out folds, 4 classes), voxceleb1 "
-                                   "(identification by iden_split.txt, verification by veri_test2.txt), mlsuperb "
+                                   "(identification by iden_split.txt, verification by SUPERB's voxceleb1_test_v2.txt), mlsuperb "
                                    "(multilingual and monolingual, 10 min and 1 h training sets), fsdd, "
                                    "librispeech (one manifest per split folder). Prints the files written as JSON.")
     p.add_argument("corpus", choices=CORPORA, help="which corpus")
     p.add_argument("root", help="the corpus folder as released (e.g. IEMOCAP_full_release)")
     p.add_argument("--out", required=True, help="folder for the manifests")
+    p.add_argument("--trials", default=None, help="voxceleb1: voxceleb1_test_v2 (SUPERB's, default) or veri_test2")
+    p.add_argument("--dev-speakers", type=int, default=None,
+                   help="voxceleb1: hold this many training speakers out as dev (default 0: all train, dev = test)")
+    p.add_argument("--sox-effects", action="store_true",
+                   help="voxceleb1: s3prl's sox chain (gain -3, silence trimming) and its 2 s training filter")
 
     p = sub.add_parser("table", help="merge finished sweeps into the paper's table",
                        description="Merge finished sweeps into one table in the paper's layout: rows upstream set x "
@@ -437,7 +442,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "prepare":
         from .data.corpora import prepare
 
-        print(json.dumps(prepare(args.corpus, args.root, args.out), indent=2, default=str))
+        options = {k: v for k, v in (("trials", args.trials), ("dev_speakers", args.dev_speakers)) if v is not None}
+        if args.sox_effects:
+            options["sox_effects"] = True
+        print(json.dumps(prepare(args.corpus, args.root, args.out, **options), indent=2, default=str))
         return 0
     if args.command == "table":
         from .table import paper_table

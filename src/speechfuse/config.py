@@ -173,6 +173,15 @@ class TrainConfig(_Strict):
     """Resume even though a manifest's contents changed since the run started (default: refuse)."""
     specaug: Optional[SpecAugConfig] = None
     """SpecAugment time and feature masks on the fused features in training steps (null: off)."""
+    bucket_utterances: Optional[int] = Field(None, gt=0)
+    """Training batches as s3prl's ASR buckets of this many clips, longest first, each bucket halved when its
+    longest clip is over half_batch_over_seconds (speechfuse.data.batching.s3prl_buckets), instead of
+    batch_seconds (which still batches dev and test). null: batch_seconds."""
+    half_batch_over_seconds: float = Field(0.125, ge=0)
+    """s3prl HALF_BATCHSIZE_TIME = 2000 samples at 16 kHz."""
+    crop_seconds: Optional[float] = Field(None, gt=0)
+    """Training batches see a random span of at most this many seconds of each longer clip (s3prl's SV
+    recipe crops to 8 s); dev, test and predict always see the whole clip. null: whole clips."""
 
 
 class CacheConfig(_Strict):

@@ -27,7 +27,9 @@ the task's own field (e.g. "classify accuracy on fsdd_speaker"); the table never
 share an upstream set, interface and column are grouped by their data (the config's data.train and
 data.languages: one IEMOCAP fold, one ML-SUPERB monolingual dataset); seeds of one data are averaged first,
 then the data of one group (a monolingual language; otherwise each data is its own group), then the groups
-with equal weight. A cell averaged over fewer data than the most any row of its column has is marked `(n/N)`.
+with equal weight. A cell averaged over fewer data than the most any row of its column has is marked `(n/N)`;
+a cell with a run whose dev split is its test split (SUPERB's VoxCeleb1 rule: the best test score over
+checkpoints) is marked †.
 Below the table, a line per column states the rule it used (`TableCell.rule`, from the task). Next to
 table.md, table.csv keeps the full-precision values and the data / run counts of every cell.
 """
@@ -124,7 +126,8 @@ def read_sweep(sweep: str | Path) -> list[dict]:
         for cell, value in run_values(cfg, row, where, corpora):
             records.append({"upstreams": row["upstreams"], "interface": row["interface"], "column": cell.column,
                             "metric": cell.metric, "group": cell.group, "rule": cell.rule, "data": unit,
-                            "value": value, "source": where})
+                            "value": value, "source": where,
+                            "chosen_on_test": bool(data.get("test")) and data.get("dev") == data.get("test")})
     return records
 
 
@@ -159,6 +162,7 @@ def paper_table(sweeps: Iterable[str | Path], out: str | Path) -> list[dict]:
     cells = merge(records)
     columns = [*COLUMNS, *dict.fromkeys(c["column"] for c in cells if c["column"] not in COLUMNS)]
     most = {c: max((x["data"] for x in cells if x["column"] == c), default=0) for c in columns}
+    on_test = {(r["upstreams"], r["interface"], r["column"]) for r in records if r["chosen_on_test"]}
     display: dict[tuple, dict] = {}
     for cell in cells:
         row = display.setdefault((cell["upstreams"], cell["interface"]),
@@ -167,6 +171,8 @@ def paper_table(sweeps: Iterable[str | Path], out: str | Path) -> list[dict]:
         text = f"{100 * cell['value']:.2f}"
         if cell["data"] < most[cell["column"]]:
             text += f" ({cell['data']}/{most[cell['column']]})"
+        if (cell["upstreams"], cell["interface"], cell["column"]) in on_test:
+            text += " †"
         row[cell["column"]] = text
     header = [f"{c} (%)" for c in columns]
     rows = [{"upstreams": r["upstreams"], "interface": r["interface"], **{h: r[c] for h, c in zip(header, columns)}}
@@ -176,6 +182,9 @@ def paper_table(sweeps: Iterable[str | Path], out: str | Path) -> list[dict]:
     note = ("\nTest split, best checkpoint by dev. (n/N): averaged over n of the N folds or datasets other rows "
             f"have. Sweeps: {', '.join(str(s) for s in sweeps)}.\n\nRules:\n"
             + "".join(f"- {c}: {rules[c]}\n" for c in columns if c in rules))
+    if on_test:
+        note += ("†: checkpoint chosen on test (the run's dev split is its test split), SUPERB's VoxCeleb1 rule: the "
+                 "best test score over the checkpoints, not a held-out estimate.\n")
     write_atomic(out, out.read_text(encoding="utf-8") + note)
     write_table(sorted(cells, key=lambda c: (c["upstreams"], c["interface"], columns.index(c["column"]))),
                 None, out.with_suffix(".csv"), columns=["upstreams", "interface", "column", "value", "data", "runs"])

@@ -17,10 +17,11 @@ seeded 20 % dev (SUPERB's `valid_ratio: 0.2`). The speaker is session + the turn
 VoxCeleb1: the wavs as released, under ROOT/wav, or ROOT/{dev,test}/wav, or ROOT/vox1_{dev,test}_wav/wav
 (the two zip files unpacked side by side), as `<speaker>/<video>/<clip>.wav`, plus the protocol lists in
 ROOT (or ROOT/meta): `iden_split.txt` (`SET PATH`, 1 train, 2 dev, 3 test) for identification, and
-`veri_test2.txt` (the cleaned VoxCeleb1-O trial list, `LABEL ENROL TEST`) for verification. Utterance ids
-are those relative paths, so the trial names are manifest ids. Verification: test = every utterance the
-trial list names; train = the utterances of every other speaker, less `dev_speakers` speakers (seeded)
-held out as dev, scored on trials generated from them (as many target trials as the test list has).
+`voxceleb1_test_v2.txt` (SUPERB's trial list, the default) or `veri_test2.txt` (the cleaned VoxCeleb1-O list),
+`LABEL ENROL TEST`, for verification. Utterance ids are those relative paths, so the trial names are manifest
+ids. Verification: test = every utterance the trial list names; train = the utterances of every other
+speaker (SUPERB: all 1,211, dev = test); with `dev_speakers` > 0, that many speakers (seeded) are held out as
+dev instead, scored on trials generated from them (as many target trials as the test list has).
 
 ML-SUPERB: the released folder (ROOT) holds `<DATASET>/<LANG>/` folders (DATASET: ALFFA, commonvoice, fleurs,
 mls, voxpopuli, ...; LANG: an ISO 639-3 code such as eng), each with `wav/<UTT>.wav` and the transcript files
@@ -51,6 +52,8 @@ import random
 import re
 import warnings
 from pathlib import Path
+from typing import Any
+
 from ..errors import ConfigError
 from .audio import audio_info
 from .manifest import Utterance, load_manifest, write_manifest
@@ -253,9 +256,24 @@ def read_iden_split(path: Path) -> list[tuple[str, str, int]]:
     return rows
 
 
-def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int = 40, seed: int = 0
-                        ) -> dict[str, dict[str, Path]]:
-    """{"identification": {split: csv}, "verification": {split: csv, "dev_trials": txt, "test_trials": txt}}."""
+VOX_TRIAL_LISTS = ("voxceleb1_test_v2", "veri_test2")
+
+
+def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int = 0, seed: int = 0,
+                        trials: str = "voxceleb1_test_v2", sox_effects: bool = False) -> dict[str, dict[str, Path]]:
+    """{"identification": {split: csv}, "verification": {split: csv, "dev_trials": txt, "test_trials": txt}}.
+
+    SUPERB's setting by default (s3prl sv_voxceleb1): the trial list `voxceleb1_test_v2.txt` (37,720 trials;
+    trials="veri_test2" for the cleaned list, 37,611), training on every speaker outside it (1,211) and no
+    held-out speakers: no dev files are written and "dev" / "dev_trials" are the test files, so a config that
+    names them chooses checkpoints on test, as SUPERB reports the best test EER over its checkpoints
+    (`dev_speakers=N` holds N training speakers out as a real dev set, dev.csv + dev_trials.txt, instead).
+    sox_effects: the verification audio gets s3prl's sox chain and training clips not over 2 s after it are
+    left out (speechfuse.data.sox_chain, written under OUT/verification/audio)."""
+    if trials not in VOX_TRIAL_LISTS:
+        raise CorpusError(f"VoxCeleb1: trials must be one of {', '.join(VOX_TRIAL_LISTS)}, got {trials!r}")
+    if isinstance(dev_speakers, bool) or not isinstance(dev_speakers, int) or dev_speakers < 0:
+        raise CorpusError(f"VoxCeleb1: dev_speakers must be a whole number >= 0, got {dev_speakers!r}")
     root, out_dir = Path(root), Path(out_dir)
     roots = _vox_wav_roots(root)
     missing: list[str] = []
@@ -270,9 +288,9 @@ def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int
     result = {"identification": {s: write_manifest(with_corpus(u, "voxceleb1"), out_dir / "identification" / f"{s}.csv")
                                  for s, u in iden.items()}}
 
-    trials_path = _vox_meta(root, "veri_test2.txt")
-    trials = read_trials(trials_path)
-    test_names = sorted({n for t in trials for n in (t.enrol, t.test)})
+    trials_path = _vox_meta(root, f"{trials}.txt")
+    trial_list = read_trials(trials_path)
+    test_names = sorted({n for t in trial_list for n in (t.enrol, t.test)})
     test = [u for n in test_names
             if (u := _vox_utterance(n, roots, f"{trials_path.name}", missing)) is not None]
     _raise_missing(missing, roots)
@@ -286,14 +304,21 @@ def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int
     dev = [u for u in others if u.speaker in held]
     train = [u for u in others if u.speaker not in held]
     ver = out_dir / "verification"
-    result["verification"] = {
-        "train": write_manifest(with_corpus(train, "voxceleb1"), ver / "train.csv"),
-        "dev": write_manifest(with_corpus(dev, "voxceleb1"), ver / "dev.csv"),
-        "test": write_manifest(with_corpus(test, "voxceleb1"), ver / "test.csv"),
-        "dev_trials": write_trials(generate_trials(dev, "speaker", max_targets=sum(t.label for t in trials), seed=seed),
-                                   ver / "dev_trials.txt"),
-        "test_trials": write_trials(trials, ver / "test_trials.txt"),
-    }
+    if sox_effects:
+        from .sox_chain import apply_s3prl_chain
+
+        train = apply_s3prl_chain(train, ver / "audio", min_seconds=2.0)
+        dev = apply_s3prl_chain(dev, ver / "audio")
+        test = apply_s3prl_chain(test, ver / "audio")
+    files = {"train": write_manifest(with_corpus(train, "voxceleb1"), ver / "train.csv"), "test": write_manifest(with_corpus(test, "voxceleb1"), ver / "test.csv"),
+             "test_trials": write_trials(trial_list, ver / "test_trials.txt")}
+    if dev_speakers:
+        files["dev"] = write_manifest(with_corpus(dev, "voxceleb1"), ver / "dev.csv")
+        files["dev_trials"] = write_trials(generate_trials(dev, "speaker", max_targets=sum(t.label for t in trial_list),
+                                                           seed=seed), ver / "dev_trials.txt")
+    else:  # no dev set: a config scores "dev" on the test files, so checkpoints are chosen on test, as SUPERB does
+        files["dev"], files["dev_trials"] = files["test"], files["test_trials"]
+    result["verification"] = files
     return result
 
 
@@ -409,8 +434,9 @@ def _librispeech(root: Path, out_dir: Path) -> dict[str, Path]:
     return {p.name: librispeech_manifest(p, out_dir / f"{p.name}.csv") for p in splits}
 
 
-def prepare(corpus: str, root: str | Path, out_dir: str | Path) -> dict:
-    """Write the manifests (and trials / folds) of `corpus` in `root` into `out_dir`; returns their paths."""
+def prepare(corpus: str, root: str | Path, out_dir: str | Path, **options: Any) -> dict:
+    """Write the manifests (and trials / folds) of `corpus` in `root` into `out_dir`; returns their paths.
+    `options` go to voxceleb1_manifests (trials, dev_speakers, sox_effects); other corpora take none."""
     from .adapters import fsdd_manifests
 
     root, out_dir = Path(root), Path(out_dir)
@@ -419,13 +445,16 @@ def prepare(corpus: str, root: str | Path, out_dir: str | Path) -> dict:
     # every maker records its corpus in each manifest row (`corpus`), which `speechfuse table` reads
     makers = {
         "iemocap": lambda: iemocap_manifests(root, out_dir),
-        "voxceleb1": lambda: voxceleb1_manifests(root, out_dir),
+        "voxceleb1": lambda: voxceleb1_manifests(root, out_dir, **options),
         "mlsuperb": lambda: mlsuperb_manifests(root, out_dir),
         "fsdd": lambda: fsdd_manifests(root / "recordings" if (root / "recordings").is_dir() else root, out_dir),
         "librispeech": lambda: _librispeech(root, out_dir),  # its adapter records "librispeech"
     }
     if corpus not in makers:
         raise CorpusError(f"prepare: unknown corpus {corpus!r}; known: {', '.join(CORPORA)}")
+    if options and corpus != "voxceleb1":
+        raise CorpusError(f"prepare {corpus}: takes no options (got {', '.join(sorted(options))}); "
+                          "--trials, --dev-speakers and --sox-effects are for voxceleb1")
     return makers[corpus]()
 
 

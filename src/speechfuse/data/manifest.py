@@ -230,9 +230,10 @@ class ClipLimit:
 
 
 def clip_limit(upstreams: Iterable[Any]) -> ClipLimit | None:
-    """The tightest `max_samples` of these upstreams (None: every one takes clips of any length)."""
+    """The tightest `max_samples` of the upstreams that refuse longer clips (None: every one takes clips of
+    any length, itself or in windows: Upstream.runs_long_clips)."""
     limits = [ClipLimit(up.max_samples / up.sample_rate, up.name) for up in upstreams
-              if getattr(up, "max_samples", None)]
+              if getattr(up, "max_samples", None) and not getattr(up, "runs_long_clips", False)]
     return min(limits, key=lambda limit: limit.seconds, default=None)
 
 
