@@ -399,3 +399,24 @@ def test_threads_per_run_are_fixed_serial_and_parallel(tmp_path):
         assert torch.get_num_threads() == before  # the sweep gives its own threads back
     with pytest.raises(ConfigError, match="threads"):
         run_sweep(BASE, grid, tmp_path / "x", train_fn=ThreadTrainer(), progress=False, threads=0)
+
+
+def test_a_configuration_with_missing_seeds_says_so_and_is_not_the_best(tmp_path):
+    """A seed that failed leaves its configuration with fewer seeds: that row names the missing seeds, and the
+    best is decided on error rates among the rows with every seed (not on errors summed over the seeds)."""
+
+    class Trainer(UtteranceTrainer):  # a+b__weighted_sum errs least, but only its seed 0 finishes
+        WRONG = {"a__weighted_sum": 60, "a__hconv": 40, "a+b__weighted_sum": 30}
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_sweep(BASE, {"upstreams": [["a"], ["a", "b"]], "interface.name": ["weighted_sum", "hconv"]}, tmp_path,
+                  seeds=[0, 1, 2], train_fn=Trainer(fail_on="a+b__weighted_sum__seed=1"), progress=False, plots=False)
+    with open(tmp_path / "summary.csv", newline="") as f:
+        rows = {r["config"]: r for r in csv.DictReader(f)}
+    assert {k: (r["seeds"], r["missing_seeds"]) for k, r in rows.items()} == {
+        "a__weighted_sum": ("3", ""), "a__hconv": ("3", ""), "a+b__weighted_sum": ("1", "1 2")}
+    assert {k: r["tied_with_best"] for k, r in rows.items()} == {
+        "a__weighted_sum": "no", "a__hconv": "best", "a+b__weighted_sum": "better"}  # 30 vs 40 errors on seed 0
+    assert rows["a+b__weighted_sum"]["vs_best_seeds"] == "0" and rows["a__weighted_sum"]["vs_best_seeds"] == ""
+    md = (tmp_path / "results.md").read_text()
+    assert "missing_seeds" in md and "| 1 2 |" in md

@@ -65,10 +65,10 @@ def test_table_merges_sweeps_into_the_paper_layout(tmp_path):
                 accuracy)
     mono_cer = {"eng1": 0.20, "cmn": 0.40}
     mono = sweep(tmp_path, "mono", "multilingual_asr", {"upstreams": [AB], "data": folds(tmp_path, ["eng1", "cmn"], "mlsuperb")},
-                 lambda cfg: {"cer_macro": mono_cer[Path(cfg.data.train).parent.name],
-                              f"cer_{Path(cfg.data.train).parent.name}": 0.0})
-    multi = sweep(tmp_path, "multi", "multilingual_asr", {"upstreams": [AB], "data": folds(tmp_path, ["ml"], "mlsuperb")},
-                  lambda cfg: {"cer_macro": 0.30, "cer_eng": 0.2, "cer_cmn": 0.4})
+                 lambda cfg: {"cer_macro": 0.99, f"cer_{Path(cfg.data.train).parent.name[:3]}":
+                              mono_cer[Path(cfg.data.train).parent.name]})
+    multi = sweep(tmp_path, "multi", "multilingual_asr", {"upstreams": [AB], "data": folds(tmp_path, ["ml"], "mlsuperb")},  # no few-shot languages
+                  lambda cfg: {"cer_macro": 0.35, "cer": 0.30, "cer_eng": 0.2, "cer_cmn": 0.5})
     vox = sweep(tmp_path, "vox", "verify", {"upstreams": [A, AB], "data": folds(tmp_path, ["vox1"], "voxceleb1")},
                 lambda cfg: {"eer": 0.04 / len(cfg.upstreams)})
 
@@ -86,12 +86,15 @@ def test_table_merges_sweeps_into_the_paper_layout(tmp_path):
 
     lines = out.read_text().splitlines()
     assert lines[0] == ("| upstreams | interface | LibriSpeech WER (%) | ML-SUPERB mono CER (%) | ML-SUPERB multi CER (%) "
-                        "| VoxCeleb1 EER (%) | IEMOCAP accuracy (%) |")
+                        "| ML-SUPERB few-shot CER (%) | VoxCeleb1 EER (%) | IEMOCAP accuracy (%) |")
     rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): [c.strip() for c in line.strip("|").split("|")[2:]]
             for line in lines[2:6]}
-    assert rows[(ab, "hconv")] == ["5.00", "30.00", "30.00", "2.00", "60.33"]
-    assert rows[("whisper-tiny.en", "weighted_sum")] == ["8.00", "–", "–", "–", "–"]
-    assert rows[("whisper-tiny.en", "hconv")] == ["7.00", "–", "–", "4.00", "–"]
+    assert rows[(ab, "hconv")] == ["5.00", "30.00", "30.00", "–", "2.00", "60.33"]
+    assert rows[("whisper-tiny.en", "weighted_sum")] == ["8.00", "–", "–", "–", "–", "–"]
+    assert rows[("whisper-tiny.en", "hconv")] == ["7.00", "–", "–", "–", "4.00", "–"]
+    text = out.read_text()
+    assert "- ML-SUPERB mono CER: per run its language's pooled test CER" in text
+    assert "- ML-SUPERB multi CER: test CER pooled over the utterances of the normal languages" in text
 
 
 def test_table_marks_cells_with_fewer_folds(tmp_path):
@@ -134,3 +137,78 @@ def test_data_of_no_paper_corpus_gets_a_column_named_after_task_and_data(tmp_pat
     assert row["IEMOCAP accuracy (%)"] == "–" and row["LibriSpeech WER (%)"] == "–"
     header = (tmp_path / "t.md").read_text().splitlines()[0]
     assert "IEMOCAP accuracy (%) | classify accuracy on fsdd_speaker (%) | asr wer on mine (%)" in header
+
+
+def test_mono_column_averages_datasets_within_a_language_first(tmp_path):
+    """ESPnet's mono_superb_score.py: eng1-3 averaged into eng, fra1-2 into fra, then the languages. A plain
+    mean over the 6 pairs would give (0.1 + 0.2 + 0.3 + 0.4 + 0.6 + 0.5) / 6 = 0.35."""
+    cer = {"eng1": 0.1, "eng2": 0.2, "eng3": 0.3, "fra1": 0.4, "fra2": 0.6, "swa": 0.5}
+    mono = sweep(tmp_path, "mono", "multilingual_asr", {"data": folds(tmp_path, list(cer), "mlsuperb")},
+                 lambda cfg: {"cer_macro": 0.99, f"cer_{Path(cfg.data.train).parent.name[:3]}":
+                              cer[Path(cfg.data.train).parent.name]}, seeds=[0, 1])
+    paper_table([mono], tmp_path / "t.md")
+    with open(tmp_path / "t.csv", newline="") as f:
+        (cell,) = list(csv.DictReader(f))
+    assert float(cell["value"]) == pytest.approx((0.2 + 0.5 + 0.5) / 3)  # eng 0.2, fra 0.5, swa 0.5
+    assert cell["data"] == "6" and cell["runs"] == "12"
+
+
+def test_mono_column_takes_the_wer_of_runs_trained_on_word_tokens(tmp_path):
+    """cmn and jpn: ESPnet trains them on word tokens and scores them by WER."""
+    metrics = {"eng1": {"cer_eng": 0.10, "wer_eng": 0.30}, "cmn": {"cer_cmn": 0.20, "wer_cmn": 0.60}}
+
+    def train_of(cfg):
+        return Path(cfg.data.train).parent.name
+
+    chars = sweep(tmp_path, "chars", "multilingual_asr", {"data": folds(tmp_path, ["eng1"], "mlsuperb")},
+                  lambda cfg: metrics[train_of(cfg)])
+    words_base = base("multilingual_asr")
+    words_base.downstream = {**dict(words_base.downstream or {}), "token_type": "word"}
+    words = tmp_path / "words"
+
+    def fake_train(cfg, run_dir):
+        (Path(run_dir) / "config.yaml").write_text(config_to_yaml(cfg))
+        return {"dev": {}, "test": metrics[train_of(cfg)]}
+
+    run_sweep(words_base, {"data": folds(tmp_path, ["cmn"], "mlsuperb")}, words, train_fn=fake_train, progress=False, plots=False)
+    paper_table([chars, words], tmp_path / "t.md")
+    with open(tmp_path / "t.csv", newline="") as f:
+        (cell,) = list(csv.DictReader(f))
+    assert float(cell["value"]) == pytest.approx((0.10 + 0.60) / 2)
+
+
+def test_multi_columns_are_pooled_normal_and_few_shot_cers(tmp_path):
+    multi_base = base("multilingual_asr")
+    multi_base.downstream = {**dict(multi_base.downstream or {}), "few_shot_languages": ["lit", "dan"]}
+    out = tmp_path / "multi"
+
+    def fake_train(cfg, run_dir):
+        (Path(run_dir) / "config.yaml").write_text(config_to_yaml(cfg))
+        return {"dev": {}, "test": {"cer_macro": 0.4, "cer": 0.2, "cer_normal": 0.138, "cer_few_shot": 0.5,
+                                    "cer_eng": 0.1, "cer_lit": 0.5}}
+
+    run_sweep(multi_base, {"interface.name": ["hconv"], "data": folds(tmp_path, ["ml"], "mlsuperb")}, out, train_fn=fake_train, progress=False, plots=False)
+    rows = paper_table([out], tmp_path / "t.md")
+    assert rows[0]["ML-SUPERB multi CER (%)"] == "13.80" and rows[0]["ML-SUPERB few-shot CER (%)"] == "50.00"
+
+
+def test_table_marks_cells_whose_checkpoint_was_chosen_on_test(tmp_path):
+    """SUPERB's VoxCeleb1 rule (dev = test: the best test EER over checkpoints) is labelled in the cell and the note;
+    a run with a held-out dev is not."""
+    (vox,) = folds(tmp_path, ["vox"], "voxceleb1")
+    on_test = config_from_dict({"task": "verify", "data": {"train": f"{vox}/train.csv", "dev": f"{vox}/test.csv",
+                                                            "test": f"{vox}/test.csv", "target": "speaker"},
+                                "upstreams": [{"spec": "whisper-tiny.en"}], "interface": {"name": "hconv"}}, ".", "test")
+
+    def fake_train(cfg, run_dir):
+        (Path(run_dir) / "config.yaml").write_text(config_to_yaml(cfg))
+        return {"dev": {}, "test": {"eer": 0.05}}
+
+    superb = tmp_path / "superb"
+    run_sweep(on_test, {"upstreams": [A]}, superb, train_fn=fake_train, progress=False, plots=False)
+    held_out = sweep(tmp_path, "held", "verify", {"upstreams": [AB], "data": folds(tmp_path, ["vox1"], "voxceleb1")},
+                     lambda cfg: {"eer": 0.04})
+    rows = paper_table([superb, held_out], tmp_path / "t.md")
+    cells = {r["upstreams"]: r["VoxCeleb1 EER (%)"] for r in rows}
+    assert cells == {"whisper-tiny.en": "5.00 †", "whisper-tiny.en+resemblyzer": "4.00"}
+    assert "†: checkpoint chosen on test" in (tmp_path / "t.md").read_text()

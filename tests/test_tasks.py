@@ -277,7 +277,8 @@ def test_head_options_are_typed_by_each_task():
     assert list(task_options("asr").model_fields) == ["proj_dim", "hidden_size", "num_layers", "bidirectional",
                                                       "dropout", "case", "punctuation", "head", "subsample",
                                                       "attention_dim", "attention_heads", "ff_dim",
-                                                      "transformer_layers"]
+                                                      "transformer_layers", "normalize", "normalize_vars",
+                                                      "token_type", "ctc_normalize"]
     assert get_task("classify", hidden_dim="128").options == {"hidden_dim": 128, "dropout": 0.0}
     with pytest.raises(ConfigError, match=r"task 'classify': key 'hidden_dim' must be an integer, got 'wide'"):
         get_task("classify", hidden_dim="wide")

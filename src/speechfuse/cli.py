@@ -18,8 +18,10 @@ prepare, table, demo.
     speechfuse table runs/ls runs/mlsuperb_mono runs/mlsuperb_multi runs/vox1 runs/iemocap --out table.md
     speechfuse study scaling configs/fsdd_speaker.yaml --depths whisper-tiny.en=3,4,5 --out runs/scaling
 
-Errors in the input (config, manifests, audio) print one clean message and exit with code 2. Ctrl-C exits
-with code 130; during `train` it first saves a checkpoint to resume from.
+Errors in the input (config, manifests, audio) print one clean message and exit with code 2. `predict` exits 0
+when every input has a prediction, 1 when some failed and 3 when all failed (the count on stderr, each reason in
+--out). Ctrl-C, SIGTERM and SIGUSR1 exit with 128 + the signal (130, 143, 138) and say how to resume; during
+`train` (and each run of a `sweep`) they first finish the step and save a checkpoint to resume from.
 """
 from __future__ import annotations
 
@@ -148,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and manifests. Results are appended to OUT batch by batch, so a killed run loses "
                                    "nothing written and a rerun skips the inputs already in OUT. Bad inputs are "
                                    "listed in OUT with the reason. Prints a JSON summary, with metrics when a "
-                                   "manifest holds references.")
+                                   "manifest holds references. Exit code: 0 every input predicted, 1 some failed, "
+                                   "3 all failed, 2 a usage or input error (bad --out, model, manifest). A second "
+                                   "predict into the same OUT at once is refused (OUT.lock).")
     p.add_argument("model", help="a run folder (uses its model/) or a model folder")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="audio file, folder of audio files, or manifest (.csv/.jsonl)")
@@ -157,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
     p.add_argument("--allow-changed-upstreams", action="store_true",
                    help="load even if an upstream's weights differ from those the model was trained with")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="load a model folder whose config.json and weights do not match their saved digest (or "
+                        "have none), with a warning")
 
     p = sub.add_parser("verify", help="score speaker verification trials with a trained model",
                        description="Score trials with a verification model (a run folder or a model folder). With "
@@ -178,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available)")
     p.add_argument("--allow-changed-upstreams", action="store_true",
                    help="load even if an upstream's weights differ from those the model was trained with")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="load a model folder whose config.json and weights do not match their saved digest (or "
+                        "have none), with a warning")
 
     p = sub.add_parser("export", help="export a trained model (after the upstreams, or --whole) as TorchScript or ONNX",
                        description="Export aligner + interface + head of a trained model (a run folder or a model "
@@ -200,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "scale (at least 1; default 1e-4)")
     p.add_argument("--allow-changed-upstreams", action="store_true",
                    help="load even if an upstream's weights differ from those the model was trained with")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="load a model folder whose config.json and weights do not match their saved digest (or "
+                        "have none), with a warning")
 
     p = sub.add_parser("prune", help="keep the layers worth their upstream cost, retrain, report metric vs cost",
                        description="Prune a finished run to budgets of upstream inference cost: per-(model, layer) "
@@ -227,12 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="write a corpus's manifests (and trials / folds) by its official protocol",
                        description="Write train/dev/test manifests for a corpus on disk, following its protocol: "
                                    "iemocap (five leave-one-session-out folds, 4 classes), voxceleb1 "
-                                   "(identification by iden_split.txt, verification by veri_test2.txt), mlsuperb "
+                                   "(identification by iden_split.txt, verification by SUPERB's voxceleb1_test_v2.txt), mlsuperb "
                                    "(multilingual and monolingual, 10 min and 1 h training sets), fsdd, "
                                    "librispeech (one manifest per split folder). Prints the files written as JSON.")
     p.add_argument("corpus", choices=CORPORA, help="which corpus")
     p.add_argument("root", help="the corpus folder as released (e.g. IEMOCAP_full_release)")
     p.add_argument("--out", required=True, help="folder for the manifests")
+    p.add_argument("--trials", default=None, help="voxceleb1: voxceleb1_test_v2 (SUPERB's, default) or veri_test2")
+    p.add_argument("--dev-speakers", type=int, default=None,
+                   help="voxceleb1: hold this many training speakers out as dev (default 0: all train, dev = test)")
+    p.add_argument("--sox-effects", action="store_true",
+                   help="voxceleb1: s3prl's sox chain (gain -3, silence trimming) and its 2 s training filter")
 
     p = sub.add_parser("table", help="merge finished sweeps into the paper's table",
                        description="Merge finished sweeps into one table in the paper's layout: rows upstream set x "
@@ -293,6 +311,16 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_exit_code(summary: dict) -> int:
+    """0: every input has a prediction in --out; 1: some inputs failed; 3: every input failed."""
+    failed, total = summary["failed_inputs"], summary["inputs"]
+    if not failed:
+        return 0
+    print(f"speechfuse predict: {failed} of {total} input(s) failed; their rows in {summary['out']} give the reason",
+          file=sys.stderr)
+    return 3 if failed == total else 1
+
+
 def _verify(args: argparse.Namespace) -> int:
     import torch
 
@@ -311,7 +339,8 @@ def _verify(args: argparse.Namespace) -> int:
     elif args.out is not None or args.root is not None:
         raise SpeechfuseError("--out and --root go with --trials; one pair A B prints its score")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model, device=device, allow_changed_upstreams=args.allow_changed_upstreams)
+    model = load_model(args.model, device=device, allow_changed_upstreams=args.allow_changed_upstreams,
+                       trust_unverified=args.allow_unverified)
     require_verification_model(model, args.model)
     if args.trials is None:
         result = verify_pair(model, args.clips[0], args.clips[1], batch_seconds=args.batch_seconds)
@@ -391,16 +420,19 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         check_output_path(args.out)  # before the model loads
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_model(args.model, device=device, allow_changed_upstreams=args.allow_changed_upstreams)
-        print(json.dumps(predict_to_file(model, args.inputs, args.out, batch_seconds=args.batch_seconds), indent=2))
-        return 0
+        model = load_model(args.model, device=device, allow_changed_upstreams=args.allow_changed_upstreams,
+                           trust_unverified=args.allow_unverified)
+        summary = predict_to_file(model, args.inputs, args.out, batch_seconds=args.batch_seconds)
+        print(json.dumps(summary, indent=2))
+        return _predict_exit_code(summary)
     if args.command == "verify":
         return _verify(args)
     if args.command == "export":
         from .export import export_fusion, export_whole
         from .model import load_model
 
-        model = load_model(args.model, allow_changed_upstreams=args.allow_changed_upstreams)
+        model = load_model(args.model, allow_changed_upstreams=args.allow_changed_upstreams,
+                           trust_unverified=args.allow_unverified)
         if args.whole:
             options = {} if args.tolerance is None else {"tolerance": args.tolerance}
             path = export_whole(model, args.out, format=args.format, **options)
@@ -422,7 +454,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "prepare":
         from .data.corpora import prepare
 
-        print(json.dumps(prepare(args.corpus, args.root, args.out), indent=2, default=str))
+        options = {k: v for k, v in (("trials", args.trials), ("dev_speakers", args.dev_speakers)) if v is not None}
+        if args.sox_effects:
+            options["sox_effects"] = True
+        print(json.dumps(prepare(args.corpus, args.root, args.out, **options), indent=2, default=str))
         return 0
     if args.command == "table":
         from .table import paper_table
@@ -438,17 +473,34 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 1
 
 
+# what an interrupted command keeps, and how to go on (train's TrainingInterrupted says it itself)
+RESUME_HINTS = {
+    "train": "run the same command again to resume from the last checkpoint, if any",
+    "sweep": "finished runs are kept and an interrupted run resumes from its last checkpoint: run the same "
+             "command again to go on",
+    "extract": "the features stored so far are kept: run the same command again to extract the rest",
+    "predict": "the rows already written to --out are kept: run the same command again to predict the rest",
+    "verify": "the rows already written to --out are kept: run the same command again to score the rest",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .interrupt import stop_signals
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return _run(args, parser)
+        with stop_signals():  # SIGTERM and SIGUSR1 stop as Ctrl-C does (speechfuse.interrupt)
+            return _run(args, parser)
     except SpeechfuseError as err:
         print(f"speechfuse {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # train's TrainingInterrupted says what was saved
-        print(f"speechfuse {args.command}: interrupted" + (f": {err}" if str(err) else ""), file=sys.stderr)
-        return 130
+        message = str(err)
+        if not getattr(err, "says_how_to_resume", False) and args.command in RESUME_HINTS:
+            message = "; ".join(m for m in (message, RESUME_HINTS[args.command]) if m)
+        print(f"speechfuse {args.command}: interrupted" + (f": {message}" if message else ""), file=sys.stderr)
+        return getattr(err, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,9 @@ class TrainConfig(_Strict):
     warmup_steps: int = Field(0, ge=0)
     """Linear learning-rate warmup over this many steps (0: none)."""
     grad_clip: Optional[float] = Field(None, gt=0)
+    average_best: Optional[int] = Field(None, ge=1)
+    """Report the mean of the N checkpoints with the lowest dev loss (ESPnet's valid.loss.ave) instead of the
+    one with the best dev main metric (speechfuse.average); null: off."""
     seed: int = 0
     """Seeds the initial weights and the batch order: the same seed gives the same result on a CPU."""
     val_every_steps: int = Field(100, gt=0)
@@ -170,6 +173,15 @@ class TrainConfig(_Strict):
     """Resume even though a manifest's contents changed since the run started (default: refuse)."""
     specaug: Optional[SpecAugConfig] = None
     """SpecAugment time and feature masks on the fused features in training steps (null: off)."""
+    bucket_utterances: Optional[int] = Field(None, gt=0)
+    """Training batches as s3prl's ASR buckets of this many clips, longest first, each bucket halved when its
+    longest clip is over half_batch_over_seconds (speechfuse.data.batching.s3prl_buckets), instead of
+    batch_seconds (which still batches dev and test). null: batch_seconds."""
+    half_batch_over_seconds: float = Field(0.125, ge=0)
+    """s3prl HALF_BATCHSIZE_TIME = 2000 samples at 16 kHz."""
+    crop_seconds: Optional[float] = Field(None, gt=0)
+    """Training batches see a random span of at most this many seconds of each longer clip (s3prl's SV
+    recipe crops to 8 s); dev, test and predict always see the whole clip. null: whole clips."""
 
 
 class CacheConfig(_Strict):

@@ -29,6 +29,8 @@
   interval of the test metric (`test_ci_low_<metric>` / `test_ci_high_<metric>`; over seeds, from the per-utterance errors summed
   over the seeds) and `vs_best_p` / `tied_with_best`: a paired bootstrap against the best row scored on the
   same test utterances; "yes" when p >= 0.05, i.e. not distinguishable from the best (speechfuse.compare).
+  The best is the lowest error rate among the configurations with the most seeds; one with seeds missing
+  (running or failed) lists them in `missing_seeds` and is compared on the seeds it shares (`vs_best_seeds`).
 """
 from __future__ import annotations
 
@@ -37,8 +39,10 @@ import itertools
 import json
 import logging
 import math
+import os
 import re
 import shutil
+import signal
 import sys
 import traceback
 import warnings
@@ -57,7 +61,7 @@ RESULTS_MD = "results.md"
 RESULTS_CSV = "results.csv"
 SUMMARY_CSV = "summary.csv"
 SEED_KEY = "train.seed"
-_MARKS = ("vs_best_p", "tied_with_best")  # recomputed over every row each time the tables are written
+_MARKS = ("vs_best_p", "tied_with_best", "vs_best_seeds", "missing_seeds")  # recomputed with every table
 
 
 class SweepFailed(SpeechfuseError):
@@ -314,8 +318,9 @@ def summarise_seeds(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return numbers, display
 
 
-def _marks(mark: dict | None, pooled_ci: bool, display: bool) -> dict:
-    """The columns rank_against_best adds to one table row (none when the runs have no per-utterance results)."""
+def _marks(mark: dict | None, pooled_ci: bool, display: bool, seeds: Sequence | None = None) -> dict:
+    """The columns rank_against_best adds to one table row (none when the runs have no per-utterance results);
+    `vs_best_seeds` only where the comparison with the best used fewer than the sweep's `seeds`."""
     if not mark:
         return {}
     out: dict[str, Any] = {}
@@ -326,6 +331,8 @@ def _marks(mark: dict | None, pooled_ci: bool, display: bool) -> dict:
         out[f"test_ci_low_{metric}"], out[f"test_ci_high_{metric}"] = mark["ci_low"], mark["ci_high"]
     out["vs_best_p"] = mark["vs_best_p"]
     out["tied_with_best"] = mark["tied_with_best"]
+    if seeds and mark["tied_with_best"] != "best" and len(mark["vs_best_seeds"]) < len(seeds):
+        out["vs_best_seeds"] = " ".join(str(s) for s in mark["vs_best_seeds"]) or "none"
     return out
 
 
@@ -338,13 +345,20 @@ def _write_results(rows: list[dict], out_dir: Path, seeds: Sequence[int] | None)
                     out_dir / RESULTS_CSV)
         return
     numbers, display = summarise_seeds(rows)
-    groups: dict[str, list[Path]] = {}
+    groups: dict[str, dict[Any, Path]] = {}
     for r in rows:
-        groups.setdefault(r["config"], []).append(out_dir / "runs" / r["run"])
+        groups.setdefault(r["config"], {})[r["seed"]] = out_dir / "runs" / r["run"]
+    # a configuration whose other seeds are running (or failed) says which are missing
+    missing = {config: " ".join(str(s) for s in seeds if s not in runs) for config, runs in groups.items()}
+    for row in (*numbers, *display):
+        if missing[row["config"]]:
+            row["missing_seeds"] = missing[row["config"]]
     marks = rank_against_best(groups)  # per configuration: its seeds' per-utterance errors pooled
     write_table(rows, None, out_dir / RESULTS_CSV)
-    write_table([{**n, **_marks(marks.get(n["config"]), True, False)} for n in numbers], None, out_dir / SUMMARY_CSV)
-    write_table([{**d, **_marks(marks.get(d["config"]), True, True)} for d in display], out_dir / RESULTS_MD, None)
+    write_table([{**n, **_marks(marks.get(n["config"]), True, False, seeds)} for n in numbers], None,
+                out_dir / SUMMARY_CSV)
+    write_table([{**d, **_marks(marks.get(d["config"]), True, True, seeds)} for d in display], out_dir / RESULTS_MD,
+                None)
 
 
 def _describe(run_dir: Path) -> dict | None:
@@ -417,7 +431,11 @@ class _Pool:
             futures[self.pool.submit(_train_in_worker, self.train_fn, run_cfg, run_dir)] = (name, run_dir, combo)
         waiting = set(futures)
         while waiting:
-            done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+            try:
+                done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt as stop:  # close() then waits for the runs to save their checkpoints
+                self.forward_signal(getattr(stop, "signum", signal.SIGINT))
+                raise
             for future in done:
                 name, run_dir, combo = futures[future]
                 try:
@@ -439,6 +457,17 @@ class _Pool:
             other.cancel()
         if hasattr(exc, "add_note"):
             exc.add_note(f"speechfuse sweep: run {name!r} in {run_dir} failed")
+
+    def forward_signal(self, signum: int) -> None:
+        """A SIGTERM / SIGUSR1 sent to this process only (Ctrl-C reaches the whole process group): pass it on,
+        so each running run saves its checkpoint and stops."""
+        if self.pool is None or signum == signal.SIGINT:
+            return
+        for pid in list(getattr(self.pool, "_processes", None) or {}):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
 
     def close(self) -> None:
         if self.pool is not None:

@@ -19,8 +19,9 @@ Behaviour worth knowing:
   torch RNG state are restored, so a killed run ends with the same weights and metrics as an uninterrupted one.
   A damaged `last` checkpoint (checksums) falls back to `best` with a warning. Resuming refuses a changed config
   (but for runfolder.RESUME_MAY_CHANGE) and changed manifest contents (unless train.allow_changed_data).
-- Ctrl-C (SIGINT) finishes the current step, evaluates dev and saves `last` / `best` as a scheduled evaluation
-  does, then raises TrainingInterrupted (a KeyboardInterrupt; the CLI exits 130). A second Ctrl-C stops at once.
+- Ctrl-C (SIGINT), SIGTERM or SIGUSR1 finishes the current step, evaluates dev and saves `last` / `best` as a
+  scheduled evaluation does, then raises TrainingInterrupted (a KeyboardInterrupt; the CLI exits 128 + the
+  signal: 130, 143, 138). A second signal stops at once. Under DDP every rank stops at the same step.
 - A NaN/inf training loss stops the run with an error naming the step (train.on_nonfinite_loss=skip skips the
   batch instead); metrics.json is only written by a run that finished.
 - `callbacks`: extra Lightning callbacks for the Trainer (the tests use one to kill a run at a given step).
@@ -28,6 +29,7 @@ Behaviour worth knowing:
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -40,6 +42,8 @@ from .config import Config, config_to_yaml
 from .data.loader import SPLITS, FusionData, load_splits, resolve_cache_dir
 from .data.manifest import clip_limit
 from .errors import SpeechfuseError
+from .average import averaged_best
+from .interrupt import signal_name
 from .evaluate import (collect_records, evaluate, load_run, load_weights, save_task_tensors, score,
                        write_interface_report)
 from .learner import FusionTask, StopOnInterrupt, TrainingInterrupted, checkpoint_bytes, make_trainer
@@ -104,9 +108,13 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
             warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
             trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume is not None else None)
     except SystemExit as err:  # Lightning answers a KeyboardInterrupt with sys.exit(1)
-        if stopper.requested:
-            raise TrainingInterrupted(f"training of {run_dir} stopped by Ctrl-C before it saved a checkpoint; run "
-                                      "the same command again to resume from its last checkpoint, if any") from err
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        signum = stopper.signum or (signal.SIGTERM if isinstance(err, SIGTERMException) else 0)
+        if signum:
+            raise TrainingInterrupted(f"training of {run_dir} stopped by {signal_name(signum)} before it saved a "
+                                      "checkpoint; run the same command again to resume from its last checkpoint, "
+                                      "if any", signum) from err
         raise
     except OSError as err:
         full = disk_full(err, run_dir)
@@ -115,9 +123,10 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
         raise
     finally:
         stopper.uninstall()
-    if stopper.requested:
-        raise TrainingInterrupted(f"training of {run_dir} stopped by Ctrl-C after step {trainer.global_step}; "
-                                  f"{last} was saved: run the same command again to resume")
+    if stopper.signum:  # this rank's signal, or another rank's (DDP), or one during the last evaluation
+        raise TrainingInterrupted(f"training of {run_dir} stopped by {signal_name(stopper.signum)} after step "
+                                  f"{trainer.global_step}; {last} was saved: run the same command again to resume",
+                                  stopper.signum)
     if trainer.interrupted:
         raise SpeechfuseError(f"training of {run_dir} was interrupted; run the same command again to resume "
                               "from its last checkpoint")
@@ -126,6 +135,8 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
     best = best if best and best.is_file() else run.checkpoint(BEST)
     if not best.is_file():
         best = last
+    if cfg.train.average_best:
+        best = averaged_best(trainer, run_dir, write=is_zero) or best
     load_weights(model, best)
     model.to(trainer.strategy.root_device)
     scoring = task.scoring_utterances(splits["train"])  # verify: the AS-norm cohort of training embeddings

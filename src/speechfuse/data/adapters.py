@@ -11,6 +11,7 @@ from ..errors import ConfigError
 from .audio import audio_info
 from .corpora import with_corpus
 from .manifest import Utterance, write_manifest
+from .textfile import read_text
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -112,7 +113,7 @@ def librispeech_manifest(split_dir: str | Path, out: str | Path) -> Path:
     missing: list[str] = []
     for trans in transcripts:
         speaker = trans.parent.parent.name
-        for line_no, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), start=1):
+        for line_no, line in enumerate(read_text(trans, "LibriSpeech transcript").splitlines(), start=1):
             if not line.strip():
                 continue
             utt_id, _, text = line.strip().partition(" ")

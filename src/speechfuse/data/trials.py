@@ -29,6 +29,7 @@ from typing import Iterable, Optional, Sequence
 
 from ..errors import ConfigError
 from .manifest import Utterance
+from .textfile import open_text
 
 
 class TrialError(ConfigError):
@@ -51,7 +52,7 @@ def read_trials(path: str | Path, unlabelled: bool = False) -> list[Trial]:
         raise TrialError(f"trial list not found: {path}")
     example = "'1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav'"
     trials = []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path, "trial list") as f:
         for line_no, line in enumerate(f, start=1):
             fields = line.split()
             if not fields:

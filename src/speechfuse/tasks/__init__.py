@@ -24,7 +24,7 @@ What a trained model of the task serves (every consumer asks the task; none comp
     task.describe(target)               # one line for the model card
     task.main_metric, task.higher_is_better, task.average(values)   # model selection; per-language / per-fold
                                         # values are averaged with `average` (unweighted mean by default)
-    task.table_column(corpus, data, test_metrics)   # (column, metric) of the paper table: a paper column only
+    task.table_cells(corpus, data, test_metrics)    # [TableCell] of the paper table: a paper column only
                                         # for a corpus the data name (`paper_columns`), else "<task> <metric> on <data>"
 
 Each task declares its head options as a pydantic model (`Task.Options`, see `task_options(name)`); the
@@ -32,7 +32,7 @@ config's `downstream` section is validated against it, so a wrong key or type na
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -46,6 +46,16 @@ from ..predictions import Prediction
 TASKS: Registry = Registry("task", ConfigError, ["speechfuse.tasks.asr", "speechfuse.tasks.classify",
                                                 "speechfuse.tasks.multilingual", "speechfuse.tasks.verify"])
 register_task = TASKS.register
+
+
+class TableCell(NamedTuple):
+    """One value a run adds to the paper table: its column, the test metric key, the group averaged before the
+    column's last mean ("" for none; an ML-SUPERB monolingual language), and the rule stated under the table."""
+
+    column: str
+    metric: str
+    group: str
+    rule: str
 
 
 class TaskOptions(BaseModel):
@@ -68,7 +78,8 @@ class Task:
     scores_trials: bool = False
     output_axes: dict[str, dict[int, str]] = {"out": {0: "batch"}, "out_lengths": {0: "batch"}}
     # corpus recorded in the data (the `corpus` manifest column the corpus adapters write) -> its paper column
-    paper_columns: dict[str, str] = {}
+    # corpus -> (paper table column, the rule it is computed by)
+    paper_columns: dict[str, tuple[str, str]] = {}
 
     def __init__(self, **options: Any) -> None:
         try:
@@ -182,12 +193,15 @@ class Task:
             raise ConfigError(f"task {self.name!r}: no values to average")
         return sum(values) / len(values)
 
-    def table_column(self, corpus: str | None, data: str, metrics: dict[str, Any]) -> tuple[str, str]:
-        """(column, test metric key) of the paper table for a run of this task: the paper's column when the
-        data record one of `paper_columns`' corpora; otherwise a column named after the task and `data`."""
+    def table_cells(self, corpus: str | None, data: str, metrics: dict[str, Any]) -> list["TableCell"]:
+        """What a run of this task adds to the paper table: the paper's column when the data record one of
+        `paper_columns`' corpora; otherwise a column named after the task and `data`."""
+        metric = f"test_{self.main_metric}"
         if corpus in self.paper_columns:
-            return self.paper_columns[corpus], f"test_{self.main_metric}"
-        return f"{self.name} {self.main_metric} on {data}", f"test_{self.main_metric}"
+            column, rule = self.paper_columns[corpus]
+            return [TableCell(column, metric, "", rule)]
+        return [TableCell(f"{self.name} {self.main_metric} on {data}", metric, "",
+                          f"test {self.main_metric}, mean over seeds, then over the data")]
 
     def references(self, utts: list[Utterance]) -> list[str]:
         """The reference strings `metrics` compares predictions with, one per utterance."""
@@ -261,5 +275,5 @@ def list_tasks() -> list[str]:
     return sorted(TASKS.names())
 
 
-__all__ = ["Task", "TaskOptions", "get_task", "list_tasks", "register_task", "task_options",
+__all__ = ["Task", "TaskOptions", "TableCell", "get_task", "list_tasks", "register_task", "task_options",
            "check_targets_known"]
