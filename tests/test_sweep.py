@@ -410,7 +410,8 @@ def test_a_configuration_with_missing_seeds_says_so_and_is_not_the_best(tmp_path
 
     with pytest.raises(RuntimeError, match="boom"):
         run_sweep(BASE, {"upstreams": [["a"], ["a", "b"]], "interface.name": ["weighted_sum", "hconv"]}, tmp_path,
-                  seeds=[0, 1, 2], train_fn=Trainer(fail_on="a+b__weighted_sum__seed=1"), progress=False, plots=False)
+                  seeds=[0, 1, 2], train_fn=Trainer(fail_on="a+b__weighted_sum__seed=1"), progress=False, plots=False,
+                  keep_going=False)
     with open(tmp_path / "summary.csv", newline="") as f:
         rows = {r["config"]: r for r in csv.DictReader(f)}
     assert {k: (r["seeds"], r["missing_seeds"]) for k, r in rows.items()} == {
