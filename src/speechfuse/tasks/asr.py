@@ -217,7 +217,7 @@ TRANSFORMER_OPTIONS = ("proj_dim", "subsample", "attention_dim", "attention_head
                        "dropout")
 
 
-@register_task("asr")
+@register_task
 class AsrTask(Task):
     name = "asr"
     target_field = "text"

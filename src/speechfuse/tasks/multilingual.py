@@ -66,7 +66,7 @@ class MultilingualAsrOptions(AsrOptions):
     """Languages (primary codes) that do not separate words by spaces: no WER for them."""
 
 
-@register_task("multilingual_asr")
+@register_task
 class MultilingualAsrTask(AsrTask):
     name = "multilingual_asr"
     main_metric = "cer_macro"

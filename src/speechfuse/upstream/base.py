@@ -8,13 +8,15 @@ unless `trainable=True`.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, ClassVar, Optional
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ..errors import AudioError, ConfigError
 from ..hidden import HiddenStates
+from ..options import StrictOptions
 
 # integer PCM -> float in [-1, 1): the scale soundfile uses when it reads such a file as float
 PCM_SCALES = {torch.int16: 2.0**15, torch.int32: 2.0**31}
@@ -42,6 +44,26 @@ def positive_seconds(value: Any, option: str, name: str) -> float | None:
     return float(value)
 
 
+Seconds = Optional[float]
+
+
+def seconds_option(default: float | None = None) -> Any:
+    """A duration option (`window_seconds`, `max_seconds`): null or a positive, finite number of seconds."""
+    return Field(default, gt=0, allow_inf_nan=False)
+
+
+class UpstreamOptions(StrictOptions):
+    """Options every upstream takes (the config's `upstreams[i].options`); a subclass's `Options` adds its own."""
+
+    trainable: bool = False
+    """Fine-tune the upstream with the rest of the model (default: frozen, eval mode, no gradients)."""
+
+
+class TruncatableOptions(UpstreamOptions):
+    max_layers: Optional[int] = Field(None, ge=1)
+    """Keep only the first k hidden states and never run the layers above (null: all of them)."""
+
+
 class Upstream(nn.Module):
     """One pretrained speech model that returns all of its hidden states.
 
@@ -54,6 +76,7 @@ class Upstream(nn.Module):
     """
 
     name: str
+    Options: ClassVar[type[UpstreamOptions]] = UpstreamOptions
     num_layers: int
     hidden_size: int
     frame_rate: float
