@@ -8,7 +8,7 @@ unless `trainable=True`.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, ClassVar, Optional
+from typing import Annotated, Any, ClassVar, Optional
 
 import torch
 from pydantic import Field
@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import AudioError, ConfigError
 from ..hidden import HiddenStates
-from ..options import StrictOptions
+from ..options import StrictOptions, described_as
 
 # integer PCM -> float in [-1, 1): the scale soundfile uses when it reads such a file as float
 PCM_SCALES = {torch.int16: 2.0**15, torch.int32: 2.0**31}
@@ -60,8 +60,10 @@ class UpstreamOptions(StrictOptions):
 
 
 class TruncatableOptions(UpstreamOptions):
-    max_layers: Optional[int] = Field(None, ge=1)
-    """Keep only the first k hidden states and never run the layers above (null: all of them)."""
+    max_layers: Annotated[Optional[int], Field(ge=1), described_as("a whole number from 1 to the model's number of "
+                                                                    "hidden states, or null")] = None
+    """Keep only the first k hidden states and never run the layers above (null: all of them); the upper
+    bound is checked when the model loads (Upstream.layers_to_keep)."""
 
 
 class Upstream(nn.Module):
