@@ -246,7 +246,8 @@ class CacheConfig(_Strict):
 class Config(_Strict):
     plugins: list[str] = Field(default_factory=list)
     """Modules imported before the rest is validated, whose decorators register a plug-in's upstreams,
-    interfaces and tasks (like `--plugin MODULE`; see docs/extending.md)."""
+    interfaces and tasks (like `--plugin MODULE`; see docs/extending.md). The module of every plug-in
+    component the config names is added, so a run folder's config.yaml reloads them (evaluate, prune)."""
     task: str
     """A registered task name (speechfuse.tasks.list_tasks(): asr, classify, multilingual_asr, verify, ...)."""
     data: DataConfig
@@ -283,6 +284,19 @@ class Config(_Strict):
 
         # a ValidationError raised here is reported under downstream.<key>, like any other key
         return task_options(task).model_validate(v).model_dump(exclude_unset=True)
+
+    @model_validator(mode="after")
+    def _record_plugin_modules(self) -> "Config":
+        from .interfaces import INTERFACES
+        from .tasks import TASKS
+        from .upstream import UPSTREAMS
+
+        entries = [TASKS.get(self.task), INTERFACES.get(self.interface.name)]
+        entries += [UPSTREAMS.get(u.spec) for u in self.upstreams if not u.spec.startswith("hf:")]
+        modules = [e.__module__ for e in entries]
+        extra = [m for m in modules if m.split(".")[0] not in ("speechfuse", "__main__") and m not in self.plugins]
+        self.plugins.extend(dict.fromkeys(extra))  # in place: an assignment would validate the model again
+        return self
 
     @field_validator("upstreams", mode="before")
     @classmethod
