@@ -294,7 +294,8 @@ class Config(_Strict):
         entries = [TASKS.get(self.task), INTERFACES.get(self.interface.name)]
         entries += [UPSTREAMS.get(u.spec) for u in self.upstreams if not u.spec.startswith("hf:")]
         modules = [e.__module__ for e in entries]
-        extra = [m for m in modules if m.split(".")[0] not in ("speechfuse", "__main__") and m not in self.plugins]
+        extra = [m for m in modules if m.split(".")[0] not in ("speechfuse", "__main__")
+                 and not any(m == p or m.startswith(p + ".") for p in self.plugins)]  # a listed package covers its modules
         self.plugins.extend(dict.fromkeys(extra))  # in place: an assignment would validate the model again
         return self
 
