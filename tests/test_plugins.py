@@ -135,3 +135,16 @@ def test_plugin_flag_and_config_key_reach_a_module_on_the_path(tmp_path):
     by_key = run_python(["-m", "speechfuse.cli", "extract", str(keyed), "--out", str(tmp_path / "b")], path, tmp_path)
     assert by_key.returncode == 0, by_key.stderr[-3000:]
     assert json.loads(by_key.stdout)["entries"] == entry  # the same upstream and options: the same cache entry
+
+
+def test_a_sweep_worker_imports_the_configs_plugins_before_training(tmp_path, monkeypatch):
+    """Parallel sweeps train in spawned processes, which start without the parent's --plugin imports."""
+    from speechfuse.sweep import _train_in_worker
+
+    (tmp_path / "my_sweep_plugin.py").write_text("IMPORTED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_sweep_plugin", raising=False)
+    seen = []
+    _train_in_worker(lambda cfg, run_dir: seen.append("my_sweep_plugin" in sys.modules), {"plugins": ["my_sweep_plugin"]},
+                     tmp_path)
+    assert seen == [True]
