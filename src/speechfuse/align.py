@@ -49,9 +49,6 @@ class AlignerOptions(StrictOptions):
     length: Extreme = "min"
 
 
-OPTIONS = tuple(AlignerOptions.model_fields)
-
-
 def _pick(value: Choice, candidates: Sequence[float]) -> float:
     if value == "max":
         return max(candidates)
