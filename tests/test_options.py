@@ -8,7 +8,7 @@ import pytest
 
 import speechfuse as sf
 from speechfuse.align import Aligner
-from speechfuse.config import config_from_dict
+from speechfuse.config import config_from_dict, config_to_dict
 from speechfuse.errors import ConfigError
 from speechfuse.interfaces import INTERFACES
 from speechfuse.options import ComponentOptions
@@ -98,3 +98,5 @@ def test_the_config_keeps_only_the_options_given_typed():
     assert cfg.align.options() == {"frame_rate": 50.0}  # null keeps the Aligner's default
     assert cfg.interface.options() == {}
     assert config_from_dict(cfg.model_dump()) == cfg
+    assert "plugins" not in config_to_dict(cfg)  # built-in components only: saved as before plug-ins existed
+    assert config_to_dict(config_from_dict({**BASE, "plugins": ["json"]}))["plugins"] == ["json"]

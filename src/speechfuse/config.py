@@ -494,7 +494,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def config_to_dict(cfg: Config) -> dict:
-    return cfg.model_dump(mode="json")
+    data = cfg.model_dump(mode="json")
+    if not data["plugins"]:  # a config of built-in components reads (and is saved) as before plug-ins existed
+        del data["plugins"]
+    return data
 
 
 def config_to_yaml(cfg: Config) -> str:
