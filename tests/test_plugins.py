@@ -118,10 +118,12 @@ def test_plugin_flag_and_config_key_reach_a_module_on_the_path(tmp_path):
     bare = example_config(tmp_path, {**data, "target": "speaker"}, plugins=[], cache=str(tmp_path / "cache"))
     path = [EXAMPLE]
 
-    unknown = run_python(["-m", "speechfuse.cli", "extract", str(bare)], path, tmp_path)
-    assert unknown.returncode == 2 and unknown.stdout == ""
-    assert "unknown task 'example_smoothed_classify'; known: asr, classify" in unknown.stderr
-    assert "--plugin MODULE" in unknown.stderr
+    assert "speechfuse_example" not in sys.modules  # this process never imports it: the subprocesses below do
+    with pytest.raises(ConfigError) as unknown:
+        load_config(bare)
+    for kind in ("task", "upstream", "interface"):
+        assert f"unknown {kind} '{NAMES[kind]}'" in str(unknown.value)
+    assert "--plugin MODULE" in str(unknown.value)
 
     by_flag = run_python(["-m", "speechfuse.cli", "extract", str(bare), "--plugin", "speechfuse_example",
                           "--out", str(tmp_path / "a")], path, tmp_path)
