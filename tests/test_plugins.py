@@ -73,7 +73,7 @@ def test_the_installed_example_trains_from_its_yaml_through_the_cli(installed, t
                          "train.importance=false", "--out", str(run)], [installed], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout)
-    # 6 speakers: chance is 1/6; mean-pooled MFCCs of 300 clips tell most speakers apart
+    # 6 speakers, so chance is 1/6: the plug-in's features, interface and loss learned something
     assert metrics["test"]["accuracy"] >= 0.35 and metrics["dev"]["accuracy"] >= 0.35
     model = json.loads((run / "model" / "config.json").read_text())
     assert [u["spec"] for u in model["upstreams"]] == [NAMES["upstream"]]
