@@ -87,6 +87,16 @@ def test_the_installed_example_trains_from_its_yaml_through_the_cli(installed, t
     assert sorted(saved["plugins"]) == ["speechfuse_example.interface", "speechfuse_example.task",
                                         "speechfuse_example.upstream"]
 
+    # ... and it does: with the plug-in importable but neither installed (no entry point) nor named by a flag
+    evaluated = run_python(["-m", "speechfuse.cli", "evaluate", str(run), "--split", "dev"], [EXAMPLE], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads(evaluated.stdout)["dev"]["accuracy"] == metrics["dev"]["accuracy"]
+    loaded = run_python(["-c", "import sys; from speechfuse.model import load_model; "
+                               f"m = load_model({str(run)!r}); print(m.task.name, m.frontend.interface.name)"],
+                        [EXAMPLE], tmp_path)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout.split() == [NAMES["task"], NAMES["interface"]]  # the model folder names its plug-ins too
+
 
 def test_an_installed_plugin_is_found_through_its_entry_point(installed, tmp_path):
     script = ("import json, sys\n"
