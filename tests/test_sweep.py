@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 
@@ -157,6 +158,25 @@ def test_combo_config_on_a_real_config(tmp_path):
     assert out.cache.dir == str(tmp_path / "c") and out.data.train == str(tmp_path / "t.csv")
     with pytest.raises(ConfigError, match="train.nope"):
         combo_config(cfg, {"train.nope": 1}, None)
+
+
+@pytest.mark.parametrize("grid, key", [
+    # the 3rd combination names an option hconv does not take (layer_norm is weighted_sum's and hconv's)
+    ({"interface.name": ["weighted_sum", "hconv", "group_ws"], "interface.layer_norm": [True]},
+     "interface.layer_norm"),
+    # an upstream option's typo in the 3rd combination of an upstream grid
+    ({"upstreams": [["resemblyzer"], ["speech-embedding"], [{"spec": "resemblyzer", "options": {"max_layer": 2}}]]},
+     "upstreams[0].options.max_layer"),
+])
+def test_a_typo_in_any_grid_combination_is_refused_before_the_first_run(tmp_path, grid, key):
+    from speechfuse.config import config_from_dict
+
+    cfg = config_from_dict({"task": "classify", "data": {"train": "t.csv", "dev": "d.csv"},
+                            "upstreams": ["resemblyzer"], "interface": {"name": "weighted_sum"}}, tmp_path)
+    trainer = FakeTrainer()
+    with pytest.raises(ConfigError, match=rf"unknown key '{re.escape(key)}'; valid keys here: "):
+        run_sweep(cfg, grid, tmp_path / "sweep", train_fn=trainer, progress=False, plots=False)
+    assert trainer.calls == [] and not (tmp_path / "sweep" / "runs").exists()
 
 
 def test_real_sweep_end_to_end_resumes(tmp_path, speechfuse_home):

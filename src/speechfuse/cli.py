@@ -45,6 +45,9 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.max_steps=5 interface.name=weighted_sum "
                         "(values are read as YAML; repeatable)")
+    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first: a plug-in whose upstreams, interfaces or tasks the config names "
+                        "(repeatable; see docs/extending.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -490,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from .plugins import load_plugins
+
+        load_plugins(getattr(args, "plugins", []))  # the commands that take a config have --plugin
         with stop_signals():  # SIGTERM and SIGUSR1 stop as Ctrl-C does (speechfuse.interrupt)
             return _run(args, parser)
     except SpeechfuseError as err:

@@ -215,6 +215,11 @@ class FusedModel(nn.Module):
         folder = find_model_folder(path)
         config = read_model_config(folder)
         verify_model_folder(folder, config, trust_unverified)
+        from .plugins import load_plugins
+
+        # the plug-in modules of the components the model was trained with (its training config lists them)
+        trained_with = ((config.get("training") or {}).get("config") or {}).get("plugins") or []
+        load_plugins(trained_with, f"{folder / 'config.json'}: training.config.plugins")
         task = Task.from_state(config["task"])
         arch = {k: config[k] for k in ("align", "interface")}
         arch["upstreams"] = [{"spec": u["spec"], "options": u.get("options", {})} for u in config["upstreams"]]

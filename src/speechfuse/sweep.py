@@ -397,6 +397,11 @@ def _worker_setup(threads: int, settings: dict) -> None:
 
 
 def _train_in_worker(train_fn: Callable, run_cfg: Any, run_dir: Path) -> dict:
+    from .plugins import load_plugins
+
+    # a spawned worker starts bare: import the plug-ins whose components the config names (it lists them)
+    plugins = run_cfg.get("plugins") if isinstance(run_cfg, dict) else getattr(run_cfg, "plugins", None)
+    load_plugins(plugins or [], "plugins")
     return train_fn(run_cfg, run_dir)
 
 

@@ -35,10 +35,11 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from torch import nn
 
 from ..errors import ConfigError
+from ..options import ComponentOptions
 from ..registry import Registry
 from ..data.manifest import Utterance
 from ..predictions import Prediction
@@ -58,10 +59,9 @@ class TableCell(NamedTuple):
     rule: str
 
 
-class TaskOptions(BaseModel):
-    """A task's head options: every subclass forbids unknown keys and types its values."""
-
-    model_config = ConfigDict(extra="forbid")
+class TaskOptions(ComponentOptions):
+    """A task's head options: every subclass forbids unknown keys and types its values (leniently: a quoted
+    number is read as a number)."""
 
 
 class Task:

@@ -249,7 +249,7 @@ TRANSFORMER_OPTIONS = ("proj_dim", "subsample", "attention_dim", "attention_head
                        "dropout", "normalize", "normalize_vars")
 
 
-@register_task("asr")
+@register_task
 class AsrTask(Task):
     name = "asr"
     target_field = "text"

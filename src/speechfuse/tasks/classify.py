@@ -65,7 +65,7 @@ class ClassifyOptions(TaskOptions):
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
-@register_task("classify")
+@register_task
 class ClassifyTask(Task):
     name = "classify"
     target_field = "label"

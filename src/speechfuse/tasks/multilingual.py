@@ -72,7 +72,7 @@ class MultilingualAsrOptions(AsrOptions):
     """Languages scored apart from the others: `cer_few_shot` pools their utterances, `cer_normal` the rest's."""
 
 
-@register_task("multilingual_asr")
+@register_task
 class MultilingualAsrTask(AsrTask):
     name = "multilingual_asr"
     main_metric = "cer_macro"

@@ -206,7 +206,7 @@ def as_norm(scores: torch.Tensor, cohort: torch.Tensor, enrol_rows: list[int], t
     return ((scores - mean[e]) / std[e] + (scores - mean[t]) / std[t]) / 2
 
 
-@register_task("verify")
+@register_task
 class VerifyTask(Task):
     name = "verify"
     target_field = "speaker"

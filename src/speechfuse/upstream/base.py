@@ -12,13 +12,15 @@ window refuse longer clips.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, NamedTuple
+from typing import Annotated, Any, ClassVar, NamedTuple, Optional
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ..errors import AudioError, ConfigError
 from ..hidden import HiddenStates
+from ..options import StrictOptions, described_as
 
 # integer PCM -> float in [-1, 1): the scale soundfile uses when it reads such a file as float
 PCM_SCALES = {torch.int16: 2.0**15, torch.int32: 2.0**31}
@@ -58,6 +60,28 @@ class ClipWindow(NamedTuple):
     keep: int
 
 
+Seconds = Optional[float]
+
+
+def seconds_option(default: float | None = None) -> Any:
+    """A duration option (`window_seconds`, `max_seconds`): null or a positive, finite number of seconds."""
+    return Field(default, gt=0, allow_inf_nan=False)
+
+
+class UpstreamOptions(StrictOptions):
+    """Options every upstream takes (the config's `upstreams[i].options`); a subclass's `Options` adds its own."""
+
+    trainable: bool = False
+    """Fine-tune the upstream with the rest of the model (default: frozen, eval mode, no gradients)."""
+
+
+class TruncatableOptions(UpstreamOptions):
+    max_layers: Annotated[Optional[int], Field(ge=1), described_as("a whole number from 1 to the model's number of "
+                                                                    "hidden states, or null")] = None
+    """Keep only the first k hidden states and never run the layers above (null: all of them); the upper
+    bound is checked when the model loads (Upstream.layers_to_keep)."""
+
+
 class Upstream(nn.Module):
     """One pretrained speech model that returns all of its hidden states.
 
@@ -72,6 +96,7 @@ class Upstream(nn.Module):
     """
 
     name: str
+    Options: ClassVar[type[UpstreamOptions]] = UpstreamOptions
     num_layers: int
     hidden_size: int
     frame_rate: float

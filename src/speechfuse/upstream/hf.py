@@ -16,13 +16,13 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 import torch
 from torch import nn
 
 from ..errors import AudioError, ConfigError, UpstreamError
-from .base import Upstream, positive_seconds
+from .base import Seconds, TruncatableOptions, Upstream, positive_seconds, seconds_option
 from .whisper_features import log_mel_spectrogram, mel_filterbank
 
 SSL_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")
@@ -500,6 +500,13 @@ def _load_whisper_encoder(folder: Path, config: dict[str, Any], spec: str) -> nn
     # WhisperModel also takes WhisperForConditionalGeneration checkpoints ("model." prefix);
     # the decoder is dropped right away.
     return _load_weights(WhisperModel, folder, spec).get_encoder()
+
+
+class HFOptions(TruncatableOptions):
+    """Options of `hf:` upstreams (and whisper-tiny.en); see load_hf_upstream."""
+
+    whisper_mode: Literal["trim", "pad30"] = "trim"
+    max_seconds: Seconds = seconds_option(None)
 
 
 def load_hf_upstream(path_or_hub_id: str, whisper_mode: str = "trim", trainable: bool = False,
