@@ -39,7 +39,7 @@ from .errors import ConfigError, SpeechfuseError
 from .frontend import FusionFrontend
 from .interrupt import STOP_SIGNALS, Interrupted, signal_name
 from .model import build_frontend
-from .runfolder import BEST, CKPT_DIR, EXT, LAST
+from .runfolder import BEST, CKPT_DIR, EXT, LAST, LOGS_DIR
 from .tasks import Task
 
 
@@ -381,8 +381,8 @@ def make_trainer(cfg: Config, run_dir: Path, task: Task, extra_callbacks: list |
 
         callbacks.append(TQDMProgressBar())  # plain lines in logs; shows no "Epoch 0/-2" for step-bound runs
     # a resumed run logs into the next version_N folder, so the earlier part's CSV is kept
-    loggers = [CSVLogger(run_dir / "logs", name="csv"),
-               TensorBoardLogger(run_dir / "logs", name="tensorboard", version="")]
+    loggers = [CSVLogger(run_dir / LOGS_DIR, name="csv"),
+               TensorBoardLogger(run_dir / LOGS_DIR, name="tensorboard", version="")]
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
