@@ -82,7 +82,7 @@ def init_config(task: str, data_dir: str | os.PathLike, out: str | os.PathLike,
         *[f"  {split}: {_relative(path, out.parent)}" for split, path in manifests.items()],
         f"  target: {target}                   # the manifest column the task learns",
         "upstreams:                         # frozen pretrained models whose layers are fused",
-        *[f"  - {yaml.safe_dump(s, default_style=None).strip()}" for s in specs],
+        *["  " + yaml.safe_dump([s]).strip() for s in specs],
         "  # bundled (no download): whisper-tiny.en, resemblyzer, speech-embedding;"
         " a hub model: hf:microsoft/wavlm-base-plus",
         "interface:",

@@ -3,6 +3,7 @@ or loads a model: an unknown interface, interface option or upstream name is rep
 the upstreams have loaded."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from .errors import ConfigError
@@ -30,6 +31,11 @@ def check_components(cfg) -> None:
         raise ConfigError(f"upstreams[{i}].spec {spec!r} is not a bundled model ({', '.join(sorted(registered))}) "
                           "or 'hf:<hub id or local folder>'" + (" (a local folder needs the hf: prefix)"
                                                                  if Path(spec).exists() else ""))
+    loggers = cfg.train.logger if isinstance(cfg.train.logger, list) else [cfg.train.logger]
+    for name in loggers:
+        if name in ("wandb", "mlflow") and importlib.util.find_spec(name) is None:
+            raise ConfigError(f"train.logger {name!r} needs the {name} package: pip install {name} (or "
+                              "train.logger: tensorboard)")
 
 
 __all__ = ["check_components"]

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return 1
-    quiet_before = os.environ.get("SPEECHFUSE_QUIET")
+    flags_before = {name: os.environ.get(name) for name in ("SPEECHFUSE_QUIET", "SPEECHFUSE_VERBOSE")}
     try:
         apply_runtime(args)
         return args.run(args)
@@ -71,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # train's TrainingInterrupted says what was saved
         print(f"speechfuse {args.command}: interrupted" + (f": {err}" if str(err) else ""), file=sys.stderr)
         return 130
-    finally:
-        if quiet_before is None:
-            os.environ.pop("SPEECHFUSE_QUIET", None)
-        else:
-            os.environ["SPEECHFUSE_QUIET"] = quiet_before
+    finally:  # main() may run several times in one process (the tests)
+        for name, value in flags_before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 __all__ = ["build_parser", "main", "COMMANDS"]

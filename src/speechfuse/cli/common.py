@@ -123,6 +123,8 @@ def apply_runtime(args: argparse.Namespace) -> None:
     quiet_libraries(verbose=getattr(args, "verbose", False))
     if getattr(args, "quiet", False):
         os.environ["SPEECHFUSE_QUIET"] = "1"  # read by the progress bars (speechfuse.progress)
+    if getattr(args, "verbose", False):
+        os.environ["SPEECHFUSE_VERBOSE"] = "1"
     plugins = getattr(args, "plugin", None) or []
     if plugins:
         try:
