@@ -46,7 +46,7 @@ def test_help_of_every_subcommand(command, capsys):
 def test_train_then_evaluate(setup, tmp_path, capsys):
     root, cfg, _ = setup
     out = tmp_path / "run"
-    assert main(["train", str(cfg), "--set", "train.max_steps=3", "interface.name=hconv", "--out", str(out)]) == 0
+    assert main(["train", str(cfg), "--set", "train.max_steps=3", "--set", "interface.name=hconv", "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert json.loads((out / "metrics.json").read_text()) == printed
     resolved = yaml.safe_load((out / "config.yaml").read_text())
@@ -98,7 +98,7 @@ def test_extract_fills_the_cache_then_train_reads_it(setup, tmp_path, capsys, mo
         raise AssertionError("the upstream ran although `speechfuse extract` cached every utterance")
 
     monkeypatch.setattr(Upstream, "forward", boom)
-    assert main(["train", str(cfg), "--set", "cache=auto", "train.max_steps=2", "--out", str(out)]) == 0
+    assert main(["train", str(cfg), "--set", "cache=auto", "--set", "train.max_steps=2", "--out", str(out)]) == 0
     assert (out / "metrics.json").is_file()
 
 
@@ -108,7 +108,7 @@ def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
     _, cfg, _ = setup
     seen = {}
 
-    def fake_run_sweep(config, grid, out_dir, seeds=None, select=None, jobs=1, threads=None):
+    def fake_run_sweep(config, grid, out_dir, seeds=None, select=None, jobs=1, threads=None, progress=True):
         seen.update(config=config, grid=grid, out=out_dir, seeds=seeds, select=select, jobs=jobs, threads=threads)
         return []
 
@@ -123,6 +123,9 @@ def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
     assert seen["seeds"] == [0, 1] and seen["select"] == {"train.interface_lr": [1e-4, 1e-3]} and seen["jobs"] == 2
     assert seen["threads"] == 1
     assert seen["config"].task == "classify" and seen["out"] == str(tmp_path)
+    assert main(["sweep", str(cfg), "--seeds", "0,1", "--out", str(tmp_path)]) == 0  # seeds alone: no grid needed
+    assert seen["grid"] == {} and seen["seeds"] == [0, 1]
+    assert main(["sweep", str(cfg), "--out", str(tmp_path)]) == 2
 
 
 def test_demo_subcommand_calls_run_demo(tmp_path, monkeypatch, capsys):

@@ -129,7 +129,7 @@ def run_name(combo: dict[str, Any]) -> str:
             parts.append(_short(value))
         else:
             parts.append(f"{key.rsplit('.', 1)[-1]}={_short(value)}")
-    return _safe("__".join(parts))
+    return _safe("__".join(parts)) or "config"  # a sweep over seeds only: the config as given
 
 
 # ---------------------------------------------------------------------------------------------
