@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 from ..errors import SpeechfuseError
 from .common import add_config, add_device, default_out, torch_device
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = torch_device(args)  # extract runs the upstreams itself: --device is a torch device here
     cfg = load_config(args.config, args.overrides)
-    out = args.out or default_out(args.config)
+    out = Path(args.out) if args.out else default_out(args.config)
     if resolve_cache_dir(cfg, out) is None:
         raise SpeechfuseError(f"{args.config}: cache is 'off'; set cache to auto or a folder to extract features")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
