@@ -55,12 +55,38 @@ def test_prepare_init_train_predict_on_a_folder_of_recordings(tmp_path, capsys, 
     assert "train: 100%" in done.stderr and "20/20" in done.stderr  # one bar, optimizer steps out of max_steps
     run = Path("runs/mine")
     assert (run / "curves.png").is_file() and list((run / "logs" / "tensorboard").glob("events.out.tfevents*"))
+    card = (run / "model" / "README.md").read_text()
+    assert str(tmp_path) not in card and "/tmp/" not in card  # no local absolute path
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["library_name"] == "speechfuse" and meta["pipeline_tag"] == "audio-classification"
+    results = {r["dataset"]["split"]: r for r in meta["model-index"][0]["results"]}
+    test_accuracy = next(m for m in results["test"]["metrics"] if m["type"] == "accuracy")
+    assert test_accuracy["value"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
+    low, high = test_accuracy["args"]["interval_95"]
+    assert low <= test_accuracy["value"] <= high
+    assert results["test"]["dataset"]["name"] == "test.csv" and results["test"]["dataset"]["revision"].startswith("sha256:")
+    assert "`train.csv` (sha256 " in card
 
     assert main(["predict", "runs/mine/model", "clips", "--quiet"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 24 and all(set(r["probabilities"]) == set(SPEAKERS) for r in rows)
     right = sum(r["label"] == Path(r["path"]).parent.name for r in rows)
     assert right >= 18, f"{right}/24 clips attributed to their speaker (chance 8)"  # it learned the speakers
+
+
+def test_card_front_matter_names_hub_models_and_hides_local_folders(tmp_path):
+    from speechfuse.model_card import base_models, front_matter
+
+    local = tmp_path / "my_model"
+    local.mkdir()
+    ups = [{"spec": "hf:microsoft/wavlm-base-plus"}, {"spec": f"hf:{local}"}, {"spec": "resemblyzer"}]
+    assert base_models(ups) == ["microsoft/wavlm-base-plus"]
+    text = front_matter({"task": {"name": "asr"}, "interface": {"name": "hconv"}, "upstreams": ups,
+                         "training": {"metrics": {"dev": {"wer": 0.25}}}})
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert str(tmp_path) not in text and "upstream:hf:my_model (local folder)" in meta["tags"]
+    assert meta["pipeline_tag"] == "automatic-speech-recognition" and meta["base_model"] == ["microsoft/wavlm-base-plus"]
+    assert meta["model-index"][0]["results"][0]["metrics"] == [{"type": "wer", "name": "wer (dev)", "value": 0.25}]
 
 
 def test_curves_png_is_a_real_picture(tmp_path):
