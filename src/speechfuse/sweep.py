@@ -294,13 +294,16 @@ def _marks(mark: dict | None, pooled_ci: bool, display: bool) -> dict:
     return out
 
 
-def _write_results(rows: list[dict], out_dir: Path, seeds: Sequence[int] | None) -> None:
+def _write_results(rows: list[dict], out_dir: Path, seeds: Sequence[int] | None, figures: bool = True) -> None:
     from .compare import rank_against_best
 
     if not seeds:
-        marks = rank_against_best({r["run"]: [out_dir / "runs" / r["run"]] for r in rows})
+        groups = {r["run"]: [out_dir / "runs" / r["run"]] for r in rows}
+        marks = rank_against_best(groups)
         write_table([{**r, **_marks(marks.get(r["run"]), False, False)} for r in rows], out_dir / RESULTS_MD,
                     out_dir / RESULTS_CSV)
+        if figures:
+            _write_figures(out_dir, groups, marks, {r["run"]: r for r in rows}, "")
         return
     numbers, display = summarise_seeds(rows)
     groups: dict[str, list[Path]] = {}
@@ -310,6 +313,23 @@ def _write_results(rows: list[dict], out_dir: Path, seeds: Sequence[int] | None)
     write_table(rows, None, out_dir / RESULTS_CSV)
     write_table([{**n, **_marks(marks.get(n["config"]), True, False)} for n in numbers], None, out_dir / SUMMARY_CSV)
     write_table([{**d, **_marks(marks.get(d["config"]), True, True)} for d in display], out_dir / RESULTS_MD, None)
+    if figures:
+        _write_figures(out_dir, groups, marks, {n["config"]: n for n in numbers}, "_mean")
+
+
+def _write_figures(out_dir: Path, groups: dict[str, list[Path]], marks: dict[str, dict], rows: dict[str, dict],
+                   suffix: str) -> None:
+    """plots/comparison.png (main test metric per configuration, interval, tied-with-best marks) and
+    plots/layers.png (each configuration's first run's layer weights), side by side."""
+    from .sweep_figures import COMPARISON_PNG, LAYERS_PNG, plot_comparison, plot_layer_weights
+
+    metric = next((m["metric"] for m in marks.values()), None)
+    if metric is not None:
+        points = [{"label": key, "value": rows[key].get(f"test_{metric}{suffix}"), "low": marks[key]["ci_low"],
+                   "high": marks[key]["ci_high"], "tied": marks[key]["tied_with_best"]}
+                  for key in groups if key in marks and key in rows]
+        plot_comparison(points, metric, out_dir / "plots" / COMPARISON_PNG)
+    plot_layer_weights([(key, _describe(dirs[0])) for key, dirs in groups.items()], out_dir / "plots" / LAYERS_PNG)
 
 
 def _describe(run_dir: Path) -> dict | None:
@@ -611,7 +631,7 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
                         shutil.copyfile(run_dir / "layers.png", png)
                     elif desc is not None:
                         plot_importance(desc, png, title=name)
-                _write_results(rows, out_dir, seeds)
+                _write_results(rows, out_dir, seeds, figures=plots)
     finally:
         torch.set_num_threads(own_threads)
         if pool is not None:
