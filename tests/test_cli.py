@@ -89,6 +89,9 @@ def test_extract_fills_the_cache_then_train_reads_it(setup, tmp_path, capsys, mo
     report = json.loads(captured.out)
     assert Path(report["cache"]) == tmp_path / "runs" / "cache" and report["utterances"] == 24
     assert "s of audio per second" in captured.err  # throughput line of fill_caches
+    assert main(["extract", str(cfg), "--set", "cache=auto", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert json.loads(quiet.out)["utterances"] == 24 and "feature cache" not in quiet.err  # --quiet: no notes
     assert main(["extract", str(cfg), "--set", "cache=off", "--out", str(out)]) == 2
     assert "cache is 'off'" in capsys.readouterr().err
 

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.adapters import bundled_fsdd_dir, fsdd_manifests
+from .progress import quiet
 from .report import markdown_table, save_figure, write_table
 from .runfolder import write_atomic
 
@@ -294,18 +295,19 @@ def run_demo(out_dir, quick: bool = False, jobs: int | None = None) -> Path:
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"speechfuse demo{' (quick)' if quick else ''}: outputs in {out_dir.resolve()}", flush=True)
-    print(FSDD_NOTICE, flush=True)
+    note = (lambda text: None) if quiet() else (lambda text: print(text, file=sys.stderr, flush=True))
+    note(f"speechfuse demo{' (quick)' if quick else ''}: outputs in {out_dir.resolve()}")
+    note(FSDD_NOTICE)
     manifests = write_demo_manifests(out_dir, quick)
     cache_dir = out_dir / "cache"
     grids, settings = demo_grids(quick), protocol(quick)
     jobs = default_jobs() if jobs is None else jobs
     per_task = len(expand_grid(grids)) * (len(settings["interface_lr"]) + len(settings["seeds"]) - 1)
-    print(f"Protocol for every row: interface lr chosen on dev from {settings['interface_lr']}, then seeds "
-          f"{list(settings['seeds'])}; steps {settings['steps']}; {per_task * len(TASKS)} runs, {jobs} at a time.",
-          flush=True)
+    note(f"Protocol for every row: interface lr chosen on dev from {settings['interface_lr']}, then seeds "
+         f"{list(settings['seeds'])}; steps {settings['steps']}; {per_task * len(TASKS)} runs, {jobs} at a time.")
     summaries: dict[str, list[dict]] = {}
-    bar = tqdm(total=per_task * len(TASKS), desc="demo runs", unit="run", dynamic_ncols=True, file=sys.stdout)
+    bar = tqdm(total=per_task * len(TASKS), desc="demo runs", unit="run", dynamic_ncols=True, file=sys.stderr,
+               disable=quiet())
     try:
         with _quiet():
             for task_key in TASKS:

@@ -347,7 +347,8 @@ def make_trainer(cfg: Config, run_dir: Path, task: Task, extra_callbacks: list |
     ]
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from .progress import StepProgressBar, drop_adverts, quiet
+    from .progress import quiet
+    from .stepbar import StepProgressBar, drop_adverts
 
     # one bar on stderr counting optimizer steps (Lightning's own counts batches per epoch, on stdout)
     callbacks += [StepProgressBar(task.main_metric, enabled=t.progress_bar and not quiet()),
