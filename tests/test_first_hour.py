@@ -204,3 +204,6 @@ def test_a_bad_interface_is_refused_before_a_folder_or_a_model(tmp_path, capsys,
     assert "hconvv" in capsys.readouterr().err and not out.exists()
     assert main(["train", str(tmp_path / "c.yaml"), "--set", "interface.kernel=3", "--out", str(out)]) == 2
     assert "interface.kernel" in capsys.readouterr().err and not out.exists()
+    sweep = tmp_path / "runs" / "sweep"  # a typo in the second grid value: refused before the first run
+    assert main(["sweep", str(tmp_path / "c.yaml"), "--grid", "interface.name=hconv,hconvv", "--out", str(sweep)]) == 2
+    assert "hconvv" in capsys.readouterr().err and not sweep.exists()

@@ -500,7 +500,6 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     if train_fn is None:
         from .train import train as train_fn
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     plan = _plan(grid, select, seeds)
     metric, higher_is_better = _selection_metric(cfg) if select else (None, True)
     cache_dir = shared_cache_dir(cfg, out_dir)
@@ -509,12 +508,17 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     every += [{**p["combo"], **cand, **s} for p in plan for cand in ([{}] if not select else expand_grid(select))
               for s in p["seeded"]]
     for c in every:
-        combo_config(cfg, c, cache_dir)
+        run_cfg = combo_config(cfg, c, cache_dir)
+        if own_trainer:  # names and options of every run, before any folder or model (preflight)
+            from .preflight import check_components
+
+            check_components(run_cfg)
     finals = [{**p["combo"], **s} for p in plan for s in p["seeded"]]
     final_names = [run_name(c) for c in finals]
     if len(set(final_names)) != len(final_names):
         dupes = sorted({n for n in final_names if final_names.count(n) > 1})
         raise ConfigError(f"sweep grid gives duplicate run names {dupes}; make the grid values distinct")
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once every run's config is valid
 
     bar = None
     if progress:

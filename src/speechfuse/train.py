@@ -42,7 +42,7 @@ from .config import Config, config_to_yaml
 from .data.loader import SPLITS, FusionData, load_splits, resolve_cache_dir
 from .curves import plot_curves
 from .data.manifest import clip_limit
-from .errors import SpeechfuseError
+from .errors import ConfigError, SpeechfuseError
 from .evaluate import (collect_records, evaluate, load_run, load_weights, save_task_tensors, score,
                        write_interface_report)
 from .learner import FusionTask, StopOnInterrupt, TrainingInterrupted, checkpoint_bytes, make_trainer
@@ -66,7 +66,7 @@ def train(cfg: Config, out_dir: str | os.PathLike, callbacks: list | None = None
         # one `train` per folder; DDP's other ranks belong to the run that rank 0 locked
         with RunLock(run_dir) if rank_zero_only.rank == 0 else nullcontext():
             return _train(cfg, run_dir, callbacks)
-    except SpeechfuseError:
+    except ConfigError:  # bad input (config, manifests, audio); not a full disk or a diverged loss
         if created and rank_zero_only.rank == 0:
             _remove_if_untrained(run_dir)
         raise
