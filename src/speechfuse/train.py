@@ -120,6 +120,11 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
             warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
             warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
             warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+            # a resumed run's checkpoints folder is not empty on purpose; train.on_nonfinite_loss=skip returns None;
+            # LeafSpec: a deprecation inside Lightning's own code, nothing a user can act on
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume is not None else None)
     except SystemExit as err:  # Lightning answers a KeyboardInterrupt with sys.exit(1)
         if stopper.requested:
