@@ -207,3 +207,14 @@ def test_a_bad_interface_is_refused_before_a_folder_or_a_model(tmp_path, capsys,
     sweep = tmp_path / "runs" / "sweep"  # a typo in the second grid value: refused before the first run
     assert main(["sweep", str(tmp_path / "c.yaml"), "--grid", "interface.name=hconv,hconvv", "--out", str(sweep)]) == 2
     assert "hconvv" in capsys.readouterr().err and not sweep.exists()
+
+
+def test_p_values_below_the_bootstrap_resolution_read_as_bounds():
+    from speechfuse.compare import describe
+    from speechfuse.stats import format_p
+
+    assert format_p(0.0, 1000) == "p < 0.001" and format_p(0.0123, 1000) == "p = 0.0123"
+    result = {"metric": "wer", "a": 0.1, "b": 0.3, "difference": -0.2, "low": -0.25, "high": -0.15, "p_value": 0.0,
+              "resamples": 1000, "utterances": 300, "split": "test"}
+    line = describe(result, "A", "B")
+    assert "p < 0.001" in line and "p = 0" not in line
