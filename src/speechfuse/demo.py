@@ -337,9 +337,12 @@ def run_demo(out_dir, quick: bool = False, jobs: int | None = None) -> Path:
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
     plot_summary(numbers, plots / "demo_summary.png")
+    from .sweep_figures import COMPARISON_PNG, LAYERS_PNG
+
     for task_key in TASKS:  # each final run's layer-weight / importance plot, as the sweep gathered them
         for png in sorted((out_dir / task_key / "plots").glob("*.png")):
-            shutil.copyfile(png, plots / f"{task_key}__{png.name}")
+            sweep_figure = png.name in (COMPARISON_PNG, LAYERS_PNG)  # the sweep's own: asr_comparison.png, ...
+            shutil.copyfile(png, plots / (f"{task_key}_{png.name}" if sweep_figure else f"{task_key}__{png.name}"))
     notice = bundled_fsdd_dir() / "README.md"
     if notice.is_file():
         shutil.copyfile(notice, out_dir / "FSDD_NOTICE.md")
@@ -349,7 +352,7 @@ def run_demo(out_dir, quick: bool = False, jobs: int | None = None) -> Path:
     print(note.replace("Test-set metrics on real speech", "Test-set metrics"))
     print(f"Done in {elapsed / 60:.1f} min. Outputs:")
     print(f"  table:  {md}\n          {csv_path}")
-    print(f"  plots:  {plots}  (demo_summary.png, per-run layer weights / importance)")
+    print(f"  plots:  {plots}  (demo_summary.png, <task>_comparison.png, <task>_layers.png, per-run layer weights)")
     print(f"  runs:   {out_dir}/<asr|speaker>/runs/<run>/  (config, checkpoints, metrics, model/)")
     print(f"  sweeps: {out_dir}/<asr|speaker>/results.md (per seed: results.csv; lr choice: selection.md)")
     print(f"  data:   {out_dir / 'data'} (manifests), {cache_dir} (feature cache); {out_dir / 'FSDD_NOTICE.md'}")
