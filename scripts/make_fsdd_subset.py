@@ -1,6 +1,7 @@
 """Build the FSDD subset shipped in src/speechfuse/assets/fsdd/ from a full FSDD copy.
 
-Usage: python scripts/make_fsdd_subset.py [--source /work/shared/data/fsdd] [--out src/speechfuse/assets/fsdd]
+Usage: python scripts/make_fsdd_subset.py --source FSDD_CHECKOUT [--out src/speechfuse/assets/fsdd]
+(FSDD_CHECKOUT: a copy of the free-spoken-digit-dataset repository, holding recordings/*.wav)
 
 Keeps takes 0-24 of every speaker and digit (takes 0-4 = official test, 5-9 = dev, 10-24 = train),
 re-encoded losslessly as 16-bit FLAC at the original 8 kHz.
@@ -47,7 +48,7 @@ This license covers the files in this folder only; the rest of speechfuse is Apa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=Path("/work/shared/data/fsdd"))
+    parser.add_argument("--source", type=Path, required=True, help="a free-spoken-digit-dataset copy (with recordings/)")
     parser.add_argument("--out", type=Path, default=REPO / "src" / "speechfuse" / "assets" / "fsdd")
     args = parser.parse_args()
     recordings = args.out / "recordings"

@@ -35,11 +35,12 @@ def sweep(tmp_path: Path, name: str, task: str, grid: dict, metrics_of, seeds=No
     return out
 
 
-def folds(tmp_path: Path, names: list[str]) -> list[str]:
+def folds(tmp_path: Path, names: list[str], corpus: str | None = None) -> list[str]:
+    """Manifest folders whose row records `corpus` (as `speechfuse prepare` writes them), or none."""
     for n in names:
         (tmp_path / n).mkdir(parents=True, exist_ok=True)
         for split in ("train", "dev", "test"):
-            (tmp_path / n / f"{split}.csv").write_text("id,path\n")
+            (tmp_path / n / f"{split}.csv").write_text("id,path,corpus\nu1,u1.wav,%s\n" % (corpus or ""))
     return [str(tmp_path / n) for n in names]
 
 
@@ -49,7 +50,8 @@ def key(cfg) -> tuple[int, str]:
 
 def test_table_merges_sweeps_into_the_paper_layout(tmp_path):
     wer = {(1, "weighted_sum"): 0.08, (1, "hconv"): 0.07, (2, "weighted_sum"): 0.06, (2, "hconv"): 0.05}
-    ls = sweep(tmp_path, "ls", "asr", {"upstreams": [A, AB], "interface.name": ["weighted_sum", "hconv"]},
+    ls = sweep(tmp_path, "ls", "asr", {"upstreams": [A, AB], "interface.name": ["weighted_sum", "hconv"],
+                                       "data": folds(tmp_path, ["ls"], "librispeech")},
                lambda cfg: {"wer": wer[key(cfg)]})
     # IEMOCAP: folds 1-2 with two seeds in one sweep, fold 3 with one seed in another (AB, hconv only)
     acc = {("fold1", 0): 0.60, ("fold1", 1): 0.62, ("fold2", 0): 0.70, ("fold2", 1): 0.70, ("fold3", 0): 0.50}
@@ -57,16 +59,18 @@ def test_table_merges_sweeps_into_the_paper_layout(tmp_path):
     def accuracy(cfg):
         return {"accuracy": acc[(Path(cfg.data.train).parent.name, cfg.train.seed)]}
 
-    er12 = sweep(tmp_path, "er12", "classify", {"upstreams": [AB], "data": folds(tmp_path, ["fold1", "fold2"])},
+    er12 = sweep(tmp_path, "er12", "classify", {"upstreams": [AB], "data": folds(tmp_path, ["fold1", "fold2"], "iemocap")},
                  accuracy, seeds=[0, 1])
-    er3 = sweep(tmp_path, "er3", "classify", {"upstreams": [AB], "data": folds(tmp_path, ["fold3"])}, accuracy)
+    er3 = sweep(tmp_path, "er3", "classify", {"upstreams": [AB], "data": folds(tmp_path, ["fold3"], "iemocap")},
+                accuracy)
     mono_cer = {"eng1": 0.20, "cmn": 0.40}
-    mono = sweep(tmp_path, "mono", "multilingual_asr", {"upstreams": [AB], "data": folds(tmp_path, ["eng1", "cmn"])},
+    mono = sweep(tmp_path, "mono", "multilingual_asr", {"upstreams": [AB], "data": folds(tmp_path, ["eng1", "cmn"], "mlsuperb")},
                  lambda cfg: {"cer_macro": mono_cer[Path(cfg.data.train).parent.name],
                               f"cer_{Path(cfg.data.train).parent.name}": 0.0})
-    multi = sweep(tmp_path, "multi", "multilingual_asr", {"upstreams": [AB]},
+    multi = sweep(tmp_path, "multi", "multilingual_asr", {"upstreams": [AB], "data": folds(tmp_path, ["ml"], "mlsuperb")},
                   lambda cfg: {"cer_macro": 0.30, "cer_eng": 0.2, "cer_cmn": 0.4})
-    vox = sweep(tmp_path, "vox", "verify", {"upstreams": [A, AB]}, lambda cfg: {"eer": 0.04 / len(cfg.upstreams)})
+    vox = sweep(tmp_path, "vox", "verify", {"upstreams": [A, AB], "data": folds(tmp_path, ["vox1"], "voxceleb1")},
+                lambda cfg: {"eer": 0.04 / len(cfg.upstreams)})
 
     out = tmp_path / "table.md"
     assert main(["table", str(ls), str(er12), str(er3), str(mono), str(multi), str(vox), "--out", str(out)]) == 0
@@ -92,9 +96,11 @@ def test_table_merges_sweeps_into_the_paper_layout(tmp_path):
 
 def test_table_marks_cells_with_fewer_folds(tmp_path):
     acc = {"fold1": 0.5, "fold2": 0.7}
-    full = sweep(tmp_path, "full", "classify", {"interface.name": ["hconv"], "data": folds(tmp_path, ["fold1", "fold2"])},
+    full = sweep(tmp_path, "full", "classify", {"interface.name": ["hconv"],
+                                                "data": folds(tmp_path, ["fold1", "fold2"], "iemocap")},
                  lambda cfg: {"accuracy": acc[Path(cfg.data.train).parent.name]})
-    part = sweep(tmp_path, "part", "classify", {"interface.name": ["weighted_sum"], "data": folds(tmp_path, ["fold1"])},
+    part = sweep(tmp_path, "part", "classify", {"interface.name": ["weighted_sum"],
+                                                "data": folds(tmp_path, ["fold1"], "iemocap")},
                  lambda cfg: {"accuracy": acc[Path(cfg.data.train).parent.name]})
     rows = paper_table([full, part], tmp_path / "t.md")
     by_interface = {r["interface"]: r["IEMOCAP accuracy (%)"] for r in rows}
@@ -112,3 +118,19 @@ def test_table_errors_name_the_file(tmp_path, capsys):
     (vox / "runs" / "hconv" / "config.yaml").unlink()
     with pytest.raises(TableError, match=r"line 2: cannot read the run's config .*config.yaml"):
         paper_table([vox], tmp_path / "t.md")
+
+
+def test_data_of_no_paper_corpus_gets_a_column_named_after_task_and_data(tmp_path):
+    """A classify sweep on FSDD speakers, or on a manifest that records no corpus, never fills a paper column."""
+    fsdd = sweep(tmp_path, "fsdd", "classify", {"interface.name": ["hconv"], "data": folds(tmp_path, ["spk"], "fsdd"),
+                                                "data.target": ["speaker"]},
+                 lambda cfg: {"accuracy": 0.9883})
+    asr = sweep(tmp_path, "own", "asr", {"interface.name": ["hconv"], "data": folds(tmp_path, ["mine"])},
+                lambda cfg: {"wer": 0.25})
+    rows = paper_table([fsdd, asr], tmp_path / "t.md")
+    (row,) = rows
+    assert row["classify accuracy on fsdd_speaker (%)"] == "98.83"
+    assert row["asr wer on mine (%)"] == "25.00"
+    assert row["IEMOCAP accuracy (%)"] == "–" and row["LibriSpeech WER (%)"] == "–"
+    header = (tmp_path / "t.md").read_text().splitlines()[0]
+    assert "IEMOCAP accuracy (%) | classify accuracy on fsdd_speaker (%) | asr wer on mine (%)" in header

@@ -520,7 +520,7 @@ class FeatureCache:
     """A folder of cache entries, one per (upstream identity, layer selection, dtype).
 
     audio_key: "sample" (default), "stat" or "content": what decides that an audio file is unchanged
-      (see audio_key(); README "The feature cache" says what each catches and misses).
+      (see audio_key(); docs/cache.md says what each catches and misses).
     shard_bytes, shard_seconds: a shard is finalised (and survives a kill) every this many bytes, or this
       many seconds after its first utterance, whichever comes first.
     verify: check every utterance's CRC32 on read, and every shard when an extraction (fill_caches) starts.

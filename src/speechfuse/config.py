@@ -39,8 +39,11 @@ class _Strict(BaseModel):
 
 class DataConfig(_Strict):
     train: str
+    """Training manifest (CSV or JSONL; relative to the config file's folder)."""
     dev: str
+    """Dev manifest: scored every `train.val_every_steps`; the best checkpoint is chosen on it."""
     test: Optional[str] = None
+    """Test manifest, scored once with the best checkpoint when training ends (null: none)."""
     target: Optional[str] = None
     """Manifest field holding the target (text | label | speaker | language); default: the task's own
     (text for asr, label for classify)."""
@@ -69,6 +72,7 @@ class DataConfig(_Strict):
 
 class UpstreamConfig(_Strict):
     spec: str
+    """A bundled name (whisper-tiny.en, resemblyzer, speech-embedding) or hf:<hub id or folder>."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Keyword options of load_upstream, e.g. {trainable: true}."""
 
@@ -113,9 +117,11 @@ class SpecAugConfig(_Strict):
     `time_warp` is set (the paper configs set it)."""
 
     time_masks: int = Field(2, ge=0)
+    """Time masks per utterance."""
     time_width: float = Field(40, gt=0)
     """Time masks are 0..W-1 frames wide; W below 1 is a fraction of each utterance's valid frames."""
     feature_masks: int = Field(4, ge=0)
+    """Feature masks per utterance."""
     feature_width: float = Field(50, gt=0)
     """Feature masks are 0..W-1 channels wide; W below 1 is a fraction of the feature dimension."""
     time_warp: int = Field(0, ge=0)
@@ -131,8 +137,9 @@ class SpecAugConfig(_Strict):
 
 class TrainConfig(_Strict):
     max_steps: int = Field(1000, gt=0)
+    """Optimizer steps to train for."""
     max_epochs: Optional[int] = Field(None, gt=0)
-    """Stop after this many passes over the training set, if that comes before max_steps (null: max_steps only)."""
+    """Also stop after this many passes over the training set, whichever comes first (null: steps only)."""
     batch_seconds: float = Field(60.0, gt=0)
     """Seconds of (padded) audio in one *global* batch; under DDP each rank gets a share of every batch."""
     lr: float = Field(5e-3, gt=0)
@@ -148,15 +155,21 @@ class TrainConfig(_Strict):
     """For upstreams with options {trainable: true}; default: lr."""
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
+    """Linear learning-rate warmup over this many steps (0: none)."""
     grad_clip: Optional[float] = Field(1.0, gt=0)
     """Clip the gradient norm at this value (null: no clipping, the former default)."""
     seed: int = 0
+    """Seeds the initial weights and the batch order: the same seed gives the same result on a CPU."""
     val_every_steps: int = Field(100, gt=0)
     """Validate on the dev set, and save the `last` and `best` checkpoints, every this many steps."""
     precision: str = "32-true"
+    """Lightning's precision: 32-true, or bf16-mixed / 16-mixed on GPUs."""
     accelerator: str = "auto"
+    """Lightning's accelerator: cpu | gpu | auto."""
     devices: Union[int, str] = 1
+    """Lightning's devices per node; more than one trains with DDP (under torchrun: the processes it launched)."""
     num_workers: int = Field(0, ge=0)
+    """DataLoader worker processes that read and decode audio (0: in the training process)."""
     skip_bad_rows: bool = False
     """Drop bad manifest rows (listed in RUN_DIR/skipped_<split>.csv) instead of failing."""
     progress_bar: bool = True
@@ -342,7 +355,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def set_dotted(data: dict, parts: list[str], value: Any, where: str) -> None:
-    """data['a']['b'] = value for parts ['a', 'b'], creating missing sections."""
+    """`data['a']['b'] = value` for parts `['a', 'b']`, creating missing sections."""
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)

@@ -48,7 +48,7 @@ def layer_importance(
     replace: str = "zero",
     store: bool = True,
 ) -> dict[str, Any]:
-    """Drop-one-layer importance, [N][L] floats plus metadata (JSON-serialisable).
+    """Drop-one-layer importance, `[N][L]` floats plus metadata (JSON-serialisable).
 
     fuser:   an Interface (states already aligned) or a FusionFrontend (raw upstream states).
     loss_fn: optional (feats, lengths) -> scalar; then the score is loss increase, else relative change.

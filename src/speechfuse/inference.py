@@ -18,7 +18,7 @@ import io
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
@@ -30,6 +30,7 @@ from .data.audio import audio_info, read_audio, span_frames
 from .data.batching import DurationBatchSampler
 from .data.manifest import ClipLimit, Utterance, clip_limit, load_manifest, span_duration
 from .errors import AudioError, ConfigError, SpeechfuseError
+from .predictions import Classification, LanguageTranscription, Prediction, SpeakerEmbedding, Transcription
 from .tasks.multilingual import Reference
 
 if TYPE_CHECKING:
@@ -37,37 +38,6 @@ if TYPE_CHECKING:
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 OUTPUT_FORMATS = (".jsonl", ".csv")
-
-
-@dataclass
-class Prediction:
-    id: str
-    path: Optional[str]
-    duration: float  # seconds
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class Transcription(Prediction):
-    text: str = ""
-
-
-@dataclass
-class Classification(Prediction):
-    label: str = ""
-    probabilities: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(eq=False)  # a tensor field: dataclass equality would compare it elementwise
-class SpeakerEmbedding(Prediction):
-    """A verification model's utterance embedding: the x-vector, L2-normalised ([E] float32), so the cosine
-    score of two utterances is the dot product of their embeddings."""
-    embedding: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "path": self.path, "duration": self.duration, "embedding": self.embedding.tolist()}
 
 
 @dataclass
@@ -273,19 +243,8 @@ def _run(model: "FusedModel", clips: list[tuple[_Item, torch.Tensor]]) -> list[P
     for row, (_, w) in enumerate(clips):
         wavs[row, : w.numel()] = w
     out, out_lengths = model(wavs.to(model.device), lengths)
-    task = model.task
-    common = [dict(id=it.id, path=it.path, duration=round(it.duration, 4)) for it, _ in clips]
-    if task.name == "asr":
-        return [Transcription(**c, text=t) for c, t in zip(common, task.predict(out, out_lengths))]
-    if task.name == "classify":
-        probs = out.float().softmax(-1).cpu()
-        labels = task.predict(out, out_lengths)
-        return [Classification(**c, label=label, probabilities=dict(zip(task.labels, row.tolist())))
-                for c, label, row in zip(common, labels, probs)]
-    if task.name == "verify":
-        embeddings = torch.nn.functional.normalize(out.float(), dim=-1).cpu()
-        return [SpeakerEmbedding(**c, embedding=e.clone()) for c, e in zip(common, embeddings)]
-    raise ConfigError(f"predict: task {task.name!r} has no prediction type")
+    clips_info = [dict(id=it.id, path=it.path, duration=round(it.duration, 4)) for it, _ in clips]
+    return model.task.predictions(out, out_lengths, clips_info)
 
 
 def predict(model: "FusedModel", inputs: Any, batch_seconds: float = 60.0, progress: Optional[bool] = None,
@@ -293,6 +252,7 @@ def predict(model: "FusedModel", inputs: Any, batch_seconds: float = 60.0, progr
     """Predictions in input order. inputs: a file, folder, manifest, waveform, or a list of them;
     waveforms are at `sample_rate` (default the model's). Bad inputs raise AudioError listing them all
     (checked from the headers before anything runs) unless skip_bad=True, which returns them as Failures."""
+    model.task.require_predictions("predict")
     entries = collect_inputs(inputs, model.sample_rate, model.target, sample_rate)
     items, failures = _split(entries)
     if failures and not skip_bad:
@@ -324,7 +284,7 @@ def verify(model: "FusedModel", a: Any, b: Any = None, batch_seconds: float = 60
     """Score trials with a verification model. verify(a, b) with one clip each (a file path or an [S]
     waveform) returns one Verification; verify([a1, a2], [b1, b2]) or verify([(a1, b1), (a2, b2)]) returns
     one per pair, in order. Each distinct file is embedded once. Bad inputs raise AudioError listing them."""
-    if model.task.name != "verify":
+    if not model.task.scores_trials:
         raise ConfigError(f"verify: this model's task is {model.task.name!r}, which predicts but does not "
                           "score trials; verify() needs a speaker verification model (task: verify), use "
                           "predict() for this one")
@@ -402,11 +362,7 @@ class _Output:
             self.file.write(self._csv_line(dict(zip(self.columns, self.columns))))
 
     def _columns(self, model: "FusedModel") -> list[str]:
-        labels = list(getattr(model.task, "labels", []) or [])
-        columns = ["id", "path", "duration", "prediction", "error"] + [f"prob_{lab}" for lab in labels]
-        if model.task.name == "verify":  # the embedding, one column per dimension
-            columns += [f"emb_{i}" for i in range(model.task.options["embed_dim"])]
-        return columns
+        return ["id", "path", "duration", "prediction", "error"] + model.task.prediction_columns()
 
     def key(self, row: dict[str, Any]) -> str:
         return row["id"]
@@ -451,12 +407,7 @@ class _Output:
         row: dict[str, Any] = {"id": result.id, "path": result.path or ""}
         if isinstance(result, Failure):
             return {**row, "error": result.error}
-        row.update(duration=result.duration, prediction=prediction_text(result.to_dict()))
-        if isinstance(result, Classification):
-            row.update({f"prob_{k}": v for k, v in result.probabilities.items()})
-        if isinstance(result, SpeakerEmbedding):
-            row.update({f"emb_{i}": v for i, v in enumerate(result.embedding.tolist())})
-        return row
+        return {**row, "duration": result.duration, **result.csv_cells()}
 
     def write(self, results: list[Result]) -> None:
         for result in results:
@@ -471,22 +422,12 @@ class _Output:
         self.file.close()
 
 
-def prediction_text(row: dict[str, Any]) -> Optional[str]:
-    """The predicted text or label of an output row (None for a failure, and for an embedding: it has no
-    per-file reference to score against; verification is scored over trials by `speechfuse evaluate`)."""
-    if row.get("embedding") is not None or row.get("emb_0") not in (None, ""):
-        return None
-    for key in ("prediction", "text", "label"):
-        if row.get(key) not in (None, ""):
-            return str(row[key])
-    return None if row.get("error") else ""
-
-
 def predict_to_file(model: "FusedModel", inputs: Any, out: str | os.PathLike, batch_seconds: float = 60.0,
                     progress: Optional[bool] = True) -> dict[str, Any]:
     """Stream predictions to `out` (.jsonl or .csv) batch by batch; inputs already in `out` are skipped, so a
     killed run continues where it stopped. Failures are written with their reason. Returns a summary, with
     the task's metrics when the inputs carry references (a manifest with the model's target column)."""
+    model.task.require_predictions("predict")
     output = _Output(Path(out), model)  # first: a bad --out fails before the inputs are scanned
     try:
         items, failures = _split(collect_inputs(inputs, model.sample_rate, model.target))
@@ -513,7 +454,7 @@ def predict_to_file(model: "FusedModel", inputs: Any, out: str | os.PathLike, ba
     finally:
         output.close()
     summary: dict[str, Any] = {"out": str(out), **counts}
-    pairs = [(prediction_text(output.done[it.id]), it.reference) for it in items
+    pairs = [(model.task.scored_prediction(output.done[it.id]), it.reference) for it in items
              if it.reference is not None and it.id in output.done]
     pairs = [(p, r) for p, r in pairs if p is not None]
     if pairs:
@@ -523,4 +464,4 @@ def predict_to_file(model: "FusedModel", inputs: Any, out: str | os.PathLike, ba
 
 
 __all__ = ["predict", "predict_to_file", "verify", "iter_predictions", "collect_inputs", "Prediction",
-           "Transcription", "Classification", "SpeakerEmbedding", "Verification", "Failure"]
+           "Transcription", "LanguageTranscription", "Classification", "SpeakerEmbedding", "Verification", "Failure"]

@@ -186,7 +186,7 @@ class FusedModel(nn.Module):
             write_atomic(tmp / WEIGHTS_FILE, save(tensors, metadata={"format": "pt", "speechfuse": MODEL_FORMAT}))
             config = {**self.config_dict(), "weights_sha256": _sha256(tmp / WEIGHTS_FILE)}
             write_atomic(tmp / CONFIG_FILE, json.dumps(config, indent=2, default=float) + "\n")
-            write_atomic(tmp / README_FILE, model_readme(config))
+            write_atomic(tmp / README_FILE, model_readme(config, self.task))
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             if folder.exists():
                 os.replace(folder, old)
@@ -313,22 +313,12 @@ def save_run_model(cfg: "Config", task: Task, frontend: FusionFrontend, head: nn
     return model.save_pretrained(Path(run_dir) / RUN_MODEL_DIR)
 
 
-def model_readme(config: dict[str, Any]) -> str:
+def model_readme(config: dict[str, Any], task: Task) -> str:
     from .model_card import front_matter, public_spec, training_data_line
 
-    task = config["task"]
     ups = config["upstreams"]
     upstreams = ", ".join(f"`{public_spec(u['spec'])}`" + (" (fine-tuned)" if u.get("trainable") else "") for u in ups)
-    if task["name"] == "asr":
-        what = f"character CTC speech recognition ({len(task.get('vocab', []))} symbols)"
-    elif task["name"] == "verify":
-        threshold = task.get("threshold")
-        what = (f"speaker verification (cosine scores of {task.get('options', {}).get('embed_dim')}-dim embeddings, "
-                f"trained on {len(task.get('speakers', []))} speakers; "
-                + (f"decision threshold {threshold:.4f}, the dev EER point)" if threshold is not None
-                   else "no decision threshold)"))
-    else:
-        what = f"utterance classification of `{config.get('target')}` into {len(task.get('labels', []))} classes"
+    what = task.describe(config.get("target"))
     lines = [f"# speechfuse model: {what}", "",
              f"Upstreams: {upstreams}, fused by the `{config['interface']['name']}` interface, "
              f"input {config['sample_rate']} Hz audio.", ""]
@@ -342,16 +332,25 @@ def model_readme(config: dict[str, Any]) -> str:
                   "dev checkpoint.", ""]
     metrics = training.get("metrics")
     if metrics:
-        lines += ["| split | " + " | ".join(sorted(next(iter(metrics.values())))) + " |",
-                  "|---|" + "---|" * len(next(iter(metrics.values())))]
-        lines += [f"| {split} | " + " | ".join(f"{v:.4f}" for _, v in sorted(m.items())) + " |"
-                  for split, m in metrics.items()]
-        lines.append("")
+        lines += metrics_table(metrics, task.main_metric) + [""]
     lines += ["```python", "import speechfuse as sf", "model = sf.load_model(\"path/to/this/folder\")",
               "print(model.predict(\"clip.wav\"))", "```", "",
               "`model.safetensors` holds only the trained weights; the frozen upstreams load from their specs and "
               "must match the weight fingerprints in `config.json`.", ""]
     return front_matter(config) + "\n".join(lines)
+
+
+def metrics_table(metrics: dict[str, dict[str, Any]], first: str) -> list[str]:
+    """Markdown lines of a {split: {metric: value}} table: one header (every metric of any split, `first`
+    then the rest sorted) and one row per split, each cell under its own metric's name ("–": not measured)."""
+    names = sorted({name for values in metrics.values() for name in values}, key=lambda n: (n != first, n))
+
+    def cell(value: Any) -> str:
+        return "–" if value is None else f"{value:.4f}" if isinstance(value, (int, float)) else str(value)
+
+    return (["| split | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)] +
+            [f"| {split} | " + " | ".join(cell(values.get(n)) for n in names) + " |"
+             for split, values in metrics.items()])
 
 
 def _absolute_spec(spec: str) -> str:

@@ -78,8 +78,8 @@ def check_budget(budget: Any) -> float:
 def choose_depths(scores: Sequence[Sequence[float]], costs: Sequence[Sequence[float]], budget: float) -> list[int]:
     """The depth to run each model to (0: skipped) within budget x the full cost, maximising kept importance.
 
-    scores[m][l]: importance of layer l of model m (negative counts as 0); costs[m][k]: cost of running model m
-    to depth k, k = 0..L_m (costs[m][0] = 0, costs[m][-1] the full model). Keeping depth k keeps layers 0..k-1.
+    `scores[m][l]`: importance of layer l of model m (negative counts as 0); `costs[m][k]`: cost of running model m
+    to depth k, k = 0..L_m (`costs[m][0]` = 0, `costs[m][-1]` the full model). Keeping depth k keeps layers 0..k-1.
     Exact: every depth combination is covered by merging per-model Pareto frontiers of (cost, importance);
     among the best, the cheapest wins. PruneError if no layer with positive importance fits the budget.
     """
@@ -177,7 +177,7 @@ def measure_costs(upstreams: Sequence[dict[str, Any]], wavs: torch.Tensor, wav_l
 
 
 def layer_scores(model, loader) -> dict[str, list[list[float]]]:
-    """Drop-one-layer importance of every upstream layer, [N][L_m], averaged per utterance over `loader`'s batches
+    """Drop-one-layer importance of every upstream layer, `[N][L_m]`, averaged per utterance over `loader`'s batches
     (a FusionTask and its dev loader; speechfuse.importance.layer_importance), in both measures:
     "loss": the increase of the task's loss (the trained head included) when the layer is zeroed;
     "feature": the relative change of the fused features, ||f' - f|| / ||f|| (what interface.json reports)."""

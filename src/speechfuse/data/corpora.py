@@ -51,7 +51,7 @@ import warnings
 from pathlib import Path
 from ..errors import ConfigError
 from .audio import audio_info
-from .manifest import Utterance, write_manifest
+from .manifest import Utterance, load_manifest, write_manifest
 from .trials import generate_trials, read_trials, write_trials
 
 IEMOCAP_SESSIONS = (1, 2, 3, 4, 5)
@@ -106,6 +106,26 @@ MLSUPERB_FEW_SHOT: dict[str, tuple[str, ...]] = {
 
 class CorpusError(ConfigError):
     """A corpus folder does not have the layout or the file contents its protocol expects."""
+
+
+CORPUS_COLUMN = "corpus"  # every row of a manifest written here names its corpus (what `table` reads)
+
+
+def with_corpus(utts: list[Utterance], corpus: str) -> list[Utterance]:
+    """`utts`, each recording `corpus` in its manifest column CORPUS_COLUMN."""
+    for u in utts:
+        u.extra[CORPUS_COLUMN] = corpus
+    return utts
+
+
+def recorded_corpus(manifest: str | Path | None) -> str | None:
+    """The corpus a manifest's rows record (written by `speechfuse prepare`), when every row names the same
+    one; None when the manifest is absent or unreadable, or its rows name none or several."""
+    try:
+        names = {u.extra.get(CORPUS_COLUMN) for u in load_manifest(manifest)} if manifest else set()
+    except (ConfigError, OSError, UnicodeDecodeError):
+        return None
+    return names.pop() if len(names) == 1 and None not in names else None
 
 
 # -- IEMOCAP -----------------------------------------------------------------------------------------
@@ -177,7 +197,7 @@ def iemocap_manifests(root: str | Path, out_dir: str | Path, dev_ratio: float = 
         dev_ids = {u.id for u in shuffled[:n_dev]}
         splits = {"train": [u for u in rest if u.id not in dev_ids], "dev": [u for u in rest if u.id in dev_ids],
                   "test": [u for u in utts if u.extra["session"] == k]}
-        folds[f"fold{k}"] = {name: write_manifest(part, out_dir / f"fold{k}" / f"{name}.csv")
+        folds[f"fold{k}"] = {name: write_manifest(with_corpus(part, "iemocap"), out_dir / f"fold{k}" / f"{name}.csv")
                              for name, part in splits.items()}
     return folds
 
@@ -244,7 +264,7 @@ def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int
         if utt is not None:
             iden[split].append(utt)
     _raise_missing(missing, roots)
-    result = {"identification": {s: write_manifest(u, out_dir / "identification" / f"{s}.csv")
+    result = {"identification": {s: write_manifest(with_corpus(u, "voxceleb1"), out_dir / "identification" / f"{s}.csv")
                                  for s, u in iden.items()}}
 
     trials_path = _vox_meta(root, "veri_test2.txt")
@@ -264,8 +284,9 @@ def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int
     train = [u for u in others if u.speaker not in held]
     ver = out_dir / "verification"
     result["verification"] = {
-        "train": write_manifest(train, ver / "train.csv"), "dev": write_manifest(dev, ver / "dev.csv"),
-        "test": write_manifest(test, ver / "test.csv"),
+        "train": write_manifest(with_corpus(train, "voxceleb1"), ver / "train.csv"),
+        "dev": write_manifest(with_corpus(dev, "voxceleb1"), ver / "dev.csv"),
+        "test": write_manifest(with_corpus(test, "voxceleb1"), ver / "test.csv"),
         "dev_trials": write_trials(generate_trials(dev, "speaker", max_targets=sum(t.label for t in trials), seed=seed),
                                    ver / "dev_trials.txt"),
         "test_trials": write_trials(trials, ver / "test_trials.txt"),
@@ -307,7 +328,7 @@ def _mlsuperb_split(folder: Path, file_name: str, max_seconds: float | None) -> 
         duration = audio_info(wav)[3]
         if max_seconds is None or duration <= max_seconds:
             utts.append(Utterance(id=utt_id, path=str(wav.resolve()), duration=duration, text=text,
-                                  language=folder.name, extra={"dataset": folder.parent.name}))
+                                  language=folder.name, extra={"dataset": folder.parent.name, CORPUS_COLUMN: "mlsuperb"}))
     if empty:
         warnings.warn(f"ML-SUPERB transcript {path}: {len(empty)} line(s) hold only [...] tags and are left out "
                       f"(lines {empty[:10]})", stacklevel=2)
@@ -385,12 +406,13 @@ def prepare(corpus: str, root: str | Path, out_dir: str | Path) -> dict:
     root, out_dir = Path(root), Path(out_dir)
     if not root.is_dir():
         raise CorpusError(f"prepare {corpus}: folder not found: {root}")
+    # every maker records its corpus in each manifest row (`corpus`), which `speechfuse table` reads
     makers = {
         "iemocap": lambda: iemocap_manifests(root, out_dir),
         "voxceleb1": lambda: voxceleb1_manifests(root, out_dir),
         "mlsuperb": lambda: mlsuperb_manifests(root, out_dir),
         "fsdd": lambda: fsdd_manifests(root / "recordings" if (root / "recordings").is_dir() else root, out_dir),
-        "librispeech": lambda: _librispeech(root, out_dir),
+        "librispeech": lambda: _librispeech(root, out_dir),  # its adapter records "librispeech"
     }
     if corpus not in makers:
         raise CorpusError(f"prepare: unknown corpus {corpus!r}; known: {', '.join(CORPORA)}")

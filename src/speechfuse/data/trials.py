@@ -77,6 +77,18 @@ def read_trials(path: str | Path, unlabelled: bool = False) -> list[Trial]:
     return trials
 
 
+def unique_trials(trials: Sequence[Trial], source: str) -> list[Trial]:
+    """`trials` with each (enrol, test) pair once, at its first line: a repeated line scores and counts as one
+    trial. A pair listed again with the other label is a TrialError naming both lines."""
+    first: dict[tuple[str, str], Trial] = {}
+    for t in trials:
+        seen = first.setdefault((t.enrol, t.test), t)
+        if seen.label != t.label:
+            raise TrialError(f"trial list {source} line {t.line}: the pair {t.enrol} {t.test} is already on line "
+                             f"{seen.line} with label {seen.label}, here with {t.label}; keep one of the two lines")
+    return list(first.values())
+
+
 def write_trials(trials: Iterable[Trial], path: str | Path) -> Path:
     """Write `LABEL ENROL TEST` lines (atomically: a reader never sees half a list)."""
     path = Path(path)

@@ -95,7 +95,7 @@ class Interface(nn.Module):
     def describe(self) -> dict[str, Any]:
         """A JSON-serialisable summary with the same keys for every interface.
 
-        `layer_matrix` is [N][L] numbers the interface learned per (model, layer) (e.g. softmax layer
+        `layer_matrix` is `[N][L]` numbers the interface learned per (model, layer) (e.g. softmax layer
         weights) with `layer_matrix_kind` saying what they are, both None for interfaces without such
         numbers; `importance` is the stored drop-one-layer result (speechfuse.importance) or None;
         `details` holds the interface's own extras.

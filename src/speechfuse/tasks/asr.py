@@ -31,6 +31,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..data.manifest import Utterance
 from ..errors import ConfigError, ShapeError
+from ..predictions import Prediction, Transcription
 from . import Task, TaskOptions, register_task
 
 BLANK, UNK = "<blank>", "<unk>"
@@ -226,10 +227,21 @@ class AsrTask(Task):
     higher_is_better = False
     utterance_metric = "wer"
     Options = AsrOptions
+    prediction_type = Transcription
+    prediction_field = "text"
+    output_axes = {"out": {0: "batch", 1: "frames"}, "out_lengths": {0: "batch"}}  # CTC logits [B,T,V]
+    paper_columns = {"librispeech": "LibriSpeech WER"}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.vocab: list[str] = []
+
+    def predictions(self, out: torch.Tensor, out_lengths: torch.Tensor,
+                    clips: list[dict[str, Any]]) -> list[Prediction]:
+        return [Transcription(**clip, text=text) for clip, text in zip(clips, self.predict(out, out_lengths))]
+
+    def describe(self, target: Optional[str] = None) -> str:
+        return f"character CTC speech recognition ({len(self.vocab)} symbols)"
 
     @property
     def is_fitted(self) -> bool:

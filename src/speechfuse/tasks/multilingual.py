@@ -30,6 +30,7 @@ import torch
 
 from ..data.manifest import Utterance
 from ..errors import ConfigError
+from ..predictions import LanguageTranscription, Prediction, Transcription
 from . import register_task
 from .asr import AsrOptions, AsrTask, edit_counts
 
@@ -74,10 +75,44 @@ class MultilingualAsrTask(AsrTask):
     # the pooled CER over all rows: a macro average over languages is not a sum over utterances
     utterance_metric = "cer"
     Options = MultilingualAsrOptions
+    paper_columns: dict[str, str] = {}  # ML-SUPERB's two columns depend on the test languages: see table_column
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.languages: list[str] = []  # training languages, in the order of their tokens
+
+    def predictions(self, out: torch.Tensor, out_lengths: torch.Tensor,
+                    clips: list[dict[str, Any]]) -> list[Prediction]:
+        """Transcriptions; with a language token, LanguageTranscription: the text without the token and
+        the language it names (None when the model emitted none)."""
+        texts = self.predict(out, out_lengths)
+        if not self.options["language_token"]:
+            return [Transcription(**clip, text=text) for clip, text in zip(clips, texts)]
+        return [LanguageTranscription(**clip, text=text, language=language)
+                for clip, (language, text) in zip(clips, map(self.split_language, texts))]
+
+    def prediction_columns(self) -> list[str]:
+        return ["language"] if self.options["language_token"] else []
+
+    def scored_prediction(self, row: dict[str, Any]) -> Optional[str]:
+        text = super().scored_prediction(row)
+        language = row.get("language")
+        return f"{lid_token(language)} {text}".rstrip() if text is not None and language else text
+
+    def describe(self, target: Optional[str] = None) -> str:
+        languages = f"{len(self.languages)} language(s): {', '.join(self.languages[:10])}" + \
+            (", ..." if len(self.languages) > 10 else "")
+        joint = "; predicts the language with a language token" if self.options["language_token"] else ""
+        return f"multilingual character CTC speech recognition ({len(self.vocab)} symbols, {languages}{joint})"
+
+    def table_column(self, corpus: Optional[str], data: str, metrics: dict[str, Any]) -> tuple[str, str]:
+        """ML-SUPERB's mono column for a run tested on one language, multi for several (the number of
+        per-language test CERs in `metrics`); a generic column for data of another corpus."""
+        if corpus == "mlsuperb":
+            languages = [k for k in metrics if k.startswith("test_cer_") and k != "test_cer_macro"
+                         and metrics[k] not in (None, "")]
+            return ("ML-SUPERB mono CER" if len(languages) == 1 else "ML-SUPERB multi CER"), "test_cer_macro"
+        return super().table_column(corpus, data, metrics)
 
     def _language_of(self, utt: Utterance) -> str:
         if utt.language is None or not str(utt.language).strip():
@@ -180,9 +215,9 @@ class MultilingualAsrTask(AsrTask):
             if self.has_spaces(lang):
                 out[f"wer_{lang}"] = float(jiwer.wer(lang_refs, lang_hyps))
                 wers.append(out[f"wer_{lang}"])
-        out["cer_macro"] = sum(cers) / len(cers)
+        out["cer_macro"] = self.average(cers)
         if wers:
-            out["wer_macro"] = sum(wers) / len(wers)
+            out["wer_macro"] = self.average(wers)
         if self.options["language_token"]:
             out["lid_accuracy"] = sum(pred == lang for (pred, _), lang in zip(split, languages)) / len(languages)
         return out

@@ -1,8 +1,10 @@
 """Our own reader of CTranslate2 `model.bin` files (format v6) and a converter of the Whisper
 encoder in one into a transformers `WhisperEncoder` folder.
 
-The layout is documented in ../shared/ASSETS.md: a header (version, spec name, revision, variable
-count), then named variables (rank, dims, dtype id, byte count, raw bytes), then aliases.
+The layout (little-endian): a header (u32 format version, the spec name, u32 spec revision, u32 variable
+count), then named variables (u8 rank, rank x u32 dims, u8 dtype id, u32 byte count, raw bytes), then a
+u32 alias count and (alias, target) pairs; a string is a u16 byte length and that many bytes, trailing NULs
+stripped.
 """
 from __future__ import annotations
 
