@@ -347,12 +347,16 @@ def make_trainer(cfg: Config, run_dir: Path, task: Task, extra_callbacks: list |
     ]
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from .progress import quiet
+    from .progress import quiet, verbose
     from .stepbar import StepProgressBar, drop_adverts
 
     # one bar on stderr counting optimizer steps (Lightning's own counts batches per epoch, on stdout)
     callbacks += [StepProgressBar(task.main_metric, enabled=t.progress_bar and not quiet()),
                   LearningRateMonitor(logging_interval="step")]
+    if verbose():  # the plain summary logs to stderr (Lightning's default, the rich one, prints to stdout)
+        from lightning.pytorch.callbacks import ModelSummary
+
+        callbacks.append(ModelSummary(max_depth=1))
     drop_adverts()
     loggers = make_loggers(t, run_dir)
     from lightning.fabric.utilities.exceptions import MisconfigurationException
