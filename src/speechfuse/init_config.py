@@ -49,6 +49,10 @@ def _check_target(manifest: Path, target: str, task: str) -> None:
                           "with the column that holds them, or prepare the data with labels / transcripts")
 
 
+def _commented(text: str, comment: str) -> str:
+    return f"{text:<34} # {comment}"
+
+
 def _relative(path: Path, config_dir: Path) -> str:
     return Path(os.path.relpath(path.resolve(), config_dir.resolve())).as_posix()
 
@@ -80,22 +84,20 @@ def init_config(task: str, data_dir: str | os.PathLike, out: str | os.PathLike,
         f"task: {task}",
         "data:                              # manifests: id, path, and the target column",
         *[f"  {split}: {_relative(path, out.parent)}" for split, path in manifests.items()],
-        f"  target: {target}                   # the manifest column the task learns",
+        _commented(f"  target: {target}", "the manifest column the task learns"),
         "upstreams:                         # frozen pretrained models whose layers are fused",
         *["  " + yaml.safe_dump([s]).strip() for s in specs],
         "  # bundled (no download): whisper-tiny.en, resemblyzer, speech-embedding;"
         " a hub model: hf:microsoft/wavlm-base-plus",
         "interface:",
-        f"  name: {interface}                   # weighted_sum | hconv | chconv | concat_proj | group_ws | cls_pool"
-        " | gumd | last",
-        "  # layer_norm: true                # default for weighted_sum/hconv/chconv; false = the papers' plain form",
-        "downstream:                        # the task head",
-        *[f"  {k}: {v}" for k, v in HEADS.get(task, {}).items()],
-        *([] if task in HEADS else ["  {}"]),
+        _commented(f"  name: {interface}", "weighted_sum | hconv | chconv | concat_proj | group_ws | cls_pool | gumd | last"),
+        "  # layer_norm: true               # default for weighted_sum/hconv/chconv; false = the papers' plain form",
+        *(["downstream:                        # the task head", *[f"  {k}: {v}" for k, v in HEADS[task].items()]]
+          if task in HEADS else ["downstream: {}                     # the task head (its defaults)"]),
         "train:",
         f"  max_steps: {steps}",
         "  batch_seconds: 30                # seconds of padded audio per batch",
-        f"  val_every_steps: {val_every}              # dev evaluation and checkpoints",
+        _commented(f"  val_every_steps: {val_every}", "dev evaluation and checkpoints"),
         "  lr: 5.0e-3                       # the head",
         "  interface_lr: 1.0e-2             # the interface; choose it on dev: speechfuse sweep --select",
         "  interface_lr_scaling: fan_in     # conv/linear weights at interface_lr / sqrt(fan_in); none = old behaviour",
@@ -104,9 +106,6 @@ def init_config(task: str, data_dir: str | os.PathLike, out: str | os.PathLike,
         "  # logger: tensorboard            # extra logger: tensorboard | csv | wandb | mlflow",
         "cache: auto                        # features are extracted once and reused by every run",
     ]
-    if task not in HEADS:  # `downstream: {}` on its own line
-        i = lines.index("downstream:                        # the task head")
-        lines[i:i + 2] = ["downstream: {}                     # the task head (its defaults)"]
     text = "\n".join(lines) + "\n"
     from .preflight import check_components
 
