@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from .common import add_device, check_device, write_result
 
