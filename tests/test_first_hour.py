@@ -50,7 +50,7 @@ def test_prepare_init_train_predict_on_a_folder_of_recordings(tmp_path, capsys, 
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads(done.stdout)
     assert set(metrics) == {"dev", "test"}
-    for noise in ("Tip:", "litlogger", "DeprecationWarning", "log_every_n_steps", "Total FLOPs", "-0:"):
+    for noise in ("Tip:", "litlogger", "Warning", "deprecated", "log_every_n_steps", "Total FLOPs", "-0:", "srun"):
         assert noise not in done.stderr, noise
     assert "train: 100%" in done.stderr and "20/20" in done.stderr  # one bar, optimizer steps out of max_steps
     run = Path("runs/mine")
