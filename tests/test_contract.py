@@ -89,7 +89,9 @@ def test_train_and_sweep_record_the_task_main_metric(trained, task, capsys):
     assert len(rows) == 2 == len(runs)
     for run in runs:
         metrics = json.loads((run / "metrics.json").read_text())
-        assert 0 <= metrics["test"][main_metric] <= 1.5  # a rate (WER may pass 1 on 4 steps)
+        value = metrics["test"][main_metric]
+        # accuracy and EER are rates; WER / CER also count insertions, so after 4 steps they may pass 1
+        assert 0 <= value <= 1 if task in ("classify", "verify") else 0 <= value < float("inf")
         assert (run / "model" / "config.json").is_file()
     assert all(float(r[f"test_{main_metric}"]) >= 0 for r in rows)
 
@@ -291,8 +293,11 @@ def test_whole_export_has_the_task_outputs_and_matches_eager_on_several_lengths(
 @pytest.mark.parametrize("task", TASKS)
 def test_model_card_says_what_the_model_is_and_its_rows_match_the_header(trained, task):
     run = trained[2][task][1][0]
-    card = (run / "model" / "README.md").read_text().splitlines()
-    assert CARD_WORDS[task] in card[0] and (task == "multilingual_asr") == ("multilingual" in card[0])
+    lines = (run / "model" / "README.md").read_text().splitlines()
+    assert lines[0] == "---"  # the hub metadata (front matter) comes first
+    card = lines[lines.index("---", 1) + 1:]
+    title = next(line for line in card if line.strip())
+    assert CARD_WORDS[task] in title and (task == "multilingual_asr") == ("multilingual" in title)
     metrics = json.loads((run / "metrics.json").read_text())
     start = next(i for i, line in enumerate(card) if line.startswith("| split |"))
     header = [c.strip() for c in card[start].strip("|").split("|")][1:]

@@ -106,7 +106,9 @@ def test_sweep_writes_table_and_resumes(tmp_path):
         table = list(csv.DictReader(f))
     assert [t["run"] for t in table] == ["a__weighted_sum", "a__hconv", "a+b__weighted_sum", "a+b__hconv"]
     assert "| a+b__hconv | a+b | hconv | 2000 |" in (tmp_path / "results.md").read_text()
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(f"{r['run']}.png" for r in rows)
+    # each run's own figure, plus the side-by-side layer figure (no comparison: these runs have no per-utterance results)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted([f"{r['run']}.png" for r in rows]
+                                                                              + ["layers.png"])
 
     # resume: nothing re-runs, the same rows come back
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/metrics.json")}
@@ -352,6 +354,23 @@ def test_sweep_marks_rows_not_distinguishable_from_the_best(tmp_path):
     assert rows["a__weighted_sum"]["vs_best_p"] == "" and float(rows["a__hconv"]["vs_best_p"]) >= 0.05
     assert float(rows["a+b__weighted_sum"]["vs_best_p"]) < 0.05
     assert "tied_with_best" in (tmp_path / "results.md").read_text()
+
+
+def test_sweep_draws_the_comparison_and_layer_figures(tmp_path):
+    import numpy as np
+    from matplotlib.image import imread
+
+    run_sweep(BASE, GRID, tmp_path, seeds=[0, 1], train_fn=UtteranceTrainer(), progress=False, plots=True)
+    image = imread(tmp_path / "plots" / "comparison.png")
+    assert image.shape[0] >= 150 and image.shape[1] >= 500  # one row per configuration
+    assert float(np.std(image[..., :3])) > 0.05  # not blank
+
+    from speechfuse.sweep_figures import plot_layer_weights
+
+    png = plot_layer_weights([("a", {"layer_matrix": [[0.1, 0.5, 0.4]]}),
+                              ("b", {"layer_matrix": [[0.3, 0.3], [0.2, 0.2]]})], tmp_path / "layers.png")
+    wide = imread(png)
+    assert wide.shape[1] > wide.shape[0] and float(np.std(wide[..., :3])) > 0.05  # two panels side by side
 
 
 def test_sweep_over_seeds_pools_the_seeds_per_utterance(tmp_path):

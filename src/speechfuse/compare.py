@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from .errors import ConfigError
 from .runfolder import RunFolder
-from .stats import paired_bootstrap
+from .stats import format_p, paired_bootstrap
 from .utterances import N_RESAMPLES, SEED, metric_ci, read_utterances, utterances_path
 
 
@@ -81,7 +81,7 @@ def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, split: str 
         value_a, value_b, difference, low, high = 1 - value_a, 1 - value_b, -difference, -high, -low
     return {"metric": metric, "split": split, "utterances": len(totals), "a": value_a, "b": value_b,
             "difference": difference, "low": low, "high": high, "p_value": result["p_value"],
-            "higher_is_better": higher}
+            "resamples": n_resamples, "higher_is_better": higher}
 
 
 def pooled_errors(run_dirs: list[Path], split: str = "test") -> dict[str, tuple[float, float]]:
@@ -169,7 +169,8 @@ def rank_against_best(groups: Mapping[str, Mapping[Any, Path] | Sequence[Path]],
 def describe(result: dict, run_a: str, run_b: str) -> str:
     """One line: `wer: A 0.1200 - B 0.1500 = -0.0300 (95 % CI [-0.0500, -0.0100], p = 0.002, 300 test utterances)`."""
     return (f"{result['metric']}: {run_a} {result['a']:.4f} - {run_b} {result['b']:.4f} = {result['difference']:+.4f} "
-            f"(95 % CI [{result['low']:+.4f}, {result['high']:+.4f}], p = {result['p_value']:.3g}, "
+            f"(95 % CI [{result['low']:+.4f}, {result['high']:+.4f}], "
+            f"{format_p(result['p_value'], result.get('resamples', N_RESAMPLES))}, "
             f"{result['utterances']} {result['split']} utterances)")
 
 

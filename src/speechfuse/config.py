@@ -14,7 +14,8 @@ is refused when the config loads, naming its dotted key):
     align: {}                           # speechfuse.Aligner options (AlignerOptions)
     interface: {name: hconv}            # + that interface's Options (output_dim, ...)
     downstream: {}                      # the task's head options (e.g. hidden_dim, dropout), typed per task
-    train: {max_steps: 1000, batch_seconds: 60, lr: 1.0e-3, interface_lr: 1.0e-2, seed: 0, ...}
+    train: {max_steps: 1000, batch_seconds: 60, lr: 5.0e-3, interface_lr: 1.0e-2, interface_lr_scaling: fan_in,
+            grad_clip: 1.0, seed: 0, ...}
     cache: auto                         # auto | off | <folder>, or the section below
     cache: {dir: auto, key: sample, verify: true, shard_mb: 64, shard_seconds: 30}
 
@@ -141,7 +142,11 @@ class AlignConfig(BaseModel):
 
 
 class InterfaceConfig(BaseModel):
-    """`name` plus that interface's own options, typed by its Options model."""
+    """`name` plus that interface's own options typed by its Options model.
+
+    `layer_norm` defaults to true for the interfaces that take it (weighted_sum, hconv, chconv): the per-layer
+    non-affine layer norm of the training protocol (docs/plateau.md); `layer_norm: false` gives the papers'
+    plain definition."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     name: str = "hconv"
@@ -158,7 +163,13 @@ class InterfaceConfig(BaseModel):
         return self
 
     def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+        options = dict(self.model_extra or {})
+        if "layer_norm" not in options:
+            from .interfaces import INTERFACES
+
+            if self.name in INTERFACES and "layer_norm" in INTERFACES.get(self.name).OPTIONS:
+                options["layer_norm"] = True
+        return options
 
 
 class SpecAugConfig(_Strict):
@@ -193,19 +204,22 @@ class TrainConfig(_Strict):
     """Also stop after this many passes over the training set, whichever comes first (null: steps only)."""
     batch_seconds: float = Field(60.0, gt=0)
     """Seconds of (padded) audio in one *global* batch; under DDP each rank gets a share of every batch."""
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(5e-3, gt=0)
+    """The head's learning rate (and the upstreams' when they train)."""
     interface_lr: float = Field(1e-2, gt=0)
-    interface_lr_scaling: Literal["none", "fan_in"] = "none"
+    interface_lr_scaling: Literal["none", "fan_in"] = "fan_in"
     """fan_in: each nn.Linear / nn.Conv1d of the interface and aligner (weight and bias) trains at
     interface_lr / sqrt(fan_in), fan_in = the weight's inputs x kernel width (the bound of torch's default
     init), so Adam moves every weight matrix by the same share of its initial scale; other interface
-    parameters (weighted_sum's layer logits, ...) keep interface_lr. Off by default (see docs/plateau.md)."""
+    parameters (weighted_sum's layer logits, ...) keep interface_lr. On by default with grad_clip 1.0 (the
+    protocol under which every interface leaves CTC's blank plateau, docs/plateau.md); none = the former default."""
     upstream_lr: Optional[float] = Field(None, gt=0)
     """For upstreams with options {trainable: true}; default: lr."""
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     """Linear learning-rate warmup over this many steps (0: none)."""
-    grad_clip: Optional[float] = Field(None, gt=0)
+    grad_clip: Optional[float] = Field(1.0, gt=0)
+    """Clip the gradient norm at this value (null: no clipping, the former default)."""
     average_best: Optional[int] = Field(None, ge=1)
     """Report the mean of the N checkpoints with the lowest dev loss (ESPnet's valid.loss.ave) instead of the
     one with the best dev main metric (speechfuse.average); null: off."""
@@ -224,9 +238,14 @@ class TrainConfig(_Strict):
     skip_bad_rows: bool = False
     """Drop bad manifest rows (listed in RUN_DIR/skipped_<split>.csv) instead of failing."""
     progress_bar: bool = True
-    """Show the training progress bar and model summary."""
+    """One bar on stderr counting optimizer steps out of max_steps (`--quiet` turns it off too)."""
+    logger: Union[Literal["tensorboard", "csv", "wandb", "mlflow"], list[Literal["tensorboard", "csv", "wandb",
+                                                                                   "mlflow"]]] = "tensorboard"
+    """Where the curves are logged besides RUN/logs/csv (always written; RUN/curves.png is drawn from it):
+    tensorboard (RUN/logs/tensorboard), csv (nothing more), wandb or mlflow (Lightning's loggers; install the
+    package: pip install wandb / mlflow), or a list of them."""
     deterministic: bool = True
-    """Ask torch for deterministic algorithms (a warning where an operation has none)."""
+    """Deterministic torch algorithms where they exist (Lightning's `deterministic="warn"`)."""
     importance: bool = True
     """After training, compute per-(model, layer) drop-one-layer importance on one dev batch."""
     on_nonfinite_loss: Literal["stop", "skip"] = "stop"

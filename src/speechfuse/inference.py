@@ -219,7 +219,9 @@ def iter_predictions(model: "FusedModel", items: list[_Item], batch_seconds: flo
         return
     batches = list(DurationBatchSampler([it.duration for it in ready], batch_seconds, shuffle=False))
     seconds = [sum(ready[i].duration for i in batch) for batch in batches]
-    show = progress if progress is not None else len(ready) > 50
+    from .progress import quiet
+
+    show = (progress if progress is not None else len(ready) > 50) and not quiet()
     bar = None
     if show:
         from tqdm import tqdm

@@ -376,13 +376,20 @@ def make_trainer(cfg: Config, run_dir: Path, task: Task, extra_callbacks: list |
         callbacks.insert(1, _Checkpoint(dirpath=ckpt_dir / TOP_DIR, filename="{step}", monitor=DEV_LOSS, mode="min",
                                         save_top_k=t.average_best, save_on_train_epoch_end=False,
                                         enable_version_counter=False))
-    if t.progress_bar:
-        from lightning.pytorch.callbacks import TQDMProgressBar
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
-        callbacks.append(TQDMProgressBar())  # plain lines in logs; shows no "Epoch 0/-2" for step-bound runs
-    # a resumed run logs into the next version_N folder, so the earlier part's CSV is kept
-    loggers = [CSVLogger(run_dir / LOGS_DIR, name="csv"),
-               TensorBoardLogger(run_dir / LOGS_DIR, name="tensorboard", version="")]
+    from .progress import quiet, verbose
+    from .stepbar import StepProgressBar, drop_adverts
+
+    # one bar on stderr counting optimizer steps (Lightning's own counts batches per epoch, on stdout)
+    callbacks += [StepProgressBar(task.main_metric, enabled=t.progress_bar and not quiet()),
+                  LearningRateMonitor(logging_interval="step")]
+    if verbose():  # the plain summary logs to stderr (Lightning's default, the rich one, prints to stdout)
+        from lightning.pytorch.callbacks import ModelSummary
+
+        callbacks.append(ModelSummary(max_depth=1))
+    drop_adverts()
+    loggers = make_loggers(t, run_dir)
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
@@ -393,15 +400,36 @@ def make_trainer(cfg: Config, run_dir: Path, task: Task, extra_callbacks: list |
 
 
 def _trainer(t, run_dir, devices, strategy, callbacks, loggers) -> pl.Trainer:
+    from .progress import verbose
+
     return pl.Trainer(
         default_root_dir=run_dir, max_steps=t.max_steps, max_epochs=t.max_epochs or -1,
         accelerator=t.accelerator, devices=devices, strategy=strategy, precision=t.precision,
         plugins=[SafetensorsCheckpointIO()], callbacks=callbacks, logger=loggers,
         val_check_interval=t.val_every_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         use_distributed_sampler=False, deterministic="warn" if t.deterministic else None,
-        gradient_clip_val=t.grad_clip, log_every_n_steps=min(50, t.val_every_steps),
-        enable_progress_bar=t.progress_bar, enable_model_summary=t.progress_bar,
+        gradient_clip_val=t.grad_clip, log_every_n_steps=1,  # every step: the curves need them, and few runs
+        enable_progress_bar=True, enable_model_summary=verbose(),  # are long enough for the CSV to matter
     )
+
+
+def make_loggers(t, run_dir: Path) -> list:
+    """The CSV log (always: RUN/curves.png is drawn from it) plus train.logger's (tensorboard by default). A resumed
+    run logs into the next CSV version_N folder, so the earlier part's values are kept."""
+    loggers: list = [CSVLogger(run_dir / LOGS_DIR, name="csv")]
+    for name in ([t.logger] if isinstance(t.logger, str) else t.logger):
+        if name == "tensorboard":
+            loggers.append(TensorBoardLogger(run_dir / LOGS_DIR, name="tensorboard", version=""))
+        elif name == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(WandbLogger(save_dir=str(run_dir / LOGS_DIR), name=run_dir.name))
+        elif name == "mlflow":
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            loggers.append(MLFlowLogger(experiment_name="speechfuse", run_name=run_dir.name,
+                                        save_dir=str(run_dir / LOGS_DIR / "mlruns")))
+    return loggers
 
 
 __all__ = ["FusionTask", "interface_param_groups", "restore_frozen", "checkpoint_bytes", "make_trainer", "StopOnInterrupt",

@@ -385,14 +385,20 @@ def save_run_model(cfg: "Config", task: Task, frontend: FusionFrontend, head: nn
     """RUN_DIR/model/ from the trained modules of a run (the training hook)."""
     from .config import config_to_dict
 
-    training = {"config": config_to_dict(cfg), "checkpoint": checkpoint, "metrics": metrics}
+    from .model_card import data_identity
+
+    manifests = {split: getattr(cfg.data, split) for split in ("train", "dev", "test")}
+    training = {"config": config_to_dict(cfg), "checkpoint": checkpoint, "metrics": metrics,
+                "data": data_identity(manifests)}
     model = FusedModel.from_config(cfg, task, frontend=frontend, head=head, training=training)
     return model.save_pretrained(Path(run_dir) / RUN_MODEL_DIR)
 
 
 def model_readme(config: dict[str, Any], task: Task) -> str:
+    from .model_card import front_matter, public_spec, training_data_line
+
     ups = config["upstreams"]
-    upstreams = ", ".join(f"`{u['spec']}`" + (" (fine-tuned)" if u.get("trainable") else "") for u in ups)
+    upstreams = ", ".join(f"`{public_spec(u['spec'])}`" + (" (fine-tuned)" if u.get("trainable") else "") for u in ups)
     what = task.describe(config.get("target"))
     lines = [f"# speechfuse model: {what}", "",
              f"Upstreams: {upstreams}, fused by the `{config['interface']['name']}` interface, "
@@ -403,7 +409,7 @@ def model_readme(config: dict[str, Any], task: Task) -> str:
         t = cfg.get("train", {})
         lines += [f"Trained with speechfuse for {t.get('max_steps')} steps (batches of {t.get('batch_seconds')} s, "
                   f"lr {t.get('lr')}, interface lr {t.get('interface_lr')}, seed {t.get('seed')}) on "
-                  f"`{cfg.get('data', {}).get('train')}`; weights of the {training.get('checkpoint', 'best')} "
+                  f"{training_data_line(config)}; weights of the {training.get('checkpoint', 'best')} "
                   "dev checkpoint.", ""]
     metrics = training.get("metrics")
     if metrics:
@@ -412,7 +418,7 @@ def model_readme(config: dict[str, Any], task: Task) -> str:
               "print(model.predict(\"clip.wav\"))", "```", "",
               "`model.safetensors` holds only the trained weights; the frozen upstreams load from their specs and "
               "must match the weight fingerprints in `config.json`.", ""]
-    return "\n".join(lines)
+    return front_matter(config) + "\n".join(lines)
 
 
 def metrics_table(metrics: dict[str, dict[str, Any]], first: str) -> list[str]:

@@ -147,7 +147,7 @@ def run_name(combo: dict[str, Any]) -> str:
             parts.append(_short(value))
         else:
             parts.append(f"{key.rsplit('.', 1)[-1]}={_short(value)}")
-    return _safe("__".join(parts))
+    return _safe("__".join(parts)) or "config"  # a sweep over seeds only: the config as given
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,13 +336,16 @@ def _marks(mark: dict | None, pooled_ci: bool, display: bool, seeds: Sequence | 
     return out
 
 
-def _write_results(rows: list[dict], out_dir: Path, seeds: Sequence[int] | None) -> None:
+def _write_results(rows: list[dict], out_dir: Path, seeds: Sequence[int] | None, figures: bool = True) -> None:
     from .compare import rank_against_best
 
     if not seeds:
-        marks = rank_against_best({r["run"]: [out_dir / "runs" / r["run"]] for r in rows})
+        groups = {r["run"]: [out_dir / "runs" / r["run"]] for r in rows}
+        marks = rank_against_best(groups)
         write_table([{**r, **_marks(marks.get(r["run"]), False, False)} for r in rows], out_dir / RESULTS_MD,
                     out_dir / RESULTS_CSV)
+        if figures:
+            _write_figures(out_dir, groups, marks, {r["run"]: r for r in rows}, "")
         return
     numbers, display = summarise_seeds(rows)
     groups: dict[str, dict[Any, Path]] = {}
@@ -359,6 +362,24 @@ def _write_results(rows: list[dict], out_dir: Path, seeds: Sequence[int] | None)
                 out_dir / SUMMARY_CSV)
     write_table([{**d, **_marks(marks.get(d["config"]), True, True, seeds)} for d in display], out_dir / RESULTS_MD,
                 None)
+    if figures:
+        _write_figures(out_dir, groups, marks, {n["config"]: n for n in numbers}, "_mean")
+
+
+def _write_figures(out_dir: Path, groups: dict[str, list[Path] | dict[int, Path]], marks: dict[str, dict], rows: dict[str, dict],
+                   suffix: str) -> None:
+    """plots/comparison.png (main test metric per configuration, interval, tied-with-best marks) and
+    plots/layers.png (each configuration's first run's (lowest seed's) layer weights), side by side."""
+    from .sweep_figures import COMPARISON_PNG, LAYERS_PNG, plot_comparison, plot_layer_weights
+
+    metric = next((m["metric"] for m in marks.values()), None)
+    if metric is not None:
+        points = [{"label": key, "value": rows[key].get(f"test_{metric}{suffix}"), "low": marks[key]["ci_low"],
+                   "high": marks[key]["ci_high"], "tied": marks[key]["tied_with_best"]}
+                  for key in groups if key in marks and key in rows]
+        plot_comparison(points, metric, out_dir / "plots" / COMPARISON_PNG)
+    firsts = {key: dirs[min(dirs)] if isinstance(dirs, dict) else dirs[0] for key, dirs in groups.items()}
+    plot_layer_weights([(key, _describe(first)) for key, first in firsts.items()], out_dir / "plots" / LAYERS_PNG)
 
 
 def _describe(run_dir: Path) -> dict | None:
@@ -574,7 +595,6 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     if train_fn is None:
         from .train import train as train_fn
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     plan = _plan(grid, select, seeds)
     metric, higher_is_better = _selection_metric(cfg) if select else (None, True)
     # validate every run the sweep may need up front, and refuse grids whose run names collide
@@ -582,12 +602,17 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     every += [{**p["combo"], **cand, **s} for p in plan for cand in ([{}] if not select else expand_grid(select))
               for s in p["seeded"]]
     for c in every:
-        combo_config(cfg, c, None)
+        run_cfg = combo_config(cfg, c, None)
+        if own_trainer:  # names and options of every run, before any folder or model (preflight)
+            from .preflight import check_components
+
+            check_components(run_cfg)
     finals = [{**p["combo"], **s} for p in plan for s in p["seeded"]]
     final_names = [run_name(c) for c in finals]
     if len(set(final_names)) != len(final_names):
         dupes = sorted({n for n in final_names if final_names.count(n) > 1})
         raise ConfigError(f"sweep grid gives duplicate run names {dupes}; make the grid values distinct")
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once every run's config is valid
 
     kept = _earlier_rows(out_dir, set(final_names), bool(seeds))
 
@@ -740,7 +765,7 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
                         shutil.copyfile(RunFolder(run_dir).layers_png, png)
                     elif desc is not None:
                         plot_importance(desc, png, title=name)
-                _write_results(rows + kept, out_dir, seeds)
+                _write_results(rows + kept, out_dir, seeds, figures=plots)
     finally:
         torch.set_num_threads(own_threads)
         if pool is not None:

@@ -29,6 +29,7 @@ Behaviour worth knowing:
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import warnings
 from contextlib import nullcontext
@@ -40,9 +41,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from .checkpoint import resume_checkpoint
 from .config import Config, config_to_yaml
 from .data.loader import SPLITS, FusionData, load_splits, resolve_cache_dir
+from .curves import plot_curves
 from .data.manifest import clip_limit
-from .errors import SpeechfuseError
 from .average import averaged_best
+from .errors import ConfigError, SpeechfuseError
 from .interrupt import signal_name
 from .evaluate import (collect_records, evaluate, load_run, load_weights, save_task_tensors, score,
                        write_interface_report)
@@ -56,12 +58,28 @@ from .tasks import check_targets_known
 
 def train(cfg: Config, out_dir: str | os.PathLike, callbacks: list | None = None) -> dict:
     """Train (or resume) the run in `out_dir`; returns {"dev": {...}, "test": {...}} of the best checkpoint."""
+    from .preflight import check_components
+
+    check_components(cfg)  # names and options: before the folder exists and before any weights load
     run_dir = Path(out_dir)
     check_writable(run_dir)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    # one `train` per folder; DDP's other ranks belong to the run that rank 0 locked
-    with RunLock(run_dir) if rank_zero_only.rank == 0 else nullcontext():
-        return _train(cfg, run_dir, callbacks)
+    try:
+        # one `train` per folder; DDP's other ranks belong to the run that rank 0 locked
+        with RunLock(run_dir) if rank_zero_only.rank == 0 else nullcontext():
+            return _train(cfg, run_dir, callbacks)
+    except ConfigError:  # bad input (config, manifests, audio); not a full disk or a diverged loss
+        if created and rank_zero_only.rank == 0:
+            _remove_if_untrained(run_dir)
+        raise
+
+
+def _remove_if_untrained(run_dir: Path) -> None:
+    """A folder this call created and that holds no checkpoint has nothing worth keeping: an input error leaves
+    no half-made run behind (the feature cache lives outside the run folder)."""
+    if not any((run_dir / CKPT_DIR).glob(f"*{EXT}")):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
@@ -106,6 +124,11 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
             warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
             warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
             warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+            # a resumed run's checkpoints folder is not empty on purpose; train.on_nonfinite_loss=skip returns None;
+            # LeafSpec: a deprecation inside Lightning's own code, nothing a user can act on
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume is not None else None)
     except SystemExit as err:  # Lightning answers a KeyboardInterrupt with sys.exit(1)
         from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -149,6 +172,7 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
         metrics["test"] = score(model, data.test_dataloader(), "test", run_dir if is_zero else None)
     if is_zero:
         write_interface_report(model, data.val_dataloader(), run_dir, cfg.train.importance)
+        plot_curves(run_dir, title=run_dir.name)  # RUN/curves.png from the CSV log
         save_run_model(cfg, task, model.frontend, model.head, run_dir, metrics, best.stem)  # RUN_DIR/model/
         # last: a sweep treats a run folder with metrics.json as finished
         run.write_metrics(metrics)

@@ -127,7 +127,9 @@ def _score_chunks(model: "FusedModel", trials: list[Trial], base: Path, batch_se
     speakers = model.head.speakers.cpu()
     normalise = model.task.options["score_norm"] == "asnorm"
     bar = None
-    if progress if progress is not None else len(trials) > 50:
+    from .progress import quiet
+
+    if (progress if progress is not None else len(trials) > 50) and not quiet():
         from tqdm import tqdm
 
         bar = tqdm(total=len(trials), unit="trial", desc="verify", file=sys.stderr)

@@ -90,7 +90,7 @@ class WeightedSum(Interface):
 
     def fuse(self, stack: torch.Tensor) -> torch.Tensor:
         if self.layer_norm:
-            stack = F.layer_norm(stack, (stack.shape[-1],))
+            stack = F.layer_norm(stack, (self.hidden_size,))  # a constant: traces to ONNX with dynamic shapes
         weights = self.layer_weights().to(stack.dtype)
         return self.project(torch.einsum("nl,nlbtd->btd", weights, stack))
 

@@ -77,7 +77,7 @@ class HConv(Interface):
 
     def fuse(self, stack: torch.Tensor) -> torch.Tensor:
         if self.layer_norm:
-            stack = F.layer_norm(stack, (stack.shape[-1],))
+            stack = F.layer_norm(stack, (self.hidden_size,))  # a constant: traces to ONNX with dynamic shapes
         return self.project(self.hconv(self._merge(stack)))
 
     def describe_extra(self) -> dict[str, Any]:

@@ -252,6 +252,7 @@ TRANSFORMER_OPTIONS = ("proj_dim", "subsample", "attention_dim", "attention_head
 @register_task
 class AsrTask(Task):
     name = "asr"
+    hub_pipeline_tag = "automatic-speech-recognition"  # the model card's pipeline_tag
     target_field = "text"
     main_metric = "wer"
     higher_is_better = False

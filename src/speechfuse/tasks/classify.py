@@ -68,6 +68,7 @@ class ClassifyOptions(TaskOptions):
 @register_task
 class ClassifyTask(Task):
     name = "classify"
+    hub_pipeline_tag = "audio-classification"  # the model card's pipeline_tag
     target_field = "label"
     main_metric = "accuracy"
     higher_is_better = True
