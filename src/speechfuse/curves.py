@@ -7,6 +7,8 @@ import csv
 import math
 from pathlib import Path
 
+from .runfolder import LOGS_DIR
+
 CURVES_PNG = "curves.png"
 
 
@@ -14,7 +16,7 @@ def read_logged(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     """metric name -> [(step, value)] over every CSV log version of the run, in step order (a step logged twice,
     after a resume, keeps its last value)."""
     series: dict[str, dict[int, float]] = {}
-    for path in sorted(Path(run_dir, "logs", "csv").glob("version_*/metrics.csv"),
+    for path in sorted(Path(run_dir, LOGS_DIR, "csv").glob("version_*/metrics.csv"),
                        key=lambda p: int(p.parent.name.split("_")[-1]) if p.parent.name.split("_")[-1].isdigit() else 0):
         with open(path, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
