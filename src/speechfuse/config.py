@@ -167,7 +167,7 @@ class InterfaceConfig(BaseModel):
         if "layer_norm" not in options:
             from .interfaces import INTERFACES
 
-            if self.name in INTERFACES and "layer_norm" in INTERFACES.get(self.name).OPTIONS:
+            if self.name in INTERFACES and "layer_norm" in INTERFACES.get(self.name).Options.model_fields:
                 options["layer_norm"] = True
         return options
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import SpeechfuseError
+from .common import add_model_loading, load_trained_model
 
 HELP = "export a trained model (after the upstreams, or --whole) as TorchScript or ONNX"
 ONNX_HINT = "pip install 'speechfuse[export]' (setup.sh installs it)"
