@@ -51,8 +51,8 @@ from .evaluate import (collect_records, evaluate, load_run, load_weights, save_t
 from .learner import FusionTask, StopOnInterrupt, TrainingInterrupted, checkpoint_bytes, make_trainer
 from .model import build_frontend, build_task, save_run_model
 from .io import check_free_space, check_writable, disk_full
-from .runfolder import (BEST, LAST, RunFolder, RunLock, check_data_unchanged, check_same_config, check_same_task,
-                        record_fingerprint)
+from .runfolder import (BEST, EXT, LAST, RunFolder, RunLock, check_data_unchanged, check_same_config,
+                        check_same_task, record_fingerprint)
 from .tasks import check_targets_known
 
 
@@ -78,7 +78,7 @@ def train(cfg: Config, out_dir: str | os.PathLike, callbacks: list | None = None
 def _remove_if_untrained(run_dir: Path) -> None:
     """A folder this call created and that holds no checkpoint has nothing worth keeping: an input error leaves
     no half-made run behind (the feature cache lives outside the run folder)."""
-    if not any((run_dir / CKPT_DIR).glob(f"*{EXT}")):
+    if not any(RunFolder(run_dir).checkpoints_dir.glob(f"*{EXT}")):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
