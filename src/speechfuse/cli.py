@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "that do not depend on the machine's core count")
     p.add_argument("--out", required=True, help="sweep folder")
 
+    from .search_cli import add_parser as add_search_parser
+
+    add_search_parser(sub, _add_config)
+
     p = sub.add_parser("study", help="paper-style studies over many sweeps (scaling)",
                        description="Studies made of several sweeps; `speechfuse study scaling CONFIG --out DIR`.")
     studies = p.add_subparsers(dest="study", metavar="STUDY")
@@ -371,6 +375,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     if args.command == "study":
         return _study(args)
+    if args.command == "search":
+        from .search_cli import run as run_search
+
+        return run_search(args)
     if args.command == "predict":
         import torch
 

@@ -1,0 +1,42 @@
+"""`speechfuse search CONFIG --space SPACE.yaml --out DIR`: the budgeted search's command (speechfuse.search)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction, add_config) -> None:
+    p = sub.add_parser("search", help="budgeted search: Optuna trials, the poor ones stopped early on dev",
+                       description="Search upstream sets x interfaces x learning rates (any config key) with "
+                                   "successive halving / Hyperband on the dev metric; the survivors retrain on "
+                                   "every seed into a sweep folder (results.md, results.csv), plus OUT/trials.md "
+                                   "and OUT/stopped.png. See docs/search.md for the space file.")
+    add_config(p)
+    p.add_argument("--space", required=True, metavar="SPACE.yaml", help="what to search and how (space, trials, "
+                   "pruner, seeds, survivors)")
+    p.add_argument("--out", required=True, help="search folder (a sweep folder)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="the shared study store: sqlite:///PATH (default OUT/study.db), journal:PATH (a journal "
+                        "file on a shared file system) or a database URL")
+    p.add_argument("--study", default=None, metavar="NAME", help="study name in the store (default: OUT's name)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes on this machine sharing the study (default 1)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads per run")
+    p.add_argument("--worker-only", action="store_true",
+                   help="only run trials (one more worker of a study other jobs also work on), no retraining")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .search import load_space, search, search_worker
+
+    space = load_space(args.space)
+    cfg = load_config(args.config, args.overrides)
+    if args.worker_only:
+        ran = search_worker(cfg, space, args.out, args.storage, args.study, threads=args.threads)
+        print(json.dumps({"trials_run": ran}, indent=2))
+        return 0
+    summary = search(cfg, space, args.out, storage=args.storage, study_name=args.study, workers=args.workers,
+                     threads=args.threads)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
