@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads per run (default: the threads divided by --jobs); fix it for numbers "
                         "that do not depend on the machine's core count")
     p.add_argument("--out", required=True, help="sweep folder")
+    from .launcher_cli import add_launcher_arguments
+
+    add_launcher_arguments(p)
 
     from .search_cli import add_parser as add_search_parser
 
@@ -363,6 +366,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _extract(args)
     if args.command == "sweep":
         from .config import load_config
+        from .launcher_cli import launcher_from_args
         from .sweep import parse_grid, run_sweep
 
         if not args.grid:
@@ -370,7 +374,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         cfg = load_config(args.config, args.overrides)
         rows = run_sweep(cfg, parse_grid(args.grid), args.out, seeds=_seeds(args.seeds),
                          select=parse_grid(args.select) if args.select else None, jobs=args.jobs,
-                         threads=args.threads)
+                         threads=args.threads, launcher=launcher_from_args(args, cfg))
         print(json.dumps(rows, indent=2, default=str))
         return 0
     if args.command == "study":
