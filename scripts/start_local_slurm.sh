@@ -5,6 +5,7 @@
 #   scripts/start_local_slurm.sh DIR                 # writes DIR/slurm.conf, starts the daemons
 #   export SLURM_CONF=DIR/slurm.conf                 # then sbatch / squeue / scontrol use it
 #   scripts/start_local_slurm.sh DIR stop            # stops the daemons it started
+# SLURMCTLD_PORT / SLURMD_PORT choose the ports (default 16817 / 16818).
 # Needs root (slurmd runs jobs as their user) or a user allowed to run the daemons.
 set -euo pipefail
 dir="$(mkdir -p "${1:?usage: start_local_slurm.sh DIR [stop]}" && cd "$1" && pwd)"
@@ -36,8 +37,9 @@ SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
 MpiDefault=none
 ReturnToService=2
-SlurmctldPort=16817
-SlurmdPort=16818
+SlurmctldPort=${SLURMCTLD_PORT:-16817}
+SlurmdPort=${SLURMD_PORT:-16818}
+KillWait=5
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pid

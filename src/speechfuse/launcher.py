@@ -99,9 +99,14 @@ class TrainJob(_checkpointable()):  # type: ignore[misc]
         return self.train_fn(run_cfg, Path(run_dir))
 
 
-def extract_job(configs: list[Any], out_dir: str) -> int:
+def extract_job(configs: list[Any], out_dir: str, threads: int | None = None) -> int:
     """Fill the shared cache of one upstream for every data section that uses it."""
     from .extract import fill_config_caches
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
     total = 0
     for cfg in configs:
@@ -155,14 +160,21 @@ class ClusterPool:
         write_atomic(self.folder / JOBS_FILE, json.dumps(jobs, indent=2))
 
     def _live_job(self, entry: dict | None) -> Any:
-        """The job of an earlier invocation if the scheduler still has it queued or running."""
+        """The job of an earlier invocation if the scheduler still has it queued or running (asked with squeue,
+        which needs no accounting database)."""
         if not entry or self.options.name != "slurm" or entry.get("launcher") != "slurm":
             return None
+        import subprocess
+
         import submitit
 
-        job = submitit.SlurmJob(folder=self.folder, job_id=str(entry["job_id"]))
-        return job if job.state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING",
-                                    "SUSPENDED") else None
+        job_id = str(entry["job_id"])
+        try:
+            state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                                   timeout=60).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return submitit.SlurmJob(folder=self.folder, job_id=job_id) if state else None
 
     # -- extraction ------------------------------------------------------------------------
     def _submit_extraction(self, combos: list[dict]) -> list[Any]:
@@ -187,7 +199,7 @@ class ClusterPool:
         configs = [[_rebuild(self.cfg, d, "(launcher extraction)") for d in sections.values()]
                    for sections in by_upstream.values()]
         with executor.batch():
-            self.extraction = [executor.submit(extract_job, c, str(self.out_dir)) for c in configs]
+            self.extraction = [executor.submit(extract_job, c, str(self.out_dir), self.options.cpus) for c in configs]
         print(f"speechfuse sweep: {len(self.extraction)} extraction job(s) submitted "
               f"({', '.join(str(j.job_id) for j in self.extraction)})", file=sys.stderr)
         return self.extraction
