@@ -148,3 +148,28 @@ def test_two_workers_share_one_sqlite_study_and_never_train_a_trial_twice(tmp_pa
         assert [int(r["trial"]) for r in csv.DictReader(f)] == [t.number for t in trials]
     assert (out / "stopped.png").stat().st_size > 0 and (out / "summary.csv").is_file()
     assert summary["trial_steps"] == sum(t.user_attrs.get("steps", 0) for t in trials)
+
+
+def test_a_journal_file_study_is_shared_and_a_bad_space_fails_in_one_line(tmp_path, capsys):
+    from speechfuse.cli import main
+    from speechfuse.config import config_from_dict
+    from speechfuse.search import open_study
+
+    cfg = config_from_dict({"task": "classify", "data": {"train": "t.csv", "dev": "d.csv"}, "upstreams": ["a"]})
+    space = space_from_dict({"space": {"train.lr": [0.1, 0.2]}, "trials": 2})
+    journal = f"journal:{tmp_path / 'shared' / 'study.log'}"
+    first = open_study(cfg, space, journal, "s")
+    assert first.direction.name == "MAXIMIZE"  # classify: accuracy, higher is better
+    trial = first.ask()
+    trial.suggest_categorical("train.lr", [0, 1])
+    first.tell(trial, 0.5)
+    second = open_study(cfg, space, journal, "s")  # another worker opening the same file sees the trial
+    assert [t.value for t in second.get_trials()] == [0.5]
+
+    (tmp_path / "space.yaml").write_text("space: {train.lr: []}\n")
+    (tmp_path / "c.yaml").write_text("task: classify\ndata: {train: t.csv, dev: d.csv}\nupstreams: [a]\n")
+    capsys.readouterr()
+    code = main(["search", str(tmp_path / "c.yaml"), "--space", str(tmp_path / "space.yaml"), "--out",
+                 str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "space.yaml: space.train.lr: an empty list of choices" in err[0]
