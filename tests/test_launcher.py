@@ -165,3 +165,58 @@ def test_a_sweep_on_slurm_equals_the_local_sweep_after_a_requeue(tmp_path, local
     assert [(a["restart"], a["step"]) for a in paused] == [(0, 0), (1, 2)]  # requeued, resumed from step 2
     local, on_slurm = _rows(tmp_path / "local" / "results.csv"), _rows(out / "results.csv")
     assert len(local) == 4 and on_slurm == local  # every metric to the last digit
+
+
+def _fsdd_config_file(tmp_path: Path, steps: int = 2) -> Path:
+    from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests
+    from speechfuse.data.manifest import load_manifest, write_manifest
+
+    manifests = fsdd_manifests(bundled_fsdd_dir() / "recordings", tmp_path / "data")
+    for split, take in (("train", 10), ("dev", 5), ("test", 0)):
+        utts = [u for u in load_manifest(manifests[split]) if u.id.endswith(f"_{take}") and u.id[0] in "01"]
+        write_manifest(utts, manifests[split])
+    path = tmp_path / "cfg.yaml"
+    path.write_text(json.dumps({
+        "task": "classify", "data": {k: str(v) for k, v in manifests.items()} | {"target": "speaker"},
+        "upstreams": ["speech-embedding"],
+        "train": {"max_steps": steps, "batch_seconds": 4, "val_every_steps": 2, "progress_bar": False,
+                  "importance": False, "accelerator": "cpu"},
+        "launcher": {"name": "local", "cpus": 1, "time": 20},
+    }))
+    return path
+
+
+def test_sweep_and_search_run_as_jobs_of_the_local_executor(tmp_path, capsys):
+    """submitit's LocalExecutor (no scheduler) through the command line: the launcher section of the config,
+    extraction then training jobs, the same tables; a rerun submits nothing."""
+    from speechfuse.cli import main
+
+    config = _fsdd_config_file(tmp_path)
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(config), "--grid", "interface.name=weighted_sum,hconv", "--out", str(out)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "1 extraction job(s) submitted" in err and "2 training job(s) submitted" in err
+    jobs = json.loads((out / "launcher" / "jobs.json").read_text())
+    assert sorted(jobs) == ["hconv", "weighted_sum"] and {j["launcher"] for j in jobs.values()} == {"local"}
+    assert [r["run"] for r in _rows(out / "results.csv")] == ["weighted_sum", "hconv"]
+    assert all((out / "runs" / name / "metrics.json").is_file() for name in jobs)
+    assert main(argv) == 0  # a rerun collects the finished runs and submits nothing
+    assert "submitted" not in capsys.readouterr().err
+    assert json.loads((out / "launcher" / "jobs.json").read_text()) == jobs
+
+    # the search: the extraction, then 2 workers on one journal-file study, as jobs; the survivor's seed 1 too
+    space = tmp_path / "space.yaml"
+    space.write_text("space: {interface.name: [weighted_sum, hconv]}\ntrials: 2\nsampler: grid\nseeds: [0, 1]\n"
+                     "survivors: 1\n")
+    found = tmp_path / "search"
+    assert main(["search", str(config), "--space", str(space), "--out", str(found), "--workers", "2",
+                 "--storage", f"journal:{found / 'study.log'}"]) == 0
+    err = capsys.readouterr().err
+    assert "1 speechfuse-extract job(s) submitted" in err and "2 speechfuse-search job(s) submitted" in err
+    trials = _rows(found / "trials.csv")
+    assert sorted(t["run"] for t in trials) == ["hconv__seed=0", "weighted_sum__seed=0"]
+    assert {t["state"] for t in trials} == {"complete"}  # nothing to prune against with two trials at rung 1
+    best = max(trials, key=lambda t: (float(t["dev_accuracy"]), -int(t["trial"])))["run"].replace("__seed=0", "")
+    assert sorted(r["seed"] for r in _rows(found / "results.csv")) == ["0", "1"]
+    assert list(json.loads((found / "launcher" / "jobs.json").read_text())) == [f"{best}__seed=1"]

@@ -130,8 +130,6 @@ def _executor(options: LauncherOptions, folder: Path, job_name: str):
         params.update(slurm_partition=options.partition, slurm_account=options.account,
                       slurm_array_parallelism=options.array_parallelism, slurm_signal_delay_s=options.signal_delay_s,
                       slurm_additional_parameters=dict(options.extra))
-    else:
-        params["local_signal_delay_s"] = options.signal_delay_s
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     return executor
 
@@ -286,6 +284,26 @@ class ClusterPool:
         pass
 
 
+def run_jobs(options: LauncherOptions, out_dir: str | Path, job_name: str, calls: list[tuple[Callable, tuple]]) -> list:
+    """Submit `calls` ((function, args) each) as one job array and wait for all; a failed job raises naming
+    its log."""
+    folder = Path(out_dir) / "launcher"
+    executor = _executor(options, folder, job_name)
+    with executor.batch():
+        jobs = [executor.submit(fn, *args) for fn, args in calls]
+    print(f"speechfuse: {len(jobs)} {job_name} job(s) submitted", file=sys.stderr)
+    results = []
+    for job in jobs:
+        while not job.done():
+            time.sleep(POLL_SECONDS)
+        try:
+            results.append(job.result())
+        except Exception as err:
+            raise SpeechfuseError(f"{job_name} job {job.job_id} failed; its log: {job.paths.stderr}. "
+                                  "Rerun the same command to go on.") from err
+    return results
+
+
 def cluster_pool_factory(options: LauncherOptions, cfg: Any, out_dir: str | Path) -> Callable:
     """The `launcher=` argument of run_sweep: (run_of, train_fn, finished) -> ClusterPool."""
     from .sweep import shared_cache_dir
@@ -298,6 +316,6 @@ def cluster_pool_factory(options: LauncherOptions, cfg: Any, out_dir: str | Path
     return factory
 
 
-__all__ = ["LauncherOptions", "launcher_options", "TrainJob", "ClusterPool",
+__all__ = ["LauncherOptions", "launcher_options", "TrainJob", "ClusterPool", "run_jobs",
            "cluster_pool_factory"]
 

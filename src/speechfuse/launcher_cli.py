@@ -29,14 +29,23 @@ def read_launcher_section(config_path: str | Path) -> Any:
     return data.get("launcher") if isinstance(data, dict) else None
 
 
-def launcher_from_args(args: Any, cfg: Any) -> Callable | None:
-    """run_sweep's `launcher=` from the options and the config's launcher: section; None: train here."""
+def launcher_options_from_args(args: Any) -> Any:
+    """LauncherOptions from the options and the config's launcher: section; None: run here."""
     section = read_launcher_section(args.config)
     if args.launcher is None and section is None:
         return None
-    from .launcher import cluster_pool_factory, launcher_options
+    from .launcher import launcher_options
 
     cli = {"name": args.launcher, "partition": args.partition, "account": args.account, "gpus": args.gpus,
            "cpus": args.cpus, "time": args.time}
-    options = launcher_options(section, cli, f"{args.config}: launcher")
+    return launcher_options(section, cli, f"{args.config}: launcher")
+
+
+def launcher_from_args(args: Any, cfg: Any) -> Callable | None:
+    """run_sweep's `launcher=` from the options and the config's launcher: section; None: train here."""
+    options = launcher_options_from_args(args)
+    if options is None:
+        return None
+    from .launcher import cluster_pool_factory
+
     return cluster_pool_factory(options, cfg, args.out)

@@ -54,6 +54,7 @@ from .sweep import (SEED_KEY, _config_dict, _prefill_caches, _read_json, _select
 PRUNERS = ("successive_halving", "hyperband", "none")
 SAMPLERS = ("tpe", "random", "grid")
 POLL_SECONDS = 2.0  # how often a trial that drew running values looks whether they finished
+OVER_BUDGET = "over_budget"
 TRIALS_MD, TRIALS_CSV, STOPPED_PNG = "trials.md", "trials.csv", "stopped.png"
 
 
@@ -329,6 +330,10 @@ def make_objective(cfg: Any, space: SearchSpace, out_dir: Path, train_fn: Callab
     cache_dir = shared_cache_dir(cfg, out_dir)
 
     def objective(trial: Any) -> float:
+        if trial.number >= space.trials:  # the other workers took the rest of the budget meanwhile
+            trial.set_user_attr(OVER_BUDGET, True)
+            trial.study.stop()
+            raise optuna.TrialPruned(f"over the study's budget of {space.trials} trials; not trained")
         combo = {**suggest(trial, space), SEED_KEY: space.seeds[0]}
         name = run_name(combo)
         trial.set_user_attr("run", name)
@@ -389,9 +394,14 @@ def _worker_main(cfg: Any, space: SearchSpace, out_dir: str, storage: str, study
 # ---------------------------------------------------------------------------------------------
 # the result: trials table, the figure, the survivors over the seeds
 # ---------------------------------------------------------------------------------------------
+def _budgeted(study: Any) -> list:
+    """The study's trials but those that started past the budget (and trained nothing)."""
+    return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(OVER_BUDGET)]
+
+
 def trial_rows(study: Any, space: SearchSpace, metric: str) -> list[dict]:
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in _budgeted(study):
         row = {"trial": t.number, "state": t.state.name.lower(), "run": t.user_attrs.get("run")}
         if t.params and all(k in t.params for k in space.keys):
             row.update({k: _short(v) for k, v in combo_of(t.params, space).items()})
@@ -411,7 +421,7 @@ def plot_stopped(study: Any, metric: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for t in study.get_trials(deepcopy=False):
+    for t in _budgeted(study):
         if not t.intermediate_values:
             continue
         steps = sorted(t.intermediate_values)
@@ -439,7 +449,7 @@ def survivors(study: Any, space: SearchSpace, higher_is_better: bool) -> list[di
 
 def finish_search(cfg: Any, space: SearchSpace, out_dir: str | Path, storage: str | None = None,
                   study_name: str | None = None, train_fn: Callable | None = None, progress: bool = True,
-                  jobs: int = 1, threads: int | None = None) -> dict:
+                  jobs: int = 1, threads: int | None = None, launcher: Callable | None = None) -> dict:
     """Write trials.md/csv and stopped.png, retrain the survivors on every seed through `run_sweep` (their
     first seed's runs are the trials' own) and return a summary (the sweep's rows under `results`)."""
     out_dir = Path(out_dir).resolve()
@@ -454,7 +464,7 @@ def finish_search(cfg: Any, space: SearchSpace, out_dir: str | Path, storage: st
                               "(raise `trials`, or lower `reduction_factor` / raise `min_steps`)")
     grid = [{k: [v] for k, v in combo.items()} for combo in best]
     results = run_sweep(cfg, grid, out_dir, seeds=space.seeds, train_fn=train_fn, progress=progress, jobs=jobs,
-                        threads=threads)
+                        threads=threads, launcher=launcher)
     steps = [r["steps"] for r in rows if isinstance(r.get("steps"), int)]
     return {"study": study.study_name, "trials": len(rows),
             "states": {s: sum(r["state"] == s for r in rows) for s in sorted({r["state"] for r in rows})},
@@ -463,8 +473,11 @@ def finish_search(cfg: Any, space: SearchSpace, out_dir: str | Path, storage: st
 
 def search(cfg: Any, space: SearchSpace, out_dir: str | Path, *, storage: str | None = None,
            study_name: str | None = None, workers: int = 1, threads: int | None = None,
-           train_fn: Callable | None = None, progress: bool = True) -> dict:
-    """The whole search: fill the caches, run `workers` processes on one shared study, then finish_search."""
+           train_fn: Callable | None = None, progress: bool = True, launcher: Any = None) -> dict:
+    """The whole search: fill the caches, run `workers` processes on one shared study, then finish_search.
+    launcher (speechfuse.launcher.LauncherOptions): the extraction and the `workers` workers run as jobs (the
+    store must then be one every node reaches: a journal file on a shared file system or a database server),
+    and the survivors' seeds as the sweep's jobs."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"search: workers must be a whole number >= 1, got {workers!r}")
     out_dir = Path(out_dir).resolve()
@@ -474,13 +487,31 @@ def search(cfg: Any, space: SearchSpace, out_dir: str | Path, *, storage: str | 
     for combo in _every_choice(space):  # validate every combination the study may draw, up front
         combo_config(cfg, {**combo, SEED_KEY: space.seeds[0]}, None)
     open_study(cfg, space, storage, study_name)  # create it once, before the workers race to
+    cache_dir = shared_cache_dir(cfg, out_dir)
+    if launcher is not None:
+        from .launcher import cluster_pool_factory, run_jobs
+
+        if cache_dir is not None:
+            configs = [combo_config(cfg, c, cache_dir) for c in _cache_combos(space)]
+            run_jobs(launcher, out_dir, "speechfuse-extract", [(extract_caches, (configs, str(out_dir)))])
+        run_jobs(launcher, out_dir, "speechfuse-search",
+                 [(_worker_main, (cfg, space, str(out_dir), storage, study_name, train_fn, launcher.cpus))] * workers)
+        return finish_search(cfg, space, out_dir, storage, study_name, train_fn, progress,
+                             launcher=cluster_pool_factory(launcher, cfg, out_dir))
     if train_fn is None:
-        _prefill_caches(cfg, _cache_combos(space), shared_cache_dir(cfg, out_dir), out_dir)
+        _prefill_caches(cfg, _cache_combos(space), cache_dir, out_dir)
     if workers == 1:
         search_worker(cfg, space, out_dir, storage, study_name, train_fn, threads)
     else:
         _run_workers(cfg, space, out_dir, storage, study_name, train_fn, workers, threads)
     return finish_search(cfg, space, out_dir, storage, study_name, train_fn, progress, jobs=workers, threads=threads)
+
+
+def extract_caches(configs: list[Any], out_dir: str) -> None:
+    from .extract import fill_config_caches
+
+    for cfg in configs:
+        fill_config_caches(cfg, Path(out_dir) / "cache_fill", progress=False)
 
 
 def _run_workers(cfg, space, out_dir, storage, study_name, train_fn, workers, threads) -> None:

@@ -24,10 +24,14 @@ def add_parser(sub: argparse._SubParsersAction, add_config) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads per run")
     p.add_argument("--worker-only", action="store_true",
                    help="only run trials (one more worker of a study other jobs also work on), no retraining")
+    from .launcher_cli import add_launcher_arguments
+
+    add_launcher_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .launcher_cli import launcher_options_from_args
     from .search import load_space, search, search_worker
 
     space = load_space(args.space)
@@ -37,6 +41,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"trials_run": ran}, indent=2))
         return 0
     summary = search(cfg, space, args.out, storage=args.storage, study_name=args.study, workers=args.workers,
-                     threads=args.threads)
+                     threads=args.threads, launcher=launcher_options_from_args(args))
     print(json.dumps(summary, indent=2, default=str))
     return 0
