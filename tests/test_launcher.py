@@ -40,7 +40,7 @@ def test_launcher_options_from_the_config_section_and_the_command_line():
 def test_a_launcher_section_does_not_enter_the_run_config(tmp_path):
     from speechfuse.config import load_config
 
-    (tmp_path / "c.yaml").write_text("task: classify\ndata: {train: t.csv, dev: d.csv}\nupstreams: [a]\n"
+    (tmp_path / "c.yaml").write_text("task: classify\ndata: {train: t.csv, dev: d.csv}\nupstreams: [speech-embedding]\n"
                                      "launcher: {name: slurm, partition: gpu}\n")
     assert "launcher" not in load_config(tmp_path / "c.yaml").model_dump()
 
