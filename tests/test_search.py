@@ -158,7 +158,8 @@ def test_a_journal_file_study_is_shared_and_a_bad_space_fails_in_one_line(tmp_pa
     from speechfuse.config import config_from_dict
     from speechfuse.search import open_study
 
-    cfg = config_from_dict({"task": "classify", "data": {"train": "t.csv", "dev": "d.csv"}, "upstreams": ["speech-embedding"]})
+    cfg = config_from_dict({"task": "classify", "data": {"train": "t.csv", "dev": "d.csv"},
+                            "upstreams": ["speech-embedding"]})
     space = space_from_dict({"space": {"train.lr": [0.1, 0.2]}, "trials": 2})
     journal = f"journal:{tmp_path / 'shared' / 'study.log'}"
     first = open_study(cfg, space, journal, "s")
@@ -170,7 +171,8 @@ def test_a_journal_file_study_is_shared_and_a_bad_space_fails_in_one_line(tmp_pa
     assert [t.value for t in second.get_trials()] == [0.5]
 
     (tmp_path / "space.yaml").write_text("space: {train.lr: []}\n")
-    (tmp_path / "c.yaml").write_text("task: classify\ndata: {train: t.csv, dev: d.csv}\nupstreams: [speech-embedding]\n")
+    (tmp_path / "c.yaml").write_text("task: classify\ndata: {train: t.csv, dev: d.csv}\n"
+                                     "upstreams: [speech-embedding]\n")
     capsys.readouterr()
     code = main(["search", str(tmp_path / "c.yaml"), "--space", str(tmp_path / "space.yaml"), "--out",
                  str(tmp_path / "out")])

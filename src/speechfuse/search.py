@@ -25,8 +25,9 @@ A space file (YAML):
 - The study lives in a real store that many workers share: `sqlite:///OUT/study.db` by default, any
   SQLAlchemy URL (a database server across nodes), or `journal:PATH` (Optuna's journal file, for a shared
   file system). `workers=N` starts N processes on this machine (with `launcher=`, N jobs); `search_worker` is
-  what each runs, so workers started anywhere can join. The budget of trials is exact over all workers. Two trials that draw the same values train once: the later
-  one takes the earlier's result (user attribute `duplicate_of`).
+  what each runs, so workers started anywhere can join. The budget of trials is exact over all workers.
+  Two trials that draw the same values train once: the later one waits for the earlier and takes its outcome
+  (user attribute `duplicate_of`).
 - The result is a sweep folder (speechfuse.sweep): results.csv / summary.csv / results.md of the survivors
   over the seeds with the paired bootstrap against the best; plus trials.csv / trials.md (every trial, its
   values, state and steps trained) and stopped.png (each trial's dev curve, a cross where it was stopped).
