@@ -178,3 +178,11 @@ def test_a_journal_file_study_is_shared_and_a_bad_space_fails_in_one_line(tmp_pa
                  str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "space.yaml: space.train.lr: an empty list of choices" in err[0]
+
+
+def test_search_help(capsys):
+    from speechfuse.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", "--help"])
+    assert exit_.value.code == 0 and "--space" in capsys.readouterr().out

@@ -372,9 +372,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if not args.grid:
             raise SpeechfuseError("sweep: give at least one --grid KEY=V1,V2")
         cfg = load_config(args.config, args.overrides)
+        launcher = {"launcher": pool} if (pool := launcher_from_args(args, cfg)) is not None else {}
         rows = run_sweep(cfg, parse_grid(args.grid), args.out, seeds=_seeds(args.seeds),
                          select=parse_grid(args.select) if args.select else None, jobs=args.jobs,
-                         threads=args.threads, launcher=launcher_from_args(args, cfg))
+                         threads=args.threads, **launcher)
         print(json.dumps(rows, indent=2, default=str))
         return 0
     if args.command == "study":
