@@ -16,6 +16,7 @@ run benchmarks/extract_overhead.py --device "$DEVICE"
 run benchmarks/flops_utilisation.py --device "$DEVICE"
 run benchmarks/extract_memory.py --device "$DEVICE"
 run benchmarks/long_clip_memory.py --device "$DEVICE"
+run benchmarks/long_clip_stitching.py --device "$DEVICE"
 run benchmarks/bundled_load.py
 run benchmarks/interface_cost.py --device "$DEVICE"
 run benchmarks/sweep_cache.py --device "$DEVICE"

@@ -256,7 +256,7 @@ def test_kill_mid_extraction_then_resume(tmp_path):
     manifest.write_text(json.dumps([{"id": u.id, "path": u.path, "duration": u.duration} for u in utts]))
     root = tmp_path / "cache"
     config = tmp_path / "config.yaml"
-    config.write_text(f"task: classify\ndata: {{train: t.csv, dev: d.csv}}\nupstreams: [fake]\n"
+    config.write_text(f"task: classify\ndata: {{train: t.csv, dev: d.csv}}\nupstreams: [resemblyzer]\n"
                       f"cache: {{dir: {root}, shard_mb: {6000 / 2**20}}}\n")
     script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), manifest=str(manifest), config=str(config))
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

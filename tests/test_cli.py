@@ -46,7 +46,7 @@ def test_help_of_every_subcommand(command, capsys):
 def test_train_then_evaluate(setup, tmp_path, capsys):
     root, cfg, _ = setup
     out = tmp_path / "run"
-    assert main(["train", str(cfg), "--set", "train.max_steps=3", "interface.name=hconv", "--out", str(out)]) == 0
+    assert main(["train", str(cfg), "--set", "train.max_steps=3", "--set", "interface.name=hconv", "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert json.loads((out / "metrics.json").read_text()) == printed
     resolved = yaml.safe_load((out / "config.yaml").read_text())
@@ -89,6 +89,9 @@ def test_extract_fills_the_cache_then_train_reads_it(setup, tmp_path, capsys, mo
     report = json.loads(captured.out)
     assert Path(report["cache"]) == tmp_path / "runs" / "cache" and report["utterances"] == 24
     assert "s of audio per second" in captured.err  # throughput line of fill_caches
+    assert main(["extract", str(cfg), "--set", "cache=auto", "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert json.loads(quiet.out)["utterances"] == 24 and "feature cache" not in quiet.err  # --quiet: no notes
     assert main(["extract", str(cfg), "--set", "cache=off", "--out", str(out)]) == 2
     assert "cache is 'off'" in capsys.readouterr().err
 
@@ -98,7 +101,7 @@ def test_extract_fills_the_cache_then_train_reads_it(setup, tmp_path, capsys, mo
         raise AssertionError("the upstream ran although `speechfuse extract` cached every utterance")
 
     monkeypatch.setattr(Upstream, "forward", boom)
-    assert main(["train", str(cfg), "--set", "cache=auto", "train.max_steps=2", "--out", str(out)]) == 0
+    assert main(["train", str(cfg), "--set", "cache=auto", "--set", "train.max_steps=2", "--out", str(out)]) == 0
     assert (out / "metrics.json").is_file()
 
 
@@ -108,7 +111,7 @@ def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
     _, cfg, _ = setup
     seen = {}
 
-    def fake_run_sweep(config, grid, out_dir, seeds=None, select=None, jobs=1, threads=None):
+    def fake_run_sweep(config, grid, out_dir, seeds=None, select=None, jobs=1, threads=None, progress=True):
         seen.update(config=config, grid=grid, out=out_dir, seeds=seeds, select=select, jobs=jobs, threads=threads)
         return []
 
@@ -123,6 +126,9 @@ def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
     assert seen["seeds"] == [0, 1] and seen["select"] == {"train.interface_lr": [1e-4, 1e-3]} and seen["jobs"] == 2
     assert seen["threads"] == 1
     assert seen["config"].task == "classify" and seen["out"] == str(tmp_path)
+    assert main(["sweep", str(cfg), "--seeds", "0,1", "--out", str(tmp_path)]) == 0  # seeds alone: no grid needed
+    assert seen["grid"] == {} and seen["seeds"] == [0, 1]
+    assert main(["sweep", str(cfg), "--out", str(tmp_path)]) == 2
 
 
 def test_demo_subcommand_calls_run_demo(tmp_path, monkeypatch, capsys):

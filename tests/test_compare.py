@@ -166,3 +166,44 @@ def test_each_test_set_has_its_own_best(tmp_path):
     assert {k: m["tied_with_best"] for k, m in marks.items()} == {"good": "best", "bad": "no", "other": "best"}
     assert marks["bad"]["ci_low"] == marks["bad"]["ci_high"] == pytest.approx(0.6)  # every utterance at 3/5
     assert rank_against_best({"x": [tmp_path / "missing"]}) == {}  # no per-utterance results: no marks
+
+
+def _seed_runs(root, name: str, wrong_by_seed: dict[int, int], count: int = 250) -> dict[int, object]:
+    """One configuration's runs by seed: seed s errs on the first wrong_by_seed[s] of `count` utterances."""
+    return {seed: make_run(root / f"{name}__seed={seed}", "classify", [int(i < wrong) for i in range(count)])
+            for seed, wrong in wrong_by_seed.items()}
+
+
+def test_the_best_is_decided_on_rates_not_on_summed_errors(tmp_path):
+    """The issue's case: a configuration with 1 finished seed at 0.664 accuracy next to one with 3 seeds
+    at 0.767 on average. Summed errors (84 against 175) made the 1-seed row the best."""
+    from speechfuse.compare import rank_against_best
+
+    one = _seed_runs(tmp_path, "one", {0: 84})  # 166 / 250 = 0.664
+    three = _seed_runs(tmp_path, "three", {0: 38, 1: 58, 2: 79})  # 0.848, 0.768, 0.684
+    marks = rank_against_best({"one": list(one.values()), "three": list(three.values())})  # a list: runs by seed
+    assert marks["three"]["tied_with_best"] == "best" and marks["three"]["vs_best_p"] is None
+    # compared on seed 0 only, the seed both have: 84 against 38 errors
+    assert marks["one"]["tied_with_best"] == "no" and marks["one"]["vs_best_seeds"] == [0]
+    assert marks["one"]["vs_best_p"] < 0.05
+    # each row's interval is over its own seeds: the 3-seed row's holds its mean accuracy 1 - 175/750
+    assert marks["three"]["ci_low"] < 1 - 175 / 750 < marks["three"]["ci_high"]
+    assert marks["one"]["ci_low"] < 0.664 < marks["one"]["ci_high"] < marks["three"]["ci_low"] + 0.1
+
+
+def test_a_row_with_missing_seeds_is_compared_on_the_seeds_it_shares(tmp_path):
+    from speechfuse.compare import rank_against_best
+
+    three = _seed_runs(tmp_path, "three", {0: 60, 1: 62, 2: 64})
+    lucky = _seed_runs(tmp_path, "lucky", {1: 20})  # a lower rate, but on one seed: not picked as the best
+    close = _seed_runs(tmp_path, "close", {0: 61, 2: 63})
+    alone = _seed_runs(tmp_path, "alone", {7: 10})  # no seed in common with the best
+    marks = rank_against_best({"three": three, "lucky": lucky, "close": close, "alone": alone})
+    assert {k: m["tied_with_best"] for k, m in marks.items()} == {
+        "three": "best", "lucky": "better", "close": "yes", "alone": "not comparable"}
+    assert marks["lucky"]["vs_best_seeds"] == [1] and marks["close"]["vs_best_seeds"] == [0, 2]
+    assert marks["lucky"]["vs_best_p"] < 0.05 and marks["close"]["vs_best_p"] >= 0.05
+    assert marks["alone"]["vs_best_p"] is None and marks["alone"]["vs_best_seeds"] == []
+    # equal seed counts: the lower rate is the best, whichever order the rows come in
+    swapped = rank_against_best({"close": close, "three": {0: three[0], 2: three[2]}})
+    assert swapped["close"]["tied_with_best"] == "best" and swapped["three"]["tied_with_best"] == "yes"

@@ -37,7 +37,14 @@ def test_minimal_schema_loads_with_defaults_and_resolved_paths(cfg_file):
     assert cfg.task == "classify" and [u.spec for u in cfg.upstreams] == ["whisper-tiny.en", "resemblyzer"]
     assert cfg.train.lr == 1e-3 and cfg.train.interface_lr == 1e-2 and cfg.train.max_steps == 1000
     assert cfg.data.train == str(cfg_file.parent / "train.csv")  # relative to the config file's folder
-    assert cfg.interface.name == "hconv" and cfg.interface.options() == {}
+    # the default protocol (docs/plateau.md): layer norm where the interface takes it, fan-in lr scaling, clipping
+    assert cfg.interface.name == "hconv" and cfg.interface.options() == {"layer_norm": True}
+    assert cfg.train.interface_lr_scaling == "fan_in" and cfg.train.grad_clip == 1.0
+    plain = load_config(cfg_file, ["interface.layer_norm=false", "train.interface_lr_scaling=none",
+                                   "train.grad_clip=null"])
+    assert plain.train.interface_lr_scaling == "none" and plain.train.grad_clip is None  # the old behaviour
+    assert plain.interface.options() == {"layer_norm": False}
+    assert load_config(cfg_file, ["interface.name=last"]).interface.options() == {}  # `last` takes no layer norm
     assert cfg.cache.dir == "auto" and cfg.cache.key == "sample" and cfg.train.skip_bad_rows is False
 
 
@@ -47,7 +54,7 @@ def test_overrides_are_yaml_scalars_and_nested(cfg_file):
                                  "upstreams=[resemblyzer]", "align.frame_rate=50", "cache=off"])
     assert cfg.train.max_steps == 5 and isinstance(cfg.train.max_steps, int)
     assert cfg.train.lr == pytest.approx(3e-4)  # YAML 1.1 reads 3e-4 as a string; we read a number
-    assert cfg.interface.name == "weighted_sum" and cfg.interface.options() == {"output_dim": 64}
+    assert cfg.interface.name == "weighted_sum" and cfg.interface.options() == {"output_dim": 64, "layer_norm": True}
     assert cfg.downstream == {"dropout": 0.1} and cfg.train.skip_bad_rows is True
     assert [u.spec for u in cfg.upstreams] == ["resemblyzer"] and cfg.align.options() == {"frame_rate": 50}
     assert cfg.cache.dir == "off"

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from speechfuse.cli import main
 from speechfuse.data.corpora import CorpusError, iemocap_manifests, prepare, voxceleb1_manifests
-from speechfuse.data.manifest import load_manifest
+from speechfuse.data.manifest import Utterance, load_manifest
 from speechfuse.data.trials import read_trials
 from speechfuse.errors import ConfigError
 
@@ -86,7 +86,8 @@ def test_iemocap_missing_wav_and_missing_session(tmp_path):
 # -- VoxCeleb1 ---------------------------------------------------------------------------------------
 
 def make_voxceleb1(root: Path, layout: str = "zips") -> list[str]:
-    """6 dev speakers x 2 videos x 2 clips, 2 test speakers the same; iden_split + veri_test2."""
+    """6 dev speakers x 2 videos x 2 clips, 2 test speakers the same; iden_split, veri_test2 (4 trials) and
+    voxceleb1_test_v2 (5)."""
     names = [f"id1{s:04d}/vid{v}/0000{c}.wav" for s in range(1, 9) for v in range(2) for c in range(1, 3)]
     for n in names:
         test = n.startswith(("id10007", "id10008"))
@@ -95,18 +96,20 @@ def make_voxceleb1(root: Path, layout: str = "zips") -> list[str]:
     iden = [f"{3 if n.endswith('00002.wav') and 'vid1' in n else 2 if n.endswith('00002.wav') else 1} {n}"
             for n in names]
     (root / "iden_split.txt").write_text("\n".join(iden) + "\n")
-    (root / "veri_test2.txt").write_text(
-        "1 id10007/vid0/00001.wav id10007/vid1/00002.wav\n"
-        "0 id10007/vid0/00001.wav id10008/vid0/00002.wav\n"
-        "1 id10008/vid0/00001.wav id10008/vid1/00001.wav\n"
-        "0 id10008/vid1/00001.wav id10007/vid0/00002.wav\n")
+    cleaned = ("1 id10007/vid0/00001.wav id10007/vid1/00002.wav\n"
+               "0 id10007/vid0/00001.wav id10008/vid0/00002.wav\n"
+               "1 id10008/vid0/00001.wav id10008/vid1/00001.wav\n"
+               "0 id10008/vid1/00001.wav id10007/vid0/00002.wav\n")
+    (root / "veri_test2.txt").write_text(cleaned)
+    # SUPERB's list: the original trials, of which the cleaned list drops some (here one, and it adds none)
+    (root / "voxceleb1_test_v2.txt").write_text(cleaned + "1 id10007/vid1/00001.wav id10007/vid0/00002.wav\n")
     return names
 
 
 @pytest.mark.parametrize("layout", ["zips", "merged"])
 def test_voxceleb1_identification_and_verification(tmp_path, layout):
     names = make_voxceleb1(tmp_path / "vox1", layout)
-    out = voxceleb1_manifests(tmp_path / "vox1", tmp_path / "out", dev_speakers=2)
+    out = voxceleb1_manifests(tmp_path / "vox1", tmp_path / "out", dev_speakers=2, trials="veri_test2")
     iden = {s: load_manifest(out["identification"][s]) for s in ("train", "dev", "test")}
     assert sum(len(v) for v in iden.values()) == len(names)
     assert all(u.id.endswith("00001.wav") for u in iden["train"]) and len(iden["test"]) == 8
@@ -141,11 +144,50 @@ def test_voxceleb1_malformed_trial_line_and_missing_wav(tmp_path):
     with open(root / "veri_test2.txt", "a") as f:
         f.write("1 id10007/vid0/00001.wav\n")
     with pytest.raises(ConfigError, match=r"veri_test2.txt line 5: expected 3 fields"):
-        voxceleb1_manifests(root, tmp_path / "out", dev_speakers=2)
+        voxceleb1_manifests(root, tmp_path / "out", dev_speakers=2, trials="veri_test2")
     make_voxceleb1(root)
     (root / "vox1_dev_wav" / "wav" / "id10003" / "vid1" / "00002.wav").unlink()
     with pytest.raises(CorpusError, match=r"1 listed file.*id10003/vid1/00002.wav \(iden_split.txt line 12\)"):
         voxceleb1_manifests(root, tmp_path / "out", dev_speakers=2)
+
+
+def test_voxceleb1_defaults_are_superbs_trials_speakers_and_test_chosen_checkpoints(tmp_path):
+    """By default: voxceleb1_test_v2 (5 trials here, 6 names), every speaker outside it trains (6 here; 1,211
+    in VoxCeleb1), and dev is the test set with its trials (SUPERB picks the best test EER)."""
+    make_voxceleb1(tmp_path / "vox1")
+    ver = voxceleb1_manifests(tmp_path / "vox1", tmp_path / "out")["verification"]
+    assert len(read_trials(ver["test_trials"])) == 5 and sum(t.label for t in read_trials(ver["test_trials"])) == 3
+    test = load_manifest(ver["test"])
+    assert len(test) == 7  # the distinct names of the five trials
+    assert len({u.speaker for u in load_manifest(ver["train"])}) == 6
+    assert ver["dev"] == ver["test"] and ver["dev_trials"] == ver["test_trials"]  # no dev set: chosen on test
+    assert not (tmp_path / "out" / "verification" / "dev.csv").exists()
+    cleaned = voxceleb1_manifests(tmp_path / "vox1", tmp_path / "clean", trials="veri_test2")["verification"]
+    assert len(read_trials(cleaned["test_trials"])) == 4 and len(load_manifest(cleaned["test"])) == 6
+    with pytest.raises(CorpusError, match="trials must be one of voxceleb1_test_v2, veri_test2"):
+        voxceleb1_manifests(tmp_path / "vox1", tmp_path / "bad", trials="veri_test")
+
+
+def test_s3prl_sox_chain_trims_silence_lowers_gain_and_drops_short_training_clips(tmp_path):
+    """gain -3 dB and `silence 1 0.1 0.1% -1 0.1 0.1%` (libsox through cysox) on a 1 s silence + 2.5 s tone +
+    1 s silence clip: the silences go, the tone stays, its peak falls by 3 dB; a 1.5 s tone clip is not over
+    2 s after the chain, so the training filter drops it; a test clip is never dropped."""
+    from speechfuse.data import read_audio
+    from speechfuse.data.sox_chain import apply_s3prl_chain
+
+    rate = 16000
+    tone = 0.5 * np.sin(2 * np.pi * 220 * np.arange(int(2.5 * rate)) / rate).astype(np.float32)
+    silent = np.zeros(rate, dtype=np.float32)
+    sf.write(tmp_path / "long.wav", np.concatenate([silent, tone, silent]), rate, subtype="FLOAT")
+    sf.write(tmp_path / "short.wav", tone[:int(1.5 * rate)], rate, subtype="FLOAT")
+    utts = [Utterance("spk/v/long.wav", str(tmp_path / "long.wav")), Utterance("spk/v/short.wav", str(tmp_path / "short.wav"))]
+    kept = apply_s3prl_chain(utts, tmp_path / "out", min_seconds=2.0)
+    assert [u.id for u in kept] == ["spk/v/long.wav"]
+    processed = read_audio(kept[0].path, rate).numpy()
+    assert 2.5 <= len(processed) / rate < 2.5 + 0.25 and kept[0].duration == pytest.approx(len(processed) / rate)
+    assert np.abs(processed).max() == pytest.approx(0.5 * 10 ** (-3 / 20), rel=1e-3)
+    assert np.abs(processed[:int(0.05 * rate)]).max() > 0.1  # starts on the tone, not on the second of silence
+    assert [u.id for u in apply_s3prl_chain(utts, tmp_path / "out")] == ["spk/v/long.wav", "spk/v/short.wav"]
 
 
 # -- the CLI -----------------------------------------------------------------------------------------
@@ -155,6 +197,14 @@ def test_prepare_cli(tmp_path, capsys):
     assert main(["prepare", "iemocap", str(tmp_path / "iemocap"), "--out", str(tmp_path / "er")]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert Path(printed["fold5"]["test"]).is_file()
+    make_voxceleb1(tmp_path / "vox1")
+    assert main(["prepare", "voxceleb1", str(tmp_path / "vox1"), "--out", str(tmp_path / "sv"),
+                 "--trials", "veri_test2", "--dev-speakers", "2"]) == 0
+    printed = json.loads(capsys.readouterr().out)["verification"]
+    assert len(read_trials(printed["test_trials"])) == 4 and len({u.speaker for u in load_manifest(printed["dev"])}) == 2
+    assert main(["prepare", "iemocap", str(tmp_path / "iemocap"), "--out", str(tmp_path / "er2"),
+                 "--trials", "veri_test2"]) == 2
+    assert "prepare iemocap: takes no options" in capsys.readouterr().err
     assert main(["prepare", "voxceleb1", str(tmp_path / "nothing"), "--out", str(tmp_path / "sv")]) == 2
     err = capsys.readouterr().err
     assert "folder not found" in err and "Traceback" not in err

@@ -411,17 +411,23 @@ def test_clip_longer_than_an_upstream_accepts_is_a_bad_row_naming_row_and_file(t
     assert len(validate_manifest(manifest, "text")) == 3  # no limit: every clip is fine
 
 
-def test_clip_limit_comes_from_the_upstreams(tiny_model_dir):
+def test_clip_limit_comes_from_upstreams_that_cannot_window(tiny_model_dir):
+    """HF upstreams run clips over max_seconds in windows, so they set no manifest limit; an upstream
+    with a limit and no windows (no window_samples) still makes longer clips bad rows."""
     from speechfuse import load_upstream
     from speechfuse.data import ClipLimit, clip_limit
 
     whisper = load_upstream(f"hf:{tiny_model_dir('whisper')}")
     hubert = load_upstream(f"hf:{tiny_model_dir('hubert')}")
     assert clip_limit([]) is None
-    # wav2vec2-style models: attention over the whole clip, 60 s by default, the upstream option max_seconds
-    assert clip_limit([hubert]) == ClipLimit(60.0, hubert.name)
-    assert clip_limit([load_upstream(f"hf:{tiny_model_dir('hubert')}", max_seconds=90)]) == ClipLimit(90.0, hubert.name)
-    assert clip_limit([hubert, whisper]) == ClipLimit(30.0, whisper.name)
+    assert hubert.max_samples == 60 * 16000 and whisper.max_samples == 30 * 16000
+    assert hubert.runs_long_clips and whisper.runs_long_clips
+    assert clip_limit([hubert, whisper]) is None
+
+    class NoWindows:  # the attributes clip_limit reads, as a user's upstream without window_samples has them
+        name, sample_rate, max_samples, runs_long_clips = "fixed", 16000, 16000 * 20, False
+
+    assert clip_limit([hubert, NoWindows()]) == ClipLimit(20.0, "fixed")
 
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf])
@@ -509,23 +515,6 @@ def run_config(manifests: dict[str, Path], upstream: str) -> dict:
     return {"task": "classify", "data": {k: str(v) for k, v in manifests.items()},
             "upstreams": [{"spec": f"hf:{upstream}"}], "interface": {"name": "weighted_sum"},
             "train": {"max_steps": 1, "progress_bar": False}, "cache": "off"}
-
-
-def test_run_refuses_a_clip_longer_than_whisper_takes_before_training(tmp_path, tiny_model_dir):
-    from speechfuse.config import config_from_dict
-    from speechfuse.train import train
-
-    manifests = fsdd_split_files(tmp_path)
-    utts = load_manifest(manifests["train"])
-    long_clip = tone(tmp_path / "lecture.wav", 31.0)
-    write_manifest([*utts, Utterance("lecture", str(long_clip), text="zero", label="0")], manifests["train"])
-    cfg = config_from_dict(run_config(manifests, tiny_model_dir("whisper")))
-    with pytest.raises(ConfigError) as err:
-        train(cfg, tmp_path / "run")
-    message = str(err.value)
-    assert f"row {len(utts) + 1} (id 'lecture', path '{long_clip}')" in message
-    assert "longer than the 30 s that" in message and "nothing was trained" in message
-    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_header_only_manifest_in_a_run_names_the_split_and_no_skipped_file(tmp_path):
@@ -645,3 +634,25 @@ def test_predict_inputs_from_a_segment_manifest_keep_their_span(tmp_path):
     assert isinstance(item, _Item) and (item.start, item.end) == (0.1, 0.3)
     assert item.duration == pytest.approx(0.2)
     assert failure.id == "bad" and "span" in failure.error
+
+
+def test_s3prl_buckets_reproduce_the_halving_rule_by_hand():
+    """s3prl downstream/asr/dataset.py: longest first, buckets of N, a full bucket whose longest clip is over
+    HALF_BATCHSIZE_TIME split in two, the last partial bucket kept whole when it has more than one clip."""
+    from speechfuse.data.batching import DurationBatchSampler, s3prl_buckets
+
+    durations = [5.0, 1.0, 4.0, 2.0, 3.0, 0.1, 0.05]  # longest first: 0, 2, 4, 3, 1, 5, 6
+    assert s3prl_buckets(durations, 2, 0.125) == [[0], [2], [4], [3], [1], [5]]  # [6] alone is dropped
+    assert s3prl_buckets(durations, 4, 0.125) == [[0, 2], [4, 3], [1, 5, 6]]
+    assert s3prl_buckets([0.1] * 8, 4, 0.125) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # no clip over: not halved
+    # LibriSpeech-like: every full bucket of 32 halved, so updates are on 16 utterances
+    rng = random.Random(0)
+    libri = [rng.uniform(1.0, 35.0) for _ in range(70)]
+    sizes = [len(b) for b in s3prl_buckets(libri, 32, 0.125)]
+    assert sizes == [16, 16, 16, 16, 6]
+    sampler = DurationBatchSampler(libri, 400.0, shuffle=True, seed=0, bucket_utterances=32)
+    first = sampler.global_batches()
+    sampler.set_epoch(1)
+    second = sampler.global_batches()
+    assert sorted(map(sorted, first)) == sorted(map(sorted, second)) and first != second  # same buckets, new order
+    assert len(sampler) == 5

@@ -34,10 +34,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "speechfuse.cli", "train", str(cfg_path), "--out", str(tmp_path / "ddp")],
+         "-m", "speechfuse.cli", "train", str(cfg_path), "--out", str(tmp_path / "ddp"), "--verbose"],
         env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    log = proc.stdout + proc.stderr
+    log = proc.stdout + proc.stderr  # --verbose: Lightning's own INFO lines, which a plain run leaves out
     assert "distributed_backend=gloo" in log and "Starting with 2 processes" in log, log[-3000:]
 
     single = train(config_from_dict(data), tmp_path / "single")

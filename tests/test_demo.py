@@ -75,6 +75,7 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
     assert "| upstreams | interface |" in printed and str(md) in printed
     assert (out / "plots" / "demo_summary.png").stat().st_size > 1000
     assert len(list((out / "plots").glob("asr__*.png"))) == len(expected) * len(settings["seeds"])
+    assert all((out / "plots" / f"{t}_comparison.png").stat().st_size > 1000 for t in ("asr", "speaker"))
     assert (out / "FSDD_NOTICE.md").read_text().count("CC BY-SA 4.0") >= 1
     assert "CC BY-SA 4.0" in md.read_text()
     # resume: a second call trains nothing (metrics files untouched) and gives the same table

@@ -50,6 +50,7 @@ def test_mlsuperb_multilingual_and_monolingual(tmp_path):
     make_mlsuperb(root)
     test_file = root / "mls" / "eng" / "transcript_10min_test.txt"  # a line of tags only: left out, with a warning
     test_file.write_text(test_file.read_text() + "mls_eng_000021\tA\t[noise]\n", encoding="utf-8")
+    sf.write(str(root / "mls" / "eng" / "wav" / "mls_eng_000021.wav"), np.zeros(4000, np.float32), 8000)
     with pytest.warns(UserWarning, match=r"transcript_10min_test.txt: 1 line\(s\) hold only \[...\] tags .*\[2\]"):
         out = mlsuperb_manifests(root, tmp_path / "out")
     assert sorted(out) == ["monolingual_10min", "monolingual_1h", "multilingual_10min", "multilingual_1h"]
@@ -70,9 +71,14 @@ def test_mlsuperb_multilingual_and_monolingual(tmp_path):
     assert sorted(out["monolingual_10min"]) == ["cmn", "eng1"]
     eng1 = out["monolingual_1h"]["eng1"]
     assert ids(eng1["train"]) == ["mls_eng_000001", "mls_eng_000003", "mls_eng_000004"]
-    assert {u.id: u.text for u in load_manifest(eng1["train"])}["mls_eng_000003"] == "a second one"  # tags removed
+    # ESPnet's single_lang_data_prep.py: tags kept as words, and no 20 s limit on training rows
+    assert {u.id: u.text for u in load_manifest(eng1["train"])}["mls_eng_000003"] == "a [noise] second one [laughter]"
+    assert {u.id: u.text for u in multi["train"] + load_manifest(out["multilingual_1h"]["train"])}.get(
+        "mls_eng_000003") == "a second one"  # the multilingual sets remove them
+    assert ids(out["monolingual_10min"]["eng1"]["train"]) == ["mls_eng_000001", "mls_eng_000002"]
     assert ids(eng1["dev"]) == ["mls_eng_000010"]  # dev from the training dataset only
-    assert ids(eng1["test"]) == ["fleurs_eng_000020", "mls_eng_000020"]  # test from every dataset of the language
+    # test from every dataset of the language; the tags-only line is a word there
+    assert ids(eng1["test"]) == ["fleurs_eng_000020", "mls_eng_000020", "mls_eng_000021"]
     assert {u.language for u in load_manifest(eng1["test"])} == {"eng"}
 
 
@@ -130,5 +136,6 @@ def test_few_shot_languages_keep_only_espnets_five_training_rows(tmp_path):
                                                       "fleurs_bos_000078", "fleurs_bos_000080", "fleurs_bos_000088",
                                                       "fleurs_bos_000090", "fleurs_bos_000100", "fleurs_cmn_000001",
                                                       "mls_eng_000001"]
-    assert ids(out["monolingual_10min"]["eng1"]["train"]) == ["mls_eng_000001"]  # monolingual is never restricted
+    # monolingual is never restricted (and keeps the 21 s row: no 20 s limit there)
+    assert ids(out["monolingual_10min"]["eng1"]["train"]) == ["mls_eng_000001", "mls_eng_000002"]
     assert len(ids(out["monolingual_1h"]["eng1"]["train"])) == 3

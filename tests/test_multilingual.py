@@ -176,7 +176,7 @@ def test_multilingual_run_through_the_cli_beats_any_constant_prediction(tmp_path
     config = Path(__file__).resolve().parents[1] / "configs" / "espeak_multilingual_asr.yaml"
     out = tmp_path / "run"
     assert main(["train", str(config), "--out", str(out), "--set", "train.progress_bar=false",
-                 "train.importance=false", "train.val_every_steps=300"]) == 0
+                 "--set", "train.importance=false", "--set", "train.val_every_steps=300"]) == 0
     metrics = json.loads(capsys.readouterr().out)["test"]
     languages = ["de", "el", "en", "es", "fr", "it", "ru"]
     assert sorted(k[4:] for k in metrics if k.startswith("cer_") and k != "cer_macro") == languages

@@ -1,8 +1,10 @@
-"""One registry mechanism: users add their own upstream, interface or task by name through the same decorator."""
+"""One registry mechanism: users add their own upstream, interface or task through the same decorator, which
+reads the component's `name` (and checks its `Options` model)."""
 from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import BaseModel
 
 import speechfuse as sf
 from speechfuse.errors import ConfigError, UpstreamError
@@ -11,16 +13,35 @@ from speechfuse.registry import Registry
 from speechfuse.tasks import TASKS, get_task, list_tasks
 
 
-def test_registry_loads_builtin_modules_lazily_and_names_the_known_entries():
+class Widget:
+    name = "mine"
+    Options = BaseModel
+
+
+def test_registry_reads_the_name_and_names_the_known_entries():
     reg = Registry("widget", ConfigError, ["speechfuse.tasks.asr"])
-    reg.register("mine")(int)
-    assert reg.get("mine") is int
-    with pytest.raises(ConfigError, match="unknown widget 'other'; known: mine"):
+    assert reg.register(Widget) is Widget
+    assert reg.get("mine") is Widget
+    with pytest.raises(ConfigError, match="unknown widget 'other'; known: mine.*--plugin MODULE"):
         reg.get("other")
 
 
+def test_registering_needs_a_name_and_an_options_model_and_refuses_a_clash():
+    reg = Registry("widget", ConfigError)
+    with pytest.raises(ConfigError, match="`name` attribute"):
+        reg.register("mine")  # the old @register("name") form
+    with pytest.raises(ConfigError, match="`name` attribute"):
+        reg.register(type("Nameless", (), {"Options": BaseModel}))
+    with pytest.raises(ConfigError, match="'mine'.*`Options` must be a pydantic model"):
+        reg.register(type("NoOptions", (), {"name": "mine", "Options": dict}))
+    reg.register(Widget)
+    reg.register(Widget)  # the same class again (a module imported twice) is fine
+    with pytest.raises(ConfigError, match="widget 'mine' is already registered by .*Widget; give .*Other"):
+        reg.register(type("Other", (), {"name": "mine", "Options": BaseModel}))
+
+
 def test_a_user_interface_registers_and_builds_like_a_builtin():
-    @register_interface("mean_of_layers_test")
+    @register_interface
     class MeanOfLayers(sf.Interface):
         name = "mean_of_layers_test"
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 
@@ -105,7 +106,9 @@ def test_sweep_writes_table_and_resumes(tmp_path):
         table = list(csv.DictReader(f))
     assert [t["run"] for t in table] == ["a__weighted_sum", "a__hconv", "a+b__weighted_sum", "a+b__hconv"]
     assert "| a+b__hconv | a+b | hconv | 2000 |" in (tmp_path / "results.md").read_text()
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(f"{r['run']}.png" for r in rows)
+    # each run's own figure, plus the side-by-side layer figure (no comparison: these runs have no per-utterance results)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted([f"{r['run']}.png" for r in rows]
+                                                                              + ["layers.png"])
 
     # resume: nothing re-runs, the same rows come back
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/metrics.json")}
@@ -157,6 +160,25 @@ def test_combo_config_on_a_real_config(tmp_path):
     assert out.cache.dir == str(tmp_path / "c") and out.data.train == str(tmp_path / "t.csv")
     with pytest.raises(ConfigError, match="train.nope"):
         combo_config(cfg, {"train.nope": 1}, None)
+
+
+@pytest.mark.parametrize("grid, key", [
+    # the 3rd combination names an option hconv does not take (layer_norm is weighted_sum's and hconv's)
+    ({"interface.name": ["weighted_sum", "hconv", "group_ws"], "interface.layer_norm": [True]},
+     "interface.layer_norm"),
+    # an upstream option's typo in the 3rd combination of an upstream grid
+    ({"upstreams": [["resemblyzer"], ["speech-embedding"], [{"spec": "resemblyzer", "options": {"max_layer": 2}}]]},
+     "upstreams[0].options.max_layer"),
+])
+def test_a_typo_in_any_grid_combination_is_refused_before_the_first_run(tmp_path, grid, key):
+    from speechfuse.config import config_from_dict
+
+    cfg = config_from_dict({"task": "classify", "data": {"train": "t.csv", "dev": "d.csv"},
+                            "upstreams": ["resemblyzer"], "interface": {"name": "weighted_sum"}}, tmp_path)
+    trainer = FakeTrainer()
+    with pytest.raises(ConfigError, match=rf"unknown key '{re.escape(key)}'; valid keys here: "):
+        run_sweep(cfg, grid, tmp_path / "sweep", train_fn=trainer, progress=False, plots=False)
+    assert trainer.calls == [] and not (tmp_path / "sweep" / "runs").exists()
 
 
 def test_real_sweep_end_to_end_resumes(tmp_path):
@@ -334,6 +356,23 @@ def test_sweep_marks_rows_not_distinguishable_from_the_best(tmp_path):
     assert "tied_with_best" in (tmp_path / "results.md").read_text()
 
 
+def test_sweep_draws_the_comparison_and_layer_figures(tmp_path):
+    import numpy as np
+    from matplotlib.image import imread
+
+    run_sweep(BASE, GRID, tmp_path, seeds=[0, 1], train_fn=UtteranceTrainer(), progress=False, plots=True)
+    image = imread(tmp_path / "plots" / "comparison.png")
+    assert image.shape[0] >= 150 and image.shape[1] >= 500  # one row per configuration
+    assert float(np.std(image[..., :3])) > 0.05  # not blank
+
+    from speechfuse.sweep_figures import plot_layer_weights
+
+    png = plot_layer_weights([("a", {"layer_matrix": [[0.1, 0.5, 0.4]]}),
+                              ("b", {"layer_matrix": [[0.3, 0.3], [0.2, 0.2]]})], tmp_path / "layers.png")
+    wide = imread(png)
+    assert wide.shape[1] > wide.shape[0] and float(np.std(wide[..., :3])) > 0.05  # two panels side by side
+
+
 def test_sweep_over_seeds_pools_the_seeds_per_utterance(tmp_path):
     from speechfuse.utterances import metric_ci
 
@@ -399,3 +438,24 @@ def test_threads_per_run_are_fixed_serial_and_parallel(tmp_path):
         assert torch.get_num_threads() == before  # the sweep gives its own threads back
     with pytest.raises(ConfigError, match="threads"):
         run_sweep(BASE, grid, tmp_path / "x", train_fn=ThreadTrainer(), progress=False, threads=0)
+
+
+def test_a_configuration_with_missing_seeds_says_so_and_is_not_the_best(tmp_path):
+    """A seed that failed leaves its configuration with fewer seeds: that row names the missing seeds, and the
+    best is decided on error rates among the rows with every seed (not on errors summed over the seeds)."""
+
+    class Trainer(UtteranceTrainer):  # a+b__weighted_sum errs least, but only its seed 0 finishes
+        WRONG = {"a__weighted_sum": 60, "a__hconv": 40, "a+b__weighted_sum": 30}
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_sweep(BASE, {"upstreams": [["a"], ["a", "b"]], "interface.name": ["weighted_sum", "hconv"]}, tmp_path,
+                  seeds=[0, 1, 2], train_fn=Trainer(fail_on="a+b__weighted_sum__seed=1"), progress=False, plots=False)
+    with open(tmp_path / "summary.csv", newline="") as f:
+        rows = {r["config"]: r for r in csv.DictReader(f)}
+    assert {k: (r["seeds"], r["missing_seeds"]) for k, r in rows.items()} == {
+        "a__weighted_sum": ("3", ""), "a__hconv": ("3", ""), "a+b__weighted_sum": ("1", "1 2")}
+    assert {k: r["tied_with_best"] for k, r in rows.items()} == {
+        "a__weighted_sum": "no", "a__hconv": "best", "a+b__weighted_sum": "better"}  # 30 vs 40 errors on seed 0
+    assert rows["a+b__weighted_sum"]["vs_best_seeds"] == "0" and rows["a__weighted_sum"]["vs_best_seeds"] == ""
+    md = (tmp_path / "results.md").read_text()
+    assert "missing_seeds" in md and "| 1 2 |" in md

@@ -6,7 +6,8 @@ from math import comb
 import pytest
 
 from speechfuse.data.manifest import Utterance
-from speechfuse.data.trials import Trial, TrialError, check_trials, generate_trials, read_trials, write_trials
+from speechfuse.data.trials import (Trial, TrialError, check_trials, generate_trials, read_trials, unique_trials,
+                                   write_trials)
 from speechfuse.errors import ConfigError
 
 
@@ -110,3 +111,13 @@ def test_groups_by_the_label_field_when_asked():
     utts = [Utterance(id=f"u{i}", path="/x", label=str(i % 2), speaker="same") for i in range(4)]
     trials = generate_trials(utts, field="label")
     assert {(t.enrol, t.test) for t in trials if t.label} == {("u0", "u2"), ("u1", "u3")}
+
+
+def test_a_repeated_pair_is_one_trial_and_a_relabelled_one_is_refused(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("1 a b\n0 a c\n1 a b\n0 b a\n")
+    kept = unique_trials(read_trials(path), str(path))
+    assert [(t.label, t.enrol, t.test, t.line) for t in kept] == [(1, "a", "b", 1), (0, "a", "c", 2), (0, "b", "a", 4)]
+    path.write_text("1 a b\n0 a c\n0 a b\n")
+    with pytest.raises(TrialError, match=r"t.txt line 3: the pair a b is already on line 1 with label 1"):
+        unique_trials(read_trials(path), str(path))

@@ -80,7 +80,7 @@ def test_verify_scores_pairs_and_decides_at_the_dev_threshold(run):
     lists = model.verify([a for a, _ in pairs], [b for _, b in pairs])
     assert [t.score for t in lists] == pytest.approx([t.score for t in trials], abs=1e-6)
     wav = read_audio(pairs[0][1], model.sample_rate)
-    one = model.verify(pairs[0][0], wav)
+    one = model.verify(pairs[0][0], wav, sample_rate=model.sample_rate)
     assert one.test == "waveform-1" and one.score == pytest.approx(trials[0].score, abs=1e-5)
 
 

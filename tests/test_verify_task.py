@@ -233,7 +233,7 @@ def test_trial_paths_in_a_config_resolve_against_its_folder(tmp_path):
     from speechfuse.config import config_from_dict
 
     cfg = config_from_dict({"task": "verify", "data": {"train": "tr.csv", "dev": "dv.csv"},
-                            "upstreams": [{"spec": "x"}],
+                            "upstreams": [{"spec": "resemblyzer"}],
                             "downstream": {"test_trials": "lists/test.txt", "dev_trials": "/abs/dev.txt"}}, tmp_path)
     assert cfg.downstream["test_trials"] == str(tmp_path.resolve() / "lists" / "test.txt")
     assert cfg.downstream["dev_trials"] == "/abs/dev.txt"

@@ -20,37 +20,40 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Sequence, Union
+from typing import Annotated, Literal, Sequence, Union
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from .errors import ConfigError, ShapeError
 from .hidden import HiddenStates
+from .options import StrictOptions, check_options, described_as
 
 Choice = Union[str, int, float]
 Layout = tuple[int, int, float]  # (num_layers, hidden_size, frame_rate)
+Extreme = Literal["max", "min"]
+Method = Literal["interpolate", "nearest"]
+PositiveRate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveCount = Annotated[int, Field(ge=1)]
 
-OPTIONS = ("frame_rate", "num_layers", "hidden_size", "time_method", "layer_method", "length")
-_METHODS = ("interpolate", "nearest")
-_LENGTHS = ("min", "max")
+
+class AlignerOptions(StrictOptions):
+    """The Aligner's options (the config's `align` section); see the Aligner's docstring."""
+
+    frame_rate: Annotated[Union[Extreme, PositiveRate], described_as("'max', 'min' or a positive number")] = "max"
+    num_layers: Annotated[Union[Extreme, PositiveCount], described_as("'max', 'min' or a whole number >= 1")] = "max"
+    hidden_size: Annotated[Union[Extreme, PositiveCount], described_as("'max', 'min' or a whole number >= 1")] = "max"
+    time_method: Method = "interpolate"
+    layer_method: Method = "interpolate"
+    length: Extreme = "min"
 
 
-def _pick(option: str, value: Choice, candidates: Sequence[float], kind: type) -> float:
+def _pick(value: Choice, candidates: Sequence[float]) -> float:
     if value == "max":
         return max(candidates)
     if value == "min":
         return min(candidates)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"Aligner: {option} must be 'max', 'min' or a positive number, got {value!r}")
-    if kind is int and int(value) != value:
-        raise ConfigError(f"Aligner: {option} must be a whole number, got {value!r}")
-    return kind(value)
-
-
-def _check_method(option: str, value: str, valid: Sequence[str]) -> str:
-    if value not in valid:
-        raise ConfigError(f"Aligner: unknown {option} {value!r}; valid: {', '.join(valid)}")
     return value
 
 
@@ -96,6 +99,8 @@ class Aligner(nn.Module):
     length:       "min" (default, trim to the shortest model per utterance) | "max" (zero-pad)
     """
 
+    Options = AlignerOptions
+
     def __init__(
         self,
         layouts: Sequence[Layout],
@@ -116,12 +121,13 @@ class Aligner(nn.Module):
                     f"Aligner: layout {i} must be (num_layers>=1, hidden_size>=1, frame_rate>0), got {layout!r}"
                 )
             self.layouts.append((int(layout[0]), int(layout[1]), float(layout[2])))
-        self.time_method = _check_method("time_method", time_method, _METHODS)
-        self.layer_method = _check_method("layer_method", layer_method, _METHODS)
-        self.length = _check_method("length", length, _LENGTHS)
-        self._frame_rate = float(_pick("frame_rate", frame_rate, [l[2] for l in self.layouts], float))
-        self._num_layers = int(_pick("num_layers", num_layers, [l[0] for l in self.layouts], int))
-        self._hidden_size = int(_pick("hidden_size", hidden_size, [l[1] for l in self.layouts], int))
+        o = check_options(self.Options, dict(frame_rate=frame_rate, num_layers=num_layers, hidden_size=hidden_size,
+                                             time_method=time_method, layer_method=layer_method, length=length),
+                          "Aligner")
+        self.time_method, self.layer_method, self.length = o.time_method, o.layer_method, o.length
+        self._frame_rate = float(_pick(o.frame_rate, [l[2] for l in self.layouts]))
+        self._num_layers = int(_pick(o.num_layers, [l[0] for l in self.layouts]))
+        self._hidden_size = int(_pick(o.hidden_size, [l[1] for l in self.layouts]))
         self.options = dict(frame_rate=frame_rate, num_layers=num_layers, hidden_size=hidden_size,
                             time_method=time_method, layer_method=layer_method, length=length)
         self.projections = nn.ModuleDict({
@@ -130,9 +136,7 @@ class Aligner(nn.Module):
 
     @classmethod
     def from_upstreams(cls, upstreams: Sequence, **options) -> "Aligner":
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(f"Aligner: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(OPTIONS)}")
+        check_options(cls.Options, options, "Aligner")
         layouts = [(u.num_layers, u.hidden_size, u.frame_rate) for u in upstreams]
         return cls(layouts, **options)
 

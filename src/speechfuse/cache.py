@@ -594,7 +594,10 @@ class FeatureCache:
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from .progress import quiet
+
+    if not quiet():  # --quiet
+        print(msg, file=sys.stderr, flush=True)
 
 
 __all__ = ["FeatureCache", "CacheEntry", "CacheError", "estimate_cache_bytes", "audio_key", "utterance_key", "resolve_layers"]

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from .errors import ConfigError
-from .stats import paired_bootstrap
+from .stats import format_p, paired_bootstrap
 from .utterances import N_RESAMPLES, SEED, metric_ci, read_utterances, utterances_path
 
 
@@ -84,57 +85,96 @@ def compare_runs(run_a: str | os.PathLike, run_b: str | os.PathLike, split: str 
         value_a, value_b, difference, low, high = 1 - value_a, 1 - value_b, -difference, -high, -low
     return {"metric": metric, "split": split, "utterances": len(totals), "a": value_a, "b": value_b,
             "difference": difference, "low": low, "high": high, "p_value": result["p_value"],
-            "higher_is_better": higher}
+            "resamples": n_resamples, "higher_is_better": higher}
 
 
 def pooled_errors(run_dirs: list[Path], split: str = "test") -> dict[str, tuple[float, float]]:
     """id -> (errors, totals) summed over the runs (the seeds of one configuration, scored on the same
     utterances): their ratio is the mean of the runs' error rates, and resampling stays over utterances."""
-    pooled: dict[str, tuple[float, float]] = {}
-    for run_dir in run_dirs:
+    per_run = _per_seed(dict(enumerate(run_dirs)), split)
+    order = _order(per_run)
+    errors, totals = _pool(per_run, list(per_run), order)
+    return {i: (e, t) for i, e, t in zip(order, errors, totals)}
+
+
+def _per_seed(runs: Mapping[Any, Path], split: str) -> dict[Any, dict[str, tuple[float, float]]]:
+    """seed -> {id: (errors, totals)} of one configuration's runs, which must share their test utterances."""
+    out: dict[Any, dict[str, tuple[float, float]]] = {}
+    for seed, run_dir in runs.items():
         path = utterances_path(run_dir, split)
-        rows = _by_id(read_utterances(path), path)
-        if pooled and rows.keys() != pooled.keys():
-            raise ConfigError(f"{path}: scored on other utterances than {run_dirs[0]}; the seeds of one "
-                              "configuration must share their test set")
-        for i, row in rows.items():
-            errors, totals = pooled.get(i, (0, 0))
-            pooled[i] = (errors + row["errors"], totals + row["totals"])
-    return pooled
+        rows = {i: (row["errors"], row["totals"]) for i, row in _by_id(read_utterances(path), path).items()}
+        if out and rows.keys() != next(iter(out.values())).keys():
+            raise ConfigError(f"{path}: scored on other utterances than {next(iter(runs.values()))}; the seeds of "
+                              "one configuration must share their test set")
+        out[seed] = rows
+    return out
 
 
-def rank_against_best(groups: dict[str, list[Path]], split: str = "test", alpha: float = 0.05) -> dict[str, dict]:
-    """Per group (a sweep row: one run, or one configuration's seeds, pooled by `pooled_errors`): its pooled
-    bootstrap interval (`ci_low`, `ci_high`), and `vs_best_p`, the paired bootstrap p-value against the best
-    group scored on the same utterances (None for the best itself); `tied_with_best` is "best", "yes"
-    (p >= alpha: not distinguishable) or "no". {} when a run lacks per-utterance results (or its task has none)."""
+def _order(per_seed: dict[Any, dict[str, tuple[float, float]]]) -> list[str]:
+    return list(next(iter(per_seed.values())))  # the first run's file order: a run's interval is the one it reported
+
+
+def _pool(per_seed: dict[Any, dict[str, tuple[float, float]]], seeds: list, order: list[str]
+          ) -> tuple[list[float], list[float]]:
+    """(errors, totals) per utterance in `order`, summed over `seeds`."""
+    return ([sum(per_seed[s][i][0] for s in seeds) for i in order], [sum(per_seed[s][i][1] for s in seeds) for i in order])
+
+
+def _by_seed(runs: Mapping[Any, Path] | Sequence[Path]) -> dict[Any, Path]:
+    return dict(runs) if isinstance(runs, Mapping) else dict(enumerate(runs))
+
+
+def rank_against_best(groups: Mapping[str, Mapping[Any, Path] | Sequence[Path]], split: str = "test",
+                      alpha: float = 0.05) -> dict[str, dict]:
+    """Mark each group (a sweep row: its runs by seed, {seed: run_dir}; a list gives them by position) against the
+    best group scored on the same test utterances (a `data` grid gives each fold its own test set and best).
+
+    The best is the lowest error rate (pooled over the group's own seeds: sum of errors / sum of totals) among
+    the groups with the most seeds, so a configuration whose other seeds are still running (or failed) is never
+    picked over one measured on every seed. Every other group is compared with the best on the seeds both have:
+    a paired bootstrap over the utterances of those seeds' summed errors. Per group: its pooled bootstrap
+    interval (`ci_low`, `ci_high`), `vs_best_p` (None for the best, or when no seed is shared),
+    `vs_best_seeds` (the seeds compared) and `tied_with_best`: "best"; "yes" (p >= alpha: not
+    distinguishable); "no" (worse); "better" (better than the best on the shared seeds: a group with missing
+    seeds); "not comparable" (no seed in common with the best).
+    {} when a run lacks per-utterance results (or its task has none)."""
     try:
-        metric, higher = run_metric(next(iter(groups.values()))[0])
-        pooled = {key: pooled_errors(dirs, split) for key, dirs in groups.items()}
+        runs = {key: _by_seed(dirs) for key, dirs in groups.items()}
+        metric, higher = run_metric(next(iter(next(iter(runs.values())).values())))
+        scores = {key: _per_seed(seed_dirs, split) for key, seed_dirs in runs.items()}
     except (ConfigError, StopIteration):
         return {}
     by_set: dict[frozenset, list[str]] = {}
-    for key, rows in pooled.items():  # a `data` grid gives each fold its own test set and its own best
-        by_set.setdefault(frozenset(rows), []).append(key)
+    for key, per_seed in scores.items():
+        by_set.setdefault(frozenset(_order(per_seed)), []).append(key)
     out: dict[str, dict] = {}
-    for ids, keys in by_set.items():
-        order = list(pooled[keys[0]])  # the first run's file order, so a run's interval is the one it reported
-        totals = [pooled[keys[0]][i][1] for i in order]
-        errors = {k: [pooled[k][i][0] for i in order] for k in keys}
-        best = min(keys, key=lambda k: sum(errors[k]))  # the lowest error rate: also the highest accuracy
+    for keys in by_set.values():
+        order = _order(scores[keys[0]])
+        pooled = {k: _pool(scores[k], list(scores[k]), order) for k in keys}
+        rate = {k: sum(errors) / sum(totals) for k, (errors, totals) in pooled.items()}
+        most = max(len(scores[k]) for k in keys)
+        best = min((k for k in keys if len(scores[k]) == most), key=lambda k: rate[k])  # first of equal rates
         for key in keys:
-            low, high = metric_ci(errors[key], totals, higher)
-            p = None if key == best else paired_bootstrap(errors[key], errors[best], totals, n_resamples=N_RESAMPLES,
-                                                          seed=SEED)["p_value"]
-            tied = "best" if p is None else ("yes" if p >= alpha else "no")
-            out[key] = {"metric": metric, "ci_low": low, "ci_high": high, "vs_best_p": p, "tied_with_best": tied}
+            low, high = metric_ci(*pooled[key], higher)
+            shared = [s for s in scores[key] if s in scores[best]]
+            p, tied = None, "best"
+            if key != best and not shared:
+                tied = "not comparable"
+            elif key != best:
+                mine, totals = _pool(scores[key], shared, order)
+                theirs, _ = _pool(scores[best], shared, order)
+                p = paired_bootstrap(mine, theirs, totals, n_resamples=N_RESAMPLES, seed=SEED)["p_value"]
+                tied = "yes" if p >= alpha else ("better" if sum(mine) < sum(theirs) else "no")
+            out[key] = {"metric": metric, "ci_low": low, "ci_high": high, "vs_best_p": p, "vs_best_seeds": shared,
+                        "tied_with_best": tied}
     return out
 
 
 def describe(result: dict, run_a: str, run_b: str) -> str:
     """One line: `wer: A 0.1200 - B 0.1500 = -0.0300 (95 % CI [-0.0500, -0.0100], p = 0.002, 300 test utterances)`."""
     return (f"{result['metric']}: {run_a} {result['a']:.4f} - {run_b} {result['b']:.4f} = {result['difference']:+.4f} "
-            f"(95 % CI [{result['low']:+.4f}, {result['high']:+.4f}], p = {result['p_value']:.3g}, "
+            f"(95 % CI [{result['low']:+.4f}, {result['high']:+.4f}], "
+            f"{format_p(result['p_value'], result.get('resamples', N_RESAMPLES))}, "
             f"{result['utterances']} {result['split']} utterances)")
 
 

@@ -3,16 +3,19 @@
     cfg = load_config("configs/fsdd_digits_asr.yaml", ["train.max_steps=5", "interface.name=weighted_sum"])
     print(config_to_yaml(cfg))
 
-Schema (every section forbids unknown keys; `downstream` is checked against the task's own options
-model here; `interface` and `align` options against the component that takes them when the run is built):
+Schema (every section forbids unknown keys; every component's options are checked here against that
+component's `Options` model: the upstream's, the Aligner's, the interface's and the task head's, so a typo
+is refused when the config loads, naming its dotted key):
 
+    plugins: [my_package.components]    # modules to import first: a plug-in's own components (optional)
     task: classify                      # asr | classify | multilingual_asr | verify (speechfuse.tasks.list_tasks())
     data: {train: train.csv, dev: dev.csv, test: test.csv, target: label}
-    upstreams: [{spec: whisper-tiny.en}, {spec: resemblyzer, options: {}}]
-    align: {}                           # speechfuse.Aligner options
-    interface: {name: hconv}            # + interface options (output_dim, ...)
+    upstreams: [{spec: whisper-tiny.en}, {spec: resemblyzer, options: {}}]   # options: the upstream's Options
+    align: {}                           # speechfuse.Aligner options (AlignerOptions)
+    interface: {name: hconv}            # + that interface's Options (output_dim, ...)
     downstream: {}                      # the task's head options (e.g. hidden_dim, dropout), typed per task
-    train: {max_steps: 1000, batch_seconds: 60, lr: 1.0e-3, interface_lr: 1.0e-2, seed: 0, ...}
+    train: {max_steps: 1000, batch_seconds: 60, lr: 5.0e-3, interface_lr: 1.0e-2, interface_lr_scaling: fan_in,
+            grad_clip: 1.0, seed: 0, ...}
     cache: auto                         # auto | off | <folder>, or the section below
     cache: {dir: auto, key: sample, verify: true, shard_mb: 64, shard_seconds: 30}
 
@@ -25,9 +28,10 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, SpeechfuseError
+from .plugins import load_plugins
 
 DATA_TARGETS = ("text", "label", "speaker", "language")
 
@@ -69,34 +73,103 @@ class DataConfig(_Strict):
         return v
 
 
+def _given_options(options: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    """`values` checked by a component's Options model, keeping only the keys given (so defaults stay the
+    component's); a ValidationError raised here is reported under the section's dotted keys."""
+    return options.model_validate(values).model_dump(exclude_unset=True)
+
+
+def _component(lookup: Any, name: Any) -> Any:
+    """A registry lookup whose error (unknown name: the known ones and the plug-in hint) pydantic reports
+    under the key that names it."""
+    try:
+        return lookup(name)
+    except SpeechfuseError as err:
+        raise ValueError(str(err)) from None
+
+
+def _upstream_options_model(spec: str) -> type[BaseModel]:
+    from .upstream import upstream_options
+
+    return _component(upstream_options, spec)
+
+
+def _interface_options_model(name: str) -> type[BaseModel]:
+    from .interfaces import INTERFACES
+
+    return _component(INTERFACES.get, name).Options
+
+
+def _aligner_options_model() -> type[BaseModel]:
+    from .align import AlignerOptions
+
+    return AlignerOptions
+
+
 class UpstreamConfig(_Strict):
     spec: str
-    """A bundled name (whisper-tiny.en, resemblyzer, speech-embedding) or hf:<hub id or folder>."""
+    """A registered upstream (speechfuse.list_upstreams()) or hf:<hub id or folder>."""
     options: dict[str, Any] = Field(default_factory=dict)
-    """Keyword options of load_upstream, e.g. {trainable: true}."""
+    """Options of that upstream, typed by its Options model, e.g. {trainable: true, max_layers: 5}."""
+
+    @field_validator("spec")
+    @classmethod
+    def _known_upstream(cls, v: str) -> str:
+        _upstream_options_model(v)
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _typed_upstream_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        spec = info.data.get("spec")
+        return v if spec is None else _given_options(_upstream_options_model(spec), v)
 
 
-class AlignConfig(_Strict):
-    frame_rate: Optional[Union[float, str]] = None
-    num_layers: Optional[Union[int, str]] = None
-    hidden_size: Optional[Union[int, str]] = None
-    time_method: Optional[str] = None
-    layer_method: Optional[str] = None
-    length: Optional[str] = None
-    """Unset keys keep speechfuse.Aligner's defaults (max rate / layers / width, interpolate, min length)."""
+class AlignConfig(BaseModel):
+    """speechfuse.Aligner's options (AlignerOptions); unset keys keep its defaults (max rate / layers / width,
+    interpolate, min length)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    @model_validator(mode="after")
+    def _typed_aligner_options(self) -> "AlignConfig":
+        given = {k: v for k, v in (self.model_extra or {}).items() if v is not None}  # null: the default
+        self.__pydantic_extra__ = _given_options(_aligner_options_model(), given)
+        return self
 
     def options(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+        return dict(self.model_extra or {})
 
 
 class InterfaceConfig(BaseModel):
-    """`name` plus that interface's own options (checked by build_interface when the run is built)."""
+    """`name` plus that interface's own options typed by its Options model.
+
+    `layer_norm` defaults to true for the interfaces that take it (weighted_sum, hconv, chconv): the per-layer
+    non-affine layer norm of the training protocol (docs/plateau.md); `layer_norm: false` gives the papers'
+    plain definition."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     name: str = "hconv"
 
+    @field_validator("name")
+    @classmethod
+    def _known_interface(cls, v: str) -> str:
+        _interface_options_model(v)
+        return v
+
+    @model_validator(mode="after")
+    def _typed_interface_options(self) -> "InterfaceConfig":
+        self.__pydantic_extra__ = _given_options(_interface_options_model(self.name), dict(self.model_extra or {}))
+        return self
+
     def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+        options = dict(self.model_extra or {})
+        if "layer_norm" not in options:
+            from .interfaces import INTERFACES
+
+            if self.name in INTERFACES and "layer_norm" in INTERFACES.get(self.name).Options.model_fields:
+                options["layer_norm"] = True
+        return options
 
 
 class SpecAugConfig(_Strict):
@@ -131,19 +204,25 @@ class TrainConfig(_Strict):
     """Also stop after this many passes over the training set, whichever comes first (null: steps only)."""
     batch_seconds: float = Field(60.0, gt=0)
     """Seconds of (padded) audio in one *global* batch; under DDP each rank gets a share of every batch."""
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(5e-3, gt=0)
+    """The head's learning rate (and the upstreams' when they train)."""
     interface_lr: float = Field(1e-2, gt=0)
-    interface_lr_scaling: Literal["none", "fan_in"] = "none"
+    interface_lr_scaling: Literal["none", "fan_in"] = "fan_in"
     """fan_in: each nn.Linear / nn.Conv1d of the interface and aligner (weight and bias) trains at
     interface_lr / sqrt(fan_in), fan_in = the weight's inputs x kernel width (the bound of torch's default
     init), so Adam moves every weight matrix by the same share of its initial scale; other interface
-    parameters (weighted_sum's layer logits, ...) keep interface_lr. Off by default (see docs/plateau.md)."""
+    parameters (weighted_sum's layer logits, ...) keep interface_lr. On by default with grad_clip 1.0 (the
+    protocol under which every interface leaves CTC's blank plateau, docs/plateau.md); none = the former default."""
     upstream_lr: Optional[float] = Field(None, gt=0)
     """For upstreams with options {trainable: true}; default: lr."""
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
     """Linear learning-rate warmup over this many steps (0: none)."""
-    grad_clip: Optional[float] = Field(None, gt=0)
+    grad_clip: Optional[float] = Field(1.0, gt=0)
+    """Clip the gradient norm at this value (null: no clipping, the former default)."""
+    average_best: Optional[int] = Field(None, ge=1)
+    """Report the mean of the N checkpoints with the lowest dev loss (ESPnet's valid.loss.ave) instead of the
+    one with the best dev main metric (speechfuse.average); null: off."""
     seed: int = 0
     """Seeds the initial weights and the batch order: the same seed gives the same result on a CPU."""
     val_every_steps: int = Field(100, gt=0)
@@ -159,9 +238,14 @@ class TrainConfig(_Strict):
     skip_bad_rows: bool = False
     """Drop bad manifest rows (listed in RUN_DIR/skipped_<split>.csv) instead of failing."""
     progress_bar: bool = True
-    """Show the training progress bar and model summary."""
+    """One bar on stderr counting optimizer steps out of max_steps (`--quiet` turns it off too)."""
+    logger: Union[Literal["tensorboard", "csv", "wandb", "mlflow"], list[Literal["tensorboard", "csv", "wandb",
+                                                                                   "mlflow"]]] = "tensorboard"
+    """Where the curves are logged besides RUN/logs/csv (always written; RUN/curves.png is drawn from it):
+    tensorboard (RUN/logs/tensorboard), csv (nothing more), wandb or mlflow (Lightning's loggers; install the
+    package: pip install wandb / mlflow), or a list of them."""
     deterministic: bool = True
-    """Ask torch for deterministic algorithms (a warning where an operation has none)."""
+    """Deterministic torch algorithms where they exist (Lightning's `deterministic="warn"`)."""
     importance: bool = True
     """After training, compute per-(model, layer) drop-one-layer importance on one dev batch."""
     on_nonfinite_loss: Literal["stop", "skip"] = "stop"
@@ -170,6 +254,15 @@ class TrainConfig(_Strict):
     """Resume even though a manifest's contents changed since the run started (default: refuse)."""
     specaug: Optional[SpecAugConfig] = None
     """SpecAugment time and feature masks on the fused features in training steps (null: off)."""
+    bucket_utterances: Optional[int] = Field(None, gt=0)
+    """Training batches as s3prl's ASR buckets of this many clips, longest first, each bucket halved when its
+    longest clip is over half_batch_over_seconds (speechfuse.data.batching.s3prl_buckets), instead of
+    batch_seconds (which still batches dev and test). null: batch_seconds."""
+    half_batch_over_seconds: float = Field(0.125, ge=0)
+    """s3prl HALF_BATCHSIZE_TIME = 2000 samples at 16 kHz."""
+    crop_seconds: Optional[float] = Field(None, gt=0)
+    """Training batches see a random span of at most this many seconds of each longer clip (s3prl's SV
+    recipe crops to 8 s); dev, test and predict always see the whole clip. null: whole clips."""
 
 
 class CacheConfig(_Strict):
@@ -197,6 +290,10 @@ class CacheConfig(_Strict):
 
 
 class Config(_Strict):
+    plugins: list[str] = Field(default_factory=list)
+    """Modules imported before the rest is validated, whose decorators register a plug-in's upstreams,
+    interfaces and tasks (like `--plugin MODULE`; see docs/extending.md). The module of every plug-in
+    component the config names is added, so a run folder's config.yaml reloads them (evaluate, prune)."""
     task: str
     """A registered task name (speechfuse.tasks.list_tasks(): asr, classify, multilingual_asr, verify, ...)."""
     data: DataConfig
@@ -234,6 +331,20 @@ class Config(_Strict):
         # a ValidationError raised here is reported under downstream.<key>, like any other key
         return task_options(task).model_validate(v).model_dump(exclude_unset=True)
 
+    @model_validator(mode="after")
+    def _record_plugin_modules(self) -> "Config":
+        from .interfaces import INTERFACES
+        from .tasks import TASKS
+        from .upstream import UPSTREAMS
+
+        entries = [TASKS.get(self.task), INTERFACES.get(self.interface.name)]
+        entries += [UPSTREAMS.get(u.spec) for u in self.upstreams if not u.spec.startswith("hf:")]
+        modules = [e.__module__ for e in entries]
+        extra = [m for m in modules if m.split(".")[0] not in ("speechfuse", "__main__")
+                 and not any(m == p or m.startswith(p + ".") for p in self.plugins)]  # a listed package covers its modules
+        self.plugins.extend(dict.fromkeys(extra))  # in place: an assignment would validate the model again
+        return self
+
     @field_validator("upstreams", mode="before")
     @classmethod
     def _spec_strings(cls, v: Any) -> Any:
@@ -264,12 +375,27 @@ def _dotted(loc: tuple) -> str:
     return out
 
 
-def _model_at(loc: tuple, root: type[BaseModel], task: Any = None) -> type[BaseModel] | None:
-    """The pydantic model that holds the field at `loc` under `root` (for listing valid keys)."""
-    if root is Config and loc[:1] == ("downstream",) and len(loc) == 2:
-        from .tasks import TASKS, task_options
+def _component_keys(loc: tuple, data: dict) -> list[str] | None:
+    """The valid keys of a component's options section at `loc` (None: not such a section)."""
+    try:
+        if loc[:1] == ("downstream",) and len(loc) == 2:
+            from .tasks import task_options
 
-        return task_options(task) if isinstance(task, str) and task in TASKS else None
+            return list(task_options(data.get("task")).model_fields)
+        if loc[:1] == ("align",) and len(loc) == 2:
+            return list(_aligner_options_model().model_fields)
+        if loc[:1] == ("interface",) and len(loc) == 2:
+            return ["name", *_interface_options_model((data.get("interface") or {}).get("name", "hconv")).model_fields]
+        if loc[:1] == ("upstreams",) and len(loc) == 4 and loc[2] == "options":
+            entry = data["upstreams"][loc[1]]
+            return list(_upstream_options_model(entry if isinstance(entry, str) else entry["spec"]).model_fields)
+    except (SpeechfuseError, ValueError, LookupError, TypeError, AttributeError):  # that name is itself reported
+        return None
+    return None
+
+
+def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at `loc` under `root` (for listing valid keys)."""
     model: Any = root
     for part in loc[:-1]:
         if isinstance(part, int):
@@ -285,28 +411,32 @@ def _model_at(loc: tuple, root: type[BaseModel], task: Any = None) -> type[BaseM
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def error_lines(err: ValidationError, root: type[BaseModel], task: Any = None) -> list[str]:
-    """One line per problem in `err` (raised validating `root`), each naming the dotted key."""
+def error_lines(err: ValidationError, root: type[BaseModel], data: Any = None) -> list[str]:
+    """One line per problem in `err` (raised validating `root` from `data`), each naming the dotted key."""
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
         key = _dotted(loc) or "(top level)"
         kind = e["type"]
         if kind == "extra_forbidden":
-            model = _model_at(loc, root, task)
-            valid = ", ".join(model.model_fields) if model else "?"
+            keys = _component_keys(loc, data) if root is Config and isinstance(data, dict) else None
+            if keys is None:
+                model = _model_at(loc, root)
+                keys = list(model.model_fields) if model else None
+            valid = ", ".join(keys) if keys is not None else "?"
             lines.append(f"unknown key '{key}'; valid keys here: {valid}")
         elif kind == "missing":
             lines.append(f"missing required key '{key}'")
         elif kind in _TYPE_WORDS:
             lines.append(f"key '{key}' must be {_TYPE_WORDS[kind]}, got {e.get('input')!r}")
         else:
-            lines.append(f"key '{key}': {e['msg']} (got {e.get('input')!r})")
+            message = e["msg"].removeprefix("Value error, ")  # a validator's own sentence
+            lines.append(f"key '{key}': {message} (got {e.get('input')!r})")
     return lines
 
 
-def _explain(err: ValidationError, source: str, task: Any = None) -> ConfigError:
-    return ConfigError(f"invalid config {source}:\n  " + "\n  ".join(error_lines(err, Config, task)))
+def _explain(err: ValidationError, source: str, data: Any = None) -> ConfigError:
+    return ConfigError(f"invalid config {source}:\n  " + "\n  ".join(error_lines(err, Config, data)))
 
 
 def parse_value(raw: str, where: str) -> Any:
@@ -365,10 +495,16 @@ def config_from_dict(data: Any, base_dir: str | Path = ".", source: str = "(dict
     `base_dir`."""
     if not isinstance(data, dict):
         raise ConfigError(f"config {source}: the top level must be a mapping of keys, got {type(data).__name__}")
+    plugins = data.get("plugins")
+    if isinstance(plugins, list):  # before the components they register are looked up; a wrong type is reported below
+        try:
+            load_plugins(plugins, "plugins")
+        except ConfigError as err:
+            raise ConfigError(f"config {source}: {err}") from err.__cause__
     try:
         cfg = Config.model_validate(data)
     except ValidationError as err:
-        raise _explain(err, source, data.get("task")) from None
+        raise _explain(err, source, data) from None
     base = Path(base_dir).resolve()
     for split in ("train", "dev", "test"):
         value = getattr(cfg.data, split)
@@ -405,7 +541,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def config_to_dict(cfg: Config) -> dict:
-    return cfg.model_dump(mode="json")
+    data = cfg.model_dump(mode="json")
+    if not data["plugins"]:  # a config of built-in components reads (and is saved) as before plug-ins existed
+        del data["plugins"]
+    return data
 
 
 def config_to_yaml(cfg: Config) -> str:

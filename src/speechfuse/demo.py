@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.adapters import bundled_fsdd_dir, fsdd_manifests
+from .progress import quiet
 from .report import markdown_table, save_figure, write_table
 from .runfolder import write_atomic
 
@@ -294,18 +295,19 @@ def run_demo(out_dir, quick: bool = False, jobs: int | None = None) -> Path:
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"speechfuse demo{' (quick)' if quick else ''}: outputs in {out_dir.resolve()}", flush=True)
-    print(FSDD_NOTICE, flush=True)
+    note = (lambda text: None) if quiet() else (lambda text: print(text, file=sys.stderr, flush=True))
+    note(f"speechfuse demo{' (quick)' if quick else ''}: outputs in {out_dir.resolve()}")
+    note(FSDD_NOTICE)
     manifests = write_demo_manifests(out_dir, quick)
     cache_dir = out_dir / "cache"
     grids, settings = demo_grids(quick), protocol(quick)
     jobs = default_jobs() if jobs is None else jobs
     per_task = len(expand_grid(grids)) * (len(settings["interface_lr"]) + len(settings["seeds"]) - 1)
-    print(f"Protocol for every row: interface lr chosen on dev from {settings['interface_lr']}, then seeds "
-          f"{list(settings['seeds'])}; steps {settings['steps']}; {per_task * len(TASKS)} runs, {jobs} at a time.",
-          flush=True)
+    note(f"Protocol for every row: interface lr chosen on dev from {settings['interface_lr']}, then seeds "
+         f"{list(settings['seeds'])}; steps {settings['steps']}; {per_task * len(TASKS)} runs, {jobs} at a time.")
     summaries: dict[str, list[dict]] = {}
-    bar = tqdm(total=per_task * len(TASKS), desc="demo runs", unit="run", dynamic_ncols=True, file=sys.stdout)
+    bar = tqdm(total=per_task * len(TASKS), desc="demo runs", unit="run", dynamic_ncols=True, file=sys.stderr,
+               disable=quiet())
     try:
         with _quiet():
             for task_key in TASKS:
@@ -335,9 +337,12 @@ def run_demo(out_dir, quick: bool = False, jobs: int | None = None) -> Path:
     plots = out_dir / "plots"
     plots.mkdir(exist_ok=True)
     plot_summary(numbers, plots / "demo_summary.png")
+    from .sweep_figures import COMPARISON_PNG, LAYERS_PNG
+
     for task_key in TASKS:  # each final run's layer-weight / importance plot, as the sweep gathered them
         for png in sorted((out_dir / task_key / "plots").glob("*.png")):
-            shutil.copyfile(png, plots / f"{task_key}__{png.name}")
+            sweep_figure = png.name in (COMPARISON_PNG, LAYERS_PNG)  # the sweep's own: asr_comparison.png, ...
+            shutil.copyfile(png, plots / (f"{task_key}_{png.name}" if sweep_figure else f"{task_key}__{png.name}"))
     notice = bundled_fsdd_dir() / "README.md"
     if notice.is_file():
         shutil.copyfile(notice, out_dir / "FSDD_NOTICE.md")
@@ -347,7 +352,7 @@ def run_demo(out_dir, quick: bool = False, jobs: int | None = None) -> Path:
     print(note.replace("Test-set metrics on real speech", "Test-set metrics"))
     print(f"Done in {elapsed / 60:.1f} min. Outputs:")
     print(f"  table:  {md}\n          {csv_path}")
-    print(f"  plots:  {plots}  (demo_summary.png, per-run layer weights / importance)")
+    print(f"  plots:  {plots}  (demo_summary.png, <task>_comparison.png, <task>_layers.png, per-run layer weights)")
     print(f"  runs:   {out_dir}/<asr|speaker>/runs/<run>/  (config, checkpoints, metrics, model/)")
     print(f"  sweeps: {out_dir}/<asr|speaker>/results.md (per seed: results.csv; lr choice: selection.md)")
     print(f"  data:   {out_dir / 'data'} (manifests), {cache_dir} (feature cache); {out_dir / 'FSDD_NOTICE.md'}")

@@ -8,10 +8,11 @@ with --whole the whole model, waveform in.
 
 The exported graph takes, per upstream m in the model's order, `hidden_m` [L_m, B, T_m, D_m] float32 (every
 layer, as `Upstream.forward` returns it in HiddenStates.hidden) and `lengths_m` [B] int64 (valid frames), and
-returns `out` (CTC logits [B, T, V] for asr, class logits [B, C] for classify) and `out_lengths` [B]; a
+returns the outputs its task names (`Task.output_axes`, after `Task.serving_outputs`): `out` (CTC logits
+[B, T, V] for asr and multilingual_asr, class logits [B, C] for classify) and `out_lengths` [B]; a
 verification model returns `embedding` [B, E] (L2-normalised, as `predict` gives it: the cosine score of two
 clips is the dot product) and `speaker_cosines` [B, S] (with the training speakers' class vectors). Batch size
-and frame counts are dynamic. The upstreams themselves stay in PyTorch (their own exports are the upstream
+and frame counts (a CTC output's frame axis included) are dynamic. The upstreams themselves stay in PyTorch (their own exports are the upstream
 projects' business); `export_fusion` writes a JSON sidecar (FILE.json) with the input order, the upstream specs
 and fingerprints, and the task state (vocabulary or labels) to decode `out`.
 
@@ -42,7 +43,6 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, SpeechfuseError
@@ -68,15 +68,12 @@ class FusionGraph(nn.Module):
         super().__init__()
         self.aligner, self.interface, self.head = model.frontend.aligner, model.frontend.interface, model.head
         self.layouts = [(up.frame_rate, up.name) for up in model.frontend.upstreams]
-        self.normalize_embedding = model.task.name == "verify"
+        self.task = model.task
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         states = [HiddenStates(inputs[2 * m], inputs[2 * m + 1], rate, name)
                   for m, (rate, name) in enumerate(self.layouts)]
-        out, second = self.head(*self.interface(self.aligner(states)))
-        if self.normalize_embedding:
-            out = F.normalize(out, dim=-1)
-        return out, second
+        return self.task.serving_outputs(*self.head(*self.interface(self.aligner(states))))
 
 
 class WholeGraph(nn.Module):
@@ -85,17 +82,13 @@ class WholeGraph(nn.Module):
     def __init__(self, model: "FusedModel") -> None:
         super().__init__()
         self.model = model
-        self.normalize_embedding = model.task.name == "verify"
 
     def forward(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out, second = self.model(wavs, wav_lengths)
-        if self.normalize_embedding:
-            out = F.normalize(out, dim=-1)
-        return out, second
+        return self.model.task.serving_outputs(*self.model(wavs, wav_lengths))
 
 
 def output_names(model: "FusedModel") -> list[str]:
-    return ["embedding", "speaker_cosines"] if model.task.name == "verify" else ["out", "out_lengths"]
+    return list(model.task.output_axes)
 
 
 def input_names(model: "FusedModel") -> list[str]:
@@ -263,11 +256,8 @@ def _serialise(model: "FusedModel", graph: nn.Module, example: tuple[torch.Tenso
         if format == "torchscript":
             torch.jit.save(torch.jit.trace(graph, example, check_trace=False), image)
         else:
-            out, second = output_names(model)
-            dynamic = {**dynamic, out: {0: "batch", 1: "frames"} if model.task.name == "asr" else {0: "batch"},
-                       second: {0: "batch"}}
-            torch.onnx.export(graph, example, image, input_names=names, output_names=[out, second],
-                              dynamic_axes=dynamic, dynamo=False, opset_version=17)
+            torch.onnx.export(graph, example, image, input_names=names, output_names=output_names(model),
+                              dynamic_axes={**dynamic, **model.task.output_axes}, dynamo=False, opset_version=17)
     return image.getvalue()
 
 

@@ -220,7 +220,9 @@ def _fill_locked(upstreams, mine, cache: FeatureCache, entries, selections, batc
     layer_index = [None if sel is None else torch.tensor(entry.layers) for sel, entry in zip(selections, entries)]
     writers = [entry.writer(rank, cache.shard_bytes, cache.shard_seconds) for entry in entries]
     bar = None
-    if progress:
+    from .progress import quiet
+
+    if progress and not quiet():
         from tqdm import tqdm
 
         bar = tqdm(total=sum(durations), unit="s audio", desc="extract", file=sys.stderr,
@@ -295,7 +297,10 @@ def _disk_full(err: OSError, upstreams, mine, cache: FeatureCache, entries, sele
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from .progress import quiet
+
+    if not quiet():  # --quiet
+        print(msg, file=sys.stderr, flush=True)
 
 
 __all__ = ["extract_batch", "fill_caches", "fill_cache", "duration_batches", "load_audio_batch", "resolve_amp"]

@@ -10,15 +10,21 @@ writer that survives a kill.
 Inputs are batched by duration with the training sampler (data/batching.py). A bad input (missing,
 unreadable, empty, NaN, too long for an upstream) becomes a `Failure` with the reason; `predict` raises
 on them unless skip_bad=True, `predict_to_file` always lists them in the output and goes on.
+Waveforms (tensors, arrays) need `sample_rate=`: a number alone does not say its rate. One id for two
+different files (or spans) is refused, naming both rows; the same input given twice is predicted once by
+`predict_to_file`, which names the rows. `predict_to_file` locks its output (OUT.lock), so a second
+writer is refused instead of interleaving rows.
 """
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
@@ -30,6 +36,7 @@ from .data.audio import audio_info, read_audio, span_frames
 from .data.batching import DurationBatchSampler
 from .data.manifest import ClipLimit, Utterance, clip_limit, load_manifest, span_duration
 from .errors import AudioError, ConfigError, SpeechfuseError
+from .predictions import Classification, LanguageTranscription, Prediction, SpeakerEmbedding, Transcription
 from .tasks.multilingual import Reference
 
 if TYPE_CHECKING:
@@ -37,37 +44,6 @@ if TYPE_CHECKING:
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 OUTPUT_FORMATS = (".jsonl", ".csv")
-
-
-@dataclass
-class Prediction:
-    id: str
-    path: Optional[str]
-    duration: float  # seconds
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class Transcription(Prediction):
-    text: str = ""
-
-
-@dataclass
-class Classification(Prediction):
-    label: str = ""
-    probabilities: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(eq=False)  # a tensor field: dataclass equality would compare it elementwise
-class SpeakerEmbedding(Prediction):
-    """A verification model's utterance embedding: the x-vector, L2-normalised ([E] float32), so the cosine
-    score of two utterances is the dot product of their embeddings."""
-    embedding: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "path": self.path, "duration": self.duration, "embedding": self.embedding.tolist()}
 
 
 @dataclass
@@ -109,17 +85,37 @@ class _Item:
     end: Optional[float] = None
 
 
+class OutputFileError(SpeechfuseError):
+    """The predictions / scores file cannot be written: locked by another run, read-only, disk full."""
+
+
 # ---------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------
-def collect_inputs(inputs: Any, sample_rate: int, target: str = "text",
-                   input_rate: Optional[int] = None) -> list[Union[_Item, Failure]]:
+def collect_inputs(inputs: Any, sample_rate: int, target: str = "text", input_rate: Optional[int] = None,
+                   repeats: Optional[dict[str, list[str]]] = None) -> list[Union[_Item, Failure]]:
     """Expand files, folders (audio files under it, sorted), manifests (.csv / .jsonl) and waveforms
-    ([S] or [B,S] tensors or arrays at `input_rate`, default the model's) into items; files whose header
-    cannot be read become Failures, in input order. `target`: the manifest field holding references."""
+    ([S] or [B,S] tensors or arrays at `input_rate`, which they need) into items; files whose header
+    cannot be read become Failures, in input order. `target`: the manifest field holding references.
+    An id given for two different files or spans raises ConfigError naming both; `repeats`, when given, is
+    filled with id -> where each copy came from ("input 2", "test.csv row 7") for ids given more than once."""
     entries: list[Union[_Item, Failure]] = []
+    first: dict[str, tuple[tuple, str]] = {}  # id -> (the audio it names, where it was given first)
 
-    def add_file(path: Path, utt_id: str, reference: Optional[str] = None, span: Optional[Utterance] = None) -> None:
+    def note(utt_id: str, audio: tuple, origin: str) -> None:
+        if utt_id not in first:
+            first[utt_id] = (audio, origin)
+            return
+        seen, where = first[utt_id]
+        if seen != audio:
+            raise ConfigError(f"predict: id {utt_id!r} names two different inputs: {where} ({_audio_text(seen)}) and "
+                              f"{origin} ({_audio_text(audio)}); give every input its own id")
+        if repeats is not None:
+            repeats.setdefault(utt_id, [where]).append(origin)
+
+    def add_file(path: Path, utt_id: str, origin: str, reference: Optional[str] = None,
+                 span: Optional[Utterance] = None) -> None:
+        note(utt_id, (os.path.abspath(path), span.start if span else None, span.end if span else None), origin)
         try:
             frames, rate, _, duration = audio_info(path)
             if span is not None and span.is_segment:
@@ -136,7 +132,10 @@ def collect_inputs(inputs: Any, sample_rate: int, target: str = "text",
 
     def add_wave(wav: torch.Tensor) -> None:
         utt_id = f"waveform-{len(entries)}"
-        if input_rate and input_rate != sample_rate:
+        if not input_rate:
+            raise ConfigError(f"predict: a waveform input needs its sample rate: pass sample_rate= (e.g. "
+                              f"predict(wav, sample_rate=16000)); it is resampled to the model's {sample_rate} Hz")
+        if input_rate != sample_rate:
             import soxr
 
             wav = torch.from_numpy(soxr.resample(wav.numpy(), input_rate, sample_rate).astype(np.float32))
@@ -145,7 +144,7 @@ def collect_inputs(inputs: Any, sample_rate: int, target: str = "text",
             return
         entries.append(_Item(utt_id, None, wav=wav, duration=wav.numel() / sample_rate))
 
-    def visit(x: Any) -> None:
+    def visit(x: Any, origin: str) -> None:
         if isinstance(x, (torch.Tensor, np.ndarray)):
             wav = torch.as_tensor(x, dtype=torch.float32).detach().cpu()
             if wav.dim() == 1:
@@ -157,8 +156,8 @@ def collect_inputs(inputs: Any, sample_rate: int, target: str = "text",
                 raise AudioError(f"predict: a waveform must be [S] or [B,S] mono audio, got shape {tuple(wav.shape)}")
             return
         if isinstance(x, (list, tuple)):
-            for y in x:
-                visit(y)
+            for i, y in enumerate(x, start=1):
+                visit(y, f"{origin}.{i}")
             return
         if not isinstance(x, (str, os.PathLike)):
             raise ConfigError(f"predict: cannot read input {x!r:.80}; give file or folder paths, a manifest "
@@ -169,18 +168,28 @@ def collect_inputs(inputs: Any, sample_rate: int, target: str = "text",
             if not files:
                 raise ConfigError(f"predict: no audio files ({', '.join(AUDIO_SUFFIXES)}) under {path}")
             for p in files:
-                add_file(p, str(p))
+                add_file(p, str(p), f"{origin} (folder {path})")
         elif path.suffix.lower() in MANIFEST_SUFFIXES:
-            for utt in load_manifest(path):
+            for row, utt in enumerate(load_manifest(path), start=1):
                 ref = getattr(utt, target, None) if target in ("text", "label", "speaker", "language") else None
                 if ref and utt.language:  # per-language metrics (multilingual_asr) need each row's language
                     ref = Reference(ref, utt.language)
-                add_file(Path(utt.path), utt.id, ref if ref not in (None, "") else None, span=utt)
+                add_file(Path(utt.path), utt.id, f"{path} row {row}", ref if ref not in (None, "") else None,
+                         span=utt)
         else:
-            add_file(path, str(x))
+            add_file(path, str(x), origin)
 
-    visit(inputs)
+    if isinstance(inputs, (list, tuple)):
+        for i, x in enumerate(inputs, start=1):
+            visit(x, f"input {i}")
+    else:
+        visit(inputs, "input 1")
     return entries
+
+
+def _audio_text(audio: tuple) -> str:
+    path, start, end = audio
+    return path if start is None and end is None else f"{path} from {start or 0:g} s to {end if end is not None else 'end'}"
 
 
 def _split(entries: list[Union[_Item, Failure]]) -> tuple[list[_Item], list[Failure]]:
@@ -210,7 +219,9 @@ def iter_predictions(model: "FusedModel", items: list[_Item], batch_seconds: flo
         return
     batches = list(DurationBatchSampler([it.duration for it in ready], batch_seconds, shuffle=False))
     seconds = [sum(ready[i].duration for i in batch) for batch in batches]
-    show = progress if progress is not None else len(ready) > 50
+    from .progress import quiet
+
+    show = (progress if progress is not None else len(ready) > 50) and not quiet()
     bar = None
     if show:
         from tqdm import tqdm
@@ -271,26 +282,16 @@ def _run(model: "FusedModel", clips: list[tuple[_Item, torch.Tensor]]) -> list[P
     for row, (_, w) in enumerate(clips):
         wavs[row, : w.numel()] = w
     out, out_lengths = model(wavs.to(model.device), lengths)
-    task = model.task
-    common = [dict(id=it.id, path=it.path, duration=round(it.duration, 4)) for it, _ in clips]
-    if task.name == "asr":
-        return [Transcription(**c, text=t) for c, t in zip(common, task.predict(out, out_lengths))]
-    if task.name == "classify":
-        probs = out.float().softmax(-1).cpu()
-        labels = task.predict(out, out_lengths)
-        return [Classification(**c, label=label, probabilities=dict(zip(task.labels, row.tolist())))
-                for c, label, row in zip(common, labels, probs)]
-    if task.name == "verify":
-        embeddings = torch.nn.functional.normalize(out.float(), dim=-1).cpu()
-        return [SpeakerEmbedding(**c, embedding=e.clone()) for c, e in zip(common, embeddings)]
-    raise ConfigError(f"predict: task {task.name!r} has no prediction type")
+    clips_info = [dict(id=it.id, path=it.path, duration=round(it.duration, 4)) for it, _ in clips]
+    return model.task.predictions(out, out_lengths, clips_info)
 
 
 def predict(model: "FusedModel", inputs: Any, batch_seconds: float = 60.0, progress: Optional[bool] = None,
             skip_bad: bool = False, sample_rate: Optional[int] = None) -> list[Result]:
     """Predictions in input order. inputs: a file, folder, manifest, waveform, or a list of them;
-    waveforms are at `sample_rate` (default the model's). Bad inputs raise AudioError listing them all
+    waveforms need `sample_rate`, their rate. Bad inputs raise AudioError listing them all
     (checked from the headers before anything runs) unless skip_bad=True, which returns them as Failures."""
+    model.task.require_predictions("predict")
     entries = collect_inputs(inputs, model.sample_rate, model.target, sample_rate)
     items, failures = _split(entries)
     if failures and not skip_bad:
@@ -320,9 +321,9 @@ def _listing(failures: list[Failure]) -> str:
 def verify(model: "FusedModel", a: Any, b: Any = None, batch_seconds: float = 60.0,
            sample_rate: Optional[int] = None) -> Union[Verification, list[Verification]]:
     """Score trials with a verification model. verify(a, b) with one clip each (a file path or an [S]
-    waveform) returns one Verification; verify([a1, a2], [b1, b2]) or verify([(a1, b1), (a2, b2)]) returns
+    waveform, which needs `sample_rate`) returns one Verification; verify([a1, a2], [b1, b2]) or verify([(a1, b1), (a2, b2)]) returns
     one per pair, in order. Each distinct file is embedded once. Bad inputs raise AudioError listing them."""
-    if model.task.name != "verify":
+    if not model.task.scores_trials:
         raise ConfigError(f"verify: this model's task is {model.task.name!r}, which predicts but does not "
                           "score trials; verify() needs a speaker verification model (task: verify), use "
                           "predict() for this one")
@@ -385,26 +386,50 @@ def check_output_path(path: str | os.PathLike, command: str = "predict") -> None
 
 
 class _Output:
-    """predictions.jsonl or .csv, appended one flushed, fsynced batch at a time. Reopening after a kill drops
-    a torn last line and reports which ids are already there (`key`: a row's id; a subclass may write other rows)."""
+    """predictions.jsonl or .csv, appended one flushed, fsynced batch at a time, under OUT.lock (a second writer
+    is refused). Reopening after a kill drops a torn last line and reports which ids are already there (`key`: a
+    row's id; a subclass may write other rows). OS errors (read-only folder, full disk) are one-line
+    OutputFileErrors; the rows written before stay."""
     command = "predict"
 
     def __init__(self, path: Path, model: "FusedModel") -> None:
+        from filelock import FileLock, Timeout
+
         check_output_path(path, self.command)
         self.path, self.csv = path, path.suffix.lower() == ".csv"
         self.columns = self._columns(model)
-        self.done = self._recover()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "a", encoding="utf-8", newline="")
-        if self.csv and self.file.tell() == 0:
-            self.file.write(self._csv_line(dict(zip(self.columns, self.columns))))
+        self.file: Optional[io.TextIOBase] = None
+        self.lock = FileLock(f"{path}.lock", timeout=0)
+        self.written, self.broken = 0, False
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.lock.acquire()
+            except Timeout:
+                raise OutputFileError(f"{self.command} --out {path}: another `speechfuse {self.command}` is writing to "
+                                      f"it (lock {path}.lock is held); wait for it to finish, or write to another "
+                                      "file") from None
+            self.done = self._recover()
+            self.file = open(path, "a", encoding="utf-8", newline="")
+            if self.csv and self.file.tell() == 0:
+                self.file.write(self._csv_line(dict(zip(self.columns, self.columns))))
+        except OSError as err:
+            self.broken = True
+            self.close()
+            raise OutputFileError(self._os_error(err)) from err
+        except BaseException:
+            self.close()
+            raise
+
+    def _os_error(self, err: OSError) -> str:
+        what = f"{self.command} --out {self.path}: cannot write ({err.strerror or err})"
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return (f"{what}: the disk is full after {self.written} new row(s); the rows written are kept: free some "
+                    "space and run the same command again to continue")
+        return f"{what}; make the folder writable or choose another --out"
 
     def _columns(self, model: "FusedModel") -> list[str]:
-        labels = list(getattr(model.task, "labels", []) or [])
-        columns = ["id", "path", "duration", "prediction", "error"] + [f"prob_{lab}" for lab in labels]
-        if model.task.name == "verify":  # the embedding, one column per dimension
-            columns += [f"emb_{i}" for i in range(model.task.options["embed_dim"])]
-        return columns
+        return ["id", "path", "duration", "prediction", "error"] + model.task.prediction_columns()
 
     def key(self, row: dict[str, Any]) -> str:
         return row["id"]
@@ -449,57 +474,67 @@ class _Output:
         row: dict[str, Any] = {"id": result.id, "path": result.path or ""}
         if isinstance(result, Failure):
             return {**row, "error": result.error}
-        row.update(duration=result.duration, prediction=prediction_text(result.to_dict()))
-        if isinstance(result, Classification):
-            row.update({f"prob_{k}": v for k, v in result.probabilities.items()})
-        if isinstance(result, SpeakerEmbedding):
-            row.update({f"emb_{i}": v for i, v in enumerate(result.embedding.tolist())})
-        return row
+        return {**row, "duration": result.duration, **result.csv_cells()}
 
     def write(self, results: list[Result]) -> None:
+        try:
+            for result in results:
+                row = self._row(result)
+                self.file.write(self._csv_line(row) if self.csv else json.dumps(row) + "\n")
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as err:
+            self.broken = True  # close() must not raise the same error again
+            raise OutputFileError(self._os_error(err)) from err
+        self.written += len(results)
         for result in results:
-            row = self._row(result)
-            self.file.write(self._csv_line(row) if self.csv else json.dumps(row) + "\n")
             as_dict = result.to_dict()
             self.done[self.key(as_dict)] = as_dict
-        self.file.flush()
-        os.fsync(self.file.fileno())
 
     def close(self) -> None:
-        self.file.close()
-
-
-def prediction_text(row: dict[str, Any]) -> Optional[str]:
-    """The predicted text or label of an output row (None for a failure, and for an embedding: it has no
-    per-file reference to score against; verification is scored over trials by `speechfuse evaluate`)."""
-    if row.get("embedding") is not None or row.get("emb_0") not in (None, ""):
-        return None
-    for key in ("prediction", "text", "label"):
-        if row.get(key) not in (None, ""):
-            return str(row[key])
-    return None if row.get("error") else ""
+        try:
+            if self.file is not None:
+                self.file.close()
+        except OSError as err:  # the buffer's last rows could not be flushed (a rerun drops a torn line)
+            if not self.broken:
+                raise OutputFileError(self._os_error(err)) from err
+        finally:
+            self.file = None
+            self.lock.release()
 
 
 def predict_to_file(model: "FusedModel", inputs: Any, out: str | os.PathLike, batch_seconds: float = 60.0,
                     progress: Optional[bool] = True) -> dict[str, Any]:
     """Stream predictions to `out` (.jsonl or .csv) batch by batch; inputs already in `out` are skipped, so a
-    killed run continues where it stopped. Failures are written with their reason. Returns a summary, with
-    the task's metrics when the inputs carry references (a manifest with the model's target column)."""
+    killed run continues where it stopped. Failures are written with their reason. Returns a summary: counts of
+    this call (`predicted`, `failed`, `skipped`: already in `out`), `inputs` and `failed_inputs` (inputs whose
+    row in `out` is a failure, this call's or an earlier one's), `repeated` (id -> the rows that gave it, for
+    inputs given more than once: predicted once), and the task's metrics when the inputs carry references (a
+    manifest with the model's target column)."""
+    model.task.require_predictions("predict")
     output = _Output(Path(out), model)  # first: a bad --out fails before the inputs are scanned
+    repeats: dict[str, list[str]] = {}
     try:
-        items, failures = _split(collect_inputs(inputs, model.sample_rate, model.target))
+        entries = collect_inputs(inputs, model.sample_rate, model.target, repeats=repeats)
+        _check_resumed_paths(output, entries)
     except BaseException:
         output.close()
         raise
+    items, _ = _split(entries)
+    if repeats:
+        listed = "; ".join(f"{key!r} ({', '.join(where)})" for key, where in list(repeats.items())[:5])
+        more = f"; and {len(repeats) - 5} more" if len(repeats) > 5 else ""
+        warnings.warn(f"predict: {len(repeats)} input(s) given more than once, predicted once: {listed}{more}",
+                      stacklevel=2)
     seen = set(output.done)
-    todo = []
-    for item in items:
-        if item.id not in seen:
-            seen.add(item.id)  # a repeated input is predicted once
-            todo.append(item)
-    fresh_failures = [f for f in failures if f.id not in seen]
-    # skipped: already in the output from an earlier run, or given twice
-    counts = {"predicted": 0, "failed": 0, "skipped": len(items) + len(failures) - len(todo) - len(fresh_failures)}
+    todo: list[_Item] = []
+    fresh_failures: list[Failure] = []
+    for entry in entries:
+        if entry.id not in seen:
+            seen.add(entry.id)
+            (todo if isinstance(entry, _Item) else fresh_failures).append(entry)
+    ids = list(dict.fromkeys(e.id for e in entries))
+    counts = {"predicted": 0, "failed": 0, "skipped": sum(i in output.done for i in ids)}
     try:
         if fresh_failures:
             output.write(fresh_failures)
@@ -510,8 +545,11 @@ def predict_to_file(model: "FusedModel", inputs: Any, out: str | os.PathLike, ba
             counts["predicted"] += sum(isinstance(r, Prediction) for r in batch)
     finally:
         output.close()
-    summary: dict[str, Any] = {"out": str(out), **counts}
-    pairs = [(prediction_text(output.done[it.id]), it.reference) for it in items
+    failed_inputs = sum(bool(output.done.get(i, {}).get("error")) for i in ids)
+    summary: dict[str, Any] = {"out": str(out), **counts, "inputs": len(ids), "failed_inputs": failed_inputs}
+    if repeats:
+        summary["repeated"] = repeats
+    pairs = [(model.task.scored_prediction(output.done[it.id]), it.reference) for it in items
              if it.reference is not None and it.id in output.done]
     pairs = [(p, r) for p, r in pairs if p is not None]
     if pairs:
@@ -520,5 +558,15 @@ def predict_to_file(model: "FusedModel", inputs: Any, out: str | os.PathLike, ba
     return summary
 
 
-__all__ = ["predict", "predict_to_file", "verify", "iter_predictions", "collect_inputs", "Prediction",
-           "Transcription", "Classification", "SpeakerEmbedding", "Verification", "Failure"]
+def _check_resumed_paths(output: _Output, entries: list[Union[_Item, Failure]]) -> None:
+    """An id already in the output must be the same file: else a rerun would score one file's row for another."""
+    for entry in entries:
+        row = output.done.get(entry.id)
+        if row and row.get("path") and entry.path and os.path.abspath(row["path"]) != os.path.abspath(entry.path):
+            raise ConfigError(f"predict --out {output.path}: it already holds id {entry.id!r} for {row['path']}, but "
+                              f"this input {entry.id!r} is {entry.path}; write to a new file")
+
+
+__all__ = ["predict", "predict_to_file", "OutputFileError", "verify", "iter_predictions", "collect_inputs",
+           "Prediction", "Transcription", "LanguageTranscription", "Classification", "SpeakerEmbedding", "Verification",
+           "Failure"]

@@ -11,8 +11,8 @@
   skips the batch instead).
 - Dev evaluation runs on the full dev set in every rank (no cross-rank gathering needed), every
   `train.val_every_steps` steps and after the last step; `last` and `best` are saved right after it.
-- Ctrl-C (StopOnInterrupt) finishes the current step, evaluates dev and saves `last` / `best` as a scheduled
-  evaluation does; a second Ctrl-C stops at once.
+- Ctrl-C, SIGTERM or SIGUSR1 (StopOnInterrupt) finishes the current step, evaluates dev and saves `last` /
+  `best` as a scheduled evaluation does; a second one stops at once.
 """
 from __future__ import annotations
 
@@ -31,11 +31,13 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from .augment import SpecAugment
+from .average import DEV_LOSS, TOP_DIR
 from .checkpoint import SafetensorsCheckpointIO
 from .config import Config
 from .data.loader import EpochPosition, FusionBatch
 from .errors import ConfigError, SpeechfuseError
 from .frontend import FusionFrontend
+from .interrupt import STOP_SIGNALS, Interrupted, signal_name
 from .model import build_frontend
 from .runfolder import BEST, CKPT_DIR, EXT, LAST
 from .tasks import Task
@@ -45,8 +47,9 @@ class NonFiniteLossError(SpeechfuseError):
     """The training loss became NaN or infinite (train.on_nonfinite_loss=stop)."""
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training; the message says whether a checkpoint was saved first."""
+class TrainingInterrupted(Interrupted):
+    """A stop signal (Ctrl-C, SIGTERM, SIGUSR1) stopped training; the message says whether a checkpoint was saved."""
+    says_how_to_resume = True
 
 
 class FusionTask(pl.LightningModule):
@@ -63,6 +66,7 @@ class FusionTask(pl.LightningModule):
         self.position = EpochPosition()
         self._rng_to_restore: Optional[dict] = None
         self._dev: list = []  # Task.collect records of the dev set
+        self._dev_loss = [0.0, 0]
         self.dev_metrics: dict[str, float] = {}
 
     # -- forward ------------------------------------------------------------------------------
@@ -140,13 +144,25 @@ class FusionTask(pl.LightningModule):
     # -- dev evaluation -----------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._dev = []
+        self._dev_loss = [0.0, 0]  # summed per-batch loss x batch size, utterances (train.average_best only)
 
     def validation_step(self, batch: FusionBatch, batch_idx: int) -> None:
         out, out_lengths = self(batch)
         self._dev += self.task.collect(out, out_lengths, batch.utts)
+        if self.cfg.train.average_best:
+            try:
+                loss = float(self.task.loss(out, out_lengths, batch.targets))
+            except ConfigError as err:  # e.g. verify: dev speakers are not training classes
+                raise ConfigError(f"train.average_best ranks checkpoints by the dev loss, which task "
+                                  f"{self.task.name!r} cannot compute on this dev set ({err}); set train.average_best: "
+                                  "null") from None
+            self._dev_loss[0] += loss * len(batch.utts)
+            self._dev_loss[1] += len(batch.utts)
 
     def on_validation_epoch_end(self) -> None:
         self.dev_metrics = self.task.evaluate(self._dev, "dev")
+        if self._dev_loss[1]:
+            self.log(DEV_LOSS, self._dev_loss[0] / self._dev_loss[1], rank_zero_only=False)
         for name, value in self.dev_metrics.items():
             # every rank scores the whole dev set, so the values agree without syncing
             self.log(f"dev/{name}", float(value), prog_bar=name == self.task.main_metric, rank_zero_only=False)
@@ -277,43 +293,54 @@ class _Checkpoint(ModelCheckpoint):
 
 
 class StopOnInterrupt(Callback):
-    """Ctrl-C during the training loop: finish the step, then stop through `should_stop`, which makes Lightning
-    evaluate dev and save `last` / `best` exactly where scheduled evaluations do (so the run resumes exactly).
-    Before the loop (cache extraction) or a second time: KeyboardInterrupt at once."""
+    """A stop signal (Ctrl-C, SIGTERM, SIGUSR1: speechfuse.interrupt) during the training loop: finish the step,
+    then stop through `should_stop`, which makes Lightning evaluate dev and save `last` / `best` exactly where
+    scheduled evaluations do (so the run resumes exactly). Before the loop (cache extraction) or a second time:
+    Interrupted at once. Under DDP the ranks agree after every step, so all stop at the same step even when only
+    one of them got the signal; `signum` is then the signal on every rank."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.requested = False  # this process got a stop signal
+        self.signum = 0  # the signal that stops training (under DDP: also when another rank got it)
         self.in_loop = False
-        self._previous: Any = None
+        self._previous: dict = {}
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
 
     def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for s, old in self._previous.items():
+            signal.signal(s, old if old is not None else signal.SIG_DFL)
+        self._previous = {}
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
+    def _on_signal(self, signum: int, frame: Any) -> None:
         first = not self.requested
         self.requested = True
+        self.signum = self.signum or signum
         if not (first and self.in_loop):
-            raise KeyboardInterrupt
-        print("\nspeechfuse: Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop at once)",
-              file=sys.stderr, flush=True)
+            raise Interrupted(f"{signal_name(signum)} received", signum)
+        again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+        print(f"\nspeechfuse: {signal_name(signum)}: saving a checkpoint after this step ({again} again to stop at "
+              "once)", file=sys.stderr, flush=True)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.in_loop = True
+        # Lightning's own SIGTERM handler stops without saving (and exits 0); its teardown restores ours
+        if self._previous:
+            for s in STOP_SIGNALS:
+                signal.signal(s, self._on_signal)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.in_loop = False
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        stop = self.requested
-        if trainer.world_size > 1:  # each rank gets its own SIGINT, maybe a step apart: stop together
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if stop:
+        signum = self.signum
+        if trainer.world_size > 1:  # each rank gets its own signal, maybe a step apart, or none: stop together
+            signum = int(trainer.strategy.reduce(torch.tensor(signum, device=trainer.strategy.root_device),
+                                                 reduce_op="max"))
+        if signum:
+            self.signum = signum
             trainer.should_stop = True
 
 
@@ -345,13 +372,24 @@ def make_trainer(cfg: Config, run_dir: Path, task: Task, extra_callbacks: list |
         _ValidateAtEnd(),
         *(extra_callbacks or []),
     ]
-    if t.progress_bar:
-        from lightning.pytorch.callbacks import TQDMProgressBar
+    if t.average_best:  # the N lowest dev losses (speechfuse.average); before `last`, which then saves its state
+        callbacks.insert(1, _Checkpoint(dirpath=ckpt_dir / TOP_DIR, filename="{step}", monitor=DEV_LOSS, mode="min",
+                                        save_top_k=t.average_best, save_on_train_epoch_end=False,
+                                        enable_version_counter=False))
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
-        callbacks.append(TQDMProgressBar())  # plain lines in logs; shows no "Epoch 0/-2" for step-bound runs
-    # a resumed run logs into the next version_N folder, so the earlier part's CSV is kept
-    loggers = [CSVLogger(run_dir / "logs", name="csv"),
-               TensorBoardLogger(run_dir / "logs", name="tensorboard", version="")]
+    from .progress import quiet, verbose
+    from .stepbar import StepProgressBar, drop_adverts
+
+    # one bar on stderr counting optimizer steps (Lightning's own counts batches per epoch, on stdout)
+    callbacks += [StepProgressBar(task.main_metric, enabled=t.progress_bar and not quiet()),
+                  LearningRateMonitor(logging_interval="step")]
+    if verbose():  # the plain summary logs to stderr (Lightning's default, the rich one, prints to stdout)
+        from lightning.pytorch.callbacks import ModelSummary
+
+        callbacks.append(ModelSummary(max_depth=1))
+    drop_adverts()
+    loggers = make_loggers(t, run_dir)
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
@@ -362,15 +400,36 @@ def make_trainer(cfg: Config, run_dir: Path, task: Task, extra_callbacks: list |
 
 
 def _trainer(t, run_dir, devices, strategy, callbacks, loggers) -> pl.Trainer:
+    from .progress import verbose
+
     return pl.Trainer(
         default_root_dir=run_dir, max_steps=t.max_steps, max_epochs=t.max_epochs or -1,
         accelerator=t.accelerator, devices=devices, strategy=strategy, precision=t.precision,
         plugins=[SafetensorsCheckpointIO()], callbacks=callbacks, logger=loggers,
         val_check_interval=t.val_every_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         use_distributed_sampler=False, deterministic="warn" if t.deterministic else None,
-        gradient_clip_val=t.grad_clip, log_every_n_steps=min(50, t.val_every_steps),
-        enable_progress_bar=t.progress_bar, enable_model_summary=t.progress_bar,
+        gradient_clip_val=t.grad_clip, log_every_n_steps=1,  # every step: the curves need them, and few runs
+        enable_progress_bar=True, enable_model_summary=verbose(),  # are long enough for the CSV to matter
     )
+
+
+def make_loggers(t, run_dir: Path) -> list:
+    """The CSV log (always: RUN/curves.png is drawn from it) plus train.logger's (tensorboard by default). A resumed
+    run logs into the next CSV version_N folder, so the earlier part's values are kept."""
+    loggers: list = [CSVLogger(run_dir / "logs", name="csv")]
+    for name in ([t.logger] if isinstance(t.logger, str) else t.logger):
+        if name == "tensorboard":
+            loggers.append(TensorBoardLogger(run_dir / "logs", name="tensorboard", version=""))
+        elif name == "wandb":
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(WandbLogger(save_dir=str(run_dir / "logs"), name=run_dir.name))
+        elif name == "mlflow":
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            loggers.append(MLFlowLogger(experiment_name="speechfuse", run_name=run_dir.name,
+                                        save_dir=str(run_dir / "logs" / "mlruns")))
+    return loggers
 
 
 __all__ = ["FusionTask", "interface_param_groups", "restore_frozen", "checkpoint_bytes", "make_trainer", "StopOnInterrupt",

@@ -9,7 +9,10 @@
 A model folder (what `save_pretrained` writes, and every training run writes as RUN_DIR/model/):
     config.json        format; the task state (vocabulary or labels); per upstream its spec, load options and
                        identity (output-changing options, weight fingerprint); align and interface options; the
-                       manifest field the targets came from; the SHA-256 of model.safetensors; training summary
+                       manifest field the targets came from; the SHA-256 of model.safetensors; training summary;
+                       `model_sha256`: one digest over this file's content and model.safetensors (model_digest), so
+                       neither can be edited or swapped alone: loading refuses a folder without it or where it does
+                       not match, unless trust_unverified=True (CLI: --allow-unverified), which only warns
     model.safetensors  only the trained weights: interface, aligner projections, head, and upstreams only where
                        they were trained (plus `task.*`: the task's fitted tensors, verify's AS-norm cohort).
                        Frozen upstream weights are loaded from their spec and checked against the saved
@@ -44,6 +47,7 @@ MODEL_FORMAT = "speechfuse-model-v1"
 CONFIG_FILE, WEIGHTS_FILE, README_FILE = "config.json", "model.safetensors", "README.md"
 RUN_MODEL_DIR = "model"
 TASK_PREFIX = "task."  # model.safetensors keys of the task's tensors (Task.tensors(): verify's AS-norm cohort)
+DIGEST_KEY = "model_sha256"  # config.json's digest of the whole folder (model_digest)
 
 
 class ModelFileError(SpeechfuseError):
@@ -184,9 +188,12 @@ class FusedModel(nn.Module):
             state = {**self.trained_state_dict(), **{f"{TASK_PREFIX}{k}": v for k, v in self.task.tensors().items()}}
             tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
             write_atomic(tmp / WEIGHTS_FILE, save(tensors, metadata={"format": "pt", "speechfuse": MODEL_FORMAT}))
-            config = {**self.config_dict(), "weights_sha256": _sha256(tmp / WEIGHTS_FILE)}
+            weights_sha256 = _sha256(tmp / WEIGHTS_FILE)
+            # the digest is taken over the config as it reads back from JSON
+            config = json.loads(json.dumps({**self.config_dict(), "weights_sha256": weights_sha256}, default=float))
+            config[DIGEST_KEY] = model_digest(config, weights_sha256)
             write_atomic(tmp / CONFIG_FILE, json.dumps(config, indent=2, default=float) + "\n")
-            write_atomic(tmp / README_FILE, model_readme(config))
+            write_atomic(tmp / README_FILE, model_readme(config, self.task))
             old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
             if folder.exists():
                 os.replace(folder, old)
@@ -199,12 +206,20 @@ class FusedModel(nn.Module):
     # -- loading -----------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | None = None,
-                        allow_changed_upstreams: bool = False) -> "FusedModel":
+                        allow_changed_upstreams: bool = False, trust_unverified: bool = False) -> "FusedModel":
         """Rebuild a model from a model folder or a run folder (its model/), in eval mode on `device`
-        (default cpu). An upstream whose weights no longer match the saved fingerprint is refused
-        (UpstreamChangedError) unless allow_changed_upstreams=True, which only warns."""
+        (default cpu). A folder whose config.json and weights do not match their saved digest, or have none, is
+        refused (ModelFileError) unless trust_unverified=True. An upstream whose weights no longer match the
+        saved fingerprint is refused (UpstreamChangedError) unless allow_changed_upstreams=True. Both only warn
+        when allowed."""
         folder = find_model_folder(path)
         config = read_model_config(folder)
+        verify_model_folder(folder, config, trust_unverified)
+        from .plugins import load_plugins
+
+        # the plug-in modules of the components the model was trained with (its training config lists them)
+        trained_with = ((config.get("training") or {}).get("config") or {}).get("plugins") or []
+        load_plugins(trained_with, f"{folder / 'config.json'}: training.config.plugins")
         task = Task.from_state(config["task"])
         arch = {k: config[k] for k in ("align", "interface")}
         arch["upstreams"] = [{"spec": u["spec"], "options": u.get("options", {})} for u in config["upstreams"]]
@@ -212,22 +227,21 @@ class FusedModel(nn.Module):
         check_upstreams(frontend, config["upstreams"], folder, allow_changed_upstreams, before_weights=True)
         model = cls(frontend, task.build_head(frontend.output_dim), task, arch, target=config.get("target"),
                     training=config.get("training"))
-        model._load_trained(folder / WEIGHTS_FILE, config.get("weights_sha256"))
+        model._load_trained(folder / WEIGHTS_FILE, config)
         check_upstreams(frontend, config["upstreams"], folder, allow_changed_upstreams, before_weights=False)
         return model.to(device or "cpu").eval()
 
-    def _load_trained(self, path: Path, sha256: Optional[str]) -> None:
+    def _load_trained(self, path: Path, config: dict[str, Any]) -> None:
         from safetensors.torch import load_file
 
-        if not path.is_file():
-            raise ModelFileError(f"{path} is missing; the model folder is incomplete, save it again")
-        if sha256 is not None and _sha256(path) != sha256:
-            raise ModelFileError(f"{path} does not match the SHA-256 in its config.json (damaged or replaced); "
-                                 "save the model again from its run folder")
         try:
             state = load_file(str(path))
         except Exception as err:
             raise ModelFileError(f"cannot read {path}: {err}; save the model again") from err
+        own = self.state_dict()
+        wrong = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape]
+        if wrong:
+            raise ModelFileError(_shape_mismatch(path, config, wrong))
         task_tensors = {k[len(TASK_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(TASK_PREFIX)}
         self.task.load_tensors(task_tensors, str(path))
         missing, unexpected = self.load_state_dict(state, strict=False)
@@ -263,6 +277,72 @@ def check_upstreams(frontend: FusionFrontend, saved: list[dict[str, Any]], folde
     warnings.warn(message + "; loaded anyway (allow_changed_upstreams=True).", stacklevel=4)
 
 
+def model_digest(config: dict[str, Any], weights_sha256: str) -> str:
+    """The SHA-256 of config.json's content (canonical JSON, without DIGEST_KEY) and of the weights' SHA-256."""
+    body = json.dumps({k: v for k, v in config.items() if k != DIGEST_KEY}, sort_keys=True, separators=(",", ":"),
+                      default=float)
+    return hashlib.sha256(f"{body}\n{weights_sha256}".encode("utf-8")).hexdigest()
+
+
+def verify_model_folder(folder: Path, config: dict[str, Any], trust_unverified: bool = False) -> None:
+    """Refuse a folder whose config.json and model.safetensors are not the pair that was saved together."""
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelFileError(f"{weights} is missing; the model folder is incomplete, save it again")
+    actual = _sha256(weights)
+    saved = config.get(DIGEST_KEY)
+    if saved is None:
+        problem = (f"{folder / CONFIG_FILE} has no {DIGEST_KEY}, so nothing shows that it and {WEIGHTS_FILE} are "
+                   "the pair that was saved (a model saved by an older speechfuse, or edited)")
+    elif config.get("weights_sha256") not in (None, actual):
+        problem = f"{weights} does not match the SHA-256 in its config.json (damaged or replaced)"
+    elif saved != model_digest(config, actual):
+        problem = (f"{folder / CONFIG_FILE} or {WEIGHTS_FILE} changed since the model was saved (an edited "
+                   f"config.json or other weights: {DIGEST_KEY} does not match)")
+    else:
+        return
+    if not trust_unverified:
+        raise ModelFileError(f"model {folder}: {problem}; use an intact copy of the model folder, or pass "
+                             "trust_unverified=True (CLI: --allow-unverified) to load it anyway")
+    warnings.warn(f"model {folder}: {problem}; loaded anyway (trust_unverified=True), so its predictions may not be "
+                  "the ones measured", stacklevel=3)
+
+
+def _shape_mismatch(path: Path, config: dict[str, Any], wrong: list[tuple[str, tuple, tuple]]) -> str:
+    """One line: the first tensor whose saved shape differs from the one config.json builds, and the config.json
+    keys whose value is the size that differs (e.g. task.labels has 3 entries where the weights hold 2)."""
+    key, saved, built = wrong[0]
+    sizes = {b for s, b in zip(saved, built) if s != b} if len(saved) == len(built) else set(built)
+    suspects = [f"{name} ({value})" for name, value in _config_sizes(config) if value in sizes]
+    cause = f"; config.json key{'s' if len(suspects) > 1 else ''} giving that size: {', '.join(suspects)}" \
+        if suspects else ""
+    more = f" (and {len(wrong) - 1} more tensors)" if len(wrong) > 1 else ""
+    return (f"{path} does not fit the model its config.json describes: {key} is {list(saved)} in the weights but "
+            f"{list(built)} from config.json{more}{cause}; restore the config.json saved with these weights")
+
+
+def _config_sizes(config: dict[str, Any]) -> list[tuple[str, int]]:
+    """(dotted key, size) of config.json's integer options and list lengths, outside the training record."""
+    found: list[tuple[str, int]] = []
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, bool):
+            return
+        if isinstance(value, int):
+            found.append((key, value))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list):
+            found.append((key, len(value)))
+            if all(isinstance(v, dict) for v in value):
+                for i, v in enumerate(value):
+                    walk(v, f"{key}[{i}]")
+
+    walk({k: v for k, v in config.items() if k not in ("training", "sample_rate")}, "")
+    return found
+
+
 def find_model_folder(path: str | os.PathLike) -> Path:
     path = Path(path)
     if (path / CONFIG_FILE).is_file():
@@ -294,9 +374,10 @@ def read_model_config(folder: Path) -> dict[str, Any]:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device | None = None,
-               allow_changed_upstreams: bool = False) -> FusedModel:
+               allow_changed_upstreams: bool = False, trust_unverified: bool = False) -> FusedModel:
     """sf.load_model(dir_or_run_folder): FusedModel.from_pretrained."""
-    return FusedModel.from_pretrained(path, device=device, allow_changed_upstreams=allow_changed_upstreams)
+    return FusedModel.from_pretrained(path, device=device, allow_changed_upstreams=allow_changed_upstreams,
+                                      trust_unverified=trust_unverified)
 
 
 def save_run_model(cfg: "Config", task: Task, frontend: FusionFrontend, head: nn.Module, run_dir: Path,
@@ -304,25 +385,21 @@ def save_run_model(cfg: "Config", task: Task, frontend: FusionFrontend, head: nn
     """RUN_DIR/model/ from the trained modules of a run (the training hook)."""
     from .config import config_to_dict
 
-    training = {"config": config_to_dict(cfg), "checkpoint": checkpoint, "metrics": metrics}
+    from .model_card import data_identity
+
+    manifests = {split: getattr(cfg.data, split) for split in ("train", "dev", "test")}
+    training = {"config": config_to_dict(cfg), "checkpoint": checkpoint, "metrics": metrics,
+                "data": data_identity(manifests)}
     model = FusedModel.from_config(cfg, task, frontend=frontend, head=head, training=training)
     return model.save_pretrained(Path(run_dir) / RUN_MODEL_DIR)
 
 
-def model_readme(config: dict[str, Any]) -> str:
-    task = config["task"]
+def model_readme(config: dict[str, Any], task: Task) -> str:
+    from .model_card import front_matter, public_spec, training_data_line
+
     ups = config["upstreams"]
-    upstreams = ", ".join(f"`{u['spec']}`" + (" (fine-tuned)" if u.get("trainable") else "") for u in ups)
-    if task["name"] == "asr":
-        what = f"character CTC speech recognition ({len(task.get('vocab', []))} symbols)"
-    elif task["name"] == "verify":
-        threshold = task.get("threshold")
-        what = (f"speaker verification (cosine scores of {task.get('options', {}).get('embed_dim')}-dim embeddings, "
-                f"trained on {len(task.get('speakers', []))} speakers; "
-                + (f"decision threshold {threshold:.4f}, the dev EER point)" if threshold is not None
-                   else "no decision threshold)"))
-    else:
-        what = f"utterance classification of `{config.get('target')}` into {len(task.get('labels', []))} classes"
+    upstreams = ", ".join(f"`{public_spec(u['spec'])}`" + (" (fine-tuned)" if u.get("trainable") else "") for u in ups)
+    what = task.describe(config.get("target"))
     lines = [f"# speechfuse model: {what}", "",
              f"Upstreams: {upstreams}, fused by the `{config['interface']['name']}` interface, "
              f"input {config['sample_rate']} Hz audio.", ""]
@@ -332,20 +409,29 @@ def model_readme(config: dict[str, Any]) -> str:
         t = cfg.get("train", {})
         lines += [f"Trained with speechfuse for {t.get('max_steps')} steps (batches of {t.get('batch_seconds')} s, "
                   f"lr {t.get('lr')}, interface lr {t.get('interface_lr')}, seed {t.get('seed')}) on "
-                  f"`{cfg.get('data', {}).get('train')}`; weights of the {training.get('checkpoint', 'best')} "
+                  f"{training_data_line(config)}; weights of the {training.get('checkpoint', 'best')} "
                   "dev checkpoint.", ""]
     metrics = training.get("metrics")
     if metrics:
-        lines += ["| split | " + " | ".join(sorted(next(iter(metrics.values())))) + " |",
-                  "|---|" + "---|" * len(next(iter(metrics.values())))]
-        lines += [f"| {split} | " + " | ".join(f"{v:.4f}" for _, v in sorted(m.items())) + " |"
-                  for split, m in metrics.items()]
-        lines.append("")
+        lines += metrics_table(metrics, task.main_metric) + [""]
     lines += ["```python", "import speechfuse as sf", "model = sf.load_model(\"path/to/this/folder\")",
               "print(model.predict(\"clip.wav\"))", "```", "",
               "`model.safetensors` holds only the trained weights; the frozen upstreams load from their specs and "
               "must match the weight fingerprints in `config.json`.", ""]
-    return "\n".join(lines)
+    return front_matter(config) + "\n".join(lines)
+
+
+def metrics_table(metrics: dict[str, dict[str, Any]], first: str) -> list[str]:
+    """Markdown lines of a {split: {metric: value}} table: one header (every metric of any split, `first`
+    then the rest sorted) and one row per split, each cell under its own metric's name ("–": not measured)."""
+    names = sorted({name for values in metrics.values() for name in values}, key=lambda n: (n != first, n))
+
+    def cell(value: Any) -> str:
+        return "–" if value is None else f"{value:.4f}" if isinstance(value, (int, float)) else str(value)
+
+    return (["| split | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)] +
+            [f"| {split} | " + " | ".join(cell(values.get(n)) for n in names) + " |"
+             for split, values in metrics.items()])
 
 
 def _absolute_spec(spec: str) -> str:

@@ -65,4 +65,10 @@ def paired_bootstrap(errors_a: Sequence[float], errors_b: Sequence[float], total
             "high": float(np.percentile(diffs, 100 - tail)), "p_value": p}
 
 
-__all__ = ["mean_std", "bootstrap_ci", "paired_bootstrap"]
+def format_p(p: float, n_resamples: int) -> str:
+    """`p = 0.012`, or `p < 0.001` when no resample fell on the other side (the resolution of n resamples)."""
+    resolution = 1 / n_resamples
+    return f"p < {resolution:.3g}" if p < resolution else f"p = {p:.3g}"
+
+
+__all__ = ["mean_std", "bootstrap_ci", "paired_bootstrap", "format_p"]

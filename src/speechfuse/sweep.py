@@ -28,6 +28,8 @@
   interval of the test metric (`test_ci_low_<metric>` / `test_ci_high_<metric>`; over seeds, from the per-utterance errors summed
   over the seeds) and `vs_best_p` / `tied_with_best`: a paired bootstrap against the best row scored on the
   same test utterances; "yes" when p >= 0.05, i.e. not distinguishable from the best (speechfuse.compare).
+  The best is the lowest error rate among the configurations with the most seeds; one with seeds missing
+  (running or failed) lists them in `missing_seeds` and is compared on the seeds it shares (`vs_best_seeds`).
 """
 from __future__ import annotations
 
@@ -36,8 +38,10 @@ import itertools
 import json
 import logging
 import math
+import os
 import re
 import shutil
+import signal
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -129,7 +133,7 @@ def run_name(combo: dict[str, Any]) -> str:
             parts.append(_short(value))
         else:
             parts.append(f"{key.rsplit('.', 1)[-1]}={_short(value)}")
-    return _safe("__".join(parts))
+    return _safe("__".join(parts)) or "config"  # a sweep over seeds only: the config as given
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,8 +283,9 @@ def summarise_seeds(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return numbers, display
 
 
-def _marks(mark: dict | None, pooled_ci: bool, display: bool) -> dict:
-    """The columns rank_against_best adds to one table row (none when the runs have no per-utterance results)."""
+def _marks(mark: dict | None, pooled_ci: bool, display: bool, seeds: Sequence | None = None) -> dict:
+    """The columns rank_against_best adds to one table row (none when the runs have no per-utterance results);
+    `vs_best_seeds` only where the comparison with the best used fewer than the sweep's `seeds`."""
     if not mark:
         return {}
     out: dict[str, Any] = {}
@@ -291,25 +296,55 @@ def _marks(mark: dict | None, pooled_ci: bool, display: bool) -> dict:
         out[f"test_ci_low_{metric}"], out[f"test_ci_high_{metric}"] = mark["ci_low"], mark["ci_high"]
     out["vs_best_p"] = mark["vs_best_p"]
     out["tied_with_best"] = mark["tied_with_best"]
+    if seeds and mark["tied_with_best"] != "best" and len(mark["vs_best_seeds"]) < len(seeds):
+        out["vs_best_seeds"] = " ".join(str(s) for s in mark["vs_best_seeds"]) or "none"
     return out
 
 
-def _write_results(rows: list[dict], out_dir: Path, seeds: Sequence[int] | None) -> None:
+def _write_results(rows: list[dict], out_dir: Path, seeds: Sequence[int] | None, figures: bool = True) -> None:
     from .compare import rank_against_best
 
     if not seeds:
-        marks = rank_against_best({r["run"]: [out_dir / "runs" / r["run"]] for r in rows})
+        groups = {r["run"]: [out_dir / "runs" / r["run"]] for r in rows}
+        marks = rank_against_best(groups)
         write_table([{**r, **_marks(marks.get(r["run"]), False, False)} for r in rows], out_dir / RESULTS_MD,
                     out_dir / RESULTS_CSV)
+        if figures:
+            _write_figures(out_dir, groups, marks, {r["run"]: r for r in rows}, "")
         return
     numbers, display = summarise_seeds(rows)
-    groups: dict[str, list[Path]] = {}
+    groups: dict[str, dict[Any, Path]] = {}
     for r in rows:
-        groups.setdefault(r["config"], []).append(out_dir / "runs" / r["run"])
+        groups.setdefault(r["config"], {})[r["seed"]] = out_dir / "runs" / r["run"]
+    # a configuration whose other seeds are running (or failed) says which are missing
+    missing = {config: " ".join(str(s) for s in seeds if s not in runs) for config, runs in groups.items()}
+    for row in (*numbers, *display):
+        if missing[row["config"]]:
+            row["missing_seeds"] = missing[row["config"]]
     marks = rank_against_best(groups)  # per configuration: its seeds' per-utterance errors pooled
     write_table(rows, None, out_dir / RESULTS_CSV)
-    write_table([{**n, **_marks(marks.get(n["config"]), True, False)} for n in numbers], None, out_dir / SUMMARY_CSV)
-    write_table([{**d, **_marks(marks.get(d["config"]), True, True)} for d in display], out_dir / RESULTS_MD, None)
+    write_table([{**n, **_marks(marks.get(n["config"]), True, False, seeds)} for n in numbers], None,
+                out_dir / SUMMARY_CSV)
+    write_table([{**d, **_marks(marks.get(d["config"]), True, True, seeds)} for d in display], out_dir / RESULTS_MD,
+                None)
+    if figures:
+        _write_figures(out_dir, groups, marks, {n["config"]: n for n in numbers}, "_mean")
+
+
+def _write_figures(out_dir: Path, groups: dict[str, list[Path] | dict[int, Path]], marks: dict[str, dict], rows: dict[str, dict],
+                   suffix: str) -> None:
+    """plots/comparison.png (main test metric per configuration, interval, tied-with-best marks) and
+    plots/layers.png (each configuration's first run's (lowest seed's) layer weights), side by side."""
+    from .sweep_figures import COMPARISON_PNG, LAYERS_PNG, plot_comparison, plot_layer_weights
+
+    metric = next((m["metric"] for m in marks.values()), None)
+    if metric is not None:
+        points = [{"label": key, "value": rows[key].get(f"test_{metric}{suffix}"), "low": marks[key]["ci_low"],
+                   "high": marks[key]["ci_high"], "tied": marks[key]["tied_with_best"]}
+                  for key in groups if key in marks and key in rows]
+        plot_comparison(points, metric, out_dir / "plots" / COMPARISON_PNG)
+    firsts = {key: dirs[min(dirs)] if isinstance(dirs, dict) else dirs[0] for key, dirs in groups.items()}
+    plot_layer_weights([(key, _describe(first)) for key, first in firsts.items()], out_dir / "plots" / LAYERS_PNG)
 
 
 def _describe(run_dir: Path) -> dict | None:
@@ -348,6 +383,11 @@ def _worker_setup(threads: int, settings: dict) -> None:
 
 
 def _train_in_worker(train_fn: Callable, run_cfg: Any, run_dir: Path) -> dict:
+    from .plugins import load_plugins
+
+    # a spawned worker starts bare: import the plug-ins whose components the config names (it lists them)
+    plugins = run_cfg.get("plugins") if isinstance(run_cfg, dict) else getattr(run_cfg, "plugins", None)
+    load_plugins(plugins or [], "plugins")
     return train_fn(run_cfg, run_dir)
 
 
@@ -380,7 +420,11 @@ class _Pool:
             futures[self.pool.submit(_train_in_worker, self.train_fn, run_cfg, run_dir)] = (name, run_dir)
         waiting = set(futures)
         while waiting:
-            done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+            try:
+                done, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt as stop:  # close() then waits for the runs to save their checkpoints
+                self.forward_signal(getattr(stop, "signum", signal.SIGINT))
+                raise
             for future in done:
                 name, run_dir = futures[future]
                 try:
@@ -392,6 +436,17 @@ class _Pool:
                         exc.add_note(f"speechfuse sweep: run {name!r} in {run_dir} failed")
                     raise
                 self.finished(name, run_dir, metrics)
+
+    def forward_signal(self, signum: int) -> None:
+        """A SIGTERM / SIGUSR1 sent to this process only (Ctrl-C reaches the whole process group): pass it on,
+        so each running run saves its checkpoint and stops."""
+        if self.pool is None or signum == signal.SIGINT:
+            return
+        for pid in list(getattr(self.pool, "_processes", None) or {}):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
 
     def close(self) -> None:
         if self.pool is not None:
@@ -482,7 +537,6 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     if train_fn is None:
         from .train import train as train_fn
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     plan = _plan(grid, select, seeds)
     metric, higher_is_better = _selection_metric(cfg) if select else (None, True)
     cache_dir = shared_cache_dir(cfg, out_dir)
@@ -491,12 +545,17 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     every += [{**p["combo"], **cand, **s} for p in plan for cand in ([{}] if not select else expand_grid(select))
               for s in p["seeded"]]
     for c in every:
-        combo_config(cfg, c, cache_dir)
+        run_cfg = combo_config(cfg, c, cache_dir)
+        if own_trainer:  # names and options of every run, before any folder or model (preflight)
+            from .preflight import check_components
+
+            check_components(run_cfg)
     finals = [{**p["combo"], **s} for p in plan for s in p["seeded"]]
     final_names = [run_name(c) for c in finals]
     if len(set(final_names)) != len(final_names):
         dupes = sorted({n for n in final_names if final_names.count(n) > 1})
         raise ConfigError(f"sweep grid gives duplicate run names {dupes}; make the grid values distinct")
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once every run's config is valid
 
     bar = None
     if progress:
@@ -615,7 +674,7 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
                         shutil.copyfile(run_dir / "layers.png", png)
                     elif desc is not None:
                         plot_importance(desc, png, title=name)
-                _write_results(rows, out_dir, seeds)
+                _write_results(rows, out_dir, seeds, figures=plots)
     finally:
         torch.set_num_threads(own_threads)
         if pool is not None:

@@ -19,8 +19,9 @@ Behaviour worth knowing:
   torch RNG state are restored, so a killed run ends with the same weights and metrics as an uninterrupted one.
   A damaged `last` checkpoint (checksums) falls back to `best` with a warning. Resuming refuses a changed config
   (but for runfolder.RESUME_MAY_CHANGE) and changed manifest contents (unless train.allow_changed_data).
-- Ctrl-C (SIGINT) finishes the current step, evaluates dev and saves `last` / `best` as a scheduled evaluation
-  does, then raises TrainingInterrupted (a KeyboardInterrupt; the CLI exits 130). A second Ctrl-C stops at once.
+- Ctrl-C (SIGINT), SIGTERM or SIGUSR1 finishes the current step, evaluates dev and saves `last` / `best` as a
+  scheduled evaluation does, then raises TrainingInterrupted (a KeyboardInterrupt; the CLI exits 128 + the
+  signal: 130, 143, 138). A second signal stops at once. Under DDP every rank stops at the same step.
 - A NaN/inf training loss stops the run with an error naming the step (train.on_nonfinite_loss=skip skips the
   batch instead); metrics.json is only written by a run that finished.
 - `callbacks`: extra Lightning callbacks for the Trainer (the tests use one to kill a run at a given step).
@@ -29,6 +30,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -39,8 +42,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from .checkpoint import resume_checkpoint
 from .config import Config, config_to_yaml
 from .data.loader import SPLITS, FusionData, load_splits, resolve_cache_dir
+from .curves import plot_curves
 from .data.manifest import clip_limit
-from .errors import SpeechfuseError
+from .average import averaged_best
+from .errors import ConfigError, SpeechfuseError
+from .interrupt import signal_name
 from .evaluate import (collect_records, evaluate, load_run, load_weights, save_task_tensors, score,
                        write_interface_report)
 from .learner import FusionTask, StopOnInterrupt, TrainingInterrupted, checkpoint_bytes, make_trainer
@@ -53,12 +59,28 @@ from .tasks import check_targets_known
 
 def train(cfg: Config, out_dir: str | os.PathLike, callbacks: list | None = None) -> dict:
     """Train (or resume) the run in `out_dir`; returns {"dev": {...}, "test": {...}} of the best checkpoint."""
+    from .preflight import check_components
+
+    check_components(cfg)  # names and options: before the folder exists and before any weights load
     run_dir = Path(out_dir)
     check_writable(run_dir)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    # one `train` per folder; DDP's other ranks belong to the run that rank 0 locked
-    with RunLock(run_dir) if rank_zero_only.rank == 0 else nullcontext():
-        return _train(cfg, run_dir, callbacks)
+    try:
+        # one `train` per folder; DDP's other ranks belong to the run that rank 0 locked
+        with RunLock(run_dir) if rank_zero_only.rank == 0 else nullcontext():
+            return _train(cfg, run_dir, callbacks)
+    except ConfigError:  # bad input (config, manifests, audio); not a full disk or a diverged loss
+        if created and rank_zero_only.rank == 0:
+            _remove_if_untrained(run_dir)
+        raise
+
+
+def _remove_if_untrained(run_dir: Path) -> None:
+    """A folder this call created and that holds no checkpoint has nothing worth keeping: an input error leaves
+    no half-made run behind (the feature cache lives outside the run folder)."""
+    if not any((run_dir / CKPT_DIR).glob(f"*{EXT}")):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
@@ -102,11 +124,20 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
             warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
             warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
             warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+            # a resumed run's checkpoints folder is not empty on purpose; train.on_nonfinite_loss=skip returns None;
+            # LeafSpec: a deprecation inside Lightning's own code, nothing a user can act on
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume is not None else None)
     except SystemExit as err:  # Lightning answers a KeyboardInterrupt with sys.exit(1)
-        if stopper.requested:
-            raise TrainingInterrupted(f"training of {run_dir} stopped by Ctrl-C before it saved a checkpoint; run "
-                                      "the same command again to resume from its last checkpoint, if any") from err
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        signum = stopper.signum or (signal.SIGTERM if isinstance(err, SIGTERMException) else 0)
+        if signum:
+            raise TrainingInterrupted(f"training of {run_dir} stopped by {signal_name(signum)} before it saved a "
+                                      "checkpoint; run the same command again to resume from its last checkpoint, "
+                                      "if any", signum) from err
         raise
     except OSError as err:
         full = disk_full(err, run_dir)
@@ -115,9 +146,10 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
         raise
     finally:
         stopper.uninstall()
-    if stopper.requested:
-        raise TrainingInterrupted(f"training of {run_dir} stopped by Ctrl-C after step {trainer.global_step}; "
-                                  f"{last} was saved: run the same command again to resume")
+    if stopper.signum:  # this rank's signal, or another rank's (DDP), or one during the last evaluation
+        raise TrainingInterrupted(f"training of {run_dir} stopped by {signal_name(stopper.signum)} after step "
+                                  f"{trainer.global_step}; {last} was saved: run the same command again to resume",
+                                  stopper.signum)
     if trainer.interrupted:
         raise SpeechfuseError(f"training of {run_dir} was interrupted; run the same command again to resume "
                               "from its last checkpoint")
@@ -126,6 +158,8 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
     best = best if best and best.is_file() else run_dir / CKPT_DIR / f"{BEST}{EXT}"
     if not best.is_file():
         best = last
+    if cfg.train.average_best:
+        best = averaged_best(trainer, run_dir, write=is_zero) or best
     load_weights(model, best)
     model.to(trainer.strategy.root_device)
     scoring = task.scoring_utterances(splits["train"])  # verify: the AS-norm cohort of training embeddings
@@ -138,6 +172,7 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
         metrics["test"] = score(model, data.test_dataloader(), "test", run_dir if is_zero else None)
     if is_zero:
         write_interface_report(model, data.val_dataloader(), run_dir, cfg.train.importance)
+        plot_curves(run_dir, title=run_dir.name)  # RUN/curves.png from the CSV log
         save_run_model(cfg, task, model.frontend, model.head, run_dir, metrics, best.stem)  # RUN_DIR/model/
         # last: a sweep treats a run folder with metrics.json as finished
         write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))

@@ -6,8 +6,9 @@ The trial list is `LABEL ENROL TEST` lines (VoxCeleb1's veri_test2.txt) or `ENRO
 (data/trials.py); ENROL and TEST are audio paths, relative to `root` (default: the trial file's folder).
 Trials go in file order, a chunk at a time: the files a chunk needs that are not embedded yet (about
 `batch_seconds` of audio) are embedded, each file once per run, then the chunk's rows are appended, flushed
-and fsynced. A rerun skips the (enrol, test) pairs already in the file. A trial with a missing or unreadable
-side is written with its `error` and the run goes on.
+and fsynced. A rerun skips the (enrol, test) pairs already in the file. A pair on two lines is one trial:
+written, scored and counted in the metrics once (listed with two different labels, the list is refused,
+naming both lines). A trial with a missing or unreadable side is written with its `error` and the run goes on.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 
 from .data.adapters import AUDIO_SUFFIXES
-from .data.trials import Trial, read_trials
+from .data.trials import Trial, read_trials, unique_trials
 from .errors import AudioError, ConfigError
 from .inference import Failure, Verification, _Item, _Output, collect_inputs, iter_predictions
 from .metrics.verification import verification_metrics
@@ -75,7 +76,7 @@ def verify_pair(model: "FusedModel", enrol: str, test: str, batch_seconds: float
 
 
 def require_verification_model(model: "FusedModel", source: str) -> None:
-    if model.task.name != "verify":
+    if not model.task.scores_trials:
         raise ConfigError(f"{source} is a {model.task.name!r} model; verify needs a speaker verification model "
                           f"(trained with task: verify). Use `speechfuse predict` for this one")
 
@@ -90,18 +91,17 @@ def verify_to_file(model: "FusedModel", trials_path: str | os.PathLike, out: str
     output = _TrialOutput(Path(out), model)  # first: a bad --out fails before the list is read
     try:
         trials = read_trials(trials_path, unlabelled=True)
+        unique = unique_trials(trials, str(trials_path))  # a repeated line is one trial, in the metrics too
     except BaseException:
         output.close()
         raise
     base = Path(root) if root is not None else Path(trials_path).parent
     seen = set(output.done)
     todo: list[Trial] = []
-    for trial in trials:
-        key = _pair(trial.enrol, trial.test)
-        if key not in seen:  # already written by an earlier run, or listed twice
-            seen.add(key)
+    for trial in unique:
+        if _pair(trial.enrol, trial.test) not in seen:  # not written by an earlier run
             todo.append(trial)
-    counts = {"scored": 0, "failed": 0, "skipped": len(trials) - len(todo)}
+    counts = {"scored": 0, "failed": 0, "skipped": len(trials) - len(todo)}  # repeated lines, earlier runs
     try:
         for rows in _score_chunks(model, todo, base, batch_seconds, progress):
             output.write(rows)
@@ -112,7 +112,7 @@ def verify_to_file(model: "FusedModel", trials_path: str | os.PathLike, out: str
     summary: dict[str, Any] = {"out": str(out), "trials": len(trials), **counts,
                                "threshold": model.task.threshold}
     if trials[0].label is not None:
-        summary.update(_metrics(trials, output.done, model.task.threshold))
+        summary.update(_metrics(unique, output.done, model.task.threshold))
     return summary
 
 
@@ -127,7 +127,9 @@ def _score_chunks(model: "FusedModel", trials: list[Trial], base: Path, batch_se
     speakers = model.head.speakers.cpu()
     normalise = model.task.options["score_norm"] == "asnorm"
     bar = None
-    if progress if progress is not None else len(trials) > 50:
+    from .progress import quiet
+
+    if (progress if progress is not None else len(trials) > 50) and not quiet():
         from tqdm import tqdm
 
         bar = tqdm(total=len(trials), unit="trial", desc="verify", file=sys.stderr)

@@ -9,7 +9,9 @@ from typing import Iterable
 
 from ..errors import ConfigError
 from .audio import audio_info
+from .corpora import with_corpus
 from .manifest import Utterance, write_manifest
+from .textfile import read_text
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -48,7 +50,8 @@ def fsdd_manifests(recordings_dir: str | Path, out_dir: str | Path,
                    test_takes: Iterable[int] = FSDD_TEST_TAKES) -> dict[str, Path]:
     """train/dev/test CSVs from `{digit}_{speaker}_{take}.wav|.flac` files; returns {split: csv path}.
 
-    Columns: id, path (absolute), duration, text (the digit word, e.g. "seven"), label ("7"), speaker.
+    Columns: id, path (absolute), duration, text (the digit word, e.g. "seven"), label ("7"), speaker, corpus
+    ("fsdd").
     Takes in `test_takes` -> test, in `dev_takes` -> dev, every other take -> train.
     """
     recordings_dir = Path(recordings_dir)
@@ -75,7 +78,7 @@ def fsdd_manifests(recordings_dir: str | Path, out_dir: str | Path,
     if not any(splits.values()):
         raise ConfigError(f"fsdd_manifests: no audio files ({', '.join(AUDIO_SUFFIXES)}) in {recordings_dir}")
     out_dir = Path(out_dir)
-    return {name: write_manifest(utts, out_dir / f"{name}.csv") for name, utts in splits.items()}
+    return {name: write_manifest(with_corpus(utts, "fsdd"), out_dir / f"{name}.csv") for name, utts in splits.items()}
 
 
 def folder_manifest(root: str | Path, out: str | Path) -> Path:
@@ -97,7 +100,7 @@ def folder_manifest(root: str | Path, out: str | Path) -> Path:
 
 
 def librispeech_manifest(split_dir: str | Path, out: str | Path) -> Path:
-    """CSV (id, path, duration, text, speaker) from a LibriSpeech split folder:
+    """CSV (id, path, duration, text, speaker, corpus "librispeech") from a LibriSpeech split folder:
     `<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac` plus `<speaker>-<chapter>.trans.txt`."""
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
@@ -110,7 +113,7 @@ def librispeech_manifest(split_dir: str | Path, out: str | Path) -> Path:
     missing: list[str] = []
     for trans in transcripts:
         speaker = trans.parent.parent.name
-        for line_no, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), start=1):
+        for line_no, line in enumerate(read_text(trans, "LibriSpeech transcript").splitlines(), start=1):
             if not line.strip():
                 continue
             utt_id, _, text = line.strip().partition(" ")
@@ -125,4 +128,4 @@ def librispeech_manifest(split_dir: str | Path, out: str | Path) -> Path:
     if missing:
         raise ConfigError(f"librispeech_manifest: {len(missing)} transcript line(s) have no audio file, e.g. "
                           f"{missing[:3]}; the split folder is incomplete")
-    return write_manifest(utts, out)
+    return write_manifest(with_corpus(utts, "librispeech"), out)

@@ -41,6 +41,26 @@ def make_batches(durations: Sequence[float], batch_seconds: float, rng: random.R
     return batches
 
 
+def s3prl_buckets(durations: Sequence[float], bucket_size: int, half_over_seconds: float) -> list[list[int]]:
+    """s3prl's ASR batches (downstream/asr/dataset.py, SequenceDataset): the clips sorted longest first, cut
+    into consecutive buckets of `bucket_size`; a full bucket whose longest clip is over `half_over_seconds`
+    (s3prl: HALF_BATCHSIZE_TIME = 2000 samples, 0.125 s at 16 kHz, so every LibriSpeech bucket) becomes two,
+    its first bucket_size // 2 clips and the rest; the last, partial bucket is kept, unhalved, only when it
+    holds more than one clip. The composition is fixed; only the order of the buckets is shuffled."""
+    order = sorted(range(len(durations)), key=lambda i: durations[i], reverse=True)
+    batches: list[list[int]] = []
+    for first in range(0, len(order), bucket_size):
+        bucket = order[first:first + bucket_size]
+        if len(bucket) < bucket_size:
+            if len(bucket) > 1:
+                batches.append(bucket)
+        elif bucket_size >= 2 and max(durations[i] for i in bucket) > half_over_seconds:
+            batches += [bucket[:bucket_size // 2], bucket[bucket_size // 2:]]
+        else:
+            batches.append(bucket)
+    return batches
+
+
 def padding_ratio(batches: Sequence[Sequence[int]], durations: Sequence[float]) -> float:
     """Fraction of the padded audio that is padding: 1 - sum(real) / sum(batch size * longest clip)."""
     padded = sum(len(b) * max(durations[i] for i in b) for b in batches)
@@ -50,7 +70,9 @@ def padding_ratio(batches: Sequence[Sequence[int]], durations: Sequence[float]) 
 
 class DurationBatchSampler(Sampler[list[int]]):
     def __init__(self, durations: Sequence[float], batch_seconds: float, shuffle: bool = True, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0, drop_last: bool = False) -> None:
+                 num_replicas: int = 1, rank: int = 0, drop_last: bool = False,
+                 bucket_utterances: int | None = None, half_over_seconds: float = 0.125) -> None:
+        """bucket_utterances: s3prl's buckets of that many clips (s3prl_buckets) instead of batch_seconds."""
         if len(durations) == 0:
             raise ConfigError("DurationBatchSampler: no durations given (empty dataset)")
         for i, d in enumerate(durations):
@@ -69,6 +91,7 @@ class DurationBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.drop_last = drop_last
+        self.bucket_utterances, self.half_over_seconds = bucket_utterances, half_over_seconds
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -77,10 +100,15 @@ class DurationBatchSampler(Sampler[list[int]]):
     def global_batches(self) -> list[list[int]]:
         """All batches of this epoch, before the split across ranks."""
         rng = random.Random(self.seed * 1_000_003 + self.epoch) if self.shuffle else None
-        batches = make_batches(self.durations, self.batch_seconds, rng)
+        batches = self._batches(rng)
         if rng is not None:
             rng.shuffle(batches)
         return batches
+
+    def _batches(self, rng: random.Random | None = None) -> list[list[int]]:
+        if self.bucket_utterances is not None:
+            return s3prl_buckets(self.durations, self.bucket_utterances, self.half_over_seconds)
+        return make_batches(self.durations, self.batch_seconds, rng)
 
     def _rank_batches(self) -> list[list[int]]:
         batches = self.global_batches()
@@ -96,5 +124,5 @@ class DurationBatchSampler(Sampler[list[int]]):
         return iter(self._rank_batches())
 
     def __len__(self) -> int:
-        n = len(make_batches(self.durations, self.batch_seconds))
+        n = len(self._batches())
         return n // self.num_replicas if self.drop_last else math.ceil(n / self.num_replicas)

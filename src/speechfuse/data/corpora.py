@@ -17,10 +17,11 @@ seeded 20 % dev (SUPERB's `valid_ratio: 0.2`). The speaker is session + the turn
 VoxCeleb1: the wavs as released, under ROOT/wav, or ROOT/{dev,test}/wav, or ROOT/vox1_{dev,test}_wav/wav
 (the two zip files unpacked side by side), as `<speaker>/<video>/<clip>.wav`, plus the protocol lists in
 ROOT (or ROOT/meta): `iden_split.txt` (`SET PATH`, 1 train, 2 dev, 3 test) for identification, and
-`veri_test2.txt` (the cleaned VoxCeleb1-O trial list, `LABEL ENROL TEST`) for verification. Utterance ids
-are those relative paths, so the trial names are manifest ids. Verification: test = every utterance the
-trial list names; train = the utterances of every other speaker, less `dev_speakers` speakers (seeded)
-held out as dev, scored on trials generated from them (as many target trials as the test list has).
+`voxceleb1_test_v2.txt` (SUPERB's trial list, the default) or `veri_test2.txt` (the cleaned VoxCeleb1-O list),
+`LABEL ENROL TEST`, for verification. Utterance ids are those relative paths, so the trial names are manifest
+ids. Verification: test = every utterance the trial list names; train = the utterances of every other
+speaker (SUPERB: all 1,211, dev = test); with `dev_speakers` > 0, that many speakers (seeded) are held out as
+dev instead, scored on trials generated from them (as many target trials as the test list has).
 
 ML-SUPERB: the released folder (ROOT) holds `<DATASET>/<LANG>/` folders (DATASET: ALFFA, commonvoice, fleurs,
 mls, voxpopuli, ...; LANG: an ISO 639-3 code such as eng), each with `wav/<UTT>.wav` and the transcript files
@@ -28,13 +29,15 @@ mls, voxpopuli, ...; LANG: an ISO 639-3 code such as eng), each with `wav/<UTT>.
 one utterance a line: `UTT<whitespace>FIELD<whitespace>TRANSCRIPT`. Source of the layout: ESPnet's recipe
 egs2/ml_superb/asr1 (local/data_prep.py for the multilingual setting, local/single_lang_data_prep.py for the
 monolingual one; lhotse's recipes/ml_superb.py reads the same files). Followed from those scripts: dev and test
-are always the 10-minute files (for both training durations); training utterances over 20 s are dropped
-(data_prep.py: "the default setting in ml-superb benchmark"); the monolingual setting trains on one (language,
-dataset) pair, with dev from that dataset and test from every dataset of the language (MLSUPERB_MONOLINGUAL,
-ESPnet's SINGLE_LANG list, e.g. eng1 = eng from mls). ESPnet removes `[...]` tags (noise and
-event marks) and punctuation and upper-cases at preparation time; here the tags are removed when the manifest
-is written (each `[...]` on its own: ESPnet's greedy pattern also drops the words between two tags of one line)
-and the task's `punctuation` / `case` options do the rest. Not confirmed (no copy of the corpus here): what the middle FIELD holds (both scripts ignore it; one
+are always the 10-minute files (for both training durations). Multilingual (data_prep.py): training utterances
+over 20 s are dropped ("the default setting in ml-superb benchmark"), and `[...]` tags (noise and event marks)
+removed when the manifest is written (each `[...]` on its own: ESPnet's greedy pattern also drops the words
+between two tags of one line). Monolingual (single_lang_data_prep.py): one (language, dataset) pair, with dev
+from that dataset and test from every dataset of the language (MLSUPERB_MONOLINGUAL, ESPnet's SINGLE_LANG list,
+e.g. eng1 = eng from mls); every training utterance is kept (no 20 s limit) and the text is written as it is:
+that script only deletes punctuation, so the words inside `[...]` stay (the task's `punctuation: strip` drops
+the brackets). ESPnet also removes punctuation and upper-cases at preparation time; here the task's
+`punctuation` / `case` options do that. Not confirmed (no copy of the corpus here): what the middle FIELD holds (both scripts ignore it; one
 third-party converter writes `A`, another a duration in seconds), and the exact folder names of every
 dataset in the release.
 Few-shot languages (multilingual setting only): ESPnet's data_prep.py reserves 20 languages (RESERVE_LANG) and
@@ -49,9 +52,12 @@ import random
 import re
 import warnings
 from pathlib import Path
+from typing import Any
+
 from ..errors import ConfigError
 from .audio import audio_info
-from .manifest import Utterance, write_manifest
+from .manifest import Utterance, load_manifest, write_manifest
+from .textfile import open_text
 from .trials import generate_trials, read_trials, write_trials
 
 IEMOCAP_SESSIONS = (1, 2, 3, 4, 5)
@@ -106,6 +112,26 @@ MLSUPERB_FEW_SHOT: dict[str, tuple[str, ...]] = {
 
 class CorpusError(ConfigError):
     """A corpus folder does not have the layout or the file contents its protocol expects."""
+
+
+CORPUS_COLUMN = "corpus"  # every row of a manifest written here names its corpus (what `table` reads)
+
+
+def with_corpus(utts: list[Utterance], corpus: str) -> list[Utterance]:
+    """`utts`, each recording `corpus` in its manifest column CORPUS_COLUMN."""
+    for u in utts:
+        u.extra[CORPUS_COLUMN] = corpus
+    return utts
+
+
+def recorded_corpus(manifest: str | Path | None) -> str | None:
+    """The corpus a manifest's rows record (written by `speechfuse prepare`), when every row names the same
+    one; None when the manifest is absent or unreadable, or its rows name none or several."""
+    try:
+        names = {u.extra.get(CORPUS_COLUMN) for u in load_manifest(manifest)} if manifest else set()
+    except (ConfigError, OSError, UnicodeDecodeError):
+        return None
+    return names.pop() if len(names) == 1 and None not in names else None
 
 
 # -- IEMOCAP -----------------------------------------------------------------------------------------
@@ -177,7 +203,7 @@ def iemocap_manifests(root: str | Path, out_dir: str | Path, dev_ratio: float = 
         dev_ids = {u.id for u in shuffled[:n_dev]}
         splits = {"train": [u for u in rest if u.id not in dev_ids], "dev": [u for u in rest if u.id in dev_ids],
                   "test": [u for u in utts if u.extra["session"] == k]}
-        folds[f"fold{k}"] = {name: write_manifest(part, out_dir / f"fold{k}" / f"{name}.csv")
+        folds[f"fold{k}"] = {name: write_manifest(with_corpus(part, "iemocap"), out_dir / f"fold{k}" / f"{name}.csv")
                              for name, part in splits.items()}
     return folds
 
@@ -218,7 +244,7 @@ def _raise_missing(missing: list[str], roots: list[Path]) -> None:
 def read_iden_split(path: Path) -> list[tuple[str, str, int]]:
     """(split, relative wav path, line) of every line of iden_split.txt."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path, "VoxCeleb1 split file") as f:
         for line_no, line in enumerate(f, start=1):
             fields = line.split()
             if not fields:
@@ -230,9 +256,24 @@ def read_iden_split(path: Path) -> list[tuple[str, str, int]]:
     return rows
 
 
-def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int = 40, seed: int = 0
-                        ) -> dict[str, dict[str, Path]]:
-    """{"identification": {split: csv}, "verification": {split: csv, "dev_trials": txt, "test_trials": txt}}."""
+VOX_TRIAL_LISTS = ("voxceleb1_test_v2", "veri_test2")
+
+
+def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int = 0, seed: int = 0,
+                        trials: str = "voxceleb1_test_v2", sox_effects: bool = False) -> dict[str, dict[str, Path]]:
+    """{"identification": {split: csv}, "verification": {split: csv, "dev_trials": txt, "test_trials": txt}}.
+
+    SUPERB's setting by default (s3prl sv_voxceleb1): the trial list `voxceleb1_test_v2.txt` (37,720 trials;
+    trials="veri_test2" for the cleaned list, 37,611), training on every speaker outside it (1,211) and no
+    held-out speakers: no dev files are written and "dev" / "dev_trials" are the test files, so a config that
+    names them chooses checkpoints on test, as SUPERB reports the best test EER over its checkpoints
+    (`dev_speakers=N` holds N training speakers out as a real dev set, dev.csv + dev_trials.txt, instead).
+    sox_effects: the verification audio gets s3prl's sox chain and training clips not over 2 s after it are
+    left out (speechfuse.data.sox_chain, written under OUT/verification/audio)."""
+    if trials not in VOX_TRIAL_LISTS:
+        raise CorpusError(f"VoxCeleb1: trials must be one of {', '.join(VOX_TRIAL_LISTS)}, got {trials!r}")
+    if isinstance(dev_speakers, bool) or not isinstance(dev_speakers, int) or dev_speakers < 0:
+        raise CorpusError(f"VoxCeleb1: dev_speakers must be a whole number >= 0, got {dev_speakers!r}")
     root, out_dir = Path(root), Path(out_dir)
     roots = _vox_wav_roots(root)
     missing: list[str] = []
@@ -244,12 +285,12 @@ def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int
         if utt is not None:
             iden[split].append(utt)
     _raise_missing(missing, roots)
-    result = {"identification": {s: write_manifest(u, out_dir / "identification" / f"{s}.csv")
+    result = {"identification": {s: write_manifest(with_corpus(u, "voxceleb1"), out_dir / "identification" / f"{s}.csv")
                                  for s, u in iden.items()}}
 
-    trials_path = _vox_meta(root, "veri_test2.txt")
-    trials = read_trials(trials_path)
-    test_names = sorted({n for t in trials for n in (t.enrol, t.test)})
+    trials_path = _vox_meta(root, f"{trials}.txt")
+    trial_list = read_trials(trials_path)
+    test_names = sorted({n for t in trial_list for n in (t.enrol, t.test)})
     test = [u for n in test_names
             if (u := _vox_utterance(n, roots, f"{trials_path.name}", missing)) is not None]
     _raise_missing(missing, roots)
@@ -263,22 +304,31 @@ def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int
     dev = [u for u in others if u.speaker in held]
     train = [u for u in others if u.speaker not in held]
     ver = out_dir / "verification"
-    result["verification"] = {
-        "train": write_manifest(train, ver / "train.csv"), "dev": write_manifest(dev, ver / "dev.csv"),
-        "test": write_manifest(test, ver / "test.csv"),
-        "dev_trials": write_trials(generate_trials(dev, "speaker", max_targets=sum(t.label for t in trials), seed=seed),
-                                   ver / "dev_trials.txt"),
-        "test_trials": write_trials(trials, ver / "test_trials.txt"),
-    }
+    if sox_effects:
+        from .sox_chain import apply_s3prl_chain
+
+        train = apply_s3prl_chain(train, ver / "audio", min_seconds=2.0)
+        dev = apply_s3prl_chain(dev, ver / "audio")
+        test = apply_s3prl_chain(test, ver / "audio")
+    files = {"train": write_manifest(with_corpus(train, "voxceleb1"), ver / "train.csv"), "test": write_manifest(with_corpus(test, "voxceleb1"), ver / "test.csv"),
+             "test_trials": write_trials(trial_list, ver / "test_trials.txt")}
+    if dev_speakers:
+        files["dev"] = write_manifest(with_corpus(dev, "voxceleb1"), ver / "dev.csv")
+        files["dev_trials"] = write_trials(generate_trials(dev, "speaker", max_targets=sum(t.label for t in trial_list),
+                                                           seed=seed), ver / "dev_trials.txt")
+    else:  # no dev set: a config scores "dev" on the test files, so checkpoints are chosen on test, as SUPERB does
+        files["dev"], files["dev_trials"] = files["test"], files["test_trials"]
+    result["verification"] = files
     return result
 
 
 # -- ML-SUPERB ---------------------------------------------------------------------------------------
 
-def read_mlsuperb_transcript(path: Path) -> list[tuple[str, str, int]]:
-    """(utterance id, transcript, line) of every line of one ML-SUPERB transcript file."""
+def read_mlsuperb_transcript(path: Path, keep_tags: bool = False) -> list[tuple[str, str, int]]:
+    """(utterance id, transcript, line) of every line of one ML-SUPERB transcript file; each `[...]` tag removed,
+    or (keep_tags) kept as written, for the task's punctuation option to drop the brackets only."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path, "ML-SUPERB transcript") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -286,17 +336,19 @@ def read_mlsuperb_transcript(path: Path) -> list[tuple[str, str, int]]:
             if len(fields) != 3:
                 raise CorpusError(f"ML-SUPERB transcript {path} line {line_no}: expected 'UTT FIELD TRANSCRIPT' "
                                   f"(three whitespace-separated parts), got {line.strip()[:120]!r}")
-            rows.append((fields[0], " ".join(_MLSUPERB_TAG.sub(" ", fields[2]).split()), line_no))
+            text = fields[2] if keep_tags else _MLSUPERB_TAG.sub(" ", fields[2])
+            rows.append((fields[0], " ".join(text.split()), line_no))
     return rows
 
 
-def _mlsuperb_split(folder: Path, file_name: str, max_seconds: float | None) -> list[Utterance]:
+def _mlsuperb_split(folder: Path, file_name: str, max_seconds: float | None, keep_tags: bool = False
+                    ) -> list[Utterance]:
     path = folder / file_name
     if not path.is_file():
         raise CorpusError(f"ML-SUPERB: {path} not found; every <DATASET>/<LANG> folder holds the "
                           f"transcript_{{10min,1h}}_train.txt, transcript_10min_dev.txt and _test.txt files")
     utts, empty = [], []
-    for utt_id, text, line_no in read_mlsuperb_transcript(path):
+    for utt_id, text, line_no in read_mlsuperb_transcript(path, keep_tags):
         if not text:  # only tags: no characters to recognise (a CTC target must not be empty)
             empty.append(line_no)
             continue
@@ -307,7 +359,7 @@ def _mlsuperb_split(folder: Path, file_name: str, max_seconds: float | None) -> 
         duration = audio_info(wav)[3]
         if max_seconds is None or duration <= max_seconds:
             utts.append(Utterance(id=utt_id, path=str(wav.resolve()), duration=duration, text=text,
-                                  language=folder.name, extra={"dataset": folder.parent.name}))
+                                  language=folder.name, extra={"dataset": folder.parent.name, CORPUS_COLUMN: "mlsuperb"}))
     if empty:
         warnings.warn(f"ML-SUPERB transcript {path}: {len(empty)} line(s) hold only [...] tags and are left out "
                       f"(lines {empty[:10]})", stacklevel=2)
@@ -359,8 +411,12 @@ def mlsuperb_manifests(root: str | Path, out_dir: str | Path,
             chosen = root / dataset / language
             if chosen not in train:
                 continue
+            # single_lang_data_prep.py: every training row (no 20 s limit), words inside [...] kept
             same_language = [f for f in folders if f.name == language]
-            splits = {"train": train[chosen], "dev": dev[chosen], "test": [u for f in same_language for u in test[f]]}
+            splits = {"train": _mlsuperb_split(chosen, f"transcript_{duration}_train.txt", None, keep_tags=True),
+                      "dev": _mlsuperb_split(chosen, "transcript_10min_dev.txt", None, keep_tags=True),
+                      "test": [u for f in same_language
+                               for u in _mlsuperb_split(f, "transcript_10min_test.txt", None, keep_tags=True)]}
             mono[pair] = {name: write_manifest(part, out_dir / f"monolingual_{duration}" / pair / f"{name}.csv")
                           for name, part in splits.items()}
         result[f"monolingual_{duration}"] = mono
@@ -378,22 +434,27 @@ def _librispeech(root: Path, out_dir: Path) -> dict[str, Path]:
     return {p.name: librispeech_manifest(p, out_dir / f"{p.name}.csv") for p in splits}
 
 
-def prepare(corpus: str, root: str | Path, out_dir: str | Path) -> dict:
-    """Write the manifests (and trials / folds) of `corpus` in `root` into `out_dir`; returns their paths."""
+def prepare(corpus: str, root: str | Path, out_dir: str | Path, **options: Any) -> dict:
+    """Write the manifests (and trials / folds) of `corpus` in `root` into `out_dir`; returns their paths.
+    `options` go to voxceleb1_manifests (trials, dev_speakers, sox_effects); other corpora take none."""
     from .adapters import fsdd_manifests
 
     root, out_dir = Path(root), Path(out_dir)
     if not root.is_dir():
         raise CorpusError(f"prepare {corpus}: folder not found: {root}")
+    # every maker records its corpus in each manifest row (`corpus`), which `speechfuse table` reads
     makers = {
         "iemocap": lambda: iemocap_manifests(root, out_dir),
-        "voxceleb1": lambda: voxceleb1_manifests(root, out_dir),
+        "voxceleb1": lambda: voxceleb1_manifests(root, out_dir, **options),
         "mlsuperb": lambda: mlsuperb_manifests(root, out_dir),
         "fsdd": lambda: fsdd_manifests(root / "recordings" if (root / "recordings").is_dir() else root, out_dir),
-        "librispeech": lambda: _librispeech(root, out_dir),
+        "librispeech": lambda: _librispeech(root, out_dir),  # its adapter records "librispeech"
     }
     if corpus not in makers:
         raise CorpusError(f"prepare: unknown corpus {corpus!r}; known: {', '.join(CORPORA)}")
+    if options and corpus != "voxceleb1":
+        raise CorpusError(f"prepare {corpus}: takes no options (got {', '.join(sorted(options))}); "
+                          "--trials, --dev-speakers and --sox-effects are for voxceleb1")
     return makers[corpus]()
 
 

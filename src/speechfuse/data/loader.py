@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 import os
+import random
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,7 +37,7 @@ from ..frontend import FusionFrontend
 from ..hidden import HiddenStates
 from ..tasks import Task
 from .batching import DurationBatchSampler
-from .dataset import AudioDataset, collate_audio
+from .dataset import AudioDataset, AudioItem, collate_audio
 from .manifest import BadRow, ClipLimit, ManifestError, Utterance, validate_manifest, write_bad_rows
 
 SPLITS = ("train", "dev", "test")
@@ -151,21 +153,59 @@ class _Items(Dataset):
 
 
 class _Collate:
-    def __init__(self, task: Task, entries: Optional[list] = None, world_size: int = 1) -> None:
+    """Pads one batch; with crop_seconds (training only), each longer clip is cut to a random span of that
+    length first: its audio, or the same seconds of every upstream's cached hidden states."""
+
+    def __init__(self, task: Task, entries: Optional[list] = None, world_size: int = 1,
+                 crop_seconds: Optional[float] = None, seed: int = 0, sample_rate: int = 16000) -> None:
         self.task, self.entries, self.world_size = task, entries, world_size
+        self.crop_seconds, self.sample_rate = crop_seconds, sample_rate
+        self.rng = random.Random(seed)  # its own generator: cropping never draws from the global RNG
 
     def __call__(self, items) -> FusionBatch:
         global_size, real = items[0][1], sum(bool(r) for _, _, r in items)
         weight = real * self.world_size / global_size
         if self.entries is None:
-            audio = collate_audio([it for it, _, _ in items])
+            audio_items = [it for it, _, _ in items]
+            if self.crop_seconds is not None:
+                audio_items = [self._crop_audio(it) for it in audio_items]
+            audio = collate_audio(audio_items)
             utts = audio.utts
             batch = FusionBatch(utts, None, wavs=audio.wavs, wav_lengths=audio.wav_lengths, weight=weight)
         else:
             utts = [it for it, _, _ in items]
-            batch = FusionBatch(utts, None, states=[e.read(utts) for e in self.entries], weight=weight)
+            states = [e.read(utts) for e in self.entries]
+            if self.crop_seconds is not None:
+                starts = [self._crop_start(u.duration) for u in utts]
+                states = [crop_states(s, starts, self.crop_seconds) for s in states]
+            batch = FusionBatch(utts, None, states=states, weight=weight)
         batch.targets = self.task.encode(utts)
         return batch
+
+    def _crop_start(self, seconds: Optional[float]) -> float:
+        """A random start (seconds) of a crop_seconds span inside a clip of `seconds` (0 when it fits)."""
+        spare = (seconds or 0.0) - self.crop_seconds
+        return self.rng.uniform(0.0, spare) if spare > 0 else 0.0
+
+    def _crop_audio(self, item: AudioItem) -> AudioItem:
+        keep = round(self.crop_seconds * self.sample_rate)
+        if item.wav.shape[0] <= keep:
+            return item
+        start = round(self._crop_start(item.wav.shape[0] / self.sample_rate) * self.sample_rate)
+        start = min(start, item.wav.shape[0] - keep)
+        return AudioItem(item.utt, item.wav[start:start + keep])
+
+
+def crop_states(states: HiddenStates, starts: list[float], seconds: float) -> HiddenStates:
+    """Each row's frames from starts[b] seconds on, at most `seconds` long, left-aligned and re-padded."""
+    rate = states.frame_rate
+    firsts = [min(int(start * rate), int(n)) for start, n in zip(starts, states.lengths.tolist())]
+    lengths = [min(int(n) - first, math.ceil(seconds * rate)) for first, n in zip(firsts, states.lengths.tolist())]
+    hidden = states.hidden.new_zeros(*states.hidden.shape[:2], max(lengths), states.hidden.shape[3])
+    for b, (first, n) in enumerate(zip(firsts, lengths)):
+        hidden[:, b, :n] = states.hidden[:, b, first:first + n]
+    return HiddenStates(hidden, torch.tensor(lengths, dtype=torch.long, device=states.lengths.device),
+                        rate, states.name)
 
 
 class EpochPosition:
@@ -263,13 +303,17 @@ class FusionData(pl.LightningDataModule):
         """Batches of `utts` (of the splits given, so cached when the splits are: the runner embeds the
         verify task's cohort of training utterances through this)."""
         seed = self.cfg.train.seed
-        sampler = DurationBatchSampler([u.duration for u in utts], self.cfg.train.batch_seconds, shuffle=train,
-                                       seed=seed)
+        crop = self.cfg.train.crop_seconds if train else None
+        durations = [u.duration if crop is None else min(u.duration, crop) for u in utts]
+        buckets = self.cfg.train.bucket_utterances if train else None
+        sampler = DurationBatchSampler(durations, self.cfg.train.batch_seconds, shuffle=train, seed=seed,
+                                       bucket_utterances=buckets, half_over_seconds=self.cfg.train.half_batch_over_seconds)
         world, rank = (self.world_size, self.rank) if train else (1, 0)
         batches = _SplitBatches(sampler, world, rank, self.position if train else None)
         dataset = _Items(utts, self.frontend.sample_rate, read_audio=self.entries is None)
         workers = self.cfg.train.num_workers
-        return DataLoader(dataset, batch_sampler=batches, collate_fn=_Collate(self.task, self.entries, world),
+        collate = _Collate(self.task, self.entries, world, crop, seed, self.frontend.sample_rate)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
                           num_workers=workers, persistent_workers=False,
                           generator=torch.Generator().manual_seed(seed))  # never draws from the global RNG
 

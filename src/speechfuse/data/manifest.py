@@ -24,6 +24,7 @@ from typing import Any, Iterable
 from ..errors import AudioError, ConfigError
 from ..runfolder import write_atomic
 from .audio import audio_info, probe_audio, span_frames
+from .textfile import open_text
 
 KNOWN_FIELDS = ("id", "path", "duration", "text", "label", "speaker", "language", "start", "end")
 TARGET_FIELDS = ("text", "label")
@@ -83,7 +84,7 @@ def _read_records(path: Path) -> list[dict[str, Any] | str]:
         raise ConfigError(f"manifest not found: {path}")
     records: list[dict[str, Any] | str] = []
     if _format_of(path) == "csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheet exports start with a BOM
+        with open_text(path, "manifest", "utf-8-sig", newline="") as f:  # -sig: spreadsheet exports start with a BOM
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             missing = [c for c in ("id", "path") if c not in header]
@@ -96,7 +97,7 @@ def _read_records(path: Path) -> list[dict[str, Any] | str]:
                     continue
                 records.append({k: (v if v != "" else None) for k, v in row.items()})
         return records
-    with open(path, encoding="utf-8") as f:
+    with open_text(path, "manifest") as f:
         for line in f:
             if not line.strip():
                 continue
@@ -229,9 +230,10 @@ class ClipLimit:
 
 
 def clip_limit(upstreams: Iterable[Any]) -> ClipLimit | None:
-    """The tightest `max_samples` of these upstreams (None: every one takes clips of any length)."""
+    """The tightest `max_samples` of the upstreams that refuse longer clips (None: every one takes clips of
+    any length, itself or in windows: Upstream.runs_long_clips)."""
     limits = [ClipLimit(up.max_samples / up.sample_rate, up.name) for up in upstreams
-              if getattr(up, "max_samples", None)]
+              if getattr(up, "max_samples", None) and not getattr(up, "runs_long_clips", False)]
     return min(limits, key=lambda limit: limit.seconds, default=None)
 
 

@@ -29,6 +29,7 @@ from typing import Iterable, Optional, Sequence
 
 from ..errors import ConfigError
 from .manifest import Utterance
+from .textfile import open_text
 
 
 class TrialError(ConfigError):
@@ -51,7 +52,7 @@ def read_trials(path: str | Path, unlabelled: bool = False) -> list[Trial]:
         raise TrialError(f"trial list not found: {path}")
     example = "'1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav'"
     trials = []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path, "trial list") as f:
         for line_no, line in enumerate(f, start=1):
             fields = line.split()
             if not fields:
@@ -75,6 +76,18 @@ def read_trials(path: str | Path, unlabelled: bool = False) -> list[Trial]:
     if not trials:
         raise TrialError(f"trial list {path} has no trials")
     return trials
+
+
+def unique_trials(trials: Sequence[Trial], source: str) -> list[Trial]:
+    """`trials` with each (enrol, test) pair once, at its first line: a repeated line scores and counts as one
+    trial. A pair listed again with the other label is a TrialError naming both lines."""
+    first: dict[tuple[str, str], Trial] = {}
+    for t in trials:
+        seen = first.setdefault((t.enrol, t.test), t)
+        if seen.label != t.label:
+            raise TrialError(f"trial list {source} line {t.line}: the pair {t.enrol} {t.test} is already on line "
+                             f"{seen.line} with label {seen.label}, here with {t.label}; keep one of the two lines")
+    return list(first.values())
 
 
 def write_trials(trials: Iterable[Trial], path: str | Path) -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .base import Interface
+from .base import Interface, InterfaceOptions
 from .basic import ConcatProjection, GroupedWeightedSum, LastLayer, SingleLayer, WeightedSum
 from .cls_pool import ClsPool
 from .gumd import GumbelDimensionSelect
@@ -18,7 +18,7 @@ INTERFACES: Registry = Registry("interface", ConfigError)
 register_interface = INTERFACES.register
 for _cls in (LastLayer, SingleLayer, WeightedSum, HConv, ConcatHConv, ConcatProjection, GroupedWeightedSum, ClsPool,
              GumbelDimensionSelect):
-    register_interface(_cls.name)(_cls)
+    register_interface(_cls)
 
 
 def list_interfaces() -> list[str]:
@@ -26,8 +26,9 @@ def list_interfaces() -> list[str]:
 
 
 def interface_options(name: str) -> dict[str, Any]:
-    """The options `name` accepts, with their defaults."""
-    return dict(INTERFACES.get(name).OPTIONS)
+    """The options `name` accepts besides output_dim (which every interface takes), with their defaults."""
+    fields = INTERFACES.get(name).Options.model_fields
+    return {key: field.default for key, field in fields.items() if key != "output_dim"}
 
 
 def build_interface(name: str, num_layers: int, hidden_size: int, num_models: int = 1,
@@ -35,4 +36,4 @@ def build_interface(name: str, num_layers: int, hidden_size: int, num_models: in
     return INTERFACES.get(name)(num_layers, hidden_size, num_models, output_dim, **options)
 
 
-__all__ = ["Interface", "build_interface", "list_interfaces", "register_interface", "interface_options", "HConvStack", "hconv_layer_sizes"]
+__all__ = ["Interface", "InterfaceOptions", "build_interface", "list_interfaces", "register_interface", "interface_options", "HConvStack", "hconv_layer_sizes"]

@@ -1,19 +1,30 @@
 """The Interface contract: aligned list[HiddenStates] (N x [L,B,T,D]) -> (features [B,T,D_out], lengths [B])."""
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ShapeError
 from ..hidden import HiddenStates
+from ..options import StrictOptions, check_options
 
 
-def _positive_int(owner: str, field: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{owner}: {field} must be a positive integer, got {value!r}")
-    return value
+class InterfaceOptions(StrictOptions):
+    """Options every interface takes; a subclass's `Options` adds its own."""
+
+    output_dim: Optional[int] = Field(None, ge=1)
+    """D_out; default: the aligned hidden size."""
+
+
+class _Layout(StrictOptions):
+    """The aligned stack an interface is built for (given by the aligner, not an option)."""
+
+    num_layers: int = Field(ge=1)
+    hidden_size: int = Field(ge=1)
+    num_models: int = Field(ge=1)
 
 
 def output_projection(in_dim: int, output_dim: int) -> nn.Linear | None:
@@ -22,7 +33,7 @@ def output_projection(in_dim: int, output_dim: int) -> nn.Linear | None:
 
 
 class Interface(nn.Module):
-    """Base class. Subclasses set `name`, `OPTIONS` (name -> default) and implement `fuse(stack)`.
+    """Base class. Subclasses set `name`, `Options` (an InterfaceOptions model) and implement `fuse(stack)`.
 
     `fuse` gets the aligned stacks as one tensor [N,L,B,T,D] and returns [B,T,D_out]. Every
     interface here is per-frame, so padded frames cannot reach valid ones; forward zeroes the
@@ -30,21 +41,18 @@ class Interface(nn.Module):
     """
 
     name: ClassVar[str] = ""
-    OPTIONS: ClassVar[dict[str, Any]] = {}
+    Options: ClassVar[type[InterfaceOptions]] = InterfaceOptions
 
     def __init__(self, num_layers: int, hidden_size: int, num_models: int = 1, output_dim: int | None = None,
                  **options: Any) -> None:
         super().__init__()
         owner = f"interface '{self.name}'"
-        self.num_layers = _positive_int(owner, "num_layers", num_layers)
-        self.hidden_size = _positive_int(owner, "hidden_size", hidden_size)
-        self.num_models = _positive_int(owner, "num_models", num_models)
-        self.output_dim = _positive_int(owner, "output_dim", hidden_size if output_dim is None else output_dim)
-        unknown = sorted(set(options) - set(self.OPTIONS))
-        if unknown:
-            valid = ", ".join(sorted(self.OPTIONS)) or "(none)"
-            raise ConfigError(f"{owner}: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
-        self.options: dict[str, Any] = {**self.OPTIONS, **options}
+        layout = check_options(_Layout, dict(num_layers=num_layers, hidden_size=hidden_size, num_models=num_models),
+                               owner)
+        self.num_layers, self.hidden_size, self.num_models = layout.num_layers, layout.hidden_size, layout.num_models
+        checked = check_options(self.Options, {**options, "output_dim": output_dim}, owner).model_dump()
+        self.output_dim = checked.pop("output_dim") or self.hidden_size
+        self.options: dict[str, Any] = checked  # every option but output_dim, defaults filled in
         self.projection: nn.Linear | None = None
         self.importance: dict | None = None  # set by speechfuse.importance.layer_importance(store=True)
 

@@ -1,20 +1,20 @@
 """Single-layer, concatenation and weighted-sum interfaces (SUPERB featurizer and paper-2 baselines)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from .base import Interface, output_projection
+from .base import Interface, InterfaceOptions, output_projection
 
 
-def _flag(owner: str, field: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"interface '{owner}': option {field} must be true or false, got {value!r}")
-    return value
+class LayerNormOptions(InterfaceOptions):
+    layer_norm: bool = False
+    """A non-affine layer norm over D on every layer first."""
 
 
 class LastLayer(Interface):
@@ -39,13 +39,16 @@ class SingleLayer(LastLayer):
     """Layer `index` (python indexing, negatives allowed); N models as for `last`."""
 
     name = "layer"
-    OPTIONS = {"index": None}
+
+    class Options(InterfaceOptions):
+        index: Optional[int] = None
+        """The layer (required; negatives count from the last)."""
 
     def __init__(self, num_layers: int, hidden_size: int, num_models: int = 1, output_dim: int | None = None,
                  **options: Any) -> None:
         super().__init__(num_layers, hidden_size, num_models, output_dim, **options)
         index = self.options["index"]
-        if isinstance(index, bool) or not isinstance(index, int) or not -num_layers <= index < num_layers:
+        if index is None or not -num_layers <= index < num_layers:
             raise ConfigError(f"interface 'layer': option index must be an integer in [{-num_layers}, "
                               f"{num_layers - 1}] for {num_layers} layers, got {index!r}")
 
@@ -72,12 +75,12 @@ class WeightedSum(Interface):
     """softmax(w) over all N*L layers (one scalar each, initialised to 0); optional non-affine layer norm."""
 
     name = "weighted_sum"
-    OPTIONS = {"layer_norm": False}
+    Options = LayerNormOptions
 
     def __init__(self, num_layers: int, hidden_size: int, num_models: int = 1, output_dim: int | None = None,
                  **options: Any) -> None:
         super().__init__(num_layers, hidden_size, num_models, output_dim, **options)
-        self.layer_norm = _flag(self.name, "layer_norm", self.options["layer_norm"])
+        self.layer_norm = self.options["layer_norm"]
         self.weights = nn.Parameter(torch.zeros(self.num_models * self.num_layers))
         self.projection = output_projection(self.hidden_size, self.output_dim)
 
@@ -87,7 +90,7 @@ class WeightedSum(Interface):
 
     def fuse(self, stack: torch.Tensor) -> torch.Tensor:
         if self.layer_norm:
-            stack = F.layer_norm(stack, (stack.shape[-1],))
+            stack = F.layer_norm(stack, (self.hidden_size,))  # a constant: traces to ONNX with dynamic shapes
         weights = self.layer_weights().to(stack.dtype)
         return self.project(torch.einsum("nl,nlbtd->btd", weights, stack))
 
@@ -110,13 +113,16 @@ class GroupedWeightedSum(Interface):
     """Per model: G contiguous layer groups, a softmax-weighted sum in each, all N*G concatenated, Linear -> output_dim."""
 
     name = "group_ws"
-    OPTIONS = {"groups": 4}
+
+    class Options(InterfaceOptions):
+        groups: int = Field(4, ge=1)
+        """Contiguous layer groups, at most the number of layers."""
 
     def __init__(self, num_layers: int, hidden_size: int, num_models: int = 1, output_dim: int | None = None,
                  **options: Any) -> None:
         super().__init__(num_layers, hidden_size, num_models, output_dim, **options)
         groups = self.options["groups"]
-        if isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= num_layers:
+        if groups > num_layers:
             raise ConfigError(f"interface 'group_ws': option groups must be an integer in [1, {num_layers}] "
                               f"(the number of layers), got {groups!r}")
         self.groups = contiguous_groups(num_layers, groups)

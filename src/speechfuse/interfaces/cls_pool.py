@@ -1,13 +1,14 @@
 """CLS pooling along the layer axis (paper 2): per frame, a Transformer layer over [CLS, N*L layer vectors]."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Interface, output_projection
+from .base import Interface, InterfaceOptions, output_projection
 
 
 class ClsPool(Interface):
@@ -17,7 +18,11 @@ class ClsPool(Interface):
     ffn_dim (default 4*D), dropout (default 0.0)."""
 
     name = "cls_pool"
-    OPTIONS = {"num_heads": None, "ffn_dim": None, "dropout": 0.0}
+
+    class Options(InterfaceOptions):
+        num_heads: Optional[int] = Field(None, ge=1)
+        ffn_dim: Optional[int] = Field(None, ge=1)
+        dropout: float = Field(0.0, ge=0, lt=1)
 
     def __init__(self, num_layers: int, hidden_size: int, num_models: int = 1, output_dim: int | None = None,
                  **options: Any) -> None:
@@ -27,18 +32,14 @@ class ClsPool(Interface):
         if heads is None:
             heads = next(h for h in (8, 4, 2, 1) if d % h == 0)
             self.options["num_heads"] = heads
-        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or d % heads:
+        if d % heads:
             raise ConfigError(f"interface 'cls_pool': num_heads must be a positive divisor of hidden size {d}, "
                               f"got {heads!r}")
         ffn = self.options["ffn_dim"]
         if ffn is None:
             ffn = 4 * d
             self.options["ffn_dim"] = ffn
-        if isinstance(ffn, bool) or not isinstance(ffn, int) or ffn < 1:
-            raise ConfigError(f"interface 'cls_pool': ffn_dim must be a positive integer, got {ffn!r}")
         dropout = self.options["dropout"]
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ConfigError(f"interface 'cls_pool': dropout must be in [0, 1), got {dropout!r}")
         self.cls_token = nn.Parameter(torch.randn(d) * 0.02)
         self.slot_embedding = nn.Parameter(torch.randn(1 + self.num_models * self.num_layers, d) * 0.02)
         self.encoder = nn.TransformerEncoderLayer(d, heads, dim_feedforward=ffn, dropout=float(dropout),

@@ -4,10 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from ..errors import ConfigError
-from .base import Interface
+from .base import Interface, InterfaceOptions
 
 
 class GumbelDimensionSelect(Interface):
@@ -22,19 +22,17 @@ class GumbelDimensionSelect(Interface):
     """
 
     name = "gumd"
-    OPTIONS = {"tau_start": 1.0, "tau_end": 0.1, "anneal_steps": 10000, "init_keep_logit": 1.0}
+
+    class Options(InterfaceOptions):
+        tau_start: float = Field(1.0, gt=0)
+        tau_end: float = Field(0.1, gt=0)
+        anneal_steps: int = Field(10000, ge=1)
+        init_keep_logit: float = 1.0
 
     def __init__(self, num_layers: int, hidden_size: int, num_models: int = 1, output_dim: int | None = None,
                  **options: Any) -> None:
         super().__init__(num_layers, hidden_size, num_models, output_dim, **options)
         o = self.options
-        for field in ("tau_start", "tau_end"):
-            if isinstance(o[field], bool) or not isinstance(o[field], (int, float)) or o[field] <= 0:
-                raise ConfigError(f"interface 'gumd': {field} must be a positive number, got {o[field]!r}")
-        if isinstance(o["anneal_steps"], bool) or not isinstance(o["anneal_steps"], int) or o["anneal_steps"] < 1:
-            raise ConfigError(f"interface 'gumd': anneal_steps must be a positive integer, got {o['anneal_steps']!r}")
-        if isinstance(o["init_keep_logit"], bool) or not isinstance(o["init_keep_logit"], (int, float)):
-            raise ConfigError(f"interface 'gumd': init_keep_logit must be a number, got {o['init_keep_logit']!r}")
         width = self.num_models * self.num_layers * self.hidden_size
         self.keep_logits = nn.Parameter(torch.full((width,), float(o["init_keep_logit"])))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))

@@ -1,7 +1,7 @@
 """Hierarchical Convolution over the layer axis (paper 2) and its multi-model forms (paper 1)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError
 from .base import Interface, output_projection
-from .basic import _flag
+from .basic import LayerNormOptions
 
 KERNEL, STRIDE, PADDING = 5, 3, 2
 
@@ -60,12 +60,12 @@ class HConv(Interface):
     """HConv; N models are summed elementwise first (same parameter count as one model)."""
 
     name = "hconv"
-    OPTIONS = {"layer_norm": False}
+    Options = LayerNormOptions
 
     def __init__(self, num_layers: int, hidden_size: int, num_models: int = 1, output_dim: int | None = None,
                  **options: Any) -> None:
         super().__init__(num_layers, hidden_size, num_models, output_dim, **options)
-        self.layer_norm = _flag(self.name, "layer_norm", self.options["layer_norm"])
+        self.layer_norm = self.options["layer_norm"]
         self.hconv = self._build_stack()
         self.projection = output_projection(self.hconv.flat_dim, self.output_dim)
 
@@ -77,7 +77,7 @@ class HConv(Interface):
 
     def fuse(self, stack: torch.Tensor) -> torch.Tensor:
         if self.layer_norm:
-            stack = F.layer_norm(stack, (stack.shape[-1],))
+            stack = F.layer_norm(stack, (self.hidden_size,))  # a constant: traces to ONNX with dynamic shapes
         return self.project(self.hconv(self._merge(stack)))
 
     def describe_extra(self) -> dict[str, Any]:
@@ -93,13 +93,12 @@ class ConcatHConv(HConv):
     """
 
     name = "chconv"
-    OPTIONS = {"layer_norm": False, "projection": "first_conv"}
-    _PROJECTIONS = ("first_conv", "per_layer_linear")
+
+    class Options(LayerNormOptions):
+        projection: Literal["first_conv", "per_layer_linear"] = "first_conv"
 
     def _build_stack(self) -> HConvStack:
         where = self.options["projection"]
-        if where not in self._PROJECTIONS:
-            raise ConfigError(f"interface 'chconv': unknown projection {where!r}; valid: {', '.join(self._PROJECTIONS)}")
         wide = self.num_models * self.hidden_size
         self.layer_projection = nn.Linear(wide, self.hidden_size) if where == "per_layer_linear" else None
         in_channels = wide if where == "first_conv" else self.hidden_size

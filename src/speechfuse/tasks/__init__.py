@@ -13,30 +13,55 @@
     task.fit_scoring(records of task.scoring_utterances(train_utts))   # after training (verify: AS-norm cohort)
     task.tensors() / task.load_tensors(tensors, source)                # safetensors beside the weights
 
+What a trained model of the task serves (every consumer asks the task; none compares its name):
+    task.prediction_type                # the record `predict` returns per clip (speechfuse.predictions); None: none
+    task.predictions(out, out_lengths, clips)   # raw head outputs -> one record per clip (clips: id/path/duration)
+    task.prediction_columns()           # CSV columns of `predict --out x.csv` beyond id,path,duration,prediction,error
+    task.scored_prediction(row)         # the string `metrics` scores from a written output row (None: not scored)
+    task.scores_trials                  # True: a model can serve `verify` (trial_scores, cohort_scores, threshold)
+    task.output_axes                    # export: output names -> dynamic axes (CTC logits have a frame axis)
+    task.serving_outputs(out, second)   # what predict and export hand out (verify: the L2-normalised embedding)
+    task.describe(target)               # one line for the model card
+    task.main_metric, task.higher_is_better, task.average(values)   # model selection; per-language / per-fold
+                                        # values are averaged with `average` (unweighted mean by default)
+    task.table_cells(corpus, data, test_metrics)    # [TableCell] of the paper table: a paper column only
+                                        # for a corpus the data name (`paper_columns`), else "<task> <metric> on <data>"
+
 Each task declares its head options as a pydantic model (`Task.Options`, see `task_options(name)`); the
 config's `downstream` section is validated against it, so a wrong key or type names the key.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from torch import nn
 
 from ..errors import ConfigError
+from ..options import ComponentOptions
 from ..registry import Registry
 from ..data.manifest import Utterance
+from ..predictions import Prediction
 
 TASKS: Registry = Registry("task", ConfigError, ["speechfuse.tasks.asr", "speechfuse.tasks.classify",
                                                 "speechfuse.tasks.multilingual", "speechfuse.tasks.verify"])
 register_task = TASKS.register
 
 
-class TaskOptions(BaseModel):
-    """A task's head options: every subclass forbids unknown keys and types its values."""
+class TableCell(NamedTuple):
+    """One value a run adds to the paper table: its column, the test metric key, the group averaged before the
+    column's last mean ("" for none; an ML-SUPERB monolingual language), and the rule stated under the table."""
 
-    model_config = ConfigDict(extra="forbid")
+    column: str
+    metric: str
+    group: str
+    rule: str
+
+
+class TaskOptions(ComponentOptions):
+    """A task's head options: every subclass forbids unknown keys and types its values (leniently: a quoted
+    number is read as a number)."""
 
 
 class Task:
@@ -48,6 +73,13 @@ class Task:
     # when higher is better); None: the task's metric is not a sum over utterances (verify: EER over trials)
     utterance_metric: str | None = None
     Options: type[TaskOptions] = TaskOptions
+    prediction_type: type[Prediction] | None = None
+    prediction_field: str = "prediction"  # the JSONL key of the scored prediction in a `predict` output row
+    scores_trials: bool = False
+    output_axes: dict[str, dict[int, str]] = {"out": {0: "batch"}, "out_lengths": {0: "batch"}}
+    # corpus recorded in the data (the `corpus` manifest column the corpus adapters write) -> its paper column
+    # corpus -> (paper table column, the rule it is computed by)
+    paper_columns: dict[str, tuple[str, str]] = {}
 
     def __init__(self, **options: Any) -> None:
         try:
@@ -119,6 +151,57 @@ class Task:
         """Take back what `tensors` saved; `source` (the file) names it in errors."""
         if tensors:
             raise ConfigError(f"{source}: task {self.name!r} stores no tensors, found {sorted(tensors)}")
+
+    # -- serving a trained model: predict, verify, export, model card, paper table --------------------
+    def require_predictions(self, command: str) -> None:
+        """One ConfigError, before any input is read, when this task has no per-clip prediction."""
+        if self.prediction_type is None:
+            raise ConfigError(f"{command}: task {self.name!r} has no per-clip prediction type; this model cannot "
+                              "be used with predict")
+
+    def predictions(self, out: torch.Tensor, out_lengths: torch.Tensor,
+                    clips: list[dict[str, Any]]) -> list[Prediction]:
+        """One `prediction_type` record per clip from the head's raw outputs; `clips` holds each clip's
+        id, path and duration (the record's first fields)."""
+        self.require_predictions("predict")
+        raise NotImplementedError
+
+    def prediction_columns(self) -> list[str]:
+        """CSV columns of a `predict` output beyond id, path, duration, prediction and error (none here)."""
+        return []
+
+    def scored_prediction(self, row: dict[str, Any]) -> str | None:
+        """The prediction `metrics` compares with a reference, from a written output row (JSONL: the
+        `prediction_field` key; CSV: the `prediction` cell); None for a failure."""
+        if row.get("error") not in (None, ""):
+            return None
+        value = row.get(self.prediction_field)
+        return str(value if value is not None else row.get("prediction") or "")
+
+    def serving_outputs(self, out: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's outputs as predict and export hand them out (traced into exports: tensor ops only)."""
+        return out, second
+
+    def describe(self, target: str | None = None) -> str:
+        """One line for the model card: what the model does (`target`: the manifest field it was trained on)."""
+        return f"task {self.name}"
+
+    def average(self, values: list[float]) -> float:
+        """How per-language or per-fold values of the main metric combine: the unweighted mean (ML-SUPERB's
+        macro CER over languages, SUPERB's IEMOCAP accuracy over folds)."""
+        if not values:
+            raise ConfigError(f"task {self.name!r}: no values to average")
+        return sum(values) / len(values)
+
+    def table_cells(self, corpus: str | None, data: str, metrics: dict[str, Any]) -> list["TableCell"]:
+        """What a run of this task adds to the paper table: the paper's column when the data record one of
+        `paper_columns`' corpora; otherwise a column named after the task and `data`."""
+        metric = f"test_{self.main_metric}"
+        if corpus in self.paper_columns:
+            column, rule = self.paper_columns[corpus]
+            return [TableCell(column, metric, "", rule)]
+        return [TableCell(f"{self.name} {self.main_metric} on {data}", metric, "",
+                          f"test {self.main_metric}, mean over seeds, then over the data")]
 
     def references(self, utts: list[Utterance]) -> list[str]:
         """The reference strings `metrics` compares predictions with, one per utterance."""
@@ -192,5 +275,5 @@ def list_tasks() -> list[str]:
     return sorted(TASKS.names())
 
 
-__all__ = ["Task", "TaskOptions", "get_task", "list_tasks", "register_task", "task_options",
+__all__ = ["Task", "TaskOptions", "TableCell", "get_task", "list_tasks", "register_task", "task_options",
            "check_targets_known"]

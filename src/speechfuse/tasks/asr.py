@@ -31,6 +31,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..data.manifest import Utterance
 from ..errors import ConfigError, ShapeError
+from ..predictions import Prediction, Transcription
 from . import Task, TaskOptions, register_task
 
 BLANK, UNK = "<blank>", "<unk>"
@@ -65,12 +66,27 @@ def check_lengths(lengths: torch.Tensor, batch: int, frames: int, who: str) -> N
                          f"{lengths.tolist()}")
 
 
+def utterance_mvn(features: torch.Tensor, lengths: torch.Tensor, norm_vars: bool = False,
+                  eps: float = 1e-20) -> torch.Tensor:
+    """Per-utterance mean (and variance) normalisation over each utterance's valid frames, padded frames set to
+    0: ESPnet's `normalize: utterance_mvn` (UtteranceMVN; by default means only)."""
+    valid = (torch.arange(features.shape[1], device=features.device)[None, :] < lengths.to(features.device)[:, None])
+    valid = valid.unsqueeze(-1).to(features.dtype)
+    count = valid.sum(1, keepdim=True)
+    x = (features - (features * valid).sum(1, keepdim=True) / count) * valid
+    if norm_vars:
+        x = x / (x.pow(2).sum(1, keepdim=True) / count).clamp(min=eps).sqrt()
+    return x
+
+
 class AsrHead(nn.Module):
     """features [B,T,D], lengths [B] -> logits [B,T,V], lengths [B]. Padded frames never reach valid ones."""
 
     def __init__(self, input_dim: int, vocab_size: int, proj_dim: int | None = 1024, hidden_size: int = 1024,
-                 num_layers: int = 2, bidirectional: bool = True, dropout: float = 0.2) -> None:
+                 num_layers: int = 2, bidirectional: bool = True, dropout: float = 0.2, normalize: str = "none",
+                 normalize_vars: bool = False) -> None:
         super().__init__()
+        self.normalize, self.normalize_vars = normalize, normalize_vars
         self.proj = nn.Linear(input_dim, proj_dim) if proj_dim else nn.Identity()
         rnn_in = proj_dim or input_dim
         self.rnn = (nn.LSTM(rnn_in, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
@@ -84,6 +100,8 @@ class AsrHead(nn.Module):
         if features.dim() != 3:
             raise ShapeError(f"AsrHead: features must be [B,T,D], got shape {tuple(features.shape)}")
         check_lengths(lengths, features.shape[0], features.shape[1], "AsrHead")
+        if self.normalize == "utterance_mvn":
+            features = utterance_mvn(features, lengths, self.normalize_vars)
         x = self.proj(features)
         if self.rnn is not None:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -134,8 +152,9 @@ class TransformerCtcHead(nn.Module):
 
     def __init__(self, input_dim: int, vocab_size: int, proj_dim: int | None = 80, subsample: str = "conv2d2",
                  attention_dim: int = 256, attention_heads: int = 8, ff_dim: int = 1024, transformer_layers: int = 2,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, normalize: str = "none", normalize_vars: bool = False) -> None:
         super().__init__()
+        self.normalize, self.normalize_vars = normalize, normalize_vars
         self.proj = nn.Linear(input_dim, proj_dim) if proj_dim else nn.Identity()
         in_dim = proj_dim or input_dim
         self.subsample = subsample
@@ -166,6 +185,8 @@ class TransformerCtcHead(nn.Module):
         if int(out_lengths.min()) < 1:
             raise ShapeError(f"TransformerCtcHead: conv2d2 subsampling needs at least 7 frames per utterance, got "
                              f"lengths {lengths.tolist()}; use subsample: none or a higher frame rate")
+        if self.normalize == "utterance_mvn":
+            features = utterance_mvn(features, lengths, self.normalize_vars)
         x = self.proj(features)
         if self.subsample == "conv2d2":
             x = self.conv(x.unsqueeze(1))  # [B, C, T', F']
@@ -202,6 +223,17 @@ class AsrOptions(TaskOptions):
     attention_heads: int = Field(8, ge=1)
     ff_dim: int = Field(1024, ge=1)
     transformer_layers: int = Field(2, ge=1)
+    normalize: Literal["none", "utterance_mvn"] = "none"
+    """utterance_mvn: subtract each utterance's mean over its frames from the fused features before the head
+    (ESPnet's `normalize: utterance_mvn`, after SpecAugment as there); none: as they are."""
+    normalize_vars: bool = False
+    """utterance_mvn also divides by each utterance's standard deviation (ESPnet's norm_vars, off by default)."""
+    token_type: Literal["char", "word"] = "char"
+    """char: one output per character (the space included); word: one per whitespace-separated word of the
+    training texts (ESPnet's token_type word, which ML-SUPERB uses for cmn and jpn), scored by WER."""
+    ctc_normalize: Literal["length", "batch"] = "length"
+    """length: each utterance's CTC loss divided by its target length, then the batch mean (torch's
+    reduction="mean"); batch: summed over the batch and divided by the batch size (ESPnet's CTC)."""
 
     @field_validator("attention_heads")
     @classmethod
@@ -212,33 +244,54 @@ class AsrOptions(TaskOptions):
         return heads
 
 
-HEAD_OPTIONS = ("proj_dim", "hidden_size", "num_layers", "bidirectional", "dropout")
+HEAD_OPTIONS = ("proj_dim", "hidden_size", "num_layers", "bidirectional", "dropout", "normalize", "normalize_vars")
 TRANSFORMER_OPTIONS = ("proj_dim", "subsample", "attention_dim", "attention_heads", "ff_dim", "transformer_layers",
-                       "dropout")
+                       "dropout", "normalize", "normalize_vars")
 
 
-@register_task("asr")
+@register_task
 class AsrTask(Task):
     name = "asr"
+    hub_pipeline_tag = "automatic-speech-recognition"  # the model card's pipeline_tag
     target_field = "text"
     main_metric = "wer"
     higher_is_better = False
     utterance_metric = "wer"
     Options = AsrOptions
+    prediction_type = Transcription
+    prediction_field = "text"
+    output_axes = {"out": {0: "batch", 1: "frames"}, "out_lengths": {0: "batch"}}  # CTC logits [B,T,V]
+    paper_columns = {"librispeech": ("LibriSpeech WER", "test WER (word edits / reference words over the utterances), "
+                                                       "mean over seeds")}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.vocab: list[str] = []
 
+    def predictions(self, out: torch.Tensor, out_lengths: torch.Tensor,
+                    clips: list[dict[str, Any]]) -> list[Prediction]:
+        return [Transcription(**clip, text=text) for clip, text in zip(clips, self.predict(out, out_lengths))]
+
+    def describe(self, target: Optional[str] = None) -> str:
+        return f"character CTC speech recognition ({len(self.vocab)} symbols)"
+
     @property
     def is_fitted(self) -> bool:
         return bool(self.vocab)
 
+    def tokens(self, text: str) -> list[str]:
+        """A normalised text's output units: its characters, or its words (`token_type: word`)."""
+        return text.split() if self.options.get("token_type") == "word" else list(text)
+
+    def join(self, tokens: list[str]) -> str:
+        """Decoded units back to text, whitespace collapsed."""
+        return " ".join((" " if self.options.get("token_type") == "word" else "").join(tokens).split())
+
     def fit(self, train_utts: list[Utterance]) -> "AsrTask":
-        chars = {c for u in train_utts for c in self.normalize(self._target_of(u))}
-        if not chars:
+        units = {c for u in train_utts for c in self.tokens(self.normalize(self._target_of(u)))}
+        if not units:
             raise ConfigError("asr task: the training texts contain no characters; check the 'text' column")
-        self.vocab = [BLANK, UNK, *sorted(chars)]
+        self.vocab = [BLANK, UNK, *sorted(units)]
         return self
 
     def encode(self, utts: list[Utterance]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,15 +301,15 @@ class AsrTask(Task):
         unknown: dict[str, set[str]] = {}
         sequences = []
         for u in utts:
-            text = self.normalize(self._target_of(u))
-            for c in text:
+            units = self.tokens(self.normalize(self._target_of(u)))
+            for c in units:
                 if c not in index:
                     unknown.setdefault(c, set()).add(u.id)
-            sequences.append([index.get(c, 1) for c in text])
+            sequences.append([index.get(c, 1) for c in units])
         if unknown:
             detail = "; ".join(f"{c!r} in {sorted(ids)[:3]}" for c, ids in sorted(unknown.items()))
-            warnings.warn(f"asr task: characters not in the training vocabulary map to <unk>: {detail}",
-                          stacklevel=2)
+            kind = "words" if self.options.get("token_type") == "word" else "characters"
+            warnings.warn(f"asr task: {kind} not in the training vocabulary map to <unk>: {detail}", stacklevel=2)
         lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
         targets = torch.zeros(len(sequences), max([1, *(len(s) for s in sequences)]), dtype=torch.int64)
         for row, seq in enumerate(sequences):
@@ -271,7 +324,8 @@ class AsrTask(Task):
 
     def loss(self, out: torch.Tensor, out_lengths: torch.Tensor,
              targets: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Mean CTC loss (each utterance's loss divided by its target length, then averaged)."""
+        """CTC loss: each utterance's divided by its target length, then averaged; or (ctc_normalize: batch)
+        summed over the batch and divided by the batch size."""
         labels, label_lengths = targets
         labels, label_lengths = labels.to(out.device), label_lengths.to(out.device)
         # CTC needs one frame per label plus one between repeated labels; say so instead of returning inf
@@ -284,6 +338,9 @@ class AsrTask(Task):
                              f"({out_lengths[short].tolist()}) than CTC needs for their transcripts "
                              f"({needed[short].tolist()}); use a higher frame rate or drop those utterances")
         log_probs = out.float().log_softmax(-1).transpose(0, 1)  # [T,B,V]
+        if self.options.get("ctc_normalize") == "batch":
+            return F.ctc_loss(log_probs, labels, out_lengths, label_lengths, blank=0, reduction="sum",
+                              zero_infinity=False) / out.shape[0]
         return F.ctc_loss(log_probs, labels, out_lengths, label_lengths, blank=0, reduction="mean",
                           zero_infinity=False)
 
@@ -295,7 +352,7 @@ class AsrTask(Task):
         for row, length in enumerate(out_lengths.cpu().tolist()):
             path = best[row, :length].tolist()
             ids = [t for i, t in enumerate(path) if (i == 0 or t != path[i - 1]) and t > 1]
-            texts.append(" ".join("".join(self.vocab[t] for t in ids).split()))
+            texts.append(self.join([self.vocab[t] for t in ids]))
         return texts
 
     def normalize(self, text: str) -> str:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..data.manifest import Utterance
 from ..errors import ConfigError, ShapeError
+from ..predictions import Classification, Prediction
 from . import Task, TaskOptions, register_task
 from .asr import check_lengths
 
@@ -64,18 +65,34 @@ class ClassifyOptions(TaskOptions):
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
-@register_task("classify")
+@register_task
 class ClassifyTask(Task):
     name = "classify"
+    hub_pipeline_tag = "audio-classification"  # the model card's pipeline_tag
     target_field = "label"
     main_metric = "accuracy"
     higher_is_better = True
     utterance_metric = "accuracy"  # 1 - sum(errors)/sum(totals), the default 0/1 errors
     Options = ClassifyOptions
+    prediction_type = Classification
+    prediction_field = "label"
+    paper_columns = {"iemocap": ("IEMOCAP accuracy", "test accuracy, mean over seeds, then over folds")}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.labels: list[str] = []
+
+    def predictions(self, out: torch.Tensor, out_lengths: torch.Tensor,
+                    clips: list[dict[str, Any]]) -> list[Prediction]:
+        probabilities = out.float().softmax(-1).cpu()
+        return [Classification(**clip, label=label, probabilities=dict(zip(self.labels, row.tolist())))
+                for clip, label, row in zip(clips, self.predict(out, out_lengths), probabilities)]
+
+    def prediction_columns(self) -> list[str]:
+        return [f"prob_{label}" for label in self.labels]
+
+    def describe(self, target: Optional[str] = None) -> str:
+        return f"utterance classification of `{target or self.target_field}` into {len(self.labels)} classes"
 
     @property
     def is_fitted(self) -> bool:

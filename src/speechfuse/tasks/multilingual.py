@@ -11,6 +11,9 @@ NFC, case and punctuation options: see tasks/asr.py), plus:
 - `cer_macro`: the unweighted mean of the per-language CERs (the ML-SUPERB headline, and this task's
   main metric: the best checkpoint has the lowest dev `cer_macro`); `wer_macro` likewise over the
   languages with a WER. `cer` is over all rows together; `wer` over the rows of space-separated languages.
+- `few_shot_languages` (ML-SUPERB's reserved languages; configs/paper/mlsuperb_multi.yaml lists ESPnet's 20):
+  `cer_normal` and `cer_few_shot` pool the utterances of the other languages and of these (edits over
+  reference characters summed over utterances, as ESPnet's sclite scoring of its two subsets does).
 - `language_token: true`: joint ASR + language ID. The target is one language token (`[en]`, one
   vocabulary entry per training language) followed by the transcript's characters; predictions read
   `[en] hello`. The predicted language is the first language token the model emits (none: wrong), and
@@ -30,7 +33,8 @@ import torch
 
 from ..data.manifest import Utterance
 from ..errors import ConfigError
-from . import register_task
+from ..predictions import LanguageTranscription, Prediction, Transcription
+from . import TableCell, register_task
 from .asr import AsrOptions, AsrTask, edit_counts
 
 NO_SPACE_LANGUAGES = ["zh", "zho", "cmn", "yue", "ja", "jpn", "th", "tha", "lo", "lao", "km", "khm", "my", "mya"]
@@ -64,9 +68,11 @@ class MultilingualAsrOptions(AsrOptions):
     """Prepend a language token to every target (joint ASR + LID); reports lid_accuracy."""
     no_space_languages: list[str] = list(NO_SPACE_LANGUAGES)
     """Languages (primary codes) that do not separate words by spaces: no WER for them."""
+    few_shot_languages: list[str] = []
+    """Languages scored apart from the others: `cer_few_shot` pools their utterances, `cer_normal` the rest's."""
 
 
-@register_task("multilingual_asr")
+@register_task
 class MultilingualAsrTask(AsrTask):
     name = "multilingual_asr"
     main_metric = "cer_macro"
@@ -74,10 +80,64 @@ class MultilingualAsrTask(AsrTask):
     # the pooled CER over all rows: a macro average over languages is not a sum over utterances
     utterance_metric = "cer"
     Options = MultilingualAsrOptions
+    paper_columns: dict[str, tuple[str, str]] = {}  # ML-SUPERB's columns depend on the test languages: table_cells
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.languages: list[str] = []  # training languages, in the order of their tokens
+
+    def predictions(self, out: torch.Tensor, out_lengths: torch.Tensor,
+                    clips: list[dict[str, Any]]) -> list[Prediction]:
+        """Transcriptions; with a language token, LanguageTranscription: the text without the token and
+        the language it names (None when the model emitted none)."""
+        texts = self.predict(out, out_lengths)
+        if not self.options["language_token"]:
+            return [Transcription(**clip, text=text) for clip, text in zip(clips, texts)]
+        return [LanguageTranscription(**clip, text=text, language=language)
+                for clip, (language, text) in zip(clips, map(self.split_language, texts))]
+
+    def prediction_columns(self) -> list[str]:
+        return ["language"] if self.options["language_token"] else []
+
+    def scored_prediction(self, row: dict[str, Any]) -> Optional[str]:
+        text = super().scored_prediction(row)
+        language = row.get("language")
+        return f"{lid_token(language)} {text}".rstrip() if text is not None and language else text
+
+    def describe(self, target: Optional[str] = None) -> str:
+        languages = f"{len(self.languages)} language(s): {', '.join(self.languages[:10])}" + \
+            (", ..." if len(self.languages) > 10 else "")
+        joint = "; predicts the language with a language token" if self.options["language_token"] else ""
+        return f"multilingual character CTC speech recognition ({len(self.vocab)} symbols, {languages}{joint})"
+
+    def table_cells(self, corpus: Optional[str], data: str, metrics: dict[str, Any]) -> list[TableCell]:
+        """ML-SUPERB's columns, each as ESPnet computes it; a generic column for data of another corpus.
+        A run tested on one language fills the mono column with that language's pooled CER (WER when trained on
+        word tokens, as ESPnet trains and scores cmn and jpn), grouped by language so a language's datasets are
+        averaged before the languages (mono_superb_score.py). A run tested on several fills the multi column
+        with the CER pooled over the normal languages' utterances and, when it lists few-shot languages, the
+        few-shot column with theirs (run_multi.sh's split scoring)."""
+        if corpus != "mlsuperb":
+            return super().table_cells(corpus, data, metrics)
+        languages = [k[len("test_cer_"):] for k in metrics if k.startswith("test_cer_")
+                     and k not in ("test_cer_macro", "test_cer_normal", "test_cer_few_shot")
+                     and metrics[k] not in (None, "")]
+        if len(languages) == 1:
+            unit = "wer" if self.options["token_type"] == "word" else "cer"
+            return [TableCell("ML-SUPERB mono CER", f"test_{unit}_{languages[0]}", languages[0],
+                              "per run its language's pooled test CER (WER for runs trained on word tokens: cmn, "
+                              "jpn in ESPnet); mean over seeds, then over the datasets of a language, then over "
+                              "the languages (ESPnet mono_superb_score.py)")]
+        multi_rule = ("test CER pooled over the utterances of the normal languages (sclite, as ESPnet's few-shot "
+                      "split scores them; all languages when a run lists no few_shot_languages), mean over seeds")
+        if not self.options["few_shot_languages"]:
+            return [TableCell("ML-SUPERB multi CER", "test_cer", "", multi_rule)]
+        cells = [TableCell("ML-SUPERB multi CER", "test_cer_normal", "", multi_rule),
+                 TableCell("ML-SUPERB few-shot CER", "test_cer_few_shot", "",
+                           "test CER pooled over the utterances of the run's downstream.few_shot_languages, "
+                           "mean over seeds")]
+        # a test split holding only one of the two subsets fills one column
+        return [c for c in cells if metrics.get(c.metric) not in (None, "")] or cells[:1]
 
     def _language_of(self, utt: Utterance) -> str:
         if utt.language is None or not str(utt.language).strip():
@@ -131,7 +191,7 @@ class MultilingualAsrTask(AsrTask):
             path = best[row, :length].tolist()
             ids = [t for i, t in enumerate(path) if (i == 0 or t != path[i - 1]) and t > 1]
             langs = [self.languages[t - first_lid] for t in ids if t >= first_lid]
-            text = " ".join("".join(self.vocab[t] for t in ids if t < first_lid).split())
+            text = self.join([self.vocab[t] for t in ids if t < first_lid])
             texts.append(f"{lid_token(langs[0])} {text}".rstrip() if langs else text)
         return texts
 
@@ -147,6 +207,9 @@ class MultilingualAsrTask(AsrTask):
         return None, prediction
 
     def has_spaces(self, language: str) -> bool:
+        """Whether the language has a WER: it separates words by spaces, or the model outputs words."""
+        if self.options["token_type"] == "word":
+            return True
         return primary_code(language) not in {primary_code(x) for x in self.options["no_space_languages"]}
 
     def metrics(self, predictions: list[str], references: list[str],
@@ -180,9 +243,15 @@ class MultilingualAsrTask(AsrTask):
             if self.has_spaces(lang):
                 out[f"wer_{lang}"] = float(jiwer.wer(lang_refs, lang_hyps))
                 wers.append(out[f"wer_{lang}"])
-        out["cer_macro"] = sum(cers) / len(cers)
+        out["cer_macro"] = self.average(cers)
+        few_shot = set(self.options["few_shot_languages"])
+        if few_shot:  # pooled over each subset's utterances, not averaged over its languages
+            for name, keep in (("cer_normal", False), ("cer_few_shot", True)):
+                rows = [i for i, lang in enumerate(languages) if (lang in few_shot) == keep]
+                if rows:
+                    out[name] = float(jiwer.cer([refs[i] for i in rows], [hyps[i] for i in rows]))
         if wers:
-            out["wer_macro"] = sum(wers) / len(wers)
+            out["wer_macro"] = self.average(wers)
         if self.options["language_token"]:
             out["lid_accuracy"] = sum(pred == lang for (pred, _), lang in zip(split, languages)) / len(languages)
         return out

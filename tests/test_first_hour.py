@@ -1,0 +1,220 @@
+"""The first hour of a new user: own data in three commands (prepare folder, init, train) then predict, with
+results alone on stdout; the folder preparation on its own; the CLI grammar."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import FSDD
+from speechfuse.cli import build_parser, main
+
+SPEAKERS = ("george", "jackson", "lucas")
+
+
+def clip_folder(root: Path, digits=range(4), takes=(0, 1)) -> Path:
+    """root/<speaker>/<clip>.flac: real FSDD recordings, labelled by the sub-folder (the speaker)."""
+    for speaker in SPEAKERS:
+        (root / speaker).mkdir(parents=True, exist_ok=True)
+        for d in digits:
+            for t in takes:
+                shutil.copy(FSDD / f"{d}_{speaker}_{t}.flac", root / speaker)
+    return root
+
+
+def test_prepare_init_train_predict_on_a_folder_of_recordings(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    clip_folder(tmp_path / "clips")
+    assert main(["prepare", "folder", "clips", "--out", "data/"]) == 0
+    prepared = json.loads(capsys.readouterr().out)
+    assert prepared["labels"] == list(SPEAKERS) and sum(prepared["utterances"].values()) == 24
+    assert main(["init", "--task", "classify", "--data", "data/", "--out", "my.yaml", "--steps", "20"]) == 0
+    capsys.readouterr()
+    text = Path("my.yaml").read_text()
+    config = yaml.safe_load(text)
+    assert "#" in text and config["upstreams"] == ["whisper-tiny.en", "resemblyzer"]  # commented, bundled models
+    assert config["train"]["interface_lr_scaling"] == "fan_in" and config["train"]["grad_clip"] == 1.0
+    assert config["data"]["train"] == "data/train.csv"  # relative to the config file
+
+    # train in its own process, as a user runs it: stdout must be the JSON alone
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "speechfuse.cli", "train", "my.yaml", "--out", "runs/mine",
+                           "--threads", "1"], capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads(done.stdout)
+    assert set(metrics) == {"dev", "test"}
+    for noise in ("Tip:", "litlogger", "Warning", "deprecated", "log_every_n_steps", "Total FLOPs", "-0:", "srun"):
+        assert noise not in done.stderr, noise
+    assert "train: 100%" in done.stderr and "20/20" in done.stderr  # one bar, optimizer steps out of max_steps
+    run = Path("runs/mine")
+    assert (run / "curves.png").is_file() and list((run / "logs" / "tensorboard").glob("events.out.tfevents*"))
+    card = (run / "model" / "README.md").read_text()
+    assert str(tmp_path) not in card and "/tmp/" not in card  # no local absolute path
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["library_name"] == "speechfuse" and meta["pipeline_tag"] == "audio-classification"
+    results = {r["dataset"]["split"]: r for r in meta["model-index"][0]["results"]}
+    test_accuracy = next(m for m in results["test"]["metrics"] if m["type"] == "accuracy")
+    assert test_accuracy["value"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
+    low, high = test_accuracy["args"]["interval_95"]
+    assert low <= test_accuracy["value"] <= high
+    assert results["test"]["dataset"]["name"] == "test.csv" and results["test"]["dataset"]["revision"].startswith("sha256:")
+    assert "`train.csv` (sha256 " in card
+
+    assert main(["predict", "runs/mine/model", "clips", "--quiet"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 24 and all(set(r["probabilities"]) == set(SPEAKERS) for r in rows)
+    right = sum(r["label"] == Path(r["path"]).parent.name for r in rows)
+    assert right >= 18, f"{right}/24 clips attributed to their speaker (chance 8)"  # it learned the speakers
+
+
+def test_card_front_matter_names_hub_models_and_hides_local_folders(tmp_path):
+    from speechfuse.model_card import base_models, front_matter
+
+    local = tmp_path / "my_model"
+    local.mkdir()
+    ups = [{"spec": "hf:microsoft/wavlm-base-plus"}, {"spec": f"hf:{local}"}, {"spec": "resemblyzer"}]
+    assert base_models(ups) == ["microsoft/wavlm-base-plus"]
+    text = front_matter({"task": {"name": "asr"}, "interface": {"name": "hconv"}, "upstreams": ups,
+                         "training": {"metrics": {"dev": {"wer": 0.25}}}})
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert str(tmp_path) not in text and "upstream:hf:my_model (local folder)" in meta["tags"]
+    assert meta["pipeline_tag"] == "automatic-speech-recognition" and meta["base_model"] == ["microsoft/wavlm-base-plus"]
+    assert meta["model-index"][0]["results"][0]["metrics"] == [{"type": "wer", "name": "wer (dev)", "value": 0.25}]
+
+
+def test_curves_png_is_a_real_picture(tmp_path):
+    """The training-curves figure from a CSV log: three panels, not blank."""
+    import numpy as np
+    from matplotlib.image import imread
+
+    from speechfuse.curves import plot_curves
+
+    log = tmp_path / "logs" / "csv" / "version_0"
+    log.mkdir(parents=True)
+    lines = ["epoch,step,train/loss,dev/accuracy,lr-AdamW/head"]
+    lines += [f"0,{s},{2.0 / (s + 1)},{'' if s % 5 else s / 20},0.005" for s in range(20)]
+    (log / "metrics.csv").write_text("\n".join(lines) + "\n")
+    png = plot_curves(tmp_path)
+    image = imread(png)
+    assert image.shape[0] >= 300 and image.shape[1] >= 1000
+    assert float(np.std(image[..., :3])) > 0.05  # not one flat colour
+
+
+def _csv(path: Path, rows: list[dict]) -> Path:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_prepare_folder_speaker_disjoint_and_seeded(tmp_path):
+    from speechfuse.data.folder import prepare_folder
+    from speechfuse.data.manifest import load_manifest
+
+    clips = clip_folder(tmp_path / "clips")
+    for speaker in ("nicolas", "theo"):  # five speakers in all
+        (clips / speaker).mkdir()
+        for d in range(4):
+            for t in (0, 1):
+                shutil.copy(FSDD / f"{d}_{speaker}_{t}.flac", clips / speaker)
+    rows = [{"path": p.relative_to(clips).as_posix(), "label": p.name[0], "speaker": p.parent.name}
+            for p in sorted(clips.rglob("*.flac"))]
+    labels = _csv(tmp_path / "labels.csv", rows)
+    a = prepare_folder(clips, tmp_path / "a", labels=labels, dev=0.2, test=0.2, seed=3)
+    b = prepare_folder(clips, tmp_path / "b", labels=labels, dev=0.2, test=0.2, seed=3)
+    assert a["speaker_disjoint"] and a["utterances"] == b["utterances"]
+    speakers = {split: {u.speaker for u in load_manifest(tmp_path / "a" / f"{split}.csv")} for split in
+                ("train", "dev", "test")}
+    assert all(speakers.values())
+    assert not (speakers["train"] & speakers["dev"] or speakers["train"] & speakers["test"]
+                or speakers["dev"] & speakers["test"])
+    assert (tmp_path / "a" / "test.csv").read_text() == (tmp_path / "b" / "test.csv").read_text()  # seeded
+    # the speaker from the file name instead of a CSV column gives the same kind of split
+    by_name = prepare_folder(clips, tmp_path / "c", speaker_pattern=r"^\d+_([a-z]+)_", seed=3)
+    assert by_name["speaker_disjoint"] and by_name["labels"] == ["george", "jackson", "lucas", "nicolas", "theo"]
+
+
+def test_prepare_folder_errors_name_the_problem(tmp_path, capsys):
+    clips = clip_folder(tmp_path / "clips", digits=[0], takes=[0])
+    shutil.copy(FSDD / "1_george_0.flac", clips)  # a file with no label folder
+    assert main(["prepare", "folder", str(clips), "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "1_george_0.flac" in err and "sub-folder" in err and "Traceback" not in err
+    assert main(["prepare", "folder", str(clips), "--out", str(tmp_path / "d"), "--labels", "nope.csv"]) == 2
+    assert "nope.csv" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_init_refuses_missing_data_and_unknown_names(tmp_path, capsys):
+    assert main(["init", "--task", "classify", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "x.yaml")]) == 2
+    assert "speechfuse prepare folder" in capsys.readouterr().err
+    clips = clip_folder(tmp_path / "clips", digits=range(2))
+    assert main(["prepare", "folder", str(clips), "--out", str(tmp_path / "data")]) == 0
+    capsys.readouterr()
+    assert main(["init", "--task", "classify", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "x.yaml"),
+                 "--interface", "hconvv"]) == 2
+    assert "hconvv" in capsys.readouterr().err and not (tmp_path / "x.yaml").exists()
+    assert main(["init", "--task", "asr", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "x.yaml")]) == 2
+    assert "`text`" in capsys.readouterr().err  # folder labels are no transcripts
+
+
+def test_set_takes_one_value_so_the_config_may_follow(tmp_path):
+    args = build_parser().parse_args(["train", "--set", "train.max_steps=5", "my.yaml", "--set", "train.lr=1e-3"])
+    assert args.config == "my.yaml" and args.overrides == ["train.max_steps=5", "train.lr=1e-3"]
+
+
+def test_every_command_takes_the_common_options():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        flags = {s for a in sub._actions for s in a.option_strings}
+        assert {"--threads", "--quiet", "--verbose", "--plugin"} <= flags, name
+
+
+def test_compare_help_has_no_doubled_percent(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = capsys.readouterr().out
+    assert "95 %" in out and "%%" not in out
+
+
+def test_a_bad_interface_is_refused_before_a_folder_or_a_model(tmp_path, capsys, monkeypatch):
+    from speechfuse.upstream import base
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("an upstream loaded although the config was bad")
+
+    monkeypatch.setattr(base.Upstream, "__init__", no_load)
+    clips = clip_folder(tmp_path / "clips", digits=range(2))
+    assert main(["prepare", "folder", str(clips), "--out", str(tmp_path / "data")]) == 0
+    assert main(["init", "--task", "classify", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "c.yaml")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "runs" / "r"
+    assert main(["train", str(tmp_path / "c.yaml"), "--set", "interface.name=hconvv", "--out", str(out)]) == 2
+    assert "hconvv" in capsys.readouterr().err and not out.exists()
+    assert main(["train", str(tmp_path / "c.yaml"), "--set", "interface.kernel=3", "--out", str(out)]) == 2
+    assert "interface.kernel" in capsys.readouterr().err and not out.exists()
+    sweep = tmp_path / "runs" / "sweep"  # a typo in the second grid value: refused before the first run
+    assert main(["sweep", str(tmp_path / "c.yaml"), "--grid", "interface.name=hconv,hconvv", "--out", str(sweep)]) == 2
+    assert "hconvv" in capsys.readouterr().err and not sweep.exists()
+
+
+def test_p_values_below_the_bootstrap_resolution_read_as_bounds():
+    from speechfuse.compare import describe
+    from speechfuse.stats import format_p
+
+    assert format_p(0.0, 1000) == "p < 0.001" and format_p(0.0123, 1000) == "p = 0.0123"
+    result = {"metric": "wer", "a": 0.1, "b": 0.3, "difference": -0.2, "low": -0.25, "high": -0.15, "p_value": 0.0,
+              "resamples": 1000, "utterances": 300, "split": "test"}
+    line = describe(result, "A", "B")
+    assert "p < 0.001" in line and "p = 0" not in line
