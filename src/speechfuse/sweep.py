@@ -511,7 +511,7 @@ def _plan(grid: dict[str, list] | list[dict[str, list]], select: dict[str, list]
 def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, *, seeds: Sequence[int] | None = None,
               select: dict[str, list] | None = None, train_fn: Callable | None = None, progress: bool = True,
               plots: bool = True, on_run: Callable[[str], None] | None = None, jobs: int = 1,
-              threads: int | None = None) -> list[dict]:
+              threads: int | None = None, launcher: Callable | None = None) -> list[dict]:
     """Train every combination of `grid` (a dict, or a list of dicts: their union) over `cfg`; return one
     result row per run (see module doc).
 
@@ -528,6 +528,8 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     plots: gather `out_dir/plots/<run>.png` (the run's layers.png, else drawn from its interface.json).
     on_run: called with the name of every run as it finishes or is found finished, candidates included (the
         demo's progress line).
+    launcher: (run_of, train_fn, finished) -> a pool that trains runs elsewhere, used instead of the local
+        worker processes (speechfuse.launcher.cluster_pool_factory: one SLURM job per run).
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"sweep: jobs must be a whole number >= 1, got {jobs!r}")
@@ -631,12 +633,14 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
         raise ConfigError(f"sweep: threads must be a whole number >= 1, got {threads!r}")
     per_run = threads or max(1, torch.get_num_threads() // jobs)
     pool = _Pool(jobs, per_run, run_of, train_fn, finished_elsewhere) if jobs > 1 else None
+    if launcher is not None:
+        pool = launcher(run_of, train_fn, finished_elsewhere)
     own_threads = torch.get_num_threads()
     if pool is None and threads is not None:
         torch.set_num_threads(threads)
     try:
         if pool is not None:  # train every run in the workers first; the loop below then finds them finished
-            if own_trainer:
+            if own_trainer and launcher is None:  # a launcher submits the extraction as jobs itself
                 _prefill_caches(cfg, every, cache_dir, out_dir)
             pool.train([c for p in plan for c in (p["candidates"] or [{**p["combo"], **s} for s in p["seeded"]])])
             if select:
