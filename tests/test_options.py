@@ -96,7 +96,8 @@ def test_the_config_keeps_only_the_options_given_typed():
                             "align": {"frame_rate": 50, "length": None}, "interface": {"name": "chconv"}})
     assert cfg.upstreams[0].options == {"window_seconds": 5.0}
     assert cfg.align.options() == {"frame_rate": 50.0}  # null keeps the Aligner's default
-    assert cfg.interface.options() == {}
+    # nothing given for chconv: only the default protocol's per-layer layer norm (docs/plateau.md) is added
+    assert cfg.interface.options() == {"layer_norm": True}
     assert config_from_dict(cfg.model_dump()) == cfg
     assert "plugins" not in config_to_dict(cfg)  # built-in components only: saved as before plug-ins existed
     assert config_to_dict(config_from_dict({**BASE, "plugins": ["json"]}))["plugins"] == ["json"]

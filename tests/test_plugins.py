@@ -69,8 +69,8 @@ def test_the_installed_example_trains_from_its_yaml_through_the_cli(installed, t
     config = example_config(tmp_path, {**data, "target": "speaker"}, plugins=[])
     run = tmp_path / "run"
     result = run_python(["-m", "speechfuse.cli", "train", str(config), "--plugin", "speechfuse_example",
-                         "--set", "train.max_steps=60", "train.val_every_steps=30", "train.progress_bar=false",
-                         "train.importance=false", "--out", str(run)], [installed], tmp_path)
+                         "--set", "train.max_steps=60", "--set", "train.val_every_steps=30",
+                         "--set", "train.progress_bar=false", "--set", "train.importance=false", "--out", str(run)], [installed], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout)
     # 6 speakers, so chance is 1/6: the plug-in's features, interface and loss learned something

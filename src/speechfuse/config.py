@@ -533,6 +533,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    data.pop("launcher", None)  # where a sweep's jobs run (speechfuse.launcher), not part of any run
     if isinstance(data.get("cache"), (str, bool)):  # so that `--set cache.key=content` finds a section
         data["cache"] = {"dir": data["cache"]}
     data = apply_overrides(data, overrides)

@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .config import parse_value, set_dotted
 from .errors import ConfigError, SpeechfuseError
 from .report import plot_importance, write_table
-from .io import write_atomic
+from .io import speechfuse_home, write_atomic
 from .runfolder import RunFolder
 from .stats import mean_std
 
@@ -212,6 +212,21 @@ def combo_config(cfg: Any, combo: dict[str, Any], cache_dir: str | None) -> Any:
         else:
             data["cache"] = cache_dir
     return _rebuild(cfg, data, f"(sweep combination {combo})")
+
+
+def shared_cache_dir(cfg: Any, out_dir: Path | None = None) -> str | None:
+    """The feature cache folder the runs use, as resolve_cache_dir decides it (`auto`: the user's cache), None
+    for `off`. `out_dir` is ignored: the cache is the user's, not the sweep folder's (kept for callers)."""
+    if hasattr(cfg, "cache"):
+        from .data.loader import resolve_cache_dir
+
+        folder = resolve_cache_dir(cfg)
+        return str(folder) if folder is not None else None
+    value = _config_dict(cfg).get("cache", "auto")
+    value = value.get("dir", "auto") if isinstance(value, dict) else value
+    if value == "off":
+        return None
+    return str(speechfuse_home() / "cache") if value in (None, "auto") else str(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -567,7 +582,8 @@ def _plan(grid: dict[str, list] | list[dict[str, list]], select: dict[str, list]
 def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, *, seeds: Sequence[int] | None = None,
               select: dict[str, list] | None = None, train_fn: Callable | None = None, progress: bool = True,
               plots: bool = True, on_run: Callable[[str], None] | None = None, jobs: int = 1,
-              threads: int | None = None, keep_going: bool = True) -> list[dict]:
+              threads: int | None = None, launcher: Callable | None = None, keep_going: bool = True
+              ) -> list[dict]:
     """Train every combination of `grid` (a dict, or a list of dicts: their union) over `cfg`; return one
     result row per run (see module doc).
 
@@ -584,6 +600,8 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     plots: gather `out_dir/plots/<run>.png` (the run's layers.png, else drawn from its interface.json).
     on_run: called with the name of every run as it finishes or is found finished, candidates included (the
         demo's progress line).
+    launcher: (run_of, train_fn, finished) -> a pool that trains runs elsewhere, used instead of the local
+        worker processes (speechfuse.launcher.cluster_pool_factory: one SLURM job per run).
     keep_going: a run that fails is named on stderr (its traceback in RUN/error.txt) and the other runs go on;
         at the end a SweepFailed lists every failed run with its combination, after the tables were written.
         False (CLI: --fail-fast): the first failure stops the sweep.
@@ -719,12 +737,14 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     per_run = threads or max(1, torch.get_num_threads() // jobs)
     pool = _Pool(jobs, per_run, run_of, train_fn, finished_elsewhere, failed if keep_going else None) \
         if jobs > 1 else None
+    if launcher is not None:  # failures there stop the sweep (the launcher's pool has no failure callback)
+        pool = launcher(run_of, train_fn, finished_elsewhere)
     own_threads = torch.get_num_threads()
     if pool is None and threads is not None:
         torch.set_num_threads(threads)
     try:
         if pool is not None:  # train every run in the workers first; the loop below then finds them finished
-            if own_trainer:
+            if own_trainer and launcher is None:  # a launcher submits the extraction as jobs itself
                 _prefill_caches(cfg, every, out_dir, keep_going)
             pool.train([c for p in plan for c in (p["candidates"] or [{**p["combo"], **s} for s in p["seeded"]])])
             if select:

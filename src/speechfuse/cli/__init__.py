@@ -9,6 +9,8 @@
     speechfuse extract configs/fsdd_speaker.yaml --out runs/speaker
     speechfuse sweep configs/fsdd_speaker.yaml --grid interface.name=weighted_sum,hconv --out runs/sweep
     speechfuse sweep configs/fsdd_speaker.yaml --seeds 0,1,2 --out runs/seeds
+    speechfuse sweep configs/fsdd_speaker.yaml --seeds 0,1,2 --out runs/seeds --launcher slurm --partition gpu
+    speechfuse search configs/fsdd_speaker.yaml --space space.yaml --out runs/search --workers 2
     speechfuse verify runs/vox1 enrol.wav test.wav
     speechfuse export runs/speaker --whole --format onnx --out speaker.onnx
     speechfuse prune runs/speaker --budgets 0.25,0.5,0.75
@@ -32,13 +34,13 @@ import sys
 
 from ..errors import SpeechfuseError
 from ..interrupt import stop_signals
-from . import (compare, demo, evaluate, export, extract, init, predict, prepare, prune, study, sweep, table,
-               train, verify)
+from . import (compare, demo, evaluate, export, extract, init, predict, prepare, prune, search, study, sweep,
+               table, train, verify)
 from .common import apply_runtime, common_options
 
 # in the order `speechfuse --help` lists them: the first-hour path first
-COMMANDS = (prepare, init, train, predict, evaluate, compare, sweep, extract, verify, export, prune, table, study,
-            demo)
+COMMANDS = (prepare, init, train, predict, evaluate, compare, sweep, search, extract, verify, export, prune, table,
+            study, demo)
 EPILOG = ("Every command has its own --help. Own data in three commands: speechfuse prepare folder DIR --out data/; "
           "speechfuse init --task classify --data data/ --out my.yaml; speechfuse train my.yaml --out runs/mine")
 
@@ -63,6 +65,7 @@ RESUME_HINTS = {
     "train": "run the same command again to resume from the last checkpoint, if any",
     "sweep": "finished runs are kept and an interrupted run resumes from its last checkpoint: run the same "
              "command again to go on",
+    "search": "finished and stopped trials are kept in the study: run the same command again to go on",
     "extract": "the features stored so far are kept: run the same command again to extract the rest",
     "predict": "the rows already written to --out are kept: run the same command again to predict the rest",
     "verify": "the rows already written to --out are kept: run the same command again to score the rest",

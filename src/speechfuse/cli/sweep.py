@@ -37,6 +37,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                    help="train N runs at once, each in its own process with 1/N of the threads (default 1); on a "
                         "CPU, 2 jobs of 1 thread can train small heads faster than 1 job of 2")
     add_device(p)
+    from ..launcher_cli import add_launcher_arguments
+
+    add_launcher_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -50,9 +53,12 @@ def run(args: argparse.Namespace) -> int:
     grid = sweep.parse_grid(args.grid) if args.grid else {}
     select = sweep.parse_grid(args.select) if args.select else None
     cfg = load_command_config(args)
+    from ..launcher_cli import launcher_from_args
+
+    launcher = {"launcher": pool} if (pool := launcher_from_args(args, cfg)) is not None else {}
     try:
         rows = sweep.run_sweep(cfg, grid, args.out, seeds=seed_list, select=select, jobs=args.jobs,
-                               threads=args.threads, progress=not quiet(), keep_going=not args.fail_fast)
+                               threads=args.threads, progress=not quiet(), keep_going=not args.fail_fast, **launcher)
     except sweep.SweepFailed as err:  # the finished rows are still results: stdout, then the error
         print(json.dumps(err.rows, indent=2, default=str))
         raise

@@ -1,0 +1,119 @@
+"""The budgeted search (`speechfuse search`) against the full grid: training steps spent and the winner's score.
+
+The demo's settings (its config, heads, alignment) on real FSDD speech with the bundled upstreams. The grid:
+the model sets of whisper-tiny.en and resemblyzer ({w}, {r}, {w, r}) x {weighted_sum, hconv, chconv} x 3
+interface learning rates = 27 candidates (speech-embedding is left out, as in the demo: at 12.5 Hz it gives
+too few frames to spell a digit word with CTC).
+
+- grid: every candidate trains `--steps` steps on the first seed; the best dev metric wins; it then trains
+  on the other seeds.
+- search: the same candidates as the space, Optuna's grid sampler (each candidate one trial, random order)
+  with successive halving on the dev metric every `--val-every` steps (`--reduction-factor`); the best finished
+  trial then trains on the other seeds (speechfuse.search, survivors: 1).
+- both winners are compared on the test utterances with the paired bootstrap, their seeds pooled
+  (speechfuse.compare.rank_against_best): "tied" means not distinguishable (p >= 0.05).
+Steps are the selection's: the grid's candidates x steps against the steps the search's trials trained (the
+retraining on the other seeds costs the same on both sides). The goal: tied at <= 35 % of the grid's steps.
+
+    python benchmarks/search_vs_grid.py [--task asr|speaker] [--steps 600] [--val-every 50] [--seeds 0,1,2]
+    python benchmarks/search_vs_grid.py --quick     # speaker ID on 60-clip splits, 8 candidates, 40 steps
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_machine_info, print_table  # noqa: E402
+
+from speechfuse.compare import rank_against_best  # noqa: E402
+from speechfuse.demo import _quiet, demo_config, write_demo_manifests  # noqa: E402
+from speechfuse.search import search, space_from_dict  # noqa: E402
+from speechfuse.sweep import _read_json, _selection_metric, combo_config, expand_grid, run_name, run_sweep  # noqa: E402
+
+UPSTREAM_SETS = [["whisper-tiny.en"], ["resemblyzer"], ["whisper-tiny.en", "resemblyzer"]]
+INTERFACES = ["weighted_sum", "hconv", "chconv"]
+INTERFACE_LRS = [3e-3, 1e-2, 3e-2]
+QUICK = {"upstreams": [["whisper-tiny.en"], ["resemblyzer"]], "interface.name": ["weighted_sum", "hconv"],
+         "train.interface_lr": [1e-2, 3e-2]}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="speaker ID, 60-clip splits, 8 candidates, 40 steps")
+    ap.add_argument("--task", choices=["asr", "speaker"], default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--val-every", type=int, default=None)
+    ap.add_argument("--reduction-factor", type=int, default=3)
+    ap.add_argument("--seeds", default=None, help="e.g. 0,1,2 (quick: 0,1)")
+    ap.add_argument("--workers", type=int, default=1, help="search workers and grid jobs")
+    ap.add_argument("--out", default=None, help="keep the folders here (default: a temporary folder)")
+    args = ap.parse_args(argv)
+    task = args.task or ("speaker" if args.quick else "asr")
+    steps = args.steps or (40 if args.quick else 600)
+    val_every = args.val_every or (5 if args.quick else 50)
+    seeds = [int(s) for s in (args.seeds or ("0,1" if args.quick else "0,1,2")).split(",")]
+    grid = dict(QUICK) if args.quick else {"upstreams": UPSTREAM_SETS, "interface.name": INTERFACES,
+                                           "train.interface_lr": INTERFACE_LRS}
+    candidates = expand_grid(grid)
+    print(f"# search_vs_grid: {task} on real FSDD{' (quick splits)' if args.quick else ''}, {len(candidates)} "
+          f"candidates x {steps} steps, dev every {val_every}, successive halving (reduction {args.reduction_factor})"
+          f", seeds {seeds}")
+    print_machine_info("cpu")
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        root = Path(args.out) if args.out else Path(tmp)
+        manifests = write_demo_manifests(root, quick=args.quick)
+        cfg = demo_config(task, manifests, root / "cache", quick=args.quick)
+        cfg = combo_config(cfg, {"train.max_steps": steps, "train.val_every_steps": val_every,
+                                 "train.importance": False}, str(root / "cache"))
+        metric, higher = _selection_metric(cfg)
+
+        start = time.perf_counter()
+        run_sweep(cfg, grid, root / "grid", seeds=seeds[:1], progress=False, plots=False, jobs=args.workers,
+                  threads=1)
+        dev = {}
+        for combo in candidates:
+            name = run_name({**combo, "train.seed": seeds[0]})
+            dev[run_name(combo)] = (_read_json(root / "grid" / "runs" / name / "metrics.json").get("dev") or {})[metric]
+        grid_best = (max if higher else min)(candidates, key=lambda c: dev[run_name(c)])
+        run_sweep(cfg, {k: [v] for k, v in grid_best.items()}, root / "grid", seeds=seeds, progress=False,
+                  plots=False, jobs=args.workers, threads=1)
+        grid_seconds = time.perf_counter() - start
+
+        start = time.perf_counter()
+        space = space_from_dict({"space": grid, "trials": len(candidates), "sampler": "grid", "seeds": seeds,
+                                 "survivors": 1, "pruner": "successive_halving", "min_steps": val_every,
+                                 "reduction_factor": args.reduction_factor})
+        summary = search(cfg, space, root / "search", workers=args.workers, threads=1, progress=False)
+        search_seconds = time.perf_counter() - start
+
+        groups = {"grid": [root / "grid" / "runs" / run_name({**grid_best, "train.seed": s}) for s in seeds],
+                  "search": [root / "search" / "runs" / f"{summary['survivors'][0]}__seed={s}" for s in seeds]}
+        marks = rank_against_best(groups)
+        test = {k: _pooled_mean(dirs, metric) for k, dirs in groups.items()}
+
+    grid_steps = len(candidates) * steps
+    rows = [["grid", run_name(grid_best), f"{test['grid']:.4f}", marks["grid"]["tied_with_best"],
+             _p(marks["grid"]), grid_steps, "1.00", f"{grid_seconds:.0f}"],
+            ["search", summary["survivors"][0], f"{test['search']:.4f}", marks["search"]["tied_with_best"],
+             _p(marks["search"]), summary["trial_steps"], f"{summary['trial_steps'] / grid_steps:.2f}",
+             f"{search_seconds:.0f}"]]
+    print_table(rows, ["selection", "winner", f"test {metric} (mean over seeds)", "tied with best",
+                       "p vs best", "selection steps", "steps / grid", "wall s (incl. seeds)"])
+    print(f"search trials: {summary['states']}")
+
+
+def _pooled_mean(run_dirs: list[Path], metric: str) -> float:
+    values = [(_read_json(d / "metrics.json").get("test") or {})[metric] for d in run_dirs]
+    return sum(values) / len(values)
+
+
+def _p(mark: dict) -> str:
+    return "" if mark.get("vs_best_p") is None else f"{mark['vs_best_p']:.3f}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""launcher: the options, and a sweep on a real single-node SLURM (started by scripts/start_local_slurm.sh; the test
+runs only where slurmctld is installed) giving the same results.csv as the same sweep run here, one run requeued
+with the scheduler's own `scontrol requeue` and resumed."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from lightning.pytorch.callbacks import Callback
+
+from speechfuse.errors import ConfigError
+from speechfuse.launcher import cluster_pool_factory, launcher_options
+from speechfuse.sweep import run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_launcher_options_from_the_config_section_and_the_command_line():
+    options = launcher_options({"name": "slurm", "partition": "gpu", "gpus": 1, "extra": {"qos": "high"}},
+                               {"partition": "debug", "time": None, "cpus": 4})
+    assert (options.partition, options.gpus, options.cpus, options.time, options.extra) == \
+        ("debug", 1, 4, 60, {"qos": "high"})  # the command line wins; unset options keep the section's
+    with pytest.raises(ConfigError, match=r"cfg.yaml: launcher: unknown launcher option\(s\) \['gpu'\]"):
+        launcher_options({"gpu": 1}, None, "cfg.yaml: launcher")
+    with pytest.raises(ConfigError, match="name must be one of"):
+        launcher_options({"name": "pbs"})
+    with pytest.raises(ConfigError, match="time must be a whole number"):
+        launcher_options({"time": "1h"})
+
+
+def test_a_launcher_section_does_not_enter_the_run_config(tmp_path):
+    from speechfuse.config import load_config
+
+    (tmp_path / "c.yaml").write_text("task: classify\ndata: {train: t.csv, dev: d.csv}\nupstreams: [speech-embedding]\n"
+                                     "launcher: {name: slurm, partition: gpu}\n")
+    assert "launcher" not in load_config(tmp_path / "c.yaml").model_dump()
+
+
+# ---------------------------------------------------------------------------------------------
+# a real scheduler
+# ---------------------------------------------------------------------------------------------
+PAUSED_RUN = "hconv__lr=0.01"
+
+
+class PauseFirstAttempt(Callback):
+    """In a SLURM job's first attempt, the run holds after step 2 (its `last` saved) until the job is requeued."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 2 and "SLURM_JOB_ID" in os.environ and \
+                int(os.environ.get("SLURM_RESTART_COUNT", "0")) == 0:
+            time.sleep(600)  # scontrol requeue kills this attempt long before
+
+
+class LoggedTrain:
+    """The real runner; logs each attempt (run, SLURM job, restart count, the step it starts at)."""
+
+    def __init__(self, log_path: str):
+        self.log_path = log_path
+
+    def __call__(self, cfg, run_dir):
+        from speechfuse.train import train
+
+        class Start(Callback):
+            def on_train_start(inner, trainer, pl_module):
+                with open(self.log_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"run": run_dir.name, "job": os.environ.get("SLURM_JOB_ID"),
+                                        "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+                                        "step": trainer.global_step}) + "\n")
+
+        callbacks = [Start()] + ([PauseFirstAttempt()] if run_dir.name == PAUSED_RUN else [])
+        return train(cfg, run_dir, callbacks=callbacks)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def local_slurm(tmp_path):
+    if shutil.which("slurmctld") is None or shutil.which("munged") is None:
+        pytest.skip("needs SLURM (apt-get install slurm-wlm munge); see scripts/start_local_slurm.sh")
+    folder = tmp_path / "slurm"
+    env = {**os.environ, "SLURMCTLD_PORT": str(_free_port()), "SLURMD_PORT": str(_free_port())}
+    script = REPO / "scripts" / "start_local_slurm.sh"
+    subprocess.run([str(script), str(folder)], check=True, env=env, timeout=120)
+    before = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(folder / "slurm.conf")
+    try:
+        yield folder
+    finally:
+        subprocess.run([str(script), str(folder), "stop"], env=env, timeout=60)
+        if before is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = before
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_sweep_on_slurm_equals_the_local_sweep_after_a_requeue(tmp_path, local_slurm):
+    from speechfuse.config import config_from_dict
+    from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests
+    from speechfuse.data.manifest import load_manifest, write_manifest
+
+    manifests = fsdd_manifests(bundled_fsdd_dir() / "recordings", tmp_path / "data")
+    for split, take in (("train", 10), ("dev", 5), ("test", 0)):
+        utts = [u for u in load_manifest(manifests[split]) if u.id.endswith(f"_{take}") and u.id[0] in "01"]
+        write_manifest(utts, manifests[split])  # 12 clips: 2 digits x 6 speakers
+    cfg = config_from_dict({
+        "task": "classify", "data": {k: str(v) for k, v in manifests.items()} | {"target": "speaker"},
+        "upstreams": ["speech-embedding"],
+        "train": {"max_steps": 6, "batch_seconds": 4, "val_every_steps": 2, "progress_bar": False,
+                  "importance": False, "accelerator": "cpu"},
+    })
+    grid = {"interface.name": ["weighted_sum", "hconv"], "train.lr": [1e-3, 1e-2]}
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the jobs cannot import this test module
+    log = tmp_path / "attempts.jsonl"
+    run_sweep(cfg, grid, tmp_path / "local", train_fn=LoggedTrain(str(log)), progress=False, plots=False,
+              threads=1)
+
+    out = tmp_path / "slurm_sweep"
+    options = launcher_options({"name": "slurm", "cpus": 1, "time": 30, "signal_delay_s": 30})
+    result: dict = {}
+
+    def sweep():
+        try:
+            result["rows"] = run_sweep(cfg, grid, out, train_fn=LoggedTrain(str(log)), progress=False, plots=False,
+                                       launcher=cluster_pool_factory(options, cfg, out))
+        except BaseException as err:  # re-raised below
+            result["error"] = err
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    # once the paused run has saved `last` at step 2 in its first attempt, requeue its job through the scheduler
+    last = out / "runs" / PAUSED_RUN / "checkpoints" / "last.safetensors"
+    deadline = time.monotonic() + 900
+    while not last.exists() and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert last.exists(), result.get("error")
+    job = json.loads((out / "launcher" / "jobs.json").read_text())[PAUSED_RUN]["job_id"]
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
+    thread.join(timeout=900)
+    assert not thread.is_alive() and "error" not in result, result.get("error")
+
+    attempts = [json.loads(line) for line in log.read_text().splitlines()]
+    on_jobs = [a for a in attempts if a["job"] is not None]
+    assert sorted({a["run"] for a in on_jobs}) == sorted(r["run"] for r in result["rows"])  # every run a job
+    paused = [a for a in on_jobs if a["run"] == PAUSED_RUN]
+    assert [(a["restart"], a["step"]) for a in paused] == [(0, 0), (1, 2)]  # requeued, resumed from step 2
+    local, on_slurm = _rows(tmp_path / "local" / "results.csv"), _rows(out / "results.csv")
+    assert len(local) == 4 and on_slurm == local  # every metric to the last digit
+
+
+def _fsdd_config_file(tmp_path: Path, steps: int = 2) -> Path:
+    from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests
+    from speechfuse.data.manifest import load_manifest, write_manifest
+
+    manifests = fsdd_manifests(bundled_fsdd_dir() / "recordings", tmp_path / "data")
+    for split, take in (("train", 10), ("dev", 5), ("test", 0)):
+        utts = [u for u in load_manifest(manifests[split]) if u.id.endswith(f"_{take}") and u.id[0] in "01"]
+        write_manifest(utts, manifests[split])
+    path = tmp_path / "cfg.yaml"
+    path.write_text(json.dumps({
+        "task": "classify", "data": {k: str(v) for k, v in manifests.items()} | {"target": "speaker"},
+        "upstreams": ["speech-embedding"],
+        "train": {"max_steps": steps, "batch_seconds": 4, "val_every_steps": 2, "progress_bar": False,
+                  "importance": False, "accelerator": "cpu"},
+        "launcher": {"name": "local", "cpus": 1, "time": 20},
+    }))
+    return path
+
+
+def test_sweep_and_search_run_as_jobs_of_the_local_executor(tmp_path, capsys):
+    """submitit's LocalExecutor (no scheduler) through the command line: the launcher section of the config,
+    extraction then training jobs, the same tables; a rerun submits nothing."""
+    from speechfuse.cli import main
+
+    config = _fsdd_config_file(tmp_path)
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(config), "--grid", "interface.name=weighted_sum,hconv", "--out", str(out)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "1 extraction job(s) submitted" in err and "2 training job(s) submitted" in err
+    jobs = json.loads((out / "launcher" / "jobs.json").read_text())
+    assert sorted(jobs) == ["hconv", "weighted_sum"] and {j["launcher"] for j in jobs.values()} == {"local"}
+    assert [r["run"] for r in _rows(out / "results.csv")] == ["weighted_sum", "hconv"]
+    assert all((out / "runs" / name / "metrics.json").is_file() for name in jobs)
+    assert main(argv) == 0  # a rerun collects the finished runs and submits nothing
+    assert "submitted" not in capsys.readouterr().err
+    assert json.loads((out / "launcher" / "jobs.json").read_text()) == jobs
+
+    # the search: the extraction, then 2 workers on one journal-file study, as jobs; the survivor's seed 1 too
+    space = tmp_path / "space.yaml"
+    space.write_text("space: {interface.name: [weighted_sum, hconv]}\ntrials: 2\nsampler: grid\nseeds: [0, 1]\n"
+                     "survivors: 1\n")
+    found = tmp_path / "search"
+    assert main(["search", str(config), "--space", str(space), "--out", str(found), "--workers", "2",
+                 "--storage", f"journal:{found / 'study.log'}"]) == 0
+    err = capsys.readouterr().err
+    assert "1 speechfuse-extract job(s) submitted" in err and "2 speechfuse-search job(s) submitted" in err
+    trials = _rows(found / "trials.csv")
+    assert sorted(t["run"] for t in trials) == ["hconv__seed=0", "weighted_sum__seed=0"]
+    assert {t["state"] for t in trials} == {"complete"}  # nothing to prune against with two trials at rung 1
+    best = max(trials, key=lambda t: (float(t["dev_accuracy"]), -int(t["trial"])))["run"].replace("__seed=0", "")
+    assert sorted(r["seed"] for r in _rows(found / "results.csv")) == ["0", "1"]
+    assert list(json.loads((found / "launcher" / "jobs.json").read_text())) == [f"{best}__seed=1"]
