@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from speechfuse.data.loader import FusionData, load_splits, resolve_cache_dir  # noqa: E402
 from speechfuse.demo import _quiet, demo_config, write_demo_manifests  # noqa: E402
 from speechfuse.model import build_frontend, build_task  # noqa: E402
-from speechfuse.extract import fill_config_caches  # noqa: E402
+from speechfuse.fill import fill_config_caches  # noqa: E402
 from speechfuse.sweep import combo_config, run_sweep  # noqa: E402
 
 

@@ -166,22 +166,22 @@ def test_sigterm_during_predict_keeps_the_rows_written_and_exits_143(corpus, tmp
 
 
 def test_sigterm_during_extract_exits_143_and_the_rerun_completes(corpus, tmp_path, monkeypatch, capsys):
-    import speechfuse.extract as extract
+    import speechfuse.fill as fill
 
     _, manifests, upstream = corpus
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({**tiny_config(manifests, upstream), "cache": str(tmp_path / "cache")}))
-    real = extract.fill_config_caches
+    real = fill.fill_config_caches
 
     def killed(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(extract, "fill_config_caches", killed)
+    monkeypatch.setattr(fill, "fill_config_caches", killed)
     command = ["extract", str(cfg), "--out", str(tmp_path / "run"), "--device", "cpu"]
     assert main(command) == 128 + signal.SIGTERM
     assert "the features stored so far are kept: run the same command again" in capsys.readouterr().err
-    monkeypatch.setattr(extract, "fill_config_caches", real)
+    monkeypatch.setattr(fill, "fill_config_caches", real)
     assert main(command) == 0
     assert json.loads(capsys.readouterr().out)["utterances"] > 0
 

@@ -175,11 +175,11 @@ def test_transformer_head_overfits_a_tiny_batch_and_round_trips():
 
 
 def test_transformer_options_are_typed_and_checked():
-    with pytest.raises(ConfigError, match=r"task 'asr': key 'head': Input should be 'bilstm' or 'transformer'"):
+    with pytest.raises(ConfigError, match=r"task 'asr': option head: Input should be 'bilstm' or 'transformer'"):
         get_task("asr", head="conformer")
-    with pytest.raises(ConfigError, match=r"key 'attention_heads': attention_dim \(10\) must be a multiple of attention_heads \(4\)"):
+    with pytest.raises(ConfigError, match=r"option attention_heads: attention_dim \(10\) must be a multiple of attention_heads \(4\)"):
         get_task("asr", head="transformer", attention_dim=10, attention_heads=4)
-    with pytest.raises(ConfigError, match=r"key 'transformer_layers': Input should be greater than or equal to 1"):
+    with pytest.raises(ConfigError, match=r"option transformer_layers: Input should be greater than or equal to 1"):
         get_task("multilingual_asr", head="transformer", transformer_layers=0)
     assert get_task("asr", head="transformer", attention_dim="64", ff_dim="128").options["attention_dim"] == 64
     with pytest.raises(ConfigError, match="at least 7 input features"):
@@ -280,11 +280,11 @@ def test_head_options_are_typed_by_each_task():
                                                       "transformer_layers", "normalize", "normalize_vars",
                                                       "token_type", "ctc_normalize"]
     assert get_task("classify", hidden_dim="128").options == {"hidden_dim": 128, "dropout": 0.0}
-    with pytest.raises(ConfigError, match=r"task 'classify': key 'hidden_dim' must be an integer, got 'wide'"):
+    with pytest.raises(ConfigError, match=r"task 'classify': option hidden_dim: Input should be a valid integer.*\(got 'wide'\)"):
         get_task("classify", hidden_dim="wide")
-    with pytest.raises(ConfigError, match=r"task 'asr': key 'dropout': Input should be less than 1"):
+    with pytest.raises(ConfigError, match=r"task 'asr': option dropout: Input should be less than 1"):
         get_task("asr", dropout=1.0)
-    with pytest.raises(ConfigError, match=r"key 'num_layers': Input should be greater than or equal to 0"):
+    with pytest.raises(ConfigError, match=r"option num_layers: Input should be greater than or equal to 0"):
         get_task("asr", num_layers=-1)
 
 

@@ -4,8 +4,6 @@
   torch.inference_mode, with bf16/fp16 autocast on GPU.
 - `duration_batches(durations, batch_seconds)`: length-sorted batches whose padded size stays under
   `batch_seconds` of audio.
-- `fill_config_caches(cfg, out_dir)`: the same for every frozen upstream of a config over its splits (`speechfuse
-  extract`; a parallel sweep fills the caches this way before its workers start).
 - `fill_caches(upstreams, utts, cache)`: reads each batch's audio once (per sample rate), feeds every
   upstream that still misses some of it, and streams the results to disk shard by shard (RAM holds one
   batch at a time). This is what `speechfuse extract` and `train` run; `fill_cache(upstream, utts, cache)`
@@ -145,36 +143,6 @@ def fill_cache(upstream, utts, cache: FeatureCache, batch_seconds: float = 60, l
     Prints the expected disk size first; CacheError if the disk is too small."""
     return fill_caches([upstream], utts, cache, batch_seconds=batch_seconds, layers=layers, device=device,
                        progress=progress, rank=rank, world_size=world_size, amp=amp)[0]
-
-
-def fill_config_caches(cfg, out_dir, *, device="cpu", batch_seconds: float | None = None, progress: bool = True,
-                       rank: int = 0, world_size: int = 1):
-    """What `speechfuse extract CONFIG` does: every frozen upstream of `cfg` over every utterance of its splits,
-    into the config's cache folder (resolved against `out_dir`). Returns (cache folder, entries, utterances)."""
-    from pathlib import Path
-
-    from .data.loader import load_splits, resolve_cache_dir
-    from .data.manifest import clip_limit
-    from .errors import SpeechfuseError
-    from .model import build_task
-    from .upstream import load_upstream
-
-    out_dir = Path(out_dir)
-    cache_dir = resolve_cache_dir(cfg)
-    if cache_dir is None:
-        raise ConfigError("cache is 'off'; set cache to auto or a folder to extract features")
-    task = build_task(cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    upstreams = [load_upstream(u.spec, **u.options) for u in cfg.upstreams]
-    trainable = [u.name for u in upstreams if u.trainable]
-    if trainable:
-        raise SpeechfuseError(f"upstream(s) {trainable} are trainable; only frozen upstreams are cached")
-    splits = load_splits(cfg, out_dir, task.target_field, max_clip=clip_limit(upstreams))
-    utts = [u for s in splits.values() for u in s]
-    entries = fill_caches(upstreams, utts, FeatureCache.from_config(cache_dir, cfg.cache),
-                          batch_seconds=batch_seconds or cfg.train.batch_seconds, device=device, progress=progress,
-                          rank=rank, world_size=world_size)
-    return cache_dir, entries, len(utts)
 
 
 def _fill_locked(upstreams, mine, cache: FeatureCache, entries, selections, batch_seconds, device, amp_dtype,

@@ -31,7 +31,8 @@ from .errors import ConfigError, SpeechfuseError
 from .io import write_atomic
 from .runfolder import RunFolder
 
-from .launcher_cli import LAUNCHERS
+
+LAUNCHERS = ("slurm", "local")
 JOBS_FILE = "jobs.json"
 POLL_SECONDS = 5.0
 
@@ -102,7 +103,7 @@ class TrainJob(_checkpointable()):  # type: ignore[misc]
 
 def extract_job(configs: list[Any], out_dir: str, threads: int | None = None) -> int:
     """Fill the shared cache of one upstream for every data section that uses it."""
-    from .extract import fill_config_caches
+    from .fill import fill_config_caches
 
     if threads:
         import torch

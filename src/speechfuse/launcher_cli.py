@@ -1,10 +1,10 @@
-"""`speechfuse sweep --launcher slurm|local` options; speechfuse.launcher (and submitit) load only when used."""
+"""`speechfuse sweep --launcher slurm|local` options; submitit loads only when a launcher is used."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable
 
-LAUNCHERS = ("slurm", "local")
+from .launcher import LAUNCHERS
 
 
 def add_launcher_arguments(p: Any) -> None:

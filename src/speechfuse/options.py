@@ -61,7 +61,7 @@ def check_options(options: type[BaseModel], values: Mapping[str, Any], owner: st
             if e["type"] == "extra_forbidden":
                 unknown.append(key)
             else:
-                problems.append(f"option {key}: {e['msg']} (got {e.get('input')!r})")
+                problems.append(f"option {key}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
         if unknown:
             valid = ", ".join(sorted(option_fields(options))) or "(none)"
             problems.insert(0, f"unknown option(s) {', '.join(unknown)}; valid options: {valid}")

@@ -510,7 +510,7 @@ def search(cfg: Any, space: SearchSpace, out_dir: str | Path, *, storage: str | 
 
 
 def extract_caches(configs: list[Any], out_dir: str) -> None:
-    from .extract import fill_config_caches
+    from .fill import fill_config_caches
 
     for cfg in configs:
         fill_config_caches(cfg, Path(out_dir) / "cache_fill", progress=False)

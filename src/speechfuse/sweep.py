@@ -521,7 +521,7 @@ def _prefill_caches(cfg: Any, combos: list[dict], out_dir: Path, keep_going: boo
     `fill_config_caches` per distinct data section, over the union of its upstreams). With keep_going, a data
     section that cannot be read is left to its runs, which then fail one by one and are named."""
     from .data.loader import resolve_cache_dir
-    from .extract import fill_config_caches
+    from .fill import fill_config_caches
 
     if resolve_cache_dir(cfg) is None:
         return

@@ -39,7 +39,7 @@ import csv
 from pathlib import Path
 from typing import Iterable
 
-from .data.corpora import recorded_corpus
+from .data.manifest import recorded_corpus
 from .errors import ConfigError
 from .report import write_table
 from .io import write_atomic

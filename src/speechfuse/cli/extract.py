@@ -29,7 +29,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..data.loader import resolve_cache_dir
-    from ..extract import fill_config_caches
+    from ..fill import fill_config_caches
     from ..progress import quiet
 
     device = torch_device(args)  # extract runs the upstreams itself: --device is a torch device here

@@ -9,8 +9,7 @@ from typing import Iterable
 
 from ..errors import ConfigError
 from .audio import audio_info
-from .corpora import with_corpus
-from .manifest import Utterance, write_manifest
+from .manifest import Utterance, with_corpus, write_manifest
 from .textfile import read_text
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")

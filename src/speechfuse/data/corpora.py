@@ -56,7 +56,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .audio import audio_info
-from .manifest import Utterance, load_manifest, write_manifest
+from .manifest import CORPUS_COLUMN, Utterance, load_manifest, with_corpus, write_manifest
 from .textfile import open_text
 from .trials import generate_trials, read_trials, write_trials
 
@@ -112,26 +112,6 @@ MLSUPERB_FEW_SHOT: dict[str, tuple[str, ...]] = {
 
 class CorpusError(ConfigError):
     """A corpus folder does not have the layout or the file contents its protocol expects."""
-
-
-CORPUS_COLUMN = "corpus"  # every row of a manifest written here names its corpus (what `table` reads)
-
-
-def with_corpus(utts: list[Utterance], corpus: str) -> list[Utterance]:
-    """`utts`, each recording `corpus` in its manifest column CORPUS_COLUMN."""
-    for u in utts:
-        u.extra[CORPUS_COLUMN] = corpus
-    return utts
-
-
-def recorded_corpus(manifest: str | Path | None) -> str | None:
-    """The corpus a manifest's rows record (written by `speechfuse prepare`), when every row names the same
-    one; None when the manifest is absent or unreadable, or its rows name none or several."""
-    try:
-        names = {u.extra.get(CORPUS_COLUMN) for u in load_manifest(manifest)} if manifest else set()
-    except (ConfigError, OSError, UnicodeDecodeError):
-        return None
-    return names.pop() if len(names) == 1 and None not in names else None
 
 
 # -- IEMOCAP -----------------------------------------------------------------------------------------

@@ -438,3 +438,23 @@ def write_manifest(utts: list[Utterance], path: str | Path, relative_paths: bool
             text.write(json.dumps({k: v for k, v in record(u).items() if v is not None}) + "\n")
     write_atomic(path, text.getvalue())
     return path
+
+
+CORPUS_COLUMN = "corpus"  # every row of a manifest written here names its corpus (what `table` reads)
+
+
+def with_corpus(utts: list[Utterance], corpus: str) -> list[Utterance]:
+    """`utts`, each recording `corpus` in its manifest column CORPUS_COLUMN."""
+    for u in utts:
+        u.extra[CORPUS_COLUMN] = corpus
+    return utts
+
+
+def recorded_corpus(manifest: str | Path | None) -> str | None:
+    """The corpus a manifest's rows record (written by `speechfuse prepare`), when every row names the same
+    one; None when the manifest is absent or unreadable, or its rows name none or several."""
+    try:
+        names = {u.extra.get(CORPUS_COLUMN) for u in load_manifest(manifest)} if manifest else set()
+    except (ConfigError, OSError, UnicodeDecodeError):
+        return None
+    return names.pop() if len(names) == 1 and None not in names else None

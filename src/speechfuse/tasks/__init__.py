@@ -35,11 +35,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
 from ..errors import ConfigError
-from ..options import ComponentOptions
+from ..options import ComponentOptions, check_options
 from ..registry import Registry
 from ..data.manifest import Utterance
 from ..predictions import Prediction
@@ -82,12 +81,7 @@ class Task:
     paper_columns: dict[str, tuple[str, str]] = {}
 
     def __init__(self, **options: Any) -> None:
-        try:
-            self.options = self.Options.model_validate(options).model_dump()
-        except ValidationError as err:
-            from ..config import error_lines
-
-            raise ConfigError(f"task {self.name!r}: " + "; ".join(error_lines(err, self.Options))) from None
+        self.options = check_options(self.Options, options, f"task {self.name!r}").model_dump()
 
     def unseen_targets(self, utts: list[Utterance]) -> dict[str, list[Utterance]]:
         """Targets of `utts` the fitted task cannot score, each with its utterances (none by default:
