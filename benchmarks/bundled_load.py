@@ -43,7 +43,7 @@ def fsdd_batches(num_clips: int, batch_size: int) -> tuple[list[tuple[torch.Tens
 
 
 def timed_load(spec: str, **options) -> tuple[float, torch.nn.Module]:
-    from speechfuse.upstream import load_upstream
+    from speechfuse.fusion.upstream import load_upstream
 
     start = time.perf_counter()
     upstream = load_upstream(spec, **options)
@@ -63,8 +63,8 @@ def main() -> None:
     # import the shared heavy libraries first, so load times measure the models, not Python imports
     import onnxruntime  # noqa: F401
     import transformers.models.whisper.modeling_whisper  # noqa: F401
-    import speechfuse.upstream.bundled  # noqa: F401
-    import speechfuse.upstream.hf  # noqa: F401
+    import speechfuse.fusion.upstream.bundled  # noqa: F401
+    import speechfuse.fusion.upstream.hf  # noqa: F401
 
     print_machine_info()
     batches, audio_seconds = fsdd_batches(args.clips, args.batch)

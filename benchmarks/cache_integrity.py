@@ -29,15 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (add_device_arg, get_device, print_machine_info, print_table, random_hubert,  # noqa: E402
                      timeit_interleaved)
 
-from speechfuse.cache import FeatureCache  # noqa: E402
+from speechfuse.cache.store import FeatureCache  # noqa: E402
 from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests  # noqa: E402
 from speechfuse.data.manifest import load_manifest  # noqa: E402
-from speechfuse.extract import fill_cache  # noqa: E402
-from speechfuse.frontend import FusionFrontend  # noqa: E402
+from speechfuse.cache.extract import fill_cache  # noqa: E402
+from speechfuse.fusion.frontend import FusionFrontend  # noqa: E402
 from speechfuse.tasks import get_task  # noqa: E402
-from speechfuse.upstream import load_upstream  # noqa: E402
+from speechfuse.fusion.upstream import load_upstream  # noqa: E402
 
-# the demo's head sizes (speechfuse.demo), as in interface_cost.py
+# the demo's head sizes (speechfuse.experiments.demo), as in interface_cost.py
 HEADS = {"asr": dict(proj_dim=128, hidden_size=128, num_layers=1, dropout=0.1), "classify": dict(hidden_dim=128)}
 
 

@@ -39,7 +39,7 @@ def training_checkpoint(params: dict[str, tuple[int, ...]]) -> dict:
 def plain_load(path: Path) -> dict:
     from safetensors import safe_open
 
-    from speechfuse.checkpoint import _decode
+    from speechfuse.training.checkpoint import _decode
 
     with safe_open(str(path), framework="pt", device="cpu") as f:
         meta = f.metadata()
@@ -63,7 +63,7 @@ def copied(checkpoint: dict) -> int:
 
 
 def main() -> None:
-    from speechfuse.checkpoint import _crc, _encode, load_checkpoint_file, save_checkpoint_file
+    from speechfuse.training.checkpoint import _crc, _encode, load_checkpoint_file, save_checkpoint_file
 
     parser = add_device_arg(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--repeat", type=int, default=5)

@@ -29,7 +29,7 @@ UPSTREAMS = [("whisper-tiny.en", {"whisper_mode": "trim"}), ("whisper-tiny.en", 
 
 def digit_classifier(spec: str, options: dict, utts: list):
     from speechfuse.config import config_from_dict
-    from speechfuse.model import FusedModel, build_task
+    from speechfuse.fusion.model import FusedModel, build_task
 
     cfg = config_from_dict({"task": "classify", "data": {"train": "x.csv", "dev": "x.csv"},
                             "upstreams": [{"spec": spec, "options": options}], "interface": {"name": "hconv"}})
@@ -48,8 +48,8 @@ def main() -> None:
     import onnxruntime
 
     from speechfuse.data import Utterance
-    from speechfuse.export import ExportError, export_whole
-    from speechfuse.extract import load_audio_batch
+    from speechfuse.serving.export import ExportError, export_whole
+    from speechfuse.cache.extract import load_audio_batch
 
     every = sorted(FSDD_DIR.glob("*.flac"))
     paths = every[:: max(1, len(every) // args.clips)][:args.clips]

@@ -44,10 +44,10 @@ def vm_rss_kb() -> int:
 
 def child(args) -> None:
     import speechfuse as sf
-    from speechfuse.cache import FeatureCache
+    from speechfuse.cache.store import FeatureCache
     from speechfuse.data.audio import audio_info
     from speechfuse.data.manifest import Utterance
-    from speechfuse.extract import fill_caches
+    from speechfuse.cache.extract import fill_caches
 
     # one seeded shuffle: the 1x set is the start of the 4x set and both have the same mix of lengths
     names = sorted(os.listdir(FSDD))

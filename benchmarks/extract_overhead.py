@@ -10,7 +10,7 @@ Columns (all timed in this process, interleaved A/B/A/B so background load hits 
   states, on inputs prepared *outside* the timed region (the strictest baseline);
 - bare FE + forward: the same plus transformers' own feature extractor inside the timed region
   (Wav2Vec2FeatureExtractor normalisation / WhisperFeatureExtractor log-mel), i.e. what a user runs;
-- speechfuse: `speechfuse.extract.extract_batch([upstream], wavs, wav_lengths)` on the raw padded
+- speechfuse: `speechfuse.cache.extract.extract_batch([upstream], wavs, wav_lengths)` on the raw padded
   waveforms (validation, normalisation or log-mel, exact lengths, zeroed padding, under inference_mode).
 Whisper rows: bare = transformers' 30 s window (all 1500 positions); speechfuse in pad30 mode does the
 same work (overhead), in trim mode it encodes only the batch's length (speed-up).
@@ -85,9 +85,9 @@ def main() -> None:
 
     import speechfuse as sf
     import transformers as tf
-    from speechfuse.cache import FeatureCache
+    from speechfuse.cache.store import FeatureCache
     from speechfuse.data.audio import read_audio
-    from speechfuse.extract import duration_batches, extract_batch, fill_caches, load_audio_batch
+    from speechfuse.cache.extract import duration_batches, extract_batch, fill_caches, load_audio_batch
 
     print_machine_info(device)
     tmp = Path(tempfile.mkdtemp(prefix="sf-bench-"))

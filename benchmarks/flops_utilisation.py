@@ -48,7 +48,7 @@ def main() -> None:
     cuda = device.type == "cuda"
 
     import speechfuse as sf
-    from speechfuse.extract import extract_batch
+    from speechfuse.cache.extract import extract_batch
 
     print_machine_info(device)
     tmp = Path(tempfile.mkdtemp(prefix="sf-flops-"))

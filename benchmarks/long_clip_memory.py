@@ -58,7 +58,7 @@ def long_speech(seconds: float) -> np.ndarray:
 
 def child(args) -> None:
     import torch
-    from speechfuse.upstream import load_upstream
+    from speechfuse.fusion.upstream import load_upstream
 
     device = get_device(args)
     if args.model == "speech-embedding":
@@ -100,7 +100,7 @@ def main() -> None:
     if args.child:
         return child(args)
     device = get_device(args)
-    from speechfuse.upstream.bundled import WINDOW_SECONDS
+    from speechfuse.fusion.upstream.bundled import WINDOW_SECONDS
 
     window_on = args.window or WINDOW_SECONDS
     print_machine_info(device)

@@ -31,7 +31,7 @@ from long_clip_memory import long_speech, proc_status_kb  # noqa: E402
 
 def stitching_rows(model: str, clip_seconds: list[float], window_seconds: list[float], device) -> list[list]:
     import torch
-    from speechfuse.upstream import load_upstream
+    from speechfuse.fusion.upstream import load_upstream
 
     whole = load_upstream(model).to(device)
     speech = torch.from_numpy(long_speech(max(clip_seconds) + 7.0))
@@ -60,7 +60,7 @@ def stitching_rows(model: str, clip_seconds: list[float], window_seconds: list[f
 def child(args) -> None:
     """One forward over --minutes of speech with the default limit; prints the memory as JSON."""
     import torch
-    from speechfuse.upstream import load_upstream
+    from speechfuse.fusion.upstream import load_upstream
 
     device = get_device(args)
     upstream = load_upstream(args.model).to(device)

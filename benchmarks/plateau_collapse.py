@@ -1,6 +1,6 @@
 """Why conv interfaces stall on CTC's all-blank plateau or collapse to one class, measured over seeds.
 
-Trains heads (and interfaces) from the feature cache with `speechfuse.train`, on the FSDD subset bundled
+Trains heads (and interfaces) from the feature cache with `speechfuse.training.runner`, on the FSDD subset bundled
 in the package, with the bundled upstreams (default: whisper-tiny.en + resemblyzer), for each
 (setting, task, interface, seed), and records at every training step:
 
@@ -48,11 +48,11 @@ from lightning.pytorch.callbacks import Callback
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_device_arg, get_device, print_machine_info, print_table  # noqa: E402
 
-from speechfuse import demo  # noqa: E402
+from speechfuse.experiments import demo  # noqa: E402
 from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests  # noqa: E402
-from speechfuse.sweep import combo_config  # noqa: E402
-from speechfuse.train import train  # noqa: E402
-from speechfuse.utterances import read_utterances, utterances_path  # noqa: E402
+from speechfuse.experiments.sweep import combo_config  # noqa: E402
+from speechfuse.training.runner import train  # noqa: E402
+from speechfuse.training.utterances import read_utterances, utterances_path  # noqa: E402
 
 # the demo's hand-tuned interface learning rates before it chose them on dev (speechfuse 0f733d0, demo.py)
 HANDTUNED_INTERFACE_LR = {"weighted_sum": 1e-2, "hconv": 3e-4, "chconv": 3e-4}

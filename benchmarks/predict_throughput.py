@@ -34,10 +34,10 @@ def main() -> None:
 
     from speechfuse.config import config_from_dict
     from speechfuse.data import Utterance, audio_info, bundled_fsdd_dir
-    from speechfuse.extract import load_audio_batch
-    from speechfuse.inference import predict_to_file
+    from speechfuse.cache.extract import load_audio_batch
+    from speechfuse.serving.inference import predict_to_file
     from speechfuse.data.batching import make_batches
-    from speechfuse.model import FusedModel, build_task
+    from speechfuse.fusion.model import FusedModel, build_task
 
     rec = bundled_fsdd_dir() / "recordings"
     paths = [str(rec / f"{i % 10}_{SPEAKERS[i % len(SPEAKERS)]}_{(i // 10) % 25}.flac") for i in range(args.clips)]

@@ -1,9 +1,9 @@
 """Pruning on FSDD: whisper-tiny.en + resemblyzer under weighted_sum, digit ASR and speaker ID, pruned to budgets
 of upstream FLOPs; is the metric within 1 % absolute of the full fused model at half its upstream cost or less?
 
-Each task trains the full fused model with the demo's settings (speechfuse.demo.demo_config: bundled FSDD, takes
+Each task trains the full fused model with the demo's settings (speechfuse.experiments.demo.demo_config: bundled FSDD, takes
 10-24 train / 5-9 dev / 0-4 test, the demo's heads, learning rates and steps, one seed), then runs
-`speechfuse.prune.prune_run` on it once per importance measure (loss, feature; on dev), costs on 8 dev clips,
+`speechfuse.experiments.prune.prune_run` on it once per importance measure (loss, feature; on dev), costs on 8 dev clips,
 each budget retrained the same way, and prints the Pareto table and the verdict. Re-running with the same --out resumes (finished runs are reused).
 
     python benchmarks/prune_fsdd.py --out /tmp/prune_fsdd [--budgets 0.25,0.5,0.75] [--tasks asr,speaker]
@@ -39,11 +39,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from speechfuse.config import config_from_dict, config_to_dict
-    from speechfuse.demo import _quiet, demo_config, write_demo_manifests
-    from speechfuse.prune import prune_run
-    from speechfuse.report import markdown_table
+    from speechfuse.experiments.demo import _quiet, demo_config, write_demo_manifests
+    from speechfuse.experiments.prune import prune_run
+    from speechfuse.experiments.report import markdown_table
     from speechfuse.tasks import Task
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     print_machine_info("cpu")
     out = Path(args.out)

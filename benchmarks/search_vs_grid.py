@@ -9,9 +9,9 @@ too few frames to spell a digit word with CTC).
   on the other seeds.
 - search: the same candidates as the space, Optuna's grid sampler (each candidate one trial, random order)
   with successive halving on the dev metric every `--val-every` steps (`--reduction-factor`); the best finished
-  trial then trains on the other seeds (speechfuse.search, survivors: 1).
+  trial then trains on the other seeds (speechfuse.experiments.search, survivors: 1).
 - both winners are compared on the test utterances with the paired bootstrap, their seeds pooled
-  (speechfuse.compare.rank_against_best): "tied" means not distinguishable (p >= 0.05).
+  (speechfuse.experiments.compare.rank_against_best): "tied" means not distinguishable (p >= 0.05).
 Steps are the selection's: the grid's candidates x steps against the steps the search's trials trained (the
 retraining on the other seeds costs the same on both sides). The goal: tied at <= 35 % of the grid's steps.
 
@@ -29,10 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_machine_info, print_table  # noqa: E402
 
-from speechfuse.compare import rank_against_best  # noqa: E402
-from speechfuse.demo import _quiet, demo_config, write_demo_manifests  # noqa: E402
-from speechfuse.search import search, space_from_dict  # noqa: E402
-from speechfuse.sweep import _read_json, _selection_metric, combo_config, expand_grid, run_name, run_sweep  # noqa: E402
+from speechfuse.experiments.compare import rank_against_best  # noqa: E402
+from speechfuse.experiments.demo import _quiet, demo_config, write_demo_manifests  # noqa: E402
+from speechfuse.experiments.search import search, space_from_dict  # noqa: E402
+from speechfuse.experiments.sweep import _read_json, _selection_metric, combo_config, expand_grid, run_name, run_sweep  # noqa: E402
 
 UPSTREAM_SETS = [["whisper-tiny.en"], ["resemblyzer"], ["whisper-tiny.en", "resemblyzer"]]
 INTERFACES = ["weighted_sum", "hconv", "chconv"]

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_device_arg, get_device, print_machine_info, print_table  # noqa: E402
 
 from speechfuse.config import config_from_dict  # noqa: E402
-from speechfuse.demo import _quiet  # noqa: E402
+from speechfuse.experiments.demo import _quiet  # noqa: E402
 from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests  # noqa: E402
 from speechfuse.data.manifest import load_manifest, write_manifest  # noqa: E402
-from speechfuse.sweep import run_sweep  # noqa: E402
+from speechfuse.experiments.sweep import run_sweep  # noqa: E402
 
 INTERFACES = ["last", "weighted_sum", "hconv", "chconv", "concat_proj", "group_ws"]
 UPSTREAMS = ["whisper-tiny.en", "resemblyzer", "speech-embedding"]

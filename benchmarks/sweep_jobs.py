@@ -28,10 +28,10 @@ from _common import print_machine_info, print_table  # noqa: E402
 import torch  # noqa: E402
 
 from speechfuse.data.loader import FusionData, load_splits, resolve_cache_dir  # noqa: E402
-from speechfuse.demo import _quiet, demo_config, write_demo_manifests  # noqa: E402
-from speechfuse.model import build_frontend, build_task  # noqa: E402
-from speechfuse.fill import fill_config_caches  # noqa: E402
-from speechfuse.sweep import combo_config, run_sweep  # noqa: E402
+from speechfuse.experiments.demo import _quiet, demo_config, write_demo_manifests  # noqa: E402
+from speechfuse.fusion.model import build_frontend, build_task  # noqa: E402
+from speechfuse.cache.fill import fill_config_caches  # noqa: E402
+from speechfuse.experiments.sweep import combo_config, run_sweep  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -31,8 +31,8 @@ def main() -> None:
 
     from speechfuse.config import config_from_dict
     from speechfuse.data import Utterance, audio_info, bundled_fsdd_dir
-    from speechfuse.model import FusedModel, build_task
-    from speechfuse.verify_trials import verify_to_file
+    from speechfuse.fusion.model import FusedModel, build_task
+    from speechfuse.serving.verify_trials import verify_to_file
 
     rec = bundled_fsdd_dir() / "recordings"
     names = [f"{i % 10}_{SPEAKERS[i % len(SPEAKERS)]}_{(i // 10) % 25}.flac" for i in range(args.clips)]

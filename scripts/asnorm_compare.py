@@ -21,7 +21,7 @@ import torch
 
 from speechfuse.data.loader import FusionData, load_splits, resolve_cache_dir
 from speechfuse.data.manifest import clip_limit
-from speechfuse.evaluate import collect_records, load_run
+from speechfuse.serving.evaluate import collect_records, load_run
 from speechfuse.tasks import Task
 
 SETTINGS = [("none", "speaker_means"), ("asnorm", "class_vectors"), ("asnorm", "speaker_means"),

@@ -26,7 +26,7 @@ class KillAtStep(pl.Callback):
 
 if __name__ == "__main__":
     from speechfuse.config import load_config
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     torch.set_num_threads(1)
     config, run_dir, step = sys.argv[1:4]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import save_tiny_model
-from speechfuse.augment import SpecAugment, band_mask, draw_bands, time_warp
-from speechfuse.checkpoint import load_checkpoint_file
+from speechfuse.training.augment import SpecAugment, band_mask, draw_bands, time_warp
+from speechfuse.training.checkpoint import load_checkpoint_file
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
 from test_train import KILLED_RUN, make_fsdd, tiny_config
@@ -114,7 +114,7 @@ def test_training_module_masks_in_train_mode_only(corpus):
     from speechfuse.data import load_manifest
     from speechfuse.data.dataset import AudioDataset, collate_audio
     from speechfuse.data.loader import FusionBatch
-    from speechfuse.learner import FusionTask
+    from speechfuse.training.learner import FusionTask
     from speechfuse.tasks import get_task
 
     manifests, upstream = corpus
@@ -135,10 +135,11 @@ def test_training_module_masks_in_train_mode_only(corpus):
     assert not torch.equal(plain(batch)[0], augmented(batch)[0])
 
 
+@pytest.mark.slow
 def test_killed_run_with_specaug_resumes_to_the_same_weights(corpus, tmp_path):
     import yaml
 
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     manifests, upstream = corpus
     data = tiny_config(manifests, upstream, max_steps=4, val_every_steps=2,

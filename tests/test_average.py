@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import save_tiny_model
-from speechfuse.average import average_checkpoints
-from speechfuse.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint_file
+from speechfuse.training.average import average_checkpoints
+from speechfuse.training.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint_file
 from speechfuse.config import config_from_dict
 from test_train import make_fsdd, tiny_config
 
@@ -31,7 +31,7 @@ def test_average_of_hand_made_checkpoints(tmp_path):
 
 
 def test_a_run_with_average_best_reports_the_mean_of_its_lowest_dev_losses(tmp_path):
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     manifests = make_fsdd(tmp_path)
     upstream = save_tiny_model("hubert", tmp_path / "hubert")
@@ -60,6 +60,7 @@ def test_a_run_with_average_best_reports_the_mean_of_its_lowest_dev_losses(tmp_p
     assert any(k in saved for k in head)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_average(tmp_path):
     """The kept top checkpoints survive a SIGKILL: the resumed run averages the same ones as an uninterrupted run."""
     import os
@@ -69,7 +70,7 @@ def test_a_killed_run_resumes_to_the_same_average(tmp_path):
 
     import yaml
 
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     manifests = make_fsdd(tmp_path)
     upstream = save_tiny_model("hubert", tmp_path / "hubert")

@@ -19,14 +19,14 @@ import soundfile as sf
 import torch
 from torch import nn
 
-import speechfuse.cache as cache_mod
-from speechfuse.cache import (INDEX_OVERHEAD_BYTES, SAMPLE_BYTES, CacheEntry, CacheError, FeatureCache, audio_key,
+import speechfuse.cache.store as cache_mod
+from speechfuse.cache.store import (INDEX_OVERHEAD_BYTES, SAMPLE_BYTES, CacheEntry, CacheError, FeatureCache, audio_key,
                               estimate_cache_bytes)
 from speechfuse.data.audio import audio_info, read_audio
 from speechfuse.data.manifest import Utterance
 from speechfuse.errors import ConfigError
-from speechfuse.extract import duration_batches, extract_batch, fill_cache, fill_caches
-from speechfuse.upstream.base import Upstream
+from speechfuse.cache.extract import duration_batches, extract_batch, fill_cache, fill_caches
+from speechfuse.fusion.upstream.base import Upstream
 from conftest import FSDD
 
 TOL = {"float16": 1e-3, "bfloat16": 8e-3}  # values are in [-1, 1]: fp16 step <= 2^-11, bf16 <= 2^-8
@@ -185,7 +185,7 @@ def test_upstream_option_weights_dtype_change_the_key(tmp_path, utts):
 
 
 def test_disk_too_small_refuses_before_extracting(tmp_path, utts, monkeypatch):
-    import speechfuse.cache as cache_mod
+    import speechfuse.cache.store as cache_mod
 
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
@@ -224,10 +224,10 @@ KILL_SCRIPT = textwrap.dedent("""
     import json, sys, time
     sys.path.insert(0, {tests!r})
     from test_cache import FakeUpstream
-    from speechfuse.cache import FeatureCache, _ShardWriter
+    from speechfuse.cache.store import FeatureCache, _ShardWriter
     from speechfuse.config import load_config
     from speechfuse.data.manifest import Utterance
-    from speechfuse.extract import fill_cache
+    from speechfuse.cache.extract import fill_cache
 
     original = _ShardWriter.write
     def write(self, key, array):
@@ -491,7 +491,7 @@ def test_extract_then_train_on_a_damaged_cache_re_extracts_and_trains_on_good_fe
     import yaml
     from speechfuse.cli import main
     from speechfuse.data import fsdd_manifests
-    from speechfuse.upstream import load_upstream
+    from speechfuse.fusion.upstream import load_upstream
 
     rec = tmp_path / "recordings"
     rec.mkdir()
@@ -597,9 +597,9 @@ TWO_WRITERS_SCRIPT = textwrap.dedent("""
     import json, os, sys, time
     sys.path.insert(0, {tests!r})
     from test_cache import FakeUpstream
-    from speechfuse.cache import FeatureCache
+    from speechfuse.cache.store import FeatureCache
     from speechfuse.data.manifest import Utterance
-    from speechfuse.extract import fill_cache
+    from speechfuse.cache.extract import fill_cache
 
     class Held(FakeUpstream):  # the first batch waits (at most 60 s) until the test releases it
         def _hidden(self, wavs, wav_lengths):
@@ -620,6 +620,7 @@ TWO_WRITERS_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_extract_processes_on_one_cache_extract_each_utterance_once(tmp_path, utts):
     manifest = tmp_path / "utts.json"
     manifest.write_text(json.dumps([{"id": u.id, "path": u.path, "duration": u.duration} for u in utts]))
@@ -656,9 +657,10 @@ def test_two_extract_processes_on_one_cache_extract_each_utterance_once(tmp_path
     assert_matches(entry, FakeUpstream(), utts)  # Held computes what FakeUpstream does
 
 
+@pytest.mark.slow
 def test_the_cache_only_stores_it_does_not_import_extraction():
     """extract imports cache, never the other way round (no import cycle, not even a lazy one)."""
-    code = "import sys, speechfuse.cache; print('speechfuse.extract' in sys.modules)"
+    code = "import sys, speechfuse.cache.store; print('speechfuse.cache.extract' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
     source = Path(cache_mod.__file__).read_text()

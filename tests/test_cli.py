@@ -29,6 +29,7 @@ def setup(tmp_path_factory):
     return root, cfg, manifests
 
 
+@pytest.mark.slow
 def test_console_script_help():
     exe = Path(sys.executable).parent / "speechfuse"
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
@@ -95,7 +96,7 @@ def test_extract_fills_the_cache_then_train_reads_it(setup, tmp_path, capsys, mo
     assert main(["extract", str(cfg), "--set", "cache=off", "--out", str(out)]) == 2
     assert "cache is 'off'" in capsys.readouterr().err
 
-    from speechfuse.upstream.base import Upstream
+    from speechfuse.fusion.upstream.base import Upstream
 
     def boom(*args, **kwargs):
         raise AssertionError("the upstream ran although `speechfuse extract` cached every utterance")
@@ -106,7 +107,7 @@ def test_extract_fills_the_cache_then_train_reads_it(setup, tmp_path, capsys, mo
 
 
 def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
-    import speechfuse.sweep as sweep
+    import speechfuse.experiments.sweep as sweep
 
     _, cfg, _ = setup
     seen = {}
@@ -135,7 +136,7 @@ def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
 
 
 def test_demo_subcommand_calls_run_demo(tmp_path, monkeypatch, capsys):
-    import speechfuse.demo as demo
+    import speechfuse.experiments.demo as demo
 
     calls = []
     monkeypatch.setattr(demo, "run_demo", lambda out, quick=False, jobs=None: calls.append((out, quick)) or Path(out) / "x.md")

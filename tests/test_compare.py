@@ -8,12 +8,12 @@ import pytest
 
 from conftest import save_tiny_model
 from speechfuse.cli import main
-from speechfuse.compare import compare_runs
+from speechfuse.experiments.compare import compare_runs
 from speechfuse.config import config_from_dict
 from speechfuse.data.manifest import Utterance
 from speechfuse.errors import ConfigError
 from speechfuse.tasks import get_task
-from speechfuse.utterances import metric_ci, read_utterances, utterances_path, write_utterances
+from speechfuse.training.utterances import metric_ci, read_utterances, utterances_path, write_utterances
 from test_train import make_fsdd, tiny_config
 
 REFS = ["the cat sat", "on the mat", "a b c d", "hello", "one two three four five"]
@@ -48,7 +48,7 @@ def test_multilingual_counts_are_the_pooled_cer():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny classify run on real FSDD clips (trained for 3 steps)."""
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     root = tmp_path_factory.mktemp("compare")
     manifests = make_fsdd(root)
@@ -76,7 +76,7 @@ def test_training_writes_per_utterance_results_that_reproduce_the_metrics(traine
 
 
 def test_an_asr_run_saves_word_counts_that_reproduce_its_wer(trained, tmp_path):
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     _, _, manifests = trained
     cfg = tiny_config(manifests, save_tiny_model("hubert", tmp_path / "hubert"), max_steps=2)
@@ -157,7 +157,7 @@ def test_compare_refuses_different_utterances(tmp_path, capsys):
 
 
 def test_each_test_set_has_its_own_best(tmp_path):
-    from speechfuse.compare import rank_against_best
+    from speechfuse.experiments.compare import rank_against_best
 
     fold1 = {k: make_run(tmp_path / k, "asr", errors, [5] * 100, ids=[f"f1_{i}" for i in range(100)])
              for k, errors in (("good", [0] * 100), ("bad", [3] * 100))}
@@ -177,7 +177,7 @@ def _seed_runs(root, name: str, wrong_by_seed: dict[int, int], count: int = 250)
 def test_the_best_is_decided_on_rates_not_on_summed_errors(tmp_path):
     """The issue's case: a configuration with 1 finished seed at 0.664 accuracy next to one with 3 seeds
     at 0.767 on average. Summed errors (84 against 175) made the 1-seed row the best."""
-    from speechfuse.compare import rank_against_best
+    from speechfuse.experiments.compare import rank_against_best
 
     one = _seed_runs(tmp_path, "one", {0: 84})  # 166 / 250 = 0.664
     three = _seed_runs(tmp_path, "three", {0: 38, 1: 58, 2: 79})  # 0.848, 0.768, 0.684
@@ -192,7 +192,7 @@ def test_the_best_is_decided_on_rates_not_on_summed_errors(tmp_path):
 
 
 def test_a_row_with_missing_seeds_is_compared_on_the_seeds_it_shares(tmp_path):
-    from speechfuse.compare import rank_against_best
+    from speechfuse.experiments.compare import rank_against_best
 
     three = _seed_runs(tmp_path, "three", {0: 60, 1: 62, 2: 64})
     lucky = _seed_runs(tmp_path, "lucky", {1: 20})  # a lower rate, but on one seed: not picked as the best

@@ -19,6 +19,8 @@ from test_verify_run import SPEAKERS, fsdd
 from speechfuse.cli import main
 from speechfuse.data import load_manifest, write_manifest
 
+pytestmark = pytest.mark.slow  # every test here trains or launches processes
+
 TASKS = ["asr", "classify", "verify", "multilingual_asr"]
 HEADS = {
     "asr": {"proj_dim": 16, "hidden_size": 16, "num_layers": 1},
@@ -105,7 +107,7 @@ def test_train_and_sweep_record_the_task_main_metric(trained, task, capsys):
 
 # -- predict: the API and the CLI -----------------------------------------------------------------------
 def _check_record(task, model, record):
-    from speechfuse import predictions as p
+    from speechfuse.tasks import predictions as p
 
     assert isinstance(record, model.task.prediction_type)
     if task == "asr":
@@ -171,7 +173,7 @@ def test_predict_cli_writes_a_prediction_per_clip_and_scores_references(trained,
 @pytest.mark.parametrize("language_token", [True, False])
 def test_multilingual_records_carry_the_language_only_with_a_language_token(language_token):
     from speechfuse.data.manifest import Utterance
-    from speechfuse.predictions import LanguageTranscription, Transcription
+    from speechfuse.tasks.predictions import LanguageTranscription, Transcription
     from speechfuse.tasks import get_task
 
     task = get_task("multilingual_asr", language_token=language_token).fit(
@@ -251,7 +253,7 @@ def test_verify_counts_a_pair_listed_twice_once_and_refuses_it_relabelled(traine
 @pytest.mark.parametrize("task", TASKS)
 def test_whole_export_has_the_task_outputs_and_matches_eager_on_several_lengths(trained, task, fmt, tmp_path):
     from speechfuse.data import read_audio
-    from speechfuse.export import export_whole
+    from speechfuse.serving.export import export_whole
 
     model = _model(trained, task).eval()
     path = export_whole(model, tmp_path / f"m.{fmt}", format=fmt)
@@ -318,7 +320,7 @@ def test_model_card_says_what_the_model_is_and_its_rows_match_the_header(trained
 # -- table and compare ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task", TASKS)
 def test_table_gives_fsdd_runs_a_column_named_after_task_and_data(trained, task, tmp_path):
-    from speechfuse.table import COLUMNS, paper_table
+    from speechfuse.experiments.table import COLUMNS, paper_table
     from speechfuse.tasks import get_task
 
     sweep, runs = trained[2][task]

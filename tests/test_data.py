@@ -601,8 +601,8 @@ def test_bad_spans_are_bad_rows_naming_the_row(tmp_path):
 
 
 def test_each_span_of_one_file_is_its_own_cache_entry(tmp_path):
-    from speechfuse.cache import FeatureCache, audio_durations, utterance_key
-    from speechfuse.extract import fill_cache
+    from speechfuse.cache.store import FeatureCache, audio_durations, utterance_key
+    from speechfuse.cache.extract import fill_cache
     from test_cache import FakeUpstream
 
     clip = tmp_path / "clip.wav"
@@ -625,7 +625,7 @@ def test_each_span_of_one_file_is_its_own_cache_entry(tmp_path):
 
 
 def test_predict_inputs_from_a_segment_manifest_keep_their_span(tmp_path):
-    from speechfuse.inference import _Item, collect_inputs
+    from speechfuse.serving.inference import _Item, collect_inputs
 
     manifest = write_manifest([Utterance("a", str(FSDD_CLIP), text="seven", start=0.1, end=0.3),
                                Utterance("bad", str(FSDD_CLIP), text="seven", start=0.1, end=60.0)],

@@ -16,13 +16,15 @@ import torch
 import yaml
 
 from conftest import save_tiny_model
-from speechfuse.checkpoint import load_checkpoint_file
+from speechfuse.training.checkpoint import load_checkpoint_file
 from speechfuse.config import config_from_dict
 from test_train import make_fsdd, tiny_config
 
+pytestmark = pytest.mark.slow  # every test here trains or launches processes
+
 
 def test_two_gloo_processes_match_one_process(tmp_path):
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     manifests = make_fsdd(tmp_path / "data")
     upstream = save_tiny_model("hubert", tmp_path / "hubert")

@@ -1,11 +1,12 @@
 """The demo, end to end on the real bundled models and real bundled FSDD speech (quick mode: few clips/steps)."""
 from __future__ import annotations
 
+import pytest
 import csv
 import math
 
-from speechfuse.demo import COLUMNS, CSV_COLUMNS, TASKS, combine, demo_grids, protocol, row_order, run_demo
-from speechfuse.sweep import expand_grid
+from speechfuse.experiments.demo import COLUMNS, CSV_COLUMNS, TASKS, combine, demo_grids, protocol, row_order, run_demo
+from speechfuse.experiments.sweep import expand_grid
 
 
 def test_full_plan_is_the_paper_style_comparison_under_one_protocol():
@@ -40,6 +41,7 @@ def test_combine_merges_tasks_per_row_with_spread_and_marks():
     assert numbers[0]["ASR tied with best"] == "yes" and numbers[1]["speaker tied with best"] == "best"
 
 
+@pytest.mark.slow
 def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "demo"
     md = run_demo(out, quick=True)

@@ -12,7 +12,7 @@ from conftest import save_tiny_model
 from test_model import make_corpus, run_config
 from speechfuse.config import config_from_dict
 from speechfuse.data import load_manifest
-from speechfuse.extract import load_audio_batch
+from speechfuse.cache.extract import load_audio_batch
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def models(tmp_path_factory):
     """A classifier over hubert (800 Hz, 3 layers) + whisper (50 Hz, 4 layers): time and layer resampling; an ASR
     model over hubert (32 wide) + wav2vec2 (48 wide) under hconv: a projection and a packed BiLSTM head; the
     same ASR model with the Transformer CTC head (conv2d2 subsampling, masked attention). All saved as model folders."""
-    from speechfuse.model import FusedModel, build_task
+    from speechfuse.fusion.model import FusedModel, build_task
 
     root = tmp_path_factory.mktemp("export")
     manifests = make_corpus(root)
@@ -58,7 +58,7 @@ def test_exports_match_the_eager_model(models, tmp_path, task, capsys):
 
     import speechfuse as sf
     from speechfuse.cli import main
-    from speechfuse.export import graph_inputs
+    from speechfuse.serving.export import graph_inputs
 
     root, manifests = models
     model = sf.load_model(root / task)
@@ -93,13 +93,14 @@ INTERFACES = {"last": {}, "layer": {"index": 1}, "weighted_sum": {}, "hconv": {}
               "group_ws": {"groups": 3}, "cls_pool": {}, "gumd": {}}
 
 
+@pytest.mark.slow
 def test_every_interface_exports(models, tmp_path):
     """Each interface in a hubert + whisper classifier: ONNX against eager on 4 real clips."""
     import onnxruntime
 
-    from speechfuse.export import export_fusion, graph_inputs
-    from speechfuse.interfaces import list_interfaces
-    from speechfuse.model import FusedModel, build_task
+    from speechfuse.serving.export import export_fusion, graph_inputs
+    from speechfuse.fusion.interfaces import list_interfaces
+    from speechfuse.fusion.model import FusedModel, build_task
 
     assert set(INTERFACES) == set(list_interfaces())
     root, manifests = models
@@ -131,8 +132,8 @@ def test_a_verification_model_exports_its_normalised_embedding(models, tmp_path,
 
     import speechfuse as sf
     from speechfuse.cli import main
-    from speechfuse.export import graph_inputs
-    from speechfuse.model import FusedModel, build_task
+    from speechfuse.serving.export import graph_inputs
+    from speechfuse.fusion.model import FusedModel, build_task
 
     root, manifests = models
     specs = [{"spec": f"hf:{root / 'hubert'}"}, {"spec": f"hf:{root / 'whisper'}"}]
@@ -180,7 +181,7 @@ def real_batches(manifests, model):
 def whole_asr_model(models):
     """An ASR model over whisper (50 Hz, log-mel STFT in the graph) + wav2vec2 (800 Hz, 48 wide: a projection),
     hconv, BiLSTM CTC head."""
-    from speechfuse.model import FusedModel, build_task
+    from speechfuse.fusion.model import FusedModel, build_task
 
     root, manifests = models
     specs = [{"spec": f"hf:{root / 'whisper'}"}, {"spec": f"hf:{root / 'w2v'}"}]
@@ -191,6 +192,7 @@ def whole_asr_model(models):
     return root / "whole"
 
 
+@pytest.mark.slow
 def test_whole_model_exports_match_the_eager_model(models, whole_asr_model, tmp_path, capsys):
     """`export --whole`, waveforms in, CTC logits per frame out: TorchScript and ONNX against eager on real clips
     of other lengths than the trace, alone and padded."""
@@ -232,7 +234,7 @@ def test_whole_model_exports_match_the_eager_model(models, whole_asr_model, tmp_
 
 @pytest.fixture(scope="module")
 def speech_embedding_model(models):
-    from speechfuse.model import FusedModel, build_task
+    from speechfuse.fusion.model import FusedModel, build_task
 
     root, manifests = models
     cfg = config_from_dict(run_config(manifests, [{"spec": "speech-embedding"}]))
@@ -260,8 +262,8 @@ def test_a_trace_that_does_not_generalise_is_refused_and_not_written(speech_embe
     """Without its blocker, speech-embedding traces (onnxruntime's outputs become constants of the example's
     shape): the check on other lengths must catch it."""
     import speechfuse as sf
-    from speechfuse.export import ExportError, export_whole
-    from speechfuse.upstream.bundled import SpeechEmbeddingUpstream
+    from speechfuse.serving.export import ExportError, export_whole
+    from speechfuse.fusion.upstream.bundled import SpeechEmbeddingUpstream
 
     monkeypatch.setattr(SpeechEmbeddingUpstream, "export_blocker", lambda self: None)
     model = sf.load_model(speech_embedding_model)
@@ -272,13 +274,14 @@ def test_a_trace_that_does_not_generalise_is_refused_and_not_written(speech_embe
     assert not out.exists() and not (tmp_path / f"se.{fmt}.json").exists()
 
 
+@pytest.mark.slow
 def test_every_traceable_family_exports_whole_in_one_model(models, tmp_path):
     """hubert, wavlm, data2vec-audio, whisper in pad30 mode and the bundled resemblyzer fused in one classifier
     (800, 100 and 50 Hz): the ONNX export passes its own check against eager, and matches eager on a real clip."""
     import onnxruntime
 
-    from speechfuse.export import export_whole
-    from speechfuse.model import FusedModel, build_task
+    from speechfuse.serving.export import export_whole
+    from speechfuse.fusion.model import FusedModel, build_task
 
     root, manifests = models
     specs = [{"spec": f"hf:{root / 'hubert'}"}, {"spec": f"hf:{save_tiny_model('wavlm', tmp_path / 'wavlm')}"},

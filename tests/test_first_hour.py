@@ -28,6 +28,7 @@ def clip_folder(root: Path, digits=range(4), takes=(0, 1)) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_prepare_init_train_predict_on_a_folder_of_recordings(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     clip_folder(tmp_path / "clips")
@@ -75,7 +76,7 @@ def test_prepare_init_train_predict_on_a_folder_of_recordings(tmp_path, capsys, 
 
 
 def test_card_front_matter_names_hub_models_and_hides_local_folders(tmp_path):
-    from speechfuse.model_card import base_models, front_matter
+    from speechfuse.fusion.model_card import base_models, front_matter
 
     local = tmp_path / "my_model"
     local.mkdir()
@@ -94,7 +95,7 @@ def test_curves_png_is_a_real_picture(tmp_path):
     import numpy as np
     from matplotlib.image import imread
 
-    from speechfuse.curves import plot_curves
+    from speechfuse.training.curves import plot_curves
 
     log = tmp_path / "logs" / "csv" / "version_0"
     log.mkdir(parents=True)
@@ -189,7 +190,7 @@ def test_compare_help_has_no_doubled_percent(capsys):
 
 
 def test_a_bad_interface_is_refused_before_a_folder_or_a_model(tmp_path, capsys, monkeypatch):
-    from speechfuse.upstream import base
+    from speechfuse.fusion.upstream import base
 
     def no_load(*args, **kwargs):
         raise AssertionError("an upstream loaded although the config was bad")
@@ -210,8 +211,8 @@ def test_a_bad_interface_is_refused_before_a_folder_or_a_model(tmp_path, capsys,
 
 
 def test_p_values_below_the_bootstrap_resolution_read_as_bounds():
-    from speechfuse.compare import describe
-    from speechfuse.stats import format_p
+    from speechfuse.experiments.compare import describe
+    from speechfuse.experiments.stats import format_p
 
     assert format_p(0.0, 1000) == "p < 0.001" and format_p(0.0123, 1000) == "p = 0.0123"
     result = {"metric": "wer", "a": 0.1, "b": 0.3, "difference": -0.2, "low": -0.25, "high": -0.15, "p_value": 0.0,

@@ -9,7 +9,7 @@ import torch
 
 import speechfuse as sf
 from speechfuse import ConfigError, Upstream
-from speechfuse.importance import layer_importance
+from speechfuse.fusion.importance import layer_importance
 
 
 

@@ -26,7 +26,7 @@ from speechfuse.errors import AudioError
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A hubert + whisper (30 s limit) digit classifier and a hubert ASR model, saved; plus the corpus."""
-    from speechfuse.model import FusedModel, build_task
+    from speechfuse.fusion.model import FusedModel, build_task
 
     root = tmp_path_factory.mktemp("inference")
     manifests = make_corpus(root)
@@ -44,7 +44,7 @@ def saved(tmp_path_factory):
 
 def test_predict_returns_typed_results_in_input_order(saved):
     import speechfuse as sf
-    from speechfuse.inference import Classification, Transcription
+    from speechfuse.serving.inference import Classification, Transcription
 
     root, manifests = saved
     model = sf.load_model(root / "classify")
@@ -85,7 +85,7 @@ def write_bad_files(folder: Path) -> dict[str, str]:
 def test_predict_on_a_folder_lists_bad_files_and_predicts_the_rest(saved, tmp_path, capsys):
     import speechfuse as sf
     from speechfuse.cli import main
-    from speechfuse.inference import Classification, Failure
+    from speechfuse.serving.inference import Classification, Failure
 
     root, manifests = saved
     folder = tmp_path / "audio"
@@ -120,7 +120,7 @@ def test_predict_on_a_folder_lists_bad_files_and_predicts_the_rest(saved, tmp_pa
 
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    from speechfuse.model import FusedModel
+    from speechfuse.fusion.model import FusedModel
 
     calls = [0]
     forward = FusedModel.forward
@@ -142,6 +142,7 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_a_killed_predict_resumes_without_duplicates(saved, tmp_path, capsys):
     from speechfuse.cli import main
 

@@ -10,7 +10,7 @@ import torch
 
 import speechfuse as sf
 from speechfuse import ConfigError, HiddenStates, ShapeError
-from speechfuse.importance import layer_importance
+from speechfuse.fusion.importance import layer_importance
 
 ALL = ["last", "layer", "weighted_sum", "hconv", "chconv", "concat_proj", "group_ws", "cls_pool", "gumd"]
 NEEDS = {"layer": {"index": 1}}
@@ -92,7 +92,7 @@ def test_hconv_worked_cases():
 
 
 def test_hconv_layer_counts_use_integer_arithmetic():
-    from speechfuse.interfaces import hconv_layer_sizes
+    from speechfuse.fusion.interfaces import hconv_layer_sizes
 
     for layers, sizes in HCONV_SIZES.items():
         assert hconv_layer_sizes(layers) == sizes
@@ -229,7 +229,7 @@ def test_describe_is_json(name):
     interface = build(name, 5, 8, 2)
     summary = json.loads(json.dumps(interface.describe()))
     assert summary["name"] == name and summary["num_parameters"] == interface.num_parameters()
-    assert summary["options"].keys() == sf.interfaces.interface_options(name).keys()
+    assert summary["options"].keys() == sf.fusion.interfaces.interface_options(name).keys()
     assert set(summary) == {"name", "options", "num_models", "num_layers", "hidden_size", "output_dim", "num_parameters",
                             "output_projection", "layer_matrix", "layer_matrix_kind", "importance", "details"}
     if name in ("weighted_sum", "group_ws", "gumd"):

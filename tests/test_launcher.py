@@ -18,8 +18,10 @@ import pytest
 from lightning.pytorch.callbacks import Callback
 
 from speechfuse.errors import ConfigError
-from speechfuse.launcher import cluster_pool_factory, launcher_options
-from speechfuse.sweep import run_sweep
+from speechfuse.experiments.launcher import cluster_pool_factory, launcher_options
+from speechfuse.experiments.sweep import run_sweep
+
+pytestmark = pytest.mark.slow  # every test here trains or launches processes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +69,7 @@ class LoggedTrain:
         self.log_path = log_path
 
     def __call__(self, cfg, run_dir):
-        from speechfuse.train import train
+        from speechfuse.training.runner import train
 
         class Start(Callback):
             def on_train_start(inner, trainer, pl_module):

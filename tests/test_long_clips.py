@@ -14,7 +14,7 @@ import speechfuse as sf
 from speechfuse.data.dataset import AudioItem
 from speechfuse.data.loader import _Collate, crop_states
 from speechfuse.data.manifest import Utterance
-from speechfuse.hidden import HiddenStates
+from speechfuse.fusion.hidden import HiddenStates
 
 from conftest import save_tiny_model
 
@@ -149,14 +149,15 @@ def three_minute_clip(path, digit: int) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_three_minute_clip_trains_cropped_evaluates_and_predicts(tmp_path):
     """A windowed HF SSL model (10 s limit) and Whisper (its 30 s window) fused: a 3-minute clip in the
     training set (cropped to 2 s, from the feature cache), in the test set (scored whole) and predicted whole
     (upstreams run directly)."""
     from speechfuse.config import config_from_dict
     from speechfuse.data import load_manifest, write_manifest
-    from speechfuse.evaluate import evaluate
-    from speechfuse.train import train
+    from speechfuse.serving.evaluate import evaluate
+    from speechfuse.training.runner import train
 
     from test_model import make_corpus, run_config
 

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from conftest import save_tiny_model
 from speechfuse.config import config_from_dict
 from speechfuse.data import bundled_fsdd_dir, fsdd_manifests, load_manifest
-from speechfuse.extract import load_audio_batch
+from speechfuse.cache.extract import load_audio_batch
 
 
 def make_corpus(root: Path, digits=(0, 1), speakers=("george", "jackson"), takes=range(6)) -> dict[str, Path]:
@@ -60,7 +60,7 @@ def stored_keys(folder: Path) -> list[str]:
 
 def test_training_run_writes_its_model_and_the_reload_predicts_exactly(corpus, tmp_path):
     import speechfuse as sf
-    from speechfuse.train import load_run, train
+    from speechfuse.training.runner import load_run, train
 
     _, manifests, upstream = corpus
     cfg = config_from_dict(run_config(manifests, [{"spec": f"hf:{upstream}"}]))
@@ -87,7 +87,7 @@ def test_training_run_writes_its_model_and_the_reload_predicts_exactly(corpus, t
     assert torch.equal(got, expected)
     assert model.task.predict(got, lengths) == reference.task.predict(expected, lengths)
     # predicting the test manifest with the loaded model scores what the trainer scored
-    from speechfuse.inference import predict_to_file
+    from speechfuse.serving.inference import predict_to_file
 
     summary = predict_to_file(model, manifests["test"], tmp_path / "test.jsonl", progress=False)
     assert summary["scored"] == len(load_manifest(manifests["test"]))
@@ -96,7 +96,7 @@ def test_training_run_writes_its_model_and_the_reload_predicts_exactly(corpus, t
 
 
 def test_asr_model_with_projection_and_finetuned_upstream_round_trips_exactly(corpus, tmp_path):
-    from speechfuse.model import FusedModel, build_task
+    from speechfuse.fusion.model import FusedModel, build_task
 
     root, manifests, upstream = corpus
     wide = save_tiny_model("wav2vec2", tmp_path / "w2v", hidden_size=48)  # 48: hubert (32) gets a projection
@@ -126,7 +126,7 @@ def test_asr_model_with_projection_and_finetuned_upstream_round_trips_exactly(co
 
 def test_a_changed_upstream_is_refused_naming_both_fingerprints(corpus, tmp_path):
     import speechfuse as sf
-    from speechfuse.model import FusedModel, ModelFileError, UpstreamChangedError, build_task
+    from speechfuse.fusion.model import FusedModel, ModelFileError, UpstreamChangedError, build_task
 
     _, manifests, _ = corpus
     upstream = save_tiny_model("hubert", tmp_path / "hubert", seed=0)

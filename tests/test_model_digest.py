@@ -16,7 +16,7 @@ import torch
 from conftest import save_tiny_model
 from speechfuse.config import config_from_dict
 from speechfuse.errors import UpstreamError
-from speechfuse.model import DIGEST_KEY, FusedModel, ModelFileError, load_model
+from speechfuse.fusion.model import DIGEST_KEY, FusedModel, ModelFileError, load_model
 from test_train import make_fsdd, tiny_config
 
 
@@ -24,7 +24,7 @@ from test_train import make_fsdd, tiny_config
 def models(tmp_path_factory):
     """Two digit classifiers of the same architecture with different weights (seeds 0 and 1)."""
     from speechfuse.data import load_manifest
-    from speechfuse.model import build_task
+    from speechfuse.fusion.model import build_task
 
     root = tmp_path_factory.mktemp("digest")
     manifests = make_fsdd(root, takes=range(5))

@@ -164,6 +164,7 @@ def test_bundled_espeak_set_is_complete_and_readable():
 CER_BOUND = 0.7  # the test's macro CER must be below this; a constant prediction is not (checked below)
 
 
+@pytest.mark.slow
 def test_multilingual_run_through_the_cli_beats_any_constant_prediction(tmp_path, capsys):
     """Bundled Whisper tiny.en + a linear CTC head on the synthetic espeak-ng set, 300 steps. Costs the
     Whisper feature extraction of 168 short clips plus the head's training (CPU, one thread)."""
@@ -196,6 +197,7 @@ def test_multilingual_run_through_the_cli_beats_any_constant_prediction(tmp_path
     assert best_constant >= CER_BOUND
 
 
+@pytest.mark.slow
 def test_monolingual_sweep_over_languages_is_one_command(tmp_path, capsys):
     """ML-SUPERB monolingual: `sweep --grid data.languages=...` trains one model per language on that
     language's rows only (a tiny random HuBERT, 2 steps: this checks the plumbing, not accuracy)."""
@@ -246,7 +248,7 @@ def test_data_languages_config():
 
 def test_predict_inputs_from_a_manifest_carry_each_rows_language():
     from speechfuse.data import bundled_espeak_multilingual_dir
-    from speechfuse.inference import collect_inputs
+    from speechfuse.serving.inference import collect_inputs
 
     items = collect_inputs(bundled_espeak_multilingual_dir() / "test.csv", 16000)
     task = get_task("multilingual_asr").fit(rows([("en", "a")]))

@@ -7,15 +7,15 @@ import inspect
 import pytest
 
 import speechfuse as sf
-from speechfuse.align import Aligner
+from speechfuse.fusion.align import Aligner
 from speechfuse.config import config_from_dict, config_to_dict
 from speechfuse.errors import ConfigError
-from speechfuse.interfaces import INTERFACES
+from speechfuse.fusion.interfaces import INTERFACES
 from speechfuse.options import ComponentOptions
 from speechfuse.tasks import TASKS
-from speechfuse.upstream import UPSTREAMS, upstream_options
-from speechfuse.upstream.bundled import ResemblyzerUpstream, SpeechEmbeddingUpstream
-from speechfuse.upstream.hf import load_hf_upstream
+from speechfuse.fusion.upstream import UPSTREAMS, upstream_options
+from speechfuse.fusion.upstream.bundled import ResemblyzerUpstream, SpeechEmbeddingUpstream
+from speechfuse.fusion.upstream.hf import load_hf_upstream
 
 BASE = {"task": "classify", "data": {"train": "t.csv", "dev": "d.csv"}, "upstreams": ["resemblyzer"]}
 

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from speechfuse.align import Aligner
+from speechfuse.fusion.align import Aligner
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
-from speechfuse.interfaces import build_interface
-from speechfuse.learner import interface_param_groups
+from speechfuse.fusion.interfaces import build_interface
+from speechfuse.training.learner import interface_param_groups
 
 LR = 1e-2
 
@@ -58,7 +58,7 @@ def test_first_adam_step_moves_conv_weights_by_the_scaled_lr():
     conv = interface.hconv.transforms[0]
     before = conv.weight.detach().clone()
     optimizer = torch.optim.AdamW(interface_param_groups(modules, LR, "fan_in"), weight_decay=0.0)
-    from speechfuse.hidden import HiddenStates
+    from speechfuse.fusion.hidden import HiddenStates
 
     torch.manual_seed(1)
     states = [HiddenStates(torch.randn(5, 2, 7, 24), torch.tensor([7, 5]), 50.0, "a"),

@@ -64,6 +64,7 @@ def installed(tmp_path_factory) -> Path:
     return root / "site"
 
 
+@pytest.mark.slow
 def test_the_installed_example_trains_from_its_yaml_through_the_cli(installed, tmp_path):
     data = fsdd_subset(tmp_path / "data", {"train": range(10, 15), "dev": range(5, 7), "test": range(0, 2)})
     config = example_config(tmp_path, {**data, "target": "speaker"}, plugins=[])
@@ -91,18 +92,19 @@ def test_the_installed_example_trains_from_its_yaml_through_the_cli(installed, t
     evaluated = run_python(["-m", "speechfuse.cli", "evaluate", str(run), "--split", "dev"], [EXAMPLE], tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert json.loads(evaluated.stdout)["dev"]["accuracy"] == metrics["dev"]["accuracy"]
-    loaded = run_python(["-c", "import sys; from speechfuse.model import load_model; "
+    loaded = run_python(["-c", "import sys; from speechfuse.fusion.model import load_model; "
                                f"m = load_model({str(run)!r}); print(m.task.name, m.frontend.interface.name)"],
                         [EXAMPLE], tmp_path)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert loaded.stdout.split() == [NAMES["task"], NAMES["interface"]]  # the model folder names its plug-ins too
 
 
+@pytest.mark.slow
 def test_an_installed_plugin_is_found_through_its_entry_point(installed, tmp_path):
     script = ("import json, sys\n"
-              "from speechfuse.interfaces import list_interfaces\n"
+              "from speechfuse.fusion.interfaces import list_interfaces\n"
               "from speechfuse.tasks import list_tasks\n"
-              "from speechfuse.upstream import list_upstreams\n"
+              "from speechfuse.fusion.upstream import list_upstreams\n"
               "imported_first = 'speechfuse_example' in sys.modules\n"
               "print(json.dumps([imported_first, list_upstreams(), list_interfaces(), list_tasks()]))\n")
     result = run_python(["-c", script], [installed], tmp_path)
@@ -121,6 +123,7 @@ def test_a_plugin_module_that_does_not_import_is_a_clear_error(tmp_path):
         load_config(tmp_path / "cfg.yaml")
 
 
+@pytest.mark.slow
 def test_plugin_flag_and_config_key_reach_a_module_on_the_path(tmp_path):
     """The example's source folder on PYTHONPATH (no install, so no entry point): names are unknown until
     --plugin or `plugins:` imports the module."""
@@ -151,7 +154,7 @@ def test_plugin_flag_and_config_key_reach_a_module_on_the_path(tmp_path):
 
 def test_a_sweep_worker_imports_the_configs_plugins_before_training(tmp_path, monkeypatch):
     """Parallel sweeps train in spawned processes, which start without the parent's --plugin imports."""
-    from speechfuse.sweep import _train_in_worker
+    from speechfuse.experiments.sweep import _train_in_worker
 
     (tmp_path / "my_sweep_plugin.py").write_text("IMPORTED = True\n")
     monkeypatch.syspath_prepend(str(tmp_path))

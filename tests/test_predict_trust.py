@@ -27,7 +27,7 @@ from test_train import make_fsdd, tiny_config
 def setup(tmp_path_factory):
     """A saved (untrained) digit classifier and six real FSDD clips (8 kHz FLAC)."""
     from speechfuse.data import load_manifest
-    from speechfuse.model import FusedModel, build_task
+    from speechfuse.fusion.model import FusedModel, build_task
 
     root = tmp_path_factory.mktemp("predict_trust")
     manifests = make_fsdd(root, takes=range(5))
@@ -54,7 +54,7 @@ def _one_line(err: str) -> str:
 def test_a_second_predict_into_the_same_out_is_refused(setup, tmp_path, monkeypatch, capsys):
     """Old: two predicts into one --out at once wrote 33 rows for 20 inputs and both exited 0. Now the second,
     started while the first is writing, exits 2 naming the lock; the first ends with one row per input."""
-    import speechfuse.inference as inference
+    import speechfuse.serving.inference as inference
 
     model, clips = setup
     out = tmp_path / "p.jsonl"

@@ -13,7 +13,7 @@ from torch import nn
 
 from conftest import save_tiny_model
 from speechfuse.errors import ConfigError
-from speechfuse.prune import PruneError, check_budget, choose_depths, count_flops, recurrent_flops
+from speechfuse.experiments.prune import PruneError, check_budget, choose_depths, count_flops, recurrent_flops
 
 # two models: A has layers worth 0.1, 0, 0.5 at depth costs 1, 2, 3; B worth 0.3, 0.2 at costs 2, 4 (full: 7)
 SCORES = [[0.1, 0.0, 0.5], [0.3, 0.2]]
@@ -94,7 +94,7 @@ def fused_run(tmp_path_factory):
     from test_model import make_corpus, run_config
 
     from speechfuse.config import config_from_dict
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     root = tmp_path_factory.mktemp("prune")
     manifests = make_corpus(root)
@@ -117,14 +117,15 @@ def _spy(monkeypatch, cls) -> list:
     return calls
 
 
+@pytest.mark.slow
 def test_pruned_model_never_runs_a_skipped_upstream_and_saves_loads_predicts(fused_run, monkeypatch, tmp_path,
                                                                               capsys):
     import transformers as tf
 
     import speechfuse as sf
-    from speechfuse.cache import FeatureCache
+    from speechfuse.cache.store import FeatureCache
     from speechfuse.data import load_manifest
-    from speechfuse.prune import measure, prune_run
+    from speechfuse.experiments.prune import measure, prune_run
     from test_model import real_batch
 
     run, manifests = fused_run
@@ -180,7 +181,7 @@ def test_pruned_model_never_runs_a_skipped_upstream_and_saves_loads_predicts(fus
     # a second prune (through the CLI) reuses the measurements and the finished run: nothing is trained again
     from speechfuse.cli import main
 
-    monkeypatch.setattr("speechfuse.train.train", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr("speechfuse.training.runner.train", lambda *a, **k: pytest.fail("trained again"))
     capsys.readouterr()
     assert main(["prune", str(run), "--budget", "0.5", "--clips", "4", "--repeat", "1"]) == 0
     assert json.loads(capsys.readouterr().out) == rows
@@ -212,7 +213,7 @@ def test_prune_cli_errors_are_one_line(tmp_path, capsys):
 def test_a_run_with_a_fine_tuned_upstream_is_refused(tmp_path):
     import yaml
 
-    from speechfuse.prune import prune_run
+    from speechfuse.experiments.prune import prune_run
 
     run = tmp_path / "tuned"
     run.mkdir()

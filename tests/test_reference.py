@@ -6,7 +6,7 @@ from pydantic import BaseModel
 
 from speechfuse.cli import build_parser
 from speechfuse.config import Config
-from speechfuse.interfaces import INTERFACES
+from speechfuse.fusion.interfaces import INTERFACES
 from speechfuse.reference import cli_reference, config_reference, model_rows
 from speechfuse.tasks import list_tasks, task_options
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 import speechfuse as sf
 from speechfuse.errors import ConfigError, UpstreamError
-from speechfuse.interfaces import INTERFACES, register_interface
+from speechfuse.fusion.interfaces import INTERFACES, register_interface
 from speechfuse.registry import Registry
 from speechfuse.tasks import TASKS, get_task, list_tasks
 

@@ -6,7 +6,7 @@ import csv
 import pytest
 
 from speechfuse.errors import SpeechfuseError
-from speechfuse.report import _find_matrix, markdown_table, plot_importance, write_table
+from speechfuse.experiments.report import _find_matrix, markdown_table, plot_importance, write_table
 
 
 def test_write_table_markdown_and_csv(tmp_path):
@@ -74,7 +74,7 @@ def test_plot_importance_rejects_non_dict(tmp_path):
 
 
 def test_find_matrix_reads_layer_importance_result():
-    """describe()["importance"] holds speechfuse.importance.layer_importance's dict: use its [N][L] matrix."""
+    """describe()["importance"] holds speechfuse.fusion.importance.layer_importance's dict: use its [N][L] matrix."""
     desc = {"name": "hconv", "importance": {"method": "drop_one_layer", "models": ["w", "r"],
                                             "importance": [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]],
                                             "share": [[0.0] * 3, [0.0] * 3]}}

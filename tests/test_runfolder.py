@@ -20,11 +20,11 @@ import torch
 import yaml
 
 from conftest import save_tiny_model
-from speechfuse.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint_file
+from speechfuse.training.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint_file
 from speechfuse.cli import main
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
-from speechfuse.runfolder import RunFolderError, RunLock, check_free_space, write_atomic
+from speechfuse.training.runfolder import RunFolderError, RunLock, check_free_space, write_atomic
 from test_train import make_fsdd, tiny_config
 
 
@@ -39,7 +39,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory):
     """A finished 4-step run (dev evaluated and checkpoints saved at steps 2 and 4); tests work on copies."""
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
     data = tiny_config(manifests, upstream, max_steps=4, val_every_steps=2)
@@ -96,7 +96,7 @@ def test_evaluate_refuses_a_damaged_best_checkpoint(trained, tmp_path, capsys):
 def test_resume_from_a_fully_corrupted_last_checkpoint(trained, tmp_path):
     """Row: a fully corrupted last checkpoint raised RuntimeError 'Invalid mt19937 state'. Now the resume falls
     back to `best` with a warning naming both files, or, with `best` damaged too, fails naming the files."""
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     run, data, _ = trained
     one, two = _copy(run, tmp_path / "one"), _copy(run, tmp_path / "two")
@@ -121,8 +121,8 @@ def test_resume_from_a_fully_corrupted_last_checkpoint(trained, tmp_path):
 def test_nonfinite_loss_stops_the_run_naming_the_step(corpus, tmp_path):
     """A learning rate of 1e30 blows the weights up at step 1, so the loss of step 2 is NaN: before, the run went
     on and wrote metrics.json."""
-    from speechfuse.learner import NonFiniteLossError
-    from speechfuse.train import train
+    from speechfuse.training.learner import NonFiniteLossError
+    from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
     data = tiny_config(manifests, upstream, max_steps=4, lr=1e30, interface_lr=1e30)
@@ -133,7 +133,7 @@ def test_nonfinite_loss_stops_the_run_naming_the_step(corpus, tmp_path):
 
 def test_nonfinite_loss_skip_drops_only_that_batch(corpus, tmp_path, monkeypatch):
     from speechfuse.tasks.classify import ClassifyTask
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
     real_loss, calls = ClassifyTask.loss, []
@@ -160,7 +160,7 @@ def test_nonfinite_loss_skip_drops_only_that_batch(corpus, tmp_path, monkeypatch
 def test_resume_refuses_a_manifest_edited_in_place(corpus, tmp_path):
     """Row: a training manifest edited in place, then the same train command: it resumed on the new data,
     overwrote task.json's label map and reported a best checkpoint trained on the old labels."""
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
     mine = {split: Path(shutil.copy(path, tmp_path / f"{split}.csv")) for split, path in manifests.items()}
@@ -200,7 +200,7 @@ def test_resume_refuses_a_manifest_edited_in_place(corpus, tmp_path):
 
 HOLD_LOCK = """
 import sys, time
-from speechfuse.runfolder import RunLock
+from speechfuse.training.runfolder import RunLock
 lock = RunLock(sys.argv[1])  # held while referenced (a filelock is released when collected)
 lock.acquire()
 print("locked", flush=True)
@@ -208,12 +208,13 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_a_second_train_into_a_busy_folder_is_refused(corpus, tmp_path):
     """Row: two `train` commands into one --out both exited 0 and mixed the folder. A process holding the
     folder's lock stands for the first `train`; once it is killed its lock is stale and is taken over."""
     import socket
 
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
     run = tmp_path / "run"
@@ -247,7 +248,7 @@ def test_resuming_a_moved_run_folder_keeps_its_best(trained, tmp_path):
     """Row: a run folder copied elsewhere, then resumed: best.safetensors was replaced by a worse checkpoint
     (Lightning stored absolute paths and dropped the best score when they changed). The copy's recorded best
     score is set out of reach, so keeping `best` is the only right outcome whatever the new evaluations score."""
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     run, data, _ = trained
     moved = _copy(run, tmp_path / "elsewhere" / "run")
@@ -285,7 +286,7 @@ def read_only(folder: Path):
 
 def test_read_only_folders_fail_before_training(trained, tmp_path):
     """Row: a read-only run folder or checkpoints folder raised PermissionError / SafetensorError after 5 steps."""
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     run, data, _ = trained
     cfg = config_from_dict({**data, "train": {**data["train"], "max_steps": 6}})
@@ -334,7 +335,7 @@ def test_low_disk_space_stops_before_training(corpus, tmp_path, monkeypatch):
     import collections
 
     import speechfuse.io as sf_io
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
     usage = collections.namedtuple("usage", "total used free")
@@ -346,7 +347,7 @@ def test_low_disk_space_stops_before_training(corpus, tmp_path, monkeypatch):
 
 def test_disk_full_while_saving_a_checkpoint_is_a_clear_error(corpus, tmp_path, monkeypatch):
     """write(2) answers ENOSPC for checkpoint files only, as a disk that fills up during training would."""
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
     real_write = os.write
@@ -365,11 +366,12 @@ def test_disk_full_while_saving_a_checkpoint_is_a_clear_error(corpus, tmp_path, 
 
 # -- 7. Ctrl-C saves and exits 130 ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(corpus, tmp_path, capsys):
     """Row: Ctrl-C exited 1. Now SIGINT during `speechfuse train` saves a checkpoint, exits 130, and the
     resumed run ends with the same weights as an uninterrupted one. While it trains, a second `train` with
     another config into the same folder is refused (row: both exited 0 and mixed the folder)."""
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
     data = tiny_config(manifests, upstream, max_steps=10_000, val_every_steps=2)

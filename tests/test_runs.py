@@ -13,14 +13,14 @@ from conftest import save_tiny_model
 from speechfuse.cli import main
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
-from speechfuse.runfolder import RunFolder
+from speechfuse.training.runfolder import RunFolder
 from test_train import make_fsdd, tiny_config
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A finished 2-step run on its own copy of the manifests (the tests edit them)."""
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     root = tmp_path_factory.mktemp("trained")
     manifests = make_fsdd(root)
@@ -131,9 +131,9 @@ def test_evaluate_refuses_a_changed_manifest_and_scores_new_rows_elsewhere(train
 def test_a_train_and_a_sweep_on_one_config_extract_once(trained, tmp_path, monkeypatch, speechfuse_home):
     """Row: `train` cached into OUT/../cache and `sweep` into OUT/cache, so the same features were extracted twice.
     Both now use the user's cache ($SPEECHFUSE_HOME/cache): the sweep's run never runs the upstream."""
-    from speechfuse.sweep import run_sweep
-    from speechfuse.train import train
-    from speechfuse.upstream.base import Upstream
+    from speechfuse.experiments.sweep import run_sweep
+    from speechfuse.training.runner import train
+    from speechfuse.fusion.upstream.base import Upstream
 
     run_dir, manifests, _ = trained
     data = RunFolder(run_dir).read_config_dict()
@@ -166,7 +166,7 @@ def _runs(path: Path) -> list[str]:
 def test_a_rerun_with_another_grid_keeps_the_finished_rows(tmp_path, capsys):
     """Row: a sweep rerun into its folder with a different grid rewrote results.md / results.csv with only the
     new rows."""
-    from speechfuse.sweep import run_sweep
+    from speechfuse.experiments.sweep import run_sweep
     from test_sweep import BASE, FakeTrainer
 
     run_sweep(BASE, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, train_fn=FakeTrainer(), progress=False,
@@ -191,7 +191,7 @@ def test_a_rerun_with_another_grid_keeps_the_finished_rows(tmp_path, capsys):
 
 
 def test_a_rerun_with_seeds_keeps_the_earlier_configurations(tmp_path):
-    from speechfuse.sweep import run_sweep
+    from speechfuse.experiments.sweep import run_sweep
     from test_sweep import BASE, FakeTrainer
 
     run_sweep(BASE, {"interface.name": ["weighted_sum"]}, tmp_path, seeds=[0, 1], train_fn=FakeTrainer(),
@@ -208,7 +208,7 @@ def test_a_rerun_with_seeds_keeps_the_earlier_configurations(tmp_path):
 
 def test_a_failed_run_does_not_stop_the_others(tmp_path, capsys):
     """Row: a failing sweep combination named neither the run nor the file, and stopped the sweep."""
-    from speechfuse.sweep import SweepFailed, run_sweep
+    from speechfuse.experiments.sweep import SweepFailed, run_sweep
     from test_sweep import BASE, FakeTrainer
 
     grid = {"interface.name": ["weighted_sum", "hconv"]}
@@ -229,7 +229,7 @@ def test_a_failed_run_does_not_stop_the_others(tmp_path, capsys):
 
 
 def test_a_failed_parallel_run_does_not_stop_the_others(tmp_path):
-    from speechfuse.sweep import SweepFailed, run_sweep
+    from speechfuse.experiments.sweep import SweepFailed, run_sweep
     from test_sweep import BASE, FakeTrainer
 
     grid = {"interface.name": ["weighted_sum", "hconv"], "train.lr": [0.1]}

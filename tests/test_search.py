@@ -11,7 +11,9 @@ import pytest
 from lightning.pytorch.callbacks import Callback
 
 from speechfuse.errors import ConfigError
-from speechfuse.search import RunPruned, ReportToTrial, load_space, search, space_from_dict
+from speechfuse.experiments.search import RunPruned, ReportToTrial, load_space, search, space_from_dict
+
+pytestmark = pytest.mark.slow  # every test here trains or launches processes
 
 
 def test_space_file_is_validated_naming_the_field(tmp_path):
@@ -68,7 +70,7 @@ class StartStep(Callback):
 def test_a_pruned_run_saves_last_at_its_step_and_resumes_to_the_end(tmp_path):
     import optuna
 
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     cfg = _fsdd_config(tmp_path)
     # a real pruner that stops every trial whose dev accuracy is under 2 (all of them) at its first report
@@ -95,7 +97,7 @@ class LoggingTrain:
         self.log_path = str(log_path)
 
     def __call__(self, cfg, run_dir, callbacks=()):
-        from speechfuse.train import train
+        from speechfuse.training.runner import train
 
         trial = next((c.trial for c in callbacks if isinstance(c, ReportToTrial)), None)  # None: a retrain
         deadline = time.monotonic() + 300
@@ -156,7 +158,7 @@ def test_two_workers_share_one_sqlite_study_and_never_train_a_trial_twice(tmp_pa
 def test_a_journal_file_study_is_shared_and_a_bad_space_fails_in_one_line(tmp_path, capsys):
     from speechfuse.cli import main
     from speechfuse.config import config_from_dict
-    from speechfuse.search import open_study
+    from speechfuse.experiments.search import open_study
 
     cfg = config_from_dict({"task": "classify", "data": {"train": "t.csv", "dev": "d.csv"},
                             "upstreams": ["speech-embedding"]})

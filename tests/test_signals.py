@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from conftest import save_tiny_model
-from speechfuse.checkpoint import load_checkpoint_file
+from speechfuse.training.checkpoint import load_checkpoint_file
 from speechfuse.cli import main
 from speechfuse.config import config_from_dict
 from test_train import make_fsdd, tiny_config
@@ -55,6 +55,7 @@ def _assert_same_weights(a: Path, b: Path, steps: int) -> None:
         torch.testing.assert_close(ca["state_dict"][k], cb["state_dict"][k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+@pytest.mark.slow
 def test_sigterm_of_a_train_process_saves_exits_143_and_resumes_exactly(corpus, tmp_path):
     """`kill -TERM` of a real `speechfuse train`: exit 143 (was 0), the resume message, `last` at the step it
     stopped; the same command (trained to step + 2) then ends with the weights of an uninterrupted run."""
@@ -87,11 +88,12 @@ def test_sigterm_of_a_train_process_saves_exits_143_and_resumes_exactly(corpus, 
     assert json.loads((run / "metrics.json").read_text()) == json.loads((tmp_path / "whole" / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_sigusr1_finishes_the_step_and_saves_last(corpus, tmp_path):
     """SLURM's warning signal: the step under way finishes (step 3 here), `last` holds it, and the run
     resumes to the weights of an uninterrupted one."""
-    from speechfuse.learner import TrainingInterrupted
-    from speechfuse.train import train
+    from speechfuse.training.learner import TrainingInterrupted
+    from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
     cfg = config_from_dict(tiny_config(manifests, upstream, max_steps=5, val_every_steps=2))
@@ -106,7 +108,7 @@ def test_sigusr1_finishes_the_step_and_saves_last(corpus, tmp_path):
 
 
 def test_sigterm_during_a_sweep_run_saves_it_and_the_rerun_finishes(corpus, tmp_path, monkeypatch, capsys):
-    import speechfuse.train as train_module
+    import speechfuse.training.runner as train_module
 
     _, manifests, upstream = corpus
     cfg = tmp_path / "cfg.yaml"
@@ -129,7 +131,7 @@ def test_sigterm_during_a_sweep_run_saves_it_and_the_rerun_finishes(corpus, tmp_
 def saved_model(corpus, folder: Path) -> Path:
     """An untrained (random) digit classifier on the corpus's tiny hubert, saved as a model folder."""
     from speechfuse.data import load_manifest
-    from speechfuse.model import FusedModel, build_task
+    from speechfuse.fusion.model import FusedModel, build_task
 
     _, manifests, upstream = corpus
     cfg = config_from_dict(tiny_config(manifests, upstream))
@@ -139,7 +141,7 @@ def saved_model(corpus, folder: Path) -> Path:
 
 def test_sigterm_during_predict_keeps_the_rows_written_and_exits_143(corpus, tmp_path, monkeypatch, capsys):
     """predict: the batches written stay in --out; exit 143 with the resume message; the rerun completes."""
-    import speechfuse.inference as inference
+    import speechfuse.serving.inference as inference
 
     model_dir = saved_model(corpus, tmp_path / "model")
     files = sorted((corpus[0] / "recordings").iterdir())[:4]
@@ -166,7 +168,7 @@ def test_sigterm_during_predict_keeps_the_rows_written_and_exits_143(corpus, tmp
 
 
 def test_sigterm_during_extract_exits_143_and_the_rerun_completes(corpus, tmp_path, monkeypatch, capsys):
-    import speechfuse.fill as fill
+    import speechfuse.cache.fill as fill
 
     _, manifests, upstream = corpus
     cfg = tmp_path / "cfg.yaml"
@@ -193,6 +195,7 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+@pytest.mark.slow
 def test_ddp_ranks_stop_at_the_same_step_when_one_rank_gets_sigterm(tmp_path):
     """2 gloo processes under torchrun; SIGTERM goes to one rank only. Both finish the same step, `last`
     holds it, and each rank's message names that step."""
@@ -229,7 +232,7 @@ class WaitForStop:
     def __call__(self, cfg, run_dir):
         import time
 
-        from speechfuse.interrupt import Interrupted, stop_signals
+        from speechfuse.training.interrupt import Interrupted, stop_signals
 
         got: list[int] = []
         with stop_signals(lambda signum, frame: got.append(signum)):
@@ -241,13 +244,14 @@ class WaitForStop:
         raise Interrupted("stopped", got[0] if got else 0)
 
 
+@pytest.mark.slow
 def test_sweep_jobs_pass_sigterm_on_to_their_running_runs(tmp_path):
     """`sweep --jobs 2` gets SIGTERM (sent to its own process only, as `kill` does): both running runs receive
     it, so each saves and stops, and the sweep raises Interrupted once they have."""
     import threading
 
-    from speechfuse.interrupt import Interrupted, stop_signals
-    from speechfuse.sweep import run_sweep
+    from speechfuse.training.interrupt import Interrupted, stop_signals
+    from speechfuse.experiments.sweep import run_sweep
     from test_sweep import BASE
 
     runs = [tmp_path / "runs" / name for name in ("weighted_sum", "hconv")]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from speechfuse.errors import ConfigError
-from speechfuse.stats import bootstrap_ci, mean_std, paired_bootstrap
+from speechfuse.experiments.stats import bootstrap_ci, mean_std, paired_bootstrap
 
 
 def test_mean_std_is_the_sample_std():

@@ -17,9 +17,9 @@ import pytest
 from speechfuse.cli import main
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
-from speechfuse.study import (DEPTH_NOTE, model_subsets, parse_depths, parse_sizes, plot_scaling,
+from speechfuse.experiments.study import (DEPTH_NOTE, model_subsets, parse_depths, parse_sizes, plot_scaling,
                               scaling_study)
-from speechfuse.upstream import load_upstream
+from speechfuse.fusion.upstream import load_upstream
 from conftest import save_tiny_model
 
 SEEDS = [0, 1, 2]
@@ -95,6 +95,7 @@ def truncated_count(spec: str, k: int) -> int:
     return sum(p.numel() for p in full.parameters()) - sum(p.numel() for m in dropped for p in m.parameters())
 
 
+@pytest.mark.slow
 def test_study_rows_counts_table_and_figure(tmp_path, tiny):
     cfg = study_config([tiny["a"], tiny["b"]], tmp_path)
     trainer = FakeTrainer()
@@ -140,7 +141,7 @@ def test_study_rows_counts_table_and_figure(tmp_path, tiny):
 
 def test_figure_has_one_line_per_interface_and_labels_the_stand_in(tmp_path, monkeypatch):
     figures = []
-    monkeypatch.setattr("speechfuse.study.save_figure", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr("speechfuse.experiments.study.save_figure", lambda fig, path: figures.append(fig))
     numbers = [{"axis": "models", "series": "subsets", "upstreams": u, "interface": i, "models": n,
                 "upstream_params": p, "test_accuracy_mean": m, "test_accuracy_std": 0.01}
                for u, n, p, m in (("a", 1, 10, 0.5), ("b", 1, 20, 0.6), ("a+b", 2, 30, 0.7))
@@ -180,19 +181,20 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "--depths 'whisper-tiny.en': expected UPSTREAM=K1" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_cli_real_training_end_to_end(tmp_path, tiny, monkeypatch, speechfuse_home):
-    import speechfuse.prune
+    import speechfuse.experiments.prune
     from test_model import make_corpus
 
     seeded = []  # the depth's cache entry is sliced from the full upstream's, cached by the subsets series
-    real_seed = speechfuse.prune.seed_truncated_cache
+    real_seed = speechfuse.experiments.prune.seed_truncated_cache
 
     def spy(cfg, depths, *rest):
         copied = real_seed(cfg, depths, *rest)
         seeded.append((depths, copied))
         return copied
 
-    monkeypatch.setattr(speechfuse.prune, "seed_truncated_cache", spy)
+    monkeypatch.setattr(speechfuse.experiments.prune, "seed_truncated_cache", spy)
 
     manifests = make_corpus(tmp_path / "corpus", takes=range(6))
     config = tmp_path / "cfg.yaml"
@@ -224,7 +226,7 @@ def test_bundled_parameter_counts_follow_the_kept_layers():
     assert counts[0] == 0  # layer 0 is the pooled mel: the embedding network never runs
     assert counts == sorted(counts) and len(set(counts)) == 4
     onnx = pytest.importorskip("onnx")  # an independent parser for the full count (`speechfuse[export]`)
-    from speechfuse.upstream.bundled import SPEECH_EMBEDDING_HINT, package_file
+    from speechfuse.fusion.upstream.bundled import SPEECH_EMBEDDING_HINT, package_file
 
     graph = onnx.load(str(package_file("openwakeword", "resources/models/embedding_model.onnx",
                                        SPEECH_EMBEDDING_HINT))).graph

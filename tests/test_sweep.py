@@ -8,7 +8,7 @@ import re
 import pytest
 
 from speechfuse.errors import ConfigError
-from speechfuse.sweep import combo_config, expand_grid, parse_grid, run_name, run_sweep
+from speechfuse.experiments.sweep import combo_config, expand_grid, parse_grid, run_name, run_sweep
 
 BASE = {
     "task": {"name": "classify"},
@@ -71,7 +71,7 @@ def test_combo_config_keeps_options_and_sets_cache():
 
 
 class FakeTrainer:
-    """Stands in for speechfuse.train.train: records calls, writes what the runner writes."""
+    """Stands in for speechfuse.training.runner.train: records calls, writes what the runner writes."""
 
     def __init__(self, fail_on: str | None = None):
         self.calls: list[str] = []
@@ -93,6 +93,7 @@ class FakeTrainer:
         return metrics
 
 
+@pytest.mark.slow
 def test_sweep_writes_table_and_resumes(tmp_path):
     grid = {"upstreams": [["a"], ["a", "b"]], "interface.name": ["weighted_sum", "hconv"]}
     trainer = FakeTrainer()
@@ -181,12 +182,13 @@ def test_a_typo_in_any_grid_combination_is_refused_before_the_first_run(tmp_path
     assert trainer.calls == [] and not (tmp_path / "sweep" / "runs").exists()
 
 
+@pytest.mark.slow
 def test_real_sweep_end_to_end_resumes(tmp_path, speechfuse_home):
     """The real runner on real bundled upstreams and real FSDD clips (a few clips, 2 steps per run)."""
     from speechfuse.config import config_from_dict
     from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests
     from speechfuse.data.manifest import load_manifest, write_manifest
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     manifests = fsdd_manifests(bundled_fsdd_dir() / "recordings", tmp_path / "data")
     for split, take in (("train", 10), ("dev", 5), ("test", 0)):
@@ -329,7 +331,7 @@ class UtteranceTrainer(FakeTrainer):
     WRONG = {"a__weighted_sum": 20, "a__hconv": 22, "a+b__weighted_sum": 60, "a+b__hconv": 80}
 
     def __call__(self, cfg, run_dir):
-        from speechfuse.utterances import write_utterances
+        from speechfuse.training.utterances import write_utterances
 
         metrics = super().__call__(cfg, run_dir)
         wrong = self.WRONG[run_dir.name.split("__seed")[0]] + cfg["train"].get("seed", 0)
@@ -356,6 +358,7 @@ def test_sweep_marks_rows_not_distinguishable_from_the_best(tmp_path):
     assert "tied_with_best" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_sweep_draws_the_comparison_and_layer_figures(tmp_path):
     import numpy as np
     from matplotlib.image import imread
@@ -365,7 +368,7 @@ def test_sweep_draws_the_comparison_and_layer_figures(tmp_path):
     assert image.shape[0] >= 150 and image.shape[1] >= 500  # one row per configuration
     assert float(np.std(image[..., :3])) > 0.05  # not blank
 
-    from speechfuse.sweep_figures import plot_layer_weights
+    from speechfuse.experiments.sweep_figures import plot_layer_weights
 
     png = plot_layer_weights([("a", {"layer_matrix": [[0.1, 0.5, 0.4]]}),
                               ("b", {"layer_matrix": [[0.3, 0.3], [0.2, 0.2]]})], tmp_path / "layers.png")
@@ -374,7 +377,7 @@ def test_sweep_draws_the_comparison_and_layer_figures(tmp_path):
 
 
 def test_sweep_over_seeds_pools_the_seeds_per_utterance(tmp_path):
-    from speechfuse.utterances import metric_ci
+    from speechfuse.training.utterances import metric_ci
 
     run_sweep(BASE, GRID, tmp_path, seeds=[0, 1], train_fn=UtteranceTrainer(), progress=False, plots=False)
     with open(tmp_path / "summary.csv", newline="") as f:
@@ -389,6 +392,7 @@ def test_sweep_over_seeds_pools_the_seeds_per_utterance(tmp_path):
     assert f"[{low:.4f}, {high:.4f}]" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_parallel_jobs_train_the_same_runs_and_make_the_same_choices(tmp_path):
     base = {**BASE, "task": {"name": "classify"}}
     grid = {"interface.name": ["weighted_sum", "hconv"]}
@@ -406,6 +410,7 @@ def test_parallel_jobs_train_the_same_runs_and_make_the_same_choices(tmp_path):
         run_sweep(base, grid, tmp_path / "x", train_fn=LrTrainer(), progress=False, jobs=0)
 
 
+@pytest.mark.slow
 def test_a_failed_parallel_run_is_named_and_finished_runs_are_kept(tmp_path):
     with pytest.raises(RuntimeError, match="boom") as err:
         run_sweep(BASE, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, train_fn=FakeTrainer(fail_on="hconv"),
@@ -426,6 +431,7 @@ class ThreadTrainer(FakeTrainer):
         return metrics
 
 
+@pytest.mark.slow
 def test_threads_per_run_are_fixed_serial_and_parallel(tmp_path):
     import torch
 

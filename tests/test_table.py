@@ -10,8 +10,8 @@ import pytest
 
 from speechfuse.cli import main
 from speechfuse.config import config_from_dict, config_to_yaml
-from speechfuse.sweep import run_sweep
-from speechfuse.table import TableError, paper_table
+from speechfuse.experiments.sweep import run_sweep
+from speechfuse.experiments.table import TableError, paper_table
 
 A, AB = ["whisper-tiny.en"], ["whisper-tiny.en", "resemblyzer"]
 TARGET = {"asr": "text", "multilingual_asr": "text", "verify": "speaker", "classify": "label"}

@@ -308,7 +308,7 @@ def test_a_test_label_unseen_in_training_stops_the_run_before_training(tmp_path,
     """It used to be found only when the test set was scored, after training had finished."""
     from speechfuse.config import config_from_dict
     from speechfuse.data import write_manifest
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
     from test_data import fsdd_split_files, run_config
 
     manifests = fsdd_split_files(tmp_path)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import FSDD, save_tiny_model
-from speechfuse.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint_file
+from speechfuse.training.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint_file
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
 
@@ -96,7 +96,7 @@ def test_checkpoint_refuses_unpicklable_free_objects(tmp_path):
 # -- training --------------------------------------------------------------------------------------------------
 
 def test_train_writes_a_complete_run_folder_and_evaluate_agrees(corpus, tmp_path):
-    from speechfuse.train import evaluate, train
+    from speechfuse.training.runner import evaluate, train
 
     _, manifests, upstream = corpus
     cfg = config_from_dict(tiny_config(manifests, upstream))
@@ -124,8 +124,9 @@ def test_train_writes_a_complete_run_folder_and_evaluate_agrees(corpus, tmp_path
     assert last["global_step"] == 8
 
 
+@pytest.mark.slow
 def test_same_config_twice_gives_identical_results(corpus, tmp_path):
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
     cfg = config_from_dict(tiny_config(manifests, upstream, max_steps=4))
@@ -139,13 +140,14 @@ def test_same_config_twice_gives_identical_results(corpus, tmp_path):
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)  # the seed matters
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_after", [3, 5], ids=["mid-epoch", "epoch-end"])
 def test_killed_run_resumes_to_the_same_result(corpus, tmp_path, kill_after):
     """SIGKILL a run just after its checkpoint at step 3 (mid-epoch) or 5 (the end of the first epoch),
     resume, compare with an uninterrupted run."""
     import yaml
 
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
     data = tiny_config(manifests, upstream, max_steps=8, val_every_steps=kill_after)
@@ -184,8 +186,9 @@ def test_killed_run_resumes_to_the_same_result(corpus, tmp_path, kill_after):
     assert {float(s["step"]) for s in opt.values()} == {8.0}
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_config_but_may_train_longer(corpus, tmp_path):
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
     run = tmp_path / "run"
@@ -225,7 +228,7 @@ def _bad_manifest(root: Path, manifests: dict) -> Path:
 
 
 def test_bad_rows_fail_before_training_listing_every_row(corpus, tmp_path):
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     root, manifests, upstream = corpus
     bad = _bad_manifest(tmp_path, manifests)
@@ -250,8 +253,8 @@ def test_bad_rows_fail_before_training_listing_every_row(corpus, tmp_path):
 # -- feature cache -----------------------------------------------------------------------------------------------
 
 def test_cached_run_never_runs_the_upstream(corpus, tmp_path, monkeypatch, speechfuse_home):
-    from speechfuse.train import train
-    from speechfuse.upstream.base import Upstream
+    from speechfuse.training.runner import train
+    from speechfuse.fusion.upstream.base import Upstream
 
     _, manifests, upstream = corpus
     data = tiny_config(manifests, upstream, max_steps=3)
@@ -270,7 +273,7 @@ def test_cached_run_never_runs_the_upstream(corpus, tmp_path, monkeypatch, speec
 
 def test_missing_speaker_target_is_reported_by_row(corpus, tmp_path):
     """data.target may name a column the manifest checker does not know (speaker): still row-numbered."""
-    from speechfuse.train import train
+    from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
     lines = manifests["train"].read_text().splitlines()
@@ -291,8 +294,8 @@ def test_missing_speaker_target_is_reported_by_row(corpus, tmp_path):
 
 def test_optimizer_groups_and_trainable_upstreams_skip_the_cache(corpus, tmp_path, speechfuse_home):
     from speechfuse.tasks import get_task
-    from speechfuse.learner import FusionTask
-    from speechfuse.train import train
+    from speechfuse.training.learner import FusionTask
+    from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
     data = tiny_config(manifests, upstream, lr=1e-3, interface_lr=1e-2, upstream_lr=1e-5)

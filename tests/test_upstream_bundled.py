@@ -16,13 +16,13 @@ import soxr
 import torch
 
 from speechfuse.errors import UpstreamError
-from speechfuse.upstream.bundled import (
+from speechfuse.fusion.upstream.bundled import (
     WHISPER_HINT,
     ResemblyzerUpstream,
     SpeechEmbeddingUpstream,
     package_file,
 )
-from speechfuse.upstream.ct2 import converted_whisper_folder, read_ct2_model
+from speechfuse.fusion.upstream.ct2 import converted_whisper_folder, read_ct2_model
 from conftest import FSDD, LIBRIVOX
 
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
@@ -193,6 +193,7 @@ def ctranslate2_reference(whisper_bin, whisper_folder):
     return clips, features, reference
 
 
+@pytest.mark.slow
 def test_converted_encoder_matches_ctranslate2_on_full_window(whisper_folder, ctranslate2_reference):
     """All 1500 frames of the last hidden state (after the final layer norm), FSDD clips."""
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -207,10 +208,11 @@ def test_converted_encoder_matches_ctranslate2_on_full_window(whisper_folder, ct
     assert diff < 1e-3, f"max abs diff {diff}"
 
 
+@pytest.mark.slow
 def test_whisper_tiny_en_upstream_matches_ctranslate2_on_real_speech(whisper_folder, ctranslate2_reference):
     """load_upstream("whisper-tiny.en", whisper_mode="pad30") goes through hf.py; its last hidden
     state matches ctranslate2 on every valid frame of FSDD digits and LibriVox sentences."""
-    from speechfuse.upstream import load_upstream
+    from speechfuse.fusion.upstream import load_upstream
 
     clips, _, reference = ctranslate2_reference
     with pytest.MonkeyPatch.context() as mp:
@@ -230,7 +232,7 @@ def test_whisper_tiny_en_upstream_matches_ctranslate2_on_real_speech(whisper_fol
 
 
 def test_whisper_tiny_en_trim_mode_frames(whisper_folder):
-    from speechfuse.upstream import load_upstream
+    from speechfuse.fusion.upstream import load_upstream
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SPEECHFUSE_HOME", str(whisper_folder.parent))
@@ -259,7 +261,7 @@ def test_resemblyzer_layout_and_weights(resemblyzer):
         torch.testing.assert_close(resemblyzer.lstm[k].weight_hh_l0, source[f"lstm.weight_hh_l{k}"], rtol=0, atol=0)
     assert not any(p.requires_grad for p in resemblyzer.parameters())
     assert resemblyzer.identity()["options"] == {"normalize_volume": True}
-    from speechfuse.upstream import load_upstream
+    from speechfuse.fusion.upstream import load_upstream
 
     plain = load_upstream("resemblyzer", normalize_volume=False)
     assert plain.identity()["options"] == {"normalize_volume": False}
@@ -355,7 +357,7 @@ def test_speech_embedding_batching_and_extra_outputs(speech_embedding):
 
 
 def test_speech_embedding_is_never_trainable_and_fingerprints_its_files(speech_embedding):
-    from speechfuse.upstream import list_upstreams, load_upstream
+    from speechfuse.fusion.upstream import list_upstreams, load_upstream
 
     assert {"whisper-tiny.en", "resemblyzer", "speech-embedding"} <= set(list_upstreams())
     with pytest.raises(UpstreamError, match="cannot be fine-tuned"):
@@ -462,7 +464,7 @@ def test_resemblyzer_windows_carry_the_lstm_state(long_speech, monkeypatch):
 
 def test_window_seconds_option_is_checked():
     from speechfuse.errors import ConfigError
-    from speechfuse.upstream import load_upstream
+    from speechfuse.fusion.upstream import load_upstream
 
     for bad in (0, -1.0, "10", float("nan"), True):
         with pytest.raises(ConfigError, match="window_seconds"):
@@ -475,9 +477,9 @@ def test_window_seconds_option_is_checked():
 def test_long_clip_through_the_feature_cache(tmp_path, long_speech):
     """A long clip extracted in windows, stored and read back: the same frames as a direct forward
     (to fp16 storage precision)."""
-    from speechfuse.cache import FeatureCache
+    from speechfuse.cache.store import FeatureCache
     from speechfuse.data.manifest import Utterance
-    from speechfuse.extract import fill_cache
+    from speechfuse.cache.extract import fill_cache
 
     path = tmp_path / "long.flac"
     sf.write(path, long_speech.numpy(), 16000)

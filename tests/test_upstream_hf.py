@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save_file
 
 import speechfuse as sf
 from speechfuse.errors import AudioError, ConfigError, UpstreamError
-from speechfuse.upstream.hf import HFSSLUpstream, HFWhisperUpstream, normalize_valid
-from speechfuse.upstream.whisper_features import log_mel_spectrogram, mel_filterbank
+from speechfuse.fusion.upstream.hf import HFSSLUpstream, HFWhisperUpstream, normalize_valid
+from speechfuse.fusion.upstream.whisper_features import log_mel_spectrogram, mel_filterbank
 
 from conftest import FAMILIES, FSDD, LIBRIVOX, save_tiny_model
 
@@ -333,6 +333,7 @@ def test_folder_without_config_is_an_error(tmp_path):
         sf.load_upstream("hf:./no/such/folder")
 
 
+@pytest.mark.slow
 def test_hub_ids_offline_cached_loads_uncached_fails_fast(tmp_path, folders):
     # a hub cache holding one model, in a fresh interpreter with the hub offline
     repo = tmp_path / "hf" / "hub" / "models--speechfuse-tests--cached-hubert"

@@ -15,10 +15,10 @@ import soxr
 import torch
 from torch import nn
 
-from speechfuse.cache import FeatureCache
+from speechfuse.cache.store import FeatureCache
 from speechfuse.errors import ConfigError, UpstreamError
-from speechfuse.upstream import load_upstream
-from speechfuse.upstream.bundled import SPEECH_EMBEDDING_BLOCKS
+from speechfuse.fusion.upstream import load_upstream
+from speechfuse.fusion.upstream.bundled import SPEECH_EMBEDDING_BLOCKS
 from conftest import FAMILIES, FSDD, save_tiny_model
 
 
@@ -117,7 +117,7 @@ def test_max_layers_out_of_range_is_a_clear_error(tmp_path, bad):
 
 
 def test_config_options_carry_max_layers(tmp_path):
-    from speechfuse.model import build_frontend_from
+    from speechfuse.fusion.model import build_frontend_from
 
     spec = "hf:" + save_tiny(tmp_path, "data2vec-audio")
     frontend = build_frontend_from([{"spec": spec, "options": {"max_layers": 2}}], align={},
@@ -193,7 +193,7 @@ def test_fused_model_with_truncated_upstreams_round_trips(tmp_path):
 
     from speechfuse.config import config_from_dict
     from speechfuse.data import load_manifest
-    from speechfuse.model import FusedModel, build_task
+    from speechfuse.fusion.model import FusedModel, build_task
     from test_model import make_corpus, real_batch, run_config
 
     manifests = make_corpus(tmp_path / "corpus", takes=range(6))

@@ -17,7 +17,7 @@ from test_verify_run import SPEAKERS, fsdd, verify_config
 from speechfuse.cli import main
 from speechfuse.data import load_manifest
 from speechfuse.errors import ConfigError
-from speechfuse.inference import SpeakerEmbedding, Verification
+from speechfuse.serving.inference import SpeakerEmbedding, Verification
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_predict_cli_writes_embeddings_as_jsonl_lists_and_csv_columns(run, tmp_p
 def test_verify_is_refused_for_other_tasks_and_bad_arguments(run, tmp_path):
     import speechfuse as sf
     from speechfuse.config import config_from_dict
-    from speechfuse.model import FusedModel, build_task
+    from speechfuse.fusion.model import FusedModel, build_task
     from test_model import run_config
 
     root, manifests = run
@@ -287,7 +287,7 @@ def test_verify_cli_unlabelled_list_relative_to_its_folder_repeats_scored_once(r
 
 def test_verify_cli_errors_are_one_line(run, tmp_path, capsys):
     from speechfuse.config import config_from_dict
-    from speechfuse.model import FusedModel, build_task
+    from speechfuse.fusion.model import FusedModel, build_task
     from test_model import run_config
 
     root, manifests = run
@@ -317,7 +317,7 @@ def test_verify_cli_errors_are_one_line(run, tmp_path, capsys):
 def test_verify_to_file_applies_as_norm_like_verify(run, tmp_path, cohort):
     """With score_norm asnorm the streamed scores are verify()'s AS-normalised ones, for either cohort kind."""
     import speechfuse as sf
-    from speechfuse.verify_trials import verify_to_file
+    from speechfuse.serving.verify_trials import verify_to_file
 
     root, manifests = run
     model = sf.load_model(root / "run")

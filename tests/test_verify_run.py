@@ -43,6 +43,7 @@ def verify_config(manifests, spec: str, **train) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_verify_run_folder_best_by_dev_eer_and_evaluate(tmp_path, capsys):
     manifests = fsdd(tmp_path, digits=(0, 1), speakers=SPEAKERS[:3], takes=range(6), dev_takes=[4], test_takes=[5])
     upstream = save_tiny_model("hubert", tmp_path / "hubert")
@@ -85,6 +86,7 @@ def test_verify_run_folder_best_by_dev_eer_and_evaluate(tmp_path, capsys):
     assert f"{given} line 2" in err and "9_nobody_5" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_fsdd_verification_eer_is_far_from_chance(tmp_path, capsys):
     # 6 speakers, digits 0-3; takes 2-9 train, take 1 dev, take 0 test (the same speakers, unseen takes)
     manifests = fsdd(tmp_path, digits=range(4), speakers=SPEAKERS, takes=range(10), dev_takes=[1], test_takes=[0])
@@ -121,6 +123,7 @@ def test_fsdd_verification_eer_is_far_from_chance(tmp_path, capsys):
     assert right / len(trials) > 0.75
 
 
+@pytest.mark.slow
 def test_asnorm_cohort_of_training_embeddings_is_saved_and_shared_by_evaluate_and_verify(tmp_path, capsys):
     """score_norm asnorm with the default cohort (training speakers' mean embeddings): the runner embeds the
     training set with the best checkpoint, stores the cohort in that checkpoint and in model.safetensors, and
@@ -130,9 +133,9 @@ def test_asnorm_cohort_of_training_embeddings_is_saved_and_shared_by_evaluate_an
     from safetensors.torch import load_file
 
     import speechfuse as sf
-    from speechfuse.checkpoint import load_checkpoint_file
+    from speechfuse.training.checkpoint import load_checkpoint_file
     from speechfuse.data import load_manifest
-    from speechfuse.verify_trials import verify_to_file
+    from speechfuse.serving.verify_trials import verify_to_file
 
     manifests = fsdd(tmp_path, digits=(0, 1), speakers=SPEAKERS[:3], takes=range(6), dev_takes=[4], test_takes=[5])
     upstream = save_tiny_model("hubert", tmp_path / "hubert")

@@ -81,13 +81,13 @@ def test_unknown_speakers_encode_to_minus_one_and_cannot_train():
 @pytest.mark.parametrize("options, needle", [
     (dict(channels=[8], kernel_sizes=[3, 1], dilations=[1, 1]), "one entry per TDNN layer"),
     (dict(kernel_sizes=[4, 1]), "must be odd"),
-    (dict(loss="softmax"), "key 'loss'"),
-    (dict(scale=0), "key 'scale'"),
+    (dict(loss="softmax"), "option loss"),
+    (dict(scale=0), "option scale"),
 ])
 def test_bad_options_name_the_key(options, needle):
     with pytest.raises(ConfigError, match=needle):
         get_task("verify", **{**SMALL, **options})
-    with pytest.raises(ConfigError, match="unknown key 'hidden_dim'"):
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) hidden_dim"):
         get_task("verify", hidden_dim=3)
 
 

@@ -1,26 +1,26 @@
 """speechfuse: fuse all layers of several pretrained speech models through one trainable interface."""
-from .errors import AudioError, ConfigError, ShapeError, SpeechfuseError, UpstreamError
-from .hidden import HiddenStates
-from .upstream import Upstream, list_upstreams, load_upstream, register_upstream
+from speechfuse.errors import AudioError, ConfigError, ShapeError, SpeechfuseError, UpstreamError
+from speechfuse.fusion.hidden import HiddenStates
+from speechfuse.fusion.upstream import Upstream, list_upstreams, load_upstream, register_upstream
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name):  # lazy: keep `import speechfuse` light
     if name == "Aligner":
-        from .align import Aligner
+        from speechfuse.fusion.align import Aligner
 
         return Aligner
     if name in ("build_interface", "list_interfaces", "register_interface", "Interface"):
-        from . import interfaces
+        from speechfuse.fusion import interfaces
 
         return getattr(interfaces, name)
     if name in ("FusedModel", "load_model"):
-        from . import model
+        from speechfuse.fusion import model
 
         return getattr(model, name)
     if name == "FusionFrontend":
-        from .frontend import FusionFrontend
+        from speechfuse.fusion.frontend import FusionFrontend
 
         return FusionFrontend
     raise AttributeError(f"module 'speechfuse' has no attribute {name!r}")

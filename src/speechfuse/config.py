@@ -30,8 +30,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .errors import ConfigError, SpeechfuseError
-from .plugins import load_plugins
+from speechfuse.errors import ConfigError, SpeechfuseError
+from speechfuse.plugins import load_plugins
 
 DATA_TARGETS = ("text", "label", "speaker", "language")
 
@@ -89,19 +89,19 @@ def _component(lookup: Any, name: Any) -> Any:
 
 
 def _upstream_options_model(spec: str) -> type[BaseModel]:
-    from .upstream import upstream_options
+    from speechfuse.fusion.upstream import upstream_options
 
     return _component(upstream_options, spec)
 
 
 def _interface_options_model(name: str) -> type[BaseModel]:
-    from .interfaces import INTERFACES
+    from speechfuse.fusion.interfaces import INTERFACES
 
     return _component(INTERFACES.get, name).Options
 
 
 def _aligner_options_model() -> type[BaseModel]:
-    from .align import AlignerOptions
+    from speechfuse.fusion.align import AlignerOptions
 
     return AlignerOptions
 
@@ -165,7 +165,7 @@ class InterfaceConfig(BaseModel):
     def options(self) -> dict[str, Any]:
         options = dict(self.model_extra or {})
         if "layer_norm" not in options:
-            from .interfaces import INTERFACES
+            from speechfuse.fusion.interfaces import INTERFACES
 
             if self.name in INTERFACES and "layer_norm" in INTERFACES.get(self.name).Options.model_fields:
                 options["layer_norm"] = True
@@ -173,7 +173,7 @@ class InterfaceConfig(BaseModel):
 
 
 class SpecAugConfig(_Strict):
-    """`train.specaug`: SpecAugment on the fused features while training (speechfuse.augment). Defaults are
+    """`train.specaug`: SpecAugment on the fused features while training (speechfuse.training.augment). Defaults are
     s3prl's ASR downstream config (downstream/asr/config.yaml: num_time_mask 2, time_mask_width_range [0, 40],
     num_freq_mask 4, freq_mask_width_range [0, 50]), but for its time warp (time_warp_window 5), off unless
     `time_warp` is set (the paper configs set it)."""
@@ -222,7 +222,7 @@ class TrainConfig(_Strict):
     """Clip the gradient norm at this value (null: no clipping, the former default)."""
     average_best: Optional[int] = Field(None, ge=1)
     """Report the mean of the N checkpoints with the lowest dev loss (ESPnet's valid.loss.ave) instead of the
-    one with the best dev main metric (speechfuse.average); null: off."""
+    one with the best dev main metric (speechfuse.training.average); null: off."""
     seed: int = 0
     """Seeds the initial weights and the batch order: the same seed gives the same result on a CPU."""
     val_every_steps: int = Field(100, gt=0)
@@ -314,7 +314,7 @@ class Config(_Strict):
     @field_validator("task")
     @classmethod
     def _known_task(cls, v: str) -> str:
-        from .tasks import list_tasks
+        from speechfuse.tasks import list_tasks
 
         if v not in list_tasks():
             raise ValueError(f"unknown task {v!r}; known: {', '.join(list_tasks())}")
@@ -326,16 +326,16 @@ class Config(_Strict):
         task = info.data.get("task")
         if task is None:  # the task itself is invalid and reported as such
             return v
-        from .tasks import task_options
+        from speechfuse.tasks import task_options
 
         # a ValidationError raised here is reported under downstream.<key>, like any other key
         return task_options(task).model_validate(v).model_dump(exclude_unset=True)
 
     @model_validator(mode="after")
     def _record_plugin_modules(self) -> "Config":
-        from .interfaces import INTERFACES
-        from .tasks import TASKS
-        from .upstream import UPSTREAMS
+        from speechfuse.fusion.interfaces import INTERFACES
+        from speechfuse.tasks import TASKS
+        from speechfuse.fusion.upstream import UPSTREAMS
 
         entries = [TASKS.get(self.task), INTERFACES.get(self.interface.name)]
         entries += [UPSTREAMS.get(u.spec) for u in self.upstreams if not u.spec.startswith("hf:")]
@@ -379,7 +379,7 @@ def _component_keys(loc: tuple, data: dict) -> list[str] | None:
     """The valid keys of a component's options section at `loc` (None: not such a section)."""
     try:
         if loc[:1] == ("downstream",) and len(loc) == 2:
-            from .tasks import task_options
+            from speechfuse.tasks import task_options
 
             return list(task_options(data.get("task")).model_fields)
         if loc[:1] == ("align",) and len(loc) == 2:
@@ -512,7 +512,7 @@ def config_from_dict(data: Any, base_dir: str | Path = ".", source: str = "(dict
             setattr(cfg.data, split, _resolve(value, base))
     if cfg.cache.dir not in ("auto", "off"):
         cfg.cache.dir = _resolve(cfg.cache.dir, base)
-    from .tasks import task_options
+    from speechfuse.tasks import task_options
 
     for key in getattr(task_options(cfg.task), "PATH_KEYS", ()):  # file options of a task (verify's trial lists)
         if isinstance(cfg.downstream.get(key), str):
@@ -533,7 +533,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: the top level must be a mapping of keys, got {type(data).__name__}")
-    data.pop("launcher", None)  # where a sweep's jobs run (speechfuse.launcher), not part of any run
+    data.pop("launcher", None)  # where a sweep's jobs run (speechfuse.experiments.launcher), not part of any run
     if isinstance(data.get("cache"), (str, bool)):  # so that `--set cache.key=content` finds a section
         data["cache"] = {"dir": data["cache"]}
     data = apply_overrides(data, overrides)

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import yaml
 
-from .errors import ConfigError
+from speechfuse.errors import ConfigError
 
 BUNDLED_UPSTREAMS = ("whisper-tiny.en", "resemblyzer")
 TARGETS = {"asr": "text", "classify": "label", "verify": "speaker", "multilingual_asr": "text"}
@@ -41,7 +41,7 @@ def _manifests(data_dir: Path) -> dict[str, Path]:
 
 
 def _check_target(manifest: Path, target: str, task: str) -> None:
-    from .data.manifest import load_manifest
+    from speechfuse.data.manifest import load_manifest
 
     utts = load_manifest(manifest)
     if not any(getattr(u, target, None) for u in utts):
@@ -61,8 +61,8 @@ def init_config(task: str, data_dir: str | os.PathLike, out: str | os.PathLike,
                 upstreams: Optional[Sequence[str]] = None, interface: str = "hconv", target: Optional[str] = None,
                 steps: int = 300) -> str:
     """The commented YAML text of a config (module doc), validated; the caller writes it to `out`."""
-    from .config import config_from_dict
-    from .tasks import list_tasks
+    from speechfuse.config import config_from_dict
+    from speechfuse.tasks import list_tasks
 
     if task not in list_tasks():
         raise ConfigError(f"init: unknown task {task!r}; known: {', '.join(list_tasks())}")
@@ -107,7 +107,7 @@ def init_config(task: str, data_dir: str | os.PathLike, out: str | os.PathLike,
         "cache: auto                        # features are extracted once and reused by every run",
     ]
     text = "\n".join(lines) + "\n"
-    from .preflight import check_components
+    from speechfuse.training.preflight import check_components
 
     check_components(config_from_dict(yaml.safe_load(text), out.parent, str(out)))  # refuse before writing
     return text

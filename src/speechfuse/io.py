@@ -31,7 +31,7 @@ try:
 except ImportError:  # pragma: no cover - not on Linux/macOS
     fcntl = None
 
-from .errors import SpeechfuseError
+from speechfuse.errors import SpeechfuseError
 
 
 def speechfuse_home() -> Path:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ConfigDict, ValidationError, WrapValidator
 from pydantic_core import PydanticCustomError
 
-from .errors import ConfigError
+from speechfuse.errors import ConfigError
 
 
 class ComponentOptions(BaseModel):

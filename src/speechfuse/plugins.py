@@ -17,7 +17,7 @@ import importlib.metadata
 import warnings
 from typing import Iterable
 
-from .errors import ConfigError
+from speechfuse.errors import ConfigError
 
 ENTRY_POINT_GROUP = "speechfuse.plugins"
 PLUGIN_HINT = ("; a plug-in's component is known once its module is imported: --plugin MODULE, `plugins: [MODULE]` "

@@ -183,11 +183,11 @@ def _first_line(obj: Any) -> str:
 def config_reference() -> str:
     """The config reference page: every key of `speechfuse.config.Config`, then the options of every
     registered upstream, interface and task head."""
-    from .config import Config
-    from .interfaces import INTERFACES
-    from .tasks import TASKS, task_options
-    from .upstream import UPSTREAMS
-    from .upstream.hf import load_hf_upstream
+    from speechfuse.config import Config
+    from speechfuse.fusion.interfaces import INTERFACES
+    from speechfuse.tasks import TASKS, task_options
+    from speechfuse.fusion.upstream import UPSTREAMS
+    from speechfuse.fusion.upstream.hf import load_hf_upstream
 
     out = ["# Config reference", "",
            "Generated from the pydantic models in `speechfuse.config` and the components' own options by "
@@ -205,7 +205,7 @@ def config_reference() -> str:
         out += [rows_table(list(model_rows(model, f"{name}[]." if name == "upstreams" else f"{name}."))), ""]
 
     out += ["## Upstream options (`upstreams[].options`)", "",
-            "Each upstream family takes its own options; `speechfuse.upstream.load_upstream(spec, **options)` "
+            "Each upstream family takes its own options; `speechfuse.fusion.upstream.load_upstream(spec, **options)` "
             "checks them when the upstream loads.", ""]
     families: list[tuple[str, Callable]] = [("hf:<hub id or folder>", load_hf_upstream)]
     families += [(name, UPSTREAMS.get(name)) for name in sorted(UPSTREAMS.names())]
@@ -305,7 +305,7 @@ def _as_argparse_prints(text: str, prog: str) -> str:
 def cli_reference(parser: argparse.ArgumentParser | None = None) -> str:
     """The CLI reference page: usage, description and every argument of every (sub)command."""
     if parser is None:
-        from .cli import build_parser
+        from speechfuse.cli import build_parser
 
         parser = build_parser()
     out = ["# CLI reference", "",

@@ -10,8 +10,8 @@ from typing import Generic, Sequence, TypeVar
 
 from pydantic import BaseModel
 
-from .errors import SpeechfuseError
-from .plugins import PLUGIN_HINT, load_entry_point_plugins
+from speechfuse.errors import SpeechfuseError
+from speechfuse.plugins import PLUGIN_HINT, load_entry_point_plugins
 
 T = TypeVar("T")
 

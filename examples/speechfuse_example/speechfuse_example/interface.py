@@ -7,7 +7,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from speechfuse.interfaces import Interface, InterfaceOptions, register_interface
+from speechfuse.fusion.interfaces import Interface, InterfaceOptions, register_interface
 
 
 class MeanLinearOptions(InterfaceOptions):  # output_dim comes with InterfaceOptions

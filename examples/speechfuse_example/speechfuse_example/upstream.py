@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from speechfuse.upstream import Upstream, UpstreamOptions, register_upstream
-from speechfuse.upstream.whisper_features import mel_filterbank, power_spectrogram
+from speechfuse.fusion.upstream import Upstream, UpstreamOptions, register_upstream
+from speechfuse.fusion.upstream.whisper_features import mel_filterbank, power_spectrogram
 
 
 def dct_matrix(size: int) -> torch.Tensor:

@@ -32,11 +32,11 @@ import argparse
 import os
 import sys
 
-from ..errors import SpeechfuseError
-from ..interrupt import stop_signals
-from . import (compare, demo, evaluate, export, extract, init, predict, prepare, prune, search, study, sweep,
+from speechfuse.errors import SpeechfuseError
+from speechfuse.training.interrupt import stop_signals
+from speechfuse.cli import (compare, demo, evaluate, export, extract, init, predict, prepare, prune, search, study, sweep,
                table, train, verify)
-from .common import apply_runtime, common_options
+from speechfuse.cli.common import apply_runtime, common_options
 
 # in the order `speechfuse --help` lists them: the first-hour path first
 COMMANDS = (prepare, init, train, predict, evaluate, compare, sweep, search, extract, verify, export, prune, table,
@@ -47,7 +47,7 @@ EPILOG = ("Every command has its own --help. Own data in three commands: speechf
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, every command included (the CLI reference of the docs is generated from it)."""
-    from .. import __version__
+    from speechfuse import __version__
 
     parser = argparse.ArgumentParser(
         prog="speechfuse", description="Fuse the layers of several pretrained speech models through one "
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     flags_before = {name: os.environ.get(name) for name in ("SPEECHFUSE_QUIET", "SPEECHFUSE_VERBOSE")}
     try:
         apply_runtime(args)
-        with stop_signals():  # SIGTERM and SIGUSR1 stop as Ctrl-C does (speechfuse.interrupt)
+        with stop_signals():  # SIGTERM and SIGUSR1 stop as Ctrl-C does (speechfuse.training.interrupt)
             return args.run(args)
     except SpeechfuseError as err:
         print(f"speechfuse {args.command}: error: {err}", file=sys.stderr)

@@ -8,7 +8,7 @@ import os
 import warnings
 from pathlib import Path
 
-from ..errors import ConfigError, SpeechfuseError
+from speechfuse.errors import ConfigError, SpeechfuseError
 
 # Lightning's and its helpers' loggers: INFO lines ("GPU available", "Tip: litlogger", the model summary)
 LIBRARY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning")
@@ -72,7 +72,7 @@ def add_model_loading(p: argparse.ArgumentParser) -> None:
 
 def load_trained_model(args: argparse.Namespace, device: str | None = None):
     """The model the command names, loaded with its --allow-* flags."""
-    from ..model import load_model
+    from speechfuse.fusion.model import load_model
 
     return load_model(args.model, device=device, allow_changed_upstreams=args.allow_changed_upstreams,
                       trust_unverified=args.allow_unverified)
@@ -106,7 +106,7 @@ def device_overrides(device: str | None) -> list[str]:
 
 def load_command_config(args: argparse.Namespace):
     """The config with --set and --device applied (every error a ConfigError naming the key)."""
-    from ..config import load_config
+    from speechfuse.config import load_config
 
     return load_config(args.config, [*args.overrides, *device_overrides(getattr(args, "device", None))])
 
@@ -141,12 +141,12 @@ def apply_runtime(args: argparse.Namespace) -> None:
         torch.set_num_threads(threads)
     quiet_libraries(verbose=getattr(args, "verbose", False))
     if getattr(args, "quiet", False):
-        os.environ["SPEECHFUSE_QUIET"] = "1"  # read by the progress bars (speechfuse.progress)
+        os.environ["SPEECHFUSE_QUIET"] = "1"  # read by the progress bars (speechfuse.training.progress)
     if getattr(args, "verbose", False):
         os.environ["SPEECHFUSE_VERBOSE"] = "1"
     plugins = getattr(args, "plugin", None) or []
     if plugins:
-        from ..plugins import load_plugins
+        from speechfuse.plugins import load_plugins
 
         load_plugins(plugins)
 
@@ -174,7 +174,7 @@ def write_result(result, out: str | None) -> str:
     """The result as indented JSON, also written to `out` when given (the text the command prints)."""
     import json
 
-    from ..runfolder import write_atomic
+    from speechfuse.training.runfolder import write_atomic
 
     text = json.dumps(result, indent=2, default=str, ensure_ascii=False)
     if out:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import write_result
+from speechfuse.cli.common import write_result
 
 HELP = "paired bootstrap: is run A better than run B on the same utterances?"
 
@@ -22,7 +22,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compare import compare_runs, describe
+    from speechfuse.experiments.compare import compare_runs, describe
 
     result = compare_runs(args.run_a, args.run_b, split=args.split)
     print(write_result({"summary": describe(result, args.run_a, args.run_b), **result}, args.out))

@@ -18,7 +18,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import demo
+    from speechfuse.experiments import demo
 
     print(demo.run_demo(args.out, quick=args.quick, jobs=args.jobs))
     return 0

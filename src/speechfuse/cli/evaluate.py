@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_device, check_device, write_result
+from speechfuse.cli.common import add_device, check_device, write_result
 
 HELP = "score a finished run on a split"
 
@@ -22,7 +22,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import evaluate
+    from speechfuse.training.runner import evaluate
 
     check_device(args.device)
     result = evaluate(args.run_dir, split=args.split, device=args.device, manifest=args.manifest)

@@ -5,8 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import SpeechfuseError
-from .common import add_model_loading, load_trained_model
+from speechfuse.errors import SpeechfuseError
+from speechfuse.cli.common import add_model_loading, load_trained_model
 
 HELP = "export a trained model (after the upstreams, or --whole) as TorchScript or ONNX"
 ONNX_HINT = "pip install 'speechfuse[export]' (setup.sh installs it)"
@@ -37,7 +37,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_fusion, export_whole
+    from speechfuse.serving.export import export_fusion, export_whole
 
     if args.format == "onnx":  # before the model loads
         import importlib.util

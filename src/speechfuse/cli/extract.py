@@ -6,8 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import SpeechfuseError
-from .common import add_config, add_device, default_out, torch_device
+from speechfuse.errors import SpeechfuseError
+from speechfuse.cli.common import add_config, add_device, default_out, torch_device
 
 HELP = "fill the feature cache ahead of training"
 
@@ -27,10 +27,10 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
-    from ..data.loader import resolve_cache_dir
-    from ..fill import fill_config_caches
-    from ..progress import quiet
+    from speechfuse.config import load_config
+    from speechfuse.data.loader import resolve_cache_dir
+    from speechfuse.cache.fill import fill_config_caches
+    from speechfuse.training.progress import quiet
 
     device = torch_device(args)  # extract runs the upstreams itself: --device is a torch device here
     cfg = load_config(args.config, args.overrides)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import SpeechfuseError
+from speechfuse.errors import SpeechfuseError
 
 HELP = "write a commented config for your manifests (the bundled models unless you name others)"
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
-    from ..init_config import BUNDLED_UPSTREAMS
+    from speechfuse.init_config import BUNDLED_UPSTREAMS
 
     p = sub.add_parser("init", help=HELP, parents=[common],
                        description="Write a commented YAML config for the manifests in --data (train.csv, dev.csv, "
@@ -31,8 +31,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..init_config import init_config
-    from ..runfolder import write_atomic
+    from speechfuse.init_config import init_config
+    from speechfuse.training.runfolder import write_atomic
 
     out = Path(args.out)
     if out.exists() and not args.force:

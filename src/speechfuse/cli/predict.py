@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from .common import add_device, add_model_loading, load_trained_model, torch_device
+from speechfuse.cli.common import add_device, add_model_loading, load_trained_model, torch_device
 
 HELP = "predict with a trained model (prints results, or streams them to --out)"
 
@@ -31,7 +31,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import check_output_path, predict_to_file
+    from speechfuse.serving.inference import check_output_path, predict_to_file
 
     if args.out is not None:
         check_output_path(args.out)  # before the model loads
@@ -58,7 +58,7 @@ def _print_predictions(model, args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from ..inference import predict_to_file
+    from speechfuse.serving.inference import predict_to_file
 
     with tempfile.TemporaryDirectory(prefix="speechfuse-predict-") as tmp:
         out = Path(tmp) / "predictions.jsonl"

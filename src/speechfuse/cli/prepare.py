@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import SpeechfuseError
-from .common import write_result
+from speechfuse.errors import SpeechfuseError
+from speechfuse.cli.common import write_result
 
 HELP = "write train/dev/test manifests: your own folder of audio, or a corpus by its official protocol"
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
-    from ..data.corpora import CORPORA
+    from speechfuse.data.corpora import CORPORA
 
     p = sub.add_parser("prepare", help=HELP, parents=[common],
                        description="Write train/dev/test manifests. `folder`: your own recordings, labelled by "
@@ -45,7 +45,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.corpus == "folder":
-        from ..data.folder import prepare_folder
+        from speechfuse.data.folder import prepare_folder
 
         result = prepare_folder(args.root, args.out, labels=args.labels, speaker_pattern=args.speaker_pattern,
                                 dev=args.dev, test=args.test, seed=args.seed)
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         if given:
             raise SpeechfuseError(f"{' and '.join(given)} go with `prepare folder`; {args.corpus} follows its own "
                                   "protocol")
-        from ..data.corpora import prepare
+        from speechfuse.data.corpora import prepare
 
         options = {k: v for k, v in (("trials", args.trials), ("dev_speakers", args.dev_speakers)) if v is not None}
         if args.sox_effects:

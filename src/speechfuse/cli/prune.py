@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import floats
+from speechfuse.cli.common import floats
 
 HELP = "keep the layers worth their upstream cost, retrain, report metric vs cost"
 
@@ -34,7 +34,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..prune import prune_run
+    from speechfuse.experiments.prune import prune_run
 
     budgets = [args.budget] if args.budget is not None else floats(args.budgets, "--budgets")
     print(json.dumps(prune_run(args.run_dir, budgets, cost=args.cost, importance=args.importance,

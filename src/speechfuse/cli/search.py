@@ -1,16 +1,16 @@
-"""`speechfuse search CONFIG --space SPACE.yaml --out DIR`: the budgeted search (speechfuse.search)."""
+"""`speechfuse search CONFIG --space SPACE.yaml --out DIR`: the budgeted search (speechfuse.experiments.search)."""
 from __future__ import annotations
 
 import argparse
 import json
 
-from .common import add_config, load_command_config
+from speechfuse.cli.common import add_config, load_command_config
 
 HELP = "budgeted search: Optuna trials, the poor ones stopped early on their dev metric"
 
 
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
-    from ..launcher_cli import add_launcher_arguments
+    from speechfuse.cli.launcher import add_launcher_arguments
 
     p = sub.add_parser("search", help=HELP, parents=[common],
                        description="Search upstream sets x interfaces x learning rates (any config key) with "
@@ -34,9 +34,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..launcher_cli import launcher_options_from_args
-    from ..progress import quiet
-    from ..search import load_space, search, search_worker
+    from speechfuse.cli.launcher import launcher_options_from_args
+    from speechfuse.training.progress import quiet
+    from speechfuse.experiments.search import load_space, search, search_worker
 
     space = load_space(args.space)
     cfg = load_command_config(args)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import SpeechfuseError
-from .common import add_config, add_device, load_command_config, seeds
+from speechfuse.errors import SpeechfuseError
+from speechfuse.cli.common import add_config, add_device, load_command_config, seeds
 
 HELP = "paper-style studies over many sweeps (scaling)"
 
@@ -41,8 +41,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "study", None) != "scaling":
         raise SpeechfuseError("name the study to run: speechfuse study scaling CONFIG --out DIR")
-    from ..study import parse_depths, parse_sizes, scaling_study
-    from ..sweep import parse_grid
+    from speechfuse.experiments.study import parse_depths, parse_sizes, scaling_study
+    from speechfuse.experiments.sweep import parse_grid
 
     interfaces = [i.strip() for i in args.interfaces.split(",") if i.strip()]
     depths, sizes = parse_depths(args.depths), parse_sizes(args.sizes)  # before the config: cheap checks first

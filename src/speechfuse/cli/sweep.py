@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import SpeechfuseError
-from .common import add_config, add_device, load_command_config, seeds
+from speechfuse.errors import SpeechfuseError
+from speechfuse.cli.common import add_config, add_device, load_command_config, seeds
 
 HELP = "train every combination of a grid (or candidates / seeds), one results table"
 
@@ -37,15 +37,15 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                    help="train N runs at once, each in its own process with 1/N of the threads (default 1); on a "
                         "CPU, 2 jobs of 1 thread can train small heads faster than 1 job of 2")
     add_device(p)
-    from ..launcher_cli import add_launcher_arguments
+    from speechfuse.cli.launcher import add_launcher_arguments
 
     add_launcher_arguments(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import sweep
-    from ..progress import quiet
+    from speechfuse.experiments import sweep
+    from speechfuse.training.progress import quiet
 
     if not (args.grid or args.select or args.seeds):
         raise SpeechfuseError("sweep: give at least one of --grid KEY=V1,V2, --select KEY=V1,V2 or --seeds S1,S2")
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     grid = sweep.parse_grid(args.grid) if args.grid else {}
     select = sweep.parse_grid(args.select) if args.select else None
     cfg = load_command_config(args)
-    from ..launcher_cli import launcher_from_args
+    from speechfuse.cli.launcher import launcher_from_args
 
     launcher = {"launcher": pool} if (pool := launcher_from_args(args, cfg)) is not None else {}
     try:

@@ -20,7 +20,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..table import paper_table
+    from speechfuse.experiments.table import paper_table
 
     print(json.dumps(paper_table(args.sweeps, args.out), indent=2, ensure_ascii=False))
     return 0

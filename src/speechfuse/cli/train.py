@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_config, add_device, default_out, load_command_config
+from speechfuse.cli.common import add_config, add_device, default_out, load_command_config
 
 HELP = "train (or resume) a run from a config"
 
@@ -24,7 +24,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import train
+    from speechfuse.training.runner import train
 
     cfg = load_command_config(args)
     if args.allow_changed_data:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import SpeechfuseError
-from .common import add_device, add_model_loading, load_trained_model, torch_device
+from speechfuse.errors import SpeechfuseError
+from speechfuse.cli.common import add_device, add_model_loading, load_trained_model, torch_device
 
 HELP = "score speaker verification trials with a trained model"
 
@@ -34,8 +34,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference import check_output_path
-    from ..verify_trials import require_verification_model, verify_pair, verify_to_file
+    from speechfuse.serving.inference import check_output_path
+    from speechfuse.serving.verify_trials import require_verification_model, verify_pair, verify_to_file
 
     if args.trials is None and len(args.clips) != 2:
         raise SpeechfuseError(f"give two clips (A B) or --trials FILE, got {len(args.clips)} clip(s)")

@@ -7,10 +7,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
-from ..errors import ConfigError
-from .audio import audio_info
-from .manifest import Utterance, with_corpus, write_manifest
-from .textfile import read_text
+from speechfuse.errors import ConfigError
+from speechfuse.data.audio import audio_info
+from speechfuse.data.manifest import Utterance, with_corpus, write_manifest
+from speechfuse.data.textfile import read_text
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -10,7 +10,7 @@ import soundfile as sf
 import soxr
 import torch
 
-from ..errors import AudioError, ConfigError
+from speechfuse.errors import AudioError, ConfigError
 
 
 def _header(path: str | Path):

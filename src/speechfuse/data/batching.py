@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 from torch.utils.data import Sampler
 
-from ..errors import ConfigError
+from speechfuse.errors import ConfigError
 
 
 def make_batches(durations: Sequence[float], batch_seconds: float, rng: random.Random | None = None) -> list[list[int]]:

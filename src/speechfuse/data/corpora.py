@@ -54,11 +54,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from .audio import audio_info
-from .manifest import CORPUS_COLUMN, Utterance, load_manifest, with_corpus, write_manifest
-from .textfile import open_text
-from .trials import generate_trials, read_trials, write_trials
+from speechfuse.errors import ConfigError
+from speechfuse.data.audio import audio_info
+from speechfuse.data.manifest import CORPUS_COLUMN, Utterance, load_manifest, with_corpus, write_manifest
+from speechfuse.data.textfile import open_text
+from speechfuse.data.trials import generate_trials, read_trials, write_trials
 
 IEMOCAP_SESSIONS = (1, 2, 3, 4, 5)
 IEMOCAP_CLASSES = {"neu": "neu", "hap": "hap", "exc": "hap", "sad": "sad", "ang": "ang"}
@@ -285,7 +285,7 @@ def voxceleb1_manifests(root: str | Path, out_dir: str | Path, dev_speakers: int
     train = [u for u in others if u.speaker not in held]
     ver = out_dir / "verification"
     if sox_effects:
-        from .sox_chain import apply_s3prl_chain
+        from speechfuse.data.sox_chain import apply_s3prl_chain
 
         train = apply_s3prl_chain(train, ver / "audio", min_seconds=2.0)
         dev = apply_s3prl_chain(dev, ver / "audio")
@@ -406,7 +406,7 @@ def mlsuperb_manifests(root: str | Path, out_dir: str | Path,
 # -- one entry point for the CLI ---------------------------------------------------------------------
 
 def _librispeech(root: Path, out_dir: Path) -> dict[str, Path]:
-    from .adapters import librispeech_manifest
+    from speechfuse.data.adapters import librispeech_manifest
 
     splits = sorted(p for p in root.iterdir() if p.is_dir() and any(p.glob("*/*/*.trans.txt")))
     if not splits:
@@ -417,7 +417,7 @@ def _librispeech(root: Path, out_dir: Path) -> dict[str, Path]:
 def prepare(corpus: str, root: str | Path, out_dir: str | Path, **options: Any) -> dict:
     """Write the manifests (and trials / folds) of `corpus` in `root` into `out_dir`; returns their paths.
     `options` go to voxceleb1_manifests (trials, dev_speakers, sox_effects); other corpora take none."""
-    from .adapters import fsdd_manifests
+    from speechfuse.data.adapters import fsdd_manifests
 
     root, out_dir = Path(root), Path(out_dir)
     if not root.is_dir():

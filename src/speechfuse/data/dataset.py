@@ -6,9 +6,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
-from .audio import read_audio
-from .manifest import Utterance
+from speechfuse.errors import ConfigError
+from speechfuse.data.audio import read_audio
+from speechfuse.data.manifest import Utterance
 
 
 @dataclass

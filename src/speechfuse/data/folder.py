@@ -20,10 +20,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
-from ..errors import ConfigError
-from .adapters import AUDIO_SUFFIXES
-from .audio import audio_info
-from .manifest import Utterance, write_manifest
+from speechfuse.errors import ConfigError
+from speechfuse.data.adapters import AUDIO_SUFFIXES
+from speechfuse.data.audio import audio_info
+from speechfuse.data.manifest import Utterance, write_manifest
 
 SPLITS = ("train", "dev", "test")
 TEXT_COLUMNS = ("text", "transcript")

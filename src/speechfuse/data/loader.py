@@ -28,18 +28,18 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..cache import FeatureCache
-from ..io import speechfuse_home
-from ..runfolder import RunFolder
-from ..config import Config
-from ..errors import ConfigError, SpeechfuseError
-from ..extract import fill_caches
-from ..frontend import FusionFrontend
-from ..hidden import HiddenStates
-from ..tasks import Task
-from .batching import DurationBatchSampler
-from .dataset import AudioDataset, AudioItem, collate_audio
-from .manifest import BadRow, ClipLimit, ManifestError, Utterance, validate_manifest, write_bad_rows
+from speechfuse.cache.store import FeatureCache
+from speechfuse.io import speechfuse_home
+from speechfuse.training.runfolder import RunFolder
+from speechfuse.config import Config
+from speechfuse.errors import ConfigError, SpeechfuseError
+from speechfuse.cache.extract import fill_caches
+from speechfuse.fusion.frontend import FusionFrontend
+from speechfuse.fusion.hidden import HiddenStates
+from speechfuse.tasks import Task
+from speechfuse.data.batching import DurationBatchSampler
+from speechfuse.data.dataset import AudioDataset, AudioItem, collate_audio
+from speechfuse.data.manifest import BadRow, ClipLimit, ManifestError, Utterance, validate_manifest, write_bad_rows
 
 SPLITS = ("train", "dev", "test")
 

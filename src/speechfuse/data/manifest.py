@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import AudioError, ConfigError
-from ..io import write_atomic
-from .audio import audio_info, probe_audio, span_frames
-from .textfile import open_text
+from speechfuse.errors import AudioError, ConfigError
+from speechfuse.io import write_atomic
+from speechfuse.data.audio import audio_info, probe_audio, span_frames
+from speechfuse.data.textfile import open_text
 
 KNOWN_FIELDS = ("id", "path", "duration", "text", "label", "speaker", "language", "start", "end")
 TARGET_FIELDS = ("text", "label")

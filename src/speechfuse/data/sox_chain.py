@@ -13,9 +13,9 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import ConfigError
-from .audio import audio_info
-from .manifest import Utterance
+from speechfuse.errors import ConfigError
+from speechfuse.data.audio import audio_info
+from speechfuse.data.manifest import Utterance
 
 S3PRL_EFFECTS = (("channels", "1"), ("rate", "16000"), ("gain", "-3.0"),
                  ("silence", "1", "0.1", "0.1%", "-1", "0.1", "0.1%"))

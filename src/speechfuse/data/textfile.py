@@ -11,7 +11,7 @@ import io
 import os
 from pathlib import Path
 
-from ..errors import ConfigError
+from speechfuse.errors import ConfigError
 
 
 class TextEncodingError(ConfigError):

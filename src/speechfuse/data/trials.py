@@ -27,9 +27,9 @@ from math import comb
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from ..errors import ConfigError
-from .manifest import Utterance
-from .textfile import open_text
+from speechfuse.errors import ConfigError
+from speechfuse.data.manifest import Utterance
+from speechfuse.data.textfile import open_text
 
 
 class TrialError(ConfigError):

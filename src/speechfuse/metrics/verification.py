@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from speechfuse.errors import ConfigError
 
 DCF_TARGET_PRIORS = (0.01, 0.05)
 

@@ -14,7 +14,7 @@
     task.tensors() / task.load_tensors(tensors, source)                # safetensors beside the weights
 
 What a trained model of the task serves (every consumer asks the task; none compares its name):
-    task.prediction_type                # the record `predict` returns per clip (speechfuse.predictions); None: none
+    task.prediction_type                # the record `predict` returns per clip (speechfuse.tasks.predictions); None: none
     task.predictions(out, out_lengths, clips)   # raw head outputs -> one record per clip (clips: id/path/duration)
     task.prediction_columns()           # CSV columns of `predict --out x.csv` beyond id,path,duration,prediction,error
     task.scored_prediction(row)         # the string `metrics` scores from a written output row (None: not scored)
@@ -37,11 +37,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..options import ComponentOptions, check_options
-from ..registry import Registry
-from ..data.manifest import Utterance
-from ..predictions import Prediction
+from speechfuse.errors import ConfigError
+from speechfuse.options import ComponentOptions, check_options
+from speechfuse.registry import Registry
+from speechfuse.data.manifest import Utterance
+from speechfuse.tasks.predictions import Prediction
 
 TASKS: Registry = Registry("task", ConfigError, ["speechfuse.tasks.asr", "speechfuse.tasks.classify",
                                                 "speechfuse.tasks.multilingual", "speechfuse.tasks.verify"])

@@ -29,10 +29,10 @@ from torch import nn
 from pydantic import Field, ValidationInfo, field_validator
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..data.manifest import Utterance
-from ..errors import ConfigError, ShapeError
-from ..predictions import Prediction, Transcription
-from . import Task, TaskOptions, register_task
+from speechfuse.data.manifest import Utterance
+from speechfuse.errors import ConfigError, ShapeError
+from speechfuse.tasks.predictions import Prediction, Transcription
+from speechfuse.tasks import Task, TaskOptions, register_task
 
 BLANK, UNK = "<blank>", "<unk>"
 

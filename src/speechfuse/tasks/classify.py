@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..data.manifest import Utterance
-from ..errors import ConfigError, ShapeError
-from ..predictions import Classification, Prediction
-from . import Task, TaskOptions, register_task
-from .asr import check_lengths
+from speechfuse.data.manifest import Utterance
+from speechfuse.errors import ConfigError, ShapeError
+from speechfuse.tasks.predictions import Classification, Prediction
+from speechfuse.tasks import Task, TaskOptions, register_task
+from speechfuse.tasks.asr import check_lengths
 
 
 def masked_mean(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -31,11 +31,11 @@ from typing import Any, Optional
 import jiwer
 import torch
 
-from ..data.manifest import Utterance
-from ..errors import ConfigError
-from ..predictions import LanguageTranscription, Prediction, Transcription
-from . import TableCell, register_task
-from .asr import AsrOptions, AsrTask, edit_counts
+from speechfuse.data.manifest import Utterance
+from speechfuse.errors import ConfigError
+from speechfuse.tasks.predictions import LanguageTranscription, Prediction, Transcription
+from speechfuse.tasks import TableCell, register_task
+from speechfuse.tasks.asr import AsrOptions, AsrTask, edit_counts
 
 NO_SPACE_LANGUAGES = ["zh", "zho", "cmn", "yue", "ja", "jpn", "th", "tha", "lo", "lao", "km", "khm", "my", "mya"]
 

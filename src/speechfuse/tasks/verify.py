@@ -75,13 +75,13 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..data.manifest import Utterance
-from ..data.trials import check_trials, generate_trials, read_trials, unique_trials, write_trials
-from ..errors import ConfigError, ShapeError
-from ..metrics.verification import eer_threshold, verification_metrics
-from ..predictions import Prediction, SpeakerEmbedding
-from . import Task, TaskOptions, register_task
-from .asr import check_lengths
+from speechfuse.data.manifest import Utterance
+from speechfuse.data.trials import check_trials, generate_trials, read_trials, unique_trials, write_trials
+from speechfuse.errors import ConfigError, ShapeError
+from speechfuse.metrics.verification import eer_threshold, verification_metrics
+from speechfuse.tasks.predictions import Prediction, SpeakerEmbedding
+from speechfuse.tasks import Task, TaskOptions, register_task
+from speechfuse.tasks.asr import check_lengths
 
 SMALL_CHANNELS = (128, 128, 128, 128, 384)
 MARGIN_DEFAULTS = {"am": (30.0, 0.4), "aam": (15.0, 0.3)}  # loss -> (scale, margin), SUPERB's configs

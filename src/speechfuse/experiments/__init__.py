@@ -1,0 +1,1 @@
+"""How runs are compared: sweeps, studies, pruning, paired comparisons, tables, the demo."""

@@ -1,0 +1,1 @@
+"""How a trained model is used: predict, evaluate, speaker-verification trials, export."""

@@ -1,0 +1,1 @@
+"""How a model learns: the Lightning module, the runner, checkpoints, the run folder."""
