@@ -632,7 +632,8 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
         raise ConfigError(f"sweep grid gives duplicate run names {dupes}; make the grid values distinct")
     out_dir.mkdir(parents=True, exist_ok=True)  # only once every run's config is valid
 
-    kept = _earlier_rows(out_dir, set(final_names), bool(seeds))
+    # every run this grid may train (with --select: each candidate value's runs) is planned, not an earlier grid's
+    kept = _earlier_rows(out_dir, set(final_names) | {run_name(c) for c in every}, bool(seeds))
 
     bar = None
     if progress:
