@@ -32,7 +32,8 @@ from _common import print_machine_info, print_table  # noqa: E402
 from speechfuse.experiments.compare import rank_against_best  # noqa: E402
 from speechfuse.experiments.demo import _quiet, demo_config, write_demo_manifests  # noqa: E402
 from speechfuse.experiments.search import search, space_from_dict  # noqa: E402
-from speechfuse.experiments.sweep import _read_json, _selection_metric, combo_config, expand_grid, run_name, run_sweep  # noqa: E402
+from speechfuse.experiments.sweep import _selection_metric, combo_config, expand_grid, run_name, run_sweep  # noqa: E402
+from speechfuse.training.runfolder import RunFolder  # noqa: E402
 
 UPSTREAM_SETS = [["whisper-tiny.en"], ["resemblyzer"], ["whisper-tiny.en", "resemblyzer"]]
 INTERFACES = ["weighted_sum", "hconv", "chconv"]
@@ -77,7 +78,7 @@ def main(argv=None) -> None:
         dev = {}
         for combo in candidates:
             name = run_name({**combo, "train.seed": seeds[0]})
-            dev[run_name(combo)] = (_read_json(root / "grid" / "runs" / name / "metrics.json").get("dev") or {})[metric]
+            dev[run_name(combo)] = (RunFolder(root / "grid" / "runs" / name).read_metrics().get("dev") or {})[metric]
         grid_best = (max if higher else min)(candidates, key=lambda c: dev[run_name(c)])
         run_sweep(cfg, {k: [v] for k, v in grid_best.items()}, root / "grid", seeds=seeds, progress=False,
                   plots=False, jobs=args.workers, threads=1)
@@ -107,7 +108,7 @@ def main(argv=None) -> None:
 
 
 def _pooled_mean(run_dirs: list[Path], metric: str) -> float:
-    values = [(_read_json(d / "metrics.json").get("test") or {})[metric] for d in run_dirs]
+    values = [(RunFolder(d).read_metrics().get("test") or {})[metric] for d in run_dirs]
     return sum(values) / len(values)
 
 
