@@ -223,6 +223,12 @@ class TrainConfig(_Strict):
     average_best: Optional[int] = Field(None, ge=1)
     """Report the mean of the N checkpoints with the lowest dev loss (ESPnet's valid.loss.ave) instead of the
     one with the best dev main metric (speechfuse.training.average); null: off."""
+    report_test_chosen: bool = False
+    """Also report SUPERB's VoxCeleb1 number from the same run: keep a weights-only checkpoint at every dev
+    evaluation (RUN/checkpoints/steps/, as s3prl's save_step with max_keep covering them all), score the test
+    split with each after training, and write the best as `test_chosen_on_test` (with its step) in
+    metrics.json, the model card and `speechfuse table` (marked †). The dev-chosen test metrics stay the main
+    result. Needs data.test; costs one test pass per dev evaluation (speechfuse.training.test_chosen)."""
     seed: int = 0
     """Seeds the initial weights and the batch order: the same seed gives the same result on a CPU."""
     val_every_steps: int = Field(100, gt=0)
