@@ -228,7 +228,8 @@ class TrainConfig(_Strict):
     evaluation (RUN/checkpoints/steps/, as s3prl's save_step with max_keep covering them all), score the test
     split with each after training, and write the best as `test_chosen_on_test` (with its step) in
     metrics.json, the model card and `speechfuse table` (marked †). The dev-chosen test metrics stay the main
-    result. Needs data.test; costs one test pass per dev evaluation (speechfuse.training.test_chosen)."""
+    result (with average_best, the average, which is none of the step checkpoints). Needs data.test; costs one
+    test pass per dev evaluation (speechfuse.training.test_chosen)."""
     seed: int = 0
     """Seeds the initial weights and the batch order: the same seed gives the same result on a CPU."""
     val_every_steps: int = Field(100, gt=0)
