@@ -23,8 +23,9 @@ Per utterance (its own valid frames `lengths[b]`, never the padding):
                  c' frames and [c, n) to n-c' frames (bicubic along time, as ESPnet's `time_warp`), so the
                  utterance keeps its n valid frames. Utterances with n <= 2w frames are left unwarped.
 Masked values are 0 (s3prl's and ESPnet's `replace_with_zero`). Widths 0..W-1 are what s3prl's and ESPnet's
-`torch.randint(0, W)` draw for `mask_width_range: [0, W]`. ESPnet draws the warp once per batch over the
-padded length; speechfuse draws it per utterance over its valid frames, like the masks.
+`torch.randint(0, W)` draw for `mask_width_range: [0, W]`. The warp is per utterance over its valid frames, as
+s3prl's `TimeWarp.forward` (downstream/specaug.py) and ESPnet's (espnet2/layers/time_warp.py, for a batch whose
+lengths differ; one shared warp when they are all equal) do.
 
 Randomness comes from torch's global CPU generator (one draw per batch), whose state every checkpoint saves
 and a resume restores, so a resumed run masks exactly as an uninterrupted one.
