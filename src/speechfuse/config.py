@@ -188,6 +188,9 @@ class SpecAugConfig(_Strict):
     """Feature masks are 0..W-1 channels wide; W below 1 is a fraction of the feature dimension."""
     time_warp: int = Field(0, ge=0)
     """Time-warp window in frames (0: no warp); s3prl's and ESPnet's is 5."""
+    span: Literal["utterance", "batch"] = "utterance"
+    """What the masks are drawn over: each utterance's valid frames (widths and places scaled to it), or the
+    padded batch, as s3prl's and ESPnet's MaskAlongAxis do (the paper configs' setting)."""
 
     @field_validator("time_width", "feature_width")
     @classmethod
