@@ -112,8 +112,12 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)  # same initial weights on every rank
     model = FusionTask(cfg, task, frontend)
     if is_zero:  # last + best + the one being written, side by side for a moment
-        check_free_space(run_dir, 3 * checkpoint_bytes(model) + 2**20, "three checkpoints (last, best, one being "
-                         "written)")
+        needed, what = 3 * checkpoint_bytes(model) + 2**20, "three checkpoints (last, best, one being written)"
+        if cfg.train.report_test_chosen:  # weights only (about a third of a checkpoint), one per dev evaluation
+            kept = cfg.train.max_steps // cfg.train.val_every_steps + 1
+            needed += kept * checkpoint_bytes(model) // 3
+            what += f" and {kept} step checkpoints (train.report_test_chosen)"
+        check_free_space(run_dir, needed, what)
     frozen = all(not u.trainable for u in model.frontend.upstreams)
     cache_dir = resolve_cache_dir(cfg) if frozen else None
     data = FusionData(cfg, task, splits, model.frontend, cache_dir, model.position)
