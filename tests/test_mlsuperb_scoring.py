@@ -88,3 +88,5 @@ def test_the_mlsuperb_configs_score_and_train_as_espnet():
         task = get_task(cfg.task, **cfg.downstream)
         assert (task.options["normalize"], task.options["ctc_normalize"]) == ("utterance_mvn", "batch")
         assert (cfg.train.grad_clip, cfg.train.average_best) == (5.0, 5)
+        # ESPnet's process_text strips string.punctuation only; its mask_along_axis draws over the padded batch
+        assert task.options["punctuation"] == "strip_ascii" and cfg.train.specaug.span == "batch"

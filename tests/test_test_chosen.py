@@ -87,6 +87,16 @@ def test_a_verify_run_scores_each_checkpoint_with_its_own_cohort(tmp_path):
     assert chosen["eer"] <= metrics["test"]["eer"] + 1e-12
 
 
+def test_only_the_voxceleb_paper_config_reports_the_test_chosen_checkpoint():
+    from pathlib import Path
+
+    from speechfuse.config import load_config
+
+    paper = Path(__file__).resolve().parents[1] / "configs" / "paper"
+    on = {p.stem for p in paper.glob("*.yaml") if load_config(p).train.report_test_chosen}
+    assert on == {"voxceleb1_sv"}
+
+
 def test_report_test_chosen_without_a_test_split_is_refused_before_the_folder_exists(tmp_path):
     from speechfuse.training.runner import train
 

@@ -12,12 +12,15 @@ Text normalisation (training targets, references and predictions alike), in this
    (CJK, Arabic, Devanagari, Thai, ...) are untouched. `case: keep` keeps case. NFC again after it;
 3. `punctuation: keep` (default) keeps every character; `strip` deletes every character of Unicode
    general category P* (.,!?;:'"-()[]«»¿¡、。 ...) without putting a space in its place ("don't" -> "dont");
+   `strip_ascii` deletes only Python's string.punctuation (the 32 ASCII marks), as ESPnet's ML-SUPERB data
+   prep does (`process_text`), so "¿", "«", "。" stay;
 4. whitespace runs become one space; leading and trailing space is dropped.
 WER and CER are fractions (0.25 = 25 %), computed with jiwer over the corpus.
 """
 from __future__ import annotations
 
 import math
+import string
 import unicodedata
 import warnings
 from typing import Any, Literal, Optional
@@ -47,6 +50,9 @@ def edit_counts(refs: list[str], hyps: list[str], process: Any) -> tuple[list[in
     return errors, totals
 
 
+_ASCII_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
 def normalize_text(text: str, case: str = "lower", punctuation: str = "keep") -> str:
     """NFC, lower-case cased letters (case="lower"), strip Unicode punctuation (punctuation="strip"),
     collapse whitespace (see the module docstring)."""
@@ -55,6 +61,8 @@ def normalize_text(text: str, case: str = "lower", punctuation: str = "keep") ->
         text = unicodedata.normalize("NFC", text.lower())
     if punctuation == "strip":
         text = "".join(c for c in text if not unicodedata.category(c).startswith("P"))
+    elif punctuation == "strip_ascii":
+        text = text.translate(_ASCII_PUNCTUATION)
     return " ".join(text.split())
 
 
@@ -212,8 +220,9 @@ class AsrOptions(TaskOptions):
     dropout: float = Field(0.2, ge=0, lt=1)
     case: Literal["lower", "keep"] = "lower"
     """lower: lower-case the letters that have case (other scripts are untouched); keep: keep case."""
-    punctuation: Literal["keep", "strip"] = "keep"
-    """keep: punctuation characters are vocabulary entries; strip: delete Unicode category P* characters."""
+    punctuation: Literal["keep", "strip", "strip_ascii"] = "keep"
+    """keep: punctuation characters are vocabulary entries; strip: delete Unicode category P* characters;
+    strip_ascii: delete only the ASCII marks of Python's string.punctuation (ESPnet's ML-SUPERB data prep)."""
     head: Literal["bilstm", "transformer"] = "bilstm"
     """bilstm: SUPERB's head (hidden_size, num_layers, bidirectional); transformer: ML-SUPERB's ESPnet encoder
     (subsample, attention_dim, attention_heads, ff_dim, transformer_layers). Both use proj_dim and dropout."""
