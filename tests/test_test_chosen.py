@@ -69,6 +69,41 @@ def test_one_run_reports_the_test_chosen_checkpoint_recomputed_from_every_step_c
 
 
 @pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_test_chosen_checkpoint(tmp_path):
+    """The step checkpoints written before a SIGKILL stay, the resumed run adds the rest, and it reports the same
+    per-checkpoint test values and choice as an uninterrupted run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from speechfuse.training.runner import train
+
+    manifests = make_fsdd(tmp_path, digits=(0, 1, 2), speakers=("george", "jackson", "lucas"))
+    data = tiny_config(manifests, "unused", max_steps=6, val_every_steps=2, lr=5e-2, seed=1, report_test_chosen=True,
+                       importance=False)
+    data["data"]["target"], data["upstreams"] = "speaker", [{"spec": "resemblyzer"}]
+    full = train(config_from_dict(data), tmp_path / "full")
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
+    script = Path(__file__).parent / "killed_run.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "cfg.yaml"), str(tmp_path / "killed"), "4"],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    steps = tmp_path / "killed" / "checkpoints" / "steps"
+    assert sorted(p.name for p in steps.iterdir()) == ["step=2.safetensors", "step=4.safetensors"]
+    resumed = train(config_from_dict(data), tmp_path / "killed")
+    assert sorted(p.name for p in steps.iterdir()) == ["step=2.safetensors", "step=4.safetensors",
+                                                        "step=6.safetensors"]
+    ours, theirs = resumed["test_chosen_on_test"], full["test_chosen_on_test"]
+    assert [r["step"] for r in ours["per_checkpoint"]] == [2, 4, 6]
+    assert [r["accuracy"] for r in ours["per_checkpoint"]] == pytest.approx(
+        [r["accuracy"] for r in theirs["per_checkpoint"]], abs=1e-9)
+    assert (ours["step"], ours["accuracy"]) == (theirs["step"], pytest.approx(theirs["accuracy"], abs=1e-9))
+
+
+@pytest.mark.slow
 def test_a_verify_run_scores_each_checkpoint_with_its_own_cohort(tmp_path):
     """verify (AS-norm cohort fitted per checkpoint, as for the main result): the dev-chosen checkpoint is among
     the step checkpoints, so its test EER reappears there and the test-chosen EER is not above it."""
