@@ -138,7 +138,7 @@ def read_sweep(sweep: str | Path) -> list[dict]:
             if chosen is not None:
                 records.append({**base, "column": f"{cell.column}{ON_TEST_SUFFIX}",
                                 "metric": f"{TEST_CHOSEN}_{cell.metric[len('test_'):]}", "value": chosen,
-                                "rule": f"{ON_TEST_RULE}; then as {cell.column}", "chosen_on_test": True})
+                                "rule": f"{ON_TEST_RULE}; averaged as the {cell.column} column", "chosen_on_test": True})
     return records
 
 
