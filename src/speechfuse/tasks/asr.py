@@ -243,6 +243,9 @@ class AsrOptions(TaskOptions):
     ctc_normalize: Literal["length", "batch"] = "length"
     """length: each utterance's CTC loss divided by its target length, then the batch mean (torch's
     reduction="mean"); batch: summed over the batch and divided by the batch size (ESPnet's CTC)."""
+    ctc_too_short: Literal["error", "zero"] = "error"
+    """A training or dev utterance with fewer output frames than CTC needs for its transcript: error stops with
+    a message naming it; zero gives it zero loss and gradient and goes on (ESPnet's CTC, zero_infinity=True)."""
 
     @field_validator("attention_heads")
     @classmethod
@@ -342,16 +345,17 @@ class AsrTask(Task):
                    (torch.arange(1, labels.shape[1], device=out.device)[None, :] < label_lengths[:, None])).sum(1)
         needed = label_lengths + repeats
         short = (out_lengths.to(out.device) < needed).nonzero().flatten().tolist()
-        if short:
+        zero = self.options.get("ctc_too_short") == "zero"
+        if short and not zero:
             raise ShapeError(f"asr task: utterance(s) at batch position(s) {short} have fewer output frames "
                              f"({out_lengths[short].tolist()}) than CTC needs for their transcripts "
                              f"({needed[short].tolist()}); use a higher frame rate or drop those utterances")
         log_probs = out.float().log_softmax(-1).transpose(0, 1)  # [T,B,V]
         if self.options.get("ctc_normalize") == "batch":
             return F.ctc_loss(log_probs, labels, out_lengths, label_lengths, blank=0, reduction="sum",
-                              zero_infinity=False) / out.shape[0]
+                              zero_infinity=zero) / out.shape[0]
         return F.ctc_loss(log_probs, labels, out_lengths, label_lengths, blank=0, reduction="mean",
-                          zero_infinity=False)
+                          zero_infinity=zero)
 
     def predict(self, out: torch.Tensor, out_lengths: torch.Tensor) -> list[str]:
         """Greedy CTC: best class per frame, collapse repeats, drop blanks (and <unk>)."""
