@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import save_tiny_model
-from speechfuse.training.augment import SpecAugment, band_mask, draw_bands, time_warp
+from speechfuse.training.augment import SpecAugment, band_mask, draw_bands, draw_batch_bands, time_warp
 from speechfuse.training.checkpoint import load_checkpoint_file
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
@@ -54,6 +54,39 @@ def test_masks_zero_only_valid_frames_and_bands():
     assert time.shape == (3, 2, 2) and feature.shape == (3, 3, 2)
 
 
+def test_batch_span_draws_masks_over_the_padded_length_as_s3prl_and_espnet():
+    """span=batch (s3prl specaug.py L230-251, ESPnet mask_along_axis.py L31-42): W is a fraction of the padded
+    length, starts lie in 0..max(1, T - the batch's widest band)-1, so a 10-frame utterance in a 40-frame batch gets
+    widths up to 9 (per utterance: up to 1) and bands past its end; only its valid frames are ever zeroed."""
+    gen = torch.Generator().manual_seed(0)
+    widths, past_end = set(), 0
+    for _ in range(300):
+        bands = draw_batch_bands(2, 0.25, 40, 3, gen)  # W = floor(0.25 * 40) = 10
+        width = bands[..., 1] - bands[..., 0]
+        assert bool((width >= 0).all()) and bool((width <= 9).all())
+        assert bool((bands[..., 0] < max(1, 40 - int(width.max()))).all())
+        widths |= set(width[1].tolist())
+        past_end += int((bands[1, :, 0] >= 10).sum())
+    assert widths == set(range(10)) and past_end > 0
+    short = draw_bands(2, 0.25, torch.tensor([10]), gen)
+    assert int((short[..., 1] - short[..., 0]).max()) <= 1  # utterance span: W = floor(2.5) = 2
+    # feature bands: W channels over D, starts below D - the widest
+    bands = draw_batch_bands(4, 50, 64, 5, gen)
+    width = bands[..., 1] - bands[..., 0]
+    assert bool((width <= 49).all()) and bool((bands[..., 0] < max(1, 64 - int(width.max()))).all())
+
+    aug = SpecAugment(time_masks=3, time_width=0.25, feature_masks=0, feature_width=1, span="batch").train()
+    feats, lengths = torch.randn(2, 40, 8) + 5, torch.tensor([40, 10])
+    feats[1, 10:] = 7.0
+    torch.manual_seed(1)
+    time, _ = aug.masks(lengths, 40, 8)
+    torch.manual_seed(1)
+    out = aug(feats, lengths)
+    expected = band_mask(time, 40) & (torch.arange(40)[None, :] < lengths[:, None])
+    assert torch.equal((out == 0).all(dim=-1), expected) and bool(expected.any())
+    assert torch.equal(out[1, 10:], feats[1, 10:])  # padding untouched
+
+
 def test_time_warp_moves_one_centre_frame_and_keeps_length_and_padding():
     # a linear ramp in time: bicubic resizing of each side keeps it monotone, so the warped utterance is still
     # increasing, starts and ends near the same values, and frame c' now holds what frame c held before
@@ -94,7 +127,8 @@ def test_width_options_are_frames_or_fractions(tmp_path):
     from speechfuse.config import SpecAugConfig
 
     assert SpecAugConfig().model_dump() == {"time_masks": 2, "time_width": 40, "feature_masks": 4,
-                                            "feature_width": 50, "time_warp": 0}  # s3prl's ASR masks, no warp
+                                            "feature_width": 50, "time_warp": 0,
+                                            "span": "utterance"}  # s3prl's ASR masks, no warp, per utterance
     assert SpecAugConfig(time_width=0.05).time_width == 0.05
     with pytest.raises(ValueError, match="whole number"):
         SpecAugConfig(time_width=2.5)

@@ -73,6 +73,27 @@ def test_ctc_batch_normalisation_is_the_sum_over_the_batch_divided_by_its_size()
     assert espnet.loss(out, lengths, targets).item() == pytest.approx(per_utt.sum().item() / 2, rel=1e-5)
 
 
+def test_ctc_too_short_zero_drops_an_impossible_utterance_as_espnet_and_error_names_it():
+    """ESPnet's CTC (zero_infinity=True, espnet2/asr/ctc.py L29, L42): an utterance with fewer frames than its
+    transcript needs adds 0 to the sum, which is still divided by the whole batch; the default stops instead."""
+    from speechfuse.errors import ShapeError
+
+    task = get_task("asr", ctc_normalize="batch", ctc_too_short="zero").fit(rows([("en", "ab ba")]))
+    targets = task.encode(rows([("en", "ab"), ("en", "abba")]))
+    out = torch.randn(2, 12, len(task.vocab), requires_grad=True)
+    lengths = torch.tensor([12, 3])  # "abba" needs 5 frames (4 labels + 1 between the repeated b's)
+    alone = F.ctc_loss(out[:1].log_softmax(-1).transpose(0, 1), targets[0][:1], lengths[:1], targets[1][:1],
+                       reduction="sum")
+    loss = task.loss(out, lengths, targets)
+    assert loss.item() == pytest.approx(alone.item() / 2, rel=1e-5)
+    loss.backward()
+    assert bool(torch.isfinite(out.grad).all()) and float(out.grad[1].abs().sum()) == 0.0
+    strict = get_task("asr", ctc_normalize="batch")
+    strict.vocab = task.vocab
+    with pytest.raises(ShapeError, match=r"batch position\(s\) \[1\].*\[3\].*\[5\]"):
+        strict.loss(out, lengths, targets)
+
+
 def test_the_mlsuperb_configs_score_and_train_as_espnet():
     from pathlib import Path
 
@@ -88,3 +109,6 @@ def test_the_mlsuperb_configs_score_and_train_as_espnet():
         task = get_task(cfg.task, **cfg.downstream)
         assert (task.options["normalize"], task.options["ctc_normalize"]) == ("utterance_mvn", "batch")
         assert (cfg.train.grad_clip, cfg.train.average_best) == (5.0, 5)
+        # ESPnet's process_text strips string.punctuation only; its mask_along_axis draws over the padded batch
+        assert task.options["punctuation"] == "strip_ascii" and cfg.train.specaug.span == "batch"
+        assert task.options["ctc_too_short"] == "zero"

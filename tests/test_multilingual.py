@@ -45,6 +45,9 @@ def test_punctuation_keep_or_strip():
     assert normalize_text(text, punctuation="strip") == "qué tal très bien ditil 你好"
     task = get_task("asr", punctuation="strip").fit(rows([("es", text)]))
     assert not {"¿", "?", "«", "»", ",", "-", ".", "。"} & set(task.vocab)
+    # ESPnet's ML-SUPERB process_text: text.translate(str.maketrans("", "", string.punctuation)), ASCII only
+    assert normalize_text(text, punctuation="strip_ascii") == "¿qué tal «très bien» ditil 你好。"
+    assert normalize_text("[laughter] it's 5$ (so-so)_~", punctuation="strip_ascii") == "laughter its 5 soso"
 
 
 def test_text_options_are_typed():

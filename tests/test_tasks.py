@@ -278,7 +278,7 @@ def test_head_options_are_typed_by_each_task():
                                                       "dropout", "case", "punctuation", "head", "subsample",
                                                       "attention_dim", "attention_heads", "ff_dim",
                                                       "transformer_layers", "normalize", "normalize_vars",
-                                                      "token_type", "ctc_normalize"]
+                                                      "token_type", "ctc_normalize", "ctc_too_short"]
     assert get_task("classify", hidden_dim="128").options == {"hidden_dim": 128, "dropout": 0.0}
     with pytest.raises(ConfigError, match=r"task 'classify': option hidden_dim: Input should be a valid integer.*\(got 'wide'\)"):
         get_task("classify", hidden_dim="wide")

@@ -188,6 +188,9 @@ class SpecAugConfig(_Strict):
     """Feature masks are 0..W-1 channels wide; W below 1 is a fraction of the feature dimension."""
     time_warp: int = Field(0, ge=0)
     """Time-warp window in frames (0: no warp); s3prl's and ESPnet's is 5."""
+    span: Literal["utterance", "batch"] = "utterance"
+    """What the masks are drawn over: each utterance's valid frames (widths and places scaled to it), or the
+    padded batch, as s3prl's and ESPnet's MaskAlongAxis do (the paper configs' setting)."""
 
     @field_validator("time_width", "feature_width")
     @classmethod
@@ -223,6 +226,13 @@ class TrainConfig(_Strict):
     average_best: Optional[int] = Field(None, ge=1)
     """Report the mean of the N checkpoints with the lowest dev loss (ESPnet's valid.loss.ave) instead of the
     one with the best dev main metric (speechfuse.training.average); null: off."""
+    report_test_chosen: bool = False
+    """Also report SUPERB's VoxCeleb1 number from the same run: keep a weights-only checkpoint at every dev
+    evaluation (RUN/checkpoints/steps/, as s3prl's save_step with max_keep covering them all), score the test
+    split with each after training, and write the best as `test_chosen_on_test` (with its step) in
+    metrics.json, the model card and `speechfuse table` (marked †). The dev-chosen test metrics stay the main
+    result (with average_best, the average, which is none of the step checkpoints). Needs data.test; costs one
+    test pass per dev evaluation (speechfuse.training.test_chosen)."""
     seed: int = 0
     """Seeds the initial weights and the batch order: the same seed gives the same result on a CPU."""
     val_every_steps: int = Field(100, gt=0)

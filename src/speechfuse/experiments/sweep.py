@@ -54,7 +54,7 @@ from speechfuse.config import parse_value, set_dotted
 from speechfuse.errors import ConfigError, SpeechfuseError
 from speechfuse.experiments.report import plot_importance, write_table
 from speechfuse.io import speechfuse_home, write_atomic
-from speechfuse.training.runfolder import RunFolder
+from speechfuse.training.runfolder import TEST_CHOSEN, RunFolder
 from speechfuse.experiments.stats import mean_std
 
 RESULTS_MD = "results.md"
@@ -279,8 +279,9 @@ def interface_params(run_dir: Path) -> int | None:
 
 
 def _flat_metrics(metrics: dict) -> dict:
+    """dev_<metric>, test_<metric> and, from train.report_test_chosen, test_chosen_on_test_<metric> (and _step)."""
     out = {}
-    for split in ("dev", "test"):
+    for split in ("dev", "test", TEST_CHOSEN):
         for name, value in (metrics.get(split) or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[f"{split}_{name}"] = value

@@ -29,7 +29,9 @@ data.languages: one IEMOCAP fold, one ML-SUPERB monolingual dataset); seeds of o
 then the data of one group (a monolingual language; otherwise each data is its own group), then the groups
 with equal weight. A cell averaged over fewer data than the most any row of its column has is marked `(n/N)`;
 a cell with a run whose dev split is its test split (SUPERB's VoxCeleb1 rule: the best test score over
-checkpoints) is marked †.
+checkpoints) is marked †. A run trained with train.report_test_chosen also fills "<column>, chosen on test" (right
+after the column) with its best test value over its step checkpoints (metrics.json's test_chosen_on_test), averaged
+as the column is and always marked †; the column itself keeps the dev-chosen value.
 Below the table, a line per column states the rule it used (`TableCell.rule`, from the task). Next to
 table.md, table.csv keeps the full-precision values and the data / run counts of every cell.
 """
@@ -43,13 +45,17 @@ from speechfuse.data.manifest import recorded_corpus
 from speechfuse.errors import ConfigError
 from speechfuse.experiments.report import write_table
 from speechfuse.io import write_atomic
-from speechfuse.training.runfolder import RunFolder
+from speechfuse.training.runfolder import TEST_CHOSEN, RunFolder
 from speechfuse.experiments.sweep import RESULTS_CSV
 from speechfuse.tasks import TableCell, get_task
 
 # the paper's columns, in its order; any other column a task names follows them
 COLUMNS = ("LibriSpeech WER", "ML-SUPERB mono CER", "ML-SUPERB multi CER", "ML-SUPERB few-shot CER", "VoxCeleb1 EER",
            "IEMOCAP accuracy")
+
+ON_TEST_SUFFIX = ", chosen on test"  # the column of a run's best test value over its checkpoints
+ON_TEST_RULE = ("per run the best test value over its step checkpoints (train.report_test_chosen: SUPERB's VoxCeleb1 "
+                "rule, s3prl test_expdir.sh), chosen on test, not a held-out estimate")
 
 
 class TableError(ConfigError):
@@ -124,11 +130,27 @@ def read_sweep(sweep: str | Path) -> list[dict]:
         languages = data.get("languages")
         unit = f"{data.get('train')}" + (f" {sorted(languages)}" if languages else "")
         for cell, value in run_values(cfg, row, where, corpora):
-            records.append({"upstreams": row["upstreams"], "interface": row["interface"], "column": cell.column,
-                            "metric": cell.metric, "group": cell.group, "rule": cell.rule, "data": unit,
-                            "value": value, "source": where,
+            base = {"upstreams": row["upstreams"], "interface": row["interface"], "group": cell.group, "data": unit,
+                    "source": where}
+            records.append({**base, "column": cell.column, "metric": cell.metric, "rule": cell.rule, "value": value,
                             "chosen_on_test": bool(data.get("test")) and data.get("dev") == data.get("test")})
+            chosen = test_chosen_value(row, cell.metric)
+            if chosen is not None:
+                records.append({**base, "column": f"{cell.column}{ON_TEST_SUFFIX}",
+                                "metric": f"{TEST_CHOSEN}_{cell.metric[len('test_'):]}", "value": chosen,
+                                "rule": f"{ON_TEST_RULE}; averaged as the {cell.column} column", "chosen_on_test": True})
     return records
+
+
+def test_chosen_value(row: dict[str, str], metric: str) -> float | None:
+    """The run's best test value over its step checkpoints (train.report_test_chosen), if it has one."""
+    if not metric.startswith("test_"):
+        return None
+    text = row.get(f"{TEST_CHOSEN}_{metric[len('test_'):]}")
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -160,7 +182,11 @@ def paper_table(sweeps: Iterable[str | Path], out: str | Path) -> list[dict]:
                          "e.g. table.md")
     records = [r for s in sweeps for r in read_sweep(s)]
     cells = merge(records)
-    columns = [*COLUMNS, *dict.fromkeys(c["column"] for c in cells if c["column"] not in COLUMNS)]
+    named = [*COLUMNS, *dict.fromkeys(c["column"] for c in cells if c["column"] not in COLUMNS)]
+    # each column's chosen-on-test twin right after it
+    present = {c["column"] for c in cells}
+    columns = [c for base in named if not base.endswith(ON_TEST_SUFFIX)
+               for c in (base, base + ON_TEST_SUFFIX) if c == base or c in present]
     most = {c: max((x["data"] for x in cells if x["column"] == c), default=0) for c in columns}
     on_test = {(r["upstreams"], r["interface"], r["column"]) for r in records if r["chosen_on_test"]}
     display: dict[tuple, dict] = {}
@@ -179,12 +205,14 @@ def paper_table(sweeps: Iterable[str | Path], out: str | Path) -> list[dict]:
             for r in display.values()]
     write_table(rows, out, None, columns=["upstreams", "interface", *header])
     rules = {r["column"]: r["rule"] for r in records}
-    note = ("\nTest split, best checkpoint by dev. (n/N): averaged over n of the N folds or datasets other rows "
-            f"have. Sweeps: {', '.join(str(s) for s in sweeps)}.\n\nRules:\n"
+    twins = " (but in the columns ending 'chosen on test')" if any(c.endswith(ON_TEST_SUFFIX) for c in columns) else ""
+    note = (f"\nTest split, best checkpoint by dev{twins}. (n/N): averaged over n of the N folds or datasets other "
+            f"rows have. Sweeps: {', '.join(str(s) for s in sweeps)}.\n\nRules:\n"
             + "".join(f"- {c}: {rules[c]}\n" for c in columns if c in rules))
     if on_test:
-        note += ("†: checkpoint chosen on test (the run's dev split is its test split), SUPERB's VoxCeleb1 rule: the "
-                 "best test score over the checkpoints, not a held-out estimate.\n")
+        note += ("†: checkpoint chosen on test (a column ending 'chosen on test', or a run whose dev split is its "
+                 "test split), SUPERB's VoxCeleb1 rule: the best test score over the checkpoints, not a held-out "
+                 "estimate.\n")
     write_atomic(out, out.read_text(encoding="utf-8") + note)
     write_table(sorted(cells, key=lambda c: (c["upstreams"], c["interface"], columns.index(c["column"]))),
                 None, out.with_suffix(".csv"), columns=["upstreams", "interface", "column", "value", "data", "runs"])

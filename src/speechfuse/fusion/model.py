@@ -38,7 +38,7 @@ from speechfuse.errors import ConfigError, SpeechfuseError, UpstreamError
 from speechfuse.fusion.frontend import FusionFrontend
 from speechfuse.fusion.hidden import HiddenStates
 from speechfuse.io import write_atomic
-from speechfuse.training.runfolder import MODEL_DIR as RUN_MODEL_DIR  # RUN_DIR/model/: the run folder's layout is speechfuse.training.runfolder's
+from speechfuse.training.runfolder import MODEL_DIR as RUN_MODEL_DIR, TEST_CHOSEN  # RUN_DIR/model/: the run folder's layout is speechfuse.training.runfolder's
 from speechfuse.tasks import Task, get_task
 
 if TYPE_CHECKING:
@@ -411,14 +411,25 @@ def model_readme(config: dict[str, Any], task: Task) -> str:
                   f"lr {t.get('lr')}, interface lr {t.get('interface_lr')}, seed {t.get('seed')}) on "
                   f"{training_data_line(config)}; weights of the {training.get('checkpoint', 'best')} "
                   "dev checkpoint.", ""]
-    metrics = training.get("metrics")
+    metrics = dict(training.get("metrics") or {})
+    chosen = metrics.pop(TEST_CHOSEN, None)
     if metrics:
         lines += metrics_table(metrics, task.main_metric) + [""]
+    if chosen:
+        lines += [chosen_on_test_line(chosen, task.main_metric), ""]
     lines += ["```python", "import speechfuse as sf", "model = sf.load_model(\"path/to/this/folder\")",
               "print(model.predict(\"clip.wav\"))", "```", "",
               "`model.safetensors` holds only the trained weights; the frozen upstreams load from their specs and "
               "must match the weight fingerprints in `config.json`.", ""]
     return front_matter(config) + "\n".join(lines)
+
+
+def chosen_on_test_line(chosen: dict[str, Any], main_metric: str) -> str:
+    """The card's sentence for train.report_test_chosen (speechfuse.training.test_chosen), labelled as such."""
+    return (f"Chosen on test (SUPERB's VoxCeleb1 rule, `train.report_test_chosen`; not a held-out estimate): test "
+            f"{main_metric} {chosen[main_metric]:.4f} at step {chosen['step']}, the best of "
+            f"{chosen['checkpoints_scored']} checkpoints each scored on test. The metrics above are the dev-chosen "
+            "checkpoint's.")
 
 
 def metrics_table(metrics: dict[str, dict[str, Any]], first: str) -> list[str]:

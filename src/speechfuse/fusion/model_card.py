@@ -54,8 +54,12 @@ def _pipeline_tag(task_name: str) -> str | None:
 
 def _results(task_name: str, metrics: dict[str, dict[str, float]], data: dict[str, dict[str, str]],
              pipeline_tag: str | None) -> list[dict[str, Any]]:
+    from speechfuse.training.runfolder import TEST_CHOSEN
+
     results = []
     for split, values in metrics.items():
+        if split == TEST_CHOSEN:  # chosen on test: in the card's text, labelled, never as a hub result
+            continue
         entries = []
         for name, value in values.items():
             if name.startswith("ci_"):

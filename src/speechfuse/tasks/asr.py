@@ -12,12 +12,15 @@ Text normalisation (training targets, references and predictions alike), in this
    (CJK, Arabic, Devanagari, Thai, ...) are untouched. `case: keep` keeps case. NFC again after it;
 3. `punctuation: keep` (default) keeps every character; `strip` deletes every character of Unicode
    general category P* (.,!?;:'"-()[]«»¿¡、。 ...) without putting a space in its place ("don't" -> "dont");
+   `strip_ascii` deletes only Python's string.punctuation (the 32 ASCII marks), as ESPnet's ML-SUPERB data
+   prep does (`process_text`), so "¿", "«", "。" stay;
 4. whitespace runs become one space; leading and trailing space is dropped.
 WER and CER are fractions (0.25 = 25 %), computed with jiwer over the corpus.
 """
 from __future__ import annotations
 
 import math
+import string
 import unicodedata
 import warnings
 from typing import Any, Literal, Optional
@@ -47,6 +50,9 @@ def edit_counts(refs: list[str], hyps: list[str], process: Any) -> tuple[list[in
     return errors, totals
 
 
+_ASCII_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
 def normalize_text(text: str, case: str = "lower", punctuation: str = "keep") -> str:
     """NFC, lower-case cased letters (case="lower"), strip Unicode punctuation (punctuation="strip"),
     collapse whitespace (see the module docstring)."""
@@ -55,6 +61,8 @@ def normalize_text(text: str, case: str = "lower", punctuation: str = "keep") ->
         text = unicodedata.normalize("NFC", text.lower())
     if punctuation == "strip":
         text = "".join(c for c in text if not unicodedata.category(c).startswith("P"))
+    elif punctuation == "strip_ascii":
+        text = text.translate(_ASCII_PUNCTUATION)
     return " ".join(text.split())
 
 
@@ -212,8 +220,9 @@ class AsrOptions(TaskOptions):
     dropout: float = Field(0.2, ge=0, lt=1)
     case: Literal["lower", "keep"] = "lower"
     """lower: lower-case the letters that have case (other scripts are untouched); keep: keep case."""
-    punctuation: Literal["keep", "strip"] = "keep"
-    """keep: punctuation characters are vocabulary entries; strip: delete Unicode category P* characters."""
+    punctuation: Literal["keep", "strip", "strip_ascii"] = "keep"
+    """keep: punctuation characters are vocabulary entries; strip: delete Unicode category P* characters;
+    strip_ascii: delete only the ASCII marks of Python's string.punctuation (ESPnet's ML-SUPERB data prep)."""
     head: Literal["bilstm", "transformer"] = "bilstm"
     """bilstm: SUPERB's head (hidden_size, num_layers, bidirectional); transformer: ML-SUPERB's ESPnet encoder
     (subsample, attention_dim, attention_heads, ff_dim, transformer_layers). Both use proj_dim and dropout."""
@@ -234,6 +243,9 @@ class AsrOptions(TaskOptions):
     ctc_normalize: Literal["length", "batch"] = "length"
     """length: each utterance's CTC loss divided by its target length, then the batch mean (torch's
     reduction="mean"); batch: summed over the batch and divided by the batch size (ESPnet's CTC)."""
+    ctc_too_short: Literal["error", "zero"] = "error"
+    """A training or dev utterance with fewer output frames than CTC needs for its transcript: error stops with
+    a message naming it; zero gives it zero loss and gradient and goes on (ESPnet's CTC, zero_infinity=True)."""
 
     @field_validator("attention_heads")
     @classmethod
@@ -333,16 +345,17 @@ class AsrTask(Task):
                    (torch.arange(1, labels.shape[1], device=out.device)[None, :] < label_lengths[:, None])).sum(1)
         needed = label_lengths + repeats
         short = (out_lengths.to(out.device) < needed).nonzero().flatten().tolist()
-        if short:
+        zero = self.options.get("ctc_too_short") == "zero"
+        if short and not zero:
             raise ShapeError(f"asr task: utterance(s) at batch position(s) {short} have fewer output frames "
                              f"({out_lengths[short].tolist()}) than CTC needs for their transcripts "
                              f"({needed[short].tolist()}); use a higher frame rate or drop those utterances")
         log_probs = out.float().log_softmax(-1).transpose(0, 1)  # [T,B,V]
         if self.options.get("ctc_normalize") == "batch":
             return F.ctc_loss(log_probs, labels, out_lengths, label_lengths, blank=0, reduction="sum",
-                              zero_infinity=False) / out.shape[0]
+                              zero_infinity=zero) / out.shape[0]
         return F.ctc_loss(log_probs, labels, out_lengths, label_lengths, blank=0, reduction="mean",
-                          zero_infinity=False)
+                          zero_infinity=zero)
 
     def predict(self, out: torch.Tensor, out_lengths: torch.Tensor) -> list[str]:
         """Greedy CTC: best class per frame, collapse repeats, drop blanks (and <unk>)."""

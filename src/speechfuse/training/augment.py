@@ -22,9 +22,14 @@ Per utterance (its own valid frames `lengths[b]`, never the padding):
                  over w..n-w-1 and a new position c' uniform over c-w+1..c+w; frames [0, c) are resized to
                  c' frames and [c, n) to n-c' frames (bicubic along time, as ESPnet's `time_warp`), so the
                  utterance keeps its n valid frames. Utterances with n <= 2w frames are left unwarped.
+With `span="batch"` the masks are drawn as s3prl's and ESPnet's `MaskAlongAxis` draws them, over the padded
+batch instead: time widths 0..W-1 with W `time_width` frames or that fraction of the batch's padded length, and
+every band's start uniform over 0..max(1, size - the widest band of the batch)-1 of the padded length (feature
+bands likewise over D), so a short utterance gets wider time masks and some land on its padding.
 Masked values are 0 (s3prl's and ESPnet's `replace_with_zero`). Widths 0..W-1 are what s3prl's and ESPnet's
-`torch.randint(0, W)` draw for `mask_width_range: [0, W]`. ESPnet draws the warp once per batch over the
-padded length; speechfuse draws it per utterance over its valid frames, like the masks.
+`torch.randint(0, W)` draw for `mask_width_range: [0, W]`. The warp is per utterance over its valid frames, as
+s3prl's `TimeWarp.forward` (downstream/specaug.py) and ESPnet's (espnet2/layers/time_warp.py, for a batch whose
+lengths differ; one shared warp when they are all equal) do.
 
 Randomness comes from torch's global CPU generator (one draw per batch), whose state every checkpoint saves
 and a resume restores, so a resumed run masks exactly as an uninterrupted one.
@@ -84,24 +89,42 @@ def time_warp(features: torch.Tensor, lengths: torch.Tensor, window: int,
     return out
 
 
+def draw_batch_bands(count: int, limit: float, size: int, batch: int, generator: Optional[torch.Generator] = None
+                     ) -> torch.Tensor:
+    """[batch, count, 2] bands as s3prl's and ESPnet's mask_along_axis draws them over a padded axis of `size`:
+    widths uniform over 0..W-1 (W from `band_widths` of `size`), starts uniform over 0..max(1, size - widest)-1."""
+    upper = int(band_widths(limit, torch.tensor([size]))[0].clamp_min(1))
+    u_width, u_start = torch.rand(2, batch, count, generator=generator, dtype=torch.float64)
+    width = torch.floor(u_width * upper).long()
+    room = max(1, size - int(width.max())) if width.numel() else 1
+    start = torch.floor(u_start * room).long()
+    return torch.stack([start, start + width], dim=-1)
+
+
 class SpecAugment(nn.Module):
     """Zeroes random time and feature bands of `features [B,T,D]` on the valid frames, in train mode only."""
 
     def __init__(self, time_masks: int = 2, time_width: float = 40, feature_masks: int = 4,
-                 feature_width: float = 50, time_warp: int = 0) -> None:
+                 feature_width: float = 50, time_warp: int = 0, span: str = "utterance") -> None:
         super().__init__()
         self.time_masks, self.time_width = time_masks, time_width
         self.feature_masks, self.feature_width = feature_masks, feature_width
         self.time_warp = time_warp
+        self.span = span
 
     def extra_repr(self) -> str:
         return (f"time_masks={self.time_masks}, time_width={self.time_width}, "
-                f"feature_masks={self.feature_masks}, feature_width={self.feature_width}, time_warp={self.time_warp}")
+                f"feature_masks={self.feature_masks}, feature_width={self.feature_width}, time_warp={self.time_warp}, "
+                f"span={self.span}")
 
     def masks(self, lengths: torch.Tensor, frames: int, dims: int, generator: Optional[torch.Generator] = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """The bands one call draws: time [B, time_masks, 2] and feature [B, feature_masks, 2]."""
         lengths = lengths.long().cpu().clamp(max=frames)
+        if self.span == "batch":
+            batch = lengths.shape[0]
+            return (draw_batch_bands(self.time_masks, self.time_width, frames, batch, generator),
+                    draw_batch_bands(self.feature_masks, self.feature_width, dims, batch, generator))
         time = draw_bands(self.time_masks, self.time_width, lengths, generator)
         feature = draw_bands(self.feature_masks, self.feature_width, torch.full_like(lengths, dims), generator)
         return time, feature
@@ -123,4 +146,4 @@ class SpecAugment(nn.Module):
         return features.masked_fill(masked, 0.0)
 
 
-__all__ = ["SpecAugment", "draw_bands", "band_mask", "band_widths", "time_warp"]
+__all__ = ["SpecAugment", "draw_bands", "draw_batch_bands", "band_mask", "band_widths", "time_warp"]

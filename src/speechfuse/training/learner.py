@@ -39,7 +39,7 @@ from speechfuse.errors import ConfigError, SpeechfuseError
 from speechfuse.fusion.frontend import FusionFrontend
 from speechfuse.training.interrupt import STOP_SIGNALS, Interrupted, signal_name
 from speechfuse.fusion.model import build_frontend
-from speechfuse.training.runfolder import BEST, CKPT_DIR, EXT, LAST, LOGS_DIR
+from speechfuse.training.runfolder import BEST, CKPT_DIR, EXT, LAST, LOGS_DIR, STEPS_DIR
 from speechfuse.tasks import Task
 
 
@@ -344,6 +344,11 @@ class StopOnInterrupt(Callback):
             trainer.should_stop = True
 
 
+class _StepCheckpoints(_Checkpoint):
+    """Weights only, one file per dev evaluation, none removed (train.report_test_chosen). A class of its own:
+    Lightning tells callbacks' saved states apart by class, monitor and mode, which `last` shares."""
+
+
 def _devices(cfg: Config) -> Any:
     devices = cfg.train.devices
     launched = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun sets it
@@ -376,6 +381,10 @@ def make_trainer(cfg: Config, run_dir: Path, task: Task, extra_callbacks: list |
         callbacks.insert(1, _Checkpoint(dirpath=ckpt_dir / TOP_DIR, filename="{step}", monitor=DEV_LOSS, mode="min",
                                         save_top_k=t.average_best, save_on_train_epoch_end=False,
                                         enable_version_counter=False))
+    if t.report_test_chosen:  # every dev evaluation's weights, scored on test after fit (training.test_chosen)
+        callbacks.insert(1, _StepCheckpoints(dirpath=ckpt_dir / STEPS_DIR, filename="{step}", monitor=None,
+                                             save_top_k=-1, save_weights_only=True, save_on_train_epoch_end=False,
+                                             enable_version_counter=False))
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     from speechfuse.training.progress import quiet, verbose

@@ -57,6 +57,10 @@ CKPT_DIR = "checkpoints"
 LAST = "last"  # checkpoints/last.safetensors, checkpoints/best.safetensors
 BEST = "best"
 EXT = ".safetensors"
+# train.report_test_chosen: metrics.json's best test value over the step checkpoints, which are
+# checkpoints/steps/step=<N>.safetensors (the weights of every dev evaluation)
+TEST_CHOSEN = "test_chosen_on_test"
+STEPS_DIR = "steps"
 LOGS_DIR = "logs"
 LOCK = "train.lock"
 ERROR = "error.txt"  # the traceback of a sweep's run that failed (removed once it finishes)
@@ -88,6 +92,15 @@ class RunFolder:
     def checkpoint(self, name: str = BEST) -> Path:
         """checkpoints/<name>.safetensors (name: best or last)."""
         return self.path / CKPT_DIR / f"{name}{EXT}"
+
+    def step_checkpoints(self) -> list[tuple[int, Path]]:
+        """(step, checkpoints/steps/step=<step>.safetensors) of every kept dev evaluation, earliest first."""
+        found = []
+        for path in (self.path / CKPT_DIR / STEPS_DIR).glob(f"step=*{EXT}"):
+            step = path.name[len("step="):-len(EXT)]
+            if step.isdigit():
+                found.append((int(step), path))
+        return sorted(found)
 
     def utterances(self, split: str) -> Path:
         """utterances_<split>.jsonl: the per-utterance results of a split (speechfuse.training.utterances)."""

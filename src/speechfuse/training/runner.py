@@ -51,8 +51,9 @@ from speechfuse.serving.evaluate import (collect_records, evaluate, load_run, lo
 from speechfuse.training.learner import FusionTask, StopOnInterrupt, TrainingInterrupted, checkpoint_bytes, make_trainer
 from speechfuse.fusion.model import build_frontend, build_task, save_run_model
 from speechfuse.io import check_free_space, check_writable, disk_full
-from speechfuse.training.runfolder import (BEST, EXT, LAST, RunFolder, RunLock, check_data_unchanged, check_same_config,
-                        check_same_task, record_fingerprint)
+from speechfuse.training.runfolder import (BEST, EXT, LAST, TEST_CHOSEN, RunFolder, RunLock, check_data_unchanged,
+                        check_same_config, check_same_task, record_fingerprint)
+from speechfuse.training.test_chosen import choose_on_test, score_step_checkpoints
 from speechfuse.tasks import check_targets_known
 
 
@@ -61,6 +62,9 @@ def train(cfg: Config, out_dir: str | os.PathLike, callbacks: list | None = None
     from speechfuse.training.preflight import check_components
 
     check_components(cfg)  # names and options: before the folder exists and before any weights load
+    if cfg.train.report_test_chosen and cfg.data.test is None:
+        raise ConfigError("train.report_test_chosen scores the test split at every checkpoint, but data.test is not "
+                          "set; give data.test or set train.report_test_chosen: false")
     run_dir = Path(out_dir)
     check_writable(run_dir)
     created = not run_dir.exists()
@@ -108,8 +112,12 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)  # same initial weights on every rank
     model = FusionTask(cfg, task, frontend)
     if is_zero:  # last + best + the one being written, side by side for a moment
-        check_free_space(run_dir, 3 * checkpoint_bytes(model) + 2**20, "three checkpoints (last, best, one being "
-                         "written)")
+        needed, what = 3 * checkpoint_bytes(model) + 2**20, "three checkpoints (last, best, one being written)"
+        if cfg.train.report_test_chosen:  # weights only (about a third of a checkpoint), one per dev evaluation
+            kept = cfg.train.max_steps // cfg.train.val_every_steps + 1
+            needed += kept * checkpoint_bytes(model) // 3
+            what += f" and {kept} step checkpoints (train.report_test_chosen)"
+        check_free_space(run_dir, needed, what)
     frozen = all(not u.trainable for u in model.frontend.upstreams)
     cache_dir = resolve_cache_dir(cfg) if frozen else None
     data = FusionData(cfg, task, splits, model.frontend, cache_dir, model.position)
@@ -160,9 +168,13 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
         best = last
     if cfg.train.average_best:
         best = averaged_best(trainer, run_dir, write=is_zero) or best
-    load_weights(model, best)
     model.to(trainer.strategy.root_device)
     scoring = task.scoring_utterances(splits["train"])  # verify: the AS-norm cohort of training embeddings
+    test_chosen = None
+    if cfg.train.report_test_chosen:  # before the main result, which then loads and fits `best` as usual
+        test_chosen = choose_on_test(score_step_checkpoints(model, data, run, scoring), task.main_metric,
+                                     task.higher_is_better)
+    load_weights(model, best)
     if scoring:
         task.fit_scoring(collect_records(model, data.utterance_loader(scoring))[0])
         if is_zero:
@@ -170,6 +182,8 @@ def _train(cfg: Config, run_dir: Path, callbacks: list | None) -> dict:
     metrics = {"dev": score(model, data.val_dataloader(), "dev", run_dir if is_zero else None)}
     if "test" in splits:
         metrics["test"] = score(model, data.test_dataloader(), "test", run_dir if is_zero else None)
+    if test_chosen is not None:
+        metrics[TEST_CHOSEN] = test_chosen
     if is_zero:
         write_interface_report(model, data.val_dataloader(), run_dir, cfg.train.importance)
         plot_curves(run_dir, title=run_dir.name)  # RUN/curves.png from the CSV log
