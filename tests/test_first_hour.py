@@ -2,6 +2,7 @@
 results alone on stdout; the folder preparation on its own; the CLI grammar."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import yaml
 
 from conftest import FSDD
 from speechfuse.cli import build_parser, main
+from speechfuse.errors import ConfigError
 
 SPEAKERS = ("george", "jackson", "lucas")
 
@@ -174,12 +176,80 @@ def test_set_takes_one_value_so_the_config_may_follow(tmp_path):
     assert args.config == "my.yaml" and args.overrides == ["train.max_steps=5", "train.lr=1e-3"]
 
 
-def test_every_command_takes_the_common_options():
-    parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices
+# the commands that run a model take --device; the others say in their help why they do not
+RUN_A_MODEL = {"train", "predict", "evaluate", "sweep", "search", "extract", "verify", "prune", "study scaling", "demo"}
+RUN_NO_MODEL = {"prepare", "init", "compare", "export", "table"}
+
+
+def leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """(name, parser) of every command that runs, nested ones included ("study scaling")."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs and path:
+        yield " ".join(path), parser
+    for action in subs:
+        for name, sub in action.choices.items():
+            yield from leaf_commands(sub, path + (name,))
+
+
+def test_every_command_shares_one_grammar_of_options():
+    from speechfuse.cli.common import DEVICE_HELP, common_options
+
+    shared = {a.option_strings[-1]: a for a in common_options()._actions}
+    commands = dict(leaf_commands(build_parser()))
+    assert set(commands) == RUN_A_MODEL | RUN_NO_MODEL  # a new command is classified here
     for name, sub in commands.items():
-        flags = {s for a in sub._actions for s in a.option_strings}
-        assert {"--threads", "--quiet", "--verbose", "--plugin"} <= flags, name
+        options = {a.option_strings[-1]: a for a in sub._actions if a.option_strings}
+        for flag in ("--threads", "--quiet", "--verbose", "--plugin"):  # the same option, not one of the same name
+            mine, theirs = options[flag], shared[flag]
+            assert (mine.dest, mine.type, mine.default, mine.help) == (theirs.dest, theirs.type, theirs.default,
+                                                                       theirs.help), (name, flag)
+        if name in RUN_A_MODEL:
+            assert options["--device"].metavar == "DEVICE" and options["--device"].help.startswith(DEVICE_HELP), name
+        else:
+            assert "--device" not in options, name
+            why = sub.description.split("No --device: ", 1)[1]
+            assert len(why) > 20, (name, why)
+        if "--out" in options:  # always where the command writes what it makes: a folder (DIR) or a file (FILE)
+            out = options["--out"]
+            kind = {"DIR": "folder", "FILE": "file"}[out.metavar]
+            assert out.help.startswith(f"the {kind} it writes: "), (name, out.help)
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "search", "study scaling"])
+def test_device_reaches_the_config_of_every_command_that_trains(command, tmp_path, capsys):
+    from speechfuse.cli.common import load_command_config
+
+    clips = clip_folder(tmp_path / "clips", digits=range(1))
+    assert main(["prepare", "folder", str(clips), "--out", str(tmp_path / "data")]) == 0
+    assert main(["init", "--task", "classify", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "c.yaml")]) == 0
+    capsys.readouterr()
+    extra = {"train": [], "sweep": ["--seeds", "0"], "search": ["--space", "s.yaml"], "study scaling": []}[command]
+    args = build_parser().parse_args([*command.split(), str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o"),
+                                      "--device", "cuda:1", *extra])
+    train = load_command_config(args).train
+    assert (train.accelerator, str(train.devices)) == ("gpu", "1,")
+    args.device = "cpu"
+    assert load_command_config(args).train.accelerator == "cpu"
+    args.device = "gpu0"
+    with pytest.raises(ConfigError, match="cpu, cuda or cuda:N"):
+        load_command_config(args)
+
+
+def test_prune_takes_the_device_to_its_measurements_and_retraining(tmp_path, monkeypatch, capsys):
+    import speechfuse.experiments.prune as prune
+
+    seen = {}
+    monkeypatch.setattr(prune, "prune_run", lambda run, budgets, **options: seen.update(options) or [])
+    assert main(["prune", str(tmp_path), "--budget", "0.5", "--device", "cpu"]) == 0
+    assert seen["device"] == "cpu"
+    assert main(["prune", str(tmp_path), "--budget", "0.5", "--device", "tpu"]) == 2
+    assert "cpu, cuda or cuda:N" in capsys.readouterr().err
+    # measurements taken on another device are not reused for this one
+    (tmp_path / "prune").mkdir()
+    (tmp_path / "prune" / "measurements.json").write_text(json.dumps({"clips": 8, "repeat": 5, "device": "cuda"}))
+    with pytest.raises(prune.PruneError, match="device=cuda"):
+        prune.measure(tmp_path, 8, 5, "cpu")
+    assert prune.measure(tmp_path, 8, 5, "cuda")["device"] == "cuda"
 
 
 def test_compare_help_has_no_doubled_percent(capsys):

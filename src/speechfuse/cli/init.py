@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from speechfuse.errors import SpeechfuseError
+from speechfuse.cli.common import add_out, no_device
 
 HELP = "write a commented config for your manifests (the bundled models unless you name others)"
 
@@ -19,7 +20,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                    "speechfuse (no download) unless --upstreams names others.")
     p.add_argument("--task", required=True, help="asr | classify | verify | multilingual_asr")
     p.add_argument("--data", required=True, metavar="DIR", help="folder holding train.csv, dev.csv (and test.csv)")
-    p.add_argument("--out", required=True, help="config file to write, e.g. my.yaml")
+    add_out(p, "file", "the config, e.g. my.yaml", required=True)
+    no_device(p, "it writes a config and runs no model; `speechfuse train CONFIG --device` picks the device")
     p.add_argument("--upstreams", metavar="SPEC1,SPEC2",
                    help=f"models to fuse (default {','.join(BUNDLED_UPSTREAMS)}), e.g. hf:microsoft/wavlm-base-plus")
     p.add_argument("--interface", default="hconv", help="interface (default hconv)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from speechfuse.cli.common import floats
+from speechfuse.cli.common import add_device, check_device, floats
 
 HELP = "keep the layers worth their upstream cost, retrain, report metric vs cost"
 
@@ -30,13 +30,15 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                         "change of the fused features")
     p.add_argument("--clips", type=int, default=8, help="dev clips in the reference batch the costs are measured on")
     p.add_argument("--repeat", type=int, default=5, help="timed forward passes per (model, depth); the median counts")
+    add_device(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from speechfuse.experiments.prune import prune_run
 
+    check_device(args.device)
     budgets = [args.budget] if args.budget is not None else floats(args.budgets, "--budgets")
     print(json.dumps(prune_run(args.run_dir, budgets, cost=args.cost, importance=args.importance,
-                               clips=args.clips, repeat=args.repeat), indent=2))
+                               clips=args.clips, repeat=args.repeat, device=args.device), indent=2))
     return 0

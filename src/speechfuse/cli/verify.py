@@ -5,7 +5,7 @@ import argparse
 import json
 
 from speechfuse.errors import SpeechfuseError
-from speechfuse.cli.common import add_device, add_model_loading, load_trained_model, torch_device
+from speechfuse.cli.common import add_device, add_out, add_model_loading, load_trained_model, torch_device
 
 HELP = "score speaker verification trials with a trained model"
 
@@ -25,7 +25,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("clips", nargs="*", metavar="CLIP", help="two audio files, A (enrol) and B (test)")
     p.add_argument("--trials", help="a trial list to score instead of A B")
     p.add_argument("--root", help="folder the trial list's paths are relative to (default: the list's folder)")
-    p.add_argument("--out", help="scores file for --trials: .jsonl or .csv")
+    add_out(p, "file", "the scores of --trials, .jsonl or .csv")
     p.add_argument("--batch-seconds", type=float, default=60.0,
                    help="seconds of new audio embedded per chunk of trials (default 60)")
     add_device(p)

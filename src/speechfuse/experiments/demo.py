@@ -147,9 +147,11 @@ def write_demo_manifests(out_dir: Path, quick: bool = False) -> dict[str, Path]:
     return fsdd_manifests(recordings, out_dir / "data")
 
 
-def demo_config(task_key: str, manifests: dict[str, Path], cache_dir: Path, quick: bool = False):
-    """The base config of one demo task (the sweep sets upstreams, interface.name, the lr and the seed)."""
-    from speechfuse.config import config_from_dict
+def demo_config(task_key: str, manifests: dict[str, Path], cache_dir: Path, quick: bool = False,
+                device: str = "cpu"):
+    """The base config of one demo task (the sweep sets upstreams, interface.name, the lr and the seed), trained
+    on `device` (cpu, cuda or cuda:N)."""
+    from speechfuse.config import config_from_dict, device_train_options
 
     spec = TASKS[task_key]
     steps = protocol(quick)["steps"][task_key]
@@ -165,8 +167,8 @@ def demo_config(task_key: str, manifests: dict[str, Path], cache_dir: Path, quic
         "interface": {"name": "weighted_sum", **DEMO_INTERFACE_OPTIONS},
         "downstream": dict(spec["head"]),
         "train": {"max_steps": steps, "batch_seconds": BATCH_SECONDS, "val_every_steps": steps,
-                  "lr": LR, "seed": 0, "progress_bar": False, "importance": True, "accelerator": "cpu",
-                  **DEMO_OPTIMISATION},
+                  "lr": LR, "seed": 0, "progress_bar": False, "importance": True,
+                  **device_train_options(device), **DEMO_OPTIMISATION},
         "cache": str(cache_dir),
     }, source=f"(demo {task_key} config)")
 
@@ -284,10 +286,12 @@ def default_jobs() -> int:
     return max(1, min(MAX_JOBS, os.cpu_count() or 1))
 
 
-def run_demo(out_dir, quick: bool = False, jobs: int | None = None) -> Path:
+def run_demo(out_dir, quick: bool = False, jobs: int | None = None, threads: int | None = None,
+             device: str = "cpu") -> Path:
     """Run the demo into `out_dir`; print the combined table and where everything went; return the
     path of demo_results.md. `quick=True`: a few clips, steps and combinations (for tests).
-    jobs: runs trained at once in worker processes (default: default_jobs())."""
+    jobs: runs trained at once in worker processes (default: default_jobs()); threads: torch threads per run
+    (default THREADS_PER_RUN); device: where the runs train (cpu, cuda or cuda:N; the README's table is cpu)."""
     from tqdm.auto import tqdm
 
     from speechfuse.experiments.sweep import expand_grid, run_sweep
@@ -312,10 +316,11 @@ def run_demo(out_dir, quick: bool = False, jobs: int | None = None) -> Path:
         with _quiet():
             for task_key in TASKS:
                 bar.set_postfix_str(TASKS[task_key]["title"])
-                cfg = demo_config(task_key, manifests, cache_dir, quick)
+                cfg = demo_config(task_key, manifests, cache_dir, quick, device)
                 run_sweep(cfg, grids, out_dir / task_key, seeds=settings["seeds"],
                           select={"train.interface_lr": settings["interface_lr"]}, progress=False,
-                          on_run=lambda name: bar.update(1), jobs=jobs, threads=THREADS_PER_RUN)
+                          on_run=lambda name: bar.update(1), jobs=jobs,
+                          threads=THREADS_PER_RUN if threads is None else threads)
                 summaries[task_key] = _read_summary(out_dir / task_key)
     finally:
         bar.close()
