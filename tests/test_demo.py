@@ -41,6 +41,16 @@ def test_combine_merges_tasks_per_row_with_spread_and_marks():
     assert numbers[0]["ASR tied with best"] == "yes" and numbers[1]["speaker tied with best"] == "best"
 
 
+def test_demo_configs_train_on_the_device_asked_for_cpu_by_default(tmp_path):
+    from speechfuse.experiments.demo import demo_config
+
+    manifests = {split: tmp_path / f"{split}.csv" for split in ("train", "dev", "test")}
+    for task in TASKS:
+        assert demo_config(task, manifests, tmp_path / "cache", quick=True).train.accelerator == "cpu"
+        train = demo_config(task, manifests, tmp_path / "cache", quick=True, device="cuda:1").train
+        assert (train.accelerator, train.devices) == ("gpu", "1,")
+
+
 @pytest.mark.slow
 def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "demo"

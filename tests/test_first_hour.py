@@ -181,21 +181,13 @@ RUN_A_MODEL = {"train", "predict", "evaluate", "sweep", "search", "extract", "ve
 RUN_NO_MODEL = {"prepare", "init", "compare", "export", "table"}
 
 
-def leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
-    """(name, parser) of every command that runs, nested ones included ("study scaling")."""
-    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    if not subs and path:
-        yield " ".join(path), parser
-    for action in subs:
-        for name, sub in action.choices.items():
-            yield from leaf_commands(sub, path + (name,))
-
-
 def test_every_command_shares_one_grammar_of_options():
     from speechfuse.cli.common import DEVICE_HELP, common_options
+    from speechfuse.reference import walk_commands
 
     shared = {a.option_strings[-1]: a for a in common_options()._actions}
-    commands = dict(leaf_commands(build_parser()))
+    commands = {path.removeprefix("speechfuse "): sub for path, sub, _ in walk_commands(build_parser())
+                if not any(isinstance(a, argparse._SubParsersAction) for a in sub._actions)}  # the ones that run
     assert set(commands) == RUN_A_MODEL | RUN_NO_MODEL  # a new command is classified here
     for name, sub in commands.items():
         options = {a.option_strings[-1]: a for a in sub._actions if a.option_strings}
