@@ -81,13 +81,21 @@ def add_out(p: argparse.ArgumentParser, kind: str, what: str, required: bool = F
     p.add_argument("--out", required=required, metavar=metavar, help=f"the {kind} it writes: {what}")
 
 
-def add_model_loading(p: argparse.ArgumentParser) -> None:
-    """The flags of the commands that load a trained model (predict, verify, export)."""
+def add_model(p: argparse.ArgumentParser) -> None:
+    """The MODEL positional of the commands that load a trained model (predict, verify, export), and the flags
+    that load it (add it before the command's other positionals)."""
+    p.add_argument("model", metavar="MODEL", help="a run folder (uses its model/) or a model folder")
     p.add_argument("--allow-changed-upstreams", action="store_true",
                    help="load even if an upstream's weights differ from those the model was trained with")
     p.add_argument("--allow-unverified", action="store_true",
                    help="load a model folder whose config.json and weights do not match their saved digest (or "
                         "have none), with a warning")
+
+
+def add_run(p: argparse.ArgumentParser) -> None:
+    """The RUN positional of the commands that read a finished run folder (evaluate, prune)."""
+    p.add_argument("run_dir", metavar="RUN", help="a finished run folder written by `speechfuse train` (or a "
+                                                  "sweep's OUT/runs/<name>)")
 
 
 def load_trained_model(args: argparse.Namespace, device: str | None = None):

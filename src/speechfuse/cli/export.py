@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from speechfuse.errors import SpeechfuseError
-from speechfuse.cli.common import add_model_loading, add_out, load_trained_model, no_device
+from speechfuse.cli.common import add_model, add_out, load_trained_model, no_device
 
 HELP = "export a trained model (after the upstreams, or --whole) as TorchScript or ONNX"
 ONNX_HINT = "pip install 'speechfuse[export]' (setup.sh installs it)"
@@ -22,7 +22,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                    "trace (transformers models, whisper-tiny.en, resemblyzer; not speech-embedding); "
                                    "the written graph is first checked against the eager model on two inputs it was "
                                    "not traced on, and refused if it differs.")
-    p.add_argument("model", metavar="MODEL", help="a run folder (uses its model/) or a model folder")
+    add_model(p)
     add_out(p, "file", "the graph, e.g. fusion.pt or fusion.onnx (and OUT.json beside it)", required=True)
     p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"],
                    help=f"torchscript (default) or onnx (needs the onnx package: {ONNX_HINT})")
@@ -32,7 +32,6 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float, default=None,
                    help="--whole: largest max abs difference to the eager model accepted, relative to the output's "
                         "scale (at least 1; default 1e-4)")
-    add_model_loading(p)
     no_device(p, "the graph is traced and checked on the CPU, so the file is the same on every machine; load it "
                  "on any device")
     p.set_defaults(run=run)

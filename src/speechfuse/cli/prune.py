@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from speechfuse.cli.common import add_device, check_device, floats
+from speechfuse.cli.common import add_device, add_run, check_device, floats
 
 HELP = "keep the layers worth their upstream cost, retrain, report metric vs cost"
 
@@ -18,7 +18,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                    "model with no kept layer is not run), each retrained from the feature cache into "
                                    "RUN/prune/budget=B/. Writes RUN/prune/results.md, results.csv and pareto.png; "
                                    "prints the rows as JSON.")
-    p.add_argument("run_dir", metavar="RUN", help="a finished run folder written by `speechfuse train`")
+    add_run(p)
     budgets = p.add_mutually_exclusive_group(required=True)
     budgets.add_argument("--budget", type=float, help="one budget, a fraction of the full upstream cost in (0, 1]")
     budgets.add_argument("--budgets", metavar="B1,B2", help="several budgets, e.g. 0.25,0.5,0.75")

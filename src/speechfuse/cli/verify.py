@@ -5,7 +5,7 @@ import argparse
 import json
 
 from speechfuse.errors import SpeechfuseError
-from speechfuse.cli.common import add_device, add_out, add_model_loading, load_trained_model, torch_device
+from speechfuse.cli.common import add_device, add_model, add_out, load_trained_model, torch_device
 
 HELP = "score speaker verification trials with a trained model"
 
@@ -21,7 +21,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                    "rerun skips the trials already in OUT; a trial with a missing or unreadable "
                                    "file is written with its error. Prints a JSON summary, with EER, minDCF and the "
                                    "accuracy of the decisions at the model's threshold when the list has labels.")
-    p.add_argument("model", metavar="MODEL", help="a run folder (uses its model/) or a model folder")
+    add_model(p)
     p.add_argument("clips", nargs="*", metavar="CLIP", help="two audio files, A (enrol) and B (test)")
     p.add_argument("--trials", help="a trial list to score instead of A B")
     p.add_argument("--root", help="folder the trial list's paths are relative to (default: the list's folder)")
@@ -29,7 +29,6 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-seconds", type=float, default=60.0,
                    help="seconds of new audio embedded per chunk of trials (default 60)")
     add_device(p)
-    add_model_loading(p)
     p.set_defaults(run=run)
 
 
