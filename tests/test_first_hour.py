@@ -20,20 +20,30 @@ from speechfuse.errors import ConfigError
 SPEAKERS = ("george", "jackson", "lucas")
 
 
-def clip_folder(root: Path, digits=range(4), takes=(0, 1)) -> Path:
-    """root/<speaker>/<clip>.flac: real FSDD recordings, labelled by the sub-folder (the speaker)."""
+def clip_folder(root: Path, digits=range(4), takes=(0, 1), wav: bool = False) -> Path:
+    """root/<speaker>/<clip>.flac (or .wav, as a user's recorder writes them): real FSDD recordings, labelled by
+    the sub-folder (the speaker)."""
+    import soundfile
+
     for speaker in SPEAKERS:
         (root / speaker).mkdir(parents=True, exist_ok=True)
         for d in digits:
             for t in takes:
-                shutil.copy(FSDD / f"{d}_{speaker}_{t}.flac", root / speaker)
+                source = FSDD / f"{d}_{speaker}_{t}.flac"
+                if wav:
+                    soundfile.write(root / speaker / f"{source.stem}.wav", *soundfile.read(source), subtype="PCM_16")
+                else:
+                    shutil.copy(source, root / speaker)
     return root
 
 
 @pytest.mark.slow
 def test_prepare_init_train_predict_on_a_folder_of_recordings(tmp_path, capsys, monkeypatch):
+    import numpy as np
+    from matplotlib.image import imread
+
     monkeypatch.chdir(tmp_path)
-    clip_folder(tmp_path / "clips")
+    clip_folder(tmp_path / "clips", wav=True)
     assert main(["prepare", "folder", "clips", "--out", "data/"]) == 0
     prepared = json.loads(capsys.readouterr().out)
     assert prepared["labels"] == list(SPEAKERS) and sum(prepared["utterances"].values()) == 24
@@ -57,7 +67,9 @@ def test_prepare_init_train_predict_on_a_folder_of_recordings(tmp_path, capsys, 
         assert noise not in done.stderr, noise
     assert "train: 100%" in done.stderr and "20/20" in done.stderr  # one bar, optimizer steps out of max_steps
     run = Path("runs/mine")
-    assert (run / "curves.png").is_file() and list((run / "logs" / "tensorboard").glob("events.out.tfevents*"))
+    assert list((run / "logs" / "tensorboard").glob("events.out.tfevents*"))
+    curves = imread(run / "curves.png")  # this run's curves: a real picture, not an empty canvas
+    assert curves.shape[0] >= 300 and curves.shape[1] >= 1000 and float(np.std(curves[..., :3])) > 0.05
     card = (run / "model" / "README.md").read_text()
     assert str(tmp_path) not in card and "/tmp/" not in card  # no local absolute path
     meta = yaml.safe_load(card.split("---\n")[1])
@@ -72,7 +84,7 @@ def test_prepare_init_train_predict_on_a_folder_of_recordings(tmp_path, capsys, 
 
     assert main(["predict", "runs/mine/model", "clips", "--quiet"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(rows) == 24 and all(set(r["probabilities"]) == set(SPEAKERS) for r in rows)
+    assert len(rows) == 24 and all(r["path"].endswith(".wav") for r in rows) and all(set(r["probabilities"]) == set(SPEAKERS) for r in rows)
     right = sum(r["label"] == Path(r["path"]).parent.name for r in rows)
     assert right >= 18, f"{right}/24 clips attributed to their speaker (chance 8)"  # it learned the speakers
 
