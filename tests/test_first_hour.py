@@ -293,3 +293,35 @@ def test_p_values_below_the_bootstrap_resolution_read_as_bounds():
               "resamples": 1000, "utterances": 300, "split": "test"}
     line = describe(result, "A", "B")
     assert "p < 0.001" in line and "p = 0" not in line
+
+
+def test_quiet_and_verbose_reach_the_command_and_end_with_it(tmp_path, monkeypatch, capsys):
+    import speechfuse.training.runner as runner
+    from speechfuse.training import progress
+
+    clips = clip_folder(tmp_path / "clips", digits=range(1))
+    assert main(["prepare", "folder", str(clips), "--out", str(tmp_path / "data")]) == 0
+    assert main(["init", "--task", "classify", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "c.yaml")]) == 0
+    monkeypatch.delenv(progress.QUIET, raising=False)
+    monkeypatch.delenv(progress.VERBOSE, raising=False)
+    seen = []
+    monkeypatch.setattr(runner, "train", lambda cfg, out: seen.append((progress.quiet(), progress.verbose())) or {})
+    for flag, expected in (("--quiet", (True, False)), ("--verbose", (False, True)), (None, (False, False))):
+        assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r"), *([flag] if flag else [])]) == 0
+        assert seen[-1] == expected, flag
+        assert not (progress.quiet() or progress.verbose())  # the next command in this process starts plain
+    with pytest.raises(SystemExit):  # one or the other
+        build_parser().parse_args(["train", "c.yaml", "--quiet", "--verbose"])
+
+
+def test_onnx_export_without_the_extra_says_how_to_install_it_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import speechfuse.cli.export as export
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else find_spec(name, *a))
+    monkeypatch.setattr(export, "load_trained_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    assert main(["export", str(tmp_path / "run"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'speechfuse[export]'" in err
