@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,8 @@ def test_prepare_init_train_predict_on_a_folder_of_recordings(tmp_path, capsys, 
     for noise in ("Tip:", "litlogger", "Warning", "deprecated", "log_every_n_steps", "Total FLOPs", "-0:", "srun"):
         assert noise not in done.stderr, noise
     assert "train: 100%" in done.stderr and "20/20" in done.stderr  # one bar, optimizer steps out of max_steps
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d", done.stderr)  # elapsed<ETA, never a negative one
+    assert "dev/accuracy=" in done.stderr  # the last dev metric on the bar (init validates every 5 of 20 steps)
     run = Path("runs/mine")
     assert list((run / "logs" / "tensorboard").glob("events.out.tfevents*"))
     curves = imread(run / "curves.png")  # this run's curves: a real picture, not an empty canvas
