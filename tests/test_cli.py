@@ -132,6 +132,8 @@ def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
     assert seen["config"].task == "classify" and seen["out"] == str(tmp_path)
     assert main(["sweep", str(cfg), "--seeds", "0,1", "--out", str(tmp_path)]) == 0  # seeds alone: no grid needed
     assert seen["grid"] == {} and seen["seeds"] == [0, 1]
+    assert main(["sweep", str(cfg), "--select", "train.lr=1e-3,1e-2", "--out", str(tmp_path)]) == 0  # select alone
+    assert seen["grid"] == {} and seen["seeds"] is None and seen["select"] == {"train.lr": [1e-3, 1e-2]}
     assert main(["sweep", str(cfg), "--out", str(tmp_path)]) == 2
 
 
