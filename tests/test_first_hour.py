@@ -328,3 +328,24 @@ def test_onnx_export_without_the_extra_says_how_to_install_it_before_the_model_l
     assert main(["export", str(tmp_path / "run"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'speechfuse[export]'" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "MODEL", "a.wav", "--batch-seconds", "-1"],
+    ["verify", "MODEL", "a.wav", "b.wav", "--batch-seconds", "0"],
+    ["extract", "c.yaml", "--batch-seconds", "x"],
+    ["export", "MODEL", "--out", "m.pt", "--whole", "--tolerance", "-1"],
+    ["prune", "RUN", "--budget", "0.5", "--clips", "0"],
+    ["sweep", "c.yaml", "--seeds", "0", "--out", "OUT", "--jobs", "0"],
+    ["search", "c.yaml", "--space", "s.yaml", "--out", "OUT", "--workers", "-2"],
+    ["demo", "--out", "OUT", "--jobs", "0"],
+    ["init", "--task", "classify", "--data", "d", "--out", "OUT", "--steps", "1.5"],
+    ["train", "c.yaml", "--out", "OUT", "--threads", "0"],
+])
+def test_a_bad_number_is_refused_while_the_arguments_are_read(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and f"argument {argv[-2]}" in err and argv[-1] in err.splitlines()[-1]
+    assert not list(tmp_path.iterdir())  # nothing was written, no model or config was read

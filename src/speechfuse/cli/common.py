@@ -32,6 +32,39 @@ EXPECTED_WARNINGS = (
 PER_RUN_THREADS = ("sweep", "demo")
 
 
+def whole_number(text: str) -> int:
+    """argparse type: a whole number >= 1, refused while the arguments are read (before anything runs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"give a whole number >= 1, got {text!r}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """argparse type: a number > 0, refused while the arguments are read."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"give a number > 0, got {text!r}")
+    return value
+
+
+def non_negative_number(text: str) -> float:
+    """argparse type: a number >= 0, refused while the arguments are read."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"give a number >= 0, got {text!r}")
+    return value
+
+
 def default_out(config: str) -> Path:
     return Path("runs") / Path(config).stem
 
@@ -40,7 +73,7 @@ def common_options() -> argparse.ArgumentParser:
     """The options every command takes (a parent parser)."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("every command")
-    g.add_argument("--threads", type=int, default=None, metavar="N",
+    g.add_argument("--threads", type=whole_number, default=None, metavar="N",
                    help="torch threads per process; for sweep, search and demo: per run (default: torch's own choice; "
                         "the demo: 1)")
     loud = g.add_mutually_exclusive_group()
@@ -158,9 +191,7 @@ def floats(text: str, option: str) -> list[float]:
 
 def apply_runtime(args: argparse.Namespace) -> None:
     """--threads, --quiet / --verbose and --plugin, before the command does anything else."""
-    threads = getattr(args, "threads", None)
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads {threads}: give a whole number >= 1")
+    threads = getattr(args, "threads", None)  # a whole number >= 1 (whole_number), or None
     if threads is not None and args.command not in PER_RUN_THREADS:
         import torch
 

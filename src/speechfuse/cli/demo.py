@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from speechfuse.cli.common import add_device, add_out, check_device
+from speechfuse.cli.common import add_device, add_out, check_device, whole_number
 
 HELP = "the bundled FSDD demo (no downloads; --quick checks an installation in a minute)"
 
@@ -15,7 +15,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     add_out(p, "folder", "the demo (a sweep folder per task, demo_results.md; default runs/demo)")
     p.set_defaults(out="runs/demo")
     p.add_argument("--quick", action="store_true", help="a few steps only, to check the installation")
-    p.add_argument("--jobs", type=int, default=None, metavar="N",
+    p.add_argument("--jobs", type=whole_number, default=None, metavar="N",
                    help="runs trained at once (default: the number of CPU cores, at most 4)")
     add_device(p, default="cpu, where the README's table and timings come from")
     p.set_defaults(run=run)

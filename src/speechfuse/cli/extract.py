@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from speechfuse.errors import SpeechfuseError
-from speechfuse.cli.common import add_config, add_device, add_out, default_out, torch_device
+from speechfuse.cli.common import (add_config, add_device, add_out, default_out, positive_number,
+                                    torch_device)
 
 HELP = "fill the feature cache ahead of training"
 
@@ -22,7 +23,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                          "(skipped_<split>.csv); the features go to the config's cache (`cache: auto`: "
                          "$SPEECHFUSE_HOME/cache)")
     add_device(p)
-    p.add_argument("--batch-seconds", type=float, default=None,
+    p.add_argument("--batch-seconds", type=positive_number, default=None,
                    help="seconds of audio per extraction batch (default: the config's train.batch_seconds)")
     p.set_defaults(run=run)
 

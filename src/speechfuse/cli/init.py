@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from speechfuse.errors import SpeechfuseError
-from speechfuse.cli.common import add_out, no_device
+from speechfuse.cli.common import add_out, no_device, whole_number
 
 HELP = "write a commented config for your manifests (the bundled models unless you name others)"
 
@@ -27,7 +27,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--interface", default="hconv", help="interface (default hconv)")
     p.add_argument("--target", help="manifest column to learn (default: text for asr, label for classify, speaker "
                                     "for verify)")
-    p.add_argument("--steps", type=int, default=300, help="train.max_steps (default 300)")
+    p.add_argument("--steps", type=whole_number, default=300, help="train.max_steps (default 300)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(run=run)
 

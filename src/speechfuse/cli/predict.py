@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from speechfuse.cli.common import add_device, add_model, add_out, load_trained_model, torch_device
+from speechfuse.cli.common import add_device, add_model, add_out, load_trained_model, positive_number, torch_device
 
 HELP = "predict with a trained model (prints results, or streams them to --out)"
 
@@ -24,7 +24,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="audio file, folder of audio files, or manifest (.csv/.jsonl)")
     add_out(p, "file", "the predictions, .jsonl or .csv (default: print them)")
-    p.add_argument("--batch-seconds", type=float, default=60.0, help="seconds of padded audio per batch (default 60)")
+    p.add_argument("--batch-seconds", type=positive_number, default=60.0,
+                   help="seconds of padded audio per batch (default 60)")
     add_device(p)
     p.set_defaults(run=run)
 

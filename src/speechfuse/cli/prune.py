@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from speechfuse.cli.common import add_device, add_run, check_device, floats
+from speechfuse.cli.common import add_device, add_run, check_device, floats, whole_number
 
 HELP = "keep the layers worth their upstream cost, retrain, report metric vs cost"
 
@@ -28,8 +28,10 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--importance", default="loss", choices=["loss", "feature"],
                    help="drop-one-layer importance as the increase of the task loss (default) or as the relative "
                         "change of the fused features")
-    p.add_argument("--clips", type=int, default=8, help="dev clips in the reference batch the costs are measured on")
-    p.add_argument("--repeat", type=int, default=5, help="timed forward passes per (model, depth); the median counts")
+    p.add_argument("--clips", type=whole_number, default=8,
+                   help="dev clips in the reference batch the costs are measured on")
+    p.add_argument("--repeat", type=whole_number, default=5,
+                   help="timed forward passes per (model, depth); the median counts")
     add_device(p)
     p.set_defaults(run=run)
 

@@ -5,7 +5,7 @@ import argparse
 import json
 
 from speechfuse.errors import SpeechfuseError
-from speechfuse.cli.common import add_device, add_model, add_out, load_trained_model, torch_device
+from speechfuse.cli.common import add_device, add_model, add_out, load_trained_model, positive_number, torch_device
 
 HELP = "score speaker verification trials with a trained model"
 
@@ -26,7 +26,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", help="a trial list to score instead of A B")
     p.add_argument("--root", help="folder the trial list's paths are relative to (default: the list's folder)")
     add_out(p, "file", "the scores of --trials, .jsonl or .csv")
-    p.add_argument("--batch-seconds", type=float, default=60.0,
+    p.add_argument("--batch-seconds", type=positive_number, default=60.0,
                    help="seconds of new audio embedded per chunk of trials (default 60)")
     add_device(p)
     p.set_defaults(run=run)
