@@ -349,3 +349,20 @@ def test_a_bad_number_is_refused_while_the_arguments_are_read(argv, tmp_path, mo
     err = capsys.readouterr().err
     assert exit.value.code == 2 and f"argument {argv[-2]}" in err and argv[-1] in err.splitlines()[-1]
     assert not list(tmp_path.iterdir())  # nothing was written, no model or config was read
+
+
+def test_a_logger_whose_package_is_missing_is_refused_before_a_folder_exists(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("wandb", "mlflow")
+                        else find_spec(name, *a))
+    clips = clip_folder(tmp_path / "clips", digits=range(1))
+    assert main(["prepare", "folder", str(clips), "--out", str(tmp_path / "data")]) == 0
+    assert main(["init", "--task", "classify", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "c.yaml")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "runs" / "r"
+    for logger in ("wandb", "[tensorboard, mlflow]"):
+        assert main(["train", str(tmp_path / "c.yaml"), "--set", f"train.logger={logger}", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "pip install" in err and not out.exists()
