@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from speechfuse.errors import SpeechfuseError
 from speechfuse.cli.common import add_device, add_model, add_out, load_trained_model, positive_number, torch_device
@@ -44,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
         if args.out is None:
             raise SpeechfuseError("--trials needs --out scores.jsonl (or .csv)")
         check_output_path(args.out, "verify")  # before the model loads
+        if not Path(args.trials).is_file():
+            raise SpeechfuseError(f"--trials {args.trials}: trial list not found; give one ('LABEL ENROL TEST' or "
+                                  "'ENROL TEST' lines)")
     elif args.out is not None or args.root is not None:
         raise SpeechfuseError("--out and --root go with --trials; one pair A B prints its score")
     device = torch_device(args)
