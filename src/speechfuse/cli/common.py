@@ -32,37 +32,28 @@ EXPECTED_WARNINGS = (
 PER_RUN_THREADS = ("sweep", "demo")
 
 
-def whole_number(text: str) -> int:
-    """argparse type: a whole number >= 1, refused while the arguments are read (before anything runs)."""
+def _number(text: str, kind: type, accept, needs: str):
+    """argparse type check: `text` read as `kind` and accepted by `accept`, refused while the arguments are read
+    (before anything runs) saying what it `needs`."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"give a whole number >= 1, got {text!r}")
+        value = None
+    if value is None or not accept(value):
+        raise argparse.ArgumentTypeError(f"give {needs}, got {text!r}")
     return value
+
+
+def whole_number(text: str) -> int:
+    return _number(text, int, lambda v: v >= 1, "a whole number >= 1")
 
 
 def positive_number(text: str) -> float:
-    """argparse type: a number > 0, refused while the arguments are read."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"give a number > 0, got {text!r}")
-    return value
+    return _number(text, float, lambda v: v > 0, "a number > 0")
 
 
 def non_negative_number(text: str) -> float:
-    """argparse type: a number >= 0, refused while the arguments are read."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"give a number >= 0, got {text!r}")
-    return value
+    return _number(text, float, lambda v: v >= 0, "a number >= 0")
 
 
 def default_out(config: str) -> Path:
