@@ -8,7 +8,7 @@ import os
 import warnings
 from pathlib import Path
 
-from speechfuse.errors import ConfigError, SpeechfuseError
+from speechfuse.errors import SpeechfuseError
 
 # Lightning's and its helpers' loggers: INFO lines ("GPU available", "Tip: litlogger", the model summary)
 LIBRARY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning")
