@@ -366,3 +366,12 @@ def test_a_logger_whose_package_is_missing_is_refused_before_a_folder_exists(tmp
         assert main(["train", str(tmp_path / "c.yaml"), "--set", f"train.logger={logger}", "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "pip install" in err and not out.exists()
+
+
+def test_init_prints_json_whatever_the_config_path_holds(tmp_path, capsys):
+    clips = clip_folder(tmp_path / "clips", digits=range(1))
+    assert main(["prepare", "folder", str(clips), "--out", str(tmp_path / "data")]) == 0
+    capsys.readouterr()
+    out = tmp_path / 'my "quoted" \\ config.yaml'
+    assert main(["init", "--task", "classify", "--data", str(tmp_path / "data"), "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"config": str(out)}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from speechfuse.errors import SpeechfuseError
@@ -44,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
                        target=args.target, steps=args.steps)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, text)
-    print(f'{{"config": "{out}"}}')
+    print(json.dumps({"config": str(out)}, ensure_ascii=False))
     return 0
