@@ -11,7 +11,8 @@ HELP = "the bundled FSDD demo (no downloads; --quick checks an installation in a
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("demo", help=HELP, parents=[common],
                        description="Train the bundled upstreams on the bundled FSDD subset and write a report. The "
-                                   "table goes to stdout, notes and the progress bar to stderr.")
+                                   "table goes to stdout; notes, where the files went and the progress bar to "
+                                   "stderr.")
     add_out(p, "folder", "the demo (a sweep folder per task, demo_results.md; default runs/demo)")
     p.set_defaults(out="runs/demo")
     p.add_argument("--quick", action="store_true", help="a few steps only, to check the installation")
@@ -25,6 +26,5 @@ def run(args: argparse.Namespace) -> int:
     from speechfuse.experiments import demo
 
     check_device(args.device)
-    print(demo.run_demo(args.out, quick=args.quick, jobs=args.jobs, threads=args.threads,
-                        device=args.device or "cpu"))
+    demo.run_demo(args.out, quick=args.quick, jobs=args.jobs, threads=args.threads, device=args.device or "cpu")
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from speechfuse.errors import SpeechfuseError
@@ -52,5 +53,6 @@ def run(args: argparse.Namespace) -> int:
                          select=parse_grid(args.select) if args.select else None)
     out = Path(args.out)
     print((out / "scaling.md").read_text(encoding="utf-8"))
-    print(f"{len(rows)} rows; table {out / 'scaling.md'} and {out / 'scaling.csv'}, figure {out / 'scaling.png'}")
+    print(f"{len(rows)} rows; table {out / 'scaling.md'} and {out / 'scaling.csv'}, figure {out / 'scaling.png'}",
+          file=sys.stderr)
     return 0

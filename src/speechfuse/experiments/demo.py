@@ -288,8 +288,8 @@ def default_jobs() -> int:
 
 def run_demo(out_dir, quick: bool = False, jobs: int | None = None, threads: int | None = None,
              device: str = "cpu") -> Path:
-    """Run the demo into `out_dir`; print the combined table and where everything went; return the
-    path of demo_results.md. `quick=True`: a few clips, steps and combinations (for tests).
+    """Run the demo into `out_dir`; print the combined table (stdout) and where everything went (stderr); return
+    the path of demo_results.md. `quick=True`: a few clips, steps and combinations (for tests).
     jobs: runs trained at once in worker processes (default: default_jobs()); threads: torch threads per run
     (default THREADS_PER_RUN); device: where the runs train (cpu, cuda or cuda:N; the README's table is cpu)."""
     from tqdm.auto import tqdm
@@ -355,12 +355,15 @@ def run_demo(out_dir, quick: bool = False, jobs: int | None = None, threads: int
     elapsed = time.perf_counter() - start
     print("\n" + markdown_table(rows, COLUMNS))
     print(note.replace("Test-set metrics on real speech", "Test-set metrics"))
-    print(f"Done in {elapsed / 60:.1f} min. Outputs:")
-    print(f"  table:  {md}\n          {csv_path}")
-    print(f"  plots:  {plots}  (demo_summary.png, <task>_comparison.png, <task>_layers.png, per-run layer weights)")
-    print(f"  runs:   {out_dir}/<asr|speaker>/runs/<run>/  (config, checkpoints, metrics, model/)")
-    print(f"  sweeps: {out_dir}/<asr|speaker>/results.md (per seed: results.csv; lr choice: selection.md)")
-    print(f"  data:   {out_dir / 'data'} (manifests), {cache_dir} (feature cache); {out_dir / 'FSDD_NOTICE.md'}")
+    where = sys.stderr  # the table and its note are the result (stdout); where everything went is a note
+    print(f"Done in {elapsed / 60:.1f} min. Outputs:", file=where)
+    print(f"  table:  {md}\n          {csv_path}", file=where)
+    print(f"  plots:  {plots}  (demo_summary.png, <task>_comparison.png, <task>_layers.png, per-run layer weights)",
+          file=where)
+    print(f"  runs:   {out_dir}/<asr|speaker>/runs/<run>/  (config, checkpoints, metrics, model/)", file=where)
+    print(f"  sweeps: {out_dir}/<asr|speaker>/results.md (per seed: results.csv; lr choice: selection.md)", file=where)
+    print(f"  data:   {out_dir / 'data'} (manifests), {cache_dir} (feature cache); {out_dir / 'FSDD_NOTICE.md'}",
+          file=where)
     return md
 
 
