@@ -257,6 +257,9 @@ def test_prune_takes_the_device_to_its_measurements_and_retraining(tmp_path, mon
     with pytest.raises(prune.PruneError, match="device=cuda"):
         prune.measure(tmp_path, 8, 5, "cpu")
     assert prune.measure(tmp_path, 8, 5, "cuda")["device"] == "cuda"
+    assert prune.measured_device(tmp_path) == "cuda"  # what a prune without --device measures on (and reuses)
+    (tmp_path / "prune" / "measurements.json").write_text(json.dumps({"clips": 8, "repeat": 5}))
+    assert prune.measured_device(tmp_path) == "cpu"  # measured before devices were recorded: on the CPU
 
 
 def test_compare_help_has_no_doubled_percent(capsys):

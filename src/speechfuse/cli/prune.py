@@ -32,7 +32,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                    help="dev clips in the reference batch the costs are measured on")
     p.add_argument("--repeat", type=whole_number, default=5,
                    help="timed forward passes per (model, depth); the median counts")
-    add_device(p)
+    add_device(p, default="the device RUN/prune/measurements.json was measured on, else cuda when available, "
+                          "else cpu")
     p.set_defaults(run=run)
 
 

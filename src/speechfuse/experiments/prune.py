@@ -256,6 +256,18 @@ def measure(run_dir: Path, clips: int = 8, repeat: int = 5, device: str = "cpu")
     return result
 
 
+def measured_device(run_dir: Path) -> str | None:
+    """The device RUN/prune/measurements.json was measured on (cpu for a file from before devices were
+    recorded); None when nothing was measured yet."""
+    path = run_dir / PRUNE_DIR / MEASUREMENTS
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("device", "cpu")
+    except (ValueError, AttributeError):
+        return None  # measure() reports the damaged file
+
+
 def _short(name: str) -> str:
     """A model's name for tables: the last part of a hub id or folder (hf:/models/wavlm-base-plus -> wavlm-base-plus)."""
     return name.rstrip("/").rsplit("/", 1)[-1].removeprefix("hf:")
@@ -332,8 +344,8 @@ def seed_truncated_cache(cfg, depths: Sequence[int], full_depths: Sequence[int],
 def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = "flops", importance: str = "loss",
               clips: int = 8, repeat: int = 5, device: str | None = None) -> list[dict[str, Any]]:
     """Measure, select, retrain and report (see the module docstring); returns the table's rows, full model first.
-    `device` (cpu, cuda, cuda:N; None: cuda when available, else cpu) runs the importance pass, the timed upstreams
-    and the retraining.
+    `device` (cpu, cuda, cuda:N) runs the importance pass, the timed upstreams and the retraining; None: the device
+    of the stored measurements, else cuda when available, else cpu.
     A non-default cost or importance is part of the run folders' and the report files' names
     (budget=0.5,cost=seconds,importance=feature/, results_seconds_feature.md)."""
     from speechfuse.data.loader import load_splits, resolve_cache_dir
@@ -360,7 +372,7 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
     if tuned:
         raise PruneError(f"{run_dir}: upstream(s) {tuned} were fine-tuned; pruning retrains from frozen upstreams "
                          "(and their feature cache) only")
-    where = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    where = device or measured_device(run_dir) or ("cuda" if torch.cuda.is_available() else "cpu")
     measured = measure(run_dir, clips, repeat, where)
     if cost == "flops":
         uncounted = [m for m, row in zip(measured["models"], measured["flops"]) if row[-1] == 0]
