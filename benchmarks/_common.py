@@ -1,22 +1,125 @@
-"""Shared helpers for the benchmark scripts: timing, a markdown table, machine info, a --device flag.
+"""Shared helpers for the benchmark scripts: timing, a markdown table, machine info, a --device flag, the bundled
+FSDD clips, peak memory of one forward, a subprocess that prints JSON, a cached training step.
 
 Scripts import it as `from _common import ...` (run them from anywhere: `python benchmarks/x.py`).
 """
 from __future__ import annotations
 
 import argparse
+import atexit
+import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 # real speech: the FSDD subset bundled in the package (FLAC, takes 0-24); FSDD_DIR overrides it
 FSDD_DIR = Path(os.environ.get("FSDD_DIR", Path(__file__).resolve().parents[1] / "src" / "speechfuse" / "assets" / "fsdd" / "recordings"))
+FSDD_SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+# the demo's head sizes (speechfuse.experiments.demo)
+DEMO_HEADS = {"asr": dict(proj_dim=128, hidden_size=128, num_layers=1, dropout=0.1), "classify": dict(hidden_dim=128)}
+
+
+def fsdd_clips(count: int) -> list[Path]:
+    """`count` bundled FSDD recordings, clip i saying digit i % 10, the speakers taken in turn (takes 0-24)."""
+    return [FSDD_DIR / f"{i % 10}_{FSDD_SPEAKERS[i % len(FSDD_SPEAKERS)]}_{i // 10 % 25}.flac" for i in range(count)]
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder, removed when the script exits."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def long_speech(seconds: float) -> np.ndarray:
+    """`seconds` of real speech: the bundled FSDD recordings, 8 -> 16 kHz, concatenated (repeated as needed)."""
+    import soundfile as sf
+    import soxr
+
+    files = sorted(FSDD_DIR.glob("*.flac"))
+    need, pieces, total = int(seconds * 16000), [], 0
+    while total < need:
+        wav, rate = sf.read(files[len(pieces) % len(files)], dtype="float32")
+        pieces.append(soxr.resample(wav, rate, 16000))
+        total += len(pieces[-1])
+    return np.concatenate(pieces)[:need].astype(np.float32)
+
+
+def proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def forward_peak_memory(upstream: torch.nn.Module, wav: torch.Tensor, device: torch.device) -> tuple[Any, dict]:
+    """One forward of `upstream` over the clip `wav` under inference_mode; returns its output and the memory:
+    RSS before it, peak RSS during it (VmHWM, reset to the current RSS through /proc/self/clear_refs first),
+    seconds, and on CUDA the peak allocation. Run it in a fresh process so that the peak is this forward's."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    before = proc_status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = upstream(wav[None], torch.tensor([len(wav)]))
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return out, {"before_kb": before, "peak_kb": proc_status_kb("VmHWM"), "seconds": seconds,
+                 "output_bytes": out.hidden.numel() * out.hidden.element_size(),
+                 "cuda_peak_bytes": torch.cuda.max_memory_allocated(device) if cuda else None}
+
+
+def child_json(cmd: Sequence[str], what: str) -> dict:
+    """Run `cmd` (a script's --child mode) and read the JSON of its last stdout line; SystemExit naming `what`."""
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    """A tensor, or a tuple / list of them (nested), on `device`; anything else as it is."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_device(t, device) for t in x)
+    return x
+
+
+def training_step(frontend: torch.nn.Module, head: torch.nn.Module, task: Any, targets: Any,
+                  read_states: Callable[[], list]) -> Callable[[], None]:
+    """One training step as `speechfuse train` takes it on frozen upstreams: states (from `read_states`), aligner +
+    interface + head forward, loss, backward, AdamW step."""
+    params = [p for p in list(frontend.parameters()) + list(head.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    frontend.train()
+    head.train()
+
+    def step() -> None:
+        feats, lengths = frontend.fuse(read_states())
+        out, out_lengths = head(feats, lengths)
+        loss = task.loss(out, out_lengths, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
 
 
 @dataclass

@@ -20,15 +20,12 @@ import soxr
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FSDD_DIR, print_machine_info, print_table, timeit  # noqa: E402
-
-SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+from _common import fsdd_clips, print_machine_info, print_table, timeit  # noqa: E402
 
 
 def fsdd_batches(num_clips: int, batch_size: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], float]:
     clips = []
-    for i in range(num_clips):
-        path = FSDD_DIR / f"{i % 10}_{SPEAKERS[i % len(SPEAKERS)]}_{i // 10 % 25}.flac"
+    for path in fsdd_clips(num_clips):
         wav, rate = sf.read(path, dtype="float32")
         clips.append(torch.from_numpy(soxr.resample(wav, rate, 16000)))
     batches = []

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (add_device_arg, get_device, print_machine_info, print_table, random_hubert,  # noqa: E402
-                     timeit_interleaved)
+from _common import (DEMO_HEADS, add_device_arg, get_device, print_machine_info, print_table,  # noqa: E402
+                     random_hubert, timeit_interleaved, to_device, training_step)
 
 from speechfuse.cache.store import FeatureCache  # noqa: E402
 from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests  # noqa: E402
@@ -36,35 +36,6 @@ from speechfuse.cache.extract import fill_cache  # noqa: E402
 from speechfuse.fusion.frontend import FusionFrontend  # noqa: E402
 from speechfuse.tasks import get_task  # noqa: E402
 from speechfuse.fusion.upstream import load_upstream  # noqa: E402
-
-# the demo's head sizes (speechfuse.experiments.demo), as in interface_cost.py
-HEADS = {"asr": dict(proj_dim=128, hidden_size=128, num_layers=1, dropout=0.1), "classify": dict(hidden_dim=128)}
-
-
-def to_device(x, device):
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, (tuple, list)):
-        return type(x)(to_device(t, device) for t in x)
-    return x
-
-
-def make_step(entry, utts, frontend, head, task, targets, device, verify: bool):
-    params = [p for p in list(frontend.parameters()) + list(head.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3)
-    frontend.train()
-    head.train()
-
-    def step():
-        states = [entry.read(utts, verify=verify).to(device)]
-        feats, lengths = frontend.fuse(states)
-        out, out_lengths = head(feats, lengths)
-        loss = task.loss(out, out_lengths, targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
 
 
 def main(argv=None) -> None:
@@ -79,7 +50,7 @@ def main(argv=None) -> None:
     names = [n for n in args.interfaces.split(",") if n]
     tasks = [t for t in args.tasks.split(",") if t]
 
-    print(f"# cache_integrity: {'/'.join(tasks)} heads {[HEADS[t] for t in tasks]}, batch of {args.clips} real FSDD clips, HuBERT Base-shaped "
+    print(f"# cache_integrity: {'/'.join(tasks)} heads {[DEMO_HEADS[t] for t in tasks]}, batch of {args.clips} real FSDD clips, HuBERT Base-shaped "
           f"random upstream (13 x 768, fp16 cache), median of {args.repeat} interleaved steps per side")
     print_machine_info(device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,7 +69,7 @@ def main(argv=None) -> None:
         rows.append(("read only (mmap, fp16 -> fp32, pad)", reads["off"].median * 1e3, reads["on"].median * 1e3,
                      reads["on"].median / reads["off"].median, ""))
         for task_name in tasks:
-            task = get_task(task_name, **HEADS[task_name]).fit(utts)
+            task = get_task(task_name, **DEMO_HEADS[task_name]).fit(utts)
             targets = to_device(task.encode(utts), device)
             for name in names:
                 steps = {}
@@ -106,7 +77,8 @@ def main(argv=None) -> None:
                     torch.manual_seed(0)
                     fe = FusionFrontend([up], interface=name).to(device)
                     head = task.build_head(fe.output_dim).to(device)
-                    steps["on" if verify else "off"] = make_step(entry, utts, fe, head, task, targets, device, verify)
+                    steps["on" if verify else "off"] = training_step(
+                        fe, head, task, targets, lambda verify=verify: [entry.read(utts, verify=verify).to(device)])
                 t = timeit_interleaved(steps, repeat=args.repeat, warmup=2, sync_cuda=device.type == "cuda")
                 rows.append((f"training step, {name} + {task_name} head", t["off"].median * 1e3,
                              t["on"].median * 1e3, t["on"].median / t["off"].median,

@@ -15,20 +15,18 @@ Each child reports ru_maxrss (peak) and VmRSS just before extraction (after impo
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import random
 import resource
 import subprocess
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FSDD_DIR, add_device_arg, get_device, print_machine_info, print_table, random_hubert  # noqa: E402
+from _common import (FSDD_DIR, add_device_arg, get_device, print_machine_info, print_table,  # noqa: E402
+                     random_hubert, scratch_dir)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FSDD = FSDD_DIR
@@ -83,8 +81,7 @@ def main() -> None:
     import torch
 
     print_machine_info(device)
-    tmp = Path(tempfile.mkdtemp(prefix="sf-mem-"))
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    tmp = scratch_dir("sf-mem-")
     random_hubert(tmp / "model", hidden_size=768, num_hidden_layers=8, num_attention_heads=12, intermediate_size=768,
                   conv_dim=(128,) * 7, feat_extract_norm="layer", do_stable_layer_norm=True)
     rows = []

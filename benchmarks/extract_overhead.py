@@ -23,17 +23,15 @@ Goal: speechfuse / bare forward <= 1.10.
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import FSDD_DIR, add_device_arg, get_device, print_machine_info, print_table, random_hubert, timeit_interleaved  # noqa: E402
+from _common import (FSDD_DIR, add_device_arg, get_device, print_machine_info, print_table,  # noqa: E402
+                     random_hubert, scratch_dir, timeit_interleaved)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -90,8 +88,7 @@ def main() -> None:
     from speechfuse.cache.extract import duration_batches, extract_batch, fill_caches, load_audio_batch
 
     print_machine_info(device)
-    tmp = Path(tempfile.mkdtemp(prefix="sf-bench-"))
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    tmp = scratch_dir("sf-bench-")
     rows = []
 
     def batches_of(utts):

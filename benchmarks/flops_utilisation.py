@@ -20,18 +20,16 @@ absent). Input: seeded noise (FLOPs and speed do not depend on the content).
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, get_device, print_machine_info, print_table, random_hubert, timeit_interleaved  # noqa: E402
+from _common import (add_device_arg, get_device, print_machine_info, print_table, random_hubert,  # noqa: E402
+                     scratch_dir, timeit_interleaved)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -51,8 +49,7 @@ def main() -> None:
     from speechfuse.cache.extract import extract_batch
 
     print_machine_info(device)
-    tmp = Path(tempfile.mkdtemp(prefix="sf-flops-"))
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    tmp = scratch_dir("sf-flops-")
     models = {f"HuBERT Base, {args.layers} layers (random)": sf.load_upstream("hf:" + random_hubert(tmp / "h", num_hidden_layers=args.layers))}
     try:
         models["whisper-tiny.en trim (bundled)"] = sf.load_upstream("whisper-tiny.en", whisper_mode="trim")

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, get_device, print_machine_info, print_table, timeit_interleaved  # noqa: E402
+from _common import (DEMO_HEADS, add_device_arg, get_device, print_machine_info, print_table,  # noqa: E402
+                     timeit_interleaved, to_device, training_step)
 
 from speechfuse.cache.store import FeatureCache  # noqa: E402
 from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests  # noqa: E402
@@ -29,9 +30,6 @@ from speechfuse.fusion.interfaces import list_interfaces  # noqa: E402
 from speechfuse.tasks import get_task  # noqa: E402
 from speechfuse.fusion.upstream import load_upstream  # noqa: E402
 
-# the demo's head sizes (speechfuse.experiments.demo)
-HEADS = {"asr": dict(proj_dim=128, hidden_size=128, num_layers=1, dropout=0.1), "classify": dict(hidden_dim=128)}
-
 
 def interface_options(name: str, num_layers: int) -> dict:
     if name == "layer":
@@ -39,31 +37,6 @@ def interface_options(name: str, num_layers: int) -> dict:
     if name == "group_ws":  # the default of 4 groups needs >= 4 aligned layers
         return {"groups": min(4, num_layers)}
     return {}
-
-
-def make_step(frontend, head, task, states, targets):
-    params = [p for p in list(frontend.parameters()) + list(head.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3)
-    frontend.train()
-    head.train()
-
-    def step():
-        feats, lengths = frontend.fuse(states)
-        out, out_lengths = head(feats, lengths)
-        loss = task.loss(out, out_lengths, targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
-def to_device(x, device):
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, (tuple, list)):
-        return type(x)(to_device(t, device) for t in x)
-    return x
 
 
 def main(argv=None) -> None:
@@ -83,13 +56,13 @@ def main(argv=None) -> None:
     if "weighted_sum" not in names:
         names.insert(0, "weighted_sum")
 
-    print(f"# interface_cost: {args.task} head {HEADS[args.task]}, batch of {args.clips} real FSDD clips, "
+    print(f"# interface_cost: {args.task} head {DEMO_HEADS[args.task]}, batch of {args.clips} real FSDD clips, "
           f"median of {args.repeat} interleaved training steps from the feature cache")
     print_machine_info(device)
     with tempfile.TemporaryDirectory() as tmp:
         manifests = fsdd_manifests(bundled_fsdd_dir() / "recordings", Path(tmp) / "fsdd")
         utts = load_manifest(manifests["train"])[: args.clips]
-        task = get_task(args.task, **HEADS[args.task]).fit(utts)
+        task = get_task(args.task, **DEMO_HEADS[args.task]).fit(utts)
         targets = to_device(task.encode(utts), device)
         cache = FeatureCache(Path(tmp) / "cache")
         loaded = {s: load_upstream(s) for specs in sets for s in specs}
@@ -105,7 +78,7 @@ def main(argv=None) -> None:
                 n_fuse = sum(p.numel() for p in fe.aligner.parameters() if p.requires_grad) + \
                     fe.interface.num_parameters()
                 n_head = sum(p.numel() for p in head.parameters() if p.requires_grad)
-                steps[name] = make_step(fe, head, task, states, targets)
+                steps[name] = training_step(fe, head, task, targets, lambda states=states: states)
                 info[name] = (n_fuse, n_fuse + n_head)
                 aligned = f"{fe.aligner.num_layers} layers x {fe.aligner.hidden_size} at {fe.aligner.frame_rate:g} Hz"
             timings = timeit_interleaved(steps, repeat=args.repeat, warmup=2, sync_cuda=device.type == "cuda")

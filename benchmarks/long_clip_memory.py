@@ -16,44 +16,17 @@ On --device cuda resemblyzer runs on the GPU and its peak CUDA allocation is sho
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, get_device, print_machine_info, print_table  # noqa: E402
+from _common import (add_device_arg, child_json, forward_peak_memory, get_device, long_speech,  # noqa: E402
+                     print_machine_info, print_table, scratch_dir)
 
 MODELS = ("speech-embedding", "resemblyzer")
-
-
-def proc_status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def long_speech(seconds: float) -> np.ndarray:
-    """`seconds` of real speech: the bundled FSDD recordings, 8 -> 16 kHz, concatenated (repeated as needed)."""
-    import soundfile as sf
-    import soxr
-    from speechfuse.data.adapters import bundled_fsdd_dir
-
-    files = sorted((bundled_fsdd_dir() / "recordings").glob("*.flac"))
-    need, pieces, total = int(seconds * 16000), [], 0
-    while total < need:
-        wav, rate = sf.read(files[len(pieces) % len(files)], dtype="float32")
-        pieces.append(soxr.resample(wav, rate, 16000))
-        total += len(pieces[-1])
-    return np.concatenate(pieces)[:need].astype(np.float32)
 
 
 def child(args) -> None:
@@ -68,23 +41,9 @@ def child(args) -> None:
     if args.model == "speech-embedding":
         options["num_threads"] = torch.get_num_threads()
     upstream = load_upstream(args.model, **options).to(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-    before = proc_status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM (peak RSS) to the current RSS
-    start = time.perf_counter()
-    with torch.inference_mode():
-        hidden = upstream(wav[None], torch.tensor([len(wav)])).hidden
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    peak = proc_status_kb("VmHWM")
-    np.save(args.out, hidden.cpu().numpy())
-    print(json.dumps({"before_kb": before, "peak_kb": peak, "seconds": seconds,
-                      "output_bytes": hidden.numel() * hidden.element_size(),
-                      "cuda_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}))
+    out, memory = forward_peak_memory(upstream, wav, device)
+    np.save(args.out, out.hidden.cpu().numpy())
+    print(json.dumps(memory))
 
 
 def main() -> None:
@@ -104,8 +63,7 @@ def main() -> None:
 
     window_on = args.window or WINDOW_SECONDS
     print_machine_info(device)
-    tmp = Path(tempfile.mkdtemp(prefix="sf-longclip-"))
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    tmp = scratch_dir("sf-longclip-")
     speech = long_speech(max(args.minutes) * 60)
     rows = []
     for minutes in args.minutes:
@@ -117,10 +75,7 @@ def main() -> None:
                 out = tmp / f"{model}-{mode}.npy"
                 cmd = [sys.executable, __file__, "--child", "--model", model, "--clip", str(clip), "--out", str(out),
                        "--window", str(window), "--threads", str(args.threads), "--device", str(device)]
-                run = subprocess.run(cmd, capture_output=True, text=True)
-                if run.returncode != 0:
-                    raise SystemExit(f"{model} {minutes:g} min, windows {mode} failed:\n{run.stderr[-3000:]}")
-                result[mode] = json.loads(run.stdout.strip().splitlines()[-1])
+                result[mode] = child_json(cmd, f"{model} {minutes:g} min, windows {mode}")
             diff = float(np.abs(np.load(tmp / f"{model}-off.npy") - np.load(tmp / f"{model}-on.npy")).max())
             off, on = result["off"], result["on"]
             growth_off = (off["peak_kb"] - off["before_kb"]) / 1e3

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, get_device, print_machine_info, print_table  # noqa: E402
-from long_clip_memory import long_speech, proc_status_kb  # noqa: E402
+from _common import (add_device_arg, child_json, forward_peak_memory, get_device, long_speech,  # noqa: E402
+                     print_machine_info, print_table)
 
 
 def stitching_rows(model: str, clip_seconds: list[float], window_seconds: list[float], device) -> list[list]:
@@ -65,23 +63,9 @@ def child(args) -> None:
     device = get_device(args)
     upstream = load_upstream(args.model).to(device)
     wav = torch.from_numpy(long_speech(args.minutes[0] * 60)).to(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-    before = proc_status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM (peak RSS) to the current RSS
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = upstream(wav[None], torch.tensor([len(wav)]))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    print(json.dumps({"before_kb": before, "peak_kb": proc_status_kb("VmHWM"), "seconds": seconds,
-                      "frames": out.hidden.shape[2], "expected_frames": upstream.num_frames(len(wav)),
-                      "windows": len(upstream.long_clip_windows(len(wav))),
-                      "output_bytes": out.hidden.numel() * out.hidden.element_size(),
-                      "cuda_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}))
+    out, memory = forward_peak_memory(upstream, wav, device)
+    print(json.dumps({**memory, "frames": out.hidden.shape[2], "expected_frames": upstream.num_frames(len(wav)),
+                      "windows": len(upstream.long_clip_windows(len(wav)))}))
 
 
 def main() -> None:
@@ -104,10 +88,7 @@ def main() -> None:
     for minutes in args.minutes:
         cmd = [sys.executable, __file__, "--child", "--model", args.model, "--minutes", str(minutes),
                "--threads", str(args.threads), "--device", str(device)]
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        if run.returncode != 0:
-            raise SystemExit(f"{args.model} {minutes:g} min failed:\n{run.stderr[-3000:]}")
-        r = json.loads(run.stdout.strip().splitlines()[-1])
+        r = child_json(cmd, f"{args.model} {minutes:g} min")
         row = [args.model, f"{minutes:g}", r["windows"], f"{r['frames']} / {r['expected_frames']}",
                f"{r['peak_kb'] / 1e3:.0f}", f"{(r['peak_kb'] - r['before_kb']) / 1e3:.0f}",
                f"{r['output_bytes'] / 1e6:.0f}", f"{r['seconds']:.1f}"]

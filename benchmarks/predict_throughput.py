@@ -19,9 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, get_device, print_machine_info, print_table, timeit_interleaved  # noqa: E402
-
-SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+from _common import (add_device_arg, fsdd_clips, get_device, print_machine_info, print_table,  # noqa: E402
+                     timeit_interleaved)
 
 
 def main() -> None:
@@ -33,14 +32,13 @@ def main() -> None:
     device = get_device(args)
 
     from speechfuse.config import config_from_dict
-    from speechfuse.data import Utterance, audio_info, bundled_fsdd_dir
+    from speechfuse.data import Utterance, audio_info
     from speechfuse.cache.extract import load_audio_batch
     from speechfuse.serving.inference import predict_to_file
     from speechfuse.data.batching import make_batches
     from speechfuse.fusion.model import FusedModel, build_task
 
-    rec = bundled_fsdd_dir() / "recordings"
-    paths = [str(rec / f"{i % 10}_{SPEAKERS[i % len(SPEAKERS)]}_{(i // 10) % 25}.flac") for i in range(args.clips)]
+    paths = [str(p) for p in fsdd_clips(args.clips)]
     durations = [audio_info(p)[3] for p in paths]
     audio_seconds = sum(durations)
     utts = [Utterance(id=str(i), path=p, duration=d, label=Path(p).name[0])

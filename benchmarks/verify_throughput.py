@@ -15,9 +15,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_device_arg, get_device, print_machine_info, print_table, timeit_interleaved  # noqa: E402
-
-SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+from _common import (FSDD_DIR, add_device_arg, fsdd_clips, get_device, print_machine_info, print_table,  # noqa: E402
+                     timeit_interleaved)
 
 
 def main() -> None:
@@ -30,12 +29,12 @@ def main() -> None:
     device = get_device(args)
 
     from speechfuse.config import config_from_dict
-    from speechfuse.data import Utterance, audio_info, bundled_fsdd_dir
+    from speechfuse.data import Utterance, audio_info
     from speechfuse.fusion.model import FusedModel, build_task
     from speechfuse.serving.verify_trials import verify_to_file
 
-    rec = bundled_fsdd_dir() / "recordings"
-    names = [f"{i % 10}_{SPEAKERS[i % len(SPEAKERS)]}_{(i // 10) % 25}.flac" for i in range(args.clips)]
+    clips = fsdd_clips(args.clips)
+    rec, names = FSDD_DIR, [c.name for c in clips]
     utts = [Utterance(id=n, path=str(rec / n), duration=audio_info(rec / n)[3], speaker=n.split("_")[1])
             for n in names]
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]

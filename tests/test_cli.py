@@ -132,6 +132,8 @@ def test_sweep_grid_reaches_run_sweep(setup, tmp_path, monkeypatch):
     assert seen["config"].task == "classify" and seen["out"] == str(tmp_path)
     assert main(["sweep", str(cfg), "--seeds", "0,1", "--out", str(tmp_path)]) == 0  # seeds alone: no grid needed
     assert seen["grid"] == {} and seen["seeds"] == [0, 1]
+    assert main(["sweep", str(cfg), "--select", "train.lr=1e-3,1e-2", "--out", str(tmp_path)]) == 0  # select alone
+    assert seen["grid"] == {} and seen["seeds"] is None and seen["select"] == {"train.lr": [1e-3, 1e-2]}
     assert main(["sweep", str(cfg), "--out", str(tmp_path)]) == 2
 
 
@@ -139,9 +141,13 @@ def test_demo_subcommand_calls_run_demo(tmp_path, monkeypatch, capsys):
     import speechfuse.experiments.demo as demo
 
     calls = []
-    monkeypatch.setattr(demo, "run_demo", lambda out, quick=False, jobs=None: calls.append((out, quick)) or Path(out) / "x.md")
+    monkeypatch.setattr(demo, "run_demo", lambda out, quick=False, jobs=None, threads=None, device="cpu":
+                        calls.append((out, quick, threads, device)) or Path(out) / "x.md")
     assert main(["demo", "--out", str(tmp_path), "--quick"]) == 0
-    assert calls == [(str(tmp_path), True)] and capsys.readouterr().out.strip() == str(tmp_path / "x.md")
+    assert calls == [(str(tmp_path), True, None, "cpu")] and capsys.readouterr().out == ""  # run_demo prints
+    assert main(["demo", "--out", str(tmp_path), "--threads", "2", "--device", "cuda:1"]) == 0
+    assert calls[-1] == (str(tmp_path), False, 2, "cuda:1")  # both reach every run of the demo
+    assert main(["demo", "--device", "tpu"]) == 2 and "--device 'tpu'" in capsys.readouterr().err
 
 
 def test_sweep_seeds_flag_is_checked(tmp_path, capsys):

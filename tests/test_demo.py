@@ -41,11 +41,21 @@ def test_combine_merges_tasks_per_row_with_spread_and_marks():
     assert numbers[0]["ASR tied with best"] == "yes" and numbers[1]["speaker tied with best"] == "best"
 
 
+def test_demo_configs_train_on_the_device_asked_for_cpu_by_default(tmp_path):
+    from speechfuse.experiments.demo import demo_config
+
+    manifests = {split: tmp_path / f"{split}.csv" for split in ("train", "dev", "test")}
+    for task in TASKS:
+        assert demo_config(task, manifests, tmp_path / "cache", quick=True).train.accelerator == "cpu"
+        train = demo_config(task, manifests, tmp_path / "cache", quick=True, device="cuda:1").train
+        assert (train.accelerator, train.devices) == ("gpu", "1,")
+
+
 @pytest.mark.slow
 def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "demo"
     md = run_demo(out, quick=True)
-    printed = capsys.readouterr().out
+    printed, notes = capsys.readouterr()
     assert md == out / "demo_results.md" and md.is_file()
     with open(out / "demo_results.csv", newline="") as f:
         table = list(csv.DictReader(f))
@@ -74,7 +84,7 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
         assert len(selection) == len(expected) * len(settings["interface_lr"])
         assert sum(r["chosen"] == "True" for r in selection) == len(expected)
     # outputs it says it wrote
-    assert "| upstreams | interface |" in printed and str(md) in printed
+    assert "| upstreams | interface |" in printed and str(md) in notes and str(md) not in printed  # result / note
     assert (out / "plots" / "demo_summary.png").stat().st_size > 1000
     assert len(list((out / "plots").glob("asr__*.png"))) == len(expected) * len(settings["seeds"])
     assert all((out / "plots" / f"{t}_comparison.png").stat().st_size > 1000 for t in ("asr", "speaker"))

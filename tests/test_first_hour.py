@@ -2,8 +2,10 @@
 results alone on stdout; the folder preparation on its own; the CLI grammar."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,24 +16,35 @@ import yaml
 
 from conftest import FSDD
 from speechfuse.cli import build_parser, main
+from speechfuse.errors import ConfigError
 
 SPEAKERS = ("george", "jackson", "lucas")
 
 
-def clip_folder(root: Path, digits=range(4), takes=(0, 1)) -> Path:
-    """root/<speaker>/<clip>.flac: real FSDD recordings, labelled by the sub-folder (the speaker)."""
+def clip_folder(root: Path, digits=range(4), takes=(0, 1), wav: bool = False) -> Path:
+    """root/<speaker>/<clip>.flac (or .wav, as a user's recorder writes them): real FSDD recordings, labelled by
+    the sub-folder (the speaker)."""
+    import soundfile
+
     for speaker in SPEAKERS:
         (root / speaker).mkdir(parents=True, exist_ok=True)
         for d in digits:
             for t in takes:
-                shutil.copy(FSDD / f"{d}_{speaker}_{t}.flac", root / speaker)
+                source = FSDD / f"{d}_{speaker}_{t}.flac"
+                if wav:
+                    soundfile.write(root / speaker / f"{source.stem}.wav", *soundfile.read(source), subtype="PCM_16")
+                else:
+                    shutil.copy(source, root / speaker)
     return root
 
 
 @pytest.mark.slow
 def test_prepare_init_train_predict_on_a_folder_of_recordings(tmp_path, capsys, monkeypatch):
+    import numpy as np
+    from matplotlib.image import imread
+
     monkeypatch.chdir(tmp_path)
-    clip_folder(tmp_path / "clips")
+    clip_folder(tmp_path / "clips", wav=True)
     assert main(["prepare", "folder", "clips", "--out", "data/"]) == 0
     prepared = json.loads(capsys.readouterr().out)
     assert prepared["labels"] == list(SPEAKERS) and sum(prepared["utterances"].values()) == 24
@@ -54,8 +67,12 @@ def test_prepare_init_train_predict_on_a_folder_of_recordings(tmp_path, capsys, 
     for noise in ("Tip:", "litlogger", "Warning", "deprecated", "log_every_n_steps", "Total FLOPs", "-0:", "srun"):
         assert noise not in done.stderr, noise
     assert "train: 100%" in done.stderr and "20/20" in done.stderr  # one bar, optimizer steps out of max_steps
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d", done.stderr)  # elapsed<ETA, never a negative one
+    assert "dev/accuracy=" in done.stderr  # the last dev metric on the bar (init validates every 5 of 20 steps)
     run = Path("runs/mine")
-    assert (run / "curves.png").is_file() and list((run / "logs" / "tensorboard").glob("events.out.tfevents*"))
+    assert list((run / "logs" / "tensorboard").glob("events.out.tfevents*"))
+    curves = imread(run / "curves.png")  # this run's curves: a real picture, not an empty canvas
+    assert curves.shape[0] >= 300 and curves.shape[1] >= 1000 and float(np.std(curves[..., :3])) > 0.05
     card = (run / "model" / "README.md").read_text()
     assert str(tmp_path) not in card and "/tmp/" not in card  # no local absolute path
     meta = yaml.safe_load(card.split("---\n")[1])
@@ -70,7 +87,7 @@ def test_prepare_init_train_predict_on_a_folder_of_recordings(tmp_path, capsys, 
 
     assert main(["predict", "runs/mine/model", "clips", "--quiet"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(rows) == 24 and all(set(r["probabilities"]) == set(SPEAKERS) for r in rows)
+    assert len(rows) == 24 and all(r["path"].endswith(".wav") for r in rows) and all(set(r["probabilities"]) == set(SPEAKERS) for r in rows)
     right = sum(r["label"] == Path(r["path"]).parent.name for r in rows)
     assert right >= 18, f"{right}/24 clips attributed to their speaker (chance 8)"  # it learned the speakers
 
@@ -174,12 +191,75 @@ def test_set_takes_one_value_so_the_config_may_follow(tmp_path):
     assert args.config == "my.yaml" and args.overrides == ["train.max_steps=5", "train.lr=1e-3"]
 
 
-def test_every_command_takes_the_common_options():
-    parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices
+# the commands that run a model take --device; the others say in their help why they do not
+RUN_A_MODEL = {"train", "predict", "evaluate", "sweep", "search", "extract", "verify", "prune", "study scaling", "demo"}
+RUN_NO_MODEL = {"prepare", "init", "compare", "export", "table"}
+
+
+def test_every_command_shares_one_grammar_of_options():
+    from speechfuse.cli.common import DEVICE_HELP, common_options
+    from speechfuse.reference import walk_commands
+
+    shared = {a.option_strings[-1]: a for a in common_options()._actions}
+    commands = {path.removeprefix("speechfuse "): sub for path, sub, _ in walk_commands(build_parser())
+                if not any(isinstance(a, argparse._SubParsersAction) for a in sub._actions)}  # the ones that run
+    assert set(commands) == RUN_A_MODEL | RUN_NO_MODEL  # a new command is classified here
     for name, sub in commands.items():
-        flags = {s for a in sub._actions for s in a.option_strings}
-        assert {"--threads", "--quiet", "--verbose", "--plugin"} <= flags, name
+        options = {a.option_strings[-1]: a for a in sub._actions if a.option_strings}
+        for flag in ("--threads", "--quiet", "--verbose", "--plugin"):  # the same option, not one of the same name
+            mine, theirs = options[flag], shared[flag]
+            assert (mine.dest, mine.type, mine.default, mine.help) == (theirs.dest, theirs.type, theirs.default,
+                                                                       theirs.help), (name, flag)
+        if name in RUN_A_MODEL:
+            assert options["--device"].metavar == "DEVICE" and options["--device"].help.startswith(DEVICE_HELP), name
+        else:
+            assert "--device" not in options, name
+            why = sub.description.split("No --device: ", 1)[1]
+            assert len(why) > 20, (name, why)
+        if "--out" in options:  # always where the command writes what it makes: a folder (DIR) or a file (FILE)
+            out = options["--out"]
+            kind = {"DIR": "folder", "FILE": "file"}[out.metavar]
+            assert out.help.startswith(f"the {kind} it writes: "), (name, out.help)
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "search", "study scaling"])
+def test_device_reaches_the_config_of_every_command_that_trains(command, tmp_path, capsys):
+    from speechfuse.cli.common import load_command_config
+
+    clips = clip_folder(tmp_path / "clips", digits=range(1))
+    assert main(["prepare", "folder", str(clips), "--out", str(tmp_path / "data")]) == 0
+    assert main(["init", "--task", "classify", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "c.yaml")]) == 0
+    capsys.readouterr()
+    extra = {"train": [], "sweep": ["--seeds", "0"], "search": ["--space", "s.yaml"], "study scaling": []}[command]
+    args = build_parser().parse_args([*command.split(), str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o"),
+                                      "--device", "cuda:1", *extra])
+    train = load_command_config(args).train
+    assert (train.accelerator, str(train.devices)) == ("gpu", "1,")
+    args.device = "cpu"
+    assert load_command_config(args).train.accelerator == "cpu"
+    args.device = "gpu0"
+    with pytest.raises(ConfigError, match="cpu, cuda or cuda:N"):
+        load_command_config(args)
+
+
+def test_prune_takes_the_device_to_its_measurements_and_retraining(tmp_path, monkeypatch, capsys):
+    import speechfuse.experiments.prune as prune
+
+    seen = {}
+    monkeypatch.setattr(prune, "prune_run", lambda run, budgets, **options: seen.update(options) or [])
+    assert main(["prune", str(tmp_path), "--budget", "0.5", "--device", "cpu"]) == 0
+    assert seen["device"] == "cpu"
+    assert main(["prune", str(tmp_path), "--budget", "0.5", "--device", "tpu"]) == 2
+    assert "cpu, cuda or cuda:N" in capsys.readouterr().err
+    # measurements taken on another device are not reused for this one
+    (tmp_path / "prune").mkdir()
+    (tmp_path / "prune" / "measurements.json").write_text(json.dumps({"clips": 8, "repeat": 5, "device": "cuda"}))
+    with pytest.raises(prune.PruneError, match="device=cuda"):
+        prune.measure(tmp_path, 8, 5, "cpu")
+    assert prune.measure(tmp_path, 8, 5, "cuda")["device"] == "cuda"
+    assert prune.measured_device(tmp_path) == "cuda"  # what a prune without --device measures on (and reuses)
+    (tmp_path / "prune" / "measurements.json").write_text(json.dumps({"clips": 8, "repeat": 5}))
+    assert prune.measured_device(tmp_path) == "cpu"  # measured before devices were recorded: on the CPU
 
 
 def test_compare_help_has_no_doubled_percent(capsys):
@@ -219,3 +299,82 @@ def test_p_values_below_the_bootstrap_resolution_read_as_bounds():
               "resamples": 1000, "utterances": 300, "split": "test"}
     line = describe(result, "A", "B")
     assert "p < 0.001" in line and "p = 0" not in line
+
+
+def test_quiet_and_verbose_reach_the_command_and_end_with_it(tmp_path, monkeypatch, capsys):
+    import speechfuse.training.runner as runner
+    from speechfuse.training import progress
+
+    clips = clip_folder(tmp_path / "clips", digits=range(1))
+    assert main(["prepare", "folder", str(clips), "--out", str(tmp_path / "data")]) == 0
+    assert main(["init", "--task", "classify", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "c.yaml")]) == 0
+    monkeypatch.delenv(progress.QUIET, raising=False)
+    monkeypatch.delenv(progress.VERBOSE, raising=False)
+    seen = []
+    monkeypatch.setattr(runner, "train", lambda cfg, out: seen.append((progress.quiet(), progress.verbose())) or {})
+    for flag, expected in (("--quiet", (True, False)), ("--verbose", (False, True)), (None, (False, False))):
+        assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r"), *([flag] if flag else [])]) == 0
+        assert seen[-1] == expected, flag
+        assert not (progress.quiet() or progress.verbose())  # the next command in this process starts plain
+    with pytest.raises(SystemExit):  # one or the other
+        build_parser().parse_args(["train", "c.yaml", "--quiet", "--verbose"])
+
+
+def test_onnx_export_without_the_extra_says_how_to_install_it_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import speechfuse.cli.export as export
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else find_spec(name, *a))
+    monkeypatch.setattr(export, "load_trained_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    assert main(["export", str(tmp_path / "run"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'speechfuse[export]'" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "MODEL", "a.wav", "--batch-seconds", "-1"],
+    ["verify", "MODEL", "a.wav", "b.wav", "--batch-seconds", "0"],
+    ["extract", "c.yaml", "--batch-seconds", "x"],
+    ["export", "MODEL", "--out", "m.pt", "--whole", "--tolerance", "-1"],
+    ["prune", "RUN", "--budget", "0.5", "--clips", "0"],
+    ["sweep", "c.yaml", "--seeds", "0", "--out", "OUT", "--jobs", "0"],
+    ["search", "c.yaml", "--space", "s.yaml", "--out", "OUT", "--workers", "-2"],
+    ["demo", "--out", "OUT", "--jobs", "0"],
+    ["init", "--task", "classify", "--data", "d", "--out", "OUT", "--steps", "1.5"],
+    ["train", "c.yaml", "--out", "OUT", "--threads", "0"],
+])
+def test_a_bad_number_is_refused_while_the_arguments_are_read(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and f"argument {argv[-2]}" in err and argv[-1] in err.splitlines()[-1]
+    assert not list(tmp_path.iterdir())  # nothing was written, no model or config was read
+
+
+def test_a_logger_whose_package_is_missing_is_refused_before_a_folder_exists(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("wandb", "mlflow")
+                        else find_spec(name, *a))
+    clips = clip_folder(tmp_path / "clips", digits=range(1))
+    assert main(["prepare", "folder", str(clips), "--out", str(tmp_path / "data")]) == 0
+    assert main(["init", "--task", "classify", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "c.yaml")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "runs" / "r"
+    for logger in ("wandb", "[tensorboard, mlflow]"):
+        assert main(["train", str(tmp_path / "c.yaml"), "--set", f"train.logger={logger}", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "pip install" in err and not out.exists()
+
+
+def test_init_prints_json_whatever_the_config_path_holds(tmp_path, capsys):
+    clips = clip_folder(tmp_path / "clips", digits=range(1))
+    assert main(["prepare", "folder", str(clips), "--out", str(tmp_path / "data")]) == 0
+    capsys.readouterr()
+    out = tmp_path / 'my "quoted" \\ config.yaml'
+    assert main(["init", "--task", "classify", "--data", str(tmp_path / "data"), "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"config": str(out)}

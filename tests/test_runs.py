@@ -126,6 +126,15 @@ def test_evaluate_refuses_a_changed_manifest_and_scores_new_rows_elsewhere(train
         (run / "metrics.json").read_text())["test"]["accuracy"]
 
 
+def test_evaluate_checks_its_manifest_before_the_model_loads(trained, tmp_path, monkeypatch, capsys):
+    import speechfuse.serving.evaluate as evaluate
+
+    run_dir, manifests, _ = trained
+    monkeypatch.setattr(evaluate, "load_run", lambda *a, **k: pytest.fail("the model loaded first"))
+    assert main(["evaluate", str(run_dir), "--manifest", str(tmp_path / "missing.csv")]) == 2
+    assert "missing.csv not found" in capsys.readouterr().err and not (run_dir / "eval").exists()
+
+
 # -- one feature cache for train and sweep ----------------------------------------------------------------------
 
 def test_a_train_and_a_sweep_on_one_config_extract_once(trained, tmp_path, monkeypatch, speechfuse_home):

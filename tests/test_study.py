@@ -182,7 +182,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_real_training_end_to_end(tmp_path, tiny, monkeypatch, speechfuse_home):
+def test_cli_real_training_end_to_end(tmp_path, tiny, monkeypatch, speechfuse_home, capsys):
     import speechfuse.experiments.prune
     from test_model import make_corpus
 
@@ -207,6 +207,9 @@ def test_cli_real_training_end_to_end(tmp_path, tiny, monkeypatch, speechfuse_ho
     code = main(["study", "scaling", str(config), "--interfaces", "weighted_sum", "--seeds", "0",
                  "--depths", f"{tiny['a']}=2", "--out", str(tmp_path / "study")])
     assert code == 0
+    printed, notes = capsys.readouterr()
+    assert printed.strip() == (tmp_path / "study" / "scaling.md").read_text().strip()  # the table alone on stdout
+    assert "4 rows; table" in notes
     rows = read_rows(tmp_path / "study" / "scaling.csv")
     assert [(r["axis"], r["models"], r["layers"]) for r in rows] == [
         ("models", "1", ""), ("models", "1", ""), ("models", "2", ""), ("depth", "1", "2")]

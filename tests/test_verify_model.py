@@ -304,7 +304,7 @@ def test_verify_cli_errors_are_one_line(run, tmp_path, capsys):
         (["verify", str(root / "run"), "--trials", "t.txt"], "--trials needs --out"),
         (["verify", str(root / "run"), "--trials", "t.txt", "--out", "s.txt"], "must end in .jsonl or .csv"),
         (["verify", str(root / "run"), "--trials", str(tmp_path / "none.txt"), "--out", str(tmp_path / "s.csv")],
-         "trial list not found"),
+         "trial list not found"),  # before the model loads (test_verify_checks_its_trial_list_before_the_model_loads)
     ]:
         capsys.readouterr()
         assert main(argv) == 2
@@ -337,3 +337,12 @@ def test_verify_to_file_applies_as_norm_like_verify(run, tmp_path, cohort):
     model.task.options["score_norm"] = "none"
     raw = [t.score for t in model.verify(pairs)]
     assert not expected == pytest.approx(raw, abs=1e-3)  # normalised, not the raw cosines
+
+
+def test_verify_checks_its_trial_list_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import speechfuse.cli.verify as verify
+
+    monkeypatch.setattr(verify, "load_trained_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    argv = ["verify", str(tmp_path / "model"), "--trials", str(tmp_path / "none.txt"), "--out", str(tmp_path / "s.csv")]
+    assert main(argv) == 2
+    assert "trial list not found" in capsys.readouterr().err and not (tmp_path / "s.csv").exists()

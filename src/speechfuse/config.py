@@ -561,6 +561,17 @@ def config_to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
+def device_train_options(device: str) -> dict[str, str]:
+    """A torch device (cpu, cuda, cuda:N) as the train keys Lightning reads (train.accelerator, train.devices)."""
+    if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    if device == "cpu":
+        return {"accelerator": "cpu"}
+    if device == "cuda":
+        return {"accelerator": "gpu"}
+    return {"accelerator": "gpu", "devices": f"{device[5:]},"}  # Lightning reads "N," as GPU index N
+
+
 __all__ = ["Config", "CacheConfig", "DataConfig", "UpstreamConfig", "AlignConfig", "InterfaceConfig", "TrainConfig",
            "load_config", "config_from_dict", "config_to_yaml", "config_to_dict", "parse_override",
-           "apply_overrides", "error_lines"]
+           "apply_overrides", "error_lines", "device_train_options"]

@@ -20,7 +20,8 @@
     speechfuse study scaling configs/fsdd_speaker.yaml --depths whisper-tiny.en=3,4,5 --out runs/scaling
 
 One grammar: the config, run or model first, then options; `--set KEY=VALUE` once per key; every command takes
-`--threads`, `--quiet`, `--verbose` and `--plugin`, and those that run a model `--device`. Results go to stdout
+`--threads`, `--quiet`, `--verbose` and `--plugin`; every command that runs a model takes `--device` (the others
+say why not in their help); `--out` is always the folder (DIR) or file (FILE) the command writes. Results go to stdout
 (JSON, or the table asked for); logs, warnings and progress bars to stderr. Errors in the input print one
 clean message and exit with code 2. `predict` exits 0 when every input has a prediction, 1 when some failed
 and 3 when all failed. Ctrl-C, SIGTERM and SIGUSR1 exit with 128 + the signal (130, 143, 138) and say how to

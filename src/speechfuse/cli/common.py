@@ -8,7 +8,7 @@ import os
 import warnings
 from pathlib import Path
 
-from speechfuse.errors import ConfigError, SpeechfuseError
+from speechfuse.errors import SpeechfuseError
 
 # Lightning's and its helpers' loggers: INFO lines ("GPU available", "Tip: litlogger", the model summary)
 LIBRARY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning")
@@ -28,6 +28,34 @@ EXPECTED_WARNINGS = (
 )
 
 
+# the commands that give --threads to each run themselves (the caches are filled with every thread first)
+PER_RUN_THREADS = ("sweep", "demo")
+
+
+def _number(text: str, kind: type, accept, needs: str):
+    """argparse type check: `text` read as `kind` and accepted by `accept`, refused while the arguments are read
+    (before anything runs) saying what it `needs`."""
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not accept(value):
+        raise argparse.ArgumentTypeError(f"give {needs}, got {text!r}")
+    return value
+
+
+def whole_number(text: str) -> int:
+    return _number(text, int, lambda v: v >= 1, "a whole number >= 1")
+
+
+def positive_number(text: str) -> float:
+    return _number(text, float, lambda v: v > 0, "a number > 0")
+
+
+def non_negative_number(text: str) -> float:
+    return _number(text, float, lambda v: v >= 0, "a number >= 0")
+
+
 def default_out(config: str) -> Path:
     return Path("runs") / Path(config).stem
 
@@ -36,8 +64,9 @@ def common_options() -> argparse.ArgumentParser:
     """The options every command takes (a parent parser)."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("every command")
-    g.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch threads per process (for `sweep`: per run); default: torch's own choice")
+    g.add_argument("--threads", type=whole_number, default=None, metavar="N",
+                   help="torch threads per process; for sweep, search and demo: per run (default: torch's own choice; "
+                        "the demo: 1)")
     loud = g.add_mutually_exclusive_group()
     loud.add_argument("-q", "--quiet", action="store_true",
                       help="no progress bars or notes on stderr; warnings and errors still show")
@@ -56,18 +85,41 @@ def add_config(p: argparse.ArgumentParser) -> None:
                         "--set for several keys)")
 
 
-def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, metavar="DEVICE",
-                   help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+DEVICE_HELP = "where the models run: cpu, cuda or cuda:N"
 
 
-def add_model_loading(p: argparse.ArgumentParser) -> None:
-    """The flags of the commands that load a trained model (predict, verify, export)."""
+def add_device(p: argparse.ArgumentParser, default: str = "cuda when available, else cpu") -> None:
+    """--device, in one meaning on every command that runs a model."""
+    p.add_argument("--device", default=None, metavar="DEVICE", help=f"{DEVICE_HELP} (default: {default})")
+
+
+def no_device(p: argparse.ArgumentParser, why: str) -> None:
+    """A command that runs no model says why in its help instead of taking --device."""
+    p.description = f"{p.description} No --device: {why}."
+
+
+def add_out(p: argparse.ArgumentParser, kind: str, what: str, required: bool = False) -> None:
+    """--out, in one meaning on every command: where the command writes what it makes, a folder (DIR) or a
+    file (FILE)."""
+    metavar = {"folder": "DIR", "file": "FILE"}[kind]
+    p.add_argument("--out", required=required, metavar=metavar, help=f"the {kind} it writes: {what}")
+
+
+def add_model(p: argparse.ArgumentParser) -> None:
+    """The MODEL positional of the commands that load a trained model (predict, verify, export), and the flags
+    that load it (add it before the command's other positionals)."""
+    p.add_argument("model", metavar="MODEL", help="a run folder (uses its model/) or a model folder")
     p.add_argument("--allow-changed-upstreams", action="store_true",
                    help="load even if an upstream's weights differ from those the model was trained with")
     p.add_argument("--allow-unverified", action="store_true",
                    help="load a model folder whose config.json and weights do not match their saved digest (or "
                         "have none), with a warning")
+
+
+def add_run(p: argparse.ArgumentParser) -> None:
+    """The RUN positional of the commands that read a finished run folder (evaluate, prune)."""
+    p.add_argument("run_dir", metavar="RUN", help="a finished run folder written by `speechfuse train` (or a "
+                                                  "sweep's OUT/runs/<name>)")
 
 
 def load_trained_model(args: argparse.Namespace, device: str | None = None):
@@ -79,6 +131,7 @@ def load_trained_model(args: argparse.Namespace, device: str | None = None):
 
 
 def torch_device(args: argparse.Namespace) -> str:
+    """--device, or cuda when available, else cpu."""
     import torch
 
     check_device(args.device)
@@ -86,22 +139,19 @@ def torch_device(args: argparse.Namespace) -> str:
 
 
 def check_device(device: str | None) -> None:
-    if device is None:
-        return
-    if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ConfigError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    from speechfuse.config import device_train_options
+
+    if device is not None:
+        device_train_options(device)  # refuses anything but cpu, cuda, cuda:N
 
 
 def device_overrides(device: str | None) -> list[str]:
     """--device as config overrides for the commands that train (train.accelerator / train.devices)."""
-    check_device(device)
+    from speechfuse.config import device_train_options
+
     if device is None:
         return []
-    if device == "cpu":
-        return ["train.accelerator=cpu"]
-    if device == "cuda":
-        return ["train.accelerator=gpu"]
-    return ["train.accelerator=gpu", f"train.devices='{device[5:]},'"]  # Lightning reads "N," as GPU index N
+    return [f"train.{key}='{value}'" for key, value in device_train_options(device).items()]
 
 
 def load_command_config(args: argparse.Namespace):
@@ -132,10 +182,8 @@ def floats(text: str, option: str) -> list[float]:
 
 def apply_runtime(args: argparse.Namespace) -> None:
     """--threads, --quiet / --verbose and --plugin, before the command does anything else."""
-    threads = getattr(args, "threads", None)
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads {threads}: give a whole number >= 1")
-    if threads is not None and args.command != "sweep":  # sweep sets each run's threads itself
+    threads = getattr(args, "threads", None)  # a whole number >= 1 (whole_number), or None
+    if threads is not None and args.command not in PER_RUN_THREADS:
         import torch
 
         torch.set_num_threads(threads)

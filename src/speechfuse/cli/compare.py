@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from speechfuse.cli.common import write_result
+from speechfuse.cli.common import add_out, no_device, write_result
 
 HELP = "paired bootstrap: is run A better than run B on the same utterances?"
 
@@ -17,7 +17,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("run_a", metavar="RUN_A", help="a run folder (its utterances_<split>.jsonl and task.json)")
     p.add_argument("run_b", metavar="RUN_B", help="the run folder to compare it with")
     p.add_argument("--split", default="test", choices=["dev", "test"], help="which split (default test)")
-    p.add_argument("--out", help="also write the JSON to this file")
+    add_out(p, "file", "a copy of the JSON it prints")
+    no_device(p, "it reads the per-utterance results the runs saved; no model runs")
     p.set_defaults(run=run)
 
 

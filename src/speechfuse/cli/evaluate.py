@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from speechfuse.cli.common import add_device, check_device, write_result
+from speechfuse.cli.common import add_device, add_out, add_run, check_device, write_result
 
 HELP = "score a finished run on a split"
 
@@ -11,9 +11,9 @@ HELP = "score a finished run on a split"
 def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("evaluate", help=HELP, parents=[common],
                        description="Rebuild a run's best checkpoint and print its metrics on a split as JSON.")
-    p.add_argument("run_dir", metavar="RUN", help="a run folder written by `speechfuse train`")
+    add_run(p)
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="which manifest (default test)")
-    p.add_argument("--out", help="also write the JSON to this file")
+    add_out(p, "file", "a copy of the JSON it prints")
     p.add_argument("--manifest", default=None,
                    help="score these rows instead of the run's data.<split> (refused when that manifest changed "
                         "since training); per-utterance results go to RUN/eval/<split>-<sha>/, not the run's files")

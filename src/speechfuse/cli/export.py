@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from speechfuse.errors import SpeechfuseError
-from speechfuse.cli.common import add_model_loading, load_trained_model
+from speechfuse.cli.common import add_model, add_out, load_trained_model, no_device, non_negative_number
 
 HELP = "export a trained model (after the upstreams, or --whole) as TorchScript or ONNX"
 ONNX_HINT = "pip install 'speechfuse[export]' (setup.sh installs it)"
@@ -22,17 +22,18 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                    "trace (transformers models, whisper-tiny.en, resemblyzer; not speech-embedding); "
                                    "the written graph is first checked against the eager model on two inputs it was "
                                    "not traced on, and refused if it differs.")
-    p.add_argument("model", metavar="MODEL", help="a run folder (uses its model/) or a model folder")
-    p.add_argument("--out", required=True, help="output file, e.g. fusion.pt or fusion.onnx")
+    add_model(p)
+    add_out(p, "file", "the graph, e.g. fusion.pt or fusion.onnx (and OUT.json beside it)", required=True)
     p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"],
                    help=f"torchscript (default) or onnx (needs the onnx package: {ONNX_HINT})")
     p.add_argument("--whole", action="store_true",
                    help="export the whole model, audio in (dynamic batch and length; the input checks of the "
                         "upstreams are not in the graph: keep clips within OUT.json's min_samples / max_samples)")
-    p.add_argument("--tolerance", type=float, default=None,
+    p.add_argument("--tolerance", type=non_negative_number, default=None,
                    help="--whole: largest max abs difference to the eager model accepted, relative to the output's "
                         "scale (at least 1; default 1e-4)")
-    add_model_loading(p)
+    no_device(p, "the graph is traced and checked on the CPU, so the file is the same on every machine; load it "
+                 "on any device")
     p.set_defaults(run=run)
 
 

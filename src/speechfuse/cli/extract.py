@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 from speechfuse.errors import SpeechfuseError
-from speechfuse.cli.common import add_config, add_device, default_out, torch_device
+from speechfuse.cli.common import (add_config, add_device, add_out, default_out, positive_number,
+                                    torch_device)
 
 HELP = "fill the feature cache ahead of training"
 
@@ -18,10 +19,11 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                    "their hidden states in the feature cache that `speechfuse train` reads "
                                    "(config key `cache`). Under torchrun each rank extracts its own share.")
     add_config(p)
-    p.add_argument("--out", help="where the manifest checks write skipped_<split>.csv (default: runs/<config "
-                                 "name>); `cache: auto` is the user's cache, $SPEECHFUSE_HOME/cache")
+    add_out(p, "folder", "the run, as for train (default: runs/<config name>): its manifest checks "
+                         "(skipped_<split>.csv); the features go to the config's cache (`cache: auto`: "
+                         "$SPEECHFUSE_HOME/cache)")
     add_device(p)
-    p.add_argument("--batch-seconds", type=float, default=None,
+    p.add_argument("--batch-seconds", type=positive_number, default=None,
                    help="seconds of audio per extraction batch (default: the config's train.batch_seconds)")
     p.set_defaults(run=run)
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from speechfuse.errors import SpeechfuseError
+from speechfuse.cli.common import add_out, no_device, whole_number
 
 HELP = "write a commented config for your manifests (the bundled models unless you name others)"
 
@@ -19,13 +21,14 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                    "speechfuse (no download) unless --upstreams names others.")
     p.add_argument("--task", required=True, help="asr | classify | verify | multilingual_asr")
     p.add_argument("--data", required=True, metavar="DIR", help="folder holding train.csv, dev.csv (and test.csv)")
-    p.add_argument("--out", required=True, help="config file to write, e.g. my.yaml")
+    add_out(p, "file", "the config, e.g. my.yaml", required=True)
+    no_device(p, "it writes a config and runs no model; `speechfuse train CONFIG --device` picks the device")
     p.add_argument("--upstreams", metavar="SPEC1,SPEC2",
                    help=f"models to fuse (default {','.join(BUNDLED_UPSTREAMS)}), e.g. hf:microsoft/wavlm-base-plus")
     p.add_argument("--interface", default="hconv", help="interface (default hconv)")
     p.add_argument("--target", help="manifest column to learn (default: text for asr, label for classify, speaker "
                                     "for verify)")
-    p.add_argument("--steps", type=int, default=300, help="train.max_steps (default 300)")
+    p.add_argument("--steps", type=whole_number, default=300, help="train.max_steps (default 300)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(run=run)
 
@@ -42,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
                        target=args.target, steps=args.steps)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, text)
-    print(f'{{"config": "{out}"}}')
+    print(json.dumps({"config": str(out)}, ensure_ascii=False))
     return 0

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from speechfuse.cli.common import add_device, add_model_loading, load_trained_model, torch_device
+from speechfuse.cli.common import add_device, add_model, add_out, load_trained_model, positive_number, torch_device
 
 HELP = "predict with a trained model (prints results, or streams them to --out)"
 
@@ -20,13 +20,13 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                    "references. Exit code: 0 every input predicted, 1 some failed, 3 all failed, 2 a "
                                    "usage or input error (bad --out, model, manifest). A second predict into the same "
                                    "OUT at once is refused (OUT.lock).")
-    p.add_argument("model", metavar="MODEL", help="a run folder (uses its model/) or a model folder")
+    add_model(p)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="audio file, folder of audio files, or manifest (.csv/.jsonl)")
-    p.add_argument("--out", help="predictions file: .jsonl or .csv (default: print the predictions)")
-    p.add_argument("--batch-seconds", type=float, default=60.0, help="seconds of padded audio per batch (default 60)")
+    add_out(p, "file", "the predictions, .jsonl or .csv (default: print them)")
+    p.add_argument("--batch-seconds", type=positive_number, default=60.0,
+                   help="seconds of padded audio per batch (default 60)")
     add_device(p)
-    add_model_loading(p)
     p.set_defaults(run=run)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from speechfuse.errors import SpeechfuseError
-from speechfuse.cli.common import write_result
+from speechfuse.cli.common import add_out, no_device, write_result
 
 HELP = "write train/dev/test manifests: your own folder of audio, or a corpus by its official protocol"
 
@@ -24,7 +24,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("corpus", choices=("folder", *CORPORA), metavar="CORPUS",
                    help=f"folder (your own recordings) or one of: {', '.join(CORPORA)}")
     p.add_argument("root", metavar="DIR", help="the folder of recordings, or the corpus folder as released")
-    p.add_argument("--out", required=True, help="folder for the manifests")
+    add_out(p, "folder", "the manifests (train.csv, dev.csv, test.csv for a folder)", required=True)
+    no_device(p, "it reads audio files and writes manifests; no model runs")
     g = p.add_argument_group("folder only")
     g.add_argument("--labels", metavar="CSV", help="labels or transcripts: a CSV with columns path (relative to "
                                                    "DIR) and label or text, optionally speaker")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from speechfuse.cli.common import floats
+from speechfuse.cli.common import add_device, add_run, check_device, floats, whole_number
 
 HELP = "keep the layers worth their upstream cost, retrain, report metric vs cost"
 
@@ -18,7 +18,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                    "model with no kept layer is not run), each retrained from the feature cache into "
                                    "RUN/prune/budget=B/. Writes RUN/prune/results.md, results.csv and pareto.png; "
                                    "prints the rows as JSON.")
-    p.add_argument("run_dir", metavar="RUN", help="a finished run folder written by `speechfuse train`")
+    add_run(p)
     budgets = p.add_mutually_exclusive_group(required=True)
     budgets.add_argument("--budget", type=float, help="one budget, a fraction of the full upstream cost in (0, 1]")
     budgets.add_argument("--budgets", metavar="B1,B2", help="several budgets, e.g. 0.25,0.5,0.75")
@@ -28,15 +28,20 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--importance", default="loss", choices=["loss", "feature"],
                    help="drop-one-layer importance as the increase of the task loss (default) or as the relative "
                         "change of the fused features")
-    p.add_argument("--clips", type=int, default=8, help="dev clips in the reference batch the costs are measured on")
-    p.add_argument("--repeat", type=int, default=5, help="timed forward passes per (model, depth); the median counts")
+    p.add_argument("--clips", type=whole_number, default=8,
+                   help="dev clips in the reference batch the costs are measured on")
+    p.add_argument("--repeat", type=whole_number, default=5,
+                   help="timed forward passes per (model, depth); the median counts")
+    add_device(p, default="the device RUN/prune/measurements.json was measured on, else cuda when available, "
+                          "else cpu")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from speechfuse.experiments.prune import prune_run
 
+    check_device(args.device)
     budgets = [args.budget] if args.budget is not None else floats(args.budgets, "--budgets")
     print(json.dumps(prune_run(args.run_dir, budgets, cost=args.cost, importance=args.importance,
-                               clips=args.clips, repeat=args.repeat), indent=2))
+                               clips=args.clips, repeat=args.repeat, device=args.device), indent=2))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from speechfuse.cli.common import add_config, load_command_config
+from speechfuse.cli.common import add_config, add_device, add_out, load_command_config, whole_number
 
 HELP = "budgeted search: Optuna trials, the poor ones stopped early on their dev metric"
 
@@ -20,15 +20,16 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     add_config(p)
     p.add_argument("--space", required=True, metavar="SPACE.yaml",
                    help="what to search and how (space, trials, pruner, seeds, survivors)")
-    p.add_argument("--out", required=True, help="search folder (a sweep folder)")
+    add_out(p, "folder", "the search (a sweep folder, plus the study and trials.md)", required=True)
     p.add_argument("--storage", default=None, metavar="URL",
                    help="the shared study store: sqlite:///PATH (default OUT/study.db), journal:PATH (a journal "
                         "file on a shared file system) or a database URL")
     p.add_argument("--study", default=None, metavar="NAME", help="study name in the store (default: OUT's name)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
+    p.add_argument("--workers", type=whole_number, default=1, metavar="N",
                    help="workers sharing the study: processes here, or jobs with --launcher (default 1)")
     p.add_argument("--worker-only", action="store_true",
                    help="only run trials (one more worker of a study other jobs also work on), no retraining")
+    add_device(p)
     add_launcher_arguments(p)
     p.set_defaults(run=run)
 

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from speechfuse.errors import SpeechfuseError
-from speechfuse.cli.common import add_config, add_device, load_command_config, seeds
+from speechfuse.cli.common import add_config, add_device, add_out, load_command_config, seeds
 
 HELP = "paper-style studies over many sweeps (scaling)"
 
@@ -21,7 +22,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                        "OUT/scaling.png (metric vs number of models and vs upstream parameters, one "
                                        "line per interface, error bars = std over seeds).")
     add_config(p)
-    p.add_argument("--out", required=True, help="study folder")
+    add_out(p, "folder", "the study (a sweep folder per series, scaling.md, scaling.csv, scaling.png)", required=True)
     p.add_argument("--interfaces", default="weighted_sum,hconv", metavar="I1,I2",
                    help="interfaces to compare (default weighted_sum,hconv)")
     p.add_argument("--seeds", default="0,1", metavar="S1,S2", help="seeds per configuration (default 0,1)")
@@ -52,5 +53,6 @@ def run(args: argparse.Namespace) -> int:
                          select=parse_grid(args.select) if args.select else None)
     out = Path(args.out)
     print((out / "scaling.md").read_text(encoding="utf-8"))
-    print(f"{len(rows)} rows; table {out / 'scaling.md'} and {out / 'scaling.csv'}, figure {out / 'scaling.png'}")
+    print(f"{len(rows)} rows; table {out / 'scaling.md'} and {out / 'scaling.csv'}, figure {out / 'scaling.png'}",
+          file=sys.stderr)
     return 0

@@ -5,7 +5,7 @@ import argparse
 import json
 
 from speechfuse.errors import SpeechfuseError
-from speechfuse.cli.common import add_config, add_device, load_command_config, seeds
+from speechfuse.cli.common import add_config, add_device, add_out, load_command_config, seeds, whole_number
 
 HELP = "train every combination of a grid (or candidates / seeds), one results table"
 
@@ -18,7 +18,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                    "--seeds is enough. Finished runs of an earlier grid in OUT keep their rows; a "
                                    "failed run does not stop the others.")
     add_config(p)
-    p.add_argument("--out", required=True, help="sweep folder")
+    add_out(p, "folder", "the sweep (a run folder per combination in OUT/runs/, the results tables and plots)",
+            required=True)
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="a config key and its values, e.g. interface.name=weighted_sum,hconv; for upstreams "
                         "join the specs of one combination with '+': upstreams=whisper-tiny.en+resemblyzer,"
@@ -33,7 +34,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--fail-fast", action="store_true",
                    help="stop at the first run that fails (default: the other runs go on, each failure is named "
                         "with its combination and RUN/error.txt, and the command exits 2 at the end)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
+    p.add_argument("--jobs", type=whole_number, default=1, metavar="N",
                    help="train N runs at once, each in its own process with 1/N of the threads (default 1); on a "
                         "CPU, 2 jobs of 1 thread can train small heads faster than 1 job of 2")
     add_device(p)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from speechfuse.cli.common import add_out, no_device
+
 HELP = "merge finished sweeps into the paper's table"
 
 
@@ -15,7 +17,8 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                    "folds and ML-SUPERB monolingual languages are averaged. Writes OUT and OUT with "
                                    ".csv (full precision, counts); prints the rows as JSON.")
     p.add_argument("sweeps", nargs="+", metavar="SWEEP_DIR", help="folders written by `speechfuse sweep`")
-    p.add_argument("--out", required=True, help="Markdown table, e.g. table.md")
+    add_out(p, "file", "the Markdown table, e.g. table.md (and OUT with .csv)", required=True)
+    no_device(p, "it reads the sweeps' result files; no model runs")
     p.set_defaults(run=run)
 
 

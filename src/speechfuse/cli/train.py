@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from speechfuse.cli.common import add_config, add_device, default_out, load_command_config
+from speechfuse.cli.common import add_config, add_device, add_out, default_out, load_command_config
 
 HELP = "train (or resume) a run from a config"
 
@@ -15,7 +15,7 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                    "resumed from it. Prints the dev/test metrics of the best checkpoint as JSON on "
                                    "stdout (logs and the progress bar go to stderr).")
     add_config(p)
-    p.add_argument("--out", help="run folder (default: runs/<config name>)")
+    add_out(p, "folder", "the run (default: runs/<config name>)")
     add_device(p)
     p.add_argument("--allow-changed-data", action="store_true",
                    help="resume even though a manifest's contents changed since the run started "

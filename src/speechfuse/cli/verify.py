@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from speechfuse.errors import SpeechfuseError
-from speechfuse.cli.common import add_device, add_model_loading, load_trained_model, torch_device
+from speechfuse.cli.common import add_device, add_model, add_out, load_trained_model, positive_number, torch_device
 
 HELP = "score speaker verification trials with a trained model"
 
@@ -21,15 +22,14 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                                    "rerun skips the trials already in OUT; a trial with a missing or unreadable "
                                    "file is written with its error. Prints a JSON summary, with EER, minDCF and the "
                                    "accuracy of the decisions at the model's threshold when the list has labels.")
-    p.add_argument("model", metavar="MODEL", help="a run folder (uses its model/) or a model folder")
+    add_model(p)
     p.add_argument("clips", nargs="*", metavar="CLIP", help="two audio files, A (enrol) and B (test)")
     p.add_argument("--trials", help="a trial list to score instead of A B")
     p.add_argument("--root", help="folder the trial list's paths are relative to (default: the list's folder)")
-    p.add_argument("--out", help="scores file for --trials: .jsonl or .csv")
-    p.add_argument("--batch-seconds", type=float, default=60.0,
+    add_out(p, "file", "the scores of --trials, .jsonl or .csv")
+    p.add_argument("--batch-seconds", type=positive_number, default=60.0,
                    help="seconds of new audio embedded per chunk of trials (default 60)")
     add_device(p)
-    add_model_loading(p)
     p.set_defaults(run=run)
 
 
@@ -45,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
         if args.out is None:
             raise SpeechfuseError("--trials needs --out scores.jsonl (or .csv)")
         check_output_path(args.out, "verify")  # before the model loads
+        if not Path(args.trials).is_file():
+            raise SpeechfuseError(f"--trials {args.trials}: trial list not found; give one ('LABEL ENROL TEST' or "
+                                  "'ENROL TEST' lines)")
     elif args.out is not None or args.root is not None:
         raise SpeechfuseError("--out and --root go with --trials; one pair A B prints its score")
     device = torch_device(args)

@@ -148,9 +148,11 @@ def write_demo_manifests(out_dir: Path, quick: bool = False) -> dict[str, Path]:
     return fsdd_manifests(recordings, out_dir / "data")
 
 
-def demo_config(task_key: str, manifests: dict[str, Path], cache_dir: Path, quick: bool = False):
-    """The base config of one demo task (the sweep sets upstreams, interface.name, the lr and the seed)."""
-    from speechfuse.config import config_from_dict
+def demo_config(task_key: str, manifests: dict[str, Path], cache_dir: Path, quick: bool = False,
+                device: str = "cpu"):
+    """The base config of one demo task (the sweep sets upstreams, interface.name, the lr and the seed), trained
+    on `device` (cpu, cuda or cuda:N)."""
+    from speechfuse.config import config_from_dict, device_train_options
 
     spec = TASKS[task_key]
     steps = protocol(quick)["steps"][task_key]
@@ -166,8 +168,8 @@ def demo_config(task_key: str, manifests: dict[str, Path], cache_dir: Path, quic
         "interface": {"name": "weighted_sum", **DEMO_INTERFACE_OPTIONS},
         "downstream": dict(spec["head"]),
         "train": {"max_steps": steps, "batch_seconds": BATCH_SECONDS, "val_every_steps": steps,
-                  "lr": LR, "seed": 0, "progress_bar": False, "importance": True, "accelerator": "cpu",
-                  **DEMO_OPTIMISATION},
+                  "lr": LR, "seed": 0, "progress_bar": False, "importance": True,
+                  **device_train_options(device), **DEMO_OPTIMISATION},
         "cache": str(cache_dir),
     }, source=f"(demo {task_key} config)")
 
@@ -285,10 +287,12 @@ def default_jobs() -> int:
     return max(1, min(MAX_JOBS, os.cpu_count() or 1))
 
 
-def run_demo(out_dir, quick: bool = False, jobs: int | None = None) -> Path:
-    """Run the demo into `out_dir`; print the combined table and where everything went; return the
-    path of demo_results.md. `quick=True`: a few clips, steps and combinations (for tests).
-    jobs: runs trained at once in worker processes (default: default_jobs())."""
+def run_demo(out_dir, quick: bool = False, jobs: int | None = None, threads: int | None = None,
+             device: str = "cpu") -> Path:
+    """Run the demo into `out_dir`; print the combined table (stdout) and where everything went (stderr); return
+    the path of demo_results.md. `quick=True`: a few clips, steps and combinations (for tests).
+    jobs: runs trained at once in worker processes (default: default_jobs()); threads: torch threads per run
+    (default THREADS_PER_RUN); device: where the runs train (cpu, cuda or cuda:N; the README's table is cpu)."""
     from tqdm.auto import tqdm
 
     from speechfuse.experiments.sweep import expand_grid, run_sweep
@@ -313,10 +317,11 @@ def run_demo(out_dir, quick: bool = False, jobs: int | None = None) -> Path:
         with _quiet():
             for task_key in TASKS:
                 bar.set_postfix_str(TASKS[task_key]["title"])
-                cfg = demo_config(task_key, manifests, cache_dir, quick)
+                cfg = demo_config(task_key, manifests, cache_dir, quick, device)
                 run_sweep(cfg, grids, out_dir / task_key, seeds=settings["seeds"],
                           select={"train.interface_lr": settings["interface_lr"]}, progress=False,
-                          on_run=lambda name: bar.update(1), jobs=jobs, threads=THREADS_PER_RUN)
+                          on_run=lambda name: bar.update(1), jobs=jobs,
+                          threads=THREADS_PER_RUN if threads is None else threads)
                 summaries[task_key] = _read_summary(out_dir / task_key)
     finally:
         bar.close()
@@ -351,12 +356,15 @@ def run_demo(out_dir, quick: bool = False, jobs: int | None = None) -> Path:
     elapsed = time.perf_counter() - start
     print("\n" + markdown_table(rows, COLUMNS))
     print(note.replace("Test-set metrics on real speech", "Test-set metrics"))
-    print(f"Done in {elapsed / 60:.1f} min. Outputs:")
-    print(f"  table:  {md}\n          {csv_path}")
-    print(f"  plots:  {plots}  (demo_summary.png, <task>_comparison.png, <task>_layers.png, per-run layer weights)")
-    print(f"  runs:   {out_dir}/<asr|speaker>/runs/<run>/  (config, checkpoints, metrics, model/)")
-    print(f"  sweeps: {out_dir}/<asr|speaker>/results.md (per seed: results.csv; lr choice: selection.md)")
-    print(f"  data:   {out_dir / 'data'} (manifests), {cache_dir} (feature cache); {out_dir / 'FSDD_NOTICE.md'}")
+    where = sys.stderr  # the table and its note are the result (stdout); where everything went is a note
+    print(f"Done in {elapsed / 60:.1f} min. Outputs:", file=where)
+    print(f"  table:  {md}\n          {csv_path}", file=where)
+    print(f"  plots:  {plots}  (demo_summary.png, <task>_comparison.png, <task>_layers.png, per-run layer weights)",
+          file=where)
+    print(f"  runs:   {out_dir}/<asr|speaker>/runs/<run>/  (config, checkpoints, metrics, model/)", file=where)
+    print(f"  sweeps: {out_dir}/<asr|speaker>/results.md (per seed: results.csv; lr choice: selection.md)", file=where)
+    print(f"  data:   {out_dir / 'data'} (manifests), {cache_dir} (feature cache); {out_dir / 'FSDD_NOTICE.md'}",
+          file=where)
     return md
 
 

@@ -158,11 +158,13 @@ def time_forward(upstream: torch.nn.Module, wavs: torch.Tensor, wav_lengths: tor
 
 
 def measure_costs(upstreams: Sequence[dict[str, Any]], wavs: torch.Tensor, wav_lengths: torch.Tensor,
-                  repeat: int = 5) -> dict[str, list[list[float]]]:
+                  repeat: int = 5, device: str = "cpu") -> dict[str, list[list[float]]]:
     """{"flops": [[0, f(1), ..., f(L_m)] per model], "seconds": [...]}: each upstream ({"spec", "options"})
-    loaded at every depth k with max_layers=k, one copy at a time (a large model need not fit L times)."""
+    loaded at every depth k with max_layers=k, one copy at a time (a large model need not fit L times), run on
+    `device`."""
     from speechfuse.fusion.upstream import load_upstream
 
+    wavs, wav_lengths = wavs.to(device), wav_lengths.to(device)
     flops: list[list[float]] = []
     seconds: list[list[float]] = []
     for u in upstreams:
@@ -170,7 +172,7 @@ def measure_costs(upstreams: Sequence[dict[str, Any]], wavs: torch.Tensor, wav_l
         flops.append([0])
         seconds.append([0.0])
         for k in range(1, depth + 1):
-            up = load_upstream(u["spec"], **{**u["options"], "max_layers": k})
+            up = load_upstream(u["spec"], **{**u["options"], "max_layers": k}).to(device)
             flops[-1].append(count_flops(up, wavs, wav_lengths))
             seconds[-1].append(time_forward(up, wavs, wav_lengths, repeat))
             del up
@@ -215,9 +217,10 @@ def finished_run(run_dir: str | os.PathLike) -> RunFolder:
         raise PruneError(str(err)) from None
 
 
-def measure(run_dir: Path, clips: int = 8, repeat: int = 5) -> dict[str, Any]:
-    """Importance and costs of a finished run (see the module docstring); written to RUN/prune/measurements.json
-    and read back from there on a second call with the same clips / repeat."""
+def measure(run_dir: Path, clips: int = 8, repeat: int = 5, device: str = "cpu") -> dict[str, Any]:
+    """Importance and costs of a finished run on `device` (see the module docstring); written to
+    RUN/prune/measurements.json and read back from there on a second call with the same clips / repeat / device
+    (a file from before devices were recorded counts as cpu)."""
     from speechfuse.data.loader import FusionData, load_splits, resolve_cache_dir
     from speechfuse.data.manifest import clip_limit
     from speechfuse.serving.evaluate import load_run
@@ -226,11 +229,13 @@ def measure(run_dir: Path, clips: int = 8, repeat: int = 5) -> dict[str, Any]:
     path = run_dir / PRUNE_DIR / MEASUREMENTS
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
-        if (stored["clips"], stored["repeat"]) != (clips, repeat):
-            raise PruneError(f"{path} was measured with clips={stored['clips']}, repeat={stored['repeat']}; prune "
-                             "again with those, or delete the file to measure again")
+        if (stored["clips"], stored["repeat"], stored.get("device", "cpu")) != (clips, repeat, device):
+            raise PruneError(f"{path} was measured with clips={stored['clips']}, repeat={stored['repeat']}, "
+                             f"device={stored.get('device', 'cpu')}; prune again with those, or delete the file to "
+                             "measure again")
         return stored
     model, cfg = load_run(run_dir)
+    model.to(device)
     prune_dir = run_dir / PRUNE_DIR
     prune_dir.mkdir(parents=True, exist_ok=True)
     dev = load_splits(cfg, prune_dir, model.task.target_field, which=("dev",),
@@ -242,13 +247,25 @@ def measure(run_dir: Path, clips: int = 8, repeat: int = 5) -> dict[str, Any]:
     reference = dev[:clips]
     wavs, wav_lengths = load_audio_batch(reference, model.frontend.sample_rate)
     upstreams = [{"spec": u.spec, "options": dict(u.options)} for u in cfg.upstreams]
-    result = {"clips": clips, "repeat": repeat, "reference": [u.id for u in reference],
+    result = {"clips": clips, "repeat": repeat, "device": device, "reference": [u.id for u in reference],
               "reference_seconds": float(wav_lengths.sum()) / model.frontend.sample_rate,
               "torch_threads": torch.get_num_threads(), "models": [_short(u.name) for u in model.frontend.upstreams],
               "upstreams": upstreams, "importance": scores,
-              **measure_costs(upstreams, wavs, wav_lengths, repeat)}
+              **measure_costs(upstreams, wavs, wav_lengths, repeat, device)}
     write_atomic(path, json.dumps(result, indent=2))
     return result
+
+
+def measured_device(run_dir: Path) -> str | None:
+    """The device RUN/prune/measurements.json was measured on (cpu for a file from before devices were
+    recorded); None when nothing was measured yet."""
+    path = run_dir / PRUNE_DIR / MEASUREMENTS
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("device", "cpu")
+    except (ValueError, AttributeError):
+        return None  # measure() reports the damaged file
 
 
 def _short(name: str) -> str:
@@ -256,10 +273,11 @@ def _short(name: str) -> str:
     return name.rstrip("/").rsplit("/", 1)[-1].removeprefix("hf:")
 
 
-def pruned_config(cfg, depths: Sequence[int], full_depths: Sequence[int], cache_dir: Path | None):
+def pruned_config(cfg, depths: Sequence[int], full_depths: Sequence[int], cache_dir: Path | None,
+                  device: str | None = None):
     """The run's config with upstream m at max_layers=depths[m] (left out when 0; options unchanged at full
-    depth), reading the feature cache in `cache_dir` (None: off)."""
-    from speechfuse.config import config_from_dict, config_to_dict
+    depth), reading the feature cache in `cache_dir` (None: off), trained on `device` (None: as the run was)."""
+    from speechfuse.config import config_from_dict, config_to_dict, device_train_options
 
     data = config_to_dict(cfg)
     upstreams = []
@@ -268,12 +286,15 @@ def pruned_config(cfg, depths: Sequence[int], full_depths: Sequence[int], cache_
             upstreams.append(u if k == full else {**u, "options": {**u["options"], "max_layers": k}})
     data["upstreams"] = upstreams
     data["cache"]["dir"] = str(cache_dir) if cache_dir is not None else "off"
+    if device is not None:
+        data["train"].update(device_train_options(device))
     return config_from_dict(data, source="(pruned config)")
 
 
 def seed_truncated_cache(cfg, depths: Sequence[int], full_depths: Sequence[int], cache_dir: Path | None,
-                         utts: Sequence[Any]) -> int:
-    """Fill the cache entries of the truncated upstreams (0 < depth < full) from the full upstreams' entries.
+                         utts: Sequence[Any], accelerator: str | None = None) -> int:
+    """Fill the cache entries of the truncated upstreams (0 < depth < full) from the full upstreams' entries,
+    for a pruned run trained on `accelerator` (None: the run's own train.accelerator).
 
     An upstream run to depth k returns the full model's first k hidden states bit for bit (tests/
     test_upstream_truncate.py), so slicing the cached states stores exactly what extracting them again would;
@@ -287,9 +308,15 @@ def seed_truncated_cache(cfg, depths: Sequence[int], full_depths: Sequence[int],
     if cache_dir is None:
         return 0
     cache = FeatureCache.from_config(cache_dir, cfg.cache)
-    # the autocast the training run will extract under, which is part of the entries' keys
-    device = torch.device("cuda" if cfg.train.accelerator != "cpu" and torch.cuda.is_available() else "cpu")
-    autocast = resolve_amp("auto", device)
+    # the autocast a training run extracts under is part of the entries' keys: slicing stores what extracting
+    # would only when the full run's and the pruned run's are the same
+    def run_autocast(accelerator: str):
+        return resolve_amp("auto", torch.device("cuda" if accelerator != "cpu" and torch.cuda.is_available()
+                                                else "cpu"))
+
+    autocast = run_autocast(cfg.train.accelerator)
+    if accelerator is not None and run_autocast(accelerator) != autocast:
+        return 0
     storage = {"float16": torch.float16, "bfloat16": torch.bfloat16}[cache.dtype]
     copied = 0
     for u, k, full in zip(cfg.upstreams, depths, full_depths):
@@ -315,8 +342,10 @@ def seed_truncated_cache(cfg, depths: Sequence[int], full_depths: Sequence[int],
 
 
 def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = "flops", importance: str = "loss",
-              clips: int = 8, repeat: int = 5) -> list[dict[str, Any]]:
+              clips: int = 8, repeat: int = 5, device: str | None = None) -> list[dict[str, Any]]:
     """Measure, select, retrain and report (see the module docstring); returns the table's rows, full model first.
+    `device` (cpu, cuda, cuda:N) runs the importance pass, the timed upstreams and the retraining; None: the device
+    of the stored measurements, else cuda when available, else cpu.
     A non-default cost or importance is part of the run folders' and the report files' names
     (budget=0.5,cost=seconds,importance=feature/, results_seconds_feature.md)."""
     from speechfuse.data.loader import load_splits, resolve_cache_dir
@@ -332,6 +361,10 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
         raise ConfigError(f"prune: importance must be one of {', '.join(IMPORTANCES)}, got {importance!r}")
     if clips < 1 or repeat < 1:
         raise ConfigError(f"prune: clips and repeat must be at least 1, got {clips} and {repeat}")
+    from speechfuse.config import device_train_options
+
+    if device is not None:
+        device_train_options(device)  # refuses anything but cpu, cuda, cuda:N before any work
     run = finished_run(run_dir)
     run_dir = run.path
     cfg = run.read_config()
@@ -339,7 +372,8 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
     if tuned:
         raise PruneError(f"{run_dir}: upstream(s) {tuned} were fine-tuned; pruning retrains from frozen upstreams "
                          "(and their feature cache) only")
-    measured = measure(run_dir, clips, repeat)
+    where = device or measured_device(run_dir) or ("cuda" if torch.cuda.is_available() else "cpu")
+    measured = measure(run_dir, clips, repeat, where)
     if cost == "flops":
         uncounted = [m for m, row in zip(measured["models"], measured["flops"]) if row[-1] == 0]
         if uncounted:
@@ -361,7 +395,7 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
         depths = choose_depths(scores, measured[cost], budget)
         if tuple(depths) not in trained:  # two budgets that keep the same layers share one run
             folder = run_dir / PRUNE_DIR / f"budget={budget:g}{''.join(',' + c for c in choices)}"
-            pruned = pruned_config(cfg, depths, full_depths, cache_dir)
+            pruned = pruned_config(cfg, depths, full_depths, cache_dir, device)
             try:
                 check_same_config(pruned, folder)
             except ConfigError as err:
@@ -371,7 +405,7 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
             if done.is_finished:
                 metrics = done.read_metrics()
             else:
-                seed_truncated_cache(cfg, depths, full_depths, cache_dir, utts)
+                seed_truncated_cache(cfg, depths, full_depths, cache_dir, utts, pruned.train.accelerator)
                 metrics = train(pruned, folder)
             trained[tuple(depths)] = (metrics, f"{PRUNE_DIR}/{folder.name}")
         metrics, where = trained[tuple(depths)]

@@ -140,7 +140,7 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", device: str | None
     if split not in SPLITS:
         raise ConfigError(f"evaluate: split must be one of {', '.join(SPLITS)}, got {split!r}")
     run = RunFolder(run_dir)
-    model, cfg = load_run(run.path)
+    cfg = run.read_config()  # the checks below come before the model loads
     if manifest is None:
         if getattr(cfg.data, split) is None:
             raise ConfigError(f"evaluate: the run's config has no data.{split} manifest; give one with --manifest")
@@ -158,6 +158,8 @@ def evaluate(run_dir: str | os.PathLike, split: str = "test", device: str | None
             raise ConfigError(f"evaluate --manifest: {manifest} not found; give a manifest CSV of the rows to score")
         setattr(cfg.data, split, str(manifest))
         out_dir = run.eval_dir / f"{split}-{file_sha256(manifest)[:12]}"
+    model, _ = load_run(run.path)
+    if manifest is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         print(f"speechfuse evaluate: scoring {run.path} on {manifest} (not the rows it was trained / scored with); "
               f"per-utterance results in {out_dir}, the run's own files are kept", file=sys.stderr, flush=True)
