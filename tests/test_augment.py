@@ -9,12 +9,11 @@ import sys
 import pytest
 import torch
 
-from conftest import save_tiny_model
+from helpers import KILLED_RUN, make_fsdd, run_config, save_tiny_model
 from speechfuse.training.augment import SpecAugment, band_mask, draw_bands, time_warp
 from speechfuse.training.checkpoint import load_checkpoint_file
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
-from test_train import KILLED_RUN, make_fsdd, tiny_config
 
 
 def test_bands_keep_the_configured_count_and_widths_inside_the_valid_frames():
@@ -120,8 +119,8 @@ def test_training_module_masks_in_train_mode_only(corpus):
     manifests, upstream = corpus
     task = get_task("classify", hidden_dim=8)
     task.fit(load_manifest(manifests["train"]))
-    plain_cfg = tiny_config(manifests, upstream)
-    aug_cfg = tiny_config(manifests, upstream, specaug={"time_masks": 3, "time_width": 5, "feature_width": 8})
+    plain_cfg = run_config(manifests, f"hf:{upstream}")
+    aug_cfg = run_config(manifests, f"hf:{upstream}", specaug={"time_masks": 3, "time_width": 5, "feature_width": 8})
     torch.manual_seed(0)
     plain = FusionTask(config_from_dict(plain_cfg), task)
     augmented = FusionTask(config_from_dict(aug_cfg), task)
@@ -142,7 +141,7 @@ def test_killed_run_with_specaug_resumes_to_the_same_weights(corpus, tmp_path):
     from speechfuse.training.runner import train
 
     manifests, upstream = corpus
-    data = tiny_config(manifests, upstream, max_steps=4, val_every_steps=2,
+    data = run_config(manifests, f"hf:{upstream}", max_steps=4, val_every_steps=2,
                        specaug={"time_masks": 2, "time_width": 4, "feature_masks": 2, "feature_width": 8})
     cfg = config_from_dict(data)
     full = train(cfg, tmp_path / "full")

@@ -14,8 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import save_tiny_model
-from test_verify_run import SPEAKERS, fsdd
+from helpers import make_fsdd, save_tiny_model, SPEAKERS
 from speechfuse.cli import main
 from speechfuse.data import load_manifest, write_manifest
 
@@ -37,7 +36,7 @@ CARD_WORDS = {"asr": "character CTC speech recognition", "classify": "utterance 
 def trained(tmp_path_factory):
     """Per task: a sweep of two seeds (one tiny HuBERT, weighted sum, 4 steps) -> (sweep folder, its runs)."""
     root = tmp_path_factory.mktemp("contract")
-    manifests = fsdd(root, digits=(0, 1), speakers=SPEAKERS[:3], takes=range(6), dev_takes=[4], test_takes=[5])
+    manifests = make_fsdd(root, speakers=SPEAKERS[:3])
     multilingual = {}
     for split, path in manifests.items():
         utts = load_manifest(path)

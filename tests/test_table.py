@@ -3,7 +3,6 @@ paper's table; IEMOCAP folds and ML-SUPERB mono languages averaged with seeds av
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import pytest
