@@ -3,6 +3,7 @@ upstream and a fake trainer. Test files import from here (and fixtures come from
 imports another (tests/test_layout.py checks it)."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -109,14 +110,15 @@ def run_config(manifests: dict, upstreams, *, task: str = "classify", interface:
     hidden_dim 16 with dropout 0.2 (so the RNG state matters on resume); `train` keys override the defaults."""
     if not isinstance(upstreams, list):
         upstreams = [upstreams]
+    # copies throughout: a test may edit the config it gets without changing a shared constant
     return {
         "task": task,
         "data": {split: str(path) for split, path in manifests.items()},
-        "upstreams": [u if isinstance(u, dict) else {"spec": str(u)} for u in upstreams],
+        "upstreams": [copy.deepcopy(u) if isinstance(u, dict) else {"spec": str(u)} for u in upstreams],
         "interface": {"name": interface},
-        "downstream": {"hidden_dim": 16, "dropout": 0.2} if downstream is None else downstream,
+        "downstream": {"hidden_dim": 16, "dropout": 0.2} if downstream is None else copy.deepcopy(downstream),
         "train": {"max_steps": 8, "batch_seconds": 2.5, "val_every_steps": 3, "lr": 3e-3, "interface_lr": 3e-2,
-                  "progress_bar": False, "seed": 0, **train},
+                  "progress_bar": False, "seed": 0, **copy.deepcopy(train)},
         "cache": cache,
     }
 
