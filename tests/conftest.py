@@ -56,6 +56,13 @@ def tiny_model_dir(tmp_path):
 
 
 @pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Per test module: (folder, train/dev/test manifests of 24 FSDD clips from make_fsdd, a tiny HuBERT)."""
+    root = tmp_path_factory.mktemp("corpus")
+    return root, make_fsdd(root), save_tiny_model("hubert", root / "hubert")
+
+
+@pytest.fixture(scope="module")
 def saved_classifier(tmp_path_factory):
     """A saved (untrained) digit classifier and six real FSDD clips (8 kHz FLAC)."""
     root = tmp_path_factory.mktemp("saved_classifier")

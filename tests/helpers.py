@@ -103,6 +103,18 @@ def make_fsdd(root: Path, digits=(0, 1), speakers=("george", "jackson"), takes=r
     return fsdd_manifests(rec, root / "manifests", dev_takes=list(dev_takes), test_takes=list(test_takes))
 
 
+def fsdd_takes(folder: Path, takes: dict, digits: str = "0123456789") -> dict[str, Path]:
+    """Manifests of the bundled FSDD clips (6 speakers) in place: split -> the takes it keeps (dev and test
+    are other takes of the same speakers, for speaker ID), only the given digits."""
+    from speechfuse.data import bundled_fsdd_dir, fsdd_manifests, load_manifest, write_manifest
+
+    manifests = fsdd_manifests(bundled_fsdd_dir() / "recordings", folder)
+    for split, keep in takes.items():
+        write_manifest([u for u in load_manifest(manifests[split])
+                        if int(u.id.rsplit("_", 1)[1]) in keep and u.id[0] in digits], manifests[split])
+    return manifests
+
+
 def run_config(manifests: dict, upstreams, *, task: str = "classify", interface: str = "weighted_sum",
                downstream: dict | None = None, cache="off", **train) -> dict:
     """A small run config over `manifests` (train/dev/test). `upstreams` is one spec ("hf:FOLDER",

@@ -9,15 +9,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from helpers import make_fsdd, real_batch, run_config, save_tiny_model
+from helpers import real_batch, run_config, save_tiny_model
 from speechfuse.config import config_from_dict
 from speechfuse.data import load_manifest
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    return root, make_fsdd(root), save_tiny_model("hubert", root / "hubert")
 
 
 def stored_keys(folder: Path) -> list[str]:

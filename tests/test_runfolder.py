@@ -17,20 +17,12 @@ import pytest
 import torch
 import yaml
 
-from helpers import make_fsdd, read_only, run_config, save_tiny_model
+from helpers import read_only, run_config
 from speechfuse.training.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint_file
 from speechfuse.cli import main
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
 from speechfuse.training.runfolder import RunFolderError, RunLock, check_free_space, write_atomic
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runfolder")
-    manifests = make_fsdd(root)
-    upstream = save_tiny_model("hubert", root / "hubert")
-    return root, manifests, upstream
 
 
 @pytest.fixture(scope="module")

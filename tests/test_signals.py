@@ -24,14 +24,6 @@ from speechfuse.cli import main
 from speechfuse.config import config_from_dict
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("signals")
-    manifests = make_fsdd(root)
-    upstream = save_tiny_model("hubert", root / "hubert")
-    return root, manifests, upstream
-
-
 def _last(run: Path) -> Path:
     return run / "checkpoints" / "last.safetensors"
 

@@ -9,7 +9,7 @@ import pytest
 
 from speechfuse.errors import ConfigError
 from speechfuse.experiments.sweep import combo_config, expand_grid, parse_grid, run_name, run_sweep
-from helpers import FakeTrainer, SWEEP_BASE
+from helpers import FakeTrainer, fsdd_takes, SWEEP_BASE
 
 def test_parse_grid():
     grid = parse_grid(["interface.name=weighted_sum,hconv, chconv", "upstreams=a+b,c", "train.lr=1e-3,0.01"])
@@ -155,14 +155,10 @@ def test_a_typo_in_any_grid_combination_is_refused_before_the_first_run(tmp_path
 def test_real_sweep_end_to_end_resumes(tmp_path, speechfuse_home):
     """The real runner on real bundled upstreams and real FSDD clips (a few clips, 2 steps per run)."""
     from speechfuse.config import config_from_dict
-    from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests
-    from speechfuse.data.manifest import load_manifest, write_manifest
     from speechfuse.training.runner import train
 
-    manifests = fsdd_manifests(bundled_fsdd_dir() / "recordings", tmp_path / "data")
-    for split, take in (("train", 10), ("dev", 5), ("test", 0)):
-        utts = [u for u in load_manifest(manifests[split]) if u.id.endswith(f"_{take}") and u.id[0] in "01"]
-        write_manifest(utts, manifests[split])  # 12 clips: 2 digits x 6 speakers
+    # speaker ID on 12 clips a split: digits 0 and 1 of the 6 speakers, one take each
+    manifests = fsdd_takes(tmp_path / "data", {"train": [10], "dev": [5], "test": [0]}, digits="01")
     cfg = config_from_dict({
         "task": "classify",
         "data": {k: str(v) for k, v in manifests.items()} | {"target": "speaker"},

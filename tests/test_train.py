@@ -11,18 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import KILLED_RUN, make_fsdd, run_config, save_tiny_model
+from helpers import KILLED_RUN, run_config
 from speechfuse.training.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint_file
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    manifests = make_fsdd(root)
-    upstream = save_tiny_model("hubert", root / "hubert")
-    return root, manifests, upstream
-
 
 def _weights(run_dir: Path, name: str = "last") -> dict[str, torch.Tensor]:
     return load_checkpoint_file(run_dir / "checkpoints" / f"{name}.safetensors")["state_dict"]
