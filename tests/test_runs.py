@@ -224,6 +224,7 @@ def test_a_failed_run_does_not_stop_the_others(tmp_path, capsys):
     assert not log.exists()
 
 
+@pytest.mark.slow  # spawns 2 worker processes (46-50 s here), like the parallel tests in test_sweep.py
 def test_a_failed_parallel_run_does_not_stop_the_others(tmp_path):
     from speechfuse.experiments.sweep import SweepFailed, run_sweep
 
