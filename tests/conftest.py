@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random transformers models saved into temp folders (never the network)."""
+"""Shared fixtures (the plain builders they use are in tests/helpers.py): a temp speechfuse home per test, one
+torch thread, tiny random transformers models saved into temp folders (never the network)."""
 from __future__ import annotations
 
 import os
@@ -7,13 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import make_fsdd, save_tiny_model, save_untrained_classifier
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-# real speech that ships with the checkout, so a fresh clone tests on its own:
-# the FSDD FLAC subset inside the package (takes 0-24, 8 kHz) and five LibriVox sentences (tests/data)
-FSDD = Path(__file__).resolve().parents[1] / "src" / "speechfuse" / "assets" / "fsdd" / "recordings"
-LIBRIVOX = Path(__file__).resolve().parent / "data" / "librivox"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,63 +44,6 @@ def one_torch_thread():
     yield
     torch.set_num_threads(before)
 
-FAMILIES = ["wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper"]
-
-_CNN = dict(
-    conv_dim=(32, 32, 32),
-    conv_kernel=(10, 3, 3),
-    conv_stride=(5, 2, 2),
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=4,
-)
-
-
-def tiny_config(family: str, **overrides):
-    """A tiny random config of one family: 2-3 layers, hidden 32."""
-    import transformers as tf
-
-    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
-    if family == "wav2vec2":
-        cfg = tf.Wav2Vec2Config(**common, **_CNN, feat_extract_norm="layer", do_stable_layer_norm=True)
-    elif family == "hubert":
-        cfg = tf.HubertConfig(**common, **_CNN, feat_extract_norm="layer", do_stable_layer_norm=True)
-    elif family == "wavlm":
-        cfg = tf.WavLMConfig(**common, **_CNN, feat_extract_norm="layer", do_stable_layer_norm=True,
-                             num_buckets=16, max_bucket_distance=64)
-    elif family == "data2vec-audio":
-        cfg = tf.Data2VecAudioConfig(**common, **{**_CNN, "num_conv_pos_embeddings": 5}, conv_pos_kernel_size=5)
-    elif family == "whisper":
-        cfg = tf.WhisperConfig(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
-                               decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64,
-                               num_mel_bins=80, max_source_positions=1500, vocab_size=64,
-                               pad_token_id=1, bos_token_id=2, eos_token_id=3, decoder_start_token_id=2)
-    else:
-        raise ValueError(family)
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    return cfg
-
-
-def save_tiny_model(family: str, folder, seed: int = 0, **overrides) -> str:
-    """Save a tiny random model (+ feature extractor) of `family` into `folder`; return the path."""
-    import transformers as tf
-
-    torch.manual_seed(seed)
-    cfg = tiny_config(family, **overrides)
-    if family == "whisper":
-        model = tf.WhisperModel(cfg)
-        fe = tf.WhisperFeatureExtractor(feature_size=80)
-    else:
-        cls = {"wav2vec2": tf.Wav2Vec2Model, "hubert": tf.HubertModel, "wavlm": tf.WavLMModel,
-               "data2vec-audio": tf.Data2VecAudioModel}[family]
-        model = cls(cfg)
-        fe = tf.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                                          do_normalize=True, return_attention_mask=True)
-    model.eval()
-    model.save_pretrained(folder)
-    fe.save_pretrained(folder)
-    return str(folder)
-
 
 @pytest.fixture
 def tiny_model_dir(tmp_path):
@@ -112,3 +53,19 @@ def tiny_model_dir(tmp_path):
         return save_tiny_model(family, tmp_path / family, **overrides)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Per test module: (folder, train/dev/test manifests of 24 FSDD clips from make_fsdd, a tiny HuBERT)."""
+    root = tmp_path_factory.mktemp("corpus")
+    return root, make_fsdd(root), save_tiny_model("hubert", root / "hubert")
+
+
+@pytest.fixture(scope="module")
+def saved_classifier(tmp_path_factory):
+    """A saved (untrained) digit classifier and six real FSDD clips (8 kHz FLAC)."""
+    root = tmp_path_factory.mktemp("saved_classifier")
+    manifests = make_fsdd(root, takes=range(5))
+    folder = save_untrained_classifier(manifests, save_tiny_model("hubert", root / "hubert"), root / "model")
+    return folder, sorted((root / "recordings").iterdir())[:6]

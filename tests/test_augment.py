@@ -9,12 +9,11 @@ import sys
 import pytest
 import torch
 
-from conftest import save_tiny_model
+from helpers import KILLED_RUN, run_config, save_tiny_model
 from speechfuse.training.augment import SpecAugment, band_mask, draw_bands, draw_batch_bands, time_warp
 from speechfuse.training.checkpoint import load_checkpoint_file
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
-from test_train import KILLED_RUN, make_fsdd, tiny_config
 
 
 def test_bands_keep_the_configured_count_and_widths_inside_the_valid_frames():
@@ -136,12 +135,6 @@ def test_width_options_are_frames_or_fractions(tmp_path):
         SpecAugConfig(feature_masks=-1)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    return make_fsdd(root), save_tiny_model("hubert", root / "hubert")
-
-
 def test_training_module_masks_in_train_mode_only(corpus):
     """The same weights with and without train.specaug: identical outputs in eval mode (what dev/test scoring
     runs), different ones in train mode."""
@@ -151,11 +144,11 @@ def test_training_module_masks_in_train_mode_only(corpus):
     from speechfuse.training.learner import FusionTask
     from speechfuse.tasks import get_task
 
-    manifests, upstream = corpus
+    _, manifests, upstream = corpus
     task = get_task("classify", hidden_dim=8)
     task.fit(load_manifest(manifests["train"]))
-    plain_cfg = tiny_config(manifests, upstream)
-    aug_cfg = tiny_config(manifests, upstream, specaug={"time_masks": 3, "time_width": 5, "feature_width": 8})
+    plain_cfg = run_config(manifests, f"hf:{upstream}")
+    aug_cfg = run_config(manifests, f"hf:{upstream}", specaug={"time_masks": 3, "time_width": 5, "feature_width": 8})
     torch.manual_seed(0)
     plain = FusionTask(config_from_dict(plain_cfg), task)
     augmented = FusionTask(config_from_dict(aug_cfg), task)
@@ -175,8 +168,8 @@ def test_killed_run_with_specaug_resumes_to_the_same_weights(corpus, tmp_path):
 
     from speechfuse.training.runner import train
 
-    manifests, upstream = corpus
-    data = tiny_config(manifests, upstream, max_steps=4, val_every_steps=2,
+    _, manifests, upstream = corpus
+    data = run_config(manifests, f"hf:{upstream}", max_steps=4, val_every_steps=2,
                        specaug={"time_masks": 2, "time_width": 4, "feature_masks": 2, "feature_width": 8})
     cfg = config_from_dict(data)
     full = train(cfg, tmp_path / "full")

@@ -7,11 +7,10 @@ import json
 import pytest
 import torch
 
-from conftest import save_tiny_model
+from helpers import make_fsdd, run_config, save_tiny_model
 from speechfuse.training.average import average_checkpoints
 from speechfuse.training.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint_file
 from speechfuse.config import config_from_dict
-from test_train import make_fsdd, tiny_config
 
 
 def test_average_of_hand_made_checkpoints(tmp_path):
@@ -36,7 +35,7 @@ def test_a_run_with_average_best_reports_the_mean_of_its_lowest_dev_losses(tmp_p
     manifests = make_fsdd(tmp_path)
     upstream = save_tiny_model("hubert", tmp_path / "hubert")
     run = tmp_path / "run"
-    train(config_from_dict(tiny_config(manifests, upstream, max_steps=6, val_every_steps=2, average_best=2)), run)
+    train(config_from_dict(run_config(manifests, f"hf:{upstream}", max_steps=6, val_every_steps=2, average_best=2)), run)
     ckpts = run / "checkpoints"
     top = sorted((ckpts / "top").glob("*.safetensors"))
     assert len(top) == 2  # 3 dev evaluations (steps 2, 4, 6), the 2 lowest dev losses kept
@@ -74,7 +73,7 @@ def test_a_killed_run_resumes_to_the_same_average(tmp_path):
 
     manifests = make_fsdd(tmp_path)
     upstream = save_tiny_model("hubert", tmp_path / "hubert")
-    data = tiny_config(manifests, upstream, max_steps=6, val_every_steps=2, average_best=2)
+    data = run_config(manifests, f"hf:{upstream}", max_steps=6, val_every_steps=2, average_best=2)
     full = train(config_from_dict(data), tmp_path / "full")
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
     script = Path(__file__).parent / "killed_run.py"

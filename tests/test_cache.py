@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from torch import nn
 
 import speechfuse.cache.store as cache_mod
 from speechfuse.cache.store import (INDEX_OVERHEAD_BYTES, SAMPLE_BYTES, CacheEntry, CacheError, FeatureCache, audio_key,
@@ -27,35 +26,9 @@ from speechfuse.data.manifest import Utterance
 from speechfuse.errors import ConfigError
 from speechfuse.cache.extract import duration_batches, extract_batch, fill_cache, fill_caches
 from speechfuse.fusion.upstream.base import Upstream
-from conftest import FSDD
+from helpers import FakeUpstream, FSDD
 
 TOL = {"float16": 1e-3, "bfloat16": 8e-3}  # values are in [-1, 1]: fp16 step <= 2^-11, bf16 <= 2^-8
-
-
-class FakeUpstream(Upstream):
-    """Frame-wise random projection: each frame depends only on its own 400 samples, so results do not
-    depend on how utterances are batched. `scale` and `offset` are output-changing options."""
-
-    def __init__(self, num_layers: int = 3, hidden_size: int = 8, scale: float = 1.0, offset: float = 0.0,
-                 seed: int = 0, trainable: bool = False) -> None:
-        super().__init__(trainable=trainable)
-        self.name, self.num_layers, self.hidden_size, self.frame_rate = "fake", num_layers, hidden_size, 50.0
-        self.scale, self.offset = scale, offset
-        g = torch.Generator().manual_seed(seed)
-        self.proj = nn.Parameter(torch.randn(num_layers, 400, hidden_size, generator=g) * 0.3)
-        self.utterances_seen = 0
-        self._finish_init()
-
-    def options(self):
-        return {"scale": self.scale, "offset": self.offset}
-
-    def num_frames(self, num_samples: int) -> int:
-        return (num_samples - 400) // 320 + 1
-
-    def _hidden(self, wavs, wav_lengths):
-        self.utterances_seen += wavs.shape[0]
-        frames = wavs.unfold(1, 400, 320)  # [B, T, 400]
-        return torch.tanh(torch.einsum("btw,lwd->lbtd", frames, self.proj) * self.scale) + self.offset
 
 
 def make_utts(folder: Path, n_noise: int = 6, n_real: int = 4) -> list[Utterance]:
@@ -223,7 +196,7 @@ def test_torn_shard_is_detected_and_redone(tmp_path, utts):
 KILL_SCRIPT = textwrap.dedent("""
     import json, sys, time
     sys.path.insert(0, {tests!r})
-    from test_cache import FakeUpstream
+    from helpers import FakeUpstream
     from speechfuse.cache.store import FeatureCache, _ShardWriter
     from speechfuse.config import load_config
     from speechfuse.data.manifest import Utterance
@@ -596,7 +569,7 @@ def test_config_cache_section_selects_key_shards_and_verify(tmp_path):
 TWO_WRITERS_SCRIPT = textwrap.dedent("""
     import json, os, sys, time
     sys.path.insert(0, {tests!r})
-    from test_cache import FakeUpstream
+    from helpers import FakeUpstream
     from speechfuse.cache.store import FeatureCache
     from speechfuse.data.manifest import Utterance
     from speechfuse.cache.extract import fill_cache

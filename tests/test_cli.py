@@ -8,12 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from conftest import save_tiny_model
+from helpers import make_fsdd, run_config, save_tiny_model
 from speechfuse.cli import main
-from test_train import make_fsdd, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +21,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     manifests = make_fsdd(root)
     upstream = save_tiny_model("hubert", root / "hubert")
-    data = tiny_config(manifests, upstream, max_steps=4)
+    data = run_config(manifests, f"hf:{upstream}", max_steps=4)
     cfg = root / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(data))
     return root, cfg, manifests

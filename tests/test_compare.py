@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import save_tiny_model
+from helpers import make_fsdd, run_config, save_tiny_model
 from speechfuse.cli import main
 from speechfuse.experiments.compare import compare_runs
 from speechfuse.config import config_from_dict
@@ -14,7 +14,6 @@ from speechfuse.data.manifest import Utterance
 from speechfuse.errors import ConfigError
 from speechfuse.tasks import get_task
 from speechfuse.training.utterances import metric_ci, read_utterances, utterances_path, write_utterances
-from test_train import make_fsdd, tiny_config
 
 REFS = ["the cat sat", "on the mat", "a b c d", "hello", "one two three four five"]
 HYPS = ["the cat sat down", "on mat", "", "hullo world", "one two tree four five"]
@@ -54,7 +53,7 @@ def trained(tmp_path_factory):
     manifests = make_fsdd(root)
     upstream = save_tiny_model("hubert", root / "hubert")
     run = root / "run"
-    metrics = train(config_from_dict(tiny_config(manifests, upstream, max_steps=3)), run)
+    metrics = train(config_from_dict(run_config(manifests, f"hf:{upstream}", max_steps=3)), run)
     return run, metrics, manifests
 
 
@@ -79,7 +78,7 @@ def test_an_asr_run_saves_word_counts_that_reproduce_its_wer(trained, tmp_path):
     from speechfuse.training.runner import train
 
     _, _, manifests = trained
-    cfg = tiny_config(manifests, save_tiny_model("hubert", tmp_path / "hubert"), max_steps=2)
+    cfg = run_config(manifests, f"hf:{save_tiny_model('hubert', tmp_path / 'hubert')}", max_steps=2)
     cfg.update(task="asr", downstream={"proj_dim": 0, "hidden_size": 8, "num_layers": 1})
     cfg["data"]["target"] = "text"
     metrics = train(config_from_dict(cfg), tmp_path / "asr")

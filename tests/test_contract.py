@@ -1,12 +1,14 @@
-"""The task contract: every task (asr, classify, verify, multilingual_asr) through every consumer (train and
-sweep, evaluate, predict API and CLI, verify, whole-model export to TorchScript and ONNX, the model card,
-table, compare), on tiny models trained for 4 steps on real FSDD clips. Each consumer gives the task's own
-kind of output, or refuses the task in one line with a non-zero exit; none compares a task's name."""
+"""The task contract: every task (asr, classify, verify, multilingual_asr, and the example plug-in's
+label-smoothed classify) through every consumer (train and sweep, evaluate, predict API and CLI, verify,
+whole-model export to TorchScript and ONNX, the model card, table, compare), on tiny models trained for 4 steps
+on real FSDD clips. Each consumer gives the task's own kind of output, or refuses the task in one line with a
+non-zero exit; none compares a task's name."""
 from __future__ import annotations
 
 import csv
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,30 +16,57 @@ import pytest
 import torch
 import yaml
 
-from conftest import save_tiny_model
-from test_verify_run import SPEAKERS, fsdd
+from helpers import make_fsdd, REPO, save_tiny_model, SPEAKERS
 from speechfuse.cli import main
 from speechfuse.data import load_manifest, write_manifest
 
 pytestmark = pytest.mark.slow  # every test here trains or launches processes
 
-TASKS = ["asr", "classify", "verify", "multilingual_asr"]
+# the example plug-in's task (examples/speechfuse_example): a user's own task, reached by --plugin
+PLUGIN_FOLDER = REPO / "examples" / "speechfuse_example"
+PLUGIN_MODULE, PLUGIN_TASK = "speechfuse_example", "example_smoothed_classify"
+TASKS = ["asr", "classify", "verify", "multilingual_asr", PLUGIN_TASK]
+CLASSIFIERS = ("classify", PLUGIN_TASK)  # tasks whose records are labels with probabilities
 HEADS = {
     "asr": {"proj_dim": 16, "hidden_size": 16, "num_layers": 1},
     "classify": {"hidden_dim": 16},
     "verify": {"channels": [32, 32, 32], "kernel_sizes": [5, 3, 1], "dilations": [1, 2, 1], "embed_dim": 16},
     "multilingual_asr": {"proj_dim": 16, "hidden_size": 16, "num_layers": 1, "language_token": True},
+    PLUGIN_TASK: {"hidden_dim": 16, "label_smoothing": 0.1},
 }
 LANGUAGE = {"george": "en", "jackson": "de", "lucas": "fr"}  # a stand-in language per FSDD speaker
 CARD_WORDS = {"asr": "character CTC speech recognition", "classify": "utterance classification of `label`",
-              "verify": "speaker verification", "multilingual_asr": "multilingual character CTC speech recognition"}
+              "verify": "speaker verification", "multilingual_asr": "multilingual character CTC speech recognition",
+              PLUGIN_TASK: "utterance classification of `label`"}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def example_plugin():
+    """The example plug-in's source folder on the import path (no install, so no entry point): its names
+    are known once `--plugin` imports it. Afterwards this process forgets the module and its components
+    again, as test_plugins.py expects of a process that never imported it."""
+    from speechfuse.fusion.interfaces import INTERFACES
+    from speechfuse.fusion.upstream import UPSTREAMS
+    from speechfuse.tasks import TASKS as TASK_REGISTRY
+
+    registries = (UPSTREAMS, INTERFACES, TASK_REGISTRY)
+    known = [set(registry.names()) for registry in registries]  # built-ins loaded before the plug-in
+    assert PLUGIN_TASK not in known[2]
+    sys.path.insert(0, str(PLUGIN_FOLDER))
+    yield
+    sys.path.remove(str(PLUGIN_FOLDER))
+    for registry, names in zip(registries, known):
+        for name in set(registry.names()) - names:
+            del registry._entries[name]  # no public way to unregister: only tests need it
+    for module in [m for m in sys.modules if m == PLUGIN_MODULE or m.startswith(f"{PLUGIN_MODULE}.")]:
+        del sys.modules[module]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, example_plugin):
     """Per task: a sweep of two seeds (one tiny HuBERT, weighted sum, 4 steps) -> (sweep folder, its runs)."""
     root = tmp_path_factory.mktemp("contract")
-    manifests = fsdd(root, digits=(0, 1), speakers=SPEAKERS[:3], takes=range(6), dev_takes=[4], test_takes=[5])
+    manifests = make_fsdd(root, speakers=SPEAKERS[:3])
     multilingual = {}
     for split, path in manifests.items():
         utts = load_manifest(path)
@@ -56,8 +85,9 @@ def trained(tmp_path_factory):
         path = root / f"{task}.yaml"
         path.write_text(yaml.safe_dump(config))
         sweep = root / f"sweep_{task}"
+        plugin = ["--plugin", PLUGIN_MODULE] if task == PLUGIN_TASK else []
         assert main(["sweep", str(path), "--grid", "interface.name=weighted_sum", "--seeds", "0,1",
-                     "--out", str(sweep)]) == 0
+                     "--out", str(sweep), *plugin]) == 0
         out[task] = (sweep, sorted(p for p in (sweep / "runs").iterdir() if p.is_dir()))
     return manifests, multilingual, out
 
@@ -93,7 +123,7 @@ def test_train_and_sweep_record_the_task_main_metric(trained, task, capsys):
         metrics = json.loads((run / "metrics.json").read_text())
         value = metrics["test"][main_metric]
         # accuracy and EER are rates; WER / CER also count insertions, so after 4 steps they may pass 1
-        assert 0 <= value <= 1 if task in ("classify", "verify") else 0 <= value < float("inf")
+        assert 0 <= value <= 1 if task in (*CLASSIFIERS, "verify") else 0 <= value < float("inf")
         assert (run / "model" / "config.json").is_file()
     assert all(float(r[f"test_{main_metric}"]) >= 0 for r in rows)
 
@@ -116,7 +146,7 @@ def _check_record(task, model, record):
         assert isinstance(record, p.LanguageTranscription)
         assert record.language in (None, *model.task.languages) and "[" not in record.text
         assert set(record.text) <= set(model.task.vocab[2:]) | {" "}
-    elif task == "classify":
+    elif task in CLASSIFIERS:
         assert type(record) is p.Classification and list(record.probabilities) == model.task.labels
         assert sum(record.probabilities.values()) == pytest.approx(1, abs=1e-5)
         assert record.label == max(record.probabilities, key=record.probabilities.get)
@@ -152,7 +182,8 @@ def test_predict_cli_writes_a_prediction_per_clip_and_scores_references(trained,
         if fmt == "jsonl":
             rows = [json.loads(line) for line in out.read_text().splitlines()]
             assert len(rows) == n and not any(r.get("error") for r in rows)
-            key = {"asr": "text", "multilingual_asr": "text", "classify": "label", "verify": "embedding"}[task]
+            key = {"asr": "text", "multilingual_asr": "text", "classify": "label", "verify": "embedding",
+                   PLUGIN_TASK: "label"}[task]
             assert all(key in r for r in rows)
         else:
             with open(out, newline="", encoding="utf-8") as f:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import shutil
 import warnings
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from speechfuse.data import (AudioDataset, DurationBatchSampler, ManifestError, 
                              bundled_fsdd_dir, check_manifest, collate_audio, folder_manifest, fsdd_manifests,
                              librispeech_manifest, load_manifest, make_batches, padding_ratio, read_audio,
                              validate_manifest, write_manifest)
-from conftest import FSDD
+from helpers import FakeUpstream, FSDD, make_fsdd, run_config
 
 FSDD_CLIP = FSDD / "7_jackson_22.flac"
 
@@ -501,29 +500,13 @@ def test_header_only_manifest_says_so_and_points_to_no_file(tmp_path):
     assert not (tmp_path / "skipped.csv").exists()
 
 
-def fsdd_split_files(root: Path) -> dict[str, Path]:
-    """Manifests over a few bundled FSDD clips: digits 0 and 1 of george, take 4 dev, take 5 test."""
-    recordings = root / "recordings"
-    recordings.mkdir(parents=True)
-    for digit in (0, 1):
-        for take in range(6):
-            shutil.copy(bundled_fsdd_dir() / "recordings" / f"{digit}_george_{take}.flac", recordings)
-    return fsdd_manifests(recordings, root / "manifests", dev_takes=[4], test_takes=[5])
-
-
-def run_config(manifests: dict[str, Path], upstream: str) -> dict:
-    return {"task": "classify", "data": {k: str(v) for k, v in manifests.items()},
-            "upstreams": [{"spec": f"hf:{upstream}"}], "interface": {"name": "weighted_sum"},
-            "train": {"max_steps": 1, "progress_bar": False}, "cache": "off"}
-
-
 def test_header_only_manifest_in_a_run_names_the_split_and_no_skipped_file(tmp_path):
     from speechfuse.config import config_from_dict
     from speechfuse.data.loader import load_splits
 
-    manifests = fsdd_split_files(tmp_path)
+    manifests = make_fsdd(tmp_path, speakers=("george",))
     manifests["test"].write_text(manifests["test"].read_text().splitlines()[0] + "\n")
-    data = run_config(manifests, "/unused")
+    data = run_config(manifests, "hf:/unused", max_steps=1)
     for skip in (False, True):
         data["train"]["skip_bad_rows"] = skip
         with pytest.raises(ConfigError) as err:
@@ -603,7 +586,6 @@ def test_bad_spans_are_bad_rows_naming_the_row(tmp_path):
 def test_each_span_of_one_file_is_its_own_cache_entry(tmp_path):
     from speechfuse.cache.store import FeatureCache, audio_durations, utterance_key
     from speechfuse.cache.extract import fill_cache
-    from test_cache import FakeUpstream
 
     clip = tmp_path / "clip.wav"
     sf.write(clip, (np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32), 16000)

@@ -15,10 +15,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import save_tiny_model
+from helpers import make_fsdd, run_config, save_tiny_model
 from speechfuse.training.checkpoint import load_checkpoint_file
 from speechfuse.config import config_from_dict
-from test_train import make_fsdd, tiny_config
 
 pytestmark = pytest.mark.slow  # every test here trains or launches processes
 
@@ -28,7 +27,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
     manifests = make_fsdd(tmp_path / "data")
     upstream = save_tiny_model("hubert", tmp_path / "hubert")
-    data = tiny_config(manifests, upstream, max_steps=5, val_every_steps=5, accelerator="cpu")
+    data = run_config(manifests, f"hf:{upstream}", max_steps=5, val_every_steps=5, accelerator="cpu")
     data["downstream"]["dropout"] = 0.0  # dropout masks differ between 1 and 2 processes by design
     cfg_path = tmp_path / "ddp.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
@@ -60,7 +59,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 def test_ddp_ranks_extract_their_own_cache_shards(tmp_path, speechfuse_home):
     manifests = make_fsdd(tmp_path / "data", digits=(0, 1), speakers=("george",), takes=range(6))
     upstream = save_tiny_model("hubert", tmp_path / "hubert")
-    data = tiny_config(manifests, upstream, max_steps=2, val_every_steps=2, accelerator="cpu")
+    data = run_config(manifests, f"hf:{upstream}", max_steps=2, val_every_steps=2, accelerator="cpu")
     data["cache"] = "auto"
     cfg_path = tmp_path / "ddp.yaml"
     cfg_path.write_text(yaml.safe_dump(data))
@@ -90,7 +89,7 @@ def test_killed_ddp_run_resumes_exactly_with_each_ranks_rng(tmp_path):
     """With dropout on, every rank draws its own masks: each rank's RNG state is saved and restored."""
     manifests = make_fsdd(tmp_path / "data")
     upstream = save_tiny_model("hubert", tmp_path / "hubert")
-    data = tiny_config(manifests, upstream, max_steps=5, val_every_steps=2, accelerator="cpu")
+    data = run_config(manifests, f"hf:{upstream}", max_steps=5, val_every_steps=2, accelerator="cpu")
     data["downstream"]["dropout"] = 0.5
     cfg_path = tmp_path / "ddp.yaml"
     cfg_path.write_text(yaml.safe_dump(data))

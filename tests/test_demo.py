@@ -5,7 +5,7 @@ import pytest
 import csv
 import math
 
-from speechfuse.experiments.demo import COLUMNS, CSV_COLUMNS, TASKS, combine, demo_grids, protocol, row_order, run_demo
+from speechfuse.experiments.demo import CSV_COLUMNS, TASKS, combine, demo_grids, protocol, row_order, run_demo
 from speechfuse.experiments.sweep import expand_grid
 
 

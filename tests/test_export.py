@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import save_tiny_model
-from test_model import make_corpus, run_config
+from helpers import make_fsdd, run_config, save_tiny_model
 from speechfuse.config import config_from_dict
 from speechfuse.data import load_manifest
 from speechfuse.cache.extract import load_audio_batch
@@ -23,7 +22,7 @@ def models(tmp_path_factory):
     from speechfuse.fusion.model import FusedModel, build_task
 
     root = tmp_path_factory.mktemp("export")
-    manifests = make_corpus(root)
+    manifests = make_fsdd(root)
     hubert = save_tiny_model("hubert", root / "hubert")
     # 4 layers each against hubert's 3: the aligner interpolates layers too
     whisper = save_tiny_model("whisper", root / "whisper", encoder_layers=3)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FSDD
+from helpers import FSDD
 from speechfuse.cli import build_parser, main
 from speechfuse.errors import ConfigError
 

@@ -8,36 +8,14 @@ import pytest
 import torch
 
 import speechfuse as sf
-from speechfuse import ConfigError, Upstream
+from speechfuse import ConfigError
 from speechfuse.fusion.importance import layer_importance
-
-
-
-class FakeUpstream(Upstream):
-    """Per-frame random features: frame t sees only samples [t*hop, (t+1)*hop)."""
-
-    def __init__(self, rate: float, layers: int, dim: int, seed: int = 0, sample_rate: int = 16000) -> None:
-        super().__init__()
-        self.name, self.frame_rate, self.num_layers, self.hidden_size = f"fake{rate}", rate, layers, dim
-        self.sample_rate = sample_rate
-        self.hop = int(sample_rate / rate)
-        self.min_samples = self.hop
-        g = torch.Generator().manual_seed(seed)
-        self.weight = torch.nn.Parameter(torch.randn(layers, self.hop, dim, generator=g) / self.hop ** 0.5)
-        self._finish_init()
-
-    def num_frames(self, num_samples: int) -> int:
-        return num_samples // self.hop
-
-    def _hidden(self, wavs: torch.Tensor, wav_lengths: torch.Tensor) -> torch.Tensor:
-        frames = self.num_frames(wavs.shape[1])
-        chunks = wavs[:, : frames * self.hop].reshape(wavs.shape[0], frames, self.hop)
-        return torch.tanh(torch.einsum("bth,lhd->lbtd", chunks, self.weight))
+from helpers import FakeUpstream
 
 
 def fakes():
-    return [FakeUpstream(12.5, 3, 16, 0), FakeUpstream(50.0, 5, 24, 1), FakeUpstream(100.0, 13, 32, 2),
-            FakeUpstream(50.0, 25, 32, 3)]
+    fake = FakeUpstream.framewise
+    return [fake(12.5, 3, 16, 0), fake(50.0, 5, 24, 1), fake(100.0, 13, 32, 2), fake(50.0, 25, 32, 3)]
 
 
 def batch(lengths, width=None, seed=0):
@@ -97,7 +75,7 @@ def test_frontend_errors():
     with pytest.raises(ConfigError, match="upstreams\\[1\\]"):
         sf.FusionFrontend([fakes()[0], torch.nn.Linear(2, 2)])
     with pytest.raises(ConfigError, match="sample rates"):
-        sf.FusionFrontend([FakeUpstream(50.0, 5, 8), FakeUpstream(50.0, 5, 8, sample_rate=8000)])
+        sf.FusionFrontend([FakeUpstream.framewise(50.0, 5, 8), FakeUpstream.framewise(50.0, 5, 8, sample_rate=8000)])
     with pytest.raises(ConfigError, match="unknown option.*frame_rat"):
         sf.FusionFrontend(fakes(), aligner_options={"frame_rat": "min"})
     with pytest.raises(ConfigError, match="unknown option.*kernel"):

@@ -16,8 +16,7 @@ import pytest
 import soundfile
 import torch
 
-from conftest import save_tiny_model
-from test_model import make_corpus, run_config
+from helpers import make_fsdd, run_config, save_tiny_model
 from speechfuse.config import config_from_dict
 from speechfuse.data import load_manifest, read_audio
 from speechfuse.errors import AudioError
@@ -29,7 +28,7 @@ def saved(tmp_path_factory):
     from speechfuse.fusion.model import FusedModel, build_task
 
     root = tmp_path_factory.mktemp("inference")
-    manifests = make_corpus(root)
+    manifests = make_fsdd(root)
     hubert = save_tiny_model("hubert", root / "hubert")
     whisper = save_tiny_model("whisper", root / "whisper")
     train_utts = load_manifest(manifests["train"])

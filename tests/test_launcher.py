@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from speechfuse.errors import ConfigError
 from speechfuse.experiments.launcher import cluster_pool_factory, launcher_options
 from speechfuse.experiments.sweep import run_sweep
+from helpers import fsdd_takes
 
 pytestmark = pytest.mark.slow  # every test here trains or launches processes
 
@@ -115,13 +116,9 @@ def _rows(path: Path) -> list[dict]:
 
 def test_a_sweep_on_slurm_equals_the_local_sweep_after_a_requeue(tmp_path, local_slurm):
     from speechfuse.config import config_from_dict
-    from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests
-    from speechfuse.data.manifest import load_manifest, write_manifest
 
-    manifests = fsdd_manifests(bundled_fsdd_dir() / "recordings", tmp_path / "data")
-    for split, take in (("train", 10), ("dev", 5), ("test", 0)):
-        utts = [u for u in load_manifest(manifests[split]) if u.id.endswith(f"_{take}") and u.id[0] in "01"]
-        write_manifest(utts, manifests[split])  # 12 clips: 2 digits x 6 speakers
+    # speaker ID on 12 clips a split: digits 0 and 1 of the 6 speakers, one take each
+    manifests = fsdd_takes(tmp_path / "data", {"train": [10], "dev": [5], "test": [0]}, digits="01")
     cfg = config_from_dict({
         "task": "classify", "data": {k: str(v) for k, v in manifests.items()} | {"target": "speaker"},
         "upstreams": ["speech-embedding"],
@@ -170,13 +167,9 @@ def test_a_sweep_on_slurm_equals_the_local_sweep_after_a_requeue(tmp_path, local
 
 
 def _fsdd_config_file(tmp_path: Path, steps: int = 2) -> Path:
-    from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests
-    from speechfuse.data.manifest import load_manifest, write_manifest
 
-    manifests = fsdd_manifests(bundled_fsdd_dir() / "recordings", tmp_path / "data")
-    for split, take in (("train", 10), ("dev", 5), ("test", 0)):
-        utts = [u for u in load_manifest(manifests[split]) if u.id.endswith(f"_{take}") and u.id[0] in "01"]
-        write_manifest(utts, manifests[split])
+    # speaker ID on 12 clips a split: digits 0 and 1 of the 6 speakers, one take each
+    manifests = fsdd_takes(tmp_path / "data", {"train": [10], "dev": [5], "test": [0]}, digits="01")
     path = tmp_path / "cfg.yaml"
     path.write_text(json.dumps({
         "task": "classify", "data": {k: str(v) for k, v in manifests.items()} | {"target": "speaker"},

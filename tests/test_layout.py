@@ -1,12 +1,15 @@
 """The package layout: no import cycle between speechfuse's modules, counting imports inside functions
-(imports under `if TYPE_CHECKING:` are never executed and are left out), and the top level holds only the
-groups of the data path and the bottom-level modules."""
+(imports under `if TYPE_CHECKING:` are never executed and are left out), the top level holds only the
+groups of the data path and the bottom-level modules, and no test file imports another test file or conftest
+(shared builders live in tests/helpers.py)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "speechfuse"
+TESTS = Path(__file__).resolve().parent
 
 
 def _module(path: Path) -> str:
@@ -103,3 +106,25 @@ def test_top_level_reads_as_the_data_path():
     flat = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
     # the bottom layer (errors, io, registry, options, plugins), the config and its writer, the docs generator
     assert flat == {"errors", "io", "registry", "options", "plugins", "config", "init_config", "reference"}
+
+
+# an import statement at the start of a line, also inside a script held in a string for a subprocess
+_TEST_MODULE_IMPORT = re.compile(r"^[ \t]*(?:from|import)[ \t]+(test_\w+|conftest)\b", re.M)
+
+
+def imports_of_test_modules(source: str) -> list[str]:
+    """The test modules (test_*, conftest) that `source` imports, in order."""
+    return _TEST_MODULE_IMPORT.findall(source)
+
+
+def test_the_test_import_finder_finds_them():
+    script = 'S = """\n    from test_cache import FakeUpstream\n"""\n'
+    source = "import os\nfrom test_train import make_fsdd\ndef f():\n    import conftest\n" + script
+    assert imports_of_test_modules(source) == ["test_train", "conftest", "test_cache"]
+    assert imports_of_test_modules("from helpers import make_fsdd\nimport testing_tools\n# see test_train\n") == []
+
+
+def test_no_test_file_imports_another_test_file():
+    offenders = [f"{path.name} imports {name}" for path in sorted(TESTS.glob("*.py"))
+                 for name in imports_of_test_modules(path.read_text())]
+    assert offenders == [], "move shared builders to tests/helpers.py (fixtures to conftest.py)"

@@ -16,7 +16,7 @@ from speechfuse.data.loader import _Collate, crop_states
 from speechfuse.data.manifest import Utterance
 from speechfuse.fusion.hidden import HiddenStates
 
-from conftest import save_tiny_model
+from helpers import make_fsdd, run_config, save_tiny_model
 
 FAMILIES = ["hubert", "data2vec-audio", "whisper"]
 
@@ -159,9 +159,7 @@ def test_three_minute_clip_trains_cropped_evaluates_and_predicts(tmp_path):
     from speechfuse.serving.evaluate import evaluate
     from speechfuse.training.runner import train
 
-    from test_model import make_corpus, run_config
-
-    manifests = make_corpus(tmp_path, speakers=("george",))
+    manifests = make_fsdd(tmp_path, speakers=("george",))
     long_train = three_minute_clip(tmp_path / "long0.wav", 0)
     long_test = three_minute_clip(tmp_path / "long1.wav", 1)
     for split, path, label in (("train", long_train, "0"), ("test", long_test, "1")):
@@ -170,7 +168,8 @@ def test_three_minute_clip_trains_cropped_evaluates_and_predicts(tmp_path):
     hubert = save_tiny_model("hubert", tmp_path / "hubert", conv_kernel=(10, 8, 8), conv_stride=(5, 8, 8))  # 50 Hz
     whisper = save_tiny_model("whisper", tmp_path / "whisper")
     upstreams = [{"spec": f"hf:{hubert}", "options": {"max_seconds": 10}}, {"spec": f"hf:{whisper}"}]
-    config = run_config(manifests, upstreams, max_steps=4, crop_seconds=2.0, batch_seconds=4.0)
+    config = run_config(manifests, upstreams, downstream={"hidden_dim": 16}, max_steps=4, crop_seconds=2.0,
+                        batch_seconds=4.0, importance=False)
     config["cache"] = str(tmp_path / "cache")  # whole clips extracted (in windows), training crops the cached states
     metrics = train(config_from_dict(config), tmp_path / "run")
     again = evaluate(tmp_path / "run", split="test")["test"]  # the long clip scored whole, as in training's test

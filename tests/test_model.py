@@ -3,54 +3,15 @@ with an aligner projection and a fine-tuned upstream), the run folder's model/, 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import save_tiny_model
+from helpers import real_batch, run_config, save_tiny_model
 from speechfuse.config import config_from_dict
-from speechfuse.data import bundled_fsdd_dir, fsdd_manifests, load_manifest
-from speechfuse.cache.extract import load_audio_batch
-
-
-def make_corpus(root: Path, digits=(0, 1), speakers=("george", "jackson"), takes=range(6)) -> dict[str, Path]:
-    """A few real FSDD clips (bundled FLAC) with train/dev/test manifests (dev = take 4, test = take 5)."""
-    rec = root / "recordings"
-    rec.mkdir(parents=True, exist_ok=True)
-    src = bundled_fsdd_dir() / "recordings"
-    for d in digits:
-        for spk in speakers:
-            for take in takes:
-                shutil.copy(src / f"{d}_{spk}_{take}.flac", rec)
-    return fsdd_manifests(rec, root / "manifests", dev_takes=[4], test_takes=[5])
-
-
-def run_config(manifests: dict, upstreams: list, task: str = "classify", interface: str = "weighted_sum",
-               downstream: dict | None = None, **train) -> dict:
-    return {
-        "task": task,
-        "data": {"train": str(manifests["train"]), "dev": str(manifests["dev"]), "test": str(manifests["test"])},
-        "upstreams": upstreams,
-        "interface": {"name": interface},
-        "downstream": downstream if downstream is not None else {"hidden_dim": 16},
-        "train": {"max_steps": 6, "batch_seconds": 2.5, "val_every_steps": 3, "lr": 3e-3, "interface_lr": 3e-2,
-                  "progress_bar": False, "seed": 0, "importance": False, **train},
-        "cache": "off",
-    }
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    return root, make_corpus(root), save_tiny_model("hubert", root / "hubert")
-
-
-def real_batch(manifest: Path, sample_rate: int = 16000, count: int = 6):
-    utts = load_manifest(manifest)[:count]
-    return load_audio_batch(utts, sample_rate)
+from speechfuse.data import load_manifest
 
 
 def stored_keys(folder: Path) -> list[str]:
@@ -63,7 +24,8 @@ def test_training_run_writes_its_model_and_the_reload_predicts_exactly(corpus, t
     from speechfuse.training.runner import load_run, train
 
     _, manifests, upstream = corpus
-    cfg = config_from_dict(run_config(manifests, [{"spec": f"hf:{upstream}"}]))
+    cfg = config_from_dict(run_config(manifests, f"hf:{upstream}", downstream={"hidden_dim": 16}, max_steps=6,
+                                      importance=False))
     metrics = train(cfg, tmp_path / "run")
     folder = tmp_path / "run" / "model"
     for name in ("config.json", "model.safetensors", "README.md"):

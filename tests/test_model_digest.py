@@ -13,28 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import save_tiny_model
-from speechfuse.config import config_from_dict
+from helpers import make_fsdd, save_tiny_model, save_untrained_classifier
 from speechfuse.errors import UpstreamError
-from speechfuse.fusion.model import DIGEST_KEY, FusedModel, ModelFileError, load_model
-from test_train import make_fsdd, tiny_config
+from speechfuse.fusion.model import DIGEST_KEY, ModelFileError, load_model
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Two digit classifiers of the same architecture with different weights (seeds 0 and 1)."""
-    from speechfuse.data import load_manifest
-    from speechfuse.fusion.model import build_task
-
     root = tmp_path_factory.mktemp("digest")
     manifests = make_fsdd(root, takes=range(5))
     upstream = save_tiny_model("hubert", root / "hubert")
-    cfg = config_from_dict(tiny_config(manifests, upstream))
-    folders = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = FusedModel.from_config(cfg, build_task(cfg).fit(load_manifest(manifests["train"])))
-        folders.append(model.save_pretrained(root / f"model{seed}"))
+    folders = [save_untrained_classifier(manifests, upstream, root / f"model{seed}", seed=seed) for seed in (0, 1)]
     clip = sorted((root / "recordings").iterdir())[0]
     return folders, clip, upstream
 

@@ -209,7 +209,7 @@ def test_monolingual_sweep_over_languages_is_one_command(tmp_path, capsys):
 
     import yaml
 
-    from conftest import save_tiny_model
+    from helpers import save_tiny_model
     from speechfuse.cli import main
     from speechfuse.data import bundled_espeak_multilingual_dir
 

@@ -15,7 +15,8 @@ from speechfuse.options import ComponentOptions
 from speechfuse.tasks import TASKS
 from speechfuse.fusion.upstream import UPSTREAMS, upstream_options
 from speechfuse.fusion.upstream.bundled import ResemblyzerUpstream, SpeechEmbeddingUpstream
-from speechfuse.fusion.upstream.hf import load_hf_upstream
+from speechfuse.fusion.upstream.hf import HFOptions, HFSSLUpstream, HFWhisperUpstream, load_hf_upstream
+from helpers import save_tiny_model
 
 BASE = {"task": "classify", "data": {"train": "t.csv", "dev": "d.csv"}, "upstreams": ["resemblyzer"]}
 
@@ -28,6 +29,8 @@ def _defaults(function) -> dict:
 @pytest.mark.parametrize("options, builder", [
     (upstream_options("hf:any"), load_hf_upstream),
     (upstream_options("whisper-tiny.en"), load_hf_upstream),
+    (HFSSLUpstream.Options, HFSSLUpstream.__init__),
+    (HFWhisperUpstream.Options, HFWhisperUpstream.__init__),
     (ResemblyzerUpstream.Options, ResemblyzerUpstream.__init__),
     (SpeechEmbeddingUpstream.Options, SpeechEmbeddingUpstream.__init__),
     (Aligner.Options, Aligner.__init__),
@@ -101,3 +104,32 @@ def test_the_config_keeps_only_the_options_given_typed():
     assert config_from_dict(cfg.model_dump()) == cfg
     assert "plugins" not in config_to_dict(cfg)  # built-in components only: saved as before plug-ins existed
     assert config_to_dict(config_from_dict({**BASE, "plugins": ["json"]}))["plugins"] == ["json"]
+
+
+def test_each_hf_family_owns_its_options_and_a_wrong_one_is_refused_before_the_weights_load(tmp_path,
+                                                                                                monkeypatch):
+    """hf: checkpoints are typed by their family's Options, read from config.json: whisper_mode belongs to
+    Whisper, so a HuBERT given it is refused naming the dotted key, and a typo in a Whisper option too."""
+    import speechfuse.fusion.upstream.hf as hf
+
+    hubert, whisper = save_tiny_model("hubert", tmp_path / "hubert"), save_tiny_model("whisper", tmp_path / "whisper")
+    assert upstream_options(f"hf:{hubert}") is HFSSLUpstream.Options
+    assert upstream_options(f"hf:{whisper}") is HFWhisperUpstream.Options
+    assert upstream_options("whisper-tiny.en") is HFWhisperUpstream.Options
+    assert upstream_options(f"hf:{tmp_path / 'not-here'}") is HFOptions  # family unknown until it is there
+    assert "whisper_mode" not in HFSSLUpstream.Options.model_fields
+
+    loads = []
+    monkeypatch.setattr(hf, "_load_weights", lambda *args: loads.append(args))
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**BASE, "upstreams": [{"spec": f"hf:{hubert}", "options": {"whisper_mode": "pad30"}},
+                                                {"spec": f"hf:{whisper}", "options": {"whisper_mod": "pad30"}}]})
+    lines = sorted(line.strip() for line in str(err.value).splitlines()[1:])
+    assert lines == ["unknown key 'upstreams[0].options.whisper_mode'; valid keys here: trainable, max_layers, "
+                     "max_seconds",
+                     "unknown key 'upstreams[1].options.whisper_mod'; valid keys here: trainable, max_layers, "
+                     "max_seconds, whisper_mode"]
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) whisper_mode; valid options: max_layers, "
+                                          r"max_seconds, trainable$"):
+        sf.load_upstream(f"hf:{hubert}", whisper_mode="trim")
+    assert loads == []

@@ -17,8 +17,8 @@ import speechfuse
 from speechfuse.config import load_config
 from speechfuse.errors import ConfigError
 from speechfuse.plugins import load_plugins
-from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests
-from speechfuse.data.manifest import load_manifest, write_manifest
+from speechfuse.data.manifest import load_manifest
+from helpers import fsdd_takes
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "speechfuse_example"
@@ -33,13 +33,8 @@ def run_python(args: list[str], path: list[Path], cwd: Path) -> subprocess.Compl
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
-def fsdd_subset(folder: Path, takes: dict[str, range]) -> dict[str, str]:
-    """Manifests of the bundled FSDD clips (6 speakers x 10 digits) keeping only some takes of each split."""
-    manifests = fsdd_manifests(bundled_fsdd_dir() / "recordings", folder)
-    for split, keep in takes.items():
-        write_manifest([u for u in load_manifest(manifests[split]) if int(u.id.rsplit("_", 1)[1]) in keep],
-                       manifests[split])
-    return {split: str(p) for split, p in manifests.items()}
+def _strings(manifests: dict[str, Path]) -> dict[str, str]:
+    return {split: str(path) for split, path in manifests.items()}
 
 
 def example_config(tmp_path: Path, data: dict[str, str], **changes) -> Path:
@@ -66,7 +61,8 @@ def installed(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_the_installed_example_trains_from_its_yaml_through_the_cli(installed, tmp_path):
-    data = fsdd_subset(tmp_path / "data", {"train": range(10, 15), "dev": range(5, 7), "test": range(0, 2)})
+    data = _strings(fsdd_takes(tmp_path / "data", {"train": range(10, 15), "dev": range(5, 7),
+                                                    "test": range(0, 2)}))
     config = example_config(tmp_path, {**data, "target": "speaker"}, plugins=[])
     run = tmp_path / "run"
     result = run_python(["-m", "speechfuse.cli", "train", str(config), "--plugin", "speechfuse_example",
@@ -127,7 +123,8 @@ def test_a_plugin_module_that_does_not_import_is_a_clear_error(tmp_path):
 def test_plugin_flag_and_config_key_reach_a_module_on_the_path(tmp_path):
     """The example's source folder on PYTHONPATH (no install, so no entry point): names are unknown until
     --plugin or `plugins:` imports the module."""
-    data = fsdd_subset(tmp_path / "data", {"train": range(10, 11), "dev": range(5, 6), "test": range(0, 1)})
+    data = _strings(fsdd_takes(tmp_path / "data", {"train": range(10, 11), "dev": range(5, 6),
+                                                    "test": range(0, 1)}))
     bare = example_config(tmp_path, {**data, "target": "speaker"}, plugins=[], cache=str(tmp_path / "cache"))
     path = [EXAMPLE]
 

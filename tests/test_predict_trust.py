@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,29 +14,9 @@ import soundfile
 import torch
 from filelock import FileLock
 
-from conftest import save_tiny_model
+from helpers import read_only
 from speechfuse.cli import main
-from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
-from test_runfolder import read_only
-from test_train import make_fsdd, tiny_config
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A saved (untrained) digit classifier and six real FSDD clips (8 kHz FLAC)."""
-    from speechfuse.data import load_manifest
-    from speechfuse.fusion.model import FusedModel, build_task
-
-    root = tmp_path_factory.mktemp("predict_trust")
-    manifests = make_fsdd(root, takes=range(5))
-    upstream = save_tiny_model("hubert", root / "hubert")
-    cfg = config_from_dict(tiny_config(manifests, upstream))
-    torch.manual_seed(0)
-    model = FusedModel.from_config(cfg, build_task(cfg).fit(load_manifest(manifests["train"])))
-    folder = model.save_pretrained(root / "model")
-    clips = sorted((root / "recordings").iterdir())[:6]
-    return folder, clips
 
 
 def _rows(path: Path) -> list[dict]:
@@ -51,12 +30,12 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
-def test_a_second_predict_into_the_same_out_is_refused(setup, tmp_path, monkeypatch, capsys):
+def test_a_second_predict_into_the_same_out_is_refused(saved_classifier, tmp_path, monkeypatch, capsys):
     """Old: two predicts into one --out at once wrote 33 rows for 20 inputs and both exited 0. Now the second,
     started while the first is writing, exits 2 naming the lock; the first ends with one row per input."""
     import speechfuse.serving.inference as inference
 
-    model, clips = setup
+    model, clips = saved_classifier
     out = tmp_path / "p.jsonl"
     command = ["predict", str(model), *map(str, clips), "--out", str(out), "--batch-seconds", "0.5"]
     real = inference.iter_predictions
@@ -78,9 +57,9 @@ def test_a_second_predict_into_the_same_out_is_refused(setup, tmp_path, monkeypa
         pass
 
 
-def test_an_input_given_twice_is_predicted_once_and_named(setup, tmp_path, capsys):
+def test_an_input_given_twice_is_predicted_once_and_named(saved_classifier, tmp_path, capsys):
     """Old: `skipped: 2` without naming the row."""
-    model, clips = setup
+    model, clips = saved_classifier
     out = tmp_path / "p.jsonl"
     with pytest.warns(UserWarning, match=rf"1 input\(s\) given more than once, predicted once: '{clips[0]}' "
                                          r"\(input 1, input 3\)"):
@@ -90,9 +69,9 @@ def test_an_input_given_twice_is_predicted_once_and_named(setup, tmp_path, capsy
     assert summary["predicted"] == 2 and summary["skipped"] == 0 and len(_rows(out)) == 2
 
 
-def test_a_duplicate_manifest_id_for_another_file_is_refused_naming_both_rows(setup, tmp_path, capsys):
+def test_a_duplicate_manifest_id_for_another_file_is_refused_naming_both_rows(saved_classifier, tmp_path, capsys):
     """Old: one row was scored against another file's prediction."""
-    model, clips = setup
+    model, clips = saved_classifier
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"id,path,label\na,{clips[0]},0\nb,{clips[1]},0\na,{clips[2]},1\n")
     out = tmp_path / "p.jsonl"
@@ -102,8 +81,8 @@ def test_a_duplicate_manifest_id_for_another_file_is_refused_naming_both_rows(se
     assert not out.exists() or out.read_text() == ""
 
 
-def test_a_rerun_whose_id_now_names_another_file_is_refused(setup, tmp_path, capsys):
-    model, clips = setup
+def test_a_rerun_whose_id_now_names_another_file_is_refused(saved_classifier, tmp_path, capsys):
+    model, clips = saved_classifier
     out = tmp_path / "p.jsonl"
     first, second = tmp_path / "m1.csv", tmp_path / "m2.csv"
     first.write_text(f"id,path,label\na,{clips[0]},0\n")
@@ -113,9 +92,9 @@ def test_a_rerun_whose_id_now_names_another_file_is_refused(setup, tmp_path, cap
     assert f"already holds id 'a' for {clips[0]}, but this input 'a' is {clips[3]}" in capsys.readouterr().err
 
 
-def test_exit_codes_count_the_failed_inputs(setup, tmp_path, capsys):
+def test_exit_codes_count_the_failed_inputs(saved_classifier, tmp_path, capsys):
     """Old: exit 0 even when every input failed. Now 1 when some failed, 3 when all did, with the count."""
-    model, clips = setup
+    model, clips = saved_classifier
     bad = tmp_path / "corrupt.wav"
     bad.write_bytes(b"RIFF\x00\x00not a wav")
     silent = tmp_path / "empty.wav"
@@ -130,12 +109,12 @@ def test_exit_codes_count_the_failed_inputs(setup, tmp_path, capsys):
     assert main(["predict", str(model), str(clips[0]), "--out", str(tmp_path / "ok.jsonl")]) == 0
 
 
-def test_a_waveform_needs_its_sample_rate(setup):
+def test_a_waveform_needs_its_sample_rate(saved_classifier):
     """Old: an array was read as 16 kHz, so an 8 kHz clip got a confident wrong answer. Now it needs
     sample_rate=, and with it the answer is the file's."""
     import speechfuse as sf
 
-    model_dir, clips = setup
+    model_dir, clips = saved_classifier
     model = sf.load_model(model_dir)
     wav, rate = soundfile.read(clips[0], dtype="float32")
     assert rate == 8000
@@ -147,8 +126,8 @@ def test_a_waveform_needs_its_sample_rate(setup):
     assert from_array == pytest.approx(from_file, abs=1e-5)
 
 
-def test_a_read_only_out_folder_is_one_line(setup, tmp_path, capsys):
-    model, clips = setup
+def test_a_read_only_out_folder_is_one_line(saved_classifier, tmp_path, capsys):
+    model, clips = saved_classifier
     folder = tmp_path / "ro"
     folder.mkdir()
     with read_only(folder):
@@ -157,9 +136,9 @@ def test_a_read_only_out_folder_is_one_line(setup, tmp_path, capsys):
     assert f"predict --out {folder / 'p.jsonl'}: cannot write" in err and "choose another --out" in err
 
 
-def test_a_full_disk_is_one_line_and_keeps_the_rows_written(setup, tmp_path, monkeypatch, capsys):
+def test_a_full_disk_is_one_line_and_keeps_the_rows_written(saved_classifier, tmp_path, monkeypatch, capsys):
     """Old: OSError 28, twice chained. Now one line; the batches before stay and a rerun completes."""
-    model, clips = setup
+    model, clips = saved_classifier
     out = tmp_path / "p.jsonl"
     command = ["predict", str(model), *map(str, clips), "--out", str(out), "--batch-seconds", "0.5"]
     real_fsync, calls = os.fsync, []

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import save_tiny_model
+from helpers import make_fsdd, real_batch, run_config, save_tiny_model
 from speechfuse.errors import ConfigError
 from speechfuse.experiments.prune import PruneError, check_budget, choose_depths, count_flops, recurrent_flops
 
@@ -91,15 +91,15 @@ def test_recurrent_layers_count_their_weight_matmuls():
 @pytest.fixture(scope="module")
 def fused_run(tmp_path_factory):
     """A finished 2-upstream run (tiny random wav2vec2 + hubert, speaker-independent digits 0/1)."""
-    from test_model import make_corpus, run_config
 
     from speechfuse.config import config_from_dict
     from speechfuse.training.runner import train
 
     root = tmp_path_factory.mktemp("prune")
-    manifests = make_corpus(root)
+    manifests = make_fsdd(root)
     a, b = save_tiny_model("wav2vec2", root / "a"), save_tiny_model("hubert", root / "b", seed=1)
-    data = run_config(manifests, [{"spec": f"hf:{a}"}, {"spec": f"hf:{b}"}], interface="weighted_sum")
+    data = run_config(manifests, [f"hf:{a}", f"hf:{b}"], downstream={"hidden_dim": 16}, max_steps=6,
+                      importance=False)
     data["cache"] = str(root / "cache")
     train(config_from_dict(data), root / "runs" / "full")
     return root / "runs" / "full", manifests
@@ -126,7 +126,6 @@ def test_pruned_model_never_runs_a_skipped_upstream_and_saves_loads_predicts(fus
     from speechfuse.cache.store import FeatureCache
     from speechfuse.data import load_manifest
     from speechfuse.experiments.prune import measure, prune_run
-    from test_model import real_batch
 
     run, manifests = fused_run
     measured = measure(run, clips=4, repeat=1)

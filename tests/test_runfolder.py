@@ -10,30 +10,19 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import save_tiny_model
+from helpers import read_only, run_config
 from speechfuse.training.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint_file
 from speechfuse.cli import main
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
 from speechfuse.training.runfolder import RunFolderError, RunLock, check_free_space, write_atomic
-from test_train import make_fsdd, tiny_config
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runfolder")
-    manifests = make_fsdd(root)
-    upstream = save_tiny_model("hubert", root / "hubert")
-    return root, manifests, upstream
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +31,7 @@ def trained(corpus, tmp_path_factory):
     from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
-    data = tiny_config(manifests, upstream, max_steps=4, val_every_steps=2)
+    data = run_config(manifests, f"hf:{upstream}", max_steps=4, val_every_steps=2)
     run = tmp_path_factory.mktemp("trained") / "run"
     metrics = train(config_from_dict(data), run)
     return run, data, metrics
@@ -125,7 +114,7 @@ def test_nonfinite_loss_stops_the_run_naming_the_step(corpus, tmp_path):
     from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
-    data = tiny_config(manifests, upstream, max_steps=4, lr=1e30, interface_lr=1e30)
+    data = run_config(manifests, f"hf:{upstream}", max_steps=4, lr=1e30, interface_lr=1e30)
     with pytest.raises(NonFiniteLossError, match=r"training loss is nan at step 2 .*on_nonfinite_loss=skip"):
         train(config_from_dict(data), tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.json").exists()
@@ -144,7 +133,7 @@ def test_nonfinite_loss_skip_drops_only_that_batch(corpus, tmp_path, monkeypatch
         return loss * float("nan") if len(calls) == 2 else loss
 
     monkeypatch.setattr(ClassifyTask, "loss", nan_on_second_batch)
-    data = tiny_config(manifests, upstream, max_steps=4, val_every_steps=4, on_nonfinite_loss="skip")
+    data = run_config(manifests, f"hf:{upstream}", max_steps=4, val_every_steps=4, on_nonfinite_loss="skip")
     with pytest.warns(UserWarning, match=r"loss is nan at step 2 .*batch skipped"):
         metrics = train(config_from_dict(data), tmp_path / "run")
     assert len(calls) == 4
@@ -164,7 +153,7 @@ def test_resume_refuses_a_manifest_edited_in_place(corpus, tmp_path):
 
     _, manifests, upstream = corpus
     mine = {split: Path(shutil.copy(path, tmp_path / f"{split}.csv")) for split, path in manifests.items()}
-    data = tiny_config(mine, upstream, max_steps=2, val_every_steps=2)
+    data = run_config(mine, f"hf:{upstream}", max_steps=2, val_every_steps=2)
     run = tmp_path / "run"
     train(config_from_dict(data), run)
     assert json.loads((run / "fingerprint.json").read_text())["manifests"]["train"]["path"] == str(mine["train"])
@@ -221,7 +210,7 @@ def test_a_second_train_into_a_busy_folder_is_refused(corpus, tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        cfg = config_from_dict(tiny_config(manifests, upstream, max_steps=2, val_every_steps=2))
+        cfg = config_from_dict(run_config(manifests, f"hf:{upstream}", max_steps=2, val_every_steps=2))
         with pytest.raises(RunFolderError, match=rf"in use by another `speechfuse train` \(pid {holder.pid} on host "
                                                  rf"{socket.gethostname()}, started "):
             train(cfg, run)
@@ -266,23 +255,6 @@ def test_resuming_a_moved_run_folder_keeps_its_best(trained, tmp_path):
 
 
 # -- 6. read-only folders, full disks ------------------------------------------------------------------------
-
-@contextmanager
-def read_only(folder: Path):
-    """Make `folder` unwritable: permissions for a normal user; root ignores those, so the immutable flag."""
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        undo = lambda: folder.chmod(0o755)  # noqa: E731
-    else:
-        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"running as root without a way to make a folder read-only (chattr: {done.stderr.strip()})")
-        undo = lambda: subprocess.run(["chattr", "-i", str(folder)], check=True)  # noqa: E731
-    try:
-        yield
-    finally:
-        undo()
-
 
 def test_read_only_folders_fail_before_training(trained, tmp_path):
     """Row: a read-only run folder or checkpoints folder raised PermissionError / SafetensorError after 5 steps."""
@@ -341,7 +313,7 @@ def test_low_disk_space_stops_before_training(corpus, tmp_path, monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(sf_io.shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**19, 2**19))
     with pytest.raises(RunFolderError, match=r"only 0\.5 MiB free on the disk of .*three checkpoints"):
-        train(config_from_dict(tiny_config(manifests, upstream, max_steps=2)), tmp_path / "run")
+        train(config_from_dict(run_config(manifests, f"hf:{upstream}", max_steps=2)), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -360,7 +332,7 @@ def test_disk_full_while_saving_a_checkpoint_is_a_clear_error(corpus, tmp_path, 
     monkeypatch.setattr(os, "write", write)
     run = tmp_path / "run"
     with pytest.raises(RunFolderError, match=r"disk full while writing .*checkpoints/(best|last)\.safetensors"):
-        train(config_from_dict(tiny_config(manifests, upstream, max_steps=4, val_every_steps=2)), run)
+        train(config_from_dict(run_config(manifests, f"hf:{upstream}", max_steps=4, val_every_steps=2)), run)
     assert not list((run / "checkpoints").iterdir()) and not (run / "metrics.json").exists()  # no torn files
 
 
@@ -374,7 +346,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(corpus, tmp_path, capsys):
     from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
-    data = tiny_config(manifests, upstream, max_steps=10_000, val_every_steps=2)
+    data = run_config(manifests, f"hf:{upstream}", max_steps=10_000, val_every_steps=2)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
     run = tmp_path / "run"
     with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:

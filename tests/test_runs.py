@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import save_tiny_model
+from helpers import FakeTrainer, make_fsdd, run_config, save_tiny_model, SWEEP_BASE
 from speechfuse.cli import main
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
 from speechfuse.training.runfolder import RunFolder
-from test_train import make_fsdd, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +24,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     manifests = make_fsdd(root)
     upstream = save_tiny_model("hubert", root / "hubert")
-    data = tiny_config(manifests, upstream, max_steps=2, val_every_steps=2, importance=False)
+    data = run_config(manifests, f"hf:{upstream}", max_steps=2, val_every_steps=2, importance=False)
     run = root / "run"
     metrics = train(config_from_dict(data), run)
     return run, manifests, metrics
@@ -176,13 +175,12 @@ def test_a_rerun_with_another_grid_keeps_the_finished_rows(tmp_path, capsys):
     """Row: a sweep rerun into its folder with a different grid rewrote results.md / results.csv with only the
     new rows."""
     from speechfuse.experiments.sweep import run_sweep
-    from test_sweep import BASE, FakeTrainer
 
-    run_sweep(BASE, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, train_fn=FakeTrainer(), progress=False,
+    run_sweep(SWEEP_BASE, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, train_fn=FakeTrainer(), progress=False,
               plots=False)
     before = {row["run"]: row for row in csv.DictReader((tmp_path / "results.csv").open(newline=""))}
     again = FakeTrainer()
-    rows = run_sweep(BASE, {"interface.name": ["hconv"], "train.lr": [0.1]}, tmp_path, train_fn=again,
+    rows = run_sweep(SWEEP_BASE, {"interface.name": ["hconv"], "train.lr": [0.1]}, tmp_path, train_fn=again,
                      progress=False, plots=False)
     assert again.calls == ["hconv__lr=0.1"] and [r["run"] for r in rows] == ["hconv__lr=0.1"]
     assert _runs(tmp_path / "results.csv") == ["hconv__lr=0.1", "weighted_sum", "hconv"]
@@ -194,18 +192,17 @@ def test_a_rerun_with_another_grid_keeps_the_finished_rows(tmp_path, capsys):
     assert "2 finished run(s) of an earlier grid keep their rows" in capsys.readouterr().err
 
     shutil.rmtree(tmp_path / "runs" / "weighted_sum")  # a run folder deleted on purpose drops out
-    run_sweep(BASE, {"interface.name": ["hconv"], "train.lr": [0.2]}, tmp_path, train_fn=FakeTrainer(),
+    run_sweep(SWEEP_BASE, {"interface.name": ["hconv"], "train.lr": [0.2]}, tmp_path, train_fn=FakeTrainer(),
               progress=False, plots=False)
     assert _runs(tmp_path / "results.csv") == ["hconv__lr=0.2", "hconv__lr=0.1", "hconv"]
 
 
 def test_a_rerun_with_seeds_keeps_the_earlier_configurations(tmp_path):
     from speechfuse.experiments.sweep import run_sweep
-    from test_sweep import BASE, FakeTrainer
 
-    run_sweep(BASE, {"interface.name": ["weighted_sum"]}, tmp_path, seeds=[0, 1], train_fn=FakeTrainer(),
+    run_sweep(SWEEP_BASE, {"interface.name": ["weighted_sum"]}, tmp_path, seeds=[0, 1], train_fn=FakeTrainer(),
               progress=False, plots=False)
-    run_sweep(BASE, {"interface.name": ["hconv"]}, tmp_path, seeds=[0, 1], train_fn=FakeTrainer(), progress=False,
+    run_sweep(SWEEP_BASE, {"interface.name": ["hconv"]}, tmp_path, seeds=[0, 1], train_fn=FakeTrainer(), progress=False,
               plots=False)
     assert _runs(tmp_path / "results.csv") == ["hconv__seed=0", "hconv__seed=1", "weighted_sum__seed=0",
                                                "weighted_sum__seed=1"]
@@ -218,11 +215,10 @@ def test_a_rerun_with_seeds_keeps_the_earlier_configurations(tmp_path):
 def test_a_failed_run_does_not_stop_the_others(tmp_path, capsys):
     """Row: a failing sweep combination named neither the run nor the file, and stopped the sweep."""
     from speechfuse.experiments.sweep import SweepFailed, run_sweep
-    from test_sweep import BASE, FakeTrainer
 
     grid = {"interface.name": ["weighted_sum", "hconv"]}
     with pytest.raises(SweepFailed) as err:
-        run_sweep(BASE, grid, tmp_path, train_fn=FakeTrainer(fail_on="weighted_sum"), progress=False, plots=False)
+        run_sweep(SWEEP_BASE, grid, tmp_path, train_fn=FakeTrainer(fail_on="weighted_sum"), progress=False, plots=False)
     log = RunFolder(tmp_path / "runs" / "weighted_sum").error_path
     assert str(err.value).startswith(f"sweep: 1 run(s) failed (the finished rows are in {tmp_path / 'results.md'})")
     assert (f"run 'weighted_sum' (interface.name=weighted_sum) in {tmp_path / 'runs' / 'weighted_sum'} failed: "
@@ -232,19 +228,19 @@ def test_a_failed_run_does_not_stop_the_others(tmp_path, capsys):
     assert _runs(tmp_path / "results.csv") == ["hconv"]
 
     fixed = FakeTrainer()
-    rows = run_sweep(BASE, grid, tmp_path, train_fn=fixed, progress=False, plots=False)
+    rows = run_sweep(SWEEP_BASE, grid, tmp_path, train_fn=fixed, progress=False, plots=False)
     assert fixed.calls == ["weighted_sum"] and [r["run"] for r in rows] == ["weighted_sum", "hconv"]
     assert not log.exists()
 
 
+@pytest.mark.slow  # spawns 2 worker processes (46-50 s here), like the parallel tests in test_sweep.py
 def test_a_failed_parallel_run_does_not_stop_the_others(tmp_path):
     from speechfuse.experiments.sweep import SweepFailed, run_sweep
-    from test_sweep import BASE, FakeTrainer
 
     grid = {"interface.name": ["weighted_sum", "hconv"], "train.lr": [0.1]}
     with pytest.raises(SweepFailed, match=r"sweep: 1 run\(s\) failed .*run 'weighted_sum__lr=0.1' \(interface.name="
                                           r"weighted_sum, train.lr=0.1\)"):
-        run_sweep(BASE, grid, tmp_path, train_fn=FakeTrainer(fail_on="weighted_sum"), progress=False, plots=False,
+        run_sweep(SWEEP_BASE, grid, tmp_path, train_fn=FakeTrainer(fail_on="weighted_sum"), progress=False, plots=False,
                   jobs=2)
     assert _runs(tmp_path / "results.csv") == ["hconv__lr=0.1"]
 

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 
 from speechfuse.errors import ConfigError
 from speechfuse.experiments.search import RunPruned, ReportToTrial, load_space, search, space_from_dict
+from helpers import fsdd_takes
 
 pytestmark = pytest.mark.slow  # every test here trains or launches processes
 
@@ -42,13 +43,9 @@ def test_space_file_is_validated_naming_the_field(tmp_path):
 
 def _fsdd_config(tmp_path, **train):
     from speechfuse.config import config_from_dict
-    from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests
-    from speechfuse.data.manifest import load_manifest, write_manifest
 
-    manifests = fsdd_manifests(bundled_fsdd_dir() / "recordings", tmp_path / "data")
-    for split, take in (("train", 10), ("dev", 5), ("test", 0)):
-        utts = [u for u in load_manifest(manifests[split]) if u.id.endswith(f"_{take}") and u.id[0] in "01"]
-        write_manifest(utts, manifests[split])  # 12 clips: 2 digits x 6 speakers
+    # speaker ID on 12 clips a split: digits 0 and 1 of the 6 speakers, one take each
+    manifests = fsdd_takes(tmp_path / "data", {"train": [10], "dev": [5], "test": [0]}, digits="01")
     return config_from_dict({
         "task": "classify",
         "data": {k: str(v) for k, v in manifests.items()} | {"target": "speaker"},

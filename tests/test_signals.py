@@ -18,19 +18,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import save_tiny_model
+from helpers import make_fsdd, run_config, save_tiny_model, SWEEP_BASE
 from speechfuse.training.checkpoint import load_checkpoint_file
 from speechfuse.cli import main
 from speechfuse.config import config_from_dict
-from test_train import make_fsdd, tiny_config
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("signals")
-    manifests = make_fsdd(root)
-    upstream = save_tiny_model("hubert", root / "hubert")
-    return root, manifests, upstream
 
 
 def _last(run: Path) -> Path:
@@ -60,7 +51,7 @@ def test_sigterm_of_a_train_process_saves_exits_143_and_resumes_exactly(corpus, 
     """`kill -TERM` of a real `speechfuse train`: exit 143 (was 0), the resume message, `last` at the step it
     stopped; the same command (trained to step + 2) then ends with the weights of an uninterrupted run."""
     _, manifests, upstream = corpus
-    data = tiny_config(manifests, upstream, max_steps=10_000, val_every_steps=2)
+    data = run_config(manifests, f"hf:{upstream}", max_steps=10_000, val_every_steps=2)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(data))
     run = tmp_path / "run"
@@ -96,7 +87,7 @@ def test_sigusr1_finishes_the_step_and_saves_last(corpus, tmp_path):
     from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
-    cfg = config_from_dict(tiny_config(manifests, upstream, max_steps=5, val_every_steps=2))
+    cfg = config_from_dict(run_config(manifests, f"hf:{upstream}", max_steps=5, val_every_steps=2))
     with pytest.raises(TrainingInterrupted, match="stopped by SIGUSR1 after step 3") as stop:
         train(cfg, tmp_path / "run", callbacks=[SignalAtStep(signal.SIGUSR1, 2)])
     assert stop.value.exit_code == 128 + signal.SIGUSR1
@@ -112,7 +103,7 @@ def test_sigterm_during_a_sweep_run_saves_it_and_the_rerun_finishes(corpus, tmp_
 
     _, manifests, upstream = corpus
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config(manifests, upstream, max_steps=4, val_every_steps=2)))
+    cfg.write_text(yaml.safe_dump(run_config(manifests, f"hf:{upstream}", max_steps=4, val_every_steps=2)))
     real = train_module.make_trainer
     monkeypatch.setattr(train_module, "make_trainer",
                         lambda *a, **k: real(a[0], a[1], a[2], [SignalAtStep(signal.SIGTERM, 1), *a[3]]))
@@ -134,7 +125,7 @@ def saved_model(corpus, folder: Path) -> Path:
     from speechfuse.fusion.model import FusedModel, build_task
 
     _, manifests, upstream = corpus
-    cfg = config_from_dict(tiny_config(manifests, upstream))
+    cfg = config_from_dict(run_config(manifests, f"hf:{upstream}"))
     torch.manual_seed(0)
     return FusedModel.from_config(cfg, build_task(cfg).fit(load_manifest(manifests["train"]))).save_pretrained(folder)
 
@@ -172,7 +163,7 @@ def test_sigterm_during_extract_exits_143_and_the_rerun_completes(corpus, tmp_pa
 
     _, manifests, upstream = corpus
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({**tiny_config(manifests, upstream), "cache": str(tmp_path / "cache")}))
+    cfg.write_text(yaml.safe_dump({**run_config(manifests, f"hf:{upstream}"), "cache": str(tmp_path / "cache")}))
     real = fill.fill_config_caches
 
     def killed(*args, **kwargs):
@@ -201,7 +192,7 @@ def test_ddp_ranks_stop_at_the_same_step_when_one_rank_gets_sigterm(tmp_path):
     holds it, and each rank's message names that step."""
     manifests = make_fsdd(tmp_path / "data")
     upstream = save_tiny_model("hubert", tmp_path / "hubert")
-    data = tiny_config(manifests, upstream, max_steps=10_000, val_every_steps=2, accelerator="cpu")
+    data = run_config(manifests, f"hf:{upstream}", max_steps=10_000, val_every_steps=2, accelerator="cpu")
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(yaml.safe_dump(data))
     run = tmp_path / "run"
@@ -252,7 +243,6 @@ def test_sweep_jobs_pass_sigterm_on_to_their_running_runs(tmp_path):
 
     from speechfuse.training.interrupt import Interrupted, stop_signals
     from speechfuse.experiments.sweep import run_sweep
-    from test_sweep import BASE
 
     runs = [tmp_path / "runs" / name for name in ("weighted_sum", "hconv")]
 
@@ -264,7 +254,7 @@ def test_sweep_jobs_pass_sigterm_on_to_their_running_runs(tmp_path):
 
     threading.Thread(target=send_when_started, daemon=True).start()
     with stop_signals(), pytest.raises(Interrupted) as stop:
-        run_sweep(BASE, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, train_fn=WaitForStop(),
+        run_sweep(SWEEP_BASE, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, train_fn=WaitForStop(),
                   progress=False, plots=False, jobs=2)
     assert stop.value.signum == signal.SIGTERM
     assert [(r / "stopped").read_text() for r in runs] == [str(int(signal.SIGTERM))] * 2

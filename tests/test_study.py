@@ -20,7 +20,7 @@ from speechfuse.errors import ConfigError
 from speechfuse.experiments.study import (DEPTH_NOTE, model_subsets, parse_depths, parse_sizes, plot_scaling,
                               scaling_study)
 from speechfuse.fusion.upstream import load_upstream
-from conftest import save_tiny_model
+from helpers import make_fsdd, save_tiny_model
 
 SEEDS = [0, 1, 2]
 
@@ -184,7 +184,6 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_real_training_end_to_end(tmp_path, tiny, monkeypatch, speechfuse_home, capsys):
     import speechfuse.experiments.prune
-    from test_model import make_corpus
 
     seeded = []  # the depth's cache entry is sliced from the full upstream's, cached by the subsets series
     real_seed = speechfuse.experiments.prune.seed_truncated_cache
@@ -196,7 +195,7 @@ def test_cli_real_training_end_to_end(tmp_path, tiny, monkeypatch, speechfuse_ho
 
     monkeypatch.setattr(speechfuse.experiments.prune, "seed_truncated_cache", spy)
 
-    manifests = make_corpus(tmp_path / "corpus", takes=range(6))
+    manifests = make_fsdd(tmp_path / "corpus", takes=range(6))
     config = tmp_path / "cfg.yaml"
     config.write_text(json.dumps({
         "task": "classify", "data": {k: str(v) for k, v in manifests.items()},

@@ -9,15 +9,7 @@ import pytest
 
 from speechfuse.errors import ConfigError
 from speechfuse.experiments.sweep import combo_config, expand_grid, parse_grid, run_name, run_sweep
-
-BASE = {
-    "task": {"name": "classify"},
-    "upstreams": [{"spec": "a", "options": {"x": 1}}],
-    "interface": {"name": "weighted_sum"},
-    "train": {"max_steps": 3, "lr": 0.001},
-    "cache": "auto",
-}
-
+from helpers import FakeTrainer, fsdd_takes, SWEEP_BASE
 
 def test_parse_grid():
     grid = parse_grid(["interface.name=weighted_sum,hconv, chconv", "upstreams=a+b,c", "train.lr=1e-3,0.01"])
@@ -50,54 +42,31 @@ def test_a_list_of_grids_is_the_union_of_their_combinations(tmp_path):
     with pytest.raises(ConfigError, match="empty list of grids"):
         expand_grid([])
     trainer = FakeTrainer()
-    run_sweep(BASE, [{"interface.name": ["weighted_sum"]}, {"interface.name": ["hconv"], "train.lr": [0.1]}], tmp_path,
+    run_sweep(SWEEP_BASE, [{"interface.name": ["weighted_sum"]}, {"interface.name": ["hconv"], "train.lr": [0.1]}], tmp_path,
               train_fn=trainer, progress=False, plots=False)
     assert trainer.calls == ["weighted_sum", "hconv__lr=0.1"]
     with open(tmp_path / "results.csv", newline="") as f:
         assert [r["run"] for r in csv.DictReader(f)] == ["weighted_sum", "hconv__lr=0.1"]
     with pytest.raises(ConfigError, match="duplicate run names"):
-        run_sweep(BASE, [{"interface.name": ["ws"]}, {"interface.name": ["ws"]}], tmp_path / "dup",
+        run_sweep(SWEEP_BASE, [{"interface.name": ["ws"]}, {"interface.name": ["ws"]}], tmp_path / "dup",
                   train_fn=FakeTrainer(), progress=False)
     with pytest.raises(ConfigError, match="both grid and select keys"):
-        run_sweep(BASE, [{"interface.name": ["ws"]}, {"train.lr": [0.1]}], tmp_path / "sel",
+        run_sweep(SWEEP_BASE, [{"interface.name": ["ws"]}, {"train.lr": [0.1]}], tmp_path / "sel",
                   select={"train.lr": [0.1, 0.2]}, train_fn=FakeTrainer(), progress=False)
 
 
 def test_combo_config_keeps_options_and_sets_cache():
-    out = combo_config(BASE, {"upstreams": ["a", "b"], "interface.name": "hconv", "train.lr": 0.1}, "/c")
+    out = combo_config(SWEEP_BASE, {"upstreams": ["a", "b"], "interface.name": "hconv", "train.lr": 0.1}, "/c")
     assert out["upstreams"] == [{"spec": "a", "options": {"x": 1}}, {"spec": "b"}]
     assert out["interface"]["name"] == "hconv" and out["train"]["lr"] == 0.1 and out["cache"] == "/c"
-    assert BASE["interface"]["name"] == "weighted_sum"  # base untouched
-
-
-class FakeTrainer:
-    """Stands in for speechfuse.training.runner.train: records calls, writes what the runner writes."""
-
-    def __init__(self, fail_on: str | None = None):
-        self.calls: list[str] = []
-        self.fail_on = fail_on
-
-    def __call__(self, cfg, run_dir):
-        name = run_dir.name
-        if self.fail_on and self.fail_on in name:
-            raise RuntimeError("boom")
-        self.calls.append(name)
-        params = {"weighted_sum": 3, "hconv": 1000}[cfg["interface"]["name"]]
-        n = len(cfg["upstreams"])
-        (run_dir / "interface.json").write_text(json.dumps(
-            {"num_parameters": params * n, "describe": {"name": cfg["interface"]["name"],
-                                                         "layer_matrix": [[0.5, 0.5]] * n, "num_models": n}}))
-        metrics = {"dev": {"accuracy": 0.5 + 0.1 * n}, "test": {"accuracy": 0.4 + 0.1 * n, "macro_f1": 0.3}}
-        (run_dir / "metrics.json").write_text(json.dumps(metrics))
-        self.cache = cfg["cache"]
-        return metrics
+    assert SWEEP_BASE["interface"]["name"] == "weighted_sum"  # base untouched
 
 
 @pytest.mark.slow
 def test_sweep_writes_table_and_resumes(tmp_path):
     grid = {"upstreams": [["a"], ["a", "b"]], "interface.name": ["weighted_sum", "hconv"]}
     trainer = FakeTrainer()
-    rows = run_sweep(BASE, grid, tmp_path, train_fn=trainer, progress=False)
+    rows = run_sweep(SWEEP_BASE, grid, tmp_path, train_fn=trainer, progress=False)
     assert trainer.calls == ["a__weighted_sum", "a__hconv", "a+b__weighted_sum", "a+b__hconv"]
     assert trainer.cache == "auto"  # resolved by the runner, as `train` resolves it (the user's cache)
     assert [r["interface_params"] for r in rows] == [3, 1000, 6, 2000]
@@ -114,34 +83,34 @@ def test_sweep_writes_table_and_resumes(tmp_path):
     # resume: nothing re-runs, the same rows come back
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/metrics.json")}
     again = FakeTrainer()
-    rows2 = run_sweep(BASE, grid, tmp_path, train_fn=again, progress=False)
+    rows2 = run_sweep(SWEEP_BASE, grid, tmp_path, train_fn=again, progress=False)
     assert again.calls == [] and rows2 == rows
     assert mtimes == {p: p.stat().st_mtime_ns for p in tmp_path.glob("runs/*/metrics.json")}
 
     # a grown grid runs only the new combinations
     grid2 = {"upstreams": [["a"], ["a", "b"], ["b"]], "interface.name": ["weighted_sum", "hconv"]}
     more = FakeTrainer()
-    rows3 = run_sweep(BASE, grid2, tmp_path, train_fn=more, progress=False)
+    rows3 = run_sweep(SWEEP_BASE, grid2, tmp_path, train_fn=more, progress=False)
     assert more.calls == ["b__weighted_sum", "b__hconv"] and len(rows3) == 6
 
 
 def test_sweep_crash_keeps_finished_rows_then_resumes(tmp_path):
     grid = {"interface.name": ["weighted_sum", "hconv"]}
     with pytest.raises(RuntimeError, match="boom"):  # --fail-fast; the default goes on (test_runs.py)
-        run_sweep(BASE, grid, tmp_path, train_fn=FakeTrainer(fail_on="hconv"), progress=False, keep_going=False)
+        run_sweep(SWEEP_BASE, grid, tmp_path, train_fn=FakeTrainer(fail_on="hconv"), progress=False, keep_going=False)
     with open(tmp_path / "results.csv", newline="") as f:
         assert [t["run"] for t in csv.DictReader(f)] == ["weighted_sum"]
     trainer = FakeTrainer()
-    rows = run_sweep(BASE, grid, tmp_path, train_fn=trainer, progress=False)
+    rows = run_sweep(SWEEP_BASE, grid, tmp_path, train_fn=trainer, progress=False)
     assert trainer.calls == ["hconv"] and len(rows) == 2
 
 
 def test_sweep_cache_off_and_named(tmp_path):
     trainer = FakeTrainer()
-    run_sweep({**BASE, "cache": "off"}, {"interface.name": ["weighted_sum"]}, tmp_path / "a", train_fn=trainer,
+    run_sweep({**SWEEP_BASE, "cache": "off"}, {"interface.name": ["weighted_sum"]}, tmp_path / "a", train_fn=trainer,
               progress=False)
     assert trainer.cache == "off"
-    run_sweep({**BASE, "cache": str(tmp_path / "mine")}, {"interface.name": ["weighted_sum"]}, tmp_path / "b",
+    run_sweep({**SWEEP_BASE, "cache": str(tmp_path / "mine")}, {"interface.name": ["weighted_sum"]}, tmp_path / "b",
               train_fn=trainer, progress=False)
     assert trainer.cache == str(tmp_path / "mine")
 
@@ -186,14 +155,10 @@ def test_a_typo_in_any_grid_combination_is_refused_before_the_first_run(tmp_path
 def test_real_sweep_end_to_end_resumes(tmp_path, speechfuse_home):
     """The real runner on real bundled upstreams and real FSDD clips (a few clips, 2 steps per run)."""
     from speechfuse.config import config_from_dict
-    from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests
-    from speechfuse.data.manifest import load_manifest, write_manifest
     from speechfuse.training.runner import train
 
-    manifests = fsdd_manifests(bundled_fsdd_dir() / "recordings", tmp_path / "data")
-    for split, take in (("train", 10), ("dev", 5), ("test", 0)):
-        utts = [u for u in load_manifest(manifests[split]) if u.id.endswith(f"_{take}") and u.id[0] in "01"]
-        write_manifest(utts, manifests[split])  # 12 clips: 2 digits x 6 speakers
+    # speaker ID on 12 clips a split: digits 0 and 1 of the 6 speakers, one take each
+    manifests = fsdd_takes(tmp_path / "data", {"train": [10], "dev": [5], "test": [0]}, digits="01")
     cfg = config_from_dict({
         "task": "classify",
         "data": {k: str(v) for k, v in manifests.items()} | {"target": "speaker"},
@@ -242,7 +207,7 @@ class SeededTrainer(FakeTrainer):
 
 def test_sweep_over_seeds_reports_mean_and_std(tmp_path):
     trainer = SeededTrainer()
-    rows = run_sweep(BASE, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, seeds=[0, 1, 2],
+    rows = run_sweep(SWEEP_BASE, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, seeds=[0, 1, 2],
                      train_fn=trainer, progress=False, plots=False)
     assert trainer.calls == [f"{i}__seed={s}" for i in ("weighted_sum", "hconv") for s in (0, 1, 2)]
     with open(tmp_path / "results.csv", newline="") as f:
@@ -257,7 +222,7 @@ def test_sweep_over_seeds_reports_mean_and_std(tmp_path):
     assert "0.7000 ± 0.1000" in (tmp_path / "results.md").read_text()
     assert len(rows) == 6
     with pytest.raises(ConfigError, match="not both"):
-        run_sweep(BASE, {"train.seed": [0, 1]}, tmp_path / "x", seeds=[0], train_fn=trainer, progress=False)
+        run_sweep(SWEEP_BASE, {"train.seed": [0, 1]}, tmp_path / "x", seeds=[0], train_fn=trainer, progress=False)
 
 
 class LrTrainer(FakeTrainer):
@@ -278,7 +243,7 @@ class LrTrainer(FakeTrainer):
 
 @pytest.mark.parametrize("task", ["classify", "asr"])
 def test_select_picks_the_best_dev_candidate_then_runs_the_seeds(tmp_path, task):
-    base = {**BASE, "task": {"name": task}}
+    base = {**SWEEP_BASE, "task": {"name": task}}
     trainer = LrTrainer()
     rows = run_sweep(base, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, seeds=[0, 1],
                      select={"train.interface_lr": [1e-4, 3e-4, 1e-3]}, train_fn=trainer, progress=False, plots=False)
@@ -300,7 +265,7 @@ def test_select_picks_the_best_dev_candidate_then_runs_the_seeds(tmp_path, task)
 
 def test_select_refuses_a_key_that_is_also_compared(tmp_path):
     with pytest.raises(ConfigError, match="both grid and select keys"):
-        run_sweep(BASE, {"train.lr": [0.1]}, tmp_path, select={"train.lr": [0.1, 0.2]}, train_fn=FakeTrainer(),
+        run_sweep(SWEEP_BASE, {"train.lr": [0.1]}, tmp_path, select={"train.lr": [0.1, 0.2]}, train_fn=FakeTrainer(),
                   progress=False)
 
 
@@ -347,7 +312,7 @@ GRID = {"upstreams": [["a"], ["a", "b"]], "interface.name": ["weighted_sum", "hc
 
 
 def test_sweep_marks_rows_not_distinguishable_from_the_best(tmp_path):
-    run_sweep(BASE, GRID, tmp_path, train_fn=UtteranceTrainer(), progress=False, plots=False)
+    run_sweep(SWEEP_BASE, GRID, tmp_path, train_fn=UtteranceTrainer(), progress=False, plots=False)
     with open(tmp_path / "results.csv", newline="") as f:
         rows = {r["run"]: r for r in csv.DictReader(f)}
     # 2 extra errors in 200 utterances are within the noise; 40 and 60 are not
@@ -363,7 +328,7 @@ def test_sweep_draws_the_comparison_and_layer_figures(tmp_path):
     import numpy as np
     from matplotlib.image import imread
 
-    run_sweep(BASE, GRID, tmp_path, seeds=[0, 1], train_fn=UtteranceTrainer(), progress=False, plots=True)
+    run_sweep(SWEEP_BASE, GRID, tmp_path, seeds=[0, 1], train_fn=UtteranceTrainer(), progress=False, plots=True)
     image = imread(tmp_path / "plots" / "comparison.png")
     assert image.shape[0] >= 150 and image.shape[1] >= 500  # one row per configuration
     assert float(np.std(image[..., :3])) > 0.05  # not blank
@@ -379,7 +344,7 @@ def test_sweep_draws_the_comparison_and_layer_figures(tmp_path):
 def test_sweep_over_seeds_pools_the_seeds_per_utterance(tmp_path):
     from speechfuse.training.utterances import metric_ci
 
-    run_sweep(BASE, GRID, tmp_path, seeds=[0, 1], train_fn=UtteranceTrainer(), progress=False, plots=False)
+    run_sweep(SWEEP_BASE, GRID, tmp_path, seeds=[0, 1], train_fn=UtteranceTrainer(), progress=False, plots=False)
     with open(tmp_path / "summary.csv", newline="") as f:
         rows = {r["config"]: r for r in csv.DictReader(f)}
     assert [rows[k]["tied_with_best"] for k in ("a__weighted_sum", "a__hconv", "a+b__weighted_sum")] == ["best", "yes", "no"]
@@ -394,7 +359,7 @@ def test_sweep_over_seeds_pools_the_seeds_per_utterance(tmp_path):
 
 @pytest.mark.slow
 def test_parallel_jobs_train_the_same_runs_and_make_the_same_choices(tmp_path):
-    base = {**BASE, "task": {"name": "classify"}}
+    base = {**SWEEP_BASE, "task": {"name": "classify"}}
     grid = {"interface.name": ["weighted_sum", "hconv"]}
     select = {"train.interface_lr": [1e-4, 3e-4, 1e-3]}
     serial = run_sweep(base, grid, tmp_path / "serial", seeds=[0, 1], select=select, train_fn=LrTrainer(),
@@ -413,7 +378,7 @@ def test_parallel_jobs_train_the_same_runs_and_make_the_same_choices(tmp_path):
 @pytest.mark.slow
 def test_a_failed_parallel_run_is_named_and_finished_runs_are_kept(tmp_path):
     with pytest.raises(RuntimeError, match="boom") as err:
-        run_sweep(BASE, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, train_fn=FakeTrainer(fail_on="hconv"),
+        run_sweep(SWEEP_BASE, {"interface.name": ["weighted_sum", "hconv"]}, tmp_path, train_fn=FakeTrainer(fail_on="hconv"),
                   progress=False, plots=False, jobs=2, keep_going=False)
     assert any("'hconv'" in note for note in getattr(err.value, "__notes__", []))
     assert (tmp_path / "runs" / "weighted_sum" / "metrics.json").is_file()
@@ -438,12 +403,12 @@ def test_threads_per_run_are_fixed_serial_and_parallel(tmp_path):
     grid = {"interface.name": ["weighted_sum", "hconv"]}
     before = torch.get_num_threads()
     for jobs in (1, 2):
-        rows = run_sweep(BASE, grid, tmp_path / f"jobs{jobs}", train_fn=ThreadTrainer(), progress=False, plots=False,
+        rows = run_sweep(SWEEP_BASE, grid, tmp_path / f"jobs{jobs}", train_fn=ThreadTrainer(), progress=False, plots=False,
                          jobs=jobs, threads=2)  # the test session runs on 1 thread (conftest)
         assert [r["dev_threads"] for r in rows] == [2, 2]
         assert torch.get_num_threads() == before  # the sweep gives its own threads back
     with pytest.raises(ConfigError, match="threads"):
-        run_sweep(BASE, grid, tmp_path / "x", train_fn=ThreadTrainer(), progress=False, threads=0)
+        run_sweep(SWEEP_BASE, grid, tmp_path / "x", train_fn=ThreadTrainer(), progress=False, threads=0)
 
 
 def test_a_configuration_with_missing_seeds_says_so_and_is_not_the_best(tmp_path):
@@ -454,7 +419,7 @@ def test_a_configuration_with_missing_seeds_says_so_and_is_not_the_best(tmp_path
         WRONG = {"a__weighted_sum": 60, "a__hconv": 40, "a+b__weighted_sum": 30}
 
     with pytest.raises(RuntimeError, match="boom"):
-        run_sweep(BASE, {"upstreams": [["a"], ["a", "b"]], "interface.name": ["weighted_sum", "hconv"]}, tmp_path,
+        run_sweep(SWEEP_BASE, {"upstreams": [["a"], ["a", "b"]], "interface.name": ["weighted_sum", "hconv"]}, tmp_path,
                   seeds=[0, 1, 2], train_fn=Trainer(fail_on="a+b__weighted_sum__seed=1"), progress=False, plots=False,
                   keep_going=False)
     with open(tmp_path / "summary.csv", newline="") as f:

@@ -3,45 +3,16 @@ paper's table; IEMOCAP folds and ML-SUPERB mono languages averaged with seeds av
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import pytest
 
+from helpers import A, AB, base, folds, sweep
 from speechfuse.cli import main
 from speechfuse.config import config_from_dict, config_to_yaml
 from speechfuse.experiments.sweep import run_sweep
 from speechfuse.experiments.table import TableError, paper_table
 
-A, AB = ["whisper-tiny.en"], ["whisper-tiny.en", "resemblyzer"]
-TARGET = {"asr": "text", "multilingual_asr": "text", "verify": "speaker", "classify": "label"}
-
-
-def base(task: str):
-    return config_from_dict({"task": task, "data": {"train": "train.csv", "dev": "dev.csv", "test": "test.csv",
-                                                    "target": TARGET[task]},
-                             "upstreams": [{"spec": "whisper-tiny.en"}], "interface": {"name": "hconv"}},
-                            ".", "test")
-
-
-def sweep(tmp_path: Path, name: str, task: str, grid: dict, metrics_of, seeds=None) -> Path:
-    """Run the real sweep with a trainer that writes config.yaml (as `train` does) and returns `metrics_of(cfg)`."""
-    def fake_train(cfg, run_dir):
-        (Path(run_dir) / "config.yaml").write_text(config_to_yaml(cfg))
-        return {"dev": {}, "test": metrics_of(cfg)}
-
-    out = tmp_path / name
-    run_sweep(base(task), grid, out, seeds=seeds, train_fn=fake_train, progress=False, plots=False)
-    return out
-
-
-def folds(tmp_path: Path, names: list[str], corpus: str | None = None) -> list[str]:
-    """Manifest folders whose row records `corpus` (as `speechfuse prepare` writes them), or none."""
-    for n in names:
-        (tmp_path / n).mkdir(parents=True, exist_ok=True)
-        for split in ("train", "dev", "test"):
-            (tmp_path / n / f"{split}.csv").write_text("id,path,corpus\nu1,u1.wav,%s\n" % (corpus or ""))
-    return [str(tmp_path / n) for n in names]
 
 
 def key(cfg) -> tuple[int, str]:

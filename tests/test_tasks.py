@@ -10,6 +10,7 @@ from speechfuse.data import Utterance, load_manifest
 from speechfuse.errors import ConfigError, ShapeError
 from speechfuse.tasks import Task, get_task, list_tasks
 from speechfuse.tasks.classify import macro_f1, masked_mean
+from helpers import make_fsdd, run_config
 
 SMALL_ASR = dict(proj_dim=16, hidden_size=16, num_layers=1, dropout=0.0)
 
@@ -309,14 +310,13 @@ def test_a_test_label_unseen_in_training_stops_the_run_before_training(tmp_path,
     from speechfuse.config import config_from_dict
     from speechfuse.data import write_manifest
     from speechfuse.training.runner import train
-    from test_data import fsdd_split_files, run_config
 
-    manifests = fsdd_split_files(tmp_path)
+    manifests = make_fsdd(tmp_path, speakers=("george",))
     test_utts = load_manifest(manifests["test"])
     test_utts[0].label = "7"
     write_manifest(test_utts, manifests["test"])
     with pytest.raises(ConfigError) as err:
-        train(config_from_dict(run_config(manifests, tiny_model_dir("hubert"))), tmp_path / "run")
+        train(config_from_dict(run_config(manifests, f"hf:{tiny_model_dir('hubert')}", max_steps=1)), tmp_path / "run")
     message = str(err.value)
     assert f"data.test ({manifests['test']}): label(s) never seen in training: '7'" in message
     assert "nothing was trained" in message and not (tmp_path / "run" / "checkpoints").exists()

@@ -7,15 +7,13 @@ import shutil
 
 import pytest
 
-from conftest import save_tiny_model
 from speechfuse.config import config_from_dict, config_to_yaml
 from speechfuse.errors import ConfigError
 from speechfuse.experiments.sweep import run_sweep
 from speechfuse.experiments.table import paper_table
 from speechfuse.serving.evaluate import evaluate
 from speechfuse.training.test_chosen import choose_on_test
-from test_table import A, AB, folds, sweep
-from test_train import make_fsdd, tiny_config
+from helpers import A, AB, folds, make_fsdd, run_config, save_tiny_model, sweep, verify_config
 
 
 def test_the_choice_is_the_best_test_value_and_the_earliest_step_on_a_tie():
@@ -34,8 +32,8 @@ def test_one_run_reports_the_test_chosen_checkpoint_recomputed_from_every_step_c
     from speechfuse.training.runner import train
 
     manifests = make_fsdd(tmp_path, digits=(0, 1, 2), speakers=("george", "jackson", "lucas"))
-    data = tiny_config(manifests, "unused", max_steps=6, val_every_steps=2, lr=5e-2, seed=1, report_test_chosen=True,
-                       importance=False)
+    data = run_config(manifests, "hf:unused", max_steps=6, val_every_steps=2, lr=5e-2, seed=1, report_test_chosen=True,
+                      importance=False)
     data["data"]["target"], data["upstreams"] = "speaker", [{"spec": "resemblyzer"}]
     run = tmp_path / "run"
     metrics = train(config_from_dict(data), run)
@@ -82,8 +80,8 @@ def test_a_killed_run_resumes_to_the_same_test_chosen_checkpoint(tmp_path):
     from speechfuse.training.runner import train
 
     manifests = make_fsdd(tmp_path, digits=(0, 1, 2), speakers=("george", "jackson", "lucas"))
-    data = tiny_config(manifests, "unused", max_steps=6, val_every_steps=2, lr=5e-2, seed=1, report_test_chosen=True,
-                       importance=False)
+    data = run_config(manifests, "hf:unused", max_steps=6, val_every_steps=2, lr=5e-2, seed=1, report_test_chosen=True,
+                      importance=False)
     data["data"]["target"], data["upstreams"] = "speaker", [{"spec": "resemblyzer"}]
     full = train(config_from_dict(data), tmp_path / "full")
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
@@ -108,7 +106,6 @@ def test_a_verify_run_scores_each_checkpoint_with_its_own_cohort(tmp_path):
     """verify (AS-norm cohort fitted per checkpoint, as for the main result): the dev-chosen checkpoint is among
     the step checkpoints, so its test EER reappears there and the test-chosen EER is not above it."""
     from speechfuse.training.runner import train
-    from test_verify_run import verify_config
 
     manifests = make_fsdd(tmp_path, digits=(0, 1), speakers=("george", "jackson", "lucas"))
     upstream = save_tiny_model("hubert", tmp_path / "hubert")
@@ -136,7 +133,7 @@ def test_report_test_chosen_without_a_test_split_is_refused_before_the_folder_ex
     from speechfuse.training.runner import train
 
     manifests = make_fsdd(tmp_path, digits=(0,), takes=range(5))
-    data = tiny_config({**manifests, "test": None}, str(tmp_path / "none"), report_test_chosen=True)
+    data = run_config(manifests, "hf:unused", report_test_chosen=True)
     data["upstreams"] = [{"spec": "whisper-tiny.en"}]
     del data["data"]["test"]
     with pytest.raises(ConfigError, match="train.report_test_chosen .* data.test is not set"):

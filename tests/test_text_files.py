@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FSDD
-from test_predict_trust import setup  # noqa: F401  (the fixture: a saved model and clips)
+from helpers import FSDD
 from speechfuse.data.textfile import TextEncodingError
 
 LATIN1 = "café".encode("latin-1")  # b"caf\xe9": not UTF-8
@@ -73,11 +72,11 @@ def test_librispeech_transcript(tmp_path):
         librispeech_manifest(tmp_path / "dev-clean", tmp_path / "out.csv")
 
 
-def test_the_cli_prints_it_in_one_line(setup, tmp_path, capsys):
+def test_the_cli_prints_it_in_one_line(saved_classifier, tmp_path, capsys):
     """`speechfuse predict` on a Latin-1 manifest: exit 2, one line naming the file and line."""
     from speechfuse.cli import main
 
-    model, clips = setup
+    model, clips = saved_classifier
     manifest = _write(tmp_path / "m.csv", [b"id,path,label", b"%s,%s,0" % (LATIN1, bytes(clips[0]))])
     assert main(["predict", str(model), str(manifest), "--out", str(tmp_path / "p.jsonl")]) == 2
     err = [line for line in capsys.readouterr().err.strip().splitlines() if "%|" not in line]

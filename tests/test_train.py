@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,49 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FSDD, save_tiny_model
+from helpers import KILLED_RUN, run_config
 from speechfuse.training.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint_file
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
-KILLED_RUN = Path(__file__).with_name("killed_run.py")  # trains and SIGKILLs itself after a given step
-
-
-def make_fsdd(root: Path, digits=(0, 1), speakers=("george", "jackson"), takes=range(6)) -> dict[str, Path]:
-    """Copy a few real FSDD clips and write train/dev/test manifests (dev = take 4, test = take 5)."""
-    from speechfuse.data import fsdd_manifests
-
-    rec = root / "recordings"
-    rec.mkdir(parents=True, exist_ok=True)
-    for d in digits:
-        for spk in speakers:
-            for take in takes:
-                shutil.copy(FSDD / f"{d}_{spk}_{take}.flac", rec)
-    return fsdd_manifests(rec, root / "manifests", dev_takes=[4], test_takes=[5])
-
-
-def tiny_config(manifests: dict, upstream_dir: str, **train) -> dict:
-    return {
-        "task": "classify",
-        "data": {"train": str(manifests["train"]), "dev": str(manifests["dev"]), "test": str(manifests["test"]),
-                 "target": "label"},
-        "upstreams": [{"spec": f"hf:{upstream_dir}"}],
-        "interface": {"name": "weighted_sum"},
-        "downstream": {"hidden_dim": 16, "dropout": 0.2},  # dropout: the RNG state must survive a resume
-        "train": {"max_steps": 8, "batch_seconds": 2.5, "val_every_steps": 3, "lr": 3e-3, "interface_lr": 3e-2,
-                  "progress_bar": False, "seed": 0, **train},
-        "cache": "off",
-    }
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    manifests = make_fsdd(root)
-    upstream = save_tiny_model("hubert", root / "hubert")
-    return root, manifests, upstream
-
 
 def _weights(run_dir: Path, name: str = "last") -> dict[str, torch.Tensor]:
     return load_checkpoint_file(run_dir / "checkpoints" / f"{name}.safetensors")["state_dict"]
@@ -99,7 +59,7 @@ def test_train_writes_a_complete_run_folder_and_evaluate_agrees(corpus, tmp_path
     from speechfuse.training.runner import evaluate, train
 
     _, manifests, upstream = corpus
-    cfg = config_from_dict(tiny_config(manifests, upstream))
+    cfg = config_from_dict(run_config(manifests, f"hf:{upstream}"))
     metrics = train(cfg, tmp_path / "run")
     run = tmp_path / "run"
     assert set(metrics) == {"dev", "test"} and set(metrics["dev"]) == {"accuracy", "macro_f1"}
@@ -129,13 +89,13 @@ def test_same_config_twice_gives_identical_results(corpus, tmp_path):
     from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
-    cfg = config_from_dict(tiny_config(manifests, upstream, max_steps=4))
+    cfg = config_from_dict(run_config(manifests, f"hf:{upstream}", max_steps=4))
     a = train(cfg, tmp_path / "a")
     b = train(cfg, tmp_path / "b")
     assert a == b
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    c = train(config_from_dict(tiny_config(manifests, upstream, max_steps=4, seed=1)), tmp_path / "c")
+    c = train(config_from_dict(run_config(manifests, f"hf:{upstream}", max_steps=4, seed=1)), tmp_path / "c")
     wc = _weights(tmp_path / "c")
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)  # the seed matters
 
@@ -150,7 +110,7 @@ def test_killed_run_resumes_to_the_same_result(corpus, tmp_path, kill_after):
     from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
-    data = tiny_config(manifests, upstream, max_steps=8, val_every_steps=kill_after)
+    data = run_config(manifests, f"hf:{upstream}", max_steps=8, val_every_steps=kill_after)
     cfg = config_from_dict(data)
     full = train(cfg, tmp_path / "full")
 
@@ -192,14 +152,14 @@ def test_resume_refuses_a_different_config_but_may_train_longer(corpus, tmp_path
 
     _, manifests, upstream = corpus
     run = tmp_path / "run"
-    bad = tiny_config(manifests, upstream, max_steps=2)
+    bad = run_config(manifests, f"hf:{upstream}", max_steps=2)
     bad["interface"]["bogus"] = 1
     with pytest.raises(ConfigError, match="bogus"):  # fails before any checkpoint ...
         train(config_from_dict(bad), run)
-    train(config_from_dict(tiny_config(manifests, upstream, max_steps=2)), run)  # ... so a fixed retry may reuse it
+    train(config_from_dict(run_config(manifests, f"hf:{upstream}", max_steps=2)), run)  # ... so a fixed retry may reuse it
     with pytest.raises(ConfigError, match=r"different config \(train\.lr differ"):
-        train(config_from_dict(tiny_config(manifests, upstream, max_steps=2, lr=1e-2)), run)
-    train(config_from_dict(tiny_config(manifests, upstream, max_steps=4)), run)  # extend the run
+        train(config_from_dict(run_config(manifests, f"hf:{upstream}", max_steps=2, lr=1e-2)), run)
+    train(config_from_dict(run_config(manifests, f"hf:{upstream}", max_steps=4)), run)  # extend the run
     assert load_checkpoint_file(run / "checkpoints" / "last.safetensors")["global_step"] == 4
 
 
@@ -233,7 +193,7 @@ def test_bad_rows_fail_before_training_listing_every_row(corpus, tmp_path):
     root, manifests, upstream = corpus
     bad = _bad_manifest(tmp_path, manifests)
     n = len(manifests["train"].read_text().splitlines()) - 1
-    data = tiny_config(manifests, upstream)
+    data = run_config(manifests, f"hf:{upstream}")
     data["data"]["train"] = str(bad)
     with pytest.raises(ConfigError) as err:
         train(config_from_dict(data), tmp_path / "run")
@@ -257,7 +217,7 @@ def test_cached_run_never_runs_the_upstream(corpus, tmp_path, monkeypatch, speec
     from speechfuse.fusion.upstream.base import Upstream
 
     _, manifests, upstream = corpus
-    data = tiny_config(manifests, upstream, max_steps=3)
+    data = run_config(manifests, f"hf:{upstream}", max_steps=3)
     data["cache"] = "auto"
     first = train(config_from_dict(data), tmp_path / "runs" / "a")
     entries = list((speechfuse_home / "cache").iterdir())  # auto = $SPEECHFUSE_HOME/cache
@@ -283,7 +243,7 @@ def test_missing_speaker_target_is_reported_by_row(corpus, tmp_path):
     cells[col] = ""
     broken = tmp_path / "train.csv"
     broken.write_text("\n".join([lines[0], lines[1], lines[2], ",".join(cells), *lines[4:]]) + "\n")
-    data = tiny_config(manifests, upstream, max_steps=1)
+    data = run_config(manifests, f"hf:{upstream}", max_steps=1)
     data["data"].update(train=str(broken), target="speaker")
     with pytest.raises(ConfigError, match=r"row 3 \(id .*\): missing speaker"):
         train(config_from_dict(data), tmp_path / "run")
@@ -298,7 +258,7 @@ def test_optimizer_groups_and_trainable_upstreams_skip_the_cache(corpus, tmp_pat
     from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
-    data = tiny_config(manifests, upstream, lr=1e-3, interface_lr=1e-2, upstream_lr=1e-5)
+    data = run_config(manifests, f"hf:{upstream}", lr=1e-3, interface_lr=1e-2, upstream_lr=1e-5)
     task = get_task("classify", hidden_dim=8)
     task.labels = ["0", "1"]
     model = FusionTask(config_from_dict(data), task)

@@ -23,7 +23,7 @@ from speechfuse.fusion.upstream.bundled import (
     package_file,
 )
 from speechfuse.fusion.upstream.ct2 import converted_whisper_folder, read_ct2_model
-from conftest import FSDD, LIBRIVOX
+from helpers import FSDD, LIBRIVOX
 
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
 

@@ -25,7 +25,7 @@ from speechfuse.errors import AudioError, ConfigError, UpstreamError
 from speechfuse.fusion.upstream.hf import HFSSLUpstream, HFWhisperUpstream, normalize_valid
 from speechfuse.fusion.upstream.whisper_features import log_mel_spectrogram, mel_filterbank
 
-from conftest import FAMILIES, FSDD, LIBRIVOX, save_tiny_model
+from helpers import FAMILIES, FSDD, LIBRIVOX, save_tiny_model
 
 SSL_FAMILIES = ["wav2vec2", "hubert", "wavlm", "data2vec-audio"]
 PARITY_TOL = 1e-5

@@ -19,7 +19,7 @@ from speechfuse.cache.store import FeatureCache
 from speechfuse.errors import ConfigError, UpstreamError
 from speechfuse.fusion.upstream import load_upstream
 from speechfuse.fusion.upstream.bundled import SPEECH_EMBEDDING_BLOCKS
-from conftest import FAMILIES, FSDD, save_tiny_model
+from helpers import FAMILIES, FSDD, make_fsdd, real_batch, run_config, save_tiny_model
 
 
 def fsdd_batch(*names: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,9 +194,8 @@ def test_fused_model_with_truncated_upstreams_round_trips(tmp_path):
     from speechfuse.config import config_from_dict
     from speechfuse.data import load_manifest
     from speechfuse.fusion.model import FusedModel, build_task
-    from test_model import make_corpus, real_batch, run_config
 
-    manifests = make_corpus(tmp_path / "corpus", takes=range(6))
+    manifests = make_fsdd(tmp_path / "corpus", takes=range(6))
     hubert = "hf:" + save_tiny(tmp_path, "hubert")
     whisper = "hf:" + save_tiny(tmp_path, "whisper")
     cfg = config_from_dict(run_config(manifests, [{"spec": hubert, "options": {"max_layers": 2, "trainable": True}},

@@ -12,8 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import save_tiny_model
-from test_verify_run import SPEAKERS, fsdd, verify_config
+from helpers import make_fsdd, run_config, save_tiny_model, SPEAKERS, verify_config
 from speechfuse.cli import main
 from speechfuse.data import load_manifest
 from speechfuse.errors import ConfigError
@@ -24,7 +23,7 @@ from speechfuse.serving.inference import SpeakerEmbedding, Verification
 def run(tmp_path_factory):
     """A tiny hubert verify model trained 4 steps through the CLI (3 speakers, digits 0-1)."""
     root = tmp_path_factory.mktemp("verify_model")
-    manifests = fsdd(root, digits=(0, 1), speakers=SPEAKERS[:3], takes=range(6), dev_takes=[4], test_takes=[5])
+    manifests = make_fsdd(root, speakers=SPEAKERS[:3])
     upstream = save_tiny_model("hubert", root / "hubert")
     cfg = root / "verify.yaml"
     cfg.write_text(yaml.safe_dump(verify_config(manifests, f"hf:{upstream}", max_steps=4, val_every_steps=2)))
@@ -106,7 +105,6 @@ def test_verify_is_refused_for_other_tasks_and_bad_arguments(run, tmp_path):
     import speechfuse as sf
     from speechfuse.config import config_from_dict
     from speechfuse.fusion.model import FusedModel, build_task
-    from test_model import run_config
 
     root, manifests = run
     clips = [u.path for u in load_manifest(manifests["test"])]
@@ -288,7 +286,6 @@ def test_verify_cli_unlabelled_list_relative_to_its_folder_repeats_scored_once(r
 def test_verify_cli_errors_are_one_line(run, tmp_path, capsys):
     from speechfuse.config import config_from_dict
     from speechfuse.fusion.model import FusedModel, build_task
-    from test_model import run_config
 
     root, manifests = run
     clips = [u.path for u in load_manifest(manifests["test"])]

