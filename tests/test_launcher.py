@@ -222,3 +222,49 @@ def test_sweep_and_search_run_as_jobs_of_the_local_executor(tmp_path, capsys):
     best = max(trials, key=lambda t: (float(t["dev_accuracy"]), -int(t["trial"])))["run"].replace("__seed=0", "")
     assert sorted(r["seed"] for r in _rows(found / "results.csv")) == ["0", "1"]
     assert list(json.loads((found / "launcher" / "jobs.json").read_text())) == [f"{best}__seed=1"]
+
+
+def test_a_failed_job_does_not_stop_a_launcher_sweep(tmp_path, capsys):
+    """submitit's LocalExecutor: the failing run is named with its combination and error (its job's traceback in
+    RUN/error.txt), the other run finishes, SweepFailed at the end; a rerun resubmits only the failed run;
+    keep_going=False stops at the failure."""
+    import cloudpickle
+
+    import test_sweep
+    from speechfuse.experiments.launcher import JobFailed
+    from speechfuse.experiments.sweep import SweepFailed
+    from speechfuse.training.runfolder import RunFolder
+
+    cloudpickle.register_pickle_by_value(test_sweep)  # the jobs cannot import the test modules
+    base = {**test_sweep.BASE, "cache": "off"}
+    grid = {"interface.name": ["weighted_sum", "hconv"]}
+    options = launcher_options({"name": "local", "time": 5})
+    out = tmp_path / "sweep"
+    with pytest.raises(SweepFailed) as err:
+        run_sweep(base, grid, out, train_fn=test_sweep.FakeTrainer(fail_on="weighted_sum"), progress=False,
+                  plots=False, launcher=cluster_pool_factory(options, base, out))
+    log = RunFolder(out / "runs" / "weighted_sum").error_path
+    assert err.value.failed == ["weighted_sum"] and [r["run"] for r in err.value.rows] == ["hconv"]
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"run 'weighted_sum' (interface.name=weighted_sum) in {out / 'runs' / 'weighted_sum'} failed: JobFailed: " \
+           "run 'weighted_sum' failed in job " in message
+    assert message.endswith(f": RuntimeError: boom (traceback in {log})")
+    trace = log.read_text()  # the job's own traceback, from its process
+    assert "failed during processing with trace" in trace and "in process_job" in trace
+    assert "the other runs go on" in capsys.readouterr().err
+    assert [r["run"] for r in _rows(out / "results.csv")] == ["hconv"]
+
+    first_jobs = json.loads((out / "launcher" / "jobs.json").read_text())
+    rows = run_sweep(base, grid, out, train_fn=test_sweep.FakeTrainer(), progress=False, plots=False,
+                     launcher=cluster_pool_factory(options, base, out))
+    assert [r["run"] for r in rows] == ["weighted_sum", "hconv"] and not log.exists()
+    again = json.loads((out / "launcher" / "jobs.json").read_text())
+    assert again["hconv"] == first_jobs["hconv"] and again["weighted_sum"] != first_jobs["weighted_sum"]
+    assert "1 training job(s) submitted" in capsys.readouterr().err
+
+    with pytest.raises(JobFailed, match=r"speechfuse sweep: run 'weighted_sum' failed in job .*RuntimeError: boom\. "
+                                        r"Finished runs are kept"):
+        run_sweep(base, grid, tmp_path / "fail_fast", train_fn=test_sweep.FakeTrainer(fail_on="weighted_sum"),
+                  progress=False, plots=False, keep_going=False,
+                  launcher=cluster_pool_factory(options, base, tmp_path / "fail_fast"))
