@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from speechfuse.errors import ConfigError
 from speechfuse.experiments.launcher import cluster_pool_factory, launcher_options
 from speechfuse.experiments.sweep import run_sweep
+from test_prune import fused_run  # noqa: F401  (a fixture: a finished 2-upstream run)
 
 pytestmark = pytest.mark.slow  # every test here trains or launches processes
 
@@ -268,3 +269,83 @@ def test_a_failed_job_does_not_stop_a_launcher_sweep(tmp_path, capsys):
         run_sweep(base, grid, tmp_path / "fail_fast", train_fn=test_sweep.FakeTrainer(fail_on="weighted_sum"),
                   progress=False, plots=False, keep_going=False,
                   launcher=cluster_pool_factory(options, base, tmp_path / "fail_fast"))
+
+
+def test_a_study_runs_its_sweeps_as_jobs_and_equals_the_local_study(tmp_path, capsys, monkeypatch):
+    """`study` through submitit's LocalExecutor: every series' runs are jobs of that series' sweep folder, the
+    table equals the same study run here, a rerun submits nothing; the CLI passes the options and the config's
+    launcher: section."""
+    import cloudpickle
+
+    import test_study
+    from speechfuse.cli import main
+    from speechfuse.config import config_from_dict
+    from speechfuse.experiments.study import scaling_study
+    from conftest import save_tiny_model
+
+    cloudpickle.register_pickle_by_value(test_study)  # the jobs cannot import the test modules
+    a = "hf:" + save_tiny_model("hubert", tmp_path / "a", num_hidden_layers=2)
+    b = "hf:" + save_tiny_model("wav2vec2", tmp_path / "b", num_hidden_layers=1)
+    data = {"task": "classify", "data": {"train": "train.csv", "dev": "dev.csv", "test": "test.csv"},
+            "upstreams": [a, b], "interface": {"name": "weighted_sum"}, "train": {"max_steps": 2}, "cache": "off"}
+    cfg = config_from_dict(data, tmp_path)
+    study = dict(interfaces=["weighted_sum"], seeds=[0], depths={a: [2]}, progress=False)
+
+    def trainer(root):
+        fake = test_study.FakeTrainer()
+        fake.root = root
+        return fake
+
+    here = scaling_study(cfg, tmp_path / "here", train_fn=trainer(tmp_path / "here"), **study)
+    options = launcher_options({"name": "local", "time": 5, "cpus": 1})
+    on_jobs = scaling_study(cfg, tmp_path / "jobs", train_fn=trainer(tmp_path / "jobs"), launcher=options, **study)
+    assert on_jobs == here and len(here) == 4  # 3 model subsets and one depth
+    assert (tmp_path / "jobs" / "scaling.csv").read_text() == (tmp_path / "here" / "scaling.csv").read_text()
+    err = capsys.readouterr().err
+    assert err.count("training job(s) submitted") == 2  # one job array per series
+    models = json.loads((tmp_path / "jobs" / "models" / "launcher" / "jobs.json").read_text())
+    assert len(models) == 3 and {j["launcher"] for j in models.values()} == {"local"}
+    assert scaling_study(cfg, tmp_path / "jobs", train_fn=trainer(tmp_path / "jobs"), launcher=options,
+                         **study) == here
+    assert "submitted" not in capsys.readouterr().err  # the rerun collects the finished runs
+
+    seen = {}
+    monkeypatch.setattr("speechfuse.experiments.study.scaling_study",
+                        lambda *args, **kwargs: seen.update(kwargs) or [])
+    config = tmp_path / "cfg.yaml"
+    config.write_text(json.dumps({**data, "launcher": {"name": "local", "time": 7}}))
+    (tmp_path / "cli").mkdir()
+    (tmp_path / "cli" / "scaling.md").write_text("table\n")
+    assert main(["study", "scaling", str(config), "--out", str(tmp_path / "cli"), "--cpus", "1"]) == 0
+    assert (seen["launcher"].name, seen["launcher"].time, seen["launcher"].cpus) == ("local", 7, 1)
+
+
+def test_prune_runs_its_measurement_and_retraining_as_jobs(tmp_path, capsys, fused_run):
+    """`prune --launcher local`: the measurement is one job, the retraining a job; the rows equal a prune run here
+    (but for the measured seconds); a rerun submits nothing."""
+    from speechfuse.cli import main
+    from speechfuse.experiments.prune import prune_run
+
+    run, _ = fused_run
+    here, there = tmp_path / "here" / "full", tmp_path / "there" / "full"
+    for copy in (here, there):
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("prune"))
+    local = prune_run(here, [0.5], clips=4, repeat=1)
+    argv = ["prune", str(there), "--budget", "0.5", "--clips", "4", "--repeat", "1", "--launcher", "local",
+            "--cpus", "1"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "1 speechfuse-prune-measure job(s) submitted" in captured.err
+    assert "speechfuse prune: 1 training job(s) submitted" in captured.err
+    on_jobs = json.loads(captured.out)
+
+    def without_seconds(rows):
+        return [{k: v for k, v in row.items() if k != "seconds_fraction"} for row in rows]
+
+    assert len(on_jobs) == 2 and on_jobs[1]["kept"] != on_jobs[0]["kept"]  # the budget pruned something
+    assert without_seconds(on_jobs) == without_seconds(local)
+    assert list(json.loads((there / "prune" / "launcher" / "jobs.json").read_text())) == ["budget=0.5"]
+    assert main(argv) == 0
+    again = capsys.readouterr()
+    assert "submitted" not in again.err and json.loads(again.out) == on_jobs

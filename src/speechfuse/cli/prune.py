@@ -30,13 +30,18 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                         "change of the fused features")
     p.add_argument("--clips", type=int, default=8, help="dev clips in the reference batch the costs are measured on")
     p.add_argument("--repeat", type=int, default=5, help="timed forward passes per (model, depth); the median counts")
+    from speechfuse.cli.launcher import add_launcher_arguments
+
+    add_launcher_arguments(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from speechfuse.cli.launcher import launcher_options_from_args
     from speechfuse.experiments.prune import prune_run
 
     budgets = [args.budget] if args.budget is not None else floats(args.budgets, "--budgets")
     print(json.dumps(prune_run(args.run_dir, budgets, cost=args.cost, importance=args.importance,
-                               clips=args.clips, repeat=args.repeat), indent=2))
+                               clips=args.clips, repeat=args.repeat, launcher=launcher_options_from_args(args)),
+                     indent=2))
     return 0
