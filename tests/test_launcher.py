@@ -330,9 +330,9 @@ def test_prune_runs_its_measurement_and_retraining_as_jobs(tmp_path, capsys, fus
     here, there = tmp_path / "here" / "full", tmp_path / "there" / "full"
     for copy in (here, there):
         shutil.copytree(run, copy, ignore=shutil.ignore_patterns("prune"))
-    local = prune_run(here, [0.5], clips=4, repeat=1)
-    argv = ["prune", str(there), "--budget", "0.5", "--clips", "4", "--repeat", "1", "--launcher", "local",
-            "--cpus", "1"]
+    local = prune_run(here, [0.6], importance="feature", clips=4, repeat=1)  # the loss ablation may find none
+    argv = ["prune", str(there), "--budget", "0.6", "--importance", "feature", "--clips", "4", "--repeat", "1",
+            "--launcher", "local", "--cpus", "1"]
     capsys.readouterr()
     assert main(argv) == 0
     captured = capsys.readouterr()
@@ -345,7 +345,7 @@ def test_prune_runs_its_measurement_and_retraining_as_jobs(tmp_path, capsys, fus
 
     assert len(on_jobs) == 2 and on_jobs[1]["kept"] != on_jobs[0]["kept"]  # the budget pruned something
     assert without_seconds(on_jobs) == without_seconds(local)
-    assert list(json.loads((there / "prune" / "launcher" / "jobs.json").read_text())) == ["budget=0.5"]
+    assert list(json.loads((there / "prune" / "launcher" / "jobs.json").read_text())) == ["budget=0.6,importance=feature"]
     assert main(argv) == 0
     again = capsys.readouterr()
     assert "submitted" not in again.err and json.loads(again.out) == on_jobs
