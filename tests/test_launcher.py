@@ -114,7 +114,7 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_a_sweep_on_slurm_equals_the_local_sweep_after_a_requeue(tmp_path, local_slurm):
+def _fsdd_config(tmp_path: Path):
     from speechfuse.config import config_from_dict
     from speechfuse.data.adapters import bundled_fsdd_dir, fsdd_manifests
     from speechfuse.data.manifest import load_manifest, write_manifest
@@ -123,12 +123,16 @@ def test_a_sweep_on_slurm_equals_the_local_sweep_after_a_requeue(tmp_path, local
     for split, take in (("train", 10), ("dev", 5), ("test", 0)):
         utts = [u for u in load_manifest(manifests[split]) if u.id.endswith(f"_{take}") and u.id[0] in "01"]
         write_manifest(utts, manifests[split])  # 12 clips: 2 digits x 6 speakers
-    cfg = config_from_dict({
+    return config_from_dict({
         "task": "classify", "data": {k: str(v) for k, v in manifests.items()} | {"target": "speaker"},
         "upstreams": ["speech-embedding"],
         "train": {"max_steps": 6, "batch_seconds": 4, "val_every_steps": 2, "progress_bar": False,
                   "importance": False, "accelerator": "cpu"},
     })
+
+
+def test_a_sweep_on_slurm_equals_the_local_sweep_after_a_requeue(tmp_path, local_slurm):
+    cfg = _fsdd_config(tmp_path)
     grid = {"interface.name": ["weighted_sum", "hconv"], "train.lr": [1e-3, 1e-2]}
     import cloudpickle
 
@@ -349,3 +353,87 @@ def test_prune_runs_its_measurement_and_retraining_as_jobs(tmp_path, capsys, fus
     assert main(argv) == 0
     again = capsys.readouterr()
     assert "submitted" not in again.err and json.loads(again.out) == on_jobs
+
+
+WARNED_RUN, CANCELLED_RUN = "weighted_sum", "hconv"
+
+
+class HeldTrain:
+    """The real runner; logs each attempt (run, restart count, the step it starts at). In a SLURM job's first
+    attempt, WARNED_RUN holds after step 2 until SLURM's warning signal before the time limit has reached the
+    training loop (at most 200 s), CANCELLED_RUN until it is cancelled."""
+
+    def __init__(self, log_path: str):
+        self.log_path = log_path
+
+    def __call__(self, cfg, run_dir):
+        from speechfuse.training.learner import StopOnInterrupt
+        from speechfuse.training.runner import train
+
+        log_path = self.log_path
+
+        class Hold(Callback):
+            def on_train_start(self, trainer, pl_module):
+                with open(log_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"run": run_dir.name, "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+                                        "step": trainer.global_step}) + "\n")
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if trainer.global_step != 2 or "SLURM_JOB_ID" not in os.environ or \
+                        int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
+                    return
+                stopper = next(c for c in trainer.callbacks if isinstance(c, StopOnInterrupt))
+                deadline = time.monotonic() + (200 if run_dir.name == WARNED_RUN else 600)
+                while not stopper.requested and time.monotonic() < deadline:
+                    time.sleep(0.2)
+
+        return train(cfg, run_dir, callbacks=[Hold()])
+
+
+def test_on_slurm_the_time_limit_warning_requeues_and_resumes_and_a_cancelled_job_fails(tmp_path, local_slurm):
+    """SLURM's own warning before a 3-minute time limit (--signal=USR2@90, from submitit) reaches the training loop:
+    the run finishes its step, saves `last`, requeues, and its next attempt resumes there, ending with the same
+    results.csv row as an uninterrupted local run. A job removed with `scancel` is named as failed with one line,
+    and the waiting sweep ends (SweepFailed) instead of polling for ever."""
+    import cloudpickle
+
+    from speechfuse.experiments.sweep import SweepFailed
+
+    cfg = _fsdd_config(tmp_path)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the jobs cannot import this test module
+    log = tmp_path / "attempts.jsonl"
+    run_sweep(cfg, {"interface.name": [WARNED_RUN]}, tmp_path / "local", train_fn=HeldTrain(str(log)),
+              progress=False, plots=False, threads=1)
+
+    out = tmp_path / "slurm_sweep"
+    options = launcher_options({"name": "slurm", "cpus": 1, "time": 3, "signal_delay_s": 90})
+    result: dict = {}
+
+    def sweep():
+        try:
+            run_sweep(cfg, {"interface.name": [WARNED_RUN, CANCELLED_RUN]}, out, train_fn=HeldTrain(str(log)),
+                      progress=False, plots=False, launcher=cluster_pool_factory(options, cfg, out))
+        except BaseException as err:  # checked below
+            result["error"] = err
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    held = out / "runs" / CANCELLED_RUN / "checkpoints" / "last.safetensors"
+    deadline = time.monotonic() + 600
+    while not held.exists() and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert held.exists(), result.get("error")
+    job = json.loads((out / "launcher" / "jobs.json").read_text())[CANCELLED_RUN]["job_id"]
+    subprocess.run(["scancel", job], check=True, timeout=60)
+    thread.join(timeout=900)
+    assert not thread.is_alive()
+
+    error = result.get("error")
+    assert isinstance(error, SweepFailed) and error.failed == [CANCELLED_RUN], error
+    assert f"run '{CANCELLED_RUN}' (interface.name={CANCELLED_RUN}) in {out / 'runs' / CANCELLED_RUN} failed: " \
+           f"JobFailed: run '{CANCELLED_RUN}': job {job} was cancelled (scancel); its log: " in str(error)
+    assert "\n" not in str(error)
+    attempts = [json.loads(line) for line in log.read_text().splitlines()]
+    warned = [(a["restart"], a["step"]) for a in attempts if a["run"] == WARNED_RUN][1:]  # [0]: the local run
+    assert warned[:2] == [(0, 0), (1, 3)]  # stopped after the step it held before, resumed from its `last` there
+    assert _rows(out / "results.csv") == _rows(tmp_path / "local" / "results.csv")  # every metric to the last digit
