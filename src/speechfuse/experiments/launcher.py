@@ -1,4 +1,4 @@
-"""Sweeps on a cluster: every run one SLURM job (array task), through submitit.
+"""Runs on a cluster: every run of a sweep, study or prune one SLURM job (array task), through submitit.
 
     speechfuse sweep CONFIG --grid ... --out OUT --launcher slurm --partition gpu --gpus 1 --time 120
 
@@ -9,13 +9,18 @@ or a `launcher:` section in the config (options on the command line win):
 - The sweep folder stays the one source of truth (speechfuse.experiments.sweep does the planning, the selection, the tables
   and the figures, exactly as for a local sweep): a run with metrics.json is finished. Rerunning the command
   collects the finished runs, re-attaches to the jobs of this sweep still queued or running (OUT/launcher/jobs.json)
-  and submits the failed and missing ones.
+  and submits the failed and missing ones. `study` runs each series' sweep this way; `prune` uses ClusterPool
+  directly for its retrainings.
 - Feature extraction is submitted first, one job per upstream (it fills the shared cache for every data
-  section of the sweep); the training jobs depend on those jobs (`afterok`) and go in as one job array.
-- Preemption: submitit asks SLURM for a warning signal (USR2, `signal_delay_s` before the end) and, when it
-  comes or the job is preempted, requeues the job through `TrainJob.checkpoint`, which re-invokes the same
-  call: `train()` then resumes from the run's `last` checkpoint (speechfuse.training.runner), so the weights equal an
-  uninterrupted run's and a lost node loses only the steps since the last dev evaluation.
+  section of the sweep); the training jobs depend on those jobs (`afterany`, so that a failed or cancelled
+  extraction never leaves them pending) and go in as one job array.
+- A failed job goes to the sweep's `failed` callback like a failed local run (keep-going); a job that SLURM
+  ended without a result (scancel, a lost node) is found with squeue (JobWatch) and fails the same way.
+- The time limit: submitit asks SLURM for a warning signal (USR2, `signal_delay_s` before the end); TrainJob
+  turns it into the training loop's stop request (finish the step, save `last`), then lets submitit requeue the
+  job through `TrainJob.checkpoint`, which re-invokes the same call: `train()` resumes from the run's `last`
+  (speechfuse.training.runner), so the weights equal an uninterrupted run's. A preemption or `scontrol requeue`
+  restarts the same call from the last scheduled checkpoint.
 - `name: local` runs the same jobs as local processes through submitit's LocalExecutor (no scheduler).
 """
 from __future__ import annotations
