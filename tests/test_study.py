@@ -231,3 +231,33 @@ def test_bundled_parameter_counts_follow_the_kept_layers():
     graph = onnx.load(str(package_file("openwakeword", "resources/models/embedding_model.onnx",
                                        SPEECH_EMBEDDING_HINT))).graph
     assert counts[-1] == sum(int(np.prod(t.dims)) for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+
+
+class FailingTrainer(FakeTrainer):
+    """FakeTrainer whose runs of one upstream set fail."""
+
+    def __init__(self, fail_on: str) -> None:
+        super().__init__()
+        self.fail_on = fail_on
+
+    def __call__(self, cfg, run_dir):
+        if run_dir.name.startswith(self.fail_on + "__"):
+            raise RuntimeError("boom")
+        return super().__call__(cfg, run_dir)
+
+
+@pytest.mark.slow
+def test_a_failed_run_does_not_stop_the_other_series(tmp_path, tiny):
+    from speechfuse.experiments.sweep import SweepFailed
+
+    cfg = study_config([tiny["a"], tiny["b"]], tmp_path)
+    trainer = FailingTrainer(fail_on=tiny["b"].removeprefix("hf:").replace("/", "-").strip("-"))
+    trainer.root = tmp_path / "study"
+    with pytest.raises(SweepFailed, match=r"scaling study: 1 run\(s\) failed \(the finished rows are in .*scaling.md\)"
+                                          r": sweep: 1 run\(s\) failed") as err:
+        scaling_study(cfg, tmp_path / "study", interfaces=["weighted_sum"], seeds=[0], depths={tiny["a"]: [2]},
+                      train_fn=trainer, progress=False)
+    assert len(err.value.failed) == 1 and err.value.failed[0].startswith("models/")
+    rows = read_rows(tmp_path / "study" / "scaling.csv")
+    assert [(r["axis"], r["upstreams"]) for r in rows] == [("models", tiny["a"]), ("models", f"{tiny['a']}+{tiny['b']}"),
+                                                           ("depth", tiny["a"])]  # the depth series ran after it
