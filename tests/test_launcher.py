@@ -437,3 +437,33 @@ def test_on_slurm_the_time_limit_warning_requeues_and_resumes_and_a_cancelled_jo
     warned = [(a["restart"], a["step"]) for a in attempts if a["run"] == WARNED_RUN][1:]  # [0]: the local run
     assert warned[:2] == [(0, 0), (1, 3)]  # stopped after the step it held before, resumed from its `last` there
     assert _rows(out / "results.csv") == _rows(tmp_path / "local" / "results.csv")  # every metric to the last digit
+
+
+def test_a_failed_extraction_job_leaves_the_runs_to_say_why(tmp_path, capsys):
+    """LocalExecutor, through the command line: a fold whose manifest lists a missing clip fails the extraction job
+    (named on stderr), the good fold's run extracts for itself and finishes, the bad fold's run fails naming the
+    manifest, exit 2 with the finished row on stdout."""
+    from speechfuse.cli import main
+
+    config = _fsdd_config_file(tmp_path)
+    folds = {}
+    for fold in ("good", "bad"):
+        folds[fold] = tmp_path / fold
+        folds[fold].mkdir()
+        for split in ("train", "dev", "test"):
+            shutil.copy(tmp_path / "data" / f"{split}.csv", folds[fold] / f"{split}.csv")
+    lines = (folds["bad"] / "train.csv").read_text().splitlines()
+    lines[1] = lines[1].replace(".flac", "_missing.flac", 1)
+    assert "_missing.flac" in lines[1]
+    (folds["bad"] / "train.csv").write_text("\n".join(lines) + "\n")
+    code = main(["sweep", str(config), "--grid", f"data={folds['good']},{folds['bad']}", "--out",
+                 str(tmp_path / "sweep")])
+    captured = capsys.readouterr()
+    assert code == 2
+    [row] = json.loads(captured.out)
+    assert row["data"] == str(folds["good"])
+    assert "speechfuse sweep: extraction failed in job" in captured.err
+    assert "the runs extract what they need themselves" in captured.err
+    err = captured.err.strip().splitlines()[-1]
+    assert err.startswith("speechfuse sweep: error: sweep: 1 run(s) failed")
+    assert f"(data={folds['bad']})" in err and str(folds["bad"] / "train.csv") in err

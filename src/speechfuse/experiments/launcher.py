@@ -223,14 +223,18 @@ class JobWatch:
 
 
 def _one_line(err: Exception) -> str:
-    """The line that says what went wrong: the last line of the job's traceback (submitit puts it between two
-    rules of dashes), else the error's message on one line."""
+    """What went wrong, on one line: the exception that ended the job's traceback (submitit puts the traceback
+    between two rules of dashes; the exception's message may span several lines), else the error's message."""
     text = str(err).strip()
     parts = text.split("-" * 22)
-    lines = [line.strip() for line in (parts[1] if len(parts) >= 3 else text).splitlines() if line.strip()]
-    if not lines:
-        return type(err).__name__
-    return lines[-1] if len(parts) >= 3 else " ".join(lines)
+    lines = (parts[1] if len(parts) >= 3 else text).splitlines()
+    if len(parts) >= 3:
+        frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+        start = frames[-1] + 1 if frames else 0
+        while start < len(lines) and lines[start].startswith(" "):  # the frame's source line and its ^^^ marks
+            start += 1
+        lines = lines[start:]
+    return " ".join(line.strip() for line in lines if line.strip()) or type(err).__name__
 
 
 def _job_log(job: Any) -> str:
