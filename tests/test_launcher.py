@@ -131,6 +131,32 @@ def _fsdd_config(tmp_path: Path):
     })
 
 
+def _sweep_in_background(cfg, grid, out: Path, train_fn, options) -> tuple[threading.Thread, dict]:
+    """run_sweep through the launcher in a thread; its rows or its error land in the returned dict."""
+    result: dict = {}
+
+    def sweep():
+        try:
+            result["rows"] = run_sweep(cfg, grid, out, train_fn=train_fn, progress=False, plots=False,
+                                       launcher=cluster_pool_factory(options, cfg, out))
+        except BaseException as err:  # checked by the test
+            result["error"] = err
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    return thread, result
+
+
+def _job_once_saved(out: Path, run: str, thread: threading.Thread, result: dict, seconds: float) -> str:
+    """The SLURM job of `run`, once the run has saved `last`."""
+    last = out / "runs" / run / "checkpoints" / "last.safetensors"
+    deadline = time.monotonic() + seconds
+    while not last.exists() and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert last.exists(), result.get("error")
+    return json.loads((out / "launcher" / "jobs.json").read_text())[run]["job_id"]
+
+
 def test_a_sweep_on_slurm_equals_the_local_sweep_after_a_requeue(tmp_path, local_slurm):
     cfg = _fsdd_config(tmp_path)
     grid = {"interface.name": ["weighted_sum", "hconv"], "train.lr": [1e-3, 1e-2]}
@@ -143,24 +169,9 @@ def test_a_sweep_on_slurm_equals_the_local_sweep_after_a_requeue(tmp_path, local
 
     out = tmp_path / "slurm_sweep"
     options = launcher_options({"name": "slurm", "cpus": 1, "time": 30, "signal_delay_s": 30})
-    result: dict = {}
-
-    def sweep():
-        try:
-            result["rows"] = run_sweep(cfg, grid, out, train_fn=LoggedTrain(str(log)), progress=False, plots=False,
-                                       launcher=cluster_pool_factory(options, cfg, out))
-        except BaseException as err:  # re-raised below
-            result["error"] = err
-
-    thread = threading.Thread(target=sweep)
-    thread.start()
+    thread, result = _sweep_in_background(cfg, grid, out, LoggedTrain(str(log)), options)
     # once the paused run has saved `last` at step 2 in its first attempt, requeue its job through the scheduler
-    last = out / "runs" / PAUSED_RUN / "checkpoints" / "last.safetensors"
-    deadline = time.monotonic() + 900
-    while not last.exists() and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(1)
-    assert last.exists(), result.get("error")
-    job = json.loads((out / "launcher" / "jobs.json").read_text())[PAUSED_RUN]["job_id"]
+    job = _job_once_saved(out, PAUSED_RUN, thread, result, 900)
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
     thread.join(timeout=900)
     assert not thread.is_alive() and "error" not in result, result.get("error")
@@ -407,23 +418,9 @@ def test_on_slurm_the_time_limit_warning_requeues_and_resumes_and_a_cancelled_jo
 
     out = tmp_path / "slurm_sweep"
     options = launcher_options({"name": "slurm", "cpus": 1, "time": 3, "signal_delay_s": 90})
-    result: dict = {}
-
-    def sweep():
-        try:
-            run_sweep(cfg, {"interface.name": [WARNED_RUN, CANCELLED_RUN]}, out, train_fn=HeldTrain(str(log)),
-                      progress=False, plots=False, launcher=cluster_pool_factory(options, cfg, out))
-        except BaseException as err:  # checked below
-            result["error"] = err
-
-    thread = threading.Thread(target=sweep)
-    thread.start()
-    held = out / "runs" / CANCELLED_RUN / "checkpoints" / "last.safetensors"
-    deadline = time.monotonic() + 600
-    while not held.exists() and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(1)
-    assert held.exists(), result.get("error")
-    job = json.loads((out / "launcher" / "jobs.json").read_text())[CANCELLED_RUN]["job_id"]
+    thread, result = _sweep_in_background(cfg, {"interface.name": [WARNED_RUN, CANCELLED_RUN]}, out,
+                                          HeldTrain(str(log)), options)
+    job = _job_once_saved(out, CANCELLED_RUN, thread, result, 600)
     subprocess.run(["scancel", job], check=True, timeout=60)
     thread.join(timeout=900)
     assert not thread.is_alive()
