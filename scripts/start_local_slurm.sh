@@ -11,6 +11,12 @@ set -euo pipefail
 dir="$(mkdir -p "${1:?usage: start_local_slurm.sh DIR [stop]}" && cd "$1" && pwd)"
 export SLURM_CONF="$dir/slurm.conf"
 if [ "${2:-}" = stop ]; then
+    # end the jobs through the scheduler first: a job step whose slurmd is gone stays behind as an orphan
+    scancel -u "$(id -un)" 2>/dev/null || true
+    for _ in $(seq 30); do
+        [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break
+        sleep 1
+    done
     for pid in slurmd slurmctld munged; do
         [ -f "$dir/$pid.pid" ] && kill "$(cat "$dir/$pid.pid")" 2>/dev/null || true
     done

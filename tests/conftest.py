@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import make_fsdd, save_tiny_model, save_untrained_classifier
+from helpers import make_fsdd, run_config, save_tiny_model, save_untrained_classifier
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -69,3 +69,20 @@ def saved_classifier(tmp_path_factory):
     manifests = make_fsdd(root, takes=range(5))
     folder = save_untrained_classifier(manifests, save_tiny_model("hubert", root / "hubert"), root / "model")
     return folder, sorted((root / "recordings").iterdir())[:6]
+
+
+@pytest.fixture(scope="module")
+def fused_run(tmp_path_factory):
+    """A finished 2-upstream run (tiny random wav2vec2 + hubert, speaker-independent digits 0/1)."""
+
+    from speechfuse.config import config_from_dict
+    from speechfuse.training.runner import train
+
+    root = tmp_path_factory.mktemp("prune")
+    manifests = make_fsdd(root)
+    a, b = save_tiny_model("wav2vec2", root / "a"), save_tiny_model("hubert", root / "b", seed=1)
+    data = run_config(manifests, [f"hf:{a}", f"hf:{b}"], downstream={"hidden_dim": 16}, max_steps=6,
+                      importance=False)
+    data["cache"] = str(root / "cache")
+    train(config_from_dict(data), root / "runs" / "full")
+    return root / "runs" / "full", manifests

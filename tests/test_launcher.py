@@ -114,17 +114,47 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_a_sweep_on_slurm_equals_the_local_sweep_after_a_requeue(tmp_path, local_slurm):
+def _fsdd_config(tmp_path: Path):
     from speechfuse.config import config_from_dict
 
     # speaker ID on 12 clips a split: digits 0 and 1 of the 6 speakers, one take each
     manifests = fsdd_takes(tmp_path / "data", {"train": [10], "dev": [5], "test": [0]}, digits="01")
-    cfg = config_from_dict({
+    return config_from_dict({
         "task": "classify", "data": {k: str(v) for k, v in manifests.items()} | {"target": "speaker"},
         "upstreams": ["speech-embedding"],
         "train": {"max_steps": 6, "batch_seconds": 4, "val_every_steps": 2, "progress_bar": False,
                   "importance": False, "accelerator": "cpu"},
     })
+
+
+def _sweep_in_background(cfg, grid, out: Path, train_fn, options) -> tuple[threading.Thread, dict]:
+    """run_sweep through the launcher in a thread; its rows or its error land in the returned dict."""
+    result: dict = {}
+
+    def sweep():
+        try:
+            result["rows"] = run_sweep(cfg, grid, out, train_fn=train_fn, progress=False, plots=False,
+                                       launcher=cluster_pool_factory(options, cfg, out))
+        except BaseException as err:  # checked by the test
+            result["error"] = err
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    return thread, result
+
+
+def _job_once_saved(out: Path, run: str, thread: threading.Thread, result: dict, seconds: float) -> str:
+    """The SLURM job of `run`, once the run has saved `last`."""
+    last = out / "runs" / run / "checkpoints" / "last.safetensors"
+    deadline = time.monotonic() + seconds
+    while not last.exists() and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert last.exists(), result.get("error")
+    return json.loads((out / "launcher" / "jobs.json").read_text())[run]["job_id"]
+
+
+def test_a_sweep_on_slurm_equals_the_local_sweep_after_a_requeue(tmp_path, local_slurm):
+    cfg = _fsdd_config(tmp_path)
     grid = {"interface.name": ["weighted_sum", "hconv"], "train.lr": [1e-3, 1e-2]}
     import cloudpickle
 
@@ -135,24 +165,9 @@ def test_a_sweep_on_slurm_equals_the_local_sweep_after_a_requeue(tmp_path, local
 
     out = tmp_path / "slurm_sweep"
     options = launcher_options({"name": "slurm", "cpus": 1, "time": 30, "signal_delay_s": 30})
-    result: dict = {}
-
-    def sweep():
-        try:
-            result["rows"] = run_sweep(cfg, grid, out, train_fn=LoggedTrain(str(log)), progress=False, plots=False,
-                                       launcher=cluster_pool_factory(options, cfg, out))
-        except BaseException as err:  # re-raised below
-            result["error"] = err
-
-    thread = threading.Thread(target=sweep)
-    thread.start()
+    thread, result = _sweep_in_background(cfg, grid, out, LoggedTrain(str(log)), options)
     # once the paused run has saved `last` at step 2 in its first attempt, requeue its job through the scheduler
-    last = out / "runs" / PAUSED_RUN / "checkpoints" / "last.safetensors"
-    deadline = time.monotonic() + 900
-    while not last.exists() and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(1)
-    assert last.exists(), result.get("error")
-    job = json.loads((out / "launcher" / "jobs.json").read_text())[PAUSED_RUN]["job_id"]
+    job = _job_once_saved(out, PAUSED_RUN, thread, result, 900)
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
     thread.join(timeout=900)
     assert not thread.is_alive() and "error" not in result, result.get("error")
@@ -215,3 +230,229 @@ def test_sweep_and_search_run_as_jobs_of_the_local_executor(tmp_path, capsys):
     best = max(trials, key=lambda t: (float(t["dev_accuracy"]), -int(t["trial"])))["run"].replace("__seed=0", "")
     assert sorted(r["seed"] for r in _rows(found / "results.csv")) == ["0", "1"]
     assert list(json.loads((found / "launcher" / "jobs.json").read_text())) == [f"{best}__seed=1"]
+
+
+def test_a_failed_job_does_not_stop_a_launcher_sweep(tmp_path, capsys):
+    """submitit's LocalExecutor: the failing run is named with its combination and error (its job's traceback in
+    RUN/error.txt), the other run finishes, SweepFailed at the end; a rerun resubmits only the failed run;
+    keep_going=False stops at the failure."""
+    import cloudpickle
+
+    import helpers
+    from speechfuse.experiments.launcher import JobFailed
+    from speechfuse.experiments.sweep import SweepFailed
+    from speechfuse.training.runfolder import RunFolder
+
+    cloudpickle.register_pickle_by_value(helpers)  # the jobs cannot import the test modules
+    base = {**helpers.SWEEP_BASE, "cache": "off"}
+    grid = {"interface.name": ["weighted_sum", "hconv"]}
+    options = launcher_options({"name": "local", "time": 5})
+    out = tmp_path / "sweep"
+    with pytest.raises(SweepFailed) as err:
+        run_sweep(base, grid, out, train_fn=helpers.FakeTrainer(fail_on="weighted_sum"), progress=False,
+                  plots=False, launcher=cluster_pool_factory(options, base, out))
+    log = RunFolder(out / "runs" / "weighted_sum").error_path
+    assert err.value.failed == ["weighted_sum"] and [r["run"] for r in err.value.rows] == ["hconv"]
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"run 'weighted_sum' (interface.name=weighted_sum) in {out / 'runs' / 'weighted_sum'} failed: JobFailed: " \
+           "run 'weighted_sum' failed in job " in message
+    assert message.endswith(f": RuntimeError: boom (traceback in {log})")
+    trace = log.read_text()  # the job's own traceback, from its process
+    assert "failed during processing with trace" in trace and "in process_job" in trace
+    assert "the other runs go on" in capsys.readouterr().err
+    assert [r["run"] for r in _rows(out / "results.csv")] == ["hconv"]
+
+    first_jobs = json.loads((out / "launcher" / "jobs.json").read_text())
+    rows = run_sweep(base, grid, out, train_fn=helpers.FakeTrainer(), progress=False, plots=False,
+                     launcher=cluster_pool_factory(options, base, out))
+    assert [r["run"] for r in rows] == ["weighted_sum", "hconv"] and not log.exists()
+    again = json.loads((out / "launcher" / "jobs.json").read_text())
+    assert again["hconv"] == first_jobs["hconv"] and again["weighted_sum"] != first_jobs["weighted_sum"]
+    assert "1 training job(s) submitted" in capsys.readouterr().err
+
+    with pytest.raises(JobFailed, match=r"speechfuse sweep: run 'weighted_sum' failed in job .*RuntimeError: boom\. "
+                                        r"Finished runs are kept"):
+        run_sweep(base, grid, tmp_path / "fail_fast", train_fn=helpers.FakeTrainer(fail_on="weighted_sum"),
+                  progress=False, plots=False, keep_going=False,
+                  launcher=cluster_pool_factory(options, base, tmp_path / "fail_fast"))
+
+
+def test_a_study_runs_its_sweeps_as_jobs_and_equals_the_local_study(tmp_path, capsys, monkeypatch):
+    """`study` through submitit's LocalExecutor: every series' runs are jobs of that series' sweep folder, the
+    table equals the same study run here, a rerun submits nothing; the CLI passes the options and the config's
+    launcher: section."""
+    import cloudpickle
+
+    import helpers
+    from speechfuse.cli import main
+    from speechfuse.config import config_from_dict
+    from speechfuse.experiments.study import scaling_study
+    from helpers import save_tiny_model
+
+    cloudpickle.register_pickle_by_value(helpers)  # the jobs cannot import the test modules
+    a = "hf:" + save_tiny_model("hubert", tmp_path / "a", num_hidden_layers=2)
+    b = "hf:" + save_tiny_model("wav2vec2", tmp_path / "b", num_hidden_layers=1)
+    data = {"task": "classify", "data": {"train": "train.csv", "dev": "dev.csv", "test": "test.csv"},
+            "upstreams": [a, b], "interface": {"name": "weighted_sum"}, "train": {"max_steps": 2}, "cache": "off"}
+    cfg = config_from_dict(data, tmp_path)
+    study = dict(interfaces=["weighted_sum"], seeds=[0], depths={a: [2]}, progress=False)
+
+    def trainer(root):
+        fake = helpers.StudyFakeTrainer()
+        fake.root = root
+        return fake
+
+    here = scaling_study(cfg, tmp_path / "here", train_fn=trainer(tmp_path / "here"), **study)
+    options = launcher_options({"name": "local", "time": 5, "cpus": 1})
+    on_jobs = scaling_study(cfg, tmp_path / "jobs", train_fn=trainer(tmp_path / "jobs"), launcher=options, **study)
+    assert on_jobs == here and len(here) == 4  # 3 model subsets and one depth
+    assert (tmp_path / "jobs" / "scaling.csv").read_text() == (tmp_path / "here" / "scaling.csv").read_text()
+    err = capsys.readouterr().err
+    assert err.count("training job(s) submitted") == 2  # one job array per series
+    models = json.loads((tmp_path / "jobs" / "models" / "launcher" / "jobs.json").read_text())
+    assert len(models) == 3 and {j["launcher"] for j in models.values()} == {"local"}
+    assert scaling_study(cfg, tmp_path / "jobs", train_fn=trainer(tmp_path / "jobs"), launcher=options,
+                         **study) == here
+    assert "submitted" not in capsys.readouterr().err  # the rerun collects the finished runs
+
+    seen = {}
+    monkeypatch.setattr("speechfuse.experiments.study.scaling_study",
+                        lambda *args, **kwargs: seen.update(kwargs) or [])
+    config = tmp_path / "cfg.yaml"
+    config.write_text(json.dumps({**data, "launcher": {"name": "local", "time": 7}}))
+    (tmp_path / "cli").mkdir()
+    (tmp_path / "cli" / "scaling.md").write_text("table\n")
+    assert main(["study", "scaling", str(config), "--out", str(tmp_path / "cli"), "--cpus", "1"]) == 0
+    assert (seen["launcher"].name, seen["launcher"].time, seen["launcher"].cpus) == ("local", 7, 1)
+
+
+def test_prune_runs_its_measurement_and_retraining_as_jobs(tmp_path, capsys, fused_run):
+    """`prune --launcher local`: the measurement is one job, the retraining a job; the rows equal a prune run here
+    (but for the measured seconds); a rerun submits nothing."""
+    from speechfuse.cli import main
+    from speechfuse.experiments.prune import prune_run
+
+    run, _ = fused_run
+    here, there = tmp_path / "here" / "full", tmp_path / "there" / "full"
+    for copy in (here, there):
+        shutil.copytree(run, copy, ignore=shutil.ignore_patterns("prune"))
+    local = prune_run(here, [0.6], importance="feature", clips=4, repeat=1)  # the loss ablation may find none
+    argv = ["prune", str(there), "--budget", "0.6", "--importance", "feature", "--clips", "4", "--repeat", "1",
+            "--launcher", "local", "--cpus", "1"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "1 speechfuse-prune-measure job(s) submitted" in captured.err
+    assert "speechfuse prune: 1 training job(s) submitted" in captured.err
+    on_jobs = json.loads(captured.out)
+
+    def without_seconds(rows):
+        return [{k: v for k, v in row.items() if k != "seconds_fraction"} for row in rows]
+
+    assert len(on_jobs) == 2 and on_jobs[1]["kept"] != on_jobs[0]["kept"]  # the budget pruned something
+    assert without_seconds(on_jobs) == without_seconds(local)
+    assert list(json.loads((there / "prune" / "launcher" / "jobs.json").read_text())) == ["budget=0.6,importance=feature"]
+    assert main(argv) == 0
+    again = capsys.readouterr()
+    assert "submitted" not in again.err and json.loads(again.out) == on_jobs
+
+
+WARNED_RUN, CANCELLED_RUN = "weighted_sum", "hconv"
+
+
+class HeldTrain:
+    """The real runner; logs each attempt (run, restart count, the step it starts at). In a SLURM job's first
+    attempt, WARNED_RUN holds after step 2 until SLURM's warning signal before the time limit has reached the
+    training loop (at most 200 s), CANCELLED_RUN until it is cancelled."""
+
+    def __init__(self, log_path: str):
+        self.log_path = log_path
+
+    def __call__(self, cfg, run_dir):
+        from speechfuse.training.learner import StopOnInterrupt
+        from speechfuse.training.runner import train
+
+        log_path = self.log_path
+
+        class Hold(Callback):
+            def on_train_start(self, trainer, pl_module):
+                with open(log_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"run": run_dir.name, "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+                                        "step": trainer.global_step}) + "\n")
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if trainer.global_step != 2 or "SLURM_JOB_ID" not in os.environ or \
+                        int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
+                    return
+                stopper = next(c for c in trainer.callbacks if isinstance(c, StopOnInterrupt))
+                deadline = time.monotonic() + (200 if run_dir.name == WARNED_RUN else 600)
+                while not stopper.requested and time.monotonic() < deadline:
+                    time.sleep(0.2)
+
+        return train(cfg, run_dir, callbacks=[Hold()])
+
+
+def test_on_slurm_the_time_limit_warning_requeues_and_resumes_and_a_cancelled_job_fails(tmp_path, local_slurm):
+    """SLURM's own warning before a 3-minute time limit (--signal=USR2@90, from submitit) reaches the training loop:
+    the run finishes its step, saves `last`, requeues, and its next attempt resumes there, ending with the same
+    results.csv row as an uninterrupted local run. A job removed with `scancel` is named as failed with one line,
+    and the waiting sweep ends (SweepFailed) instead of polling for ever."""
+    import cloudpickle
+
+    from speechfuse.experiments.sweep import SweepFailed
+
+    cfg = _fsdd_config(tmp_path)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the jobs cannot import this test module
+    log = tmp_path / "attempts.jsonl"
+    run_sweep(cfg, {"interface.name": [WARNED_RUN]}, tmp_path / "local", train_fn=HeldTrain(str(log)),
+              progress=False, plots=False, threads=1)
+
+    out = tmp_path / "slurm_sweep"
+    options = launcher_options({"name": "slurm", "cpus": 1, "time": 3, "signal_delay_s": 90})
+    thread, result = _sweep_in_background(cfg, {"interface.name": [WARNED_RUN, CANCELLED_RUN]}, out,
+                                          HeldTrain(str(log)), options)
+    job = _job_once_saved(out, CANCELLED_RUN, thread, result, 600)
+    subprocess.run(["scancel", job], check=True, timeout=60)
+    thread.join(timeout=900)
+    assert not thread.is_alive()
+
+    error = result.get("error")
+    assert isinstance(error, SweepFailed) and error.failed == [CANCELLED_RUN], error
+    assert f"run '{CANCELLED_RUN}' (interface.name={CANCELLED_RUN}) in {out / 'runs' / CANCELLED_RUN} failed: " \
+           f"JobFailed: run '{CANCELLED_RUN}': job {job} was cancelled (scancel); its log: " in str(error)
+    assert "\n" not in str(error)
+    attempts = [json.loads(line) for line in log.read_text().splitlines()]
+    warned = [(a["restart"], a["step"]) for a in attempts if a["run"] == WARNED_RUN][1:]  # [0]: the local run
+    assert warned[:2] == [(0, 0), (1, 3)]  # stopped after the step it held before, resumed from its `last` there
+    assert _rows(out / "results.csv") == _rows(tmp_path / "local" / "results.csv")  # every metric to the last digit
+
+
+def test_a_failed_extraction_job_leaves_the_runs_to_say_why(tmp_path, capsys):
+    """LocalExecutor, through the command line: a fold whose manifest lists a missing clip fails the extraction job
+    (named on stderr), the good fold's run extracts for itself and finishes, the bad fold's run fails naming the
+    manifest, exit 2 with the finished row on stdout."""
+    from speechfuse.cli import main
+
+    config = _fsdd_config_file(tmp_path)
+    folds = {}
+    for fold in ("good", "bad"):
+        folds[fold] = tmp_path / fold
+        folds[fold].mkdir()
+        for split in ("train", "dev", "test"):
+            shutil.copy(tmp_path / "data" / f"{split}.csv", folds[fold] / f"{split}.csv")
+    lines = (folds["bad"] / "train.csv").read_text().splitlines()
+    lines[1] = lines[1].replace(".flac", "_missing.flac", 1)
+    assert "_missing.flac" in lines[1]
+    (folds["bad"] / "train.csv").write_text("\n".join(lines) + "\n")
+    code = main(["sweep", str(config), "--grid", f"data={folds['good']},{folds['bad']}", "--out",
+                 str(tmp_path / "sweep")])
+    captured = capsys.readouterr()
+    assert code == 2
+    [row] = json.loads(captured.out)
+    assert row["data"] == str(folds["good"])
+    assert "speechfuse sweep: extraction failed in job" in captured.err
+    assert "the runs extract what they need themselves" in captured.err
+    err = captured.err.strip().splitlines()[-1]
+    assert err.startswith("speechfuse sweep: error: sweep: 1 run(s) failed")
+    assert f"(data={folds['bad']})" in err and str(folds["bad"] / "train.csv") in err

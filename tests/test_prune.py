@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import make_fsdd, real_batch, run_config, save_tiny_model
+from helpers import real_batch
 from speechfuse.errors import ConfigError
 from speechfuse.experiments.prune import PruneError, check_budget, choose_depths, count_flops, recurrent_flops
 
@@ -88,23 +88,6 @@ def test_recurrent_layers_count_their_weight_matmuls():
 # ---------------------------------------------------------------------------------------------
 # end to end on tiny upstreams and real clips
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def fused_run(tmp_path_factory):
-    """A finished 2-upstream run (tiny random wav2vec2 + hubert, speaker-independent digits 0/1)."""
-
-    from speechfuse.config import config_from_dict
-    from speechfuse.training.runner import train
-
-    root = tmp_path_factory.mktemp("prune")
-    manifests = make_fsdd(root)
-    a, b = save_tiny_model("wav2vec2", root / "a"), save_tiny_model("hubert", root / "b", seed=1)
-    data = run_config(manifests, [f"hf:{a}", f"hf:{b}"], downstream={"hidden_dim": 16}, max_steps=6,
-                      importance=False)
-    data["cache"] = str(root / "cache")
-    train(config_from_dict(data), root / "runs" / "full")
-    return root / "runs" / "full", manifests
-
-
 def _spy(monkeypatch, cls) -> list:
     calls = []
     forward = cls.forward

@@ -20,7 +20,7 @@ from speechfuse.errors import ConfigError
 from speechfuse.experiments.study import (DEPTH_NOTE, model_subsets, parse_depths, parse_sizes, plot_scaling,
                               scaling_study)
 from speechfuse.fusion.upstream import load_upstream
-from helpers import make_fsdd, save_tiny_model
+from helpers import StudyFakeTrainer as FakeTrainer, make_fsdd, save_tiny_model, study_accuracy as accuracy
 
 SEEDS = [0, 1, 2]
 
@@ -37,28 +37,6 @@ def study_config(upstreams, tmp_path, **train):
     return config_from_dict({"task": "classify", "data": {"train": "train.csv", "dev": "dev.csv", "test": "test.csv"},
                              "upstreams": upstreams, "interface": {"name": "weighted_sum"},
                              "train": {"max_steps": 2, **train}}, tmp_path)
-
-
-def accuracy(models: int, interface: str, depth: int | None, seed: int) -> float:
-    """The fake trainer's test accuracy: known, and different for every seed."""
-    return 0.2 * models + (0.1 if interface == "hconv" else 0.0) + 0.05 * (depth or 0) + 0.01 * seed ** 2
-
-
-class FakeTrainer:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def __call__(self, cfg, run_dir):
-        self.calls.append(f"{run_dir.parent.parent.relative_to(self.root)}/{run_dir.name}")
-        ups = cfg.upstreams
-        depth = ups[0].options.get("max_layers") if len(ups) == 1 else None
-        value = accuracy(len(ups), cfg.interface.name, depth, cfg.train.seed)
-        # on dev, weighted_sum does best at interface lr 1e-2 and hconv at 1e-3 (what --select should pick)
-        best_lr = 1e-2 if cfg.interface.name == "weighted_sum" else 1e-3
-        dev = value + (0.05 if cfg.train.interface_lr == best_lr else 0.0)
-        metrics = {"dev": {"accuracy": dev}, "test": {"accuracy": value, "macro_f1": value / 2}}
-        (run_dir / "metrics.json").write_text(json.dumps(metrics))
-        return metrics
 
 
 def read_rows(path):
@@ -233,3 +211,33 @@ def test_bundled_parameter_counts_follow_the_kept_layers():
     graph = onnx.load(str(package_file("openwakeword", "resources/models/embedding_model.onnx",
                                        SPEECH_EMBEDDING_HINT))).graph
     assert counts[-1] == sum(int(np.prod(t.dims)) for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+
+
+class FailingTrainer(FakeTrainer):
+    """FakeTrainer whose runs of one upstream set fail."""
+
+    def __init__(self, fail_on: str) -> None:
+        super().__init__()
+        self.fail_on = fail_on
+
+    def __call__(self, cfg, run_dir):
+        if run_dir.name.startswith(self.fail_on + "__"):
+            raise RuntimeError("boom")
+        return super().__call__(cfg, run_dir)
+
+
+@pytest.mark.slow
+def test_a_failed_run_does_not_stop_the_other_series(tmp_path, tiny):
+    from speechfuse.experiments.sweep import SweepFailed
+
+    cfg = study_config([tiny["a"], tiny["b"]], tmp_path)
+    trainer = FailingTrainer(fail_on=tiny["b"].removeprefix("hf:").replace("/", "-").strip("-"))
+    trainer.root = tmp_path / "study"
+    with pytest.raises(SweepFailed, match=r"scaling study: 1 run\(s\) failed \(the finished rows are in .*scaling.md\)"
+                                          r": sweep: 1 run\(s\) failed") as err:
+        scaling_study(cfg, tmp_path / "study", interfaces=["weighted_sum"], seeds=[0], depths={tiny["a"]: [2]},
+                      train_fn=trainer, progress=False)
+    assert len(err.value.failed) == 1 and err.value.failed[0].startswith("models/")
+    rows = read_rows(tmp_path / "study" / "scaling.csv")
+    assert [(r["axis"], r["upstreams"]) for r in rows] == [("models", tiny["a"]), ("models", f"{tiny['a']}+{tiny['b']}"),
+                                                           ("depth", tiny["a"])]  # the depth series ran after it

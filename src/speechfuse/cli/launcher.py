@@ -1,4 +1,4 @@
-"""`speechfuse sweep --launcher slurm|local` options; submitit loads only when a launcher is used."""
+"""`--launcher slurm|local` and its options, for sweep, search, study and prune."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,15 +30,17 @@ def read_launcher_section(config_path: str | Path) -> Any:
 
 
 def launcher_options_from_args(args: Any) -> Any:
-    """LauncherOptions from the options and the config's launcher: section; None: run here."""
-    section = read_launcher_section(args.config)
+    """LauncherOptions from the options and the config's launcher: section (commands without a config, such as
+    prune, take the options only); None: run here."""
+    config = getattr(args, "config", None)
+    section = read_launcher_section(config) if config is not None else None
     if args.launcher is None and section is None:
         return None
     from speechfuse.experiments.launcher import launcher_options
 
     cli = {"name": args.launcher, "partition": args.partition, "account": args.account, "gpus": args.gpus,
            "cpus": args.cpus, "time": args.time}
-    return launcher_options(section, cli, f"{args.config}: launcher")
+    return launcher_options(section, cli, f"{config}: launcher" if config is not None else "--launcher")
 
 
 def launcher_from_args(args: Any, cfg: Any) -> Callable | None:

@@ -34,14 +34,19 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
                    help="timed forward passes per (model, depth); the median counts")
     add_device(p, default="the device RUN/prune/measurements.json was measured on, else cuda when available, "
                           "else cpu")
+    from speechfuse.cli.launcher import add_launcher_arguments
+
+    add_launcher_arguments(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from speechfuse.cli.launcher import launcher_options_from_args
     from speechfuse.experiments.prune import prune_run
 
     check_device(args.device)
     budgets = [args.budget] if args.budget is not None else floats(args.budgets, "--budgets")
     print(json.dumps(prune_run(args.run_dir, budgets, cost=args.cost, importance=args.importance,
-                               clips=args.clips, repeat=args.repeat, device=args.device), indent=2))
+                               clips=args.clips, repeat=args.repeat, device=args.device,
+                               launcher=launcher_options_from_args(args)), indent=2))
     return 0

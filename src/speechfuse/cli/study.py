@@ -36,6 +36,9 @@ def add_parser(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--select", action="append", default=[], metavar="KEY=V1,V2",
                    help="candidates chosen on dev for every configuration, as for `speechfuse sweep` (repeatable)")
     add_device(p)
+    from speechfuse.cli.launcher import add_launcher_arguments
+
+    add_launcher_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -49,9 +52,18 @@ def run(args: argparse.Namespace) -> int:
     depths, sizes = parse_depths(args.depths), parse_sizes(args.sizes)  # before the config: cheap checks first
     seed_list = seeds(args.seeds)
     cfg = load_command_config(args)
-    rows = scaling_study(cfg, args.out, interfaces=interfaces, seeds=seed_list, sizes=sizes, depths=depths,
-                         select=parse_grid(args.select) if args.select else None)
+    from speechfuse.cli.launcher import launcher_options_from_args
+    from speechfuse.experiments.sweep import SweepFailed
+
     out = Path(args.out)
+    try:
+        rows = scaling_study(cfg, args.out, interfaces=interfaces, seeds=seed_list, sizes=sizes, depths=depths,
+                             select=parse_grid(args.select) if args.select else None,
+                             launcher=launcher_options_from_args(args))
+    except SweepFailed:  # the finished rows are still results: the table, then the error
+        if (out / "scaling.md").is_file():
+            print((out / "scaling.md").read_text(encoding="utf-8"))
+        raise
     print((out / "scaling.md").read_text(encoding="utf-8"))
     print(f"{len(rows)} rows; table {out / 'scaling.md'} and {out / 'scaling.csv'}, figure {out / 'scaling.png'}",
           file=sys.stderr)

@@ -47,6 +47,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -342,12 +343,19 @@ def seed_truncated_cache(cfg, depths: Sequence[int], full_depths: Sequence[int],
 
 
 def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = "flops", importance: str = "loss",
-              clips: int = 8, repeat: int = 5, device: str | None = None) -> list[dict[str, Any]]:
+              clips: int = 8, repeat: int = 5, device: str | None = None,
+              launcher: Any = None) -> list[dict[str, Any]]:
     """Measure, select, retrain and report (see the module docstring); returns the table's rows, full model first.
     `device` (cpu, cuda, cuda:N) runs the importance pass, the timed upstreams and the retraining; None: the device
     of the stored measurements, else cuda when available, else cpu.
     A non-default cost or importance is part of the run folders' and the report files' names
-    (budget=0.5,cost=seconds,importance=feature/, results_seconds_feature.md)."""
+    (budget=0.5,cost=seconds,importance=feature/, results_seconds_feature.md).
+
+    launcher (speechfuse.experiments.launcher.LauncherOptions): the measurement runs as one job (so that
+    `seconds` are measured where the runs will run) and the retrainings as a job array, through the sweep's
+    launcher pool (jobs recorded in RUN/prune/launcher/jobs.json; a rerun collects the finished ones). A
+    retraining that fails there does not stop the others: the table is written from the finished budgets and a
+    PruneError names the failed ones."""
     from speechfuse.data.loader import load_splits, resolve_cache_dir
     from speechfuse.experiments.report import write_table
     from speechfuse.training.runner import train
@@ -373,6 +381,11 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
         raise PruneError(f"{run_dir}: upstream(s) {tuned} were fine-tuned; pruning retrains from frozen upstreams "
                          "(and their feature cache) only")
     where = device or measured_device(run_dir) or ("cuda" if torch.cuda.is_available() else "cpu")
+    if launcher is not None and not (run_dir / PRUNE_DIR / MEASUREMENTS).is_file():
+        from speechfuse.experiments.launcher import run_jobs
+
+        run_jobs(launcher, run_dir / PRUNE_DIR, "speechfuse-prune-measure",
+                 [(measure, (run_dir, clips, repeat, where))])
     measured = measure(run_dir, clips, repeat, where)
     if cost == "flops":
         uncounted = [m for m, row in zip(measured["models"], measured["flops"]) if row[-1] == 0]
@@ -390,10 +403,12 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
     utts = [u for split in load_splits(cfg, run_dir / PRUNE_DIR, task.target_field).values() for u in split]
     rows = [_row("full", "", full_depths, full_depths, measured, metric,
                  run.read_metrics(), run_dir.name)]
-    trained: dict[tuple[int, ...], tuple[dict, str]] = {}
+    planned: dict[tuple[int, ...], tuple[Path, Any]] = {}  # two budgets that keep the same layers share one run
+    chosen = []
     for budget in budgets:
         depths = choose_depths(scores, measured[cost], budget)
-        if tuple(depths) not in trained:  # two budgets that keep the same layers share one run
+        chosen.append((budget, depths))
+        if tuple(depths) not in planned:
             folder = run_dir / PRUNE_DIR / f"budget={budget:g}{''.join(',' + c for c in choices)}"
             pruned = pruned_config(cfg, depths, full_depths, cache_dir, device)
             try:
@@ -401,21 +416,59 @@ def prune_run(run_dir: str | os.PathLike, budgets: Sequence[float], cost: str = 
             except ConfigError as err:
                 raise PruneError(f"{folder} was trained with other upstream layers than budget {budget:g} selects now "
                                  f"({err}); delete it to train it again") from None
-            done = RunFolder(folder)
-            if done.is_finished:
-                metrics = done.read_metrics()
-            else:
-                seed_truncated_cache(cfg, depths, full_depths, cache_dir, utts, pruned.train.accelerator)
-                metrics = train(pruned, folder)
-            trained[tuple(depths)] = (metrics, f"{PRUNE_DIR}/{folder.name}")
-        metrics, where = trained[tuple(depths)]
-        rows.append(_row(f"{budget:g}", importance, depths, full_depths, measured, metric, metrics, where))
+            planned[tuple(depths)] = (folder, pruned)
+    trained: dict[tuple[int, ...], dict] = {}
+    for depths, (folder, pruned) in planned.items():
+        if RunFolder(folder).is_finished:
+            trained[depths] = RunFolder(folder).read_metrics()
+            continue
+        seed_truncated_cache(cfg, list(depths), full_depths, cache_dir, utts, pruned.train.accelerator)
+        if launcher is None:
+            trained[depths] = train(pruned, folder)
+    failed: dict[str, str] = {}
+    if launcher is not None and len(trained) < len(planned):
+        failed = _train_as_jobs(launcher, run_dir, planned, trained, train)
+    for budget, depths in chosen:
+        if tuple(depths) in trained:
+            rows.append(_row(f"{budget:g}", importance, depths, full_depths, measured, metric, trained[tuple(depths)],
+                             f"{PRUNE_DIR}/{planned[tuple(depths)][0].name}"))
     for row in rows:
         row[f"test_{metric}_minus_full"] = _minus(row.get(f"test_{metric}"), rows[0].get(f"test_{metric}"))
     out, suffix = run_dir / PRUNE_DIR, "".join("_" + c.split("=")[1] for c in choices)
     write_table(rows, out / f"results{suffix}.md", out / f"results{suffix}.csv")
     plot_pareto(rows, out / f"pareto{suffix}.png", metric, task.higher_is_better, title=" + ".join(measured["models"]))
+    if failed:
+        raise PruneError(f"prune: {len(failed)} retraining(s) failed (the others are in {out / f'results{suffix}.md'}; "
+                         "run the same command again to resubmit the failed ones): " + "; ".join(failed.values()))
     return rows
+
+
+def _train_as_jobs(launcher: Any, run_dir: Path, planned: dict[tuple[int, ...], tuple[Path, Any]],
+                   trained: dict[tuple[int, ...], dict], train_fn: Any) -> dict[str, str]:
+    """Train the planned runs not in `trained` as jobs through the sweep's launcher pool; fills `trained` and returns
+    {folder name: what failed} for the others."""
+    from speechfuse.experiments.launcher import ClusterPool
+
+    by_name = {folder.name: (depths, folder, pruned) for depths, (folder, pruned) in planned.items()
+               if depths not in trained}
+    failed: dict[str, str] = {}
+
+    def run_of(combo: dict) -> tuple[str, Any, Path]:
+        _, folder, pruned = by_name[combo["run"]]
+        return combo["run"], pruned, folder
+
+    def finished(name: str, folder: Path, metrics: dict | None) -> None:
+        trained[by_name[name][0]] = metrics if metrics is not None else RunFolder(folder).read_metrics()
+
+    def failure(combo: dict, name: str, folder: Path, err: Exception) -> None:
+        failed[name] = f"{folder}: {err}"
+        print(f"speechfuse prune: {failed[name]}; the other budgets go on", file=sys.stderr, flush=True)
+
+    # no extraction jobs: seed_truncated_cache filled the truncated entries from the full run's cache already, and a
+    # job extracts what it still lacks itself
+    pool = ClusterPool(launcher, run_dir / PRUNE_DIR, None, run_of, train_fn, finished, failure, command="prune")
+    pool.train([{"run": name} for name in by_name])
+    return failed
 
 
 def _row(budget: str, importance: str, depths: Sequence[int], full: Sequence[int], measured: dict, metric: str,

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Sequence
 from speechfuse.errors import ConfigError
 from speechfuse.experiments.report import markdown_table, save_figure, write_table
 from speechfuse.io import write_atomic
-from speechfuse.experiments.sweep import combo_config, run_sweep, summarise_seeds
+from speechfuse.experiments.sweep import SweepFailed, combo_config, run_sweep, summarise_seeds
 
 DEPTH_NOTE = "depth-truncated stand-in, not a real smaller model"
 TABLE_MD, TABLE_CSV, FIGURE = "scaling.md", "scaling.csv", "scaling.png"
@@ -204,9 +204,14 @@ def main_metric(cfg) -> tuple[str, bool]:
 def scaling_study(cfg, out_dir, interfaces: Sequence[str] = ("weighted_sum", "hconv"),
                   seeds: Sequence[int] = (0, 1), sizes: dict[str, list[str]] | None = None,
                   depths: dict[str, list[int]] | None = None, select: dict[str, list] | None = None,
-                  train_fn: Callable | None = None, progress: bool = True) -> list[dict]:
+                  train_fn: Callable | None = None, progress: bool = True, launcher: Any = None) -> list[dict]:
     """Run the study (see the module doc) into `out_dir`; return one row per (series, upstreams, interface)
-    with `<metric>_mean` / `<metric>_std` over the seeds (the rows of scaling.csv)."""
+    with `<metric>_mean` / `<metric>_std` over the seeds (the rows of scaling.csv).
+
+    launcher (speechfuse.experiments.launcher.LauncherOptions): each series' sweep submits its runs as jobs
+    (run_sweep's launcher; the sweep folder OUT/<series> keeps its jobs in OUT/<series>/launcher).
+    A run that fails does not stop the study: the other runs and series go on, and a SweepFailed at the end
+    names every failed run, after the tables were written from the finished ones."""
     from speechfuse.config import Config
     from speechfuse.fusion.interfaces import list_interfaces
 
@@ -228,11 +233,21 @@ def scaling_study(cfg, out_dir, interfaces: Sequence[str] = ("weighted_sum", "hc
 
     per_seed: list[dict] = []
     numbers: list[dict] = []
+    failures: list[tuple[str, SweepFailed]] = []
     for s in series:
         if s.axis == "depth" and train_fn is None:  # a stand-in trainer reads no features
             seed_depth_cache(cfg, s, full_layers[s.label], out_dir)
-        rows = run_sweep(cfg, {"upstreams": s.upstream_sets, "interface.name": interfaces}, out_dir / s.folder,
-                         seeds=seeds, select=select, train_fn=train_fn, progress=progress)
+        jobs = {}
+        if launcher is not None:
+            from speechfuse.experiments.launcher import cluster_pool_factory
+
+            jobs["launcher"] = cluster_pool_factory(launcher, cfg, out_dir / s.folder, "study")
+        try:
+            rows = run_sweep(cfg, {"upstreams": s.upstream_sets, "interface.name": interfaces}, out_dir / s.folder,
+                             seeds=seeds, select=select, train_fn=train_fn, progress=progress, **jobs)
+        except SweepFailed as failed:  # the other series go on; named again at the end
+            rows = failed.rows
+            failures.append((s.folder, failed))
         sets = {"+".join(u["spec"] for u in ups): ups for ups in s.upstream_sets}
         for row in rows:
             ups = sets[row["upstreams"]]
@@ -241,8 +256,14 @@ def scaling_study(cfg, out_dir, interfaces: Sequence[str] = ("weighted_sum", "hc
                              "models": len(ups), "upstream_params": sum(params[_key(u)] for u in ups),
                              "note": DEPTH_NOTE if s.axis == "depth" else "",
                              **{k: v for k, v in row.items() if k not in ("config", "upstreams", "interface")}})
-        numbers, display = summarise_seeds(per_seed)
-        write_study_outputs(numbers, display, out_dir, metric, higher_is_better, seeds, list(select or {}))
+        if per_seed:
+            numbers, display = summarise_seeds(per_seed)
+            write_study_outputs(numbers, display, out_dir, metric, higher_is_better, seeds, list(select or {}))
+    if failures:
+        failed = [f"{folder}/{name}" for folder, err in failures for name in err.failed]
+        raise SweepFailed(f"scaling study: {len(failed)} run(s) failed"
+                          + (f" (the finished rows are in {out_dir / TABLE_MD})" if per_seed else "") + ": "
+                          + "; ".join(str(err) for _, err in failures), numbers, failed)
     return numbers
 
 

@@ -601,8 +601,9 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     plots: gather `out_dir/plots/<run>.png` (the run's layers.png, else drawn from its interface.json).
     on_run: called with the name of every run as it finishes or is found finished, candidates included (the
         demo's progress line).
-    launcher: (run_of, train_fn, finished) -> a pool that trains runs elsewhere, used instead of the local
-        worker processes (speechfuse.experiments.launcher.cluster_pool_factory: one SLURM job per run).
+    launcher: (run_of, train_fn, finished, failed) -> a pool that trains runs elsewhere, used instead of the local
+        worker processes (speechfuse.experiments.launcher.cluster_pool_factory: one SLURM job per run); `failed` is
+        None under keep_going=False.
     keep_going: a run that fails is named on stderr (its traceback in RUN/error.txt) and the other runs go on;
         at the end a SweepFailed lists every failed run with its combination, after the tables were written.
         False (CLI: --fail-fast): the first failure stops the sweep.
@@ -739,8 +740,8 @@ def run_sweep(cfg: Any, grid: dict[str, list] | list[dict[str, list]], out_dir, 
     per_run = threads or max(1, torch.get_num_threads() // jobs)
     pool = _Pool(jobs, per_run, run_of, train_fn, finished_elsewhere, failed if keep_going else None) \
         if jobs > 1 else None
-    if launcher is not None:  # failures there stop the sweep (the launcher's pool has no failure callback)
-        pool = launcher(run_of, train_fn, finished_elsewhere)
+    if launcher is not None:  # a failed job goes to `failed` as a failed local run does
+        pool = launcher(run_of, train_fn, finished_elsewhere, failed if keep_going else None)
     own_threads = torch.get_num_threads()
     if pool is None and threads is not None:
         torch.set_num_threads(threads)
