@@ -106,6 +106,16 @@ def test_prune_on_dev_loss_reports_the_logged_dev_loss_negated_for_a_maximised_m
     # Lightning's CSV logger writes the step before the optimizer step's increment: pair them in order
     assert [-reported[s] for s in sorted(reported)] == pytest.approx([logged[s] for s in sorted(logged)])
     assert all(v < 0 for v in reported.values())
+    # trials.md: a stopped trial's loss is not shown as its dev metric (Optuna keeps it as the trial's value)
+    from speechfuse.experiments.search import trial_rows
+
+    space = space_from_dict({"space": {"train.lr": [1e-3]}, "prune_on": "dev_loss"})
+    stopped = optuna.create_study(direction="maximize")
+    other = stopped.ask({"train.lr": optuna.distributions.CategoricalDistribution([0])})
+    other.report(-2.5, 2)
+    stopped.tell(other, state=optuna.trial.TrialState.PRUNED)
+    (row,) = trial_rows(stopped, space, "accuracy")
+    assert row["dev_accuracy"] is None and row["last_dev_loss"] == 2.5
     with pytest.raises(ConfigError, match="prune_on must be one of"):
         space_from_dict({"space": {"train.lr": [1]}, "prune_on": "loss"}, "space.yaml")
 

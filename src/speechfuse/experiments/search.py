@@ -430,8 +430,8 @@ def trial_rows(study: Any, space: SearchSpace, metric: str) -> list[dict]:
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
         if space.prune_on == "metric":
             row[f"dev_{metric}"] = t.value if t.value is not None else last
-        else:  # a stopped trial reported only losses; ReportToTrial negated them for a maximised metric
-            row[f"dev_{metric}"] = t.value
+        else:  # a stopped trial reported only losses (Optuna keeps the last as its value); negated when maximised
+            row[f"dev_{metric}"] = t.value if t.state.name == "COMPLETE" else None
             row["last_dev_loss"] = None if last is None else abs(last)
         row["duplicate_of"] = t.user_attrs.get("duplicate_of")
         rows.append(row)
