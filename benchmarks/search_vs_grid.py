@@ -53,6 +53,8 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--val-every", type=int, default=None)
     ap.add_argument("--reduction-factor", type=int, default=3)
+    ap.add_argument("--prune-on", choices=["metric", "dev_loss"], default="metric",
+                    help="what the pruner compares at each dev evaluation (the winner is chosen on the metric)")
     ap.add_argument("--seeds", default=None, help="e.g. 0,1,2 (quick: 0,1)")
     ap.add_argument("--workers", type=int, default=1, help="search workers and grid jobs")
     ap.add_argument("--out", default=None, help="keep the folders here (default: a temporary folder)")
@@ -65,7 +67,7 @@ def main(argv=None) -> None:
                                            "train.interface_lr": INTERFACE_LRS}
     candidates = expand_grid(grid)
     print(f"# search_vs_grid: {task} on {'the espeak set' if task == 'multilingual' else 'real FSDD'}{' (quick splits)' if args.quick else ''}, {len(candidates)} "
-          f"candidates x {steps} steps, dev every {val_every}, successive halving (reduction {args.reduction_factor})"
+          f"candidates x {steps} steps, dev every {val_every}, successive halving (reduction {args.reduction_factor}, on the dev {args.prune_on})"
           f", seeds {seeds}")
     print_machine_info("cpu")
     with tempfile.TemporaryDirectory() as tmp, _quiet():
@@ -94,7 +96,7 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         space = space_from_dict({"space": grid, "trials": len(candidates), "sampler": "grid", "seeds": seeds,
                                  "survivors": 1, "pruner": "successive_halving", "min_steps": val_every,
-                                 "reduction_factor": args.reduction_factor})
+                                 "reduction_factor": args.reduction_factor, "prune_on": args.prune_on})
         summary = search(cfg, space, root / "search", workers=args.workers, threads=1, progress=False)
         search_seconds = time.perf_counter() - start
 

@@ -87,6 +87,39 @@ def test_a_pruned_run_saves_last_at_its_step_and_resumes_to_the_end(tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
 
 
+def test_prune_on_dev_loss_reports_the_logged_dev_loss_negated_for_a_maximised_metric(tmp_path):
+    """prune_on: dev_loss: the trial gets the dev loss the run itself logs (logs/csv), at every dev evaluation,
+    negated because speaker accuracy is maximised; a space with another value is refused naming the field."""
+    import optuna
+
+    from speechfuse.training.runner import train
+
+    cfg = _fsdd_config(tmp_path)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    trial = study.ask()
+    run_dir = tmp_path / "run"
+    train(cfg, run_dir, callbacks=[ReportToTrial(trial, "accuracy", "dev_loss", higher_is_better=True)])
+    reported = study.trials[0].intermediate_values
+    with open(next((run_dir / "logs" / "csv").rglob("metrics.csv")), newline="") as f:
+        logged = {int(r["step"]): float(r["dev/loss"]) for r in csv.DictReader(f) if r.get("dev/loss")}
+    assert sorted(reported) == [2, 4] and len(logged) == 2
+    # Lightning's CSV logger writes the step before the optimizer step's increment: pair them in order
+    assert [-reported[s] for s in sorted(reported)] == pytest.approx([logged[s] for s in sorted(logged)])
+    assert all(v < 0 for v in reported.values())
+    # trials.md: a stopped trial's loss is not shown as its dev metric (Optuna keeps it as the trial's value)
+    from speechfuse.experiments.search import trial_rows
+
+    space = space_from_dict({"space": {"train.lr": [1e-3]}, "prune_on": "dev_loss"})
+    stopped = optuna.create_study(direction="maximize")
+    other = stopped.ask({"train.lr": optuna.distributions.CategoricalDistribution([0])})
+    other.report(-2.5, 2)
+    stopped.tell(other, state=optuna.trial.TrialState.PRUNED)
+    (row,) = trial_rows(stopped, space, "accuracy")
+    assert row["dev_accuracy"] is None and row["last_dev_loss"] == 2.5
+    with pytest.raises(ConfigError, match="prune_on must be one of"):
+        space_from_dict({"space": {"train.lr": [1]}, "prune_on": "loss"}, "space.yaml")
+
+
 class LoggingTrain:
     """The real runner, logging which trial trained which run folder in which process (picklable)."""
 

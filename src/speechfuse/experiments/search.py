@@ -13,6 +13,9 @@ A space file (YAML):
     pruner: successive_halving # or hyperband, none
     reduction_factor: 3
     min_steps: 20              # the first rung (default: train.val_every_steps)
+    prune_on: metric           # or dev_loss: the pruner compares the dev loss (CTC's dev WER is 1.0 for every
+                               # trial on the blank plateau, so it cannot tell them apart early); the winner is
+                               # still chosen on the dev metric
     sampler: tpe               # or random, grid (lists only: every combination, in a random order)
     seeds: [0, 1, 2]           # trials train on the first; the survivors retrain on the others
     survivors: 3               # the best finished trials kept
@@ -54,6 +57,7 @@ from speechfuse.experiments.sweep import (SEED_KEY, _config_dict, _prefill_cache
                     run_sweep, shared_cache_dir)
 
 PRUNERS = ("successive_halving", "hyperband", "none")
+PRUNE_ON = ("metric", "dev_loss")
 SAMPLERS = ("tpe", "random", "grid")
 POLL_SECONDS = 2.0  # how often a trial that drew running values looks whether they finished
 OVER_BUDGET = "over_budget"
@@ -77,6 +81,7 @@ class SearchSpace:
     pruner: str = "successive_halving"
     reduction_factor: int = 3
     min_steps: int | None = None
+    prune_on: str = "metric"
     sampler: str = "tpe"
     seeds: list[int] = field(default_factory=lambda: [0])
     survivors: int = 3
@@ -107,8 +112,8 @@ def space_from_dict(data: Any, source: str = "(space)") -> SearchSpace:
     if not isinstance(data, dict) or not isinstance(data.get("space"), dict) or not data["space"]:
         raise ConfigError(f"{source}: needs a `space:` section mapping config keys to choices, e.g. "
                           "space: {interface.name: [weighted_sum, hconv]}")
-    unknown = sorted(set(data) - {"space", "trials", "pruner", "reduction_factor", "min_steps", "sampler", "seeds",
-                                  "survivors", "sampler_seed"})
+    unknown = sorted(set(data) - {"space", "trials", "pruner", "reduction_factor", "min_steps", "prune_on", "sampler",
+                                  "seeds", "survivors", "sampler_seed"})
     if unknown:
         raise ConfigError(f"{source}: unknown field(s) {unknown}; see `speechfuse search --help`")
     space = SearchSpace()
@@ -146,7 +151,7 @@ def space_from_dict(data: Any, source: str = "(space)") -> SearchSpace:
     space.min_steps = _positive_int(data, "min_steps", None, source)
     space.survivors = _positive_int(data, "survivors", 3, source)
     space.sampler_seed = int(data.get("sampler_seed", 0))
-    for key, allowed in (("pruner", PRUNERS), ("sampler", SAMPLERS)):
+    for key, allowed in (("pruner", PRUNERS), ("sampler", SAMPLERS), ("prune_on", PRUNE_ON)):
         value = data.get(key, getattr(space, key))
         if value not in allowed:
             raise ConfigError(f"{source}: {key} must be one of {list(allowed)}, got {value!r}")
@@ -265,16 +270,30 @@ def combo_of(params: dict, space: SearchSpace) -> dict[str, Any]:
 
 
 class ReportToTrial(Callback):
-    """Reports the dev main metric at every dev evaluation to the trial; when the pruner says stop, the run
-    stops there (Lightning saves `last` / `best` for this evaluation as usual) and ends with RunPruned."""
+    """Reports the dev main metric (or, with prune_on="dev_loss", the dev loss, negated when the metric is
+    maximised so that the study's direction fits both) at every dev evaluation to the trial; when the pruner says
+    stop, the run stops there (Lightning saves `last` / `best` for this evaluation as usual) and ends with
+    RunPruned."""
 
-    def __init__(self, trial: Any, metric: str) -> None:
-        self.trial, self.metric = trial, metric
+    def __init__(self, trial: Any, metric: str, prune_on: str = "metric", higher_is_better: bool = False) -> None:
+        self.trial, self.metric, self.prune_on, self.higher = trial, metric, prune_on, higher_is_better
         self.pruned_at: int | None = None
         self.last_step = 0
 
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.prune_on == "dev_loss" and not pl_module.dev_loss_for:
+            pl_module.dev_loss_for = "the search's prune_on: dev_loss"
+
+    def _value(self, trainer: Any, pl_module: Any) -> float | None:
+        if self.prune_on == "metric":
+            return getattr(pl_module, "dev_metrics", {}).get(self.metric)
+        from speechfuse.training.average import DEV_LOSS
+
+        loss = trainer.callback_metrics.get(DEV_LOSS)
+        return None if loss is None else (-float(loss) if self.higher else float(loss))
+
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        value = getattr(pl_module, "dev_metrics", {}).get(self.metric)
+        value = self._value(trainer, pl_module)
         if value is None or trainer.sanity_checking:
             return
         step = int(trainer.global_step)
@@ -328,7 +347,7 @@ def make_objective(cfg: Any, space: SearchSpace, out_dir: Path, train_fn: Callab
 
     if train_fn is None:
         from speechfuse.training.runner import train as train_fn
-    metric, _ = _selection_metric(cfg)
+    metric, higher_is_better = _selection_metric(cfg)
     cache_dir = shared_cache_dir(cfg, out_dir)
 
     def objective(trial: Any) -> float:
@@ -347,7 +366,7 @@ def make_objective(cfg: Any, space: SearchSpace, out_dir: Path, train_fn: Callab
         if RunFolder(run_dir).is_finished:  # finished before (an earlier attempt at this study)
             return _dev_value(RunFolder(run_dir).read_metrics(), metric, name)
         run_dir.mkdir(parents=True, exist_ok=True)
-        reporter = ReportToTrial(trial, metric)
+        reporter = ReportToTrial(trial, metric, space.prune_on, higher_is_better)
         try:
             metrics = train_fn(combo_config(cfg, combo, cache_dir), run_dir, callbacks=[reporter])
         except RunPruned:
@@ -408,15 +427,20 @@ def trial_rows(study: Any, space: SearchSpace, metric: str) -> list[dict]:
         if t.params and all(k in t.params for k in space.keys):
             row.update({k: _short(v) for k, v in combo_of(t.params, space).items()})
         row["steps"] = t.user_attrs.get("steps", 0 if t.user_attrs.get("duplicate_of") is not None else None)
-        row[f"dev_{metric}"] = t.value if t.value is not None else (
-            t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
+        last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+        if space.prune_on == "metric":
+            row[f"dev_{metric}"] = t.value if t.value is not None else last
+        else:  # a stopped trial reported only losses (Optuna keeps the last as its value); negated when maximised
+            row[f"dev_{metric}"] = t.value if t.state.name == "COMPLETE" else None
+            row["last_dev_loss"] = None if last is None else abs(last)
         row["duplicate_of"] = t.user_attrs.get("duplicate_of")
         rows.append(row)
     return rows
 
 
-def plot_stopped(study: Any, metric: str, path: Path) -> None:
-    """Every trial's dev metric against the step; a cross where the pruner stopped it, a dot where it finished."""
+def plot_stopped(study: Any, metric: str, path: Path, prune_on: str = "metric") -> None:
+    """Every trial's dev metric (or dev loss) against the step; a cross where the pruner stopped it, a dot where
+    it finished."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -434,7 +458,7 @@ def plot_stopped(study: Any, metric: str, path: Path) -> None:
         if not pruned:
             ax.annotate(str(t.number), (steps[-1], values[-1]), fontsize=7, xytext=(3, 0), textcoords="offset points")
     ax.set_xlabel("training step")
-    ax.set_ylabel(f"dev {metric}")
+    ax.set_ylabel(f"dev {metric}" if prune_on == "metric" else "dev loss (negated if the metric is maximised)")
     ax.set_title("search: x = stopped by the pruner, o = trained to the end (trial number)")
     save_figure(fig, path, bbox_inches="tight")
 
@@ -459,7 +483,7 @@ def finish_search(cfg: Any, space: SearchSpace, out_dir: str | Path, storage: st
     metric, higher_is_better = _selection_metric(cfg)
     rows = trial_rows(study, space, metric)
     write_table(rows, out_dir / TRIALS_MD, out_dir / TRIALS_CSV)
-    plot_stopped(study, metric, out_dir / STOPPED_PNG)
+    plot_stopped(study, metric, out_dir / STOPPED_PNG, space.prune_on)
     best = survivors(study, space, higher_is_better)
     if not best:
         raise SpeechfuseError(f"search: no trial of study {study.study_name!r} finished; see {out_dir / TRIALS_MD} "

@@ -68,6 +68,8 @@ class FusionTask(pl.LightningModule):
         self._dev: list = []  # Task.collect records of the dev set
         self._dev_loss = [0.0, 0]
         self.dev_metrics: dict[str, float] = {}
+        # who needs the dev loss scored (train.average_best, or a search that prunes on it); None: not scored
+        self.dev_loss_for: Optional[str] = "train.average_best" if cfg.train.average_best else None
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, batch: FusionBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,18 +146,19 @@ class FusionTask(pl.LightningModule):
     # -- dev evaluation -----------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._dev = []
-        self._dev_loss = [0.0, 0]  # summed per-batch loss x batch size, utterances (train.average_best only)
+        self._dev_loss = [0.0, 0]  # summed per-batch loss x batch size, utterances (when dev_loss_for is set)
 
     def validation_step(self, batch: FusionBatch, batch_idx: int) -> None:
         out, out_lengths = self(batch)
         self._dev += self.task.collect(out, out_lengths, batch.utts)
-        if self.cfg.train.average_best:
+        if self.dev_loss_for:
             try:
                 loss = float(self.task.loss(out, out_lengths, batch.targets))
             except ConfigError as err:  # e.g. verify: dev speakers are not training classes
-                raise ConfigError(f"train.average_best ranks checkpoints by the dev loss, which task "
-                                  f"{self.task.name!r} cannot compute on this dev set ({err}); set train.average_best: "
-                                  "null") from None
+                raise ConfigError(f"{self.dev_loss_for} needs the dev loss, which task {self.task.name!r} cannot "
+                                  f"compute on this dev set ({err}); "
+                                  + ("set train.average_best: null" if self.dev_loss_for == "train.average_best"
+                                     else "prune on the dev metric instead")) from None
             self._dev_loss[0] += loss * len(batch.utts)
             self._dev_loss[1] += len(batch.utts)
 
