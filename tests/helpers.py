@@ -315,3 +315,17 @@ class StudyFakeTrainer:
         metrics = {"dev": {"accuracy": dev}, "test": {"accuracy": value, "macro_f1": value / 2}}
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
         return metrics
+
+
+def train_and_sigkill(data: dict, run_dir: Path, after_step: int) -> None:
+    """Train the config dict `data` into `run_dir` in a child process that SIGKILLs itself after `after_step`
+    (tests/killed_run.py), and check that it really was killed."""
+    import sys
+
+    import yaml
+
+    config = Path(run_dir).parent / f"{Path(run_dir).name}.yaml"
+    config.write_text(yaml.safe_dump(data))
+    proc = subprocess.run([sys.executable, str(KILLED_RUN), str(config), str(run_dir), str(after_step)],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]

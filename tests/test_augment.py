@@ -2,14 +2,11 @@
 path untouched, exact resume with masks drawn from the checkpointed RNG."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from helpers import KILLED_RUN, run_config, save_tiny_model
+from helpers import run_config, train_and_sigkill
 from speechfuse.training.augment import SpecAugment, band_mask, draw_bands, draw_batch_bands, time_warp
 from speechfuse.training.checkpoint import load_checkpoint_file
 from speechfuse.config import config_from_dict
@@ -164,23 +161,17 @@ def test_training_module_masks_in_train_mode_only(corpus):
 
 @pytest.mark.slow
 def test_killed_run_with_specaug_resumes_to_the_same_weights(corpus, tmp_path):
-    import yaml
-
     from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
     data = run_config(manifests, f"hf:{upstream}", max_steps=4, val_every_steps=2,
-                       specaug={"time_masks": 2, "time_width": 4, "feature_masks": 2, "feature_width": 8})
+                      specaug={"time_masks": 2, "time_width": 4, "feature_masks": 2, "feature_width": 8})
     cfg = config_from_dict(data)
     full = train(cfg, tmp_path / "full")
     weights = lambda run: load_checkpoint_file(run / "checkpoints" / "last.safetensors")["state_dict"]  # noqa: E731
     wf = weights(tmp_path / "full")
 
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(KILLED_RUN), str(tmp_path / "cfg.yaml"), str(tmp_path / "killed"),
-                           "2"], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr[-3000:]
+    train_and_sigkill(data, tmp_path / "killed", 2)
     resumed = train(cfg, tmp_path / "killed")
     for split in full:
         assert resumed[split] == pytest.approx(full[split], abs=1e-6)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from helpers import make_fsdd, run_config, save_tiny_model
+from helpers import make_fsdd, run_config, save_tiny_model, train_and_sigkill
 from speechfuse.training.average import average_checkpoints
 from speechfuse.training.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint_file
 from speechfuse.config import config_from_dict
@@ -62,12 +62,6 @@ def test_a_run_with_average_best_reports_the_mean_of_its_lowest_dev_losses(tmp_p
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_average(tmp_path):
     """The kept top checkpoints survive a SIGKILL: the resumed run averages the same ones as an uninterrupted run."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import yaml
 
     from speechfuse.training.runner import train
 
@@ -75,11 +69,7 @@ def test_a_killed_run_resumes_to_the_same_average(tmp_path):
     upstream = save_tiny_model("hubert", tmp_path / "hubert")
     data = run_config(manifests, f"hf:{upstream}", max_steps=6, val_every_steps=2, average_best=2)
     full = train(config_from_dict(data), tmp_path / "full")
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
-    script = Path(__file__).parent / "killed_run.py"
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "cfg.yaml"), str(tmp_path / "killed"), "4"],
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr[-3000:]
+    train_and_sigkill(data, tmp_path / "killed", 4)
     resumed = train(config_from_dict(data), tmp_path / "killed")
     assert resumed["test"] == pytest.approx(full["test"], abs=1e-6)
     names = [sorted(p.name for p in (tmp_path / run / "checkpoints" / "top").iterdir()) for run in ("full", "killed")]

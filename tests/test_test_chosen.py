@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,7 @@ from speechfuse.experiments.sweep import run_sweep
 from speechfuse.experiments.table import paper_table
 from speechfuse.serving.evaluate import evaluate
 from speechfuse.training.test_chosen import choose_on_test
-from helpers import A, AB, folds, make_fsdd, run_config, save_tiny_model, sweep, verify_config
+from helpers import A, AB, folds, make_fsdd, run_config, save_tiny_model, sweep, train_and_sigkill, verify_config
 
 
 def test_the_choice_is_the_best_test_value_and_the_earliest_step_on_a_tie():
@@ -70,12 +71,6 @@ def test_one_run_reports_the_test_chosen_checkpoint_recomputed_from_every_step_c
 def test_a_killed_run_resumes_to_the_same_test_chosen_checkpoint(tmp_path):
     """The step checkpoints written before a SIGKILL stay, the resumed run adds the rest, and it reports the same
     per-checkpoint test values and choice as an uninterrupted run."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import yaml
 
     from speechfuse.training.runner import train
 
@@ -84,11 +79,7 @@ def test_a_killed_run_resumes_to_the_same_test_chosen_checkpoint(tmp_path):
                       importance=False)
     data["data"]["target"], data["upstreams"] = "speaker", [{"spec": "resemblyzer"}]
     full = train(config_from_dict(data), tmp_path / "full")
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
-    script = Path(__file__).parent / "killed_run.py"
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "cfg.yaml"), str(tmp_path / "killed"), "4"],
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr[-3000:]
+    train_and_sigkill(data, tmp_path / "killed", 4)
     steps = tmp_path / "killed" / "checkpoints" / "steps"
     assert sorted(p.name for p in steps.iterdir()) == ["step=2.safetensors", "step=4.safetensors"]
     resumed = train(config_from_dict(data), tmp_path / "killed")
@@ -120,8 +111,6 @@ def test_a_verify_run_scores_each_checkpoint_with_its_own_cohort(tmp_path):
 
 
 def test_only_the_voxceleb_paper_config_reports_the_test_chosen_checkpoint():
-    from pathlib import Path
-
     from speechfuse.config import load_config
 
     paper = Path(__file__).resolve().parents[1] / "configs" / "paper"

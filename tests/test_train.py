@@ -3,15 +3,12 @@ bad manifest rows, the feature cache path, evaluate()."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import KILLED_RUN, run_config
+from helpers import run_config, train_and_sigkill
 from speechfuse.training.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint_file
 from speechfuse.config import config_from_dict
 from speechfuse.errors import ConfigError
@@ -105,8 +102,6 @@ def test_same_config_twice_gives_identical_results(corpus, tmp_path):
 def test_killed_run_resumes_to_the_same_result(corpus, tmp_path, kill_after):
     """SIGKILL a run just after its checkpoint at step 3 (mid-epoch) or 5 (the end of the first epoch),
     resume, compare with an uninterrupted run."""
-    import yaml
-
     from speechfuse.training.runner import train
 
     _, manifests, upstream = corpus
@@ -114,11 +109,7 @@ def test_killed_run_resumes_to_the_same_result(corpus, tmp_path, kill_after):
     cfg = config_from_dict(data)
     full = train(cfg, tmp_path / "full")
 
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(KILLED_RUN), str(tmp_path / "cfg.yaml"), str(tmp_path / "killed"),
-                           str(kill_after)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr[-3000:]  # it really was killed
+    train_and_sigkill(data, tmp_path / "killed", kill_after)
     killed = tmp_path / "killed"
     assert load_checkpoint_file(killed / "checkpoints" / "last.safetensors")["global_step"] == kill_after
     assert not (killed / "metrics.json").exists()
