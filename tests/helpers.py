@@ -317,6 +317,23 @@ class StudyFakeTrainer:
         return metrics
 
 
+class GatedStudyTrainer(StudyFakeTrainer):
+    """A StudyFakeTrainer whose runs of the `models` series go on only once a run of a `depth-*` series has
+    started (a file per started run in `root`); after 60 s without one they fail."""
+
+    def __call__(self, cfg, run_dir):
+        import time
+
+        series = run_dir.relative_to(self.root).parts[0]
+        (self.root / f"started-{series}-{run_dir.name}").touch()
+        deadline = time.monotonic() + 60
+        while series == "models" and not any(p.name.startswith("started-depth") for p in self.root.iterdir()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("no run of the depth series started within 60 s of this one")
+            time.sleep(0.2)
+        return super().__call__(cfg, run_dir)
+
+
 def train_and_sigkill(data: dict, run_dir: Path, after_step: int) -> None:
     """Train the config dict `data` into `run_dir` in a child process that SIGKILLs itself after `after_step`
     (tests/killed_run.py), and check that it really was killed."""

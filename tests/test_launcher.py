@@ -327,6 +327,29 @@ def test_a_study_runs_its_sweeps_as_jobs_and_equals_the_local_study(tmp_path, ca
     assert (seen["launcher"].name, seen["launcher"].time, seen["launcher"].cpus) == ("local", 7, 1)
 
 
+def test_under_a_launcher_the_series_of_a_study_are_in_the_queue_at_once(tmp_path):
+    """The models series' runs wait for a run of the depth series to start: with the series one after another
+    they would fail after 60 s; at once, the study finishes with every row."""
+    import cloudpickle
+
+    import helpers
+    from speechfuse.config import config_from_dict
+    from speechfuse.experiments.study import scaling_study
+    from helpers import save_tiny_model
+
+    cloudpickle.register_pickle_by_value(helpers)
+    a = "hf:" + save_tiny_model("hubert", tmp_path / "a", num_hidden_layers=2)
+    b = "hf:" + save_tiny_model("wav2vec2", tmp_path / "b", num_hidden_layers=1)
+    cfg = config_from_dict({"task": "classify", "data": {"train": "train.csv", "dev": "dev.csv", "test": "test.csv"},
+                            "upstreams": [a, b], "train": {"max_steps": 2}, "cache": "off"}, tmp_path)
+    trainer = helpers.GatedStudyTrainer()
+    trainer.root = tmp_path / "jobs"
+    rows = scaling_study(cfg, trainer.root, interfaces=["weighted_sum"], seeds=[0], depths={a: [2]}, progress=False,
+                         train_fn=trainer, launcher=launcher_options({"name": "local", "time": 5, "cpus": 1}))
+    assert len(rows) == 4  # 3 model subsets and one depth
+    assert sorted(p.name.split("-")[1] for p in trainer.root.glob("started-*")) == ["depth"] + ["models"] * 3
+
+
 def test_prune_runs_its_measurement_and_retraining_as_jobs(tmp_path, capsys, fused_run):
     """`prune --launcher local`: the measurement is one job, the retraining a job; the rows equal a prune run here
     (but for the measured seconds); a rerun submits nothing."""

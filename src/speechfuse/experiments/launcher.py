@@ -9,8 +9,8 @@ or a `launcher:` section in the config (options on the command line win):
 - The sweep folder stays the one source of truth (speechfuse.experiments.sweep does the planning, the selection, the tables
   and the figures, exactly as for a local sweep): a run with metrics.json is finished. Rerunning the command
   collects the finished runs, re-attaches to the jobs of this sweep still queued or running (OUT/launcher/jobs.json)
-  and submits the failed and missing ones. `study` runs each series' sweep this way; `prune` uses ClusterPool
-  directly for its retrainings.
+  and submits the failed and missing ones. `study` runs each series' sweep this way, all series at once (one
+  thread waits on each); `prune` uses ClusterPool directly for its retrainings.
 - Feature extraction is submitted first, one job per upstream (it fills the shared cache for every data
   section of the sweep); the training jobs depend on those jobs (`afterany`, so that a failed or cancelled
   extraction never leaves them pending) and go in as one job array.
@@ -450,6 +450,31 @@ def run_jobs(options: LauncherOptions, out_dir: str | Path, job_name: str, calls
     return [job_result(job, f"{job_name} (rerun the same command to go on)") for job in jobs]
 
 
+def concurrently(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Each call in its own thread (sweeps that mostly wait on the scheduler), their results in order. An error is
+    raised once every call has ended, so the others' runs are all collected; Ctrl-C returns at once (the jobs go
+    on, and rerunning the command collects them)."""
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException | None] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = calls[i]()
+        except BaseException as err:  # raised below, in the caller's thread
+            errors[i] = err
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():  # a bare join() would hold Ctrl-C until the thread ends
+            thread.join(0.5)
+    for err in errors:
+        if err is not None:
+            raise err
+    return results
+
+
 def cluster_pool_factory(options: LauncherOptions, cfg: Any, out_dir: str | Path, command: str = "sweep") -> Callable:
     """The `launcher=` argument of run_sweep: (run_of, train_fn, finished, failed) -> ClusterPool."""
     from speechfuse.experiments.sweep import shared_cache_dir
@@ -465,5 +490,5 @@ def cluster_pool_factory(options: LauncherOptions, cfg: Any, out_dir: str | Path
 
 
 __all__ = ["LauncherOptions", "launcher_options", "TrainJob", "ClusterPool", "JobFailed", "JobWatch", "run_jobs",
-           "cluster_pool_factory", "queue_states"]
+           "cluster_pool_factory", "queue_states", "concurrently"]
 

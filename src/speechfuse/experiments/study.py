@@ -25,6 +25,7 @@ bars: std over the seeds).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -209,7 +210,8 @@ def scaling_study(cfg, out_dir, interfaces: Sequence[str] = ("weighted_sum", "hc
     with `<metric>_mean` / `<metric>_std` over the seeds (the rows of scaling.csv).
 
     launcher (speechfuse.experiments.launcher.LauncherOptions): each series' sweep submits its runs as jobs
-    (run_sweep's launcher; the sweep folder OUT/<series> keeps its jobs in OUT/<series>/launcher).
+    (run_sweep's launcher; the sweep folder OUT/<series> keeps its jobs in OUT/<series>/launcher), every series
+    at once, so the scheduler sees the whole study.
     A run that fails does not stop the study: the other runs and series go on, and a SweepFailed at the end
     names every failed run, after the tables were written from the finished ones."""
     from speechfuse.config import Config
@@ -234,7 +236,8 @@ def scaling_study(cfg, out_dir, interfaces: Sequence[str] = ("weighted_sum", "hc
     per_seed: list[dict] = []
     numbers: list[dict] = []
     failures: list[tuple[str, SweepFailed]] = []
-    for s in series:
+
+    def sweep_of(s: Series) -> tuple[list[dict], SweepFailed | None]:
         if s.axis == "depth" and train_fn is None:  # a stand-in trainer reads no features
             seed_depth_cache(cfg, s, full_layers[s.label], out_dir)
         jobs = {}
@@ -243,10 +246,19 @@ def scaling_study(cfg, out_dir, interfaces: Sequence[str] = ("weighted_sum", "hc
 
             jobs["launcher"] = cluster_pool_factory(launcher, cfg, out_dir / s.folder, "study")
         try:
-            rows = run_sweep(cfg, {"upstreams": s.upstream_sets, "interface.name": interfaces}, out_dir / s.folder,
-                             seeds=seeds, select=select, train_fn=train_fn, progress=progress, **jobs)
+            return run_sweep(cfg, {"upstreams": s.upstream_sets, "interface.name": interfaces}, out_dir / s.folder,
+                             seeds=seeds, select=select, train_fn=train_fn, progress=progress, **jobs), None
         except SweepFailed as failed:  # the other series go on; named again at the end
-            rows = failed.rows
+            return failed.rows, failed
+
+    if launcher is not None and len(series) > 1:  # every series' jobs go in at once; each sweep waits in a thread
+        from speechfuse.experiments.launcher import concurrently
+
+        outcomes: Iterable = concurrently([functools.partial(sweep_of, s) for s in series])
+    else:
+        outcomes = map(sweep_of, series)
+    for s, (rows, failed) in zip(series, outcomes):
+        if failed is not None:
             failures.append((s.folder, failed))
         sets = {"+".join(u["spec"] for u in ups): ups for ups in s.upstream_sets}
         for row in rows:
