@@ -334,6 +334,21 @@ class GatedStudyTrainer(StudyFakeTrainer):
         return super().__call__(cfg, run_dir)
 
 
+class TrainFailingIn:
+    """speechfuse's `train`, but the run whose folder is named `name` fails (pickled by value into launcher jobs,
+    where it imports the real `train`)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, cfg, run_dir):
+        if Path(run_dir).name == self.name:
+            raise RuntimeError(f"planned failure of {self.name}")
+        from speechfuse.training.runner import train
+
+        return train(cfg, run_dir)
+
+
 def train_and_sigkill(data: dict, run_dir: Path, after_step: int) -> None:
     """Train the config dict `data` into `run_dir` in a child process that SIGKILLs itself after `after_step`
     (tests/killed_run.py), and check that it really was killed."""

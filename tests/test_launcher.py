@@ -381,6 +381,37 @@ def test_prune_runs_its_measurement_and_retraining_as_jobs(tmp_path, capsys, fus
     assert "submitted" not in again.err and json.loads(again.out) == on_jobs
 
 
+def test_under_a_launcher_a_failed_retraining_leaves_the_other_budgets_and_a_rerun_trains_it(tmp_path, capsys,
+                                                                                             monkeypatch, fused_run):
+    """`prune --launcher local` with two budgets, one of whose jobs fails: the command names it and exits 2, the
+    table holds the other budget, and rerunning the same command trains only the failed one."""
+    import cloudpickle
+
+    import helpers
+    from speechfuse.cli import main
+
+    run, _ = fused_run
+    there = tmp_path / "full"
+    shutil.copytree(run, there, ignore=shutil.ignore_patterns("prune"))
+    cloudpickle.register_pickle_by_value(helpers)
+    failing = "budget=0.3,importance=feature"
+    monkeypatch.setattr("speechfuse.training.runner.train", helpers.TrainFailingIn(failing))
+    argv = ["prune", str(there), "--budgets", "0.3,0.6", "--importance", "feature", "--clips", "4", "--repeat", "1",
+            "--launcher", "local", "--cpus", "1"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"planned failure of {failing}" in err and "the other budgets go on" in err
+    assert "run the same command again to resubmit the failed ones" in err
+    assert [r["budget"] for r in _rows(there / "prune" / "results_feature.csv")] == ["full", "0.6"]
+
+    monkeypatch.undo()
+    assert main(argv) == 0
+    again = capsys.readouterr()
+    assert "speechfuse prune: 1 training job(s) submitted" in again.err
+    assert [r["budget"] for r in json.loads(again.out)] == ["full", "0.3", "0.6"]
+
+
 WARNED_RUN, CANCELLED_RUN = "weighted_sum", "hconv"
 
 
