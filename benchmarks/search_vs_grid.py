@@ -53,8 +53,9 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--val-every", type=int, default=None)
     ap.add_argument("--reduction-factor", type=int, default=3)
-    ap.add_argument("--prune-on", choices=["metric", "dev_loss"], default="metric",
-                    help="what the pruner compares at each dev evaluation (the winner is chosen on the metric)")
+    ap.add_argument("--prune-on", choices=["auto", "metric", "dev_loss"], default="auto",
+                    help="what the pruner compares at each dev evaluation (auto: the task's choice, dev_loss for "
+                         "the CTC tasks; the winner is chosen on the metric)")
     ap.add_argument("--seeds", default=None, help="e.g. 0,1,2 (quick: 0,1)")
     ap.add_argument("--workers", type=int, default=1, help="search workers and grid jobs")
     ap.add_argument("--out", default=None, help="keep the folders here (default: a temporary folder)")

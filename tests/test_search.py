@@ -120,6 +120,24 @@ def test_prune_on_dev_loss_reports_the_logged_dev_loss_negated_for_a_maximised_m
         space_from_dict({"space": {"train.lr": [1]}, "prune_on": "loss"}, "space.yaml")
 
 
+def test_prune_on_auto_is_the_tasks_own_early_signal():
+    """CTC tasks (asr, multilingual_asr) prune on the dev loss, the others on their metric; an explicit choice
+    stays."""
+    from speechfuse.config import config_from_dict
+    from speechfuse.experiments.search import for_task
+    from speechfuse.tasks import TASKS
+
+    auto = space_from_dict({"space": {"train.lr": [1e-3]}})
+    assert auto.prune_on == "auto"
+    signals = {}
+    for task in ("asr", "multilingual_asr", "classify", "verify"):
+        cfg = config_from_dict({"task": task, "data": {"train": "t.csv", "dev": "d.csv"}, "upstreams": ["resemblyzer"]})
+        signals[task] = for_task(auto, cfg).prune_on
+        assert for_task(space_from_dict({"space": {"train.lr": [1e-3]}, "prune_on": "metric"}), cfg).prune_on == "metric"
+    assert signals == {"asr": "dev_loss", "multilingual_asr": "dev_loss", "classify": "metric", "verify": "metric"}
+    assert all(TASKS.get(t).early_signal in ("metric", "dev_loss") for t in TASKS.names())
+
+
 class LoggingTrain:
     """The real runner, logging which trial trained which run folder in which process (picklable)."""
 

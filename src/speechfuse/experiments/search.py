@@ -13,9 +13,10 @@ A space file (YAML):
     pruner: successive_halving # or hyperband, none
     reduction_factor: 3
     min_steps: 20              # the first rung (default: train.val_every_steps)
-    prune_on: metric           # or dev_loss: the pruner compares the dev loss (CTC's dev WER is 1.0 for every
-                               # trial on the blank plateau, so it cannot tell them apart early); the winner is
-                               # still chosen on the dev metric
+    prune_on: auto             # what the pruner compares: the task's own choice (Task.early_signal: dev_loss
+                               # for the CTC tasks, whose dev WER is 1.0 for every trial on the blank plateau;
+                               # metric for the others), or metric / dev_loss; the winner is always chosen on
+                               # the dev metric
     sampler: tpe               # or random, grid (lists only: every combination, in a random order)
     seeds: [0, 1, 2]           # trials train on the first; the survivors retrain on the others
     survivors: 3               # the best finished trials kept
@@ -37,6 +38,7 @@ A space file (YAML):
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -53,11 +55,12 @@ from speechfuse.errors import ConfigError, SpeechfuseError
 from speechfuse.experiments.report import save_figure, write_table
 from speechfuse.training.runfolder import LOCK, RunFolderError
 from speechfuse.training.runfolder import RunFolder
-from speechfuse.experiments.sweep import (SEED_KEY, _config_dict, _prefill_caches, _selection_metric, _short, combo_config, run_name,
+from speechfuse.experiments.sweep import (SEED_KEY, _config_dict, _prefill_caches, _selection_metric, _short, _task_class,
+                    combo_config, run_name,
                     run_sweep, shared_cache_dir)
 
 PRUNERS = ("successive_halving", "hyperband", "none")
-PRUNE_ON = ("metric", "dev_loss")
+PRUNE_ON = ("auto", "metric", "dev_loss")
 SAMPLERS = ("tpe", "random", "grid")
 POLL_SECONDS = 2.0  # how often a trial that drew running values looks whether they finished
 OVER_BUDGET = "over_budget"
@@ -81,7 +84,7 @@ class SearchSpace:
     pruner: str = "successive_halving"
     reduction_factor: int = 3
     min_steps: int | None = None
-    prune_on: str = "metric"
+    prune_on: str = "auto"
     sampler: str = "tpe"
     seeds: list[int] = field(default_factory=lambda: [0])
     survivors: int = 3
@@ -164,6 +167,13 @@ def space_from_dict(data: Any, source: str = "(space)") -> SearchSpace:
         raise ConfigError(f"{source}: seeds must be a list of distinct integers, e.g. [0, 1, 2]; got {seeds!r}")
     space.seeds = seeds
     return space
+
+
+def for_task(space: SearchSpace, cfg: Any) -> SearchSpace:
+    """The space with `prune_on: auto` made the config task's early signal (Task.early_signal)."""
+    if space.prune_on != "auto":
+        return space
+    return dataclasses.replace(space, prune_on=_task_class(cfg).early_signal)
 
 
 def load_space(path: str | Path) -> SearchSpace:
@@ -392,6 +402,7 @@ def search_worker(cfg: Any, space: SearchSpace, out_dir: str | Path, storage: st
     import optuna
 
     out_dir = Path(out_dir).resolve()
+    space = for_task(space, cfg)
     if threads is not None:
         import torch
 
@@ -479,6 +490,7 @@ def finish_search(cfg: Any, space: SearchSpace, out_dir: str | Path, storage: st
     """Write trials.md/csv and stopped.png, retrain the survivors on every seed through `run_sweep` (their
     first seed's runs are the trials' own) and return a summary (the sweep's rows under `results`)."""
     out_dir = Path(out_dir).resolve()
+    space = for_task(space, cfg)
     study = open_study(cfg, space, storage or default_storage(out_dir), study_name or out_dir.name)
     metric, higher_is_better = _selection_metric(cfg)
     rows = trial_rows(study, space, metric)
@@ -577,5 +589,5 @@ def space_summary(space: SearchSpace) -> dict:
 
 
 __all__ = ["SearchSpace", "load_space", "space_from_dict", "search", "search_worker", "finish_search",
-           "ReportToTrial", "RunPruned", "open_storage", "default_storage", "trial_rows", "survivors"]
+           "ReportToTrial", "RunPruned", "for_task", "open_storage", "default_storage", "trial_rows", "survivors"]
 

@@ -552,13 +552,16 @@ def _prefill_caches(cfg: Any, combos: list[dict], out_dir: Path, keep_going: boo
 # ---------------------------------------------------------------------------------------------
 # the sweep
 # ---------------------------------------------------------------------------------------------
-def _selection_metric(cfg: Any) -> tuple[str, bool]:
-    """The task's main metric and whether higher is better: what `select` compares on dev."""
+def _task_class(cfg: Any) -> Any:
     from speechfuse.tasks import TASKS
 
     task = _config_dict(cfg).get("task")
-    name = task.get("name") if isinstance(task, dict) else task
-    cls = TASKS.get(str(name))
+    return TASKS.get(str(task.get("name") if isinstance(task, dict) else task))
+
+
+def _selection_metric(cfg: Any) -> tuple[str, bool]:
+    """The task's main metric and whether higher is better: what `select` compares on dev."""
+    cls = _task_class(cfg)
     return cls.main_metric, cls.higher_is_better
 
 

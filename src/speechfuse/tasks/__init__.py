@@ -71,6 +71,9 @@ class Task:
     # the metric that per-utterance (errors, totals) reproduce as sum(errors) / sum(totals) (or 1 minus it,
     # when higher is better); None: the task's metric is not a sum over utterances (verify: EER over trials)
     utterance_metric: str | None = None
+    # what a budgeted search's pruner compares at each dev evaluation (`prune_on: auto`): the main metric, or
+    # "dev_loss" where the metric stays flat early in training (CTC's WER on its all-blank plateau)
+    early_signal: str = "metric"
     Options: type[TaskOptions] = TaskOptions
     prediction_type: type[Prediction] | None = None
     prediction_field: str = "prediction"  # the JSONL key of the scored prediction in a `predict` output row

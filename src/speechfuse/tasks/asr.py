@@ -269,6 +269,7 @@ class AsrTask(Task):
     main_metric = "wer"
     higher_is_better = False
     utterance_metric = "wer"
+    early_signal = "dev_loss"  # every trial's dev WER is 1.0 on the blank plateau
     Options = AsrOptions
     prediction_type = Transcription
     prediction_field = "text"
