@@ -334,6 +334,14 @@ class GatedStudyTrainer(StudyFakeTrainer):
         return super().__call__(cfg, run_dir)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class TrainFailingIn:
     """speechfuse's `train`, but the run whose folder is named `name` fails (pickled by value into launcher jobs,
     where it imports the real `train`)."""

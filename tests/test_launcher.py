@@ -7,7 +7,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from speechfuse.errors import ConfigError
 from speechfuse.experiments.launcher import cluster_pool_factory, launcher_options
 from speechfuse.experiments.sweep import run_sweep
-from helpers import fsdd_takes
+from helpers import free_port, fsdd_takes
 
 pytestmark = pytest.mark.slow  # every test here trains or launches processes
 
@@ -83,18 +82,12 @@ class LoggedTrain:
         return train(cfg, run_dir, callbacks=callbacks)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def local_slurm(tmp_path):
     if shutil.which("slurmctld") is None or shutil.which("munged") is None:
         pytest.skip("needs SLURM (apt-get install slurm-wlm munge); see scripts/start_local_slurm.sh")
     folder = tmp_path / "slurm"
-    env = {**os.environ, "SLURMCTLD_PORT": str(_free_port()), "SLURMD_PORT": str(_free_port())}
+    env = {**os.environ, "SLURMCTLD_PORT": str(free_port()), "SLURMD_PORT": str(free_port())}
     script = REPO / "scripts" / "start_local_slurm.sh"
     subprocess.run([str(script), str(folder)], check=True, env=env, timeout=120)
     before = os.environ.get("SLURM_CONF")

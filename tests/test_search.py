@@ -5,14 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from lightning.pytorch.callbacks import Callback
 
 from speechfuse.errors import ConfigError
 from speechfuse.experiments.search import RunPruned, ReportToTrial, load_space, search, space_from_dict
-from helpers import fsdd_takes
+from helpers import free_port, fsdd_takes
 
 pytestmark = pytest.mark.slow  # every test here trains or launches processes
 
@@ -158,7 +162,57 @@ class LoggingTrain:
         return train(cfg, run_dir, callbacks=list(callbacks))
 
 
+def _pg_program(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    installed = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))  # Debian keeps them off the PATH
+    return str(installed[-1]) if installed else None
+
+
+@pytest.fixture
+def postgres_url():
+    """A real PostgreSQL server on localhost for one test: initdb into a temp folder, started, stopped and removed
+    afterwards. PostgreSQL refuses to run as root: as root, it runs as the `postgres` user."""
+    initdb, pg_ctl = _pg_program("initdb"), _pg_program("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("needs a PostgreSQL server (apt-get install postgresql)")
+    pytest.importorskip("psycopg2", reason="needs psycopg2 (pip install psycopg2-binary)")
+    folder = Path(tempfile.mkdtemp(prefix="speechfuse-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root without a `postgres` user to run the server as")
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+
+    def run(*command: str) -> None:
+        subprocess.run([*as_user, *command], check=True, capture_output=True, text=True, timeout=120)
+
+    port, data = free_port(), folder / "data"
+    run(initdb, "-D", str(data), "-U", "speechfuse", "--auth=trust")
+    run(pg_ctl, "-D", str(data), "-l", str(folder / "server.log"), "-w", "start",
+        "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1")
+    try:
+        yield f"postgresql+psycopg2://speechfuse@127.0.0.1:{port}/postgres"
+    finally:
+        run(pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_two_workers_share_one_sqlite_study_and_never_train_a_trial_twice(tmp_path):
+    _two_workers_share_one_study(tmp_path, None)
+
+
+def test_two_workers_share_one_study_on_a_postgresql_server(tmp_path, postgres_url):
+    _two_workers_share_one_study(tmp_path, postgres_url)
+
+
+def _two_workers_share_one_study(tmp_path, storage):
     import optuna
 
     cfg = _fsdd_config(tmp_path)
@@ -167,13 +221,14 @@ def test_two_workers_share_one_sqlite_study_and_never_train_a_trial_twice(tmp_pa
                              "trials": 6, "seeds": [0, 1], "survivors": 2, "min_steps": 2, "reduction_factor": 2})
     out = tmp_path / "search"
     log = tmp_path / "trained.jsonl"
-    summary = search(cfg, space, out, workers=2, threads=1, train_fn=LoggingTrain(log), progress=False)
+    summary = search(cfg, space, out, workers=2, threads=1, train_fn=LoggingTrain(log), progress=False,
+                     storage=storage)
 
     trained = [json.loads(line) for line in log.read_text().splitlines()]
     trial_runs = [t for t in trained if t["run"].endswith("__seed=0")]
     assert len({t["trial"] for t in trial_runs}) == len(trial_runs)  # no trial trained twice
     assert len({t["run"] for t in trial_runs}) == len(trial_runs)  # no run folder trained twice
-    study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'study.db'}")
+    study = optuna.load_study(study_name="search", storage=storage or f"sqlite:///{out / 'study.db'}")
     started = study.get_trials()
     trials = [t for t in started if not t.user_attrs.get("over_budget")]
     assert [t.number for t in trials] == list(range(6))  # the budget, over both workers
