@@ -14,7 +14,8 @@ too few frames to spell a digit word with CTC).
   trial then trains on the other seeds (speechfuse.experiments.search, survivors: 1).
 - both winners are compared on the test utterances with the paired bootstrap, their seeds pooled
   (speechfuse.experiments.compare.rank_against_best): "tied" means not distinguishable (p >= 0.05).
-Steps are the selection's: the grid's candidates x steps against the steps the search's trials trained (the
+Each search writes its own folder (search_<prune-on>_rf<reduction>_s<sampler seed>), so that with `--out` the
+grid's finished runs are reused by every search setting. Steps are the selection's: the grid's candidates x steps against the steps the search's trials trained (the
 retraining on the other seeds costs the same on both sides). The goal: tied at <= 35 % of the grid's steps.
 
     python benchmarks/search_vs_grid.py [--task asr|speaker|multilingual] [--steps 600] [--val-every 50] [--seeds 0,1,2]
@@ -34,7 +35,7 @@ from _common import print_machine_info, print_table  # noqa: E402
 from speechfuse.config import load_config  # noqa: E402
 from speechfuse.experiments.compare import rank_against_best  # noqa: E402
 from speechfuse.experiments.demo import _quiet, demo_config, write_demo_manifests  # noqa: E402
-from speechfuse.experiments.search import search, space_from_dict  # noqa: E402
+from speechfuse.experiments.search import for_task, search, space_from_dict  # noqa: E402
 from speechfuse.experiments.sweep import _selection_metric, combo_config, expand_grid, run_name, run_sweep  # noqa: E402
 from speechfuse.training.runfolder import RunFolder  # noqa: E402
 
@@ -53,9 +54,11 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--val-every", type=int, default=None)
     ap.add_argument("--reduction-factor", type=int, default=3)
-    ap.add_argument("--prune-on", choices=["auto", "metric", "dev_loss"], default="auto",
-                    help="what the pruner compares at each dev evaluation (auto: the task's choice, dev_loss for "
-                         "the CTC tasks; the winner is chosen on the metric)")
+    ap.add_argument("--prune-on", choices=["auto", "metric", "metric_then_loss", "dev_loss"], default="auto",
+                    help="what the pruner compares at each dev evaluation (auto: the task's choice, metric_then_loss "
+                         "for the CTC tasks; the winner is chosen on the metric)")
+    ap.add_argument("--sampler-seed", type=int, default=0, help="the order in which the grid sampler draws the "
+                    "candidates")
     ap.add_argument("--seeds", default=None, help="e.g. 0,1,2 (quick: 0,1)")
     ap.add_argument("--workers", type=int, default=1, help="search workers and grid jobs")
     ap.add_argument("--out", default=None, help="keep the folders here (default: a temporary folder)")
@@ -97,12 +100,14 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         space = space_from_dict({"space": grid, "trials": len(candidates), "sampler": "grid", "seeds": seeds,
                                  "survivors": 1, "pruner": "successive_halving", "min_steps": val_every,
-                                 "reduction_factor": args.reduction_factor, "prune_on": args.prune_on})
-        summary = search(cfg, space, root / "search", workers=args.workers, threads=1, progress=False)
+                                 "reduction_factor": args.reduction_factor, "prune_on": args.prune_on,
+                                 "sampler_seed": args.sampler_seed})
+        found = root / f"search_{args.prune_on}_rf{args.reduction_factor}_s{args.sampler_seed}"
+        summary = search(cfg, space, found, workers=args.workers, threads=1, progress=False)
         search_seconds = time.perf_counter() - start
 
         groups = {"grid": [root / "grid" / "runs" / run_name({**grid_best, "train.seed": s}) for s in seeds],
-                  "search": [root / "search" / "runs" / f"{summary['survivors'][0]}__seed={s}" for s in seeds]}
+                  "search": [found / "runs" / f"{summary['survivors'][0]}__seed={s}" for s in seeds]}
         marks = rank_against_best(groups)
         test = {k: _pooled_mean(dirs, metric) for k, dirs in groups.items()}
 
@@ -114,7 +119,8 @@ def main(argv=None) -> None:
              f"{search_seconds:.0f}"]]
     print_table(rows, ["selection", "winner", f"test {metric} (mean over seeds)", "tied with best",
                        "p vs best", "selection steps", "steps / grid", "wall s (incl. seeds)"])
-    print(f"search trials: {summary['states']}")
+    print(f"search trials: {summary['states']}; pruned on {for_task(space, cfg).prune_on}; sampler seed "
+          f"{args.sampler_seed}; folders in {root if args.out else 'a temporary folder'} (grid/, {found.name}/)")
 
 
 def _pooled_mean(run_dirs: list[Path], metric: str) -> float:

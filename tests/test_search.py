@@ -124,9 +124,32 @@ def test_prune_on_dev_loss_reports_the_logged_dev_loss_negated_for_a_maximised_m
         space_from_dict({"space": {"train.lr": [1]}, "prune_on": "loss"}, "space.yaml")
 
 
+def test_metric_then_loss_ranks_by_the_metric_and_breaks_its_ties_by_the_dev_loss():
+    """What ReportToTrial reports under prune_on: metric_then_loss, for a minimised WER and a maximised accuracy:
+    equal metrics are ordered by their loss, different ones by the metric alone, however large the loss."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from speechfuse.training.average import DEV_LOSS
+
+    def reported(metric_name, metric, loss, higher):
+        trainer = SimpleNamespace(callback_metrics={DEV_LOSS: torch.tensor(loss)})
+        module = SimpleNamespace(dev_metrics={metric_name: metric})
+        return ReportToTrial(None, metric_name, "metric_then_loss", higher)._value(trainer, module)
+
+    # WER, lower is better: on the plateau (1.0 for both) the lower loss ranks first; off it, the lower WER does
+    assert reported("wer", 1.0, 2.0, False) < reported("wer", 1.0, 3.0, False)
+    assert reported("wer", 0.50, 1e6, False) < reported("wer", 0.51, 0.0, False)
+    assert abs(reported("wer", 0.5, 7.0, False) - 0.5) < 1e-8
+    # accuracy, higher is better: equal accuracies, the lower loss reports the higher value
+    assert reported("accuracy", 0.8, 0.5, True) > reported("accuracy", 0.8, 0.9, True)
+    assert reported("accuracy", 0.81, 1e6, True) > reported("accuracy", 0.80, 0.0, True)
+
+
 def test_prune_on_auto_is_the_tasks_own_early_signal():
-    """CTC tasks (asr, multilingual_asr) prune on the dev loss, the others on their metric; an explicit choice
-    stays."""
+    """CTC tasks (asr, multilingual_asr) prune on the metric with ties broken by the dev loss, the others on
+    their metric; an explicit choice stays."""
     from speechfuse.config import config_from_dict
     from speechfuse.experiments.search import for_task
     from speechfuse.tasks import TASKS
@@ -138,8 +161,9 @@ def test_prune_on_auto_is_the_tasks_own_early_signal():
         cfg = config_from_dict({"task": task, "data": {"train": "t.csv", "dev": "d.csv"}, "upstreams": ["resemblyzer"]})
         signals[task] = for_task(auto, cfg).prune_on
         assert for_task(space_from_dict({"space": {"train.lr": [1e-3]}, "prune_on": "metric"}), cfg).prune_on == "metric"
-    assert signals == {"asr": "dev_loss", "multilingual_asr": "dev_loss", "classify": "metric", "verify": "metric"}
-    assert all(TASKS.get(t).early_signal in ("metric", "dev_loss") for t in TASKS.names())
+    assert signals == {"asr": "metric_then_loss", "multilingual_asr": "metric_then_loss", "classify": "metric",
+                       "verify": "metric"}
+    assert all(TASKS.get(t).early_signal in ("metric", "metric_then_loss", "dev_loss") for t in TASKS.names())
 
 
 class LoggingTrain:

@@ -13,10 +13,10 @@ A space file (YAML):
     pruner: successive_halving # or hyperband, none
     reduction_factor: 3
     min_steps: 20              # the first rung (default: train.val_every_steps)
-    prune_on: auto             # what the pruner compares: the task's own choice (Task.early_signal: dev_loss
-                               # for the CTC tasks, whose dev WER is 1.0 for every trial on the blank plateau;
-                               # metric for the others), or metric / dev_loss; the winner is always chosen on
-                               # the dev metric
+    prune_on: auto             # what the pruner compares: the task's own choice (Task.early_signal), or
+                               # metric, metric_then_loss (the metric, ties broken by the dev loss: the CTC
+                               # tasks' choice, as their dev WER is 1.0 for every trial on the blank plateau)
+                               # or dev_loss; the winner is always chosen on the dev metric
     sampler: tpe               # or random, grid (lists only: every combination, in a random order)
     seeds: [0, 1, 2]           # trials train on the first; the survivors retrain on the others
     survivors: 3               # the best finished trials kept
@@ -60,7 +60,10 @@ from speechfuse.experiments.sweep import (SEED_KEY, _config_dict, _prefill_cache
                     run_sweep, shared_cache_dir)
 
 PRUNERS = ("successive_halving", "hyperband", "none")
-PRUNE_ON = ("auto", "metric", "dev_loss")
+PRUNE_ON = ("auto", "metric", "metric_then_loss", "dev_loss")
+# metric_then_loss: the dev loss, squeezed into [0, 1) and scaled by this, breaks ties of the metric and never
+# reorders two metrics that differ (a metric over fewer than 1e9 words, characters or clips moves in larger steps)
+TIE_BREAK = 1e-9
 SAMPLERS = ("tpe", "random", "grid")
 POLL_SECONDS = 2.0  # how often a trial that drew running values looks whether they finished
 OVER_BUDGET = "over_budget"
@@ -280,10 +283,11 @@ def combo_of(params: dict, space: SearchSpace) -> dict[str, Any]:
 
 
 class ReportToTrial(Callback):
-    """Reports the dev main metric (or, with prune_on="dev_loss", the dev loss, negated when the metric is
-    maximised so that the study's direction fits both) at every dev evaluation to the trial; when the pruner says
-    stop, the run stops there (Lightning saves `last` / `best` for this evaluation as usual) and ends with
-    RunPruned."""
+    """Reports the dev main metric at every dev evaluation to the trial; with prune_on="metric_then_loss", the
+    metric with ties broken by the dev loss (CTC's WER is 1.0 for every trial on the blank plateau: the loss
+    ranks them there, the metric once they leave it); with "dev_loss", the dev loss alone (negated when the metric
+    is maximised, so that the study's direction fits both). When the pruner says stop, the run stops there
+    (Lightning saves `last` / `best` for this evaluation as usual) and ends with RunPruned."""
 
     def __init__(self, trial: Any, metric: str, prune_on: str = "metric", higher_is_better: bool = False) -> None:
         self.trial, self.metric, self.prune_on, self.higher = trial, metric, prune_on, higher_is_better
@@ -291,16 +295,22 @@ class ReportToTrial(Callback):
         self.last_step = 0
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        if self.prune_on == "dev_loss" and not pl_module.dev_loss_for:
-            pl_module.dev_loss_for = "the search's prune_on: dev_loss"
+        if self.prune_on != "metric" and not pl_module.dev_loss_for:
+            pl_module.dev_loss_for = f"the search's prune_on: {self.prune_on}"
 
     def _value(self, trainer: Any, pl_module: Any) -> float | None:
+        metric = getattr(pl_module, "dev_metrics", {}).get(self.metric)
         if self.prune_on == "metric":
-            return getattr(pl_module, "dev_metrics", {}).get(self.metric)
+            return metric
         from speechfuse.training.average import DEV_LOSS
 
         loss = trainer.callback_metrics.get(DEV_LOSS)
-        return None if loss is None else (-float(loss) if self.higher else float(loss))
+        if loss is None:
+            return None
+        loss = -float(loss) if self.higher else float(loss)
+        if self.prune_on == "dev_loss":
+            return loss
+        return None if metric is None else float(metric) + TIE_BREAK * loss / (1.0 + abs(loss))
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         value = self._value(trainer, pl_module)
@@ -439,7 +449,7 @@ def trial_rows(study: Any, space: SearchSpace, metric: str) -> list[dict]:
             row.update({k: _short(v) for k, v in combo_of(t.params, space).items()})
         row["steps"] = t.user_attrs.get("steps", 0 if t.user_attrs.get("duplicate_of") is not None else None)
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
-        if space.prune_on == "metric":
+        if space.prune_on in ("metric", "metric_then_loss"):
             row[f"dev_{metric}"] = t.value if t.value is not None else last
         else:  # a stopped trial reported only losses (Optuna keeps the last as its value); negated when maximised
             row[f"dev_{metric}"] = t.value if t.state.name == "COMPLETE" else None
@@ -469,7 +479,7 @@ def plot_stopped(study: Any, metric: str, path: Path, prune_on: str = "metric") 
         if not pruned:
             ax.annotate(str(t.number), (steps[-1], values[-1]), fontsize=7, xytext=(3, 0), textcoords="offset points")
     ax.set_xlabel("training step")
-    ax.set_ylabel(f"dev {metric}" if prune_on == "metric" else "dev loss (negated if the metric is maximised)")
+    ax.set_ylabel(f"dev {metric}" if prune_on != "dev_loss" else "dev loss (negated if the metric is maximised)")
     ax.set_title("search: x = stopped by the pruner, o = trained to the end (trial number)")
     save_figure(fig, path, bbox_inches="tight")
 

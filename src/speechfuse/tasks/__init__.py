@@ -72,7 +72,8 @@ class Task:
     # when higher is better); None: the task's metric is not a sum over utterances (verify: EER over trials)
     utterance_metric: str | None = None
     # what a budgeted search's pruner compares at each dev evaluation (`prune_on: auto`): the main metric, or
-    # "dev_loss" where the metric stays flat early in training (CTC's WER on its all-blank plateau)
+    # "metric_then_loss" (ties broken by the dev loss) where the metric stays flat early in training (CTC's WER on
+    # its all-blank plateau), or "dev_loss"
     early_signal: str = "metric"
     Options: type[TaskOptions] = TaskOptions
     prediction_type: type[Prediction] | None = None
