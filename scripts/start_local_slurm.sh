@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A single-node SLURM on this machine, for tests/test_launcher.py: munged, slurmctld and slurmd on localhost,
+# A single-node SLURM on this machine, for tests/test_slurm.py: munged, slurmctld and slurmd on localhost,
 # with a config written here (proctrack/linuxproc, task/none, no cgroups, no accounting database).
 #   sudo apt-get install -y slurm-wlm munge          # Debian / Ubuntu packages (once)
 #   scripts/start_local_slurm.sh DIR                 # writes DIR/slurm.conf, starts the daemons

@@ -334,6 +334,13 @@ class GatedStudyTrainer(StudyFakeTrainer):
         return super().__call__(cfg, run_dir)
 
 
+def csv_rows(path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def free_port() -> int:
     import socket
 
