@@ -285,8 +285,8 @@ def combo_of(params: dict, space: SearchSpace) -> dict[str, Any]:
 class ReportToTrial(Callback):
     """Reports the dev main metric at every dev evaluation to the trial; with prune_on="metric_then_loss", the
     metric with ties broken by the dev loss (CTC's WER is 1.0 for every trial on the blank plateau: the loss
-    ranks them there, the metric once they leave it); with "dev_loss", the dev loss alone (negated when the metric
-    is maximised, so that the study's direction fits both). When the pruner says stop, the run stops there
+    ranks them there, the metric, which the pick is made on, once they leave it); with "dev_loss", the dev loss
+    alone (negated when the metric is maximised, so that the study's direction fits both). When the pruner says stop, the run stops there
     (Lightning saves `last` / `best` for this evaluation as usual) and ends with RunPruned."""
 
     def __init__(self, trial: Any, metric: str, prune_on: str = "metric", higher_is_better: bool = False) -> None:

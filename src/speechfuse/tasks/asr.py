@@ -269,8 +269,7 @@ class AsrTask(Task):
     main_metric = "wer"
     higher_is_better = False
     utterance_metric = "wer"
-    # every trial's dev WER is 1.0 on the blank plateau, and later the CTC loss can rise while the WER falls
-    early_signal = "metric_then_loss"
+    early_signal = "metric_then_loss"  # every trial's dev WER is 1.0 on the blank plateau: the loss ranks them there
     Options = AsrOptions
     prediction_type = Transcription
     prediction_field = "text"
