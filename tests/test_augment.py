@@ -2,7 +2,6 @@
 path untouched, exact resume with masks drawn from the checkpointed RNG."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 

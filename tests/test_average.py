@@ -62,7 +62,6 @@ def test_a_run_with_average_best_reports_the_mean_of_its_lowest_dev_losses(tmp_p
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_average(tmp_path):
     """The kept top checkpoints survive a SIGKILL: the resumed run averages the same ones as an uninterrupted run."""
-
     from speechfuse.training.runner import train
 
     manifests = make_fsdd(tmp_path)

@@ -7,7 +7,6 @@ through the CLI end to end.
 """
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 
@@ -20,7 +19,7 @@ from speechfuse.errors import ConfigError
 from speechfuse.experiments.study import (DEPTH_NOTE, model_subsets, parse_depths, parse_sizes, plot_scaling,
                               scaling_study)
 from speechfuse.fusion.upstream import load_upstream
-from helpers import StudyFakeTrainer as FakeTrainer, make_fsdd, save_tiny_model, study_accuracy as accuracy
+from helpers import StudyFakeTrainer as FakeTrainer, csv_rows, make_fsdd, save_tiny_model, study_accuracy as accuracy
 
 SEEDS = [0, 1, 2]
 
@@ -37,11 +36,6 @@ def study_config(upstreams, tmp_path, **train):
     return config_from_dict({"task": "classify", "data": {"train": "train.csv", "dev": "dev.csv", "test": "test.csv"},
                              "upstreams": upstreams, "interface": {"name": "weighted_sum"},
                              "train": {"max_steps": 2, **train}}, tmp_path)
-
-
-def read_rows(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def test_model_subsets_are_every_nonempty_subset():
@@ -92,7 +86,7 @@ def test_study_rows_counts_table_and_figure(tmp_path, tiny):
         assert r["upstream_params"] == sum(params[spec_of[s]] for s in r["upstreams"].split("+"))
     assert params["a2"] < params["a"]
 
-    rows = read_rows(out / "scaling.csv")
+    rows = csv_rows(out / "scaling.csv")
     assert len(rows) == 14
     for row in rows:
         depth = int(row["layers"]) if row["layers"] else None
@@ -187,7 +181,7 @@ def test_cli_real_training_end_to_end(tmp_path, tiny, monkeypatch, speechfuse_ho
     printed, notes = capsys.readouterr()
     assert printed.strip() == (tmp_path / "study" / "scaling.md").read_text().strip()  # the table alone on stdout
     assert "4 rows; table" in notes
-    rows = read_rows(tmp_path / "study" / "scaling.csv")
+    rows = csv_rows(tmp_path / "study" / "scaling.csv")
     assert [(r["axis"], r["models"], r["layers"]) for r in rows] == [
         ("models", "1", ""), ("models", "1", ""), ("models", "2", ""), ("depth", "1", "2")]
     for r in rows:
@@ -238,6 +232,6 @@ def test_a_failed_run_does_not_stop_the_other_series(tmp_path, tiny):
         scaling_study(cfg, tmp_path / "study", interfaces=["weighted_sum"], seeds=[0], depths={tiny["a"]: [2]},
                       train_fn=trainer, progress=False)
     assert len(err.value.failed) == 1 and err.value.failed[0].startswith("models/")
-    rows = read_rows(tmp_path / "study" / "scaling.csv")
+    rows = csv_rows(tmp_path / "study" / "scaling.csv")
     assert [(r["axis"], r["upstreams"]) for r in rows] == [("models", tiny["a"]), ("models", f"{tiny['a']}+{tiny['b']}"),
                                                            ("depth", tiny["a"])]  # the depth series ran after it

@@ -71,7 +71,6 @@ def test_one_run_reports_the_test_chosen_checkpoint_recomputed_from_every_step_c
 def test_a_killed_run_resumes_to_the_same_test_chosen_checkpoint(tmp_path):
     """The step checkpoints written before a SIGKILL stay, the resumed run adds the rest, and it reports the same
     per-checkpoint test values and choice as an uninterrupted run."""
-
     from speechfuse.training.runner import train
 
     manifests = make_fsdd(tmp_path, digits=(0, 1, 2), speakers=("george", "jackson", "lucas"))

@@ -55,9 +55,8 @@ from speechfuse.errors import ConfigError, SpeechfuseError
 from speechfuse.experiments.report import save_figure, write_table
 from speechfuse.training.runfolder import LOCK, RunFolderError
 from speechfuse.training.runfolder import RunFolder
-from speechfuse.experiments.sweep import (SEED_KEY, _config_dict, _prefill_caches, _selection_metric, _short, _task_class,
-                    combo_config, run_name,
-                    run_sweep, shared_cache_dir)
+from speechfuse.experiments.sweep import (SEED_KEY, _config_dict, _prefill_caches, _selection_metric, _short,
+                                          _task_class, combo_config, run_name, run_sweep, shared_cache_dir)
 
 PRUNERS = ("successive_halving", "hyperband", "none")
 PRUNE_ON = ("auto", "metric", "metric_then_loss", "dev_loss")
@@ -286,8 +285,9 @@ class ReportToTrial(Callback):
     """Reports the dev main metric at every dev evaluation to the trial; with prune_on="metric_then_loss", the
     metric with ties broken by the dev loss (CTC's WER is 1.0 for every trial on the blank plateau: the loss
     ranks them there, the metric, which the pick is made on, once they leave it); with "dev_loss", the dev loss
-    alone (negated when the metric is maximised, so that the study's direction fits both). When the pruner says stop, the run stops there
-    (Lightning saves `last` / `best` for this evaluation as usual) and ends with RunPruned."""
+    alone (negated when the metric is maximised, so that the study's direction fits both). When the pruner says
+    stop, the run stops there (Lightning saves `last` / `best` for this evaluation as usual) and ends with
+    RunPruned."""
 
     def __init__(self, trial: Any, metric: str, prune_on: str = "metric", higher_is_better: bool = False) -> None:
         self.trial, self.metric, self.prune_on, self.higher = trial, metric, prune_on, higher_is_better
